@@ -1,0 +1,68 @@
+"""Pieces shared by the SR, SEG and summary-image builders."""
+from __future__ import annotations
+
+import copy
+import functools
+from importlib import metadata
+from typing import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+
+__all__ = ["MANUFACTURER", "software_version", "fill_type2", "new_uid", "PHANTOM_DISCLAIMER", "TYPE2_ATTRIBUTES", "shallow_copy"]
+
+MANUFACTURER = "CardioNode"
+PHANTOM_DISCLAIMER = "trained on synthetic phantoms - not for clinical use"
+
+#: Type 2 patient/study attributes highdicom copies from the sources and refuses to build without.
+TYPE2_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+)
+
+
+@functools.cache
+def software_version() -> str:
+    """The installed cardionode package version (``0.0.0+unknown`` from a bare checkout)."""
+    try:
+        return metadata.version("cardionode")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def fill_type2(sources: Sequence[Dataset]) -> list[Dataset]:
+    """Shallow copies of ``sources`` with missing Type 2 patient/study attributes set empty.
+
+    The originals are not modified; copies are cheap (elements are shared, not duplicated).
+    """
+    out = []
+    for ds in sources:
+        c = shallow_copy(ds)
+        for attr in TYPE2_ATTRIBUTES:
+            if attr not in c or c[attr].value is None:
+                setattr(c, attr, "")
+        out.append(c)
+    return out
+
+
+def shallow_copy(ds: Dataset) -> Dataset:
+    """A new Dataset sharing the element objects of ``ds`` (adding/removing elements on it does
+    not touch ``ds``; ``copy.copy`` would share the element dict)."""
+    c = Dataset(dict(ds.items()))
+    if hasattr(ds, "file_meta"):
+        c.file_meta = copy.copy(ds.file_meta)
+    for attr in ("filename", "preamble"):
+        if getattr(ds, attr, None) is not None:
+            setattr(c, attr, getattr(ds, attr))
+    return c
+
+
+def new_uid() -> str:
+    return str(hd.UID())
