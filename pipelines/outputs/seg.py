@@ -69,7 +69,11 @@ def jpeg2000_encoder_available() -> bool:
         return False
 
 
-def _transfer_syntax() -> str:
+def _transfer_syntax(rows: int, cols: int) -> str:
+    """JPEG 2000 lossless when it can be encoded, else Explicit VR Little Endian."""
+    if rows < 32 or cols < 32:  # openjpeg limit, enforced by highdicom
+        log.info("SEG frames %dx%d are below the JPEG 2000 minimum of 32: writing uncompressed", rows, cols)
+        return ExplicitVRLittleEndian
     if jpeg2000_encoder_available():
         return JPEG2000Lossless
     log.warning("JPEG 2000 encoder (pylibjpeg-openjpeg) unavailable: writing SEG uncompressed")
@@ -171,7 +175,7 @@ def build_segmentation(
         content_description=(algorithm.disclaimer or series_description)[:64],
         content_label=CONTENT_LABEL,
         content_creator_name=None,
-        transfer_syntax_uid=_transfer_syntax(),
+        transfer_syntax_uid=_transfer_syntax(int(masks.shape[1]), int(masks.shape[2])),
         omit_empty_frames=True,
         workers=workers,
     )

@@ -8,6 +8,7 @@ the Image Library and in CurrentRequestedProcedureEvidenceSequence.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Sequence
 
 import highdicom as hd
@@ -17,6 +18,8 @@ from pydicom.sr.coding import Code
 from . import codes
 from .algorithm import AlgorithmIdentity
 from .common import MANUFACTURER, fill_type2, new_uid
+
+log = logging.getLogger("cardionode.outputs")
 
 __all__ = ["MeasurementSpec", "QualitativeSpec", "MeasurementGroupSpec", "build_measurement_report"]
 
@@ -105,6 +108,20 @@ def _group(spec: MeasurementGroupSpec, algorithm_id: hd.sr.AlgorithmIdentificati
     )
 
 
+def _library_datasets(sources: Sequence[Dataset]) -> list[Dataset]:
+    """Sources that can be described in the TID 1600 Image Library.  Projection images (XA)
+    without PatientOrientation / ImagerPixelSpacing cannot; they stay in the evidence only."""
+    ok = []
+    for ds in sources:
+        try:
+            hd.sr.ImageLibraryEntryDescriptors(ds)
+        except (AttributeError, ValueError, TypeError) as exc:
+            log.info("image library: leaving out %s (%s)", ds.get("SOPInstanceUID"), exc)
+            continue
+        ok.append(ds)
+    return ok
+
+
 def build_measurement_report(
     sources: Sequence[Dataset],
     *,
@@ -139,7 +156,7 @@ def build_measurement_report(
         procedure_reported=procedure,
         imaging_measurements=[_group(g, algorithm_id) for g in groups],
         title=title,
-        referenced_images=filled if image_library else None,
+        referenced_images=(_library_datasets(filled) or None) if image_library else None,
     )
     evidence: list[Dataset] = list(filled)
     segs = [referenced_seg] if referenced_seg is not None else []
