@@ -1,0 +1,102 @@
+"""DIMSE C-STORE SCU sender: one association per batch of result files."""
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+from typing import Any, Sequence
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from .base import SendOutcome, SenderError
+
+__all__ = ["DimseSender", "SUCCESS_STATUSES"]
+
+log = logging.getLogger("cardionode.dispatch.dimse")
+
+#: Success and the C-STORE warning statuses (coercion, elements discarded, data set does not match):
+#: the peer has stored the instance.
+SUCCESS_STATUSES = {0x0000, 0x0001, 0xB000, 0xB006, 0xB007}
+
+
+def _tls_args(tls: Any, host: str) -> tuple[ssl.SSLContext, str] | None:
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_certificates)
+    context.load_cert_chain(tls.certificate, tls.private_key)
+    return context, host
+
+
+class DimseSender:
+    """C-STORE result files to a DIMSE destination (AE title, host, port, optional TLS)."""
+
+    def __init__(self, name: str, destination: Any, calling_ae: str, timeout_s: float = 30.0) -> None:
+        self.name = name
+        self.destination = destination
+        self.calling_ae = calling_ae
+        self.timeout_s = timeout_s
+
+    def send(self, paths: Sequence[Path]) -> list[SendOutcome]:
+        if not paths:
+            return []
+        headers = []
+        contexts: dict[str, set[str]] = {}
+        for path in paths:
+            meta = pydicom.dcmread(path, stop_before_pixels=True)
+            sop_class = str(meta.SOPClassUID)
+            ts = str(meta.file_meta.TransferSyntaxUID)
+            headers.append((path, sop_class, ts))
+            contexts.setdefault(sop_class, set()).update({ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+        if len(contexts) > 128:
+            raise SenderError(f"{self.name}: {len(contexts)} SOP classes in one batch (max 128)")
+
+        ae = AE(ae_title=self.calling_ae)
+        ae.acse_timeout = self.timeout_s
+        ae.dimse_timeout = self.timeout_s
+        ae.network_timeout = self.timeout_s
+        ae.connection_timeout = self.timeout_s
+        for sop_class, syntaxes in contexts.items():
+            ae.add_requested_context(sop_class, sorted(syntaxes))
+        dest = self.destination
+        try:
+            assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=_tls_args(dest.tls, dest.host))
+        except (OSError, ssl.SSLError) as exc:
+            raise SenderError(f"{self.name}: cannot connect to {dest.host}:{dest.port}: {exc}") from exc
+        if not assoc.is_established:
+            if assoc.is_rejected:
+                raise SenderError(f"{self.name}: association rejected by {dest.ae_title}@{dest.host}:{dest.port}")
+            raise SenderError(f"{self.name}: no association with {dest.ae_title}@{dest.host}:{dest.port}")
+        outcomes: list[SendOutcome] = []
+        try:
+            for path, sop_class, _ts in headers:
+                if not assoc.is_established:
+                    outcomes.append(SendOutcome(path, ok=False, error="association lost before sending"))
+                    continue
+                accepted = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class]
+                if not accepted:
+                    outcomes.append(SendOutcome(path, ok=False, error=f"peer accepted no context for {sop_class}"))
+                    continue
+                try:
+                    try:
+                        status = assoc.send_c_store(path)
+                    except ValueError:
+                        # The file's transfer syntax was not accepted: let pynetdicom re-encode (uncompressed).
+                        status = assoc.send_c_store(pydicom.dcmread(path))
+                except Exception as exc:  # network error mid-batch: this and later files stay pending
+                    outcomes.append(SendOutcome(path, ok=False, error=f"C-STORE error: {exc}"))
+                    continue
+                code = getattr(status, "Status", None)
+                if code is None:
+                    outcomes.append(SendOutcome(path, ok=False, error="no C-STORE response (timeout or abort)"))
+                elif int(code) in SUCCESS_STATUSES:
+                    outcomes.append(SendOutcome(path, ok=True, status=int(code)))
+                else:
+                    outcomes.append(SendOutcome(path, ok=False, status=int(code), error=f"C-STORE status 0x{int(code):04X}"))
+        finally:
+            if assoc.is_established:
+                assoc.release()
+            else:
+                assoc.abort()
+        return outcomes

@@ -1,0 +1,267 @@
+"""Persistent delivery queue and per-destination dispatch threads.
+
+Table ``deliveries`` holds one row per (destination, result SOP instance);
+``UNIQUE(destination, sop_instance_uid)`` makes creating deliveries
+idempotent.  A row goes ``pending`` -> ``sent`` only after the peer's success
+status, or -> ``failed`` after ``dispatch.max_attempts``.  Retry times
+(``next_attempt_at``) live in the table, so backoff survives restarts.
+
+Delivery semantics: exactly once per destination and SOP instance in normal
+operation and across clean restarts.  If the node is killed after a peer
+acknowledged an instance but before the ``sent`` commit, that instance is
+sent again after restart (at-least-once at the crash point); PACS store by
+SOP Instance UID, so the repeat replaces the identical object.
+
+Each destination has its own thread, so a destination that is down only
+delays its own queue.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from ..config import DispatchSection
+from .base import SendOutcome, Sender, SenderError, build_sender
+
+__all__ = ["DISPATCH_SCHEMA", "add_deliveries", "Dispatcher", "DestinationWorker"]
+
+log = logging.getLogger("cardionode.dispatch")
+
+DISPATCH_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER,
+        sop_instance_uid TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        path TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        sent_at REAL,
+        UNIQUE (destination, sop_instance_uid)
+    )""",
+    "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, state, next_attempt_at)",
+    "CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id)",
+    """CREATE TABLE IF NOT EXISTS destination_state (
+        name TEXT PRIMARY KEY,
+        last_attempt_at REAL,
+        last_success_at REAL,
+        last_error TEXT,
+        last_error_at REAL
+    )""",
+]
+
+BATCH_SIZE = 50
+
+
+def add_deliveries(
+    conn: sqlite3.Connection,
+    job_id: int | None,
+    files: Iterable[tuple[str, Path | str]],
+    destinations: Iterable[str],
+    now: float | None = None,
+) -> int:
+    """Create pending deliveries (inside the caller's transaction); existing pairs are left alone."""
+    now = time.time() if now is None else now
+    created = 0
+    destinations = list(destinations)
+    for sop_uid, path in files:
+        for dest in destinations:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO deliveries (job_id, sop_instance_uid, destination, path, state,"
+                " next_attempt_at, created_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                (job_id, sop_uid, dest, str(path), now, now),
+            )
+            created += cur.rowcount
+    return created
+
+
+def _backoff(attempts: int, settings: DispatchSection) -> float:
+    return min(settings.backoff_max_s, settings.backoff_initial_s * (2 ** max(0, attempts - 1)))
+
+
+class DestinationWorker:
+    """Sends the due deliveries of one destination, batch by batch, in its own thread."""
+
+    def __init__(
+        self,
+        name: str,
+        sender: Sender,
+        get_conn: Callable[[], sqlite3.Connection],
+        settings: DispatchSection,
+        on_sent: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.sender = sender
+        self._get_conn = get_conn
+        self.settings = settings
+        self.on_sent = on_sent
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"dispatch-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:
+                log.exception("dispatch loop error", extra={"destination": self.name})
+                worked = False
+            if worked:
+                continue
+            try:
+                wait = self._next_due_in()
+            except sqlite3.Error:
+                wait = 1.0
+            self._wake.wait(min(5.0, max(0.05, wait)))
+            self._wake.clear()
+
+    def _next_due_in(self) -> float:
+        row = self._get_conn().execute(
+            "SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE destination=? AND state='pending'", (self.name,)
+        ).fetchone()
+        return 5.0 if row["t"] is None else row["t"] - time.time()
+
+    def run_once(self) -> bool:
+        """Send one batch of due deliveries; returns True if there was anything to send."""
+        conn = self._get_conn()
+        now = time.time()
+        rows = conn.execute(
+            "SELECT id, sop_instance_uid, path, attempts FROM deliveries"
+            " WHERE destination=? AND state='pending' AND next_attempt_at<=? ORDER BY id LIMIT ?",
+            (self.name, now, BATCH_SIZE),
+        ).fetchall()
+        if not rows:
+            return False
+        present = [r for r in rows if Path(r["path"]).is_file()]
+        missing = [r for r in rows if not Path(r["path"]).is_file()]
+        if missing:
+            with conn:
+                for r in missing:
+                    conn.execute(
+                        "UPDATE deliveries SET state='failed', last_error=? WHERE id=?",
+                        (f"result file missing: {r['path']}", r["id"]),
+                    )
+            log.error("result files missing; deliveries failed", extra={"destination": self.name, "count": len(missing)})
+        if not present:
+            return True
+        try:
+            outcomes = self.sender.send([Path(r["path"]) for r in present])
+        except SenderError as exc:
+            self._record_batch_error(present, str(exc))
+            return False  # wait for the earliest retry time rather than spinning
+        except Exception as exc:
+            self._record_batch_error(present, f"sender error: {exc!r}")
+            log.exception("sender raised", extra={"destination": self.name})
+            return False
+        if len(outcomes) != len(present):
+            self._record_batch_error(present, f"sender returned {len(outcomes)} outcomes for {len(present)} files")
+            return False
+        self._record_outcomes(present, outcomes)
+        return True
+
+    def _record_batch_error(self, rows: list[sqlite3.Row], error: str) -> None:
+        self._record_outcomes(rows, [SendOutcome(Path(r["path"]), ok=False, error=error) for r in rows])
+
+    def _record_outcomes(self, rows: list[sqlite3.Row], outcomes: list[SendOutcome]) -> None:
+        conn = self._get_conn()
+        now = time.time()
+        sent: list[str] = []
+        errors: list[str] = []
+        failed = 0
+        with conn:
+            for row, out in zip(rows, outcomes):
+                attempts = row["attempts"] + 1
+                if out.ok:
+                    conn.execute(
+                        "UPDATE deliveries SET state='sent', attempts=?, sent_at=?, last_error=NULL WHERE id=?",
+                        (attempts, now, row["id"]),
+                    )
+                    sent.append(row["sop_instance_uid"])
+                    continue
+                errors.append(out.error or "failed")
+                if out.permanent or attempts >= self.settings.max_attempts:
+                    failed += 1
+                    conn.execute(
+                        "UPDATE deliveries SET state='failed', attempts=?, last_error=? WHERE id=?",
+                        (attempts, out.error, row["id"]),
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE deliveries SET attempts=?, next_attempt_at=?, last_error=? WHERE id=?",
+                        (attempts, now + _backoff(attempts, self.settings), out.error, row["id"]),
+                    )
+            conn.execute(
+                "INSERT INTO destination_state (name, last_attempt_at, last_success_at, last_error, last_error_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET last_attempt_at=excluded.last_attempt_at,"
+                " last_success_at=COALESCE(excluded.last_success_at, last_success_at),"
+                " last_error=COALESCE(excluded.last_error, last_error),"
+                " last_error_at=COALESCE(excluded.last_error_at, last_error_at)",
+                (self.name, now, now if sent else None, errors[0] if errors else None, now if errors else None),
+            )
+        extra = {"destination": self.name, "sent": len(sent), "retry": len(errors) - failed, "failed": failed}
+        if errors:
+            extra["error"] = errors[0]
+            log.warning("dispatch batch had failures", extra=extra)
+        else:
+            log.info("dispatch batch sent", extra=extra)
+        if sent and self.on_sent is not None:
+            self.on_sent(sent)
+
+
+class Dispatcher:
+    """One :class:`DestinationWorker` per configured destination."""
+
+    def __init__(
+        self,
+        get_conn: Callable[[], sqlite3.Connection],
+        destinations: Mapping[str, Any],
+        settings: DispatchSection,
+        calling_ae: str,
+        sender_factory: Callable[[str, Any, str, float], Sender] = build_sender,
+        on_sent: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        self.workers: dict[str, DestinationWorker] = {}
+        for name, dest in destinations.items():
+            try:
+                sender = sender_factory(name, dest, calling_ae, settings.timeout_s)
+            except SenderError as exc:
+                log.error("destination disabled: %s", exc, extra={"destination": name})
+                continue
+            self.workers[name] = DestinationWorker(name, sender, get_conn, settings, on_sent)
+
+    def start(self) -> None:
+        for worker in self.workers.values():
+            worker.start()
+
+    def wake(self) -> None:
+        for worker in self.workers.values():
+            worker.wake()
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop after the batch in flight (its C-STOREs finish); True if all threads ended in time."""
+        for worker in self.workers.values():
+            worker.stop()
+        deadline = time.monotonic() + timeout
+        return all(w.join(max(0.0, deadline - time.monotonic())) for w in self.workers.values())

@@ -1,0 +1,431 @@
+"""Pipeline jobs: a persistent queue in SQLite and a pool of worker threads.
+
+States: ``queued`` -> ``running`` -> ``done`` | ``failed`` (with the error
+text).  A :class:`~pipelines.base.TransientPipelineError` puts the job back to
+``queued`` with exponential backoff until ``jobs.max_attempts``; a
+:class:`~pipelines.base.PipelineInputError` or any other exception fails it at
+once.  A job found ``running`` when the node starts was interrupted by a crash
+or stop and is re-queued (:meth:`JobQueue.requeue_interrupted`).
+
+Results are written to ``<storage_dir>/results/<job id>/`` and fsynced
+*before* the transaction that marks the job done and creates its deliveries,
+so a delivery never points at a file that might not exist.  A job that is
+re-run after a crash starts from an empty results folder, so only the result
+set of the run that committed is ever dispatched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from pipelines.base import (
+    PipelineContext,
+    PipelineInputError,
+    PipelineResult,
+    StudyView,
+    TransientPipelineError,
+)
+from pipelines.registry import PipelineRegistry
+
+from . import db
+from .config import JobsSection
+from .dispatch.queue import add_deliveries
+
+__all__ = [
+    "JOBS_SCHEMA",
+    "Job",
+    "JobQueue",
+    "JobRunner",
+    "LocalConnections",
+    "backoff_delay",
+    "write_result_files",
+]
+
+log = logging.getLogger("cardionode.jobs")
+
+JOBS_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        study_uid TEXT NOT NULL,
+        generation INTEGER NOT NULL DEFAULT 1,
+        route_name TEXT NOT NULL,
+        pipeline TEXT NOT NULL,
+        destinations TEXT NOT NULL DEFAULT '[]',
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        error TEXT,
+        pipeline_version TEXT,
+        models TEXT,
+        summary TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        UNIQUE (study_uid, generation, route_name)
+    )""",
+    "CREATE INDEX IF NOT EXISTS jobs_state_due ON jobs (state, next_attempt_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_uid)",
+    """CREATE TABLE IF NOT EXISTS results (
+        sop_instance_uid TEXT PRIMARY KEY,
+        job_id INTEGER NOT NULL REFERENCES jobs (id),
+        sop_class_uid TEXT NOT NULL,
+        path TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS results_job ON results (job_id)",
+]
+
+
+class LocalConnections:
+    """One SQLite connection per thread to the node database (sqlite3 connections are not thread-safe)."""
+
+    def __init__(self, storage_dir: str | Path) -> None:
+        self.storage_dir = Path(storage_dir)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = db.connect(self.storage_dir)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close_all(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+
+def backoff_delay(attempts: int, initial: float, maximum: float) -> float:
+    """Delay before retry number ``attempts`` (1-based): initial * 2**(attempts-1), capped."""
+    return min(maximum, initial * (2 ** max(0, attempts - 1)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    id: int
+    study_uid: str
+    generation: int
+    route_name: str
+    pipeline: str
+    destinations: tuple[str, ...]
+    attempts: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Job":
+        return cls(
+            id=row["id"],
+            study_uid=row["study_uid"],
+            generation=row["generation"],
+            route_name=row["route_name"],
+            pipeline=row["pipeline"],
+            destinations=tuple(json.loads(row["destinations"])),
+            attempts=row["attempts"],
+        )
+
+
+class JobQueue:
+    """State transitions of the ``jobs`` table; every method is one short transaction."""
+
+    def __init__(self, conns: LocalConnections, settings: JobsSection, storage_dir: str | Path) -> None:
+        self._conns = conns
+        self.settings = settings
+        self.results_dir = Path(storage_dir) / "results"
+
+    @staticmethod
+    def enqueue(
+        conn: sqlite3.Connection,
+        study_uid: str,
+        generation: int,
+        route_name: str,
+        pipeline: str,
+        destinations: Iterable[str],
+        now: float | None = None,
+    ) -> int | None:
+        """Insert one queued job inside the caller's transaction; ``None`` if it already exists."""
+        now = time.time() if now is None else now
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO jobs (study_uid, generation, route_name, pipeline, destinations, state,"
+            " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+            (study_uid, generation, route_name, pipeline, json.dumps(list(destinations)), now, now),
+        )
+        return cur.lastrowid if cur.rowcount else None
+
+    def requeue_interrupted(self) -> tuple[int, int]:
+        """On start: ``running`` jobs go back to ``queued`` (or ``failed`` when out of attempts).
+
+        Returns (requeued, failed).
+        """
+        conn = self._conns.get()
+        now = time.time()
+        with conn:
+            failed = conn.execute(
+                "UPDATE jobs SET state='failed', finished_at=?, error=? WHERE state='running' AND attempts>=?",
+                (now, f"interrupted by node stop/crash {self.settings.max_attempts} times", self.settings.max_attempts),
+            ).rowcount
+            requeued = conn.execute(
+                "UPDATE jobs SET state='queued', next_attempt_at=?, error='interrupted by node stop/crash; re-queued'"
+                " WHERE state='running'",
+                (now,),
+            ).rowcount
+        return requeued, failed
+
+    def claim(self) -> Job | None:
+        """Take the oldest due queued job and mark it running (atomic across threads and processes)."""
+        conn = self._conns.get()
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT * FROM jobs WHERE state='queued' AND next_attempt_at<=? ORDER BY next_attempt_at, id LIMIT 1",
+                (now,),
+            ).fetchone()
+            if row is None:
+                conn.execute("COMMIT")
+                return None
+            conn.execute(
+                "UPDATE jobs SET state='running', attempts=attempts+1, started_at=?, finished_at=NULL WHERE id=?",
+                (now, row["id"]),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        job = Job.from_row(row)
+        return dataclasses.replace(job, attempts=job.attempts + 1)
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the next queued job is due (0 if one is due now, None if none queued)."""
+        row = self._conns.get().execute("SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state='queued'").fetchone()
+        if row["t"] is None:
+            return None
+        return max(0.0, row["t"] - time.time())
+
+    def complete(self, job: Job, result: PipelineResult, files: list[tuple[str, str, Path]]) -> int:
+        """Mark ``job`` done, record its result files and create one delivery per destination and file.
+
+        ``files`` holds (sop instance uid, sop class uid, path) of files already
+        on disk.  Returns the number of deliveries created.
+        """
+        conn = self._conns.get()
+        now = time.time()
+        models = json.dumps([{"name": m.name, "version": m.version, "provider": m.provider} for m in result.models])
+        with conn:
+            for sop_uid, sop_class, path in files:
+                conn.execute(
+                    "INSERT OR REPLACE INTO results (sop_instance_uid, job_id, sop_class_uid, path, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (sop_uid, job.id, sop_class, str(path), now),
+                )
+            created = add_deliveries(conn, job.id, [(uid, p) for uid, _c, p in files], job.destinations, now)
+            conn.execute(
+                "UPDATE jobs SET state='done', finished_at=?, error=NULL, pipeline_version=?, models=?, summary=?"
+                " WHERE id=?",
+                (now, result.pipeline_version, models, json.dumps(result.summary, default=str), job.id),
+            )
+        return created
+
+    def fail(self, job: Job, error: str, transient: bool) -> bool:
+        """Record a failure; transient ones are re-queued with backoff. Returns True if re-queued."""
+        conn = self._conns.get()
+        now = time.time()
+        retry = transient and job.attempts < self.settings.max_attempts
+        with conn:
+            if retry:
+                delay = backoff_delay(job.attempts, self.settings.backoff_initial_s, self.settings.backoff_max_s)
+                conn.execute(
+                    "UPDATE jobs SET state='queued', next_attempt_at=?, error=? WHERE id=?",
+                    (now + delay, error, job.id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE jobs SET state='failed', finished_at=?, error=? WHERE id=?", (now, error, job.id)
+                )
+        return retry
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_result_files(result: PipelineResult, out_dir: Path) -> list[tuple[str, str, Path]]:
+    """Write every result dataset as a DICOM file under ``out_dir`` (fsynced); returns (sop, class, path)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ds in result.datasets:
+        sop_uid = str(ds.SOPInstanceUID)
+        sop_class = str(ds.SOPClassUID)
+        final = out_dir / f"{sop_uid}.dcm"
+        tmp = out_dir / f".{sop_uid}.tmp"
+        ds.save_as(tmp, enforce_file_format=True)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        written.append((sop_uid, sop_class, final))
+    _fsync_dir(out_dir)
+    _fsync_dir(out_dir.parent)
+    return written
+
+
+class JobRunner:
+    """``workers`` threads that claim jobs, run pipelines and hand results to dispatch.
+
+    ``load_study(uid)`` gives the :class:`StudyView` of a study from the spool
+    index; ``models`` is the shared model store; ``options_for(name)`` returns
+    a pipeline's options; ``on_results()`` is called after a job's deliveries
+    are committed (wakes the dispatcher).
+    """
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        registry: PipelineRegistry,
+        load_study: Callable[[str], StudyView],
+        options_for: Callable[[str], Any],
+        models: Any,
+        work_root: Path,
+        workers: int = 1,
+        on_results: Callable[[], None] | None = None,
+        on_job_finished: Callable[[Job, str], None] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.registry = registry
+        self.load_study = load_study
+        self.options_for = options_for
+        self.models = models
+        self.work_root = Path(work_root)
+        self.workers = workers
+        self.on_results = on_results
+        self.on_job_finished = on_job_finished
+        self._stop = threading.Event()
+        self._wake = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        for i in range(self.workers):
+            t = threading.Thread(target=self._loop, name=f"job-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def wake(self) -> None:
+        """A job was enqueued: let an idle worker look now."""
+        with self._wake:
+            self._wake.notify_all()
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop claiming jobs; wait up to ``timeout`` for running ones. True if all finished."""
+        self._stop.set()
+        self.wake()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    # ------------------------------------------------------------------ work
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self.queue.claim()
+            except sqlite3.Error:
+                log.exception("job queue: cannot claim a job")
+                job = None
+            if job is None:
+                try:
+                    due = self.queue.next_due_in()
+                except sqlite3.Error:
+                    due = None
+                wait = 1.0 if due is None else min(1.0, max(0.01, due))
+                with self._wake:
+                    if not self._stop.is_set():
+                        self._wake.wait(wait)
+                continue
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                self.run_job(job)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+    def run_job(self, job: Job) -> str:
+        """Run one claimed job to a recorded outcome; returns the new state."""
+        extra = {"job": job.id, "study": job.study_uid, "pipeline": job.pipeline, "attempt": job.attempts}
+        log.info("job started", extra=extra)
+        out_dir = self.queue.results_dir / str(job.id)
+        work_dir = self.work_root / str(job.id)
+        state = "failed"
+        try:
+            shutil.rmtree(out_dir, ignore_errors=True)  # leftovers of an interrupted run are never dispatched
+            shutil.rmtree(work_dir, ignore_errors=True)
+            work_dir.mkdir(parents=True, exist_ok=True)
+            pipeline = self.registry.create(job.pipeline)
+            study = self.load_study(job.study_uid)
+            context = PipelineContext(
+                options=self.options_for(job.pipeline),
+                models=self.models,
+                work_dir=work_dir,
+                logger=logging.getLogger(f"cardionode.pipeline.{job.pipeline}"),
+            )
+            started = time.monotonic()
+            result = pipeline.run(study, context)
+            files = write_result_files(result, out_dir)
+            created = self.queue.complete(job, result, files)
+            state = "done"
+            log.info(
+                "job done",
+                extra={**extra, "results": len(files), "deliveries": created,
+                       "seconds": round(time.monotonic() - started, 3)},
+            )
+            if created and self.on_results is not None:
+                self.on_results()
+        except TransientPipelineError as exc:
+            requeued = self.queue.fail(job, f"transient: {exc}", transient=True)
+            state = "queued" if requeued else "failed"
+            log.warning("job transient error", extra={**extra, "error": str(exc), "requeued": requeued})
+        except OSError as exc:  # disk full, spool file briefly unreadable: worth a retry
+            requeued = self.queue.fail(job, f"os error: {exc}", transient=True)
+            state = "queued" if requeued else "failed"
+            log.warning("job I/O error", extra={**extra, "error": str(exc), "requeued": requeued})
+        except PipelineInputError as exc:
+            self.queue.fail(job, f"input: {exc}", transient=False)
+            log.warning("job failed: input not processable", extra={**extra, "error": str(exc)})
+        except Exception as exc:  # a pipeline bug must not take the worker down
+            self.queue.fail(job, f"error: {exc!r}\n{traceback.format_exc()}", transient=False)
+            log.error("job failed", extra={**extra, "error": repr(exc)}, exc_info=True)
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        if self.on_job_finished is not None:
+            try:
+                self.on_job_finished(job, state)
+            except Exception:
+                log.exception("on_job_finished hook failed", extra=extra)
+        return state

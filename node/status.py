@@ -1,0 +1,155 @@
+"""Read-only status queries shared by ``cardionode status`` and the HTTP status API.
+
+Each function takes a SQLite connection to the node database (and the
+config where destinations are needed) and returns plain JSON-serialisable
+dicts, newest first.  No PHI: studies are identified by Study Instance UID.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+from .config import NodeConfig
+
+__all__ = ["studies", "jobs", "destinations", "counts", "models", "summary"]
+
+
+def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
+def studies(conn: sqlite3.Connection, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
+    """Studies known to completion: state waiting/processed/unmatched, generation, timing, routes."""
+    if not _table_exists(conn, "pending_studies"):
+        return []
+    sql = "SELECT * FROM pending_studies"
+    args: list[Any] = []
+    if state:
+        sql += " WHERE state=?"
+        args.append(state)
+    sql += " ORDER BY last_received_at DESC LIMIT ?"
+    args.append(limit)
+    out = []
+    for r in conn.execute(sql, args).fetchall():
+        out.append({
+            "study_uid": r["study_uid"],
+            "state": r["state"],
+            "generation": r["generation"],
+            "first_received_at": r["first_received_at"],
+            "last_received_at": r["last_received_at"],
+            "due_at": r["due_at"],
+            "received": r["received"],
+            "late_ignored": r["late_ignored"],
+            "processed_at": r["processed_at"],
+            "routes": json.loads(r["routes"]) if r["routes"] else [],
+        })
+    return out
+
+
+def jobs(conn: sqlite3.Connection, limit: int = 50, state: str | None = None,
+         study_uid: str | None = None) -> list[dict[str, Any]]:
+    """Jobs with state, attempts, error text and pipeline/model versions."""
+    if not _table_exists(conn, "jobs"):
+        return []
+    where, args = [], []
+    if state:
+        where.append("state=?")
+        args.append(state)
+    if study_uid:
+        where.append("study_uid=?")
+        args.append(study_uid)
+    sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+    args.append(limit)
+    out = []
+    for r in conn.execute(sql, args).fetchall():
+        out.append({
+            "id": r["id"],
+            "study_uid": r["study_uid"],
+            "generation": r["generation"],
+            "route": r["route_name"],
+            "pipeline": r["pipeline"],
+            "destinations": json.loads(r["destinations"]),
+            "state": r["state"],
+            "attempts": r["attempts"],
+            "next_attempt_at": r["next_attempt_at"] if r["state"] == "queued" else None,
+            "error": r["error"],
+            "pipeline_version": r["pipeline_version"],
+            "models": json.loads(r["models"]) if r["models"] else [],
+            "created_at": r["created_at"],
+            "started_at": r["started_at"],
+            "finished_at": r["finished_at"],
+        })
+    return out
+
+
+def destinations(conn: sqlite3.Connection, config: NodeConfig) -> list[dict[str, Any]]:
+    """Every configured destination with queue depth (pending/failed/sent) and last error."""
+    have_deliveries = _table_exists(conn, "deliveries")
+    have_state = _table_exists(conn, "destination_state")
+    out = []
+    for name, dest in sorted(config.destinations.items()):
+        counts = {"pending": 0, "sent": 0, "failed": 0}
+        due_now = 0
+        if have_deliveries:
+            for r in conn.execute(
+                "SELECT state, COUNT(*) AS n FROM deliveries WHERE destination=? GROUP BY state", (name,)
+            ):
+                counts[r["state"]] = r["n"]
+            due_now = conn.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE destination=? AND state='pending' AND next_attempt_at<=?",
+                (name, time.time()),
+            ).fetchone()[0]
+        st = None
+        if have_state:
+            st = conn.execute("SELECT * FROM destination_state WHERE name=?", (name,)).fetchone()
+        address = (f"{dest.ae_title}@{dest.host}:{dest.port}" if dest.type == "dimse" else getattr(dest, "url", ""))
+        out.append({
+            "name": name,
+            "type": dest.type,
+            "address": address,
+            "queue_depth": counts["pending"],
+            "due_now": due_now,
+            "sent": counts["sent"],
+            "failed": counts["failed"],
+            "last_attempt_at": st["last_attempt_at"] if st else None,
+            "last_success_at": st["last_success_at"] if st else None,
+            "last_error": st["last_error"] if st else None,
+            "last_error_at": st["last_error_at"] if st else None,
+        })
+    return out
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    """Totals per state for studies, jobs and deliveries (for /metrics and the summary line)."""
+    out: dict[str, dict[str, int]] = {}
+    for table in ("pending_studies", "jobs", "deliveries"):
+        out[table] = {}
+        if _table_exists(conn, table):
+            for r in conn.execute(f"SELECT state, COUNT(*) AS n FROM {table} GROUP BY state"):
+                out[table][r["state"]] = r["n"]
+    return out
+
+
+def models(model_store: Any) -> list[dict[str, Any]] | dict[str, Any] | None:
+    """What the model store says about its models (``describe()``), or None without a store."""
+    if model_store is None:
+        return None
+    describe = getattr(model_store, "describe", None)
+    if describe is None:
+        return [{"name": n} for n in model_store.names()]
+    return describe()
+
+
+def summary(conn: sqlite3.Connection, config: NodeConfig, model_store: Any = None,
+            limit: int = 20) -> dict[str, Any]:
+    """Everything ``cardionode status`` shows."""
+    return {
+        "node": {"ae_title": config.node.ae_title, "port": config.node.port, "storage_dir": config.node.storage_dir},
+        "counts": counts(conn),
+        "studies": studies(conn, limit),
+        "jobs": jobs(conn, limit),
+        "destinations": destinations(conn, config),
+        "models": models(model_store),
+    }

@@ -1,0 +1,166 @@
+"""Job queue, worker pool and study completion against a real SQLite database and the test SR pipeline."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from node import db
+from node.completion import COMPLETION_SCHEMA, CompletionTracker
+from node.config import JobsSection, parse_config
+from node.dispatch.queue import DISPATCH_SCHEMA
+from node.jobs import JOBS_SCHEMA, JobQueue, JobRunner, LocalConnections
+from node.routing import Router
+from pipelines.base import StudyView
+from pipelines.registry import PipelineRegistry
+from tests.fixtures import sr_pipeline
+from tests.fixtures.studies import write_ct_study
+
+
+@pytest.fixture()
+def conns(tmp_path):
+    c = LocalConnections(tmp_path)
+    db.ensure_schema(c.get(), JOBS_SCHEMA + DISPATCH_SCHEMA + COMPLETION_SCHEMA)
+    yield c
+    c.close_all()
+
+
+def _runner(tmp_path, conns, options, settings=JobsSection(max_attempts=3, backoff_initial_s=0.01)):
+    files = write_ct_study(tmp_path / "study", 2)
+    view = StudyView.from_files(files)
+    registry = PipelineRegistry(builtins={})
+    sr_pipeline.register(registry)
+    queue = JobQueue(conns, settings, tmp_path)
+    runner = JobRunner(queue, registry, lambda uid: view, lambda name: options, None, tmp_path / "work")
+    return view, queue, runner
+
+
+def _enqueue(conns, uid, dests=("a", "b"), route="r"):
+    conn = conns.get()
+    with conn:
+        return JobQueue.enqueue(conn, uid, 1, route, "test-sr", dests)
+
+
+def test_job_runs_writes_result_before_deliveries_and_is_enqueued_once(tmp_path, conns):
+    view, queue, runner = _runner(tmp_path, conns, {})
+    job_id = _enqueue(conns, view.study_instance_uid)
+    assert _enqueue(conns, view.study_instance_uid) is None  # same study/generation/route: no second job
+    job = queue.claim()
+    assert job.id == job_id and job.attempts == 1 and queue.claim() is None
+    assert runner.run_job(job) == "done"
+    conn = conns.get()
+    row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+    assert row["state"] == "done" and row["pipeline_version"] == sr_pipeline.VERSION
+    results = conn.execute("SELECT * FROM results WHERE job_id=?", (job_id,)).fetchall()
+    assert len(results) == 1
+    ds = pydicom.dcmread(results[0]["path"])
+    assert ds.StudyInstanceUID == view.study_instance_uid
+    assert Path(results[0]["path"]).parent == tmp_path / "results" / str(job_id)
+    deliveries = conn.execute("SELECT destination, state FROM deliveries ORDER BY destination").fetchall()
+    assert [(d["destination"], d["state"]) for d in deliveries] == [("a", "pending"), ("b", "pending")]
+    assert not (tmp_path / "work" / str(job_id)).exists()
+
+
+def test_transient_errors_retry_with_backoff_then_succeed(tmp_path, conns):
+    counter = tmp_path / "count"
+    view, queue, runner = _runner(tmp_path, conns, {"transient_failures": 2, "counter_file": str(counter)})
+    job_id = _enqueue(conns, view.study_instance_uid)
+    runner.start()
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            state = conns.get().execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()["state"]
+            if state in ("done", "failed"):
+                break
+            time.sleep(0.05)
+    finally:
+        assert runner.stop(5)
+    row = conns.get().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+    assert (row["state"], row["attempts"]) == ("done", 3)
+    assert counter.read_text() == "2"
+
+
+def test_transient_errors_fail_after_max_attempts_with_error_text(tmp_path, conns):
+    view, queue, runner = _runner(tmp_path, conns, {"transient_failures": 5, "counter_file": str(tmp_path / "c")},
+                                  JobsSection(max_attempts=2, backoff_initial_s=0.0))
+    job_id = _enqueue(conns, view.study_instance_uid)
+    assert runner.run_job(queue.claim()) == "queued"
+    assert runner.run_job(queue.claim()) == "failed"
+    row = conns.get().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+    assert row["state"] == "failed" and "simulated transient failure 2/5" in row["error"]
+
+
+def test_input_error_fails_at_once_and_creates_no_delivery(tmp_path, conns):
+    view, queue, runner = _runner(tmp_path, conns, {"input_error": "no CT series"})
+    job_id = _enqueue(conns, view.study_instance_uid)
+    assert runner.run_job(queue.claim()) == "failed"
+    row = conns.get().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+    assert row["attempts"] == 1 and row["error"] == "input: no CT series"
+    assert conns.get().execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 0
+
+
+def test_interrupted_running_job_is_requeued_and_rerun_from_empty_results(tmp_path, conns):
+    view, queue, runner = _runner(tmp_path, conns, {})
+    job_id = _enqueue(conns, view.study_instance_uid)
+    job = queue.claim()
+    stale = tmp_path / "results" / str(job_id) / "stale.dcm"  # a half-finished run before the "crash"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x")
+    assert queue.requeue_interrupted() == (1, 0)
+    job = queue.claim()
+    assert job.id == job_id and job.attempts == 2
+    assert runner.run_job(job) == "done"
+    assert not stale.exists()
+    assert conns.get().execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 2
+
+
+def test_completion_waits_for_quiet_then_enqueues_each_route_once_and_rearms_after_restart(tmp_path, conns):
+    files = write_ct_study(tmp_path / "study", 2)
+    view = StudyView.from_files(files)
+    config = parse_config({
+        "node": {"quiet_seconds": 0.4},
+        "routes": [{"pipeline": "test-sr", "match": {"modality": "CT"}}, {"pipeline": "x", "match": {"modality": "CT"}}],
+    })
+    sched = BackgroundScheduler(timezone="UTC")
+    sched.start()
+    try:
+        tracker = CompletionTracker(conns.get, Router(config), lambda uid: view, sched)
+        uid = view.study_instance_uid
+        t0 = time.time()
+        tracker.arrived(uid, 0.4)
+        time.sleep(0.25)
+        tracker.arrived(uid, 0.4)  # a new instance pushes completion out
+        conn = conns.get()
+        while conn.execute("SELECT state FROM pending_studies").fetchone()["state"] == "waiting":
+            assert time.time() - t0 < 5
+            time.sleep(0.02)
+        assert time.time() - t0 >= 0.6
+        assert conn.execute("SELECT COUNT(*) FROM jobs WHERE generation=1").fetchone()[0] == 2
+        assert tracker.fire(uid) == []  # a second timer firing does nothing
+        # late arrival with reprocess: generation 2 after a new quiet period
+        tracker.arrived(uid, 0.1)
+        time.sleep(0.6)
+        assert conn.execute("SELECT COUNT(*) FROM jobs WHERE generation=2").fetchone()[0] == 2
+        # a re-sent copy of a stored instance does not re-run anything
+        assert tracker.arrived(uid, 0.1, replaced=True) is None
+    finally:
+        sched.shutdown(wait=False)
+    # "restart": a study left waiting (timer lost) is re-armed and fires although overdue
+    other = "1.2.826.0.1.3680043.99.1"
+    conn.execute("INSERT INTO pending_studies (study_uid, state, first_received_at, last_received_at, due_at,"
+                 " quiet_seconds) VALUES (?, 'waiting', 0, 0, 1, 30)", (other,))
+    sched2 = BackgroundScheduler(timezone="UTC")
+    tracker2 = CompletionTracker(conns.get, Router(config), lambda u: view, sched2)
+    assert tracker2.rearm() == 1
+    sched2.start()
+    try:
+        deadline = time.time() + 5
+        while conn.execute("SELECT state FROM pending_studies WHERE study_uid=?", (other,)).fetchone()["state"] == "waiting":
+            assert time.time() < deadline
+            time.sleep(0.02)
+    finally:
+        sched2.shutdown(wait=False)
+    assert conn.execute("SELECT COUNT(*) FROM jobs WHERE study_uid=?", (other,)).fetchone()[0] == 2
