@@ -1,0 +1,130 @@
+"""Dispatch to real dcmtk storescp peers: exactly once, one destination down never blocks the other,
+retries with backoff reach a destination that comes up later, and state survives a restart."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from node import db
+from node.config import DimseDestination, DispatchSection
+from node.dispatch.base import SenderError, build_sender
+from node.dispatch.queue import DISPATCH_SCHEMA, Dispatcher, add_deliveries
+from node.jobs import JOBS_SCHEMA, LocalConnections, write_result_files
+from pipelines.base import PipelineContext, PipelineResult, StudyView
+from tests.fixtures.dcmtk import StoreSCP, free_port
+from tests.fixtures.sr_pipeline import SrTestPipeline
+from tests.fixtures.studies import write_ct_study
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def conns(tmp_path):
+    c = LocalConnections(tmp_path)
+    db.ensure_schema(c.get(), JOBS_SCHEMA + DISPATCH_SCHEMA)
+    yield c
+    c.close_all()
+
+
+def _results(tmp_path, n=2):
+    view = StudyView.from_files(write_ct_study(tmp_path / "study", 1))
+    datasets = [SrTestPipeline().run(view, PipelineContext({}, None, tmp_path)).datasets[0] for _ in range(n)]
+    return write_result_files(PipelineResult(datasets, "test-sr", "0"), tmp_path / "results" / "1")
+
+
+def _dest(port, ae="PACS"):
+    return DimseDestination(type="dimse", ae_title=ae, host="127.0.0.1", port=port)
+
+
+def _wait(pred, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _states(conns, dest):
+    return [r["state"] for r in conns.get().execute(
+        "SELECT state FROM deliveries WHERE destination=? ORDER BY id", (dest,))]
+
+
+def test_down_destination_does_not_block_the_other_and_is_reached_when_it_comes_up(tmp_path, conns):
+    files = _results(tmp_path, 2)
+    up = StoreSCP(tmp_path / "up").start()
+    down_port = free_port()
+    late = StoreSCP(tmp_path / "late", port=down_port)
+    settings = DispatchSection(max_attempts=50, backoff_initial_s=0.3, backoff_max_s=1.0, timeout_s=5)
+    conn = conns.get()
+    with conn:
+        add_deliveries(conn, 1, [(uid, p) for uid, _c, p in files], ["up", "late"])
+        assert add_deliveries(conn, 1, [(uid, p) for uid, _c, p in files], ["up", "late"]) == 0
+    dispatcher = Dispatcher(conns.get, {"up": _dest(up.port), "late": _dest(down_port)}, settings, "CARDIONODE")
+    dispatcher.start()
+    try:
+        assert _wait(lambda: _states(conns, "up") == ["sent", "sent"], 10)
+        assert _states(conns, "late") == ["pending", "pending"]
+        row = conn.execute("SELECT attempts, last_error FROM deliveries WHERE destination='late'").fetchone()
+        assert row["attempts"] >= 1 and "cannot connect" in row["last_error"]
+        late.start()  # the destination comes up; retries reach it without intervention
+        assert _wait(lambda: _states(conns, "late") == ["sent", "sent"], 10)
+    finally:
+        assert dispatcher.stop(10)
+        up.stop()
+        late.stop()
+    for scp in (up, late):
+        got = sorted(str(ds.SOPInstanceUID) for ds in scp.received())
+        assert got == sorted(uid for uid, _c, _p in files)  # each instance exactly once
+
+
+def test_backoff_times_survive_restart_and_sent_rows_are_not_resent(tmp_path, conns):
+    files = _results(tmp_path, 1)
+    settings = DispatchSection(max_attempts=3, backoff_initial_s=60, backoff_max_s=60, timeout_s=3)
+    port = free_port()
+    conn = conns.get()
+    with conn:
+        add_deliveries(conn, 1, [(uid, p) for uid, _c, p in files], ["x"])
+    first = Dispatcher(conns.get, {"x": _dest(port)}, settings, "CARDIONODE")
+    first.start()
+    assert _wait(lambda: conn.execute("SELECT attempts FROM deliveries").fetchone()[0] == 1, 10)
+    assert first.stop(10)
+    due = conn.execute("SELECT next_attempt_at FROM deliveries").fetchone()[0]
+    assert due > time.time() + 50  # persisted backoff
+    with StoreSCP(tmp_path / "scp", port=port) as scp:
+        second = Dispatcher(conns.get, {"x": _dest(port)}, settings, "CARDIONODE")
+        second.start()
+        time.sleep(1.0)
+        assert second.stop(10)
+        assert scp.received() == [] and _states(conns, "x") == ["pending"]  # restart honours the retry time
+        with conn:
+            conn.execute("UPDATE deliveries SET next_attempt_at=0")
+        third = Dispatcher(conns.get, {"x": _dest(port)}, settings, "CARDIONODE")
+        third.start()
+        assert _wait(lambda: _states(conns, "x") == ["sent"], 10)
+        assert third.stop(10)
+        fourth = Dispatcher(conns.get, {"x": _dest(port)}, settings, "CARDIONODE")
+        fourth.start()
+        time.sleep(0.5)
+        assert fourth.stop(10)
+        assert len(scp.received()) == 1
+
+
+def test_unreachable_destination_ends_in_failed_after_max_attempts_with_error(tmp_path, conns):
+    files = _results(tmp_path, 1)
+    settings = DispatchSection(max_attempts=2, backoff_initial_s=0.1, backoff_max_s=0.1, timeout_s=3)
+    port = free_port()
+    with pytest.raises(SenderError):
+        build_sender("gone", _dest(port), "CARDIONODE", 3).send([files[0][2]])
+    conn = conns.get()
+    with conn:
+        add_deliveries(conn, 1, [(files[0][0], files[0][2])], ["gone"])
+    d = Dispatcher(conns.get, {"gone": _dest(port)}, settings, "CARDIONODE")
+    d.start()
+    assert _wait(lambda: _states(conns, "gone") == ["failed"], 10)
+    assert d.stop(5)
+    row = conn.execute("SELECT attempts, last_error FROM deliveries").fetchone()
+    assert row["attempts"] == 2 and str(port) in row["last_error"]
+    st = conn.execute("SELECT last_error, last_success_at FROM destination_state WHERE name='gone'").fetchone()
+    assert st["last_error"] and st["last_success_at"] is None
