@@ -1,0 +1,110 @@
+"""``cardionode models list|reload``: what models the node has, and make a running node pick up new ones."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "cmd_list", "cmd_reload", "PID_FILE_NAME", "read_pid"]
+
+PID_FILE_NAME = "cardionode.pid"
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``models list [--json] [--no-load]`` and ``models reload`` to the node's CLI."""
+    p = subparsers.add_parser("models", help="list installed models; make the running node reload them")
+    sub = p.add_subparsers(dest="models_command", required=True)
+    lst = sub.add_parser("list", help="name, version, provenance and provider of every model")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    lst.add_argument("--no-load", action="store_true",
+                     help="do not create sessions (skips the sha256 check and shows provider 'not loaded')")
+    lst.set_defaults(func=cmd_list)
+    rel = sub.add_parser("reload", help="send SIGHUP to the running node: new jobs use newly installed models")
+    rel.set_defaults(func=cmd_reload)
+    for sp in (lst, rel):
+        # SUPPRESS: keep a --config given to the top-level parser instead of overwriting it with None.
+        sp.add_argument("--config", default=argparse.SUPPRESS, help="node config file (YAML)")
+    return p
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from node.config import NodeConfig, load_config
+
+    path = getattr(args, "config", None)
+    return load_config(path) if path else NodeConfig()
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print every model found; exit status 1 when any is unusable."""
+    from .store import ModelStore
+
+    config = _config(args)
+    store = ModelStore.from_config(config.models)
+    if not args.no_load:
+        store.warmup() if config.models.warmup else [_try(store, n) for n in store.names()]
+    rows = store.describe()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        dirs = ", ".join(str(d) for d in store.model_dirs) or "none"
+        print(f"no models installed (looked in: {dirs})")
+    else:
+        for r in rows:
+            head = f"{r['name']:<28} {str(r['version']):<12} {r['provider']:<11} {r['status']}"
+            print(head)
+            if r["provenance"]:
+                print(f"    provenance: {r['provenance']}")
+            print(f"    source:     {r['source']}")
+            if r["error"]:
+                print(f"    error:      {r['error']}")
+    return 1 if any(r["status"] != "ok" for r in rows) else 0
+
+
+def _try(store: Any, name: str) -> None:
+    from .store import ModelError
+
+    try:
+        store.acquire(name)
+    except ModelError:
+        pass  # recorded by the store; describe() shows it
+
+
+def read_pid(storage_dir: str | Path) -> int:
+    """PID of the running node from ``<storage_dir>/cardionode.pid`` (raises FileNotFoundError / ValueError)."""
+    text = (Path(storage_dir) / PID_FILE_NAME).read_text(encoding="ascii").strip()
+    return int(text.split()[0])
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Check the model directories, then SIGHUP the node named by its pid file."""
+    from .store import ModelStore
+
+    config = _config(args)
+    store = ModelStore.from_config(config.models)
+    for r in store.describe():
+        if r["status"] != "ok":
+            print(f"warning: {r['name']}: {r['error']}", file=sys.stderr)
+    pid_file = config.node.storage_path / PID_FILE_NAME
+    try:
+        pid = read_pid(config.node.storage_path)
+    except FileNotFoundError:
+        print(f"error: no pid file {pid_file}: is the node running with this config?", file=sys.stderr)
+        return 2
+    except ValueError:
+        print(f"error: {pid_file} does not hold a process id", file=sys.stderr)
+        return 2
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"error: no process {pid} (stale pid file {pid_file}); start the node", file=sys.stderr)
+        return 2
+    except PermissionError:
+        print(f"error: not allowed to signal process {pid}; run as the node's user", file=sys.stderr)
+        return 2
+    print(f"sent SIGHUP to node process {pid}; models found: "
+          + (", ".join(f"{r['name']} {r['version']}" for r in store.describe() if r['status'] == 'ok') or "none"))
+    return 0

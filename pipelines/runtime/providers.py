@@ -1,0 +1,123 @@
+"""ONNX Runtime execution providers and session options from the node config.
+
+The config lists providers in order of preference (``tensorrt``, ``cuda``,
+``cpu``).  A provider that this onnxruntime build does not have is skipped
+with a warning; CPU is always appended last so that a session can always be
+created.  TensorRT gets fp16, an engine cache directory per model version and
+an explicit optimisation profile built from the manifest's ``trt_profile``
+(min/opt/max shapes for inputs with dynamic axes), so engines are built once
+and reused across restarts.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import onnxruntime as ort
+
+from .manifest import ModelManifest
+
+__all__ = [
+    "PROVIDER_NAMES",
+    "available_providers",
+    "provider_chain",
+    "session_options",
+    "short_provider_name",
+    "trt_profile_strings",
+]
+
+log = logging.getLogger("cardionode.models")
+
+#: Config name -> ONNX Runtime provider name.
+PROVIDER_NAMES: dict[str, str] = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+_SHORT = {v: k for k, v in PROVIDER_NAMES.items()}
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def available_providers() -> list[str]:
+    """Providers compiled into the installed onnxruntime (CPU only for the ``onnxruntime`` wheel)."""
+    return list(ort.get_available_providers())
+
+
+def short_provider_name(provider: str) -> str:
+    """``CUDAExecutionProvider`` -> ``cuda`` (unknown names are returned unchanged)."""
+    return _SHORT.get(provider, provider)
+
+
+def trt_profile_strings(manifest: ModelManifest) -> dict[str, str]:
+    """TensorRT EP profile options, e.g. ``{"trt_profile_min_shapes": "video:1x1x3x32x256x256", ...}``."""
+    if not manifest.trt_profile:
+        return {}
+    out: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
+    for name, prof in manifest.trt_profile.items():
+        for part in out:
+            dims = "x".join(str(d) for d in getattr(prof, part))
+            out[part].append(f"{name}:{dims}")
+    return {f"trt_profile_{part}_shapes": ",".join(items) for part, items in out.items()}
+
+
+def provider_chain(
+    preferred: Sequence[str],
+    manifest: ModelManifest,
+    *,
+    tensorrt_fp16: bool = True,
+    tensorrt_cache_dir: str | Path | None = None,
+    available: Sequence[str] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """(provider, options) pairs to try, most preferred first; unavailable ones skipped, CPU always last."""
+    have = set(available_providers() if available is None else available)
+    chain: list[tuple[str, dict[str, Any]]] = []
+    for short in preferred:
+        name = PROVIDER_NAMES[short]
+        if name not in have:
+            log.warning("model %r: execution provider %s requested but not in this onnxruntime build (have: %s); skipped",
+                        manifest.name, name, ", ".join(sorted(have)))
+            continue
+        if short == "tensorrt":
+            opts: dict[str, Any] = {"device_id": 0, "trt_fp16_enable": bool(tensorrt_fp16),
+                                    "trt_max_workspace_size": 4 << 30}
+            if tensorrt_cache_dir:
+                cache = Path(tensorrt_cache_dir) / f"{manifest.name}-{manifest.version}-{manifest.sha256[:12]}"
+                cache.mkdir(parents=True, exist_ok=True)
+                opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache),
+                            trt_timing_cache_enable=True, trt_timing_cache_path=str(cache))
+            opts.update(trt_profile_strings(manifest))
+            chain.append((name, opts))
+        elif short == "cuda":
+            chain.append((name, {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC",
+                                 "arena_extend_strategy": "kSameAsRequested"}))
+        else:
+            chain.append((name, {}))
+    if not any(n == PROVIDER_NAMES["cpu"] for n, _ in chain):
+        chain.append((PROVIDER_NAMES["cpu"], {}))
+    return chain
+
+
+def session_options(intra_op_threads: int = 0, inter_op_threads: int = 0,
+                    graph_optimization: str = "all") -> ort.SessionOptions:
+    """Session options from the ``models`` config section (0 threads = ONNX Runtime default)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _OPT_LEVELS[graph_optimization]
+    if intra_op_threads:
+        so.intra_op_num_threads = intra_op_threads
+    if inter_op_threads:
+        so.inter_op_num_threads = inter_op_threads
+        if inter_op_threads > 1:
+            so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    so.log_severity_level = 3  # errors only: ORT warnings are noise in the node log
+    return so
+
+
+def describe_chain(chain: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    return " > ".join(short_provider_name(n) for n, _ in chain)
