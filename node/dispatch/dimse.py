@@ -67,7 +67,7 @@ class DimseSender:
         if not assoc.is_established:
             if assoc.is_rejected:
                 raise SenderError(f"{self.name}: association rejected by {dest.ae_title}@{dest.host}:{dest.port}")
-            raise SenderError(f"{self.name}: no association with {dest.ae_title}@{dest.host}:{dest.port}")
+            raise SenderError(f"{self.name}: cannot associate with {dest.ae_title}@{dest.host}:{dest.port} (down, unreachable or timed out)")
         outcomes: list[SendOutcome] = []
         try:
             for path, sop_class, _ts in headers:
