@@ -301,3 +301,19 @@ def test_summary_image(ct, tmp_path: Path) -> None:
     assert px.dtype == np.uint8 and px.shape[1] == 1024
     rows_with_text = np.flatnonzero(px.max(axis=1) > 128)
     assert len(rows_with_text) > 6 * 10  # title + 3 lines + 2 footer lines rendered (~>10 px each)
+
+
+@needs_dciodvfy
+def test_sr_without_image_library_still_references_sources(ct, tmp_path: Path) -> None:
+    groups = [MeasurementGroupSpec("Total", C.PATHOLOGIC_CALCIFICATION, C.HEART, measurements=[
+        MeasurementSpec(C.CORONARY_ARTERY_CALCIUM_SCORE, 0.0, C.SCORE, C.AGATSTON_SCORING_METHOD)])]
+    sr = build_measurement_report(ct.source_datasets, procedure=C.CT_OF_HEART, groups=groups, algorithm=ALG,
+                                  series_number=904, series_description="calcium", image_library=False)
+    back = _save_and_validate(sr, tmp_path / "sr.dcm")
+    assert not [i for i in _walk(back.ContentSequence) if i.get("ValueType") == "IMAGE"]
+    evidence = {str(i.ReferencedSOPInstanceUID)
+                for s in back.CurrentRequestedProcedureEvidenceSequence
+                for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+    assert evidence == {str(h.SOPInstanceUID) for h in ct.headers}
+    # the caller's headers were not modified by the Type 2 fill
+    assert "AccessionNumber" not in ct.headers[0]

@@ -38,17 +38,22 @@ def software_version() -> str:
 
 
 def fill_type2(sources: Sequence[Dataset]) -> list[Dataset]:
-    """Shallow copies of ``sources`` with missing Type 2 patient/study attributes set empty.
+    """``sources`` with the first dataset replaced by a shallow copy whose missing Type 2
+    patient/study attributes are set empty.
 
-    The originals are not modified; copies are cheap (elements are shared, not duplicated).
+    highdicom takes patient and study attributes from the first source only, so only that one
+    is copied (copying 600 CT headers costs ~0.5 s).  The originals are not modified.
     """
-    out = []
-    for ds in sources:
-        c = shallow_copy(ds)
-        for attr in TYPE2_ATTRIBUTES:
-            if attr not in c or c[attr].value is None:
-                setattr(c, attr, "")
-        out.append(c)
+    out = list(sources)
+    if not out:
+        return out
+    first = out[0]
+    missing = [a for a in TYPE2_ATTRIBUTES if a not in first or first[a].value is None]
+    if missing:
+        c = shallow_copy(first)
+        for attr in missing:
+            setattr(c, attr, "")
+        out[0] = c
     return out
 
 

@@ -81,9 +81,11 @@ def _transfer_syntax(rows: int, cols: int) -> str:
 
 
 def _present(masks: np.ndarray, n_segments: int) -> list[bool]:
+    """Which segments have at least one voxel (cheap for sparse masks: only non-empty frames are scanned)."""
     if masks.ndim == 4:
         return [bool(masks[..., i].any()) for i in range(n_segments)]
-    values = np.unique(masks)
+    nonzero_frames = masks.reshape(masks.shape[0], -1).any(axis=1)
+    values = set(np.unique(masks[nonzero_frames]).tolist()) if nonzero_frames.any() else set()
     return [(i + 1) in values for i in range(n_segments)]
 
 
