@@ -48,7 +48,8 @@ COMPLETION_SCHEMA = [
         received INTEGER NOT NULL DEFAULT 0,
         late_ignored INTEGER NOT NULL DEFAULT 0,
         processed_at REAL,
-        routes TEXT
+        routes TEXT,
+        spool_deleted_at REAL
     )""",
     "CREATE INDEX IF NOT EXISTS pending_studies_state ON pending_studies (state, due_at)",
 ]

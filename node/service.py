@@ -1,0 +1,288 @@
+"""The node process: wires spool, completion, jobs, dispatch, retention, DIMSE and HTTP together.
+
+Start order matters for "nothing acknowledged is lost, nothing processed
+twice": the database schema and crash recovery (spool ``recover()``,
+interrupted jobs back to ``queued``) run before any listener accepts data;
+completion timers are re-armed from ``pending_studies``; only then do the
+DIMSE and HTTP listeners start.  Stop order is the reverse: listeners first
+(in-flight C-STOREs finish), then the scheduler, job workers (running jobs
+may finish within a grace period, otherwise they are re-queued at the next
+start) and dispatch threads (the batch in flight finishes).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from pipelines.base import StudyView
+from pipelines.registry import PipelineRegistry, default_registry
+
+from . import db
+from .completion import COMPLETION_SCHEMA, CompletionTracker
+from .config import ConfigError, NodeConfig
+from .dispatch.queue import DISPATCH_SCHEMA, Dispatcher
+from .jobs import JOBS_SCHEMA, JobQueue, JobRunner, LocalConnections
+from .retention import RetentionSweeper
+from .routing import Router
+
+__all__ = ["NodeService", "STATE_SCHEMA", "PID_FILE_NAME"]
+
+log = logging.getLogger("cardionode.service")
+
+STATE_SCHEMA = COMPLETION_SCHEMA + JOBS_SCHEMA + DISPATCH_SCHEMA
+PID_FILE_NAME = "cardionode.pid"  # read by `cardionode models reload` (pipelines.runtime.cli)
+RETENTION_INTERVAL_S = 600.0
+
+
+def _call_with_supported(fn: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` with those keyword arguments its signature accepts (other areas' constructors evolve)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn(**kwargs)
+    return fn(**{k: v for k, v in kwargs.items() if k in params})
+
+
+class NodeService:
+    """One running node; ``start()`` / ``stop()`` or ``run_forever()`` (signal handling included)."""
+
+    def __init__(self, config: NodeConfig, registry: PipelineRegistry | None = None) -> None:
+        self.config = config
+        self.storage_dir = config.node.storage_path
+        self.registry = registry or default_registry(config.node.plugins)
+        for i, route in enumerate(config.routes):
+            if route.pipeline not in self.registry:
+                raise ConfigError(
+                    f"routes[{i}].pipeline: unknown pipeline {route.pipeline!r} "
+                    f"(registered: {', '.join(self.registry.names())})"
+                )
+        self.conns = LocalConnections(self.storage_dir)
+        self.router = Router(config)
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.models: Any = None
+        self.spool: Any = None
+        self.dimse: Any = None
+        self.web: Any = None
+        self.completion: CompletionTracker | None = None
+        self.runner: JobRunner | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.retention: RetentionSweeper | None = None
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ pieces from other areas
+    def _index(self) -> Any:
+        from .index import InstanceIndex
+
+        return InstanceIndex(self.conns.get())
+
+    def load_study(self, study_uid: str) -> StudyView:
+        return self._index().study_view(study_uid)
+
+    def delete_study(self, study_uid: str) -> None:
+        delete = getattr(self.spool, "delete_study", None)
+        if delete is not None:
+            delete(study_uid)
+        else:
+            self._index().delete_study(study_uid)
+
+    def _make_models(self) -> Any:
+        try:
+            from pipelines.runtime import ModelStore
+        except ImportError as exc:
+            log.warning("model runtime not available; pipelines get no model store", extra={"error": str(exc)})
+            return None
+        return ModelStore.from_config(self.config.models)
+
+    def _make_spool(self) -> Any:
+        from .spool import Spool
+
+        spool = _call_with_supported(
+            Spool, storage_dir=self.storage_dir, min_free_mb=self.config.node.min_free_mb,
+            on_stored=self._on_stored,
+        )
+        if "on_stored" not in inspect.signature(Spool).parameters:
+            add = getattr(spool, "add_listener", None) or getattr(spool, "add_on_stored", None)
+            if add is not None:
+                add(self._on_stored)
+            else:
+                spool.on_stored = self._on_stored
+        return spool
+
+    def _on_stored(self, instance: Any) -> None:
+        assert self.completion is not None
+        self.completion.on_stored(instance)
+
+    def _start_dimse(self) -> Any:
+        from .ingest.dimse import DimseServer
+
+        server = _call_with_supported(
+            DimseServer, config=self.config, node=self.config.node, settings=self.config.node,
+            spool=self.spool,
+        )
+        server.start()
+        return server
+
+    def _start_web(self) -> Any:
+        if not self.config.node.http_enabled:
+            return None
+        try:
+            from .web import server as web_server
+        except ImportError as exc:
+            log.info("HTTP port not started: node.web.server not available", extra={"error": str(exc)})
+            return None
+        factory = getattr(web_server, "WebServer", None) or getattr(web_server, "start_server", None)
+        if factory is None:
+            log.warning("node.web.server has no WebServer/start_server; HTTP port not started")
+            return None
+        server = _call_with_supported(
+            factory, config=self.config, spool=self.spool, get_conn=self.conns.get, conns=self.conns,
+            storage_dir=self.storage_dir, models=self.models, model_store=self.models, registry=self.registry,
+            service=self,
+        )
+        start = getattr(server, "start", None)
+        if start is not None:
+            start()
+        return server
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        cfg = self.config
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        conn = self.conns.get()
+        db.ensure_schema(conn, STATE_SCHEMA)
+        (self.storage_dir / PID_FILE_NAME).write_text(f"{os.getpid()}\n", encoding="ascii")
+
+        self.models = self._make_models()
+        queue = JobQueue(self.conns, cfg.jobs, self.storage_dir)
+        requeued, failed = queue.requeue_interrupted()
+        if requeued or failed:
+            log.warning("jobs interrupted by the last stop/crash", extra={"requeued": requeued, "failed": failed})
+
+        self.dispatcher = Dispatcher(self.conns.get, cfg.destinations, cfg.dispatch, cfg.node.ae_title)
+        self.runner = JobRunner(
+            queue, self.registry, self.load_study, cfg.pipeline_options, self.models,
+            self.storage_dir / "work", workers=cfg.node.workers, on_results=self.dispatcher.wake,
+        )
+        self.completion = CompletionTracker(
+            self.conns.get, self.router, self.load_study, self.scheduler,
+            late_arrivals=cfg.node.late_arrivals, on_enqueued=self.runner.wake,
+        )
+        self.retention = RetentionSweeper(self.conns.get, cfg.retention, self.delete_study, self.storage_dir)
+
+        self.spool = self._make_spool()
+        recover = getattr(self.spool, "recover", None)
+        if recover is not None:
+            recover()
+        self._reconcile()
+        armed = self.completion.rearm()
+
+        self.dispatcher.start()
+        self.runner.start()
+        self.scheduler.add_job(self._sweep, "interval", seconds=RETENTION_INTERVAL_S, id="retention",
+                               next_run_time=None, coalesce=True, max_instances=1)
+        self.scheduler.start()
+        self.scheduler.add_job(self._sweep, "date", id="retention-start", misfire_grace_time=None)
+
+        self.dimse = self._start_dimse()
+        self.web = self._start_web()
+        log.info(
+            "node started",
+            extra={"ae_title": cfg.node.ae_title, "port": cfg.node.port, "storage_dir": str(self.storage_dir),
+                   "studies_waiting": armed, "routes": len(cfg.routes), "destinations": len(cfg.destinations),
+                   "workers": cfg.node.workers, "pid": os.getpid()},
+        )
+
+    def _reconcile(self) -> None:
+        """Arm studies the index holds but completion never saw (kill between index commit and hook)."""
+        try:
+            index = self._index()
+            studies = getattr(index, "study_last_received", None)
+            if studies is None:
+                return
+            assert self.completion is not None
+            n = self.completion.reconcile(studies())
+            if n:
+                log.warning("studies found in the index without completion state; armed", extra={"count": n})
+        except ImportError:
+            pass
+
+    def _sweep(self) -> None:
+        assert self.retention is not None
+        try:
+            self.retention.sweep()
+        except Exception:
+            log.exception("retention sweep failed")
+
+    def stop(self, job_grace_s: float = 10.0, dispatch_grace_s: float = 30.0) -> None:
+        """Stop accepting, finish in-flight transfers, leave unfinished jobs for re-queueing."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
+        log.info("node stopping")
+        if self.dimse is not None:
+            try:
+                self.dimse.stop(graceful=True)
+            except TypeError:
+                self.dimse.stop()
+        if self.web is not None and hasattr(self.web, "stop"):
+            self.web.stop()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        if self.runner is not None and not self.runner.stop(job_grace_s):
+            log.warning("jobs still running at stop; they are re-queued at the next start")
+        if self.dispatcher is not None and not self.dispatcher.stop(dispatch_grace_s):
+            log.warning("a dispatch batch was still in flight at stop; unsent instances stay pending")
+        close = getattr(self.spool, "close", None)
+        if close is not None:
+            close()
+        try:
+            (self.storage_dir / PID_FILE_NAME).unlink()
+        except FileNotFoundError:
+            pass
+        self.conns.close_all()
+        log.info("node stopped")
+
+    def reload_models(self) -> None:
+        if self.models is None:
+            log.warning("SIGHUP: no model store to reload")
+            return
+        try:
+            changes = self.models.reload()
+            log.info("models reloaded", extra={"changes": str(changes)})
+        except Exception:
+            log.exception("model reload failed; previous models stay in use")
+
+    def run_forever(self) -> int:
+        """Start, then wait for SIGTERM/SIGINT (stop, exit 0) or SIGHUP (reload models)."""
+        stop_requested = threading.Event()
+        reload_requested = threading.Event()
+
+        def _term(signum: int, _frame: Any) -> None:
+            log.info("signal received", extra={"signal": signal.Signals(signum).name})
+            stop_requested.set()
+
+        def _hup(_signum: int, _frame: Any) -> None:
+            reload_requested.set()
+
+        signal.signal(signal.SIGTERM, _term)
+        signal.signal(signal.SIGINT, _term)
+        signal.signal(signal.SIGHUP, _hup)
+        self.start()
+        try:
+            while not stop_requested.is_set():
+                stop_requested.wait(0.5)
+                if reload_requested.is_set():
+                    reload_requested.clear()
+                    self.reload_models()
+        finally:
+            self.stop()
+        return 0
