@@ -317,3 +317,39 @@ def test_sr_without_image_library_still_references_sources(ct, tmp_path: Path) -
     assert evidence == {str(h.SOPInstanceUID) for h in ct.headers}
     # the caller's headers were not modified by the Type 2 fill
     assert "AccessionNumber" not in ct.headers[0]
+
+
+@needs_dciodvfy
+def test_myops_sr_references_overlapping_segments(tmp_path: Path) -> None:
+    vals = np.full((3, 40, 40), 100.0)
+    vol = load_volume(StudyView.from_files(syn.write_mr_series(tmp_path / "mr", vals, syn.SyntheticStudy())).series[0])
+    masks = np.zeros(vol.shape + (2,), dtype=bool)
+    masks[:, 10:30, 10:30, 0] = True
+    masks[1, 12:16, 12:16, 1] = True  # scar inside myocardium
+    specs = [SegmentSpec("Myocardium", C.TISSUE, C.MYOCARDIUM, C.LEFT_VENTRICLE, (200, 120, 80), "myo"),
+             SegmentSpec("Scar", C.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, C.SCAR_TISSUE, C.LEFT_VENTRICLE, (255, 255, 0),
+                         "scar")]
+    seg = build_segmentation_for_volume(vol, masks, specs, algorithm=ALG, series_number=931, series_description="MyoPS")
+    assert seg.dataset.file_meta.TransferSyntaxUID == JPEG2000Lossless
+    myo_ml = masks[..., 0].sum() * vol.voxel_volume_mm3 / 1000
+    scar_ml = masks[..., 1].sum() * vol.voxel_volume_mm3 / 1000
+    groups = [
+        MeasurementGroupSpec("myo", C.MYOCARDIUM, C.LEFT_VENTRICLE, referenced_segment=seg.ref("Myocardium"),
+                             measurements=[MeasurementSpec(C.VOLUME, myo_ml, C.ML)]),
+        MeasurementGroupSpec("scar", C.SCAR_TISSUE, C.LEFT_VENTRICLE, referenced_segment=seg.ref("Scar"),
+                             measurements=[MeasurementSpec(C.VOLUME, scar_ml, C.ML),
+                                           MeasurementSpec(C.MYOCARDIAL_SCAR_FRACTION, 100 * scar_ml / myo_ml, C.PERCENT)]),
+    ]
+    sr = build_measurement_report(vol.source_datasets, procedure=C.MR_OF_HEART, groups=groups, algorithm=ALG,
+                                  series_number=932, series_description="MyoPS SR", referenced_seg=seg.dataset)
+    _save_and_validate(seg.dataset, tmp_path / "seg.dcm")
+    _save_and_validate(sr, tmp_path / "sr.dcm")
+    report = hd.sr.srread(tmp_path / "sr.dcm").content
+    got = {g.tracking_identifier: (g.referenced_segment.referenced_segment_numbers,
+                                   [(m.name.value, m.value, m.unit.value) for m in g.get_measurements()])
+           for g in report.get_volumetric_roi_measurement_groups()}
+    assert got == {
+        "myo": ([1], [("118565006", pytest.approx(myo_ml), "mL")]),
+        "scar": ([2], [("118565006", pytest.approx(scar_ml), "mL"),
+                       ("SCAR-FRACTION", pytest.approx(100 * scar_ml / myo_ml), "%")]),
+    }
