@@ -187,7 +187,7 @@ class NodeService:
         self.dispatcher.start()
         self.runner.start()
         self.scheduler.add_job(self._sweep, "interval", seconds=RETENTION_INTERVAL_S, id="retention",
-                               next_run_time=None, coalesce=True, max_instances=1)
+                               coalesce=True, max_instances=1)
         self.scheduler.start()
         self.scheduler.add_job(self._sweep, "date", id="retention-start", misfire_grace_time=None)
 

@@ -1,0 +1,203 @@
+"""The ``cardionode`` command: serve, status, process, plus subcommands mounted from other areas.
+
+- ``cardionode serve --config conf/node.yaml``: run the node until SIGTERM/SIGINT.
+- ``cardionode status --config ... [--json]``: studies, jobs, destinations, models.
+- ``cardionode process --config ... --study-dir DIR --pipeline NAME [--out DIR]``: run one
+  pipeline over DICOM files without the network (pipeline development, tests).
+- ``cardionode models list|reload`` and ``cardionode export`` when those modules are installed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ConfigError, NodeConfig, load_config
+
+__all__ = ["main", "build_parser"]
+
+
+def _load(args: argparse.Namespace) -> NodeConfig:
+    path = getattr(args, "config", None)
+    return load_config(path) if path else NodeConfig()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .logging_setup import setup_logging
+    from .service import NodeService
+
+    config = _load(args)
+    setup_logging(config.node.log_format, config.node.log_level)
+    return NodeService(config).run_forever()
+
+
+def _fmt_time(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import db, status
+
+    config = _load(args)
+    db_path = config.node.storage_path / db.DB_FILENAME
+    if not db_path.exists():
+        print(f"error: no node database at {db_path}: has the node run with this config?", file=sys.stderr)
+        return 2
+    conn = db.connect(config.node.storage_path)
+    model_store = None
+    if not args.no_models:
+        try:
+            from pipelines.runtime import ModelStore
+
+            model_store = ModelStore.from_config(config.models)
+        except ImportError:
+            model_store = None
+    data = status.summary(conn, config, model_store, limit=args.limit)
+    conn.close()
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    c = data["counts"]
+    print(f"node {config.node.ae_title} port {config.node.port} storage {config.node.storage_dir}")
+    print("studies: " + (", ".join(f"{k} {v}" for k, v in sorted(c["pending_studies"].items())) or "none"))
+    print("jobs:    " + (", ".join(f"{k} {v}" for k, v in sorted(c["jobs"].items())) or "none"))
+    print("\nDESTINATION          TYPE     QUEUE  SENT   FAILED LAST SUCCESS         LAST ERROR")
+    for d in data["destinations"]:
+        err = (d["last_error"] or "-")[:70]
+        print(f"{d['name']:<20} {d['type']:<8} {d['queue_depth']:<6} {d['sent']:<6} {d['failed']:<6} "
+              f"{_fmt_time(d['last_success_at']):<20} {err}")
+    print("\nRECENT JOBS")
+    for j in data["jobs"]:
+        err = (j["error"] or "").splitlines()[0][:60] if j["error"] else ""
+        print(f"  #{j['id']:<5} {j['state']:<8} {j['pipeline']:<10} try {j['attempts']} "
+              f"{_fmt_time(j['finished_at'] or j['started_at'] or j['created_at'])} {j['study_uid']} {err}")
+    print("\nRECENT STUDIES")
+    for s in data["studies"]:
+        print(f"  {s['state']:<10} gen {s['generation']} last {_fmt_time(s['last_received_at'])} "
+              f"{s['study_uid']} {','.join(s['routes'])}")
+    models = data["models"]
+    print("\nMODELS")
+    if models is None:
+        print("  (model runtime not available)")
+    elif not models:
+        print("  none installed")
+    else:
+        for m in models:
+            print(f"  {m.get('name')} {m.get('version', '')} {m.get('status', '')}")
+    return 0
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from pipelines.base import PipelineContext, StudyView
+    from pipelines.registry import default_registry
+
+    from .jobs import write_result_files
+    from .logging_setup import setup_logging
+
+    config = _load(args)
+    setup_logging(config.node.log_format, config.node.log_level)
+    files = sorted(p for p in Path(args.study_dir).rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        print(f"error: no files under {args.study_dir}", file=sys.stderr)
+        return 2
+    registry = default_registry(config.node.plugins)
+    pipeline = registry.create(args.pipeline)
+    models: Any = None
+    try:
+        from pipelines.runtime import ModelStore
+
+        models = ModelStore.from_config(config.models)
+    except ImportError:
+        pass
+    study = StudyView.from_files(files)
+    out_dir = Path(args.out)
+    with tempfile.TemporaryDirectory(prefix="cardionode-process-") as work:
+        started = time.monotonic()
+        result = pipeline.run(study, PipelineContext(config.pipeline_options(args.pipeline), models, Path(work)))
+        seconds = time.monotonic() - started
+    written = write_result_files(result, out_dir)
+    print(json.dumps({
+        "study_uid": study.study_instance_uid,
+        "pipeline": result.pipeline_name,
+        "pipeline_version": result.pipeline_version,
+        "models": [{"name": m.name, "version": m.version, "provider": m.provider} for m in result.models],
+        "seconds": round(seconds, 3),
+        "results": [{"sop_instance_uid": u, "sop_class_uid": c, "path": str(p)} for u, c, p in written],
+        "summary": result.summary,
+    }, indent=2, default=str))
+    return 0
+
+
+def _mount_optional(subparsers: argparse._SubParsersAction) -> None:
+    try:
+        from pipelines.runtime import cli as models_cli
+    except ImportError:
+        models_cli = None
+    if models_cli is not None:
+        models_cli.register(subparsers)
+    try:  # needs torch (train extra); the node runs without it
+        from export import cli as export_cli
+    except ImportError:
+        export_cli = None
+    if export_cli is not None:
+        try:
+            export_cli.register(subparsers)
+        except ImportError:
+            pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cardionode", description="CardioNode: clinical AI node for cardiac imaging")
+    parser.add_argument("--config", default=None, help="node config file (YAML); default: built-in defaults")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the node (DIMSE, HTTP, jobs, dispatch) until SIGTERM")
+    serve.add_argument("--config", default=argparse.SUPPRESS, help="node config file (YAML)")
+    serve.set_defaults(func=cmd_serve)
+
+    st = sub.add_parser("status", help="studies, jobs, destinations (queue, last error) and models")
+    st.add_argument("--config", default=argparse.SUPPRESS, help="node config file (YAML)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--limit", type=int, default=20, help="recent studies/jobs to list (default 20)")
+    st.add_argument("--no-models", action="store_true", help="do not scan the model directories")
+    st.set_defaults(func=cmd_status)
+
+    pr = sub.add_parser("process", help="run one pipeline over DICOM files, no network; results to --out")
+    pr.add_argument("--config", default=argparse.SUPPRESS, help="node config file (YAML)")
+    pr.add_argument("--study-dir", required=True, help="folder with the study's DICOM files (searched recursively)")
+    pr.add_argument("--pipeline", required=True, help="pipeline name (e.g. calcium, syntax, myops)")
+    pr.add_argument("--out", default="./results", help="where result files are written (default ./results)")
+    pr.set_defaults(func=cmd_process)
+
+    _mount_optional(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from pipelines.base import PipelineError
+        from pipelines.registry import UnknownPipelineError
+
+        if isinstance(exc, (PipelineError, UnknownPipelineError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        logging.getLogger("cardionode").exception("command failed")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
