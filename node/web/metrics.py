@@ -1,0 +1,147 @@
+"""Prometheus metrics of one node, in a registry the service owns (never the global default).
+
+Event counters are incremented by whoever sees the event; the service calls:
+
+* ``metrics.instance_received(source, nbytes)`` -- after an instance is durably stored
+  (STOW and retrieve call it themselves; DIMSE ingest should call it with source="dimse");
+* ``metrics.study_completed()`` -- when a study's quiet period ends and it is routed;
+* ``metrics.job_finished(pipeline, state, latency_s, run_s)`` -- when a job reaches done/failed
+  (``metrics.job_hook(get_conn)`` gives a callable for ``JobRunner(on_job_finished=...)``);
+* ``metrics.dispatch_failed(destination, n)`` -- per delivery that failed an attempt.
+
+Jobs by state and pending deliveries by destination are gauges read from the
+database at scrape time, so they are right even after a restart.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any, Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+__all__ = ["Metrics", "JOB_STATES", "CONTENT_TYPE_LATEST"]
+
+log = logging.getLogger("cardionode.metrics")
+
+JOB_STATES = ("queued", "running", "done", "failed")
+_LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
+
+
+class _DbCollector(Collector):
+    """Gauges computed from the node database when /metrics is scraped."""
+
+    def __init__(self, get_conn: Callable[[], sqlite3.Connection]) -> None:
+        self._get_conn = get_conn
+
+    def _rows(self, sql: str) -> list[sqlite3.Row]:
+        try:
+            return list(self._get_conn().execute(sql).fetchall())
+        except sqlite3.OperationalError:  # table not created yet (component not started)
+            return []
+
+    def collect(self) -> Iterable[Metric]:
+        jobs = GaugeMetricFamily("cardionode_jobs", "Pipeline jobs by state", labels=["state"])
+        counts = {state: 0 for state in JOB_STATES}
+        for row in self._rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
+            counts[row["state"]] = row["n"]
+        for state, n in counts.items():
+            jobs.add_metric([state], n)
+        yield jobs
+        queue = GaugeMetricFamily(
+            "cardionode_dispatch_queue", "Result deliveries by destination and state", labels=["destination", "state"]
+        )
+        for row in self._rows("SELECT destination, state, COUNT(*) AS n FROM deliveries GROUP BY destination, state"):
+            queue.add_metric([row["destination"], row["state"]], row["n"])
+        yield queue
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+class Metrics:
+    """The node's metrics; one object per service, passed to the components that count."""
+
+    def __init__(self, get_conn: Callable[[], sqlite3.Connection] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.instances = Counter(
+            "cardionode_instances_received", "SOP instances stored in the spool", ["source"], registry=r
+        )
+        self.bytes = Counter("cardionode_received_bytes", "Bytes of instances stored in the spool", ["source"], registry=r)
+        self.studies = Counter("cardionode_studies_completed", "Studies completed and routed", registry=r)
+        self.jobs_finished = Counter(
+            "cardionode_jobs_finished", "Jobs that reached a final state", ["pipeline", "state"], registry=r
+        )
+        self.job_latency = Histogram(
+            "cardionode_job_latency_seconds",
+            "Job creation (study complete) to final state, by pipeline",
+            ["pipeline"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.job_run = Histogram(
+            "cardionode_job_run_seconds",
+            "Last attempt's run time (start to final state), by pipeline",
+            ["pipeline"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dispatch_failures = Counter(
+            "cardionode_dispatch_failures", "Failed delivery attempts", ["destination"], registry=r
+        )
+        self.stow_requests = Counter(
+            "cardionode_stow_requests", "STOW-RS requests by HTTP status", ["status"], registry=r
+        )
+        if get_conn is not None:
+            r.register(_DbCollector(get_conn))
+
+    # -------------------------------------------------------------- events
+    def instance_received(self, source: str, nbytes: int) -> None:
+        self.instances.labels(source=source).inc()
+        self.bytes.labels(source=source).inc(max(0, nbytes))
+
+    def study_completed(self, n: int = 1) -> None:
+        self.studies.inc(n)
+
+    def job_finished(self, pipeline: str, state: str, latency_s: float | None = None, run_s: float | None = None) -> None:
+        self.jobs_finished.labels(pipeline=pipeline, state=state).inc()
+        if latency_s is not None:
+            self.job_latency.labels(pipeline=pipeline).observe(max(0.0, latency_s))
+        if run_s is not None:
+            self.job_run.labels(pipeline=pipeline).observe(max(0.0, run_s))
+
+    def dispatch_failed(self, destination: str, n: int = 1) -> None:
+        self.dispatch_failures.labels(destination=destination).inc(n)
+
+    def stow_request(self, status: int) -> None:
+        self.stow_requests.labels(status=str(status)).inc()
+
+    def job_hook(self, get_conn: Callable[[], sqlite3.Connection]) -> Callable[[Any, str], None]:
+        """A ``(job, state)`` callable for ``JobRunner(on_job_finished=...)``: reads the job's times from the DB."""
+
+        def hook(job: Any, state: str) -> None:
+            if state not in ("done", "failed"):
+                return  # re-queued after a transient error: not final
+            row = get_conn().execute(
+                "SELECT pipeline, created_at, started_at, finished_at FROM jobs WHERE id=?", (job.id,)
+            ).fetchone()
+            if row is None or row["finished_at"] is None:
+                self.job_finished(job.pipeline, state)
+                return
+            run_s = row["finished_at"] - row["started_at"] if row["started_at"] is not None else None
+            self.job_finished(row["pipeline"], state, row["finished_at"] - row["created_at"], run_s)
+
+        return hook
+
+    # -------------------------------------------------------------- exposition
+    def render(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """Current value of one sample (tests, status): e.g. value("cardionode_instances_received_total", {...})."""
+        return self.registry.get_sample_value(name, labels or {})

@@ -1,0 +1,187 @@
+"""The node's HTTP port: STOW-RS, status API, /healthz and /metrics, served by uvicorn in a thread.
+
+Entry points for the service:
+
+* :class:`WebContext` -- what the endpoints need (config, spool, DB connections,
+  metrics, model store, optional retry/wake/readiness callables);
+* :func:`build_app(ctx)` -- the Starlette application;
+* :class:`HttpServer(config, ctx)` -- ``start()`` / ``stop()``; ``port`` is the bound port
+  (useful with ``node.http_port: 0`` in tests).
+
+Authentication: ``Authorization: Bearer <api token>`` for /api/* and /metrics;
+STOW-RS only when ``api.stow_requires_token``; /healthz never.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..config import NodeConfig
+from .auth import TokenAuth
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .status_api import status_routes
+from .stow import StowHandler
+
+__all__ = ["WebContext", "build_app", "HttpServer"]
+
+log = logging.getLogger("cardionode.web")
+
+
+@dataclasses.dataclass
+class WebContext:
+    """What the HTTP endpoints use; built by the service (or a test) and passed in.
+
+    ``get_conn`` returns a DB connection usable in the calling thread.
+    ``retry_job(job_id) -> None | reason`` and ``wake_jobs()`` are optional
+    hooks into the job queue; ``readiness()`` returns named checks (True = ok)
+    and defaults to DB + spool space.
+    """
+
+    config: NodeConfig
+    get_conn: Callable[[], sqlite3.Connection]
+    metrics: Metrics
+    spool: Any = None
+    model_store: Any = None
+    retry_job: Callable[[int], str | None] | None = None
+    wake_jobs: Callable[[], None] | None = None
+    readiness: Callable[[], dict[str, bool]] | None = None
+    started_at: float = dataclasses.field(default_factory=time.time)
+
+
+def _default_readiness(ctx: WebContext) -> dict[str, bool]:
+    checks: dict[str, bool] = {}
+    try:
+        ctx.get_conn().execute("SELECT 1").fetchone()
+        checks["database"] = True
+    except sqlite3.Error:
+        checks["database"] = False
+    if ctx.spool is not None:
+        try:
+            checks["spool_space"] = bool(ctx.spool.has_space())
+        except OSError:
+            checks["spool_space"] = False
+    return checks
+
+
+def build_app(ctx: WebContext) -> Starlette:
+    """The ASGI application of the node's HTTP port."""
+    auth = TokenAuth(ctx.config.api)
+    node = ctx.config.node
+    stow = StowHandler(
+        spool=ctx.spool,
+        max_upload_bytes=node.max_upload_mb * 1024 * 1024,
+        tmp_dir=Path(node.storage_dir) / "tmp" / "stow",
+        metrics=ctx.metrics,
+    )
+
+    async def stow_endpoint(request: Request) -> Response:
+        if auth.stow_requires_token:
+            denied = auth.deny(request)
+            if denied is not None:
+                ctx.metrics.stow_request(401)
+                return denied
+        return await stow(request)
+
+    async def healthz(request: Request) -> Response:
+        """Liveness: the process serves HTTP. Body also carries readiness."""
+        checks = await run_in_threadpool(ctx.readiness or (lambda: _default_readiness(ctx)))
+        return JSONResponse({"status": "ok", "ready": all(checks.values()), "checks": checks,
+                             "uptime_s": round(time.time() - ctx.started_at, 1)})
+
+    async def readyz(request: Request) -> Response:
+        """Readiness: 200 only when every check passes, else 503 naming the failing ones."""
+        checks = await run_in_threadpool(ctx.readiness or (lambda: _default_readiness(ctx)))
+        ready = all(checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        denied = auth.deny(request)
+        if denied is not None:
+            return denied
+        body = await run_in_threadpool(ctx.metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/dicom-web/studies", stow_endpoint, methods=["POST"]),
+        Route("/dicom-web/studies/{study_uid}", stow_endpoint, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/healthz/ready", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        *status_routes(ctx, auth.deny),
+    ]
+    return Starlette(routes=routes)
+
+
+class HttpServer:
+    """uvicorn serving :func:`build_app` on node.http_host:node.http_port in a background thread."""
+
+    def __init__(self, config: NodeConfig, ctx: WebContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.app = build_app(ctx)
+        uv_config = uvicorn.Config(
+            self.app,
+            host=config.node.http_host,
+            port=config.node.http_port,
+            log_config=None,  # the node's logging setup applies
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=10,
+        )
+        self._server = uvicorn.Server(uv_config)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start serving; returns once the socket is bound (raises if it could not be)."""
+        self._thread = threading.Thread(target=self._run, name="http-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if self._error is not None or not self._thread.is_alive():
+                raise RuntimeError(
+                    f"HTTP server could not start on {self.config.node.http_host}:{self.config.node.http_port}:"
+                    f" {self._error!r}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError("HTTP server did not start in time")
+            time.sleep(0.02)
+        log.info("HTTP port listening", extra={"host": self.config.node.http_host, "port": self.port})
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._server.serve())
+        except BaseException as exc:  # SystemExit from uvicorn on bind errors
+            self._error = exc
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (differs from the config when it is 0)."""
+        for server in getattr(self._server, "servers", []):
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return self.config.node.http_port
+
+    @property
+    def url(self) -> str:
+        host = self.config.node.http_host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"http://{host}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
