@@ -1,0 +1,77 @@
+"""`cardionode process` and `cardionode status` as real subprocesses."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import yaml
+
+from node import db
+from node.dispatch.queue import add_deliveries
+from node.jobs import JobQueue
+from node.service import STATE_SCHEMA
+from tests.fixtures.studies import write_ct_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "node", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd or ROOT, timeout=120)
+
+
+def _config(tmp_path, **extra):
+    cfg = {
+        "node": {"storage_dir": str(tmp_path / "var"), "plugins": ["tests.fixtures.sr_pipeline"]},
+        "destinations": {"pacs": {"type": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": 4242}},
+        "routes": [{"pipeline": "test-sr", "match": {"modality": "CT"}, "destinations": ["pacs"]}],
+        **extra,
+    }
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_process_runs_a_pipeline_over_files_and_writes_results(tmp_path):
+    files = write_ct_study(tmp_path / "in", 3)
+    r = _run("process", "--config", str(_config(tmp_path)), "--study-dir", str(tmp_path / "in"),
+             "--pipeline", "test-sr", "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["pipeline"] == "test-sr" and out["summary"] == {"instances": 3}
+    sr = pydicom.dcmread(out["results"][0]["path"])
+    assert sr.StudyInstanceUID == pydicom.dcmread(files[0]).StudyInstanceUID
+
+
+def test_process_unknown_pipeline_is_a_one_line_error(tmp_path):
+    write_ct_study(tmp_path / "in", 1)
+    r = _run("process", "--config", str(_config(tmp_path)), "--study-dir", str(tmp_path / "in"),
+             "--pipeline", "nope")
+    assert r.returncode == 1 and "unknown pipeline 'nope'" in r.stderr
+
+
+def test_status_shows_jobs_and_destination_queue_depth_and_last_error(tmp_path):
+    cfg = _config(tmp_path)
+    r = _run("status", "--config", str(cfg), "--no-models")
+    assert r.returncode == 2 and "no node database" in r.stderr
+    conn = db.connect(tmp_path / "var")
+    db.ensure_schema(conn, STATE_SCHEMA)
+    with conn:
+        job = JobQueue.enqueue(conn, "1.2.3", 1, "r0", "test-sr", ["pacs"])
+        conn.execute("UPDATE jobs SET state='failed', error='input: no CT series' WHERE id=?", (job,))
+        add_deliveries(conn, job, [("1.2.3.9", "/x.dcm")], ["pacs"])
+        conn.execute("INSERT INTO destination_state (name, last_error) VALUES ('pacs', 'pacs: cannot associate')")
+    conn.close()
+    r = _run("status", "--config", str(cfg), "--json", "--no-models")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["jobs"][0]["state"] == "failed" and data["jobs"][0]["error"] == "input: no CT series"
+    dest = data["destinations"][0]
+    assert (dest["name"], dest["queue_depth"], dest["last_error"]) == ("pacs", 1, "pacs: cannot associate")
+    text = _run("status", "--config", str(cfg), "--no-models")
+    assert text.returncode == 0 and "pacs" in text.stdout and "cannot associate" in text.stdout
