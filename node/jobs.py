@@ -243,6 +243,22 @@ class JobQueue:
             )
         return created
 
+    def retry(self, job_id: int) -> str | None:
+        """Re-queue a ``failed`` job with fresh attempts (operator action); returns why not, or None."""
+        conn = self._conns.get()
+        with conn:
+            row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                return f"no job {job_id}"
+            if row["state"] != "failed":
+                return f"job {job_id} is {row['state']}, only failed jobs can be retried"
+            conn.execute(
+                "UPDATE jobs SET state='queued', attempts=0, next_attempt_at=?, error=NULL, finished_at=NULL"
+                " WHERE id=?",
+                (time.time(), job_id),
+            )
+        return None
+
     def fail(self, job: Job, error: str, transient: bool) -> bool:
         """Record a failure; transient ones are re-queued with backoff. Returns True if re-queued."""
         conn = self._conns.get()

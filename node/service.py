@@ -70,6 +70,7 @@ class NodeService:
         self.spool: Any = None
         self.dimse: Any = None
         self.web: Any = None
+        self.metrics: Any = None
         self.completion: CompletionTracker | None = None
         self.runner: JobRunner | None = None
         self.dispatcher: Dispatcher | None = None
@@ -116,6 +117,12 @@ class NodeService:
                 spool.on_stored = self._on_stored
         return spool
 
+    def _study_completed(self) -> None:
+        assert self.runner is not None
+        if self.metrics is not None:
+            self.metrics.study_completed()
+        self.runner.wake()
+
     def _on_stored(self, instance: Any) -> None:
         assert self.completion is not None
         self.completion.on_stored(instance)
@@ -130,27 +137,37 @@ class NodeService:
         server.start()
         return server
 
+    def _make_metrics(self) -> Any:
+        try:
+            from .web.metrics import Metrics
+        except ImportError:
+            return None
+        return Metrics(self.conns.get)
+
     def _start_web(self) -> Any:
         if not self.config.node.http_enabled:
             return None
         try:
-            from .web import server as web_server
+            from .web.server import HttpServer, WebContext
         except ImportError as exc:
             log.info("HTTP port not started: node.web.server not available", extra={"error": str(exc)})
             return None
-        factory = getattr(web_server, "WebServer", None) or getattr(web_server, "start_server", None)
-        if factory is None:
-            log.warning("node.web.server has no WebServer/start_server; HTTP port not started")
-            return None
-        server = _call_with_supported(
-            factory, config=self.config, spool=self.spool, get_conn=self.conns.get, conns=self.conns,
-            storage_dir=self.storage_dir, models=self.models, model_store=self.models, registry=self.registry,
-            service=self,
+        assert self.runner is not None
+        ctx = WebContext(
+            config=self.config, get_conn=self.conns.get, metrics=self.metrics, spool=self.spool,
+            model_store=self.models, retry_job=self.retry_job, wake_jobs=self.runner.wake,
         )
-        start = getattr(server, "start", None)
-        if start is not None:
-            start()
+        server = HttpServer(self.config, ctx)
+        server.start()
         return server
+
+    def retry_job(self, job_id: int) -> str | None:
+        """Put a failed job back in the queue (status API / operator); returns a reason when refused."""
+        assert self.runner is not None
+        reason = self.runner.queue.retry(job_id)
+        if reason is None:
+            self.runner.wake()
+        return reason
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -161,6 +178,7 @@ class NodeService:
         (self.storage_dir / PID_FILE_NAME).write_text(f"{os.getpid()}\n", encoding="ascii")
 
         self.models = self._make_models()
+        self.metrics = self._make_metrics()
         queue = JobQueue(self.conns, cfg.jobs, self.storage_dir)
         requeued, failed = queue.requeue_interrupted()
         if requeued or failed:
@@ -170,10 +188,11 @@ class NodeService:
         self.runner = JobRunner(
             queue, self.registry, self.load_study, cfg.pipeline_options, self.models,
             self.storage_dir / "work", workers=cfg.node.workers, on_results=self.dispatcher.wake,
+            on_job_finished=self.metrics.job_hook(self.conns.get) if self.metrics is not None else None,
         )
         self.completion = CompletionTracker(
             self.conns.get, self.router, self.load_study, self.scheduler,
-            late_arrivals=cfg.node.late_arrivals, on_enqueued=self.runner.wake,
+            late_arrivals=cfg.node.late_arrivals, on_enqueued=self._study_completed,
         )
         self.retention = RetentionSweeper(self.conns.get, cfg.retention, self.delete_study, self.storage_dir)
 
