@@ -16,6 +16,7 @@ import dataclasses
 import datetime as _dt
 import io
 import contextlib
+import copy
 import os
 import shutil
 import tempfile
@@ -39,6 +40,7 @@ from pipelines.runtime.manifest import (
     sha256_file,
 )
 
+from .attention import replace_mha
 from .rnn import unproject_lstms
 from .verify import Comparison, compare_outputs, tensorrt_op_report
 
@@ -133,9 +135,11 @@ def _default_trt_profile(specs: Sequence[TensorSpec], input_sets: Sequence[Seque
     return prof
 
 
-def _ort_run(path: Path, names: Sequence[str], inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+def _ort_run(path: Path, names: Sequence[str], inputs: Sequence[torch.Tensor], *,
+             level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> list[np.ndarray]:
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.graph_optimization_level = level
     sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     return sess.run(None, {n: _np(t) for n, t in zip(names, inputs)})
 
@@ -159,12 +163,36 @@ def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        from onnxconverter_common import float16  # type: ignore[import-not-found]
-    except ImportError:
-        raise ExportError("--fp16 needs onnxconverter-common: pip install onnxconverter-common") from None
+    # The converter shipped inside onnxruntime (onnxconverter-common 1.16 writes graphs ORT 1.32 rejects).
+    from onnxruntime.transformers import float16
+
     # Inputs/outputs stay float32 so pipelines feed the same arrays to either variant.
-    return float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    _toposort(converted.graph)  # the converter appends input casts at the end of the node list
+    return converted
+
+
+def _toposort(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs (stable otherwise)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ExportError("fp16 conversion produced a graph with a cycle or a missing input")
+        pending = rest
+    copies = [onnx.NodeProto() for _ in ordered]
+    for dst, src in zip(copies, ordered):
+        dst.CopyFrom(src)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def export_onnx(
@@ -221,18 +249,24 @@ def export_onnx(
         raise ExportError(f"{name}: model returns {len(references[0])} tensors but {len(output_names)} output names "
                           f"were given ({list(output_names)})")
 
-    export_model, rewrites = unproject_lstms(model)
+    export_model, rewrites = unproject_lstms(model)  # deep copy: the caller's module is never modified
+    if export_model is model:
+        export_model = copy.deepcopy(model)
+    export_model, mha_rewrites = replace_mha(export_model)
     notes: list[str] = []
     if rewrites:
         notes.append(f"{rewrites} LSTM(s) with proj_size rewritten as LSTM + Linear (exact; see export/rnn.py)")
+    if mha_rewrites:
+        notes.append(f"{mha_rewrites} MultiheadAttention module(s) replaced by ExportableMHA (export/attention.py)")
 
     out_dir = Path(out_dir)
     final_dir = model_dir_for(out_dir, name)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=final_dir.parent))
+    os.chmod(work, 0o755)  # mkdtemp makes 0700; the node may run as another user
     try:
         onnx_path = work / "model.onnx"
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _no_mha_fastpath():
             warnings.simplefilter("ignore")
             try:
                 with contextlib.redirect_stdout(io.StringIO()):
@@ -277,7 +311,8 @@ def export_onnx(
             onnx.checker.check_model(str(fp16_path), full_check=True)
             fp16_cmp = Comparison.empty(fp16_atol, fp16_rtol)
             for inp, ref in zip(input_sets, references):
-                got = _ort_run(fp16_path, input_names, inp)
+                # ORT 1.32's level-'all' (layout) optimiser crashes on fp16 Conv graphs on x86 CPU: verify at 'extended'.
+                got = _ort_run(fp16_path, input_names, inp, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
                 fp16_cmp = fp16_cmp.merge(compare_outputs(output_names, [_np(r) for r in ref], got, fp16_atol, fp16_rtol))
             if verbose:
                 print(f"[export] {name} {version} fp16: ONNX Runtime vs torch fp32: {fp16_cmp.summary()}")
@@ -340,6 +375,25 @@ def export_onnx(
             print(f"[export] {name}: warning: {w}")
         print(f"[export] wrote {report.summary()}")
     return report
+
+
+@contextlib.contextmanager
+def _no_mha_fastpath():
+    """Disable the fused TransformerEncoderLayer/MultiheadAttention inference path while tracing.
+
+    In eval mode torch calls ``aten::_transformer_encoder_layer_fwd``, which has
+    no ONNX symbolic; the unfused path exports as MatMul/Softmax/LayerNormalization.
+    """
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
 
 
 def _install(work: Path, final_dir: Path) -> None:

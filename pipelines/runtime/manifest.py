@@ -103,7 +103,7 @@ class _Reader:
         return value
 
     def child(self, name: str, default: Any = ...) -> "_Reader | None":
-        value = self.get(name, dict, default)
+        value = self.get(name, dict, default, allow_none=True)
         if value is None:
             return None
         return _Reader(self.source, value, self.sub(name))
