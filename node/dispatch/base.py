@@ -6,6 +6,11 @@ association, one HTTP request batch...).  It returns one
 only when the peer reported success for it.  When the peer cannot be reached
 at all the sender raises :class:`SenderError` (every file stays pending).
 
+A sender may accept ``on_outcome``: a callable it calls with each file's
+outcome as soon as the peer answered, in order.  The dispatcher commits each
+outcome at once, so a crash mid-batch can re-send at most the one instance
+whose success had not been committed yet.
+
 The DICOMweb sender (``node.dispatch.dicomweb.DicomwebSender``) is written by
 the web area and implements the same interface.
 """
@@ -42,7 +47,7 @@ class SendOutcome:
 class Sender(Protocol):
     """Sends files to one destination."""
 
-    def send(self, paths: Sequence[Path]) -> list[SendOutcome]:
+    def send(self, paths: Sequence[Path]) -> list[SendOutcome]:  # optionally also on_outcome=callable
         ...
 
 

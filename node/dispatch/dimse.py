@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import ssl
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -38,7 +38,9 @@ class DimseSender:
         self.calling_ae = calling_ae
         self.timeout_s = timeout_s
 
-    def send(self, paths: Sequence[Path]) -> list[SendOutcome]:
+    def send(self, paths: Sequence[Path],
+             on_outcome: Callable[[SendOutcome], None] | None = None) -> list[SendOutcome]:
+        """C-STORE ``paths`` over one association; ``on_outcome`` sees each outcome right after the response."""
         if not paths:
             return []
         headers = []
@@ -69,14 +71,20 @@ class DimseSender:
                 raise SenderError(f"{self.name}: association rejected by {dest.ae_title}@{dest.host}:{dest.port}")
             raise SenderError(f"{self.name}: cannot associate with {dest.ae_title}@{dest.host}:{dest.port} (down, unreachable or timed out)")
         outcomes: list[SendOutcome] = []
+
+        def record(outcome: SendOutcome) -> None:
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+
         try:
             for path, sop_class, _ts in headers:
                 if not assoc.is_established:
-                    outcomes.append(SendOutcome(path, ok=False, error="association lost before sending"))
+                    record(SendOutcome(path, ok=False, error="association lost before sending"))
                     continue
                 accepted = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class]
                 if not accepted:
-                    outcomes.append(SendOutcome(path, ok=False, error=f"peer accepted no context for {sop_class}"))
+                    record(SendOutcome(path, ok=False, error=f"peer accepted no context for {sop_class}"))
                     continue
                 try:
                     try:
@@ -85,15 +93,15 @@ class DimseSender:
                         # The file's transfer syntax was not accepted: let pynetdicom re-encode (uncompressed).
                         status = assoc.send_c_store(pydicom.dcmread(path))
                 except Exception as exc:  # network error mid-batch: this and later files stay pending
-                    outcomes.append(SendOutcome(path, ok=False, error=f"C-STORE error: {exc}"))
+                    record(SendOutcome(path, ok=False, error=f"C-STORE error: {exc}"))
                     continue
                 code = getattr(status, "Status", None)
                 if code is None:
-                    outcomes.append(SendOutcome(path, ok=False, error="no C-STORE response (timeout or abort)"))
+                    record(SendOutcome(path, ok=False, error="no C-STORE response (timeout or abort)"))
                 elif int(code) in SUCCESS_STATUSES:
-                    outcomes.append(SendOutcome(path, ok=True, status=int(code)))
+                    record(SendOutcome(path, ok=True, status=int(code)))
                 else:
-                    outcomes.append(SendOutcome(path, ok=False, status=int(code), error=f"C-STORE status 0x{int(code):04X}"))
+                    record(SendOutcome(path, ok=False, status=int(code), error=f"C-STORE status 0x{int(code):04X}"))
         finally:
             if assoc.is_established:
                 assoc.release()

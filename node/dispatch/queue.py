@@ -17,6 +17,7 @@ delays its own queue.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import sqlite3
 import threading
@@ -166,22 +167,46 @@ class DestinationWorker:
             log.error("result files missing; deliveries failed", extra={"destination": self.name, "count": len(missing)})
         if not present:
             return True
+        paths = [Path(r["path"]) for r in present]
+        committed = 0
+
+        def on_outcome(outcome: SendOutcome) -> None:
+            # Commit each answer at once: a crash now can re-send only the instance in flight.
+            nonlocal committed
+            if committed < len(present):
+                self._record_outcomes([present[committed]], [outcome])
+                committed += 1
+
         try:
-            outcomes = self.sender.send([Path(r["path"]) for r in present])
+            if self._accepts_on_outcome:
+                outcomes = self.sender.send(paths, on_outcome=on_outcome)
+            else:
+                outcomes = self.sender.send(paths)
         except SenderError as exc:
-            self._record_batch_error(present, str(exc))
+            self._record_batch_error(present[committed:], str(exc))
             return False  # wait for the earliest retry time rather than spinning
         except Exception as exc:
-            self._record_batch_error(present, f"sender error: {exc!r}")
+            self._record_batch_error(present[committed:], f"sender error: {exc!r}")
             log.exception("sender raised", extra={"destination": self.name})
             return False
         if len(outcomes) != len(present):
-            self._record_batch_error(present, f"sender returned {len(outcomes)} outcomes for {len(present)} files")
+            self._record_batch_error(present[committed:],
+                                     f"sender returned {len(outcomes)} outcomes for {len(present)} files")
             return False
-        self._record_outcomes(present, outcomes)
+        if committed < len(present):
+            self._record_outcomes(present[committed:], outcomes[committed:])
         return True
 
+    @property
+    def _accepts_on_outcome(self) -> bool:
+        try:
+            return "on_outcome" in inspect.signature(self.sender.send).parameters
+        except (TypeError, ValueError):
+            return False
+
     def _record_batch_error(self, rows: list[sqlite3.Row], error: str) -> None:
+        if not rows:
+            return
         self._record_outcomes(rows, [SendOutcome(Path(r["path"]), ok=False, error=error) for r in rows])
 
     def _record_outcomes(self, rows: list[sqlite3.Row], outcomes: list[SendOutcome]) -> None:
@@ -223,9 +248,9 @@ class DestinationWorker:
         extra = {"destination": self.name, "sent": len(sent), "retry": len(errors) - failed, "failed": failed}
         if errors:
             extra["error"] = errors[0]
-            log.warning("dispatch batch had failures", extra=extra)
+            log.warning("dispatch failures", extra=extra)
         else:
-            log.info("dispatch batch sent", extra=extra)
+            log.info("dispatched", extra={**extra, "sop": sent[0] if len(sent) == 1 else f"{len(sent)} instances"})
         if sent and self.on_sent is not None:
             self.on_sent(sent)
 
