@@ -1,16 +1,17 @@
 """Prometheus metrics of one node, in a registry the service owns (never the global default).
 
-Event counters are incremented by whoever sees the event; the service calls:
+Two kinds of series:
 
-* ``metrics.instance_received(source, nbytes)`` -- after an instance is durably stored
-  (STOW and retrieve call it themselves; DIMSE ingest should call it with source="dimse");
-* ``metrics.study_completed()`` -- when a study's quiet period ends and it is routed;
-* ``metrics.job_finished(pipeline, state, latency_s, run_s)`` -- when a job reaches done/failed
-  (``metrics.job_hook(get_conn)`` gives a callable for ``JobRunner(on_job_finished=...)``);
-* ``metrics.dispatch_failed(destination, n)`` -- per delivery that failed an attempt.
-
-Jobs by state and pending deliveries by destination are gauges read from the
-database at scrape time, so they are right even after a restart.
+* event counters/histograms, incremented by whoever sees the event:
+  ``metrics.instance_received(source, nbytes)`` after an instance is durably
+  stored (STOW-RS counts its own with source="stow"; DIMSE ingest should call
+  it with source="dimse"), and ``metrics.job_finished(pipeline, state,
+  latency_s, run_s)`` when a job reaches done/failed (``metrics.job_hook(get_conn)``
+  is a ready-made ``JobRunner(on_job_finished=...)`` callable), and
+  ``metrics.study_completed()`` when a complete study was routed to jobs;
+* series read from the node database at scrape time, so they are exact and
+  survive restarts: jobs by state, deliveries by destination and state, and
+  dispatch failures (failed delivery attempts per destination).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import sqlite3
 from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -57,6 +58,15 @@ class _DbCollector(Collector):
         for row in self._rows("SELECT destination, state, COUNT(*) AS n FROM deliveries GROUP BY destination, state"):
             queue.add_metric([row["destination"], row["state"]], row["n"])
         yield queue
+        failures = CounterMetricFamily(
+            "cardionode_dispatch_failures", "Failed delivery attempts by destination", labels=["destination"]
+        )
+        for row in self._rows(
+            "SELECT destination, SUM(attempts - CASE WHEN state='sent' THEN 1 ELSE 0 END) AS n"
+            " FROM deliveries GROUP BY destination"
+        ):
+            failures.add_metric([row["destination"]], row["n"] or 0)
+        yield failures
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -72,7 +82,9 @@ class Metrics:
             "cardionode_instances_received", "SOP instances stored in the spool", ["source"], registry=r
         )
         self.bytes = Counter("cardionode_received_bytes", "Bytes of instances stored in the spool", ["source"], registry=r)
-        self.studies = Counter("cardionode_studies_completed", "Studies completed and routed", registry=r)
+        self.studies = Counter(
+            "cardionode_studies_completed", "Studies completed (quiet period over) and routed to jobs", registry=r
+        )
         self.jobs_finished = Counter(
             "cardionode_jobs_finished", "Jobs that reached a final state", ["pipeline", "state"], registry=r
         )
@@ -89,9 +101,6 @@ class Metrics:
             ["pipeline"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
-        )
-        self.dispatch_failures = Counter(
-            "cardionode_dispatch_failures", "Failed delivery attempts", ["destination"], registry=r
         )
         self.stow_requests = Counter(
             "cardionode_stow_requests", "STOW-RS requests by HTTP status", ["status"], registry=r
@@ -113,9 +122,6 @@ class Metrics:
             self.job_latency.labels(pipeline=pipeline).observe(max(0.0, latency_s))
         if run_s is not None:
             self.job_run.labels(pipeline=pipeline).observe(max(0.0, run_s))
-
-    def dispatch_failed(self, destination: str, n: int = 1) -> None:
-        self.dispatch_failures.labels(destination=destination).inc(n)
 
     def stow_request(self, status: int) -> None:
         self.stow_requests.labels(status=str(status)).inc()

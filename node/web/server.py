@@ -185,3 +185,4 @@ class HttpServer:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
+

@@ -88,13 +88,18 @@ def status_routes(ctx: Any, guard: Callable[[Request], Response | None]) -> list
 
     def one_job(request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        for job in queries.jobs(ctx.get_conn(), _MAX_LIMIT * 100):
-            if job["id"] == job_id:
-                return JSONResponse({"job": job})
+        conn = ctx.get_conn()
+        row = conn.execute("SELECT study_uid FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is not None:
+            for job in queries.jobs(conn, _MAX_LIMIT, study_uid=row["study_uid"]):
+                if job["id"] == job_id:
+                    return JSONResponse({"job": job})
         return JSONResponse({"error": f"job {job_id} not found"}, status_code=404)
 
     def retry_job(request: Request) -> Response:
         job_id = request.path_params["job_id"]
+        if ctx.get_conn().execute("SELECT 1 FROM jobs WHERE id=?", (job_id,)).fetchone() is None:
+            return JSONResponse({"error": f"job {job_id} not found"}, status_code=404)
         custom = getattr(ctx, "retry_job", None)
         why = custom(job_id) if custom is not None else retry_failed_job(ctx.get_conn(), job_id)
         if why == "not found":
@@ -102,7 +107,7 @@ def status_routes(ctx: Any, guard: Callable[[Request], Response | None]) -> list
         if why is not None:
             return JSONResponse({"error": f"job {job_id} cannot be retried: {why}"}, status_code=409)
         wake = getattr(ctx, "wake_jobs", None)
-        if wake is not None:
+        if wake is not None and custom is None:
             wake()
         return JSONResponse({"job": job_id, "state": "queued"}, status_code=202)
 
