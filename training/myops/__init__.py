@@ -1,0 +1,1 @@
+"""MyoPS380 training side: dataset reader, synthetic CMR phantoms, 2D U-Net, training, evaluation, export."""

@@ -1,0 +1,265 @@
+"""Synthetic cardiac MR phantoms for the myops family (numpy + scipy only).
+
+One phantom = one short-axis heart in patient space (LPS mm): an LV myocardial ring that thins and
+narrows towards the apex, an RV crescent, a body ellipse, a scar sector (partly transmural, from
+the endocardium) inside a wider full-thickness edema sector.  Each sequence (bSSFP, LGE, T2w) is
+rendered on its own grid (pixel spacing, matrix, slice spacing and count, FOV centre) with its own
+tissue contrast, bias field and noise.  bSSFP and T2w slices carry a known in-plane affine
+misalignment (breath-hold differences) relative to LGE; the label lives on the LGE grid.
+
+Nothing here is patient data; every figure computed on phantoms is a phantom figure.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from pipelines.imaging import Volume
+from pipelines.myops import labels as cls
+
+__all__ = ["PhantomCase", "PhantomSpec", "make_phantom", "SEQUENCE_PROTOCOLS", "ground_truth_figures"]
+
+# tissue ids used while rendering
+AIR, BODY, MYO, EDEMA, SCAR, LV, RV = range(7)
+_TISSUE_TO_CLASS = np.array([cls.BACKGROUND, cls.BACKGROUND, cls.MYOCARDIUM, cls.EDEMA, cls.SCAR, cls.LV_POOL,
+                             cls.RV_POOL], dtype=np.uint8)
+
+#: mean signal per tissue (air, body, myocardium, edema, scar, LV blood, RV blood)
+CONTRAST = {
+    "bssfp": (4.0, 90.0, 55.0, 62.0, 55.0, 230.0, 215.0),  # bright blood, dark myocardium
+    "lge": (4.0, 70.0, 14.0, 22.0, 240.0, 140.0, 125.0),  # nulled myocardium, bright scar
+    "t2": (4.0, 110.0, 70.0, 165.0, 150.0, 22.0, 25.0),  # black blood, bright edema
+}
+
+#: DICOM naming of each sequence when written as a study (matches the pipeline's default rules)
+SEQUENCE_PROTOCOLS = {
+    "bssfp": dict(series_description="SAX cine TrueFISP", protocol_name="sax_bssfp_cine", sequence_name="*tfi2d1"),
+    "lge": dict(series_description="SAX LGE PSIR", protocol_name="sax_lge_psir", sequence_name="*tfl2d1"),
+    "t2": dict(series_description="SAX T2 STIR", protocol_name="sax_t2_stir", sequence_name="*tse2d1"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PhantomSpec:
+    """Acquisition geometry of the three sequences (defaults close to the MyoPS380 card)."""
+
+    pixel_mm: dict = dataclasses.field(default_factory=lambda: {"bssfp": 1.172, "lge": 0.8929, "t2": 0.8929})
+    matrix: dict = dataclasses.field(default_factory=lambda: {"bssfp": 208, "lge": 256, "t2": 256})
+    slice_mm: dict = dataclasses.field(default_factory=lambda: {"bssfp": 8.0, "lge": 10.0, "t2": 12.0})
+    max_shift_mm: float = 5.0  # per-slice misalignment of bSSFP / T2w relative to LGE
+    max_rot_deg: float = 6.0
+    max_scale: float = 0.04
+    noise: float = 0.04  # gaussian noise as a fraction of the brightest tissue
+
+
+@dataclasses.dataclass
+class PhantomCase:
+    """A rendered phantom: volumes per sequence, model-class label on the LGE grid, and the truth."""
+
+    volumes: dict[str, Volume]
+    label: Volume  # model classes (uint8) on the LGE grid
+    misalignment: dict[str, list[np.ndarray]]  # seq -> per slice 3x3 homogeneous (u, v) mm affine A
+    heart_centre: np.ndarray  # xyz
+    frame: np.ndarray  # 3x3 columns: row dir, col dir, normal (shared short-axis orientation)
+
+
+def _rotation(rng: np.random.Generator, max_tilt_deg: float = 25.0) -> np.ndarray:
+    """A short-axis orientation: random in-plane angle, tilted away from axial."""
+    a, b, c = np.deg2rad([rng.uniform(-180, 180), rng.uniform(-max_tilt_deg, max_tilt_deg),
+                          rng.uniform(-max_tilt_deg, max_tilt_deg)])
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    ry = np.array([[np.cos(c), 0, np.sin(c)], [0, 1, 0], [-np.sin(c), 0, np.cos(c)]])
+    return rx @ ry @ rz
+
+
+def _anatomy(rng: np.random.Generator, with_scar: bool) -> dict:
+    length = rng.uniform(70, 90)
+    scar_w = rng.uniform(35, 100)
+    margin = rng.uniform(10, 30)
+    scar_lo = rng.uniform(0.1, 0.45) * length
+    scar_hi = scar_lo + rng.uniform(0.3, 0.5) * length
+    return dict(
+        length=length,
+        r_endo=rng.uniform(20, 27),
+        thick=rng.uniform(7, 11),
+        rv_radius=rng.uniform(28, 36),
+        rv_angle=np.deg2rad(rng.uniform(160, 200)),
+        theta0=np.deg2rad(rng.uniform(-180, 180)),
+        scar_half=np.deg2rad(scar_w / 2),
+        edema_half=np.deg2rad(scar_w / 2 + margin),
+        transmural=rng.uniform(0.35, 1.0),
+        scar_w=(scar_lo, scar_hi) if with_scar else (1.0, 0.0),
+        edema_w=(scar_lo - 6.0, scar_hi + 6.0) if with_scar else (1.0, 0.0),
+        body=(rng.uniform(120, 150), rng.uniform(95, 120), rng.uniform(-30, 30), rng.uniform(-20, 20)),
+    )
+
+
+def _tissue(u: np.ndarray, v: np.ndarray, w: np.ndarray, a: dict) -> np.ndarray:
+    """Tissue id at heart coordinates (u, v in-plane mm from the LV axis, w mm from base to apex)."""
+    t = np.full(u.shape, AIR, dtype=np.uint8)
+    bu, bv, bx, by = a["body"]
+    t[((u - bx) / bu) ** 2 + ((v - by) / bv) ** 2 <= 1.0] = BODY
+    frac = np.clip(w / a["length"], 0.0, 1.0)
+    inside = (w >= 0) & (w <= a["length"])
+    r_endo = a["r_endo"] * np.sqrt(np.clip(1.0 - frac ** 2, 0.0, 1.0))
+    r_epi = r_endo + a["thick"] * (1.0 - 0.3 * frac)
+    r = np.hypot(u, v)
+    # RV crescent: a disc beside the LV, outside the LV epicardium, basal 80 %
+    ru = u - (a["r_endo"] + a["thick"]) * 0.9 * np.cos(a["rv_angle"])
+    rv_ = v - (a["r_endo"] + a["thick"]) * 0.9 * np.sin(a["rv_angle"])
+    rv_r = a["rv_radius"] * np.sqrt(np.clip(1.0 - (w / (0.8 * a["length"])) ** 2, 0.0, 1.0))
+    rv_mask = inside & (np.hypot(ru, rv_) < rv_r) & (r > r_epi + 3.0)
+    t[rv_mask] = RV
+    myo = inside & (r >= r_endo) & (r < r_epi)
+    t[inside & (r < r_endo)] = LV
+    t[myo] = MYO
+    dtheta = np.angle(np.exp(1j * (np.arctan2(v, u) - a["theta0"])))
+    ew0, ew1 = a["edema_w"]
+    sw0, sw1 = a["scar_w"]
+    edema = myo & (np.abs(dtheta) <= a["edema_half"]) & (w >= ew0) & (w <= ew1)
+    t[edema] = EDEMA
+    depth = (r - r_endo) / np.maximum(r_epi - r_endo, 1e-6)
+    scar = myo & (np.abs(dtheta) <= a["scar_half"]) & (w >= sw0) & (w <= sw1) & (depth <= a["transmural"])
+    t[scar] = SCAR
+    return t
+
+
+def _affine2d(rng: np.random.Generator, spec: PhantomSpec) -> np.ndarray:
+    ang = np.deg2rad(rng.uniform(-spec.max_rot_deg, spec.max_rot_deg))
+    s = 1.0 + rng.uniform(-spec.max_scale, spec.max_scale, size=2)
+    m = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]) @ np.diag(s)
+    out = np.eye(3)
+    out[:2, :2] = m
+    out[:2, 2] = rng.uniform(-spec.max_shift_mm, spec.max_shift_mm, size=2)
+    return out
+
+
+def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec(), *, with_scar: bool | None = None,
+                 misalign: bool = True) -> PhantomCase:
+    """Render one phantom case; the same ``seed`` gives the same case."""
+    rng = np.random.default_rng(seed)
+    if with_scar is None:
+        with_scar = rng.uniform() > 0.1
+    a = _anatomy(rng, with_scar)
+    frame = _rotation(rng)
+    row, col, normal = frame[:, 0], frame[:, 1], frame[:, 2]
+    centre = np.array([rng.uniform(-20, 20), rng.uniform(-20, 20), rng.uniform(-20, 20)])
+    volumes: dict[str, Volume] = {}
+    label = None
+    mis: dict[str, list[np.ndarray]] = {}
+    for seq in ("lge", "t2", "bssfp"):
+        px, n, dz = spec.pixel_mm[seq], spec.matrix[seq], spec.slice_mm[seq]
+        w0 = rng.uniform(-dz, -0.2 * dz)
+        nz = int(np.floor((a["length"] + 0.5 * dz - w0) / dz)) + 1
+        fov_shift = rng.uniform(-12, 12, size=2)
+        idx = (np.arange(n) - (n - 1) / 2.0) * px
+        vv, uu = np.meshgrid(idx + fov_shift[1], idx + fov_shift[0], indexing="ij")  # (y, x)
+        contrast = np.asarray(CONTRAST[seq]) * rng.uniform(0.85, 1.15, size=7)
+        gain = rng.uniform(3.0, 6.0)
+        img = np.zeros((nz, n, n), dtype=np.float32)
+        lab = np.zeros((nz, n, n), dtype=np.uint8)
+        mis[seq] = []
+        for k in range(nz):
+            w = np.full(uu.shape, w0 + k * dz)
+            A = _affine2d(rng, spec) if (misalign and seq != "lge") else np.eye(3)
+            mis[seq].append(A)
+            su = A[0, 0] * uu + A[0, 1] * vv + A[0, 2]
+            sv = A[1, 0] * uu + A[1, 1] * vv + A[1, 2]
+            t = _tissue(su, sv, w, a)
+            base = contrast[t]
+            bias = 1.0 + 0.15 * np.cos(uu / 70.0 + k) * np.sin(vv / 90.0 + seed)
+            texture = ndimage.gaussian_filter(rng.normal(0, 1, size=uu.shape), 4.0) * 0.06 * contrast[BODY]
+            sl = ndimage.gaussian_filter(base * bias + np.where(t == BODY, texture, 0.0), 0.7)
+            sl = np.abs(sl + rng.normal(0, spec.noise * contrast.max(), size=sl.shape))
+            img[k] = sl * gain
+            if seq == "lge":
+                lab[k] = _TISSUE_TO_CLASS[t]
+        origin = centre + w0 * normal + (idx[0] + fov_shift[0]) * row + (idx[0] + fov_shift[1]) * col
+        vol = Volume(array=np.rint(img).astype(np.float32), spacing=(dz, px, px),
+                     origin=tuple(float(x) for x in origin), direction=frame.copy(), headers=[], refs=[])
+        volumes[seq] = vol
+        if seq == "lge":
+            label = vol.with_array(lab)
+    assert label is not None
+    return PhantomCase(volumes=volumes, label=label, misalignment=mis, heart_centre=centre, frame=frame)
+
+
+def ground_truth_figures(label: Volume) -> dict[str, float]:
+    """Myocardial / edema-region / scar volume (mL) and burden (% of myocardium) of a class label."""
+    m = cls.tissue_masks(label.array)
+    voxel_ml = label.voxel_volume_mm3 / 1000.0
+    myo = float(m["myocardium"].sum()) * voxel_ml
+    scar = float(m["scar"].sum()) * voxel_ml
+    edema = float(m["edema"].sum()) * voxel_ml
+    return {
+        "myocardium_ml": myo,
+        "scar_ml": scar,
+        "edema_ml": edema,
+        "scar_burden_pct": 100.0 * scar / myo if myo else 0.0,
+        "edema_burden_pct": 100.0 * edema / myo if myo else 0.0,
+    }
+
+
+def write_myops_folder(cases: Sequence[tuple[str, PhantomCase]], root, labels=None):
+    """Write phantoms as a MyoPS380-format folder (``root/Raw_data/...``); returns the Raw_data path."""
+    from pathlib import Path
+
+    from .dataset import SEQUENCES, volume_to_nifti
+    from .labels import MYOPS2020
+
+    labels = labels or MYOPS2020
+    raw = Path(root) / "Raw_data"
+    for case_id, case in cases:
+        for seq, folder in SEQUENCES.items():
+            volume_to_nifti(case.volumes[seq], raw / folder / f"{case_id}.nii.gz", dtype=np.int16)
+        volume_to_nifti(case.label.with_array(labels.from_classes(case.label.array)),
+                        raw / "label" / f"{case_id}_gt.nii.gz", dtype=np.int16)
+    return raw
+
+
+def write_dicom_study(case: PhantomCase, out_dir, *, seed: int, sequences: Sequence[str] = ("bssfp", "lge", "t2"),
+                      study=None):
+    """Write the phantom's sequences as one MR study (one series each); returns all file paths."""
+    from pathlib import Path
+
+    from training.synth.dicom import new_study, write_mr_series
+
+    study = study or new_study(seed=seed)
+    paths = []
+    for number, seq in enumerate(("bssfp", "lge", "t2"), start=1):
+        if seq not in sequences:
+            continue
+        vol = case.volumes[seq]
+        paths += write_mr_series(
+            vol.array, vol.spacing, Path(out_dir) / seq, study, series_number=number,
+            origin_xyz=vol.origin, row_dir=vol.direction[:, 0], col_dir=vol.direction[:, 1], seed=seed,
+            **SEQUENCE_PROTOCOLS[seq],
+        )
+    return paths
+
+
+def registration_error_mm(case: PhantomCase, stack, transforms, seq: str, mask: np.ndarray) -> np.ndarray:
+    """Per-slice mean distance (mm) over ``mask`` (n, G, G) between the estimated registration
+    transforms of ``seq`` and the phantom's true misalignment; ``stack`` is the GridStack."""
+    frame = case.frame
+    out = []
+    g = stack.grid_points.shape[1]
+    yy, xx = np.mgrid[0:g, 0:g]
+    for i in range(stack.n):
+        pts = stack.grid_points[i]
+        h0 = (pts[0, 0] - case.heart_centre) @ frame[:, :2]  # heart (u, v) of grid pixel (0, 0)
+        A = case.misalignment[seq][int(stack.match.indices[seq][i])]
+        sel = mask[i]
+        if not sel.any():
+            continue
+        xy = np.stack([xx[sel], yy[sel]], axis=1) * stack.spacing_mm
+        h = xy + h0
+        h_true = (np.c_[h, np.ones(len(h))] @ np.linalg.inv(A).T)[:, :2]
+        true_xy = h_true - h0
+        est_xy = transforms[i].apply(xy)
+        out.append(float(np.linalg.norm(est_xy - true_xy, axis=1).mean()))
+    return np.asarray(out)
