@@ -1,0 +1,131 @@
+"""kill -9 of the node subprocess during a transfer, during a job and during dispatch, then restart:
+nothing acknowledged is lost, the study is processed once, results arrive (at most the instance in
+flight at the kill is sent twice)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from collections import Counter
+
+import pydicom
+import pytest
+
+from node import db
+from tests.fixtures.dcmtk import StoreSCP
+from tests.fixtures.node_proc import NodeProcess, node_config, storescu, wait_for
+from tests.fixtures.studies import write_ct_study
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _srs(scp):
+    return [ds for ds in scp.received() if ds.Modality == "SR"]
+
+
+def _dest(scp):
+    return {"pacs": {"type": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": scp.port}}
+
+
+def _spooled_uids(storage, study_uid) -> set[str]:
+    from node.index import InstanceIndex
+
+    conn = db.connect(storage)
+    try:
+        out = set()
+        for item in InstanceIndex(conn).study_instances(study_uid):
+            uid = getattr(item, "sop_instance_uid", None)
+            if uid is None:
+                uid = item["sop_instance_uid"]
+            out.add(str(uid))
+        return out
+    finally:
+        conn.close()
+
+
+def test_kill9_during_transfer_keeps_every_acknowledged_instance_and_processes_once(tmp_path):
+    files = write_ct_study(tmp_path / "study", 60)
+    study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    with StoreSCP(tmp_path / "scp") as scp:
+        node = NodeProcess(node_config(tmp_path, _dest(scp), quiet=2.0)).start()
+        try:
+            proc = subprocess.Popen(
+                ["storescu", "-v", "-aet", "MODALITY", "-aec", "CARDIONODE", "127.0.0.1", str(node.port),
+                 *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            lines: list[str] = []
+            acked: list[str] = []
+            current: list[str | None] = [None]
+
+            def reader() -> None:
+                for line in proc.stdout:
+                    lines.append(line)
+                    m = re.search(r"Sending file: .*/([0-9.]+)\.dcm", line)
+                    if m:
+                        current[0] = m.group(1)
+                    elif "Received Store Response (Success)" in line and current[0]:
+                        acked.append(current[0])
+
+            t = threading.Thread(target=reader, daemon=True)
+            t.start()
+            assert wait_for(lambda: len(acked) >= 10, 60, 0.01), "".join(lines[-20:])
+            node.kill9()
+            proc.wait(60)
+            t.join(10)
+            assert 10 <= len(acked) < len(files), f"transfer was not interrupted ({len(acked)} acked)"
+            node.start()
+            # every instance that got a success status is in the spool after the restart
+            assert set(acked) <= _spooled_uids(node.storage, study_uid)
+            assert wait_for(lambda: len(_srs(scp)) == 1, 30)
+            time.sleep(4)  # > quiet period: a second processing would show by now
+            srs = _srs(scp)
+            assert len(srs) == 1
+            saw = int(re.search(r"saw (\d+) instances", str(srs[0].ContentSequence[0].TextValue)).group(1))
+            assert saw >= len(acked)
+            jobs = node.status()["jobs"]
+            assert [(j["study_uid"], j["state"]) for j in jobs] == [(study_uid, "done")]
+        finally:
+            node.stop_quietly()
+
+
+def test_kill9_during_job_requeues_it_and_dispatches_once(tmp_path):
+    files = write_ct_study(tmp_path / "study", 2)
+    with StoreSCP(tmp_path / "scp") as scp:
+        node = NodeProcess(node_config(tmp_path, _dest(scp), pipeline_options={"delay_s": 4}, quiet=1.0)).start()
+        try:
+            assert storescu(node.port, files).returncode == 0
+            assert wait_for(lambda: any(j["state"] == "running" for j in node.status()["jobs"]), 30)
+            node.kill9()
+            assert _srs(scp) == []
+            node.start()
+            assert wait_for(lambda: len(_srs(scp)) == 1, 40)
+            time.sleep(2)
+            assert len(_srs(scp)) == 1
+            jobs = node.status()["jobs"]
+            assert [(j["state"], j["attempts"]) for j in jobs] == [("done", 2)]
+        finally:
+            node.stop_quietly()
+
+
+def test_kill9_during_dispatch_loses_nothing_and_duplicates_at_most_the_instance_in_flight(tmp_path):
+    files = write_ct_study(tmp_path / "study", 1)
+    copies = 40
+    with StoreSCP(tmp_path / "scp") as scp:
+        node = NodeProcess(node_config(tmp_path, _dest(scp), pipeline_options={"copies": copies}, quiet=1.0)).start()
+        try:
+            assert storescu(node.port, files).returncode == 0
+            assert wait_for(lambda: len(list(scp.out_dir.iterdir())) >= 1, 30, 0.005)
+            node.kill9()
+            before = len(_srs(scp))
+            assert before < copies, "dispatch finished before the kill; nothing was tested"
+            node.start()
+            assert wait_for(lambda: len({d.SOPInstanceUID for d in _srs(scp)}) == copies, 30)
+            time.sleep(2)
+            counts = Counter(str(d.SOPInstanceUID) for d in _srs(scp))
+            assert len(counts) == copies  # nothing lost
+            assert sum(counts.values()) - copies <= 1  # at most the one in flight at the kill is repeated
+            st = node.status()
+            assert st["destinations"][0]["sent"] == copies and st["destinations"][0]["queue_depth"] == 0
+            assert len(st["jobs"]) == 1
+        finally:
+            node.stop_quietly()
