@@ -57,7 +57,9 @@ __all__ = [
     "store_dataset",
     "complete_study_now",
     "register",
+    "add_arguments",
     "cmd_process_study",
+    "process_study_main",
 ]
 
 log = logging.getLogger("cardionode.retrieve")
@@ -336,18 +338,31 @@ def cmd_process_study(args: argparse.Namespace, config: NodeConfig) -> int:
     return 0
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
     """The pull options of ``cardionode process`` (``--study`` and ``--from`` go together)."""
-    parser.add_argument("--study", default=None, help="Study Instance UID to pull from --from and process")
-    parser.add_argument("--from", dest="source", default=None, help="source name from the config's sources:")
+    parser.add_argument("--study", default=None, required=required,
+                        help="Study Instance UID to pull from --from and process")
+    parser.add_argument("--from", dest="source", default=None, required=required,
+                        help="source name from the config's sources:")
     parser.add_argument("--wait", type=float, default=0.0,
                         help="seconds to wait for the jobs to finish (needs the node running); 0 = do not wait")
     parser.add_argument("--timeout", type=float, default=60.0, help="network timeout for the retrieve (s)")
 
 
-def register(subparsers: argparse._SubParsersAction, load_config: Callable[[argparse.Namespace], NodeConfig]) -> None:
-    """Add ``pull`` (same as ``process --study --from``) to a CLI whose config loader is ``load_config``."""
+def process_study_main(args: argparse.Namespace) -> int:
+    """Entry for the CLI: loads ``args.config`` (built-in defaults without one), sets up logging, runs the pull."""
+    from .config import load_config
+    from .logging_setup import setup_logging
+
+    path = getattr(args, "config", None)
+    config = load_config(path) if path else NodeConfig()
+    setup_logging(config.node.log_format, config.node.log_level)
+    return cmd_process_study(args, config)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``cardionode pull --study UID --from SOURCE [--wait S]`` (same as ``process --study --from``)."""
     p = subparsers.add_parser("pull", help="retrieve a study from a configured source and process it")
     p.add_argument("--config", default=argparse.SUPPRESS, help="node config file (YAML)")
-    add_arguments(p)
-    p.set_defaults(func=lambda args: cmd_process_study(args, load_config(args)))
+    add_arguments(p, required=True)
+    p.set_defaults(func=process_study_main)
