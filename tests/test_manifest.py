@@ -1,0 +1,72 @@
+"""Manifest validation: round trip, and one clear error naming file and key for each kind of mistake."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.runtime.manifest import LabelSpec, ManifestError, ModelManifest, Provenance, TensorSpec
+
+
+def _manifest() -> ModelManifest:
+    return ModelManifest(
+        name="myops-unet", version="2026.11", task="segmentation",
+        inputs=(TensorSpec("image", ("batch", 3, 256, 256), "float32"),),
+        outputs=(TensorSpec("logits", ("batch", 4, 256, 256), "float32"),),
+        preprocessing={"size": [256, 256], "spacing": [1.0, 1.0]},
+        labels=(LabelSpec(0, "background"),
+                LabelSpec(1, "scar", {"value": "12402003", "scheme": "SCT", "meaning": "Scar tissue"},
+                          {"value": "49755003", "scheme": "SCT", "meaning": "Morphologically abnormal structure"})),
+        calibration={}, provenance=Provenance("synthetic phantoms", True, "2026-11-24", "abc", {"dice_scar": 0.5}, ""),
+        opset=17, sha256="a" * 64,
+        trt_profile={"image": {"min": [1, 3, 256, 256], "opt": [4, 3, 256, 256], "max": [16, 3, 256, 256]}},
+    )
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    m = _manifest()
+    path = m.save(tmp_path)
+    back = ModelManifest.load(path)
+    assert back == m
+    assert back.labels[1].code.meaning == "Scar tissue"
+    assert back.inputs[0].dynamic_axes == {0: "batch"}
+
+
+@pytest.mark.parametrize(
+    "mutate,key,text",
+    [
+        (lambda d: d.update(sha256="xyz"), "sha256", "64 lower-case hex"),
+        (lambda d: d.update(colour="red"), "<root>", "unknown key(s) 'colour'"),
+        (lambda d: d.pop("version"), "version", "missing (required)"),
+        (lambda d: d["inputs"][0].update(shape=["batch", 0, 4]), "inputs[0].shape[1]", ">= 1"),
+        (lambda d: d["inputs"][0].update(dtype="complex64"), "inputs[0].dtype", "not allowed"),
+        (lambda d: d["labels"][1]["code"].pop("scheme"), "labels[1].code.scheme", "missing"),
+        (lambda d: d["provenance"].update(date="yesterday"), "provenance.date", "ISO date"),
+        (lambda d: d["provenance"].update(synthetic="yes"), "provenance.synthetic", "expected bool"),
+        (lambda d: d["trt_profile"]["image"].update(max=[16, 3, 128, 256]), "trt_profile.image.max[2]", "fixed input dimension"),
+        (lambda d: d["trt_profile"]["image"].update(min=[8, 3, 256, 256]), "trt_profile.image", "min <= opt <= max"),
+        (lambda d: d.update(format_version=2), "format_version", "not supported"),
+        (lambda d: d.update(name="Bad Name"), "name", "lower-case"),
+        (lambda d: d.update(labels=[{"value": 1, "name": "a", "code": None}, {"value": 1, "name": "b", "code": None}]),
+         "labels", "duplicate"),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path: Path, mutate, key: str, text: str) -> None:
+    data = _manifest().to_dict()
+    mutate(data)
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ManifestError) as exc:
+        ModelManifest.load(path)
+    msg = str(exc.value)
+    assert msg.startswith(str(path)), msg
+    assert f"key '{key}'" in msg and text in msg, msg
+
+
+def test_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="manifest not found"):
+        ModelManifest.load(tmp_path / "nope.json")
+    (tmp_path / "manifest.json").write_text("{")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        ModelManifest.load(tmp_path)
