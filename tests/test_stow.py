@@ -1,0 +1,176 @@
+"""STOW-RS ingest over HTTP (uvicorn) into a real Spool: response dataset, status codes, nothing stored from failures."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Iterator
+
+import pydicom
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom.uid import generate_uid
+
+from node import db
+from node.config import parse_config
+from node.jobs import LocalConnections
+from node.service import STATE_SCHEMA
+from node.web.metrics import Metrics
+from node.web.server import HttpServer, WebContext
+from tests.fixtures.studies import write_ct_study
+
+BOUNDARY = "cardionode-test-boundary"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def _body(parts: list[tuple[str, bytes]], close: bool = True) -> bytes:
+    out = b""
+    for ctype, content in parts:
+        out += f"--{BOUNDARY}\r\nContent-Type: {ctype}\r\n\r\n".encode() + content + b"\r\n"
+    if close:
+        out += f"--{BOUNDARY}--\r\n".encode()
+    return out
+
+
+HEADERS = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+           "Accept": "application/dicom+json"}
+
+
+class Node:
+    def __init__(self, tmp_path: Path, max_upload_mb: int = 2048) -> None:
+        from node.spool import Spool
+
+        self.config = parse_config({"node": {"storage_dir": str(tmp_path / "var"), "http_host": "127.0.0.1",
+                                             "http_port": 0, "max_upload_mb": max_upload_mb, "min_free_mb": 0}})
+        self.conns = LocalConnections(self.config.node.storage_dir)
+        db.ensure_schema(self.conns.get(), STATE_SCHEMA)
+        self.spool = Spool(self.config.node.storage_path, 0)
+        self.metrics = Metrics(self.conns.get)
+        self.server = HttpServer(self.config, WebContext(self.config, self.conns.get, self.metrics, spool=self.spool))
+        self.server.start()
+        self.url = self.server.url + "/dicom-web"
+
+    def stored_uids(self, study_uid: str) -> set[str]:
+        from node.index import InstanceIndex
+
+        try:
+            view = InstanceIndex(self.conns.get()).study_view(study_uid)
+        except Exception:
+            return set()
+        return {ref.sop_instance_uid for ref in view.instances}
+
+    def stop(self) -> None:
+        self.server.stop()
+        close = getattr(self.spool, "close", None)
+        if close:
+            close()
+        self.conns.close_all()
+
+
+@pytest.fixture()
+def node(tmp_path: Path) -> Iterator[Node]:
+    n = Node(tmp_path)
+    yield n
+    n.stop()
+
+
+def _uids(paths: list[Path]) -> list[str]:
+    return [str(pydicom.dcmread(p).SOPInstanceUID) for p in paths]
+
+
+def test_dicomweb_client_store_instances(node: Node, tmp_path: Path) -> None:
+    paths = write_ct_study(tmp_path / "s", n=3)
+    study = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
+    client = DICOMwebClient(url=node.url)
+    response = client.store_instances([pydicom.dcmread(p) for p in paths])
+    assert {str(i.ReferencedSOPInstanceUID) for i in response.ReferencedSOPSequence} == set(_uids(paths))
+    assert "FailedSOPSequence" not in response
+    assert node.stored_uids(study) == set(_uids(paths))
+    assert node.metrics.value("cardionode_instances_received_total", {"source": "stow"}) == 3
+    assert node.metrics.value("cardionode_received_bytes_total", {"source": "stow"}) > 3 * 512
+
+
+def test_mixed_parts_202_and_only_good_parts_stored(node: Node, tmp_path: Path) -> None:
+    good, other_study = write_ct_study(tmp_path / "a", n=1)[0], write_ct_study(tmp_path / "b", n=1)[0]
+    study = str(pydicom.dcmread(good).StudyInstanceUID)
+    raw = good.read_bytes()
+    body = _body([
+        ("application/dicom", raw),
+        ("application/dicom", other_study.read_bytes()),            # another study: 0xA900 on /studies/{uid}
+        ("application/dicom", b"\x00" * 200 + b"not dicom"),          # garbage
+        ("text/plain", b"hello"),                                    # not a DICOM part
+        ("application/dicom", raw[: len(raw) // 2]),                  # truncated instance
+    ])
+    r = requests.post(f"{node.url}/studies/{study}", data=body, headers=HEADERS, timeout=10)
+    assert r.status_code == 202, r.text
+    assert r.headers["content-type"].startswith("application/dicom+json")
+    ds = pydicom.Dataset.from_json(r.json())
+    assert [str(i.ReferencedSOPInstanceUID) for i in ds.ReferencedSOPSequence] == _uids([good])
+    failed = {str(i.ReferencedSOPInstanceUID): int(i.FailureReason) for i in ds.FailedSOPSequence}
+    assert failed[_uids([other_study])[0]] == 0xA900
+    assert len(ds.OtherFailuresSequence) == 2 and {int(i.FailureReason) for i in ds.OtherFailuresSequence} == {0xC000}
+    assert node.stored_uids(study) == set(_uids([good]))
+    assert node.stored_uids(str(pydicom.dcmread(other_study).StudyInstanceUID)) == set()
+
+
+def test_all_failed_is_409(node: Node, tmp_path: Path) -> None:
+    r = requests.post(f"{node.url}/studies", data=_body([("application/dicom", b"junk" * 50)]), headers=HEADERS,
+                      timeout=10)
+    assert r.status_code == 409
+    assert int(pydicom.Dataset.from_json(r.json()).OtherFailuresSequence[0].FailureReason) == 0xC000
+
+
+def test_part10_without_preamble_is_accepted(node: Node, tmp_path: Path) -> None:
+    path = write_ct_study(tmp_path / "s", n=1)[0]
+    r = requests.post(f"{node.url}/studies", data=_body([("application/dicom", path.read_bytes()[128:])]),
+                      headers=HEADERS, timeout=10)
+    assert r.status_code == 200, r.text
+    assert node.stored_uids(str(pydicom.dcmread(path).StudyInstanceUID)) == set(_uids([path]))
+
+
+def test_malformed_multipart_400_stores_nothing(node: Node, tmp_path: Path) -> None:
+    path = write_ct_study(tmp_path / "s", n=1)[0]
+    study = str(pydicom.dcmread(path).StudyInstanceUID)
+    truncated = _body([("application/dicom", path.read_bytes())], close=False)
+    r = requests.post(f"{node.url}/studies", data=truncated, headers=HEADERS, timeout=10)
+    assert r.status_code == 400 and "closing boundary" in r.json()["error"]
+    assert node.stored_uids(study) == set()
+    wrong_boundary = {**HEADERS, "Content-Type": 'multipart/related; type="application/dicom"; boundary=other'}
+    r = requests.post(f"{node.url}/studies", data=_body([("application/dicom", path.read_bytes())]),
+                      headers=wrong_boundary, timeout=10)
+    assert r.status_code == 400
+    assert node.stored_uids(study) == set()
+
+
+@pytest.mark.parametrize("ctype", [
+    "application/dicom",
+    'multipart/related; type="application/dicom+json"; boundary=x',
+    "multipart/form-data; boundary=x",
+])
+def test_wrong_media_type_415(node: Node, ctype: str) -> None:
+    r = requests.post(f"{node.url}/studies", data=b"--x--", headers={"Content-Type": ctype}, timeout=10)
+    assert r.status_code == 415
+
+
+def test_unacceptable_accept_406(node: Node) -> None:
+    r = requests.post(f"{node.url}/studies", data=b"--x--", timeout=10,
+                      headers={**HEADERS, "Accept": "application/dicom+xml"})
+    assert r.status_code == 406
+
+
+def test_oversize_body_413_stores_nothing(tmp_path: Path) -> None:
+    n = Node(tmp_path, max_upload_mb=1)
+    try:
+        path = write_ct_study(tmp_path / "s", n=1)[0]
+        study = str(pydicom.dcmread(path).StudyInstanceUID)
+        body = _body([("application/dicom", path.read_bytes())] + [("application/dicom", b"\0" * (600 * 1024))] * 2)
+        r = requests.post(f"{n.url}/studies", data=body, headers=HEADERS, timeout=10)
+        assert r.status_code == 413
+        # chunked upload (no Content-Length): the limit is enforced while streaming
+        r = requests.post(f"{n.url}/studies", data=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                          headers=HEADERS, timeout=10)
+        assert r.status_code == 413
+        assert n.stored_uids(study) == set()
+        assert not list((Path(n.config.node.storage_dir) / "tmp" / "stow").glob("*"))  # temp bodies removed
+    finally:
+        n.stop()
