@@ -1,0 +1,76 @@
+"""Training samples on the model's coarse grid, from phantoms or COCA cases (same preprocessing as the pipeline)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from pipelines.calcium.preprocess import PreprocessConfig, coarse_shape, downsample_labels, prepare_slices
+
+from .phantom import Phantom, make_phantom
+
+__all__ = ["SliceSet", "slices_from_volume", "phantom_slices", "sample_batch", "PHANTOM_TRAIN_KW"]
+
+#: phantom generator settings for the bundled model (in-plane spacing varies per case)
+PHANTOM_TRAIN_KW = dict(shape=(56, 256, 256))
+
+
+@dataclasses.dataclass
+class SliceSet:
+    x: np.ndarray  # (n, C, H, W) float16 preprocessed
+    y: np.ndarray  # (n, H, W) uint8 coarse labels
+
+
+def slices_from_volume(hu: np.ndarray, labels: np.ndarray, z_positions: np.ndarray, spacing_yx: Sequence[float],
+                       cfg: PreprocessConfig, rng: np.random.Generator, keep_empty: float = 0.25) -> SliceSet:
+    """Preprocess the labelled slices (and a share ``keep_empty`` of the others)."""
+    has = labels.reshape(labels.shape[0], -1).any(axis=1)
+    idx = [k for k in range(hu.shape[0]) if has[k] or rng.random() < keep_empty]
+    ch = coarse_shape(hu.shape[1:], spacing_yx, cfg)
+    x = prepare_slices(hu, z_positions, spacing_yx, idx, cfg).astype(np.float16)
+    y = np.stack([downsample_labels(labels[k], ch) for k in idx]) if idx else np.zeros((0,) + ch, np.uint8)
+    return SliceSet(x, y)
+
+
+def phantom_case(seed: int) -> Phantom:
+    rng = np.random.default_rng(seed + 10_000)
+    px = float(rng.uniform(1.2, 1.6))
+    dz = float(rng.choice([1.5, 2.0, 3.0]))
+    nz = int(round(170 / dz))
+    return make_phantom(seed, shape=(nz, 256, 256), spacing=(dz, px, px))
+
+
+def phantom_slices(seeds: Iterable[int], cfg: PreprocessConfig, keep_empty: float = 0.25) -> list[SliceSet]:
+    out = []
+    for s in seeds:
+        ph = phantom_case(s)
+        out.append(slices_from_volume(ph.hu, ph.labels, ph.z_positions(), ph.spacing[1:], cfg,
+                                      np.random.default_rng(s), keep_empty))
+    return out
+
+
+def sample_batch(sets: Sequence[SliceSet], batch: int, crop: int, rng: np.random.Generator,
+                 p_focus: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Random crops; ``p_focus`` of them centred (with jitter) on a labelled pixel; random flips off
+    (left/right carries anatomy)."""
+    xs, ys = [], []
+    while len(xs) < batch:
+        s = sets[int(rng.integers(len(sets)))]
+        if len(s.x) == 0:
+            continue
+        h, w = s.y.shape[1:]
+        k = int(rng.integers(len(s.x)))
+        y0, x0 = int(rng.integers(0, max(1, h - crop + 1))), int(rng.integers(0, max(1, w - crop + 1)))
+        if rng.random() < p_focus:
+            labelled = np.flatnonzero(s.y.reshape(len(s.y), -1).any(axis=1))
+            if len(labelled):
+                k = int(labelled[int(rng.integers(len(labelled)))])
+                pts = np.argwhere(s.y[k] > 0)
+                cy, cx = pts[int(rng.integers(len(pts)))]
+                j = crop // 3
+                y0 = int(np.clip(cy - crop // 2 + rng.integers(-j, j + 1), 0, max(0, h - crop)))
+                x0 = int(np.clip(cx - crop // 2 + rng.integers(-j, j + 1), 0, max(0, w - crop)))
+        xs.append(s.x[k, :, y0:y0 + crop, x0:x0 + crop].astype(np.float32))
+        ys.append(s.y[k, y0:y0 + crop, x0:x0 + crop])
+    return np.stack(xs), np.stack(ys).astype(np.int64)

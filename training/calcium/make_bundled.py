@@ -1,0 +1,80 @@
+"""Regenerate the bundled demo calcium model: train on synthetic phantoms, evaluate, export.
+
+    nice -n 10 python -m training.calcium.make_bundled --out pipelines/models
+
+Deterministic seeds (training phantoms 0-47, held-out phantoms 1000-1007, torch seed 0), CPU
+only, about 5-15 minutes on 2 shared cores.  The manifest says "synthetic phantoms" and records
+the held-out phantom Dice per class: phantom figures, NOT clinical accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from pipelines.calcium.labels import CLASSES
+from pipelines.calcium.preprocess import PreprocessConfig
+
+from .data import phantom_slices
+from .evaluate import evaluate_cases, load_checkpoint, parse_seeds, phantom_cases, torch_predictor
+from .export import export_checkpoint
+from .train import train
+
+log = logging.getLogger("cardionode.training.calcium")
+
+VERSION = "0.1.0"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    p = argparse.ArgumentParser(prog="python -m training.calcium.make_bundled", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("pipelines/models"))
+    p.add_argument("--work", type=Path, default=None, help="keep checkpoint and logs here (default: temp dir)")
+    p.add_argument("--train-seeds", default="0-47")
+    p.add_argument("--heldout-seeds", default="1000-1007")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--max-minutes", type=float, default=12.0)
+    args = p.parse_args(argv)
+    t0 = time.time()
+    cfg = PreprocessConfig()
+    work = args.work or Path(tempfile.mkdtemp(prefix="calcium-bundled-"))
+    log.info("generating training phantoms %s", args.train_seeds)
+    sets = phantom_slices(parse_seeds(args.train_seeds), cfg)
+    ckpt = train(sets, work, steps=args.steps, batch=args.batch, crop=args.crop, lr=3e-3, base=8, cfg=cfg, seed=0,
+                 max_minutes=args.max_minutes)
+    model, cfg, ck = load_checkpoint(ckpt)
+    log.info("evaluating on held-out phantoms %s", args.heldout_seeds)
+    report = evaluate_cases(phantom_cases(parse_seeds(args.heldout_seeds)), torch_predictor(model), cfg)
+    (work / "heldout.json").write_text(json.dumps(report, indent=2))
+    key = {c.name: c.key for c in CLASSES}
+    metrics = {f"heldout_phantom_dice_{key[n]}": v for n, v in report["dice"].items()}
+    metrics.update({f"heldout_phantom_lesion_sensitivity_{key[n]}": v for n, v in report["lesion_sensitivity"].items()})
+    metrics["heldout_phantom_agatston_icc"] = report["agatston_icc_2_1"]
+    metrics["heldout_phantom_risk_kappa"] = report["risk_kappa"]
+    metrics["heldout_phantoms"] = report["cases"]
+    notes = (f"2.5D U-Net (base 8, 3 poolings, {sum(p.numel() for p in model.parameters())} parameters) on a reduced "
+             f"{cfg.spacing_mm} mm in-plane grid, 3 slices {cfg.context_mm} mm apart; {ck['steps']} of "
+             f"{ck['planned_steps']} steps (batch {args.batch}, crops {args.crop}) in {ck['train_seconds']:.0f} s on CPU. "
+             f"Trained on synthetic chest-CT phantoms (training.calcium.phantom seeds {args.train_seeds}); Dice is on "
+             f"held-out phantoms {args.heldout_seeds}, after keeping voxels >= 130 HU: phantom figures, not clinical "
+             "accuracy. Regenerate: python -m training.calcium.make_bundled --out pipelines/models")
+    rep = export_checkpoint(ckpt, args.out, version=VERSION, trained_on="synthetic phantoms", synthetic=True,
+                            metrics=metrics, notes=notes)
+    print(rep.summary())
+    print(json.dumps({k: report[k] for k in ("dice", "lesion_sensitivity", "lesion_precision", "agatston_icc_2_1",
+                                              "risk_kappa")}, indent=2))
+    print(f"total {time.time() - t0:.0f} s; work dir {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

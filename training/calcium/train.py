@@ -1,0 +1,135 @@
+"""Train the 2.5D calcium U-Net on phantoms (and/or a COCA-format folder).
+
+    python -m training.calcium.train --out runs/calcium --steps 3000 --phantoms 0-59
+    python -m training.calcium.train --out runs/calcium --coca /data/COCA_Segmentations --steps 20000
+
+Progress bar on stderr (tqdm), a log line every ``--log-every`` steps to ``<out>/train.log``,
+checkpoint ``<out>/model.pt`` (state dict + model config + preprocessing + seeds).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipelines.calcium.preprocess import PreprocessConfig
+
+from .data import SliceSet, phantom_slices, sample_batch, slices_from_volume
+from .evaluate import parse_seeds
+from .model import UNet2D
+
+log = logging.getLogger("cardionode.training.calcium")
+
+__all__ = ["train", "main", "build_parser"]
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, fg_weight: float = 20.0) -> torch.Tensor:
+    k = logits.shape[1]
+    w = torch.full((k,), fg_weight)
+    w[0] = 1.0
+    ce = F.cross_entropy(logits, target, weight=w)
+    prob = logits.softmax(1)[:, 1:]
+    onehot = F.one_hot(target, k).permute(0, 3, 1, 2)[:, 1:].float()
+    inter = (prob * onehot).sum((0, 2, 3))
+    denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    present = onehot.sum((0, 2, 3)) > 0
+    dice = (2 * inter + 1) / (denom + 1)
+    dl = (1 - dice[present]).mean() if present.any() else prob.sum() * 0
+    return ce + dl
+
+
+def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: int, lr: float, base: int,
+          cfg: PreprocessConfig, seed: int, log_every: int = 100, threads: int = 2, extra: dict | None = None,
+          max_minutes: float | None = None) -> Path:
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(out / "train.log")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(fh)
+    model = UNet2D(in_channels=cfg.channels, n_classes=9, base=base)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    t0, running = time.time(), 0.0
+    bar = tqdm(range(1, steps + 1), desc="train calcium", unit="step", file=sys.stderr, mininterval=5)
+    done = 0
+    for step in bar:
+        if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
+            log.warning("time cap of %.1f min reached after %d of %d steps: stopping early", max_minutes, done, steps)
+            break
+        x, y = sample_batch(sets, batch, crop, rng)
+        loss = dice_ce_loss(model(torch.from_numpy(x)), torch.from_numpy(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        lv = float(loss.detach())
+        running = 0.98 * running + 0.02 * lv if step > 1 else lv
+        done = step
+        bar.set_postfix(loss=f"{running:.3f}")
+        if step % log_every == 0 or step == steps:
+            log.info("step %d/%d loss %.4f lr %.2e %.0fs", step, steps, running, sched.get_last_lr()[0], time.time() - t0)
+    ckpt = out / "model.pt"
+    torch.save({"state_dict": model.state_dict(), "model_config": model.config, "preprocessing": cfg.to_dict(),
+                "steps": done, "planned_steps": steps, "batch": batch, "crop": crop, "lr": lr, "seed": seed, "train_seconds": time.time() - t0,
+                "final_loss": running, **(extra or {})}, ckpt)
+    log.removeHandler(fh)
+    return ckpt
+
+
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = p or argparse.ArgumentParser(prog="python -m training.calcium.train", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--phantoms", default=None, help="phantom seeds for training, e.g. 0-59")
+    p.add_argument("--coca", type=Path, default=None, help="COCA-format folder (train split is used)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=64, help="crop side on the coarse grid (multiple of 8)")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--base", type=int, default=8, help="U-Net base channels")
+    p.add_argument("--spacing-mm", type=float, default=PreprocessConfig.spacing_mm)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop early after this wall time (recorded)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = PreprocessConfig(spacing_mm=args.spacing_mm)
+    sets: list[SliceSet] = []
+    if args.phantoms:
+        sets += phantom_slices(parse_seeds(args.phantoms), cfg)
+    if args.coca:
+        from .coca import CocaDataset
+
+        rng = np.random.default_rng(args.seed)
+        for cid, hu, lab, zpos, sp in CocaDataset(args.coca).cases("train"):
+            sets.append(slices_from_volume(hu, lab, zpos, sp, cfg, rng))
+    if not sets:
+        print("nothing to train on: give --phantoms and/or --coca", file=sys.stderr)
+        return 2
+    ckpt = train(sets, args.out, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, base=args.base,
+                 cfg=cfg, seed=args.seed, log_every=args.log_every,
+                 max_minutes=args.max_minutes)
+    print(f"checkpoint: {ckpt}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
