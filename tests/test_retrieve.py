@@ -1,0 +1,57 @@
+"""Pull a study from a real Orthanc into a real Spool by WADO-RS, C-GET and C-MOVE (no node running)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node import db
+from node.config import parse_config
+from node.jobs import LocalConnections
+from node.retrieve import RetrieveError, retrieve_study
+from node.service import STATE_SCHEMA
+from tests.fixtures.studies import write_ct_study
+from tests.test_dicomweb_dispatch import Orthanc, _free_port
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("pacs")
+    port = _free_port()
+    with Orthanc(work / "orthanc", modalities={"cardionode": ["CARDIONODE", "127.0.0.1", port]}) as orthanc:
+        paths = write_ct_study(work / "study", n=2)
+        for p in paths:
+            orthanc.upload(p)
+        yield orthanc, port, str(pydicom.dcmread(paths[0]).StudyInstanceUID), {
+            str(pydicom.dcmread(p).SOPInstanceUID) for p in paths}
+
+
+@pytest.mark.parametrize("source", ["web", "get", "move"])
+def test_retrieve_into_spool(pacs, tmp_path: Path, source: str) -> None:
+    from node.index import InstanceIndex
+    from node.spool import Spool
+
+    orthanc, port, study, uids = pacs
+    config = parse_config({
+        "node": {"ae_title": "CARDIONODE", "host": "127.0.0.1", "port": port, "storage_dir": str(tmp_path / "var"),
+                 "min_free_mb": 0},
+        "sources": {
+            "web": {"type": "dicomweb", "url": orthanc.dicomweb_url},
+            "get": {"type": "dimse", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port},
+            "move": {"type": "dimse", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port,
+                     "retrieve": "move"},
+        },
+    })
+    conns = LocalConnections(config.node.storage_dir)
+    db.ensure_schema(conns.get(), STATE_SCHEMA)
+    spool = Spool(config.node.storage_path, 0)
+    result = retrieve_study(config, source, study, spool, timeout_s=10)
+    assert (result.stored, result.failed) == (2, 0)
+    view = InstanceIndex(conns.get()).study_view(study)
+    assert {ref.sop_instance_uid for ref in view.instances} == uids
+    with pytest.raises(RetrieveError):
+        retrieve_study(config, source, "1.2.3.999999", spool, timeout_s=10)
+    with pytest.raises(RetrieveError, match="unknown source"):
+        retrieve_study(config, "nope", study, spool)
+    conns.close_all()
