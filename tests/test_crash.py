@@ -44,6 +44,16 @@ def _spooled_uids(storage, study_uid) -> set[str]:
         conn.close()
 
 
+def _job_states(storage) -> list[str]:
+    conn = db.connect(storage)
+    try:
+        return [r["state"] for r in conn.execute("SELECT state FROM jobs ORDER BY id")]
+    except Exception:
+        return []
+    finally:
+        conn.close()
+
+
 def test_kill9_during_transfer_keeps_every_acknowledged_instance_and_processes_once(tmp_path):
     files = write_ct_study(tmp_path / "study", 60)
     study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
@@ -91,15 +101,15 @@ def test_kill9_during_transfer_keeps_every_acknowledged_instance_and_processes_o
 def test_kill9_during_job_requeues_it_and_dispatches_once(tmp_path):
     files = write_ct_study(tmp_path / "study", 2)
     with StoreSCP(tmp_path / "scp") as scp:
-        node = NodeProcess(node_config(tmp_path, _dest(scp), pipeline_options={"delay_s": 4}, quiet=1.0)).start()
+        node = NodeProcess(node_config(tmp_path, _dest(scp), pipeline_options={"delay_s": 6}, quiet=1.0)).start()
         try:
             assert storescu(node.port, files).returncode == 0
-            assert wait_for(lambda: any(j["state"] == "running" for j in node.status()["jobs"]), 30)
+            assert wait_for(lambda: _job_states(node.storage) == ["running"], 30, 0.05)
             node.kill9()
             assert _srs(scp) == []
             node.start()
             assert wait_for(lambda: len(_srs(scp)) == 1, 40)
-            time.sleep(2)
+            time.sleep(1)
             assert len(_srs(scp)) == 1
             jobs = node.status()["jobs"]
             assert [(j["state"], j["attempts"]) for j in jobs] == [("done", 2)]
