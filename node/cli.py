@@ -99,6 +99,16 @@ def cmd_process(args: argparse.Namespace) -> int:
     from .jobs import write_result_files
     from .logging_setup import setup_logging
 
+    if getattr(args, "study", None) or getattr(args, "source", None):
+        from .retrieve import process_study_main
+
+        if not (args.study and args.source):
+            print("error: --study and --from go together", file=sys.stderr)
+            return 2
+        return process_study_main(args)
+    if not args.study_dir or not args.pipeline:
+        print("error: process needs --study-dir DIR --pipeline NAME (or --study UID --from SOURCE)", file=sys.stderr)
+        return 2
     config = _load(args)
     setup_logging(config.node.log_format, config.node.log_level)
     files = sorted(p for p in Path(args.study_dir).rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -135,6 +145,12 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 def _mount_optional(subparsers: argparse._SubParsersAction) -> None:
     try:
+        from . import retrieve
+    except ImportError:
+        retrieve = None  # type: ignore[assignment]
+    if retrieve is not None:
+        retrieve.register(subparsers)
+    try:
         from pipelines.runtime import cli as models_cli
     except ImportError:
         models_cli = None
@@ -167,11 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--no-models", action="store_true", help="do not scan the model directories")
     st.set_defaults(func=cmd_status)
 
-    pr = sub.add_parser("process", help="run one pipeline over DICOM files, no network; results to --out")
+    pr = sub.add_parser("process", help="run one pipeline over DICOM files, no network; results to --out "
+                                        "(or pull a study with --study UID --from SOURCE and queue it)")
     pr.add_argument("--config", default=argparse.SUPPRESS, help="node config file (YAML)")
-    pr.add_argument("--study-dir", required=True, help="folder with the study's DICOM files (searched recursively)")
-    pr.add_argument("--pipeline", required=True, help="pipeline name (e.g. calcium, syntax, myops)")
+    pr.add_argument("--study-dir", default=None, help="folder with the study's DICOM files (searched recursively)")
+    pr.add_argument("--pipeline", default=None, help="pipeline name (e.g. calcium, syntax, myops)")
     pr.add_argument("--out", default="./results", help="where result files are written (default ./results)")
+    try:
+        from .retrieve import add_arguments as add_pull_arguments
+    except ImportError:
+        add_pull_arguments = None
+    if add_pull_arguments is not None:
+        add_pull_arguments(pr)
     pr.set_defaults(func=cmd_process)
 
     _mount_optional(sub)
