@@ -98,6 +98,3 @@ class MyopsOptions:
         return cls(**out)
 
 
-# OptionsError must be recorded as a failed job, not retried: make it a PipelineInputError too.
-class _RecordedOptionsError(OptionsError, PipelineInputError):
-    pass

@@ -1,0 +1,39 @@
+"""Helpers shared by the myops tests and bench (phantom studies, SR reading, dciodvfy)."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pydicom
+
+from training.myops.phantom import ground_truth_figures, make_phantom, write_dicom_study
+from training.synth.dicom import new_study
+
+
+def phantom_study(out: Path, seed: int, sequences=("bssfp", "lge", "t2")):
+    """(files, truth figures) of a scarred phantom written as an MR study."""
+    case = make_phantom(seed, with_scar=True)
+    files = write_dicom_study(case, out, seed=seed, sequences=sequences, study=new_study(seed=seed))
+    return files, ground_truth_figures(case.label)
+
+
+def sr_measurements(sr: pydicom.Dataset) -> dict[str, float]:
+    """{code value: numeric value} of every NUM item in an SR content tree."""
+    out: dict[str, float] = {}
+
+    def walk(items):
+        for item in items:
+            if item.get("ValueType") == "NUM" and "MeasuredValueSequence" in item:
+                key = str(item.ConceptNameCodeSequence[0].CodeValue)
+                group = out.setdefault(key, [])
+                group.append(float(item.MeasuredValueSequence[0].NumericValue))
+            if "ContentSequence" in item:
+                walk(item.ContentSequence)
+
+    walk(sr.ContentSequence)
+    return out
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]

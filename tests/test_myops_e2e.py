@@ -1,0 +1,88 @@
+"""myops end to end through the node: storescu sends a synthetic three-series CMR study, SEG + SR come
+back at a dcmtk storescp, scar burden matches the phantom truth, dciodvfy reports no errors; a study
+without LGE fails with a clear recorded error and the node keeps serving."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+
+from pipelines.runtime import bundled_models_dir
+from tests.fixtures.dcmtk import StoreSCP, echo, free_port
+from tests.fixtures.node_proc import NodeProcess, storescu, wait_for
+from tests.myops_support import dciodvfy_errors, phantom_study, sr_measurements
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+#: |predicted - phantom truth| scar burden, percentage points of myocardial volume (phantom figure)
+SCAR_BURDEN_TOLERANCE_PP = 5.0
+
+
+def _config(tmp_path: Path, scp_port: int) -> Path:
+    cfg = {
+        "node": {"ae_title": "CARDIONODE", "host": "127.0.0.1", "port": free_port(),
+                 "storage_dir": str(tmp_path / "var"), "quiet_seconds": 1.5, "min_free_mb": 0,
+                 "http_host": "127.0.0.1", "http_port": free_port(), "log_format": "json"},
+        "models": {"providers": ["cpu"]},
+        "dispatch": {"backoff_initial_s": 1.0, "backoff_max_s": 2.0, "timeout_s": 30},
+        "destinations": {"pacs": {"type": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": scp_port}},
+        "routes": [{"name": "cmr", "pipeline": "myops", "match": {"modality": "MR"}, "destinations": ["pacs"]}],
+        "pipelines": {"myops": {}},
+    }
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.skipif(bundled_models_dir() is None or not (bundled_models_dir() / "myops-unet").is_dir(),
+                    reason="bundled myops-unet model missing (python -m training.myops.make_bundled)")
+def test_cmr_study_in_seg_and_sr_out_and_missing_lge_is_recorded(tmp_path):
+    good, truth = phantom_study(tmp_path / "good", seed=7001)
+    no_lge, _ = phantom_study(tmp_path / "nolge", seed=7002, sequences=("bssfp", "t2"))
+    with StoreSCP(tmp_path / "scp") as scp:
+        node = NodeProcess(_config(tmp_path, scp.port)).start()
+        try:
+            # 1. a study without LGE: the job fails with a clear, recorded error
+            assert storescu(node.port, no_lge).returncode == 0
+            assert wait_for(lambda: any(j["state"] == "failed" for j in node.status()["jobs"]), 120)
+            job = next(j for j in node.status()["jobs"] if j["state"] == "failed")
+            assert job["pipeline"] == "myops"
+            assert "missing series: lge" in job["error"], job["error"]
+            assert "SAX T2 STIR" in job["error"]  # says what the study has
+            assert job["attempts"] == 1  # input errors are not retried
+            # 2. the node keeps serving: C-ECHO and a good study
+            assert echo(node.port, "CARDIONODE")
+            study_uid = pydicom.dcmread(good[0]).StudyInstanceUID
+            assert storescu(node.port, good).returncode == 0
+            assert wait_for(lambda: {"SEG", "SR"} <= {d.Modality for d in scp.received()}, 300, interval=1.0)
+            time.sleep(2)
+            received = {d.Modality: d for d in scp.received()}
+            seg, sr = received["SEG"], received["SR"]
+            assert seg.StudyInstanceUID == sr.StudyInstanceUID == study_uid
+            lge_uid = pydicom.dcmread(next(p for p in good if "/lge/" in str(p))).SeriesInstanceUID
+            assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == lge_uid
+            labels = {str(s.SegmentLabel): str(s.SegmentedPropertyTypeCodeSequence[0].CodeValue)
+                      for s in seg.SegmentSequence}
+            assert labels.get("Myocardium") == "74281007" and labels.get("Scar") == "12402003"
+            assert labels.get("Edema") == "79654002"
+            # trained on phantoms, and says so
+            assert "phantom" in str(seg.ContentDescription).lower()
+            assert "NOT FOR CLINICAL USE" in str(sr.SeriesDescription).upper() or "phantom" in str(sr.SeriesDescription)
+            values = sr_measurements(sr)
+            scar_burden = values["SCAR-FRACTION"][0]
+            assert abs(scar_burden - truth["scar_burden_pct"]) <= SCAR_BURDEN_TOLERANCE_PP, (scar_burden, truth)
+            myo_ml = max(values["118565006"])  # the myocardial volume is the largest volume
+            assert abs(myo_ml - truth["myocardium_ml"]) <= 0.25 * truth["myocardium_ml"], (myo_ml, truth)
+            for ds in (seg, sr):
+                path = Path(ds.filename)
+                assert dciodvfy_errors(path) == [], (ds.Modality, dciodvfy_errors(path))
+            jobs = node.status()["jobs"]
+            assert sorted(j["state"] for j in jobs) == ["done", "failed"]
+        finally:
+            assert node.terminate() == 0

@@ -1,0 +1,93 @@
+"""myops pipeline pieces without the node: options, series selection errors, mapping predictions back to
+the LGE grid, and the export family (torch -> ONNX -> model store)."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from node.config import ModelsSection
+from pipelines.base import PipelineContext, PipelineInputError, StudyView
+from pipelines.myops import labels as cls
+from pipelines.myops.inference import probabilities_to_anchor
+from pipelines.myops.options import MyopsOptions, OptionsError
+from pipelines.myops.pipeline import MyopsPipeline
+from pipelines.myops.preprocess import build_grid_stack, label_on_grid
+from pipelines.runtime import ModelStore
+from training.myops.metrics import dice
+from training.myops.phantom import make_phantom, write_dicom_study
+
+CPU = ModelsSection(providers=("cpu",), intra_op_threads=1)
+
+
+def test_options_validation_names_the_key():
+    assert MyopsOptions.parse({}).model == "myops-unet"
+    o = MyopsOptions.parse({"series": {"lge": ["MDE"]}, "registration": False})
+    assert o.patterns["lge"] == ("MDE",) and o.patterns["t2"] and not o.registration
+    for raw, key in (({"modle": "x"}, "modle"), ({"registration": "yes"}, "registration"),
+                     ({"series": {"flair": ["x"]}}, "series.flair"), ({"series": {"lge": ["("]}}, "series.lge"),
+                     ({"series_number_base": 0}, "series_number_base")):
+        with pytest.raises(OptionsError, match=key):
+            MyopsOptions.parse(raw)
+
+
+def test_mapping_back_to_lge_grid_recovers_the_label():
+    """Ground truth -> 224 grid -> 128 ROI one-hot -> LGE pixel grid again: Dice per tissue > 0.9."""
+    case = make_phantom(11, with_scar=True)
+    stack = build_grid_stack(case.volumes)
+    lab = label_on_grid(case.label, stack)
+    y0, x0 = 48, 48
+    roi = lab[:, y0:y0 + 128, x0:x0 + 128]
+    probs = np.eye(6, dtype=np.float32)[roi].transpose(0, 3, 1, 2)
+    back = probabilities_to_anchor(probs, stack, (y0, x0), case.label)
+    matched = stack.anchor_slices
+    truth = case.label.array[matched]
+    for name in ("myocardium", "edema", "scar"):
+        d = dice(cls.tissue_masks(back[matched])[name], cls.tissue_masks(truth)[name])
+        assert d > 0.9, (name, d)
+    unmatched = np.setdiff1d(np.arange(case.label.shape[0]), matched)
+    assert not back[unmatched].any()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny U-Net checkpoint exported through the myops export family."""
+    from export.onnx_export import export_onnx
+    from pipelines.myops.preprocess import PreprocessConfig
+    from training.myops.export import build_export
+    from training.myops.labels import MYOPS2020
+    from training.myops.model import UNet2D
+    from training.myops.train import TrainConfig, save_checkpoint
+
+    out = tmp_path_factory.mktemp("models")
+    model = UNet2D(num_classes=6, base=4, depth=2).eval()
+    ckpt = save_checkpoint(out / "ckpt.pt", model, labels=MYOPS2020, preprocess=PreprocessConfig(),
+                           train_cfg=TrainConfig(steps=1), split={"mode": "every5th", "seed": 0, "train": [], "test": []},
+                           history=[], metrics={"dice_scar": 0.5}, trained_on="synthetic phantoms (test)", synthetic=True)
+    specs = build_export(ckpt, argparse.Namespace(version="0.0.1-test", options={}))
+    assert len(specs) == 1
+    export_onnx(specs[0].module, specs[0].example_inputs, out, version="0.0.1-test", verbose=False,
+                **specs[0].export_kwargs())
+    return out
+
+
+def test_export_family_writes_a_loadable_static_model(tiny_model_dir):
+    handle = ModelStore([tiny_model_dir], CPU).acquire("myops-unet")
+    m = handle.manifest
+    assert list(m.inputs[0].shape) == ["N", 3, 128, 128] and m.opset == 17
+    assert m.provenance.synthetic and "phantom" in m.provenance.trained_on
+    assert {lab.name: lab.code.value for lab in m.labels if lab.code} == {
+        "normal myocardium": "74281007", "edema": "79654002", "scar": "12402003"}
+    out = handle.run({"image": np.zeros((2, 3, 128, 128), np.float32)})["logits"]
+    assert out.shape == (2, 6, 128, 128)
+
+
+def test_missing_lge_is_a_clear_input_error(tmp_path, tiny_model_dir):
+    files = write_dicom_study(make_phantom(12), tmp_path, seed=12, sequences=("bssfp", "t2"))
+    ctx = PipelineContext(options={}, models=ModelStore([tiny_model_dir], CPU), work_dir=tmp_path)
+    with pytest.raises(PipelineInputError, match=r"missing series: lge .*SAX T2 STIR"):
+        MyopsPipeline().run(StudyView.from_files(files), ctx)
+    with pytest.raises(PipelineInputError, match="pipelines.myops.registration"):
+        MyopsPipeline().run(StudyView.from_files(files), PipelineContext(options={"registration": 1},
+                                                                        models=ctx.models, work_dir=tmp_path))
