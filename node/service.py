@@ -210,6 +210,9 @@ class NodeService:
         self.scheduler.start()
         self.scheduler.add_job(self._sweep, "date", id="retention-start", misfire_grace_time=None)
 
+        if self.models is not None and self.config.models.warmup and hasattr(self.models, "warmup"):
+            threading.Thread(target=self._warmup, name="model-warmup", daemon=True).start()
+
         self.dimse = self._start_dimse()
         self.web = self._start_web()
         log.info(
@@ -232,6 +235,14 @@ class NodeService:
                 log.warning("studies found in the index without completion state; armed", extra={"count": n})
         except ImportError:
             pass
+
+    def _warmup(self) -> None:
+        """Load every model once in the background so the first job does not pay for it."""
+        try:
+            outcome = self.models.warmup()
+            log.info("models warmed up", extra={"models": ", ".join(f"{k}: {v}" for k, v in outcome.items())})
+        except Exception:
+            log.exception("model warm-up failed; models load on first use")
 
     def _sweep(self) -> None:
         assert self.retention is not None
