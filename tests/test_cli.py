@@ -75,3 +75,29 @@ def test_status_shows_jobs_and_destination_queue_depth_and_last_error(tmp_path):
     assert (dest["name"], dest["queue_depth"], dest["last_error"]) == ("pacs", 1, "pacs: cannot associate")
     text = _run("status", "--config", str(cfg), "--no-models")
     assert text.returncode == 0 and "pacs" in text.stdout and "cannot associate" in text.stdout
+
+
+def test_serve_with_the_default_config_file_answers_echo_and_stops_on_sigterm(tmp_path):
+    """`cardionode serve --config conf/node.yaml` as shipped (storage ./var under the working directory)."""
+    import signal
+    import time
+
+    from tests.fixtures.dcmtk import echo
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"]
+                                                   if os.environ.get("PYTHONPATH") else ""))
+    proc = subprocess.Popen([sys.executable, "-m", "node", "serve", "--config", str(ROOT / "conf" / "node.yaml")],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        while not echo(11112, "CARDIONODE", timeout=2):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, "default node did not answer C-ECHO on 11112"
+            time.sleep(0.3)
+        assert (tmp_path / "var" / db.DB_FILENAME).exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
