@@ -63,15 +63,27 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, *, version: str, trained_
     )
 
 
-def build_export(checkpoint: Path, args: argparse.Namespace) -> list[Any]:
-    """Hook for ``cardionode export calcium --checkpoint X --out DIR`` (export/families.py).
+def export_spec(checkpoint: Path, *, version: str | None = None):
+    """An :class:`export.families.ExportSpec` for a calcium checkpoint (provenance/metrics from the checkpoint)."""
+    from export.families import ExportSpec
+    from pipelines.runtime import Provenance
 
-    Returns the export reports (the family contract's ExportSpec was not in the tree when this was
-    written; see docs/calcium.md).  Metrics stored in the checkpoint (held-out Dice) are carried over.
-    """
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    return [export_checkpoint(
-        checkpoint, Path(args.out), version=str(getattr(args, "version", None) or ck.get("version", "0.1.0")),
-        trained_on=str(ck.get("trained_on", "unknown data")), synthetic=bool(ck.get("synthetic", False)),
-        metrics=ck.get("metrics", {}), notes=str(ck.get("notes", "")),
-    )]
+    from .evaluate import load_checkpoint
+
+    model, cfg, ck = load_checkpoint(checkpoint)
+    torch.manual_seed(0)
+    example = torch.randn(BATCH, cfg.channels, cfg.tile, cfg.tile)
+    return ExportSpec(
+        module=model, example_inputs=(example,), name=MODEL_NAME, task="segmentation", input_names=["image"],
+        output_names=["logits"],
+        provenance=Provenance(trained_on=str(ck.get("trained_on", "unknown data")), synthetic=bool(ck.get("synthetic", False)),
+                              date=dt.date.today().isoformat(), code_version=code_version(),
+                              metrics=dict(ck.get("metrics", {})), notes=str(ck.get("notes", ""))),
+        dynamic_axes=None, preprocessing=cfg.to_dict(), labels=label_specs(), calibration={},
+        version=version or ck.get("version"), atol=1e-3, rtol=1e-3,
+    )
+
+
+def build_export(checkpoint: Path, args: argparse.Namespace) -> list[Any]:
+    """``cardionode export calcium --checkpoint X --out DIR`` (export/families.py): one static-shape U-Net."""
+    return [export_spec(Path(checkpoint), version=getattr(args, "version", None))]

@@ -120,8 +120,11 @@ def run(args: argparse.Namespace) -> int:
         print("nothing to train on: give --phantoms and/or --coca", file=sys.stderr)
         return 2
     ckpt = train(sets, args.out, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, base=args.base,
-                 cfg=cfg, seed=args.seed, log_every=args.log_every,
-                 max_minutes=args.max_minutes)
+                 cfg=cfg, seed=args.seed, log_every=args.log_every, max_minutes=args.max_minutes,
+                 extra={"trained_on": " + ".join(x for x in (
+                     f"synthetic phantoms (seeds {args.phantoms})" if args.phantoms else "",
+                     f"COCA-format folder {args.coca.name} (train split)" if args.coca else "") if x),
+                     "synthetic": not args.coca})
     print(f"checkpoint: {ckpt}")
     return 0
 
