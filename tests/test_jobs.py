@@ -164,3 +164,18 @@ def test_completion_waits_for_quiet_then_enqueues_each_route_once_and_rearms_aft
     finally:
         sched2.shutdown(wait=False)
     assert conn.execute("SELECT COUNT(*) FROM jobs WHERE study_uid=?", (other,)).fetchone()[0] == 2
+
+
+def test_late_arrival_with_ignore_policy_is_counted_not_reprocessed(tmp_path, conns):
+    files = write_ct_study(tmp_path / "study", 1)
+    view = StudyView.from_files(files)
+    config = parse_config({"node": {"late_arrivals": "ignore"}, "routes": [{"pipeline": "test-sr"}]})
+    sched = BackgroundScheduler(timezone="UTC")
+    tracker = CompletionTracker(conns.get, Router(config), lambda uid: view, sched, late_arrivals="ignore")
+    uid = view.study_instance_uid
+    tracker.arrived(uid, 0.0)
+    assert len(tracker.fire(uid)) == 1
+    assert tracker.arrived(uid, 0.0) is None
+    row = conns.get().execute("SELECT state, generation, late_ignored FROM pending_studies").fetchone()
+    assert tuple(row) == ("processed", 1, 1)
+    assert conns.get().execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 1

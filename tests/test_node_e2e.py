@@ -3,6 +3,7 @@ storescp and at Orthanc; a destination that is down at completion is reached whe
 input does not stop the node from answering C-ECHO and storing a good study."""
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -48,7 +49,10 @@ def test_sr_arrives_exactly_once_at_storescp_and_orthanc(tmp_path):
         finally:
             rc = node.terminate()
         assert rc == 0
-        assert "Test^Node" not in node.log_path.read_text()  # no patient name in the log
+        log_text = node.log_path.read_text()
+        assert "Test^Node" not in log_text and "NODE-TEST" not in log_text  # no patient name or id in the log
+        records = [json.loads(line) for line in log_text.splitlines() if line.strip()]  # JSON lines only
+        assert any(r["msg"] == "job done" and r.get("study") == study_uid for r in records)
 
 
 def test_destination_down_at_completion_gets_result_when_up_20s_later(tmp_path):
