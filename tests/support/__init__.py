@@ -1,0 +1,1 @@
+"""Shared test support: real DICOM peers (dcmtk, Orthanc, dciodvfy) and an ingest-only node runner."""

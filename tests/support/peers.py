@@ -1,0 +1,355 @@
+"""Real DICOM peers for tests: dcmtk storescu/echoscu/storescp, Orthanc, dciodvfy.
+
+Every helper skips the calling test (``pytest.skip``) with a clear reason
+when its binary is missing; in CI they are installed, so nothing is skipped
+there.  Servers start on 127.0.0.1 on a free port, retry with another port
+when the bind fails, check readiness (C-ECHO / REST), keep their logs in their
+temp dir, print the log tail when start-up fails, and are stopped by PID.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import pytest
+
+__all__ = [
+    "free_port",
+    "require_binary",
+    "storescu",
+    "echoscu",
+    "DcmtkStoreSCP",
+    "OrthancServer",
+    "dciodvfy",
+    "wait_for",
+    "PeerStartError",
+]
+
+ORTHANC_BIN = "/usr/sbin/Orthanc"
+ORTHANC_DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+DCIODVFY_BIN = "/usr/bin/dciodvfy"
+
+
+class PeerStartError(RuntimeError):
+    """A peer process did not become ready (its log tail is in the message)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def require_binary(name: str) -> str:
+    """Absolute path of ``name`` (a command or a path); skips the test when it is not installed."""
+    path = name if os.path.isabs(name) else shutil.which(name)
+    if not path or not os.access(path, os.X_OK):
+        pytest.skip(f"{name} is not installed (needs the Debian packages dcmtk / orthanc / dicom3tools)")
+    return path
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.1) -> bool:
+    """Poll ``predicate`` until it is truthy or ``timeout`` seconds passed; returns the last outcome."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def _paths(files_or_dir: str | Path | Iterable[str | Path]) -> list[str]:
+    if isinstance(files_or_dir, (str, Path)):
+        return [str(files_or_dir)]
+    return [str(p) for p in files_or_dir]
+
+
+def storescu(
+    files_or_dir: str | Path | Iterable[str | Path],
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    calling_ae: str = "STORESCU",
+    called_ae: str = "CARDIONODE",
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    timeout: float = 300.0,
+) -> subprocess.CompletedProcess:
+    """Send files (or directories, recursively) with dcmtk storescu, each in its own transfer syntax.
+
+    ``-R`` proposes only the presentation contexts the files need; storescu
+    proposes each file's own transfer syntax, so compressed files go
+    compressed and uncompressed ones as stored.  ``-nh`` keeps sending after a
+    failed store so the exit code and ``-v`` output report every file.
+    """
+    exe = require_binary("storescu")
+    paths = _paths(files_or_dir)
+    args = [exe, "-R", "-nh", "-aet", calling_ae, "-aec", called_ae, "-to", "10", "-ta", "30", "-ts", "60"]
+    if any(Path(p).is_dir() for p in paths):
+        args += ["+sd", "+r"]
+    args += list(extra_args)
+    args += [host, str(port), *paths]
+    run_env = dict(os.environ, **env) if env is not None else None
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=run_env)
+
+
+def echoscu(
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    calling_ae: str = "ECHOSCU",
+    called_ae: str = "CARDIONODE",
+    timeout: float = 10.0,
+    extra_args: Sequence[str] = (),
+) -> subprocess.CompletedProcess:
+    """One C-ECHO with dcmtk echoscu; ``returncode == 0`` means the peer answered Success."""
+    exe = require_binary("echoscu")
+    t = str(max(1, int(timeout)))
+    args = [exe, "-aet", calling_ae, "-aec", called_ae, "-to", t, "-ta", t, "-td", t, *extra_args, host, str(port)]
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout + 5)
+    except subprocess.TimeoutExpired as exc:
+        return subprocess.CompletedProcess(args, 124, exc.stdout or "", f"echoscu timed out: {exc}")
+
+
+def _kill(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
+    """SIGTERM by PID, then SIGKILL when it does not exit within ``grace`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return "(no log)"
+
+
+class _Peer:
+    """Start/stop plumbing shared by the server peers."""
+
+    proc: subprocess.Popen | None = None
+    log_path: Path
+    name = "peer"
+
+    def _spawn(self, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(list(args), stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, **env) if env else None)
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def _wait_ready(self, timeout: float) -> bool:
+        """True when ready; False when the process exited (e.g. the port was taken)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                return False
+            if self._ready():
+                return True
+            time.sleep(0.1)
+        raise PeerStartError(f"{self.name} did not become ready in {timeout:.0f} s; log:\n{_tail(self.log_path)}")
+
+    def stop(self) -> None:
+        _kill(self.proc)
+        self.proc = None
+        log = getattr(self, "_log", None)
+        if log is not None:
+            log.close()
+            self._log = None
+
+    def log_text(self) -> str:
+        return _tail(self.log_path, 100_000)
+
+
+class DcmtkStoreSCP(_Peer):
+    """dcmtk ``storescp`` accepting every storage SOP class and transfer syntax (``+xa``).
+
+    Each received instance is written bit-preserving (``+B``) to its own file
+    (``+uf``: SOP-instance-based name) in ``out_dir``.  ``extra_args`` and
+    ``env`` (e.g. ``{"TCP_NODELAY": "1"}``) tune it for benchmarks.
+    """
+
+    name = "storescp"
+
+    def __init__(self, out_dir: str | Path | None = None, *, ae_title: str = "STORESCP",
+                 extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                 bit_preserving: bool = True) -> None:
+        self._tmp = None if out_dir is not None else tempfile.TemporaryDirectory(prefix="storescp-")
+        self.out_dir = Path(out_dir) if out_dir is not None else Path(self._tmp.name) / "received"
+        self.ae_title = ae_title
+        self.extra_args = list(extra_args)
+        self.env = dict(env) if env else None
+        self.bit_preserving = bit_preserving
+        self.port = 0
+        self.log_path = self.out_dir.parent / f"{self.out_dir.name}.storescp.log"  # beside, not in, out_dir
+
+    def _ready(self) -> bool:
+        return echoscu(self.port, called_ae=self.ae_title, timeout=2).returncode == 0
+
+    def start(self, timeout: float = 20.0, attempts: int = 5) -> "DcmtkStoreSCP":
+        exe = require_binary("storescp")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(attempts):
+            self.port = free_port()
+            args = [exe, "-aet", self.ae_title, "+xa", "+uf", "-od", str(self.out_dir), "-v"]
+            if self.bit_preserving:
+                args.append("+B")
+            self._spawn([*args, *self.extra_args, str(self.port)], self.env)
+            try:
+                if self._wait_ready(timeout):
+                    return self
+            except PeerStartError:
+                self.stop()
+                raise
+            self.stop()  # exited: most likely the port was taken meanwhile; try another
+        raise PeerStartError(f"storescp did not start after {attempts} attempts; log:\n{_tail(self.log_path)}")
+
+    def files(self) -> list[Path]:
+        """Received files (sorted by name)."""
+        return sorted(p for p in self.out_dir.iterdir() if p.is_file())
+
+    def clear(self) -> None:
+        for p in self.files():
+            p.unlink()
+
+    def stop(self) -> None:
+        super().stop()
+
+    def __enter__(self) -> "DcmtkStoreSCP":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+class OrthancServer(_Peer):
+    """Orthanc with the DICOMweb plugin, on free DICOM and HTTP ports, storage in a temp dir.
+
+    ``modalities`` maps a name to ``[AET, host, port]`` (Orthanc's
+    ``DicomModalities`` format).  ``instances()`` lists stored instances via REST.
+    """
+
+    name = "Orthanc"
+
+    def __init__(self, work_dir: str | Path | None = None, *, aet: str = "ORTHANC",
+                 modalities: Mapping[str, Sequence[Any]] | None = None,
+                 extra_config: Mapping[str, Any] | None = None) -> None:
+        self._tmp = None if work_dir is not None else tempfile.TemporaryDirectory(prefix="orthanc-")
+        self.work_dir = Path(work_dir) if work_dir is not None else Path(self._tmp.name)
+        self.aet = aet
+        self.modalities = {k: list(v) for k, v in (modalities or {}).items()}
+        self.extra_config = dict(extra_config or {})
+        self.dicom_port = 0
+        self.http_port = 0
+        self.log_path = self.work_dir / "orthanc.log"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.http_url}/dicom-web"
+
+    def _config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "Name": "cardionode-test",
+            "StorageDirectory": str(self.work_dir / "storage"),
+            "IndexDirectory": str(self.work_dir / "storage"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [ORTHANC_DICOMWEB_PLUGIN],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "DicomModalities": self.modalities,
+            "StableAge": 1,
+        }
+        cfg.update(self.extra_config)
+        return cfg
+
+    def _ready(self) -> bool:
+        import requests
+
+        try:
+            return requests.get(f"{self.http_url}/system", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def start(self, timeout: float = 60.0, attempts: int = 5) -> "OrthancServer":
+        exe = require_binary(ORTHANC_BIN)
+        if not os.path.exists(ORTHANC_DICOMWEB_PLUGIN):
+            pytest.skip(f"Orthanc DICOMweb plugin missing: {ORTHANC_DICOMWEB_PLUGIN} (Debian orthanc-dicomweb)")
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(attempts):
+            self.dicom_port, self.http_port = free_port(), free_port()
+            path = self.work_dir / "orthanc.json"
+            path.write_text(json.dumps(self._config(), indent=2))
+            self._spawn([exe, str(path)])
+            try:
+                if self._wait_ready(timeout):
+                    return self
+            except PeerStartError:
+                self.stop()
+                raise
+            self.stop()
+        raise PeerStartError(f"Orthanc did not start after {attempts} attempts; log:\n{_tail(self.log_path)}")
+
+    def get(self, path: str) -> Any:
+        import requests
+
+        r = requests.get(f"{self.http_url}{path}", timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def instances(self) -> list[dict[str, Any]]:
+        """Every stored instance (Orthanc's /instances/{id} JSON, with MainDicomTags)."""
+        return [self.get(f"/instances/{i}") for i in self.get("/instances")]
+
+    def instance_file(self, orthanc_id: str) -> bytes:
+        """The stored Part 10 bytes of one instance."""
+        import requests
+
+        r = requests.get(f"{self.http_url}/instances/{orthanc_id}/file", timeout=30)
+        r.raise_for_status()
+        return r.content
+
+    def __enter__(self) -> "OrthancServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def dciodvfy(path: str | Path, timeout: float = 120.0) -> tuple[bool, str]:
+    """Run dicom3tools' dciodvfy on one file; ok when no output line starts with "Error"."""
+    exe = require_binary(DCIODVFY_BIN)
+    r = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=timeout)
+    out = (r.stdout or "") + (r.stderr or "")
+    ok = not any(line.lstrip().startswith("Error") for line in out.splitlines())
+    return ok, out
