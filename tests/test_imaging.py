@@ -23,7 +23,7 @@ from pipelines.imaging import (
     resample_like,
     slice_positions,
 )
-from pipelines.imaging import synthetic as syn
+from training.synth.dicom import new_study, write_ct_series, write_enhanced_ct, write_mr_series, write_xa_cine
 
 RNG = np.random.default_rng(7)
 
@@ -32,6 +32,21 @@ def _hu(n: int = 8, size: int = 32) -> np.ndarray:
     hu = RNG.integers(-1000, 1500, size=(n, size, size)).astype(np.float64)
     hu[:, 0, 0] = np.arange(n) * 10  # a per-slice marker that reveals the order
     return hu
+
+
+def _study():
+    """A sparse phantom study (no AccessionNumber, StudyID, birth date...), as many archives send."""
+    return new_study(sparse=True, patient_id="PHANTOM-001")
+
+
+def _ct(out_dir: Path, hu: np.ndarray, study=None, *, spacing=(2.5, 0.7, 0.7), origin=(-22.0, -22.0, 100.0),
+        orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), order=None, slope: float = 1.0, intercept: float = -1024.0):
+    """Scanner-style CT: uint16 stored with intercept -1024, SliceThickness twice the spacing (readers must use
+    positions), files shuffled by ``order``."""
+    return write_ct_series(hu, spacing, out_dir, study or _study(), origin_xyz=origin, row_dir=orientation[:3],
+                           col_dir=orientation[3:], slice_thickness=spacing[0] * 2, order=order,
+                           rescale_slope=slope, rescale_intercept=intercept, unsigned=True, series_number=2,
+                           series_description="CT calcium score 3.0")
 
 
 def _series(paths):
@@ -43,8 +58,7 @@ def _series(paths):
 def test_shuffled_ct_is_sorted_rescaled_and_spaced_from_positions(tmp_path: Path) -> None:
     hu = _hu()
     order = [5, 2, 7, 0, 3, 1, 6, 4]
-    paths = syn.write_ct_series(tmp_path, hu, syn.SyntheticStudy(), spacing=(1.25, 0.6, 0.7), order=order,
-                                slope=2.0, intercept=-2048.0)
+    paths = _ct(tmp_path, hu, spacing=(1.25, 0.6, 0.7), order=order, slope=2.0, intercept=-2048.0)
     series = _series(paths)
     # the node sorts by InstanceNumber, which here is the shuffled file order
     assert [int(r.instance_number) for r in series] == list(range(1, 9))
@@ -65,7 +79,7 @@ def test_shuffled_ct_is_sorted_rescaled_and_spaced_from_positions(tmp_path: Path
 
 def test_int16_halves_memory_and_keeps_hu(tmp_path: Path) -> None:
     hu = _hu()
-    series = _series(syn.write_ct_series(tmp_path, hu, syn.SyntheticStudy()))
+    series = _series(_ct(tmp_path, hu))
     vol = load_volume(series, dtype=np.int16)
     assert vol.array.dtype == np.int16
     np.testing.assert_array_equal(vol.array, hu.astype(np.int16))
@@ -77,8 +91,7 @@ def test_oblique_series_sorted_along_normal(tmp_path: Path) -> None:
     c, s = np.cos(0.5), np.sin(0.5)
     orientation = (c, s, 0.0, 0.0, 0.0, -1.0)  # coronal-ish, rotated: normal is not z
     hu = _hu(5)
-    paths = syn.write_ct_series(tmp_path, hu, syn.SyntheticStudy(), orientation=orientation, order=[4, 0, 3, 1, 2],
-                                spacing=(3.0, 0.5, 0.5))
+    paths = _ct(tmp_path, hu, orientation=orientation, order=[4, 0, 3, 1, 2], spacing=(3.0, 0.5, 0.5))
     vol = load_volume(_series(paths))
     assert vol.array[:, 0, 0].tolist() == [0, 10, 20, 30, 40]
     assert vol.spacing[0] == pytest.approx(3.0, abs=1e-3)
@@ -95,8 +108,8 @@ def test_oblique_series_sorted_along_normal(tmp_path: Path) -> None:
 
 
 def test_mixed_orientation_is_rejected(tmp_path: Path) -> None:
-    study = syn.SyntheticStudy()
-    paths = syn.write_ct_series(tmp_path / "a", _hu(4), study)
+    study = _study()
+    paths = _ct(tmp_path / "a", _hu(4), study)
     ds = pydicom.dcmread(paths[2])
     ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
     ds.save_as(paths[2])
@@ -105,14 +118,14 @@ def test_mixed_orientation_is_rejected(tmp_path: Path) -> None:
 
 
 def test_inconsistent_matrix_and_duplicate_positions_are_rejected(tmp_path: Path) -> None:
-    study = syn.SyntheticStudy()
-    paths = syn.write_ct_series(tmp_path / "a", _hu(4), study)
+    study = _study()
+    paths = _ct(tmp_path / "a", _hu(4), study)
     ds = pydicom.dcmread(paths[1])
     ds.Rows, ds.Columns = 16, 64
     ds.save_as(paths[1])
     with pytest.raises(PipelineInputError, match="inconsistent Rows/Columns"):
         load_volume(_series(paths))
-    paths = syn.write_ct_series(tmp_path / "b", _hu(4), study)
+    paths = _ct(tmp_path / "b", _hu(4), study)
     ds = pydicom.dcmread(paths[3])
     ds.ImagePositionPatient = pydicom.dcmread(paths[0]).ImagePositionPatient
     ds.save_as(paths[3])
@@ -123,8 +136,8 @@ def test_inconsistent_matrix_and_duplicate_positions_are_rejected(tmp_path: Path
 def test_enhanced_ct_multiframe(tmp_path: Path) -> None:
     hu = _hu(6)
     frame_order = [3, 0, 5, 1, 4, 2]
-    path = syn.write_enhanced_ct(tmp_path / "enh.dcm", hu, syn.SyntheticStudy(), frame_order=frame_order,
-                                 spacing=(2.0, 0.8, 0.8))
+    path = write_enhanced_ct(hu, (2.0, 0.8, 0.8), tmp_path / "enh.dcm", _study(), frame_order=frame_order,
+                             origin_xyz=(-22.0, -22.0, 100.0), rescale_intercept=-1024.0, unsigned=True)
     vol = load_volume(_series([path]))
     np.testing.assert_allclose(vol.array, hu)
     assert vol.spacing == pytest.approx((2.0, 0.8, 0.8))
@@ -139,7 +152,7 @@ def test_enhanced_ct_multiframe(tmp_path: Path) -> None:
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
 def test_compressed_ct_is_decoded(tmp_path: Path, syntax: str) -> None:
     hu = _hu(3)
-    paths = syn.write_ct_series(tmp_path, hu, syn.SyntheticStudy())
+    paths = _ct(tmp_path, hu)
     for p in paths:
         ds = pydicom.dcmread(p)
         ds.compress(syntax)
@@ -151,7 +164,7 @@ def test_compressed_ct_is_decoded(tmp_path: Path, syntax: str) -> None:
 
 def test_sitk_round_trip_and_resample(tmp_path: Path) -> None:
     hu = _hu(4)
-    vol = load_volume(_series(syn.write_ct_series(tmp_path, hu, syn.SyntheticStudy(), spacing=(3.0, 0.5, 0.7))))
+    vol = load_volume(_series(_ct(tmp_path, hu, spacing=(3.0, 0.5, 0.7))))
     img = vol.to_sitk()
     assert img.GetSize() == (32, 32, 4)
     assert img.GetSpacing() == pytest.approx((0.7, 0.5, 3.0))
@@ -173,7 +186,7 @@ def _xa_frames(dtype, t=5, size=48):
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_load_cine_uncompressed(tmp_path: Path, dtype) -> None:
     frames = _xa_frames(dtype)
-    path = syn.write_xa(tmp_path / "xa.dcm", frames, syn.SyntheticStudy(), frame_time_ms=40.0)
+    path = write_xa_cine(frames, tmp_path / "xa.dcm", _study(), frame_time_ms=40.0)
     ref = StudyView.from_files([path]).series[0].instances[0]
     cine = load_cine(ref)
     assert cine.dtype == dtype and cine.shape == frames.shape
@@ -183,7 +196,7 @@ def test_load_cine_uncompressed(tmp_path: Path, dtype) -> None:
 
 def test_load_cine_single_frame(tmp_path: Path) -> None:
     frames = _xa_frames(np.uint8, t=1)
-    path = syn.write_xa(tmp_path / "xa.dcm", frames, syn.SyntheticStudy())
+    path = write_xa_cine(frames, tmp_path / "xa.dcm", _study())
     cine = load_cine(StudyView.from_files([path]).series[0].instances[0])
     assert cine.shape == (1, 48, 48)
 
@@ -192,7 +205,7 @@ def test_load_cine_single_frame(tmp_path: Path) -> None:
 def test_load_cine_jpeg_baseline(tmp_path: Path) -> None:
     yy, xx = np.mgrid[0:64, 0:64]
     frames = np.stack([((xx * 3 + yy * 2 + 10 * t) % 256) for t in range(4)]).astype(np.uint8)
-    raw = syn.write_xa(tmp_path / "raw.dcm", frames, syn.SyntheticStudy())
+    raw = write_xa_cine(frames, tmp_path / "raw.dcm", _study())
     jpeg = tmp_path / "jpeg.dcm"
     subprocess.run(["dcmcjpeg", "+eb", "+q", "95", str(raw), str(jpeg)], check=True, capture_output=True)
     ref = StudyView.from_files([jpeg]).series[0].instances[0]
@@ -203,14 +216,16 @@ def test_load_cine_jpeg_baseline(tmp_path: Path) -> None:
 
 
 def test_match_series(tmp_path: Path) -> None:
-    study = syn.SyntheticStudy()
+    study = _study()
     vals = RNG.integers(0, 500, size=(3, 16, 16))
+    spacing = (8.0, 1.5, 1.5)
     paths = []
-    paths += syn.write_mr_series(tmp_path / "lge", vals, study, series_number=5, description="LGE PSIR SAX")
-    paths += syn.write_mr_series(tmp_path / "t2", vals, study, series_number=6, description="SAX T2w STIR",
-                                 sequence_name="*tse2d1")
-    paths += syn.write_mr_series(tmp_path / "ssfp", vals, study, series_number=7, description="cine sax",
-                                 sequence_name="*tfi2d1_12", protocol_name="bSSFP short axis")
+    paths += write_mr_series(vals, spacing, tmp_path / "lge", study, series_number=5,
+                             series_description="LGE PSIR SAX", sequence_name="*tfl2d1", protocol_name="LGE PSIR SAX")
+    paths += write_mr_series(vals, spacing, tmp_path / "t2", study, series_number=6,
+                             series_description="SAX T2w STIR", sequence_name="*tse2d1", protocol_name="SAX T2w STIR")
+    paths += write_mr_series(vals, spacing, tmp_path / "ssfp", study, series_number=7, series_description="cine sax",
+                             sequence_name="*tfi2d1_12", protocol_name="bSSFP short axis")
     view = StudyView.from_files(paths)
     chosen = match_series(view, {"lge": ["lge", "psir", "delayed"], "t2": [r"t2w?\b", "stir"],
                                  "bssfp": ["ssfp", "tfi", "fiesta", "truefisp"]}, modalities=["MR"])

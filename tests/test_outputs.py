@@ -2,8 +2,6 @@
 dciodvfy, read back with highdicom and check the content."""
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -16,7 +14,6 @@ from pydicom.uid import JPEG2000Lossless
 
 from pipelines.base import ModelInfo, StudyView
 from pipelines.imaging import load_volume
-from pipelines.imaging import synthetic as syn
 from pipelines.outputs import (
     PHANTOM_DISCLAIMER,
     AlgorithmIdentity,
@@ -30,24 +27,35 @@ from pipelines.outputs import (
     build_summary_image,
 )
 from pipelines.outputs import codes as C
+from tests.support.peers import DCIODVFY_BIN, dciodvfy
+from training.synth.dicom import new_study, write_ct_series, write_enhanced_ct, write_mr_series, write_xa_cine
 
-DCIODVFY = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
-needs_dciodvfy = pytest.mark.skipif(not Path(DCIODVFY).exists(), reason="dicom3tools dciodvfy not installed")
-
-
-def dciodvfy(path: Path) -> tuple[bool, str]:
-    """Run dciodvfy; ok when no line reports an Error.  (Switch to tests.support.peers when it lands.)"""
-    proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
-    text = proc.stdout + proc.stderr
-    return not any(line.startswith("Error") for line in text.splitlines()), text
+needs_dciodvfy = pytest.mark.skipif(not Path(DCIODVFY_BIN).exists(), reason="dicom3tools dciodvfy not installed")
 
 
 def _save_and_validate(ds: Dataset, path: Path) -> Dataset:
     ds.save_as(path, enforce_file_format=True)
-    if Path(DCIODVFY).exists():
-        ok, text = dciodvfy(path)
-        assert ok, text
+    ok, text = dciodvfy(path)
+    assert ok, text
     return pydicom.dcmread(path)
+
+
+def _study():
+    """A sparse phantom study: the sources lack AccessionNumber, StudyID, birth date (as many archives)."""
+    return new_study(sparse=True, patient_id="PHANTOM-001")
+
+
+def _ct_sources(out_dir: Path, hu: np.ndarray, order=None) -> list[Path]:
+    """Scanner-style CT: uint16 stored with intercept -1024, 2.5 mm slices, files shuffled by ``order``."""
+    return write_ct_series(hu, (2.5, 0.7, 0.7), out_dir, _study(), origin_xyz=(-22.0, -22.0, 100.0), order=order,
+                           slice_thickness=5.0, rescale_intercept=-1024.0, unsigned=True, series_number=2,
+                           series_description="CT calcium score 3.0")
+
+
+def _mr_sources(out_dir: Path, values: np.ndarray) -> list[Path]:
+    return write_mr_series(values, (8.0, 1.5, 1.5), out_dir, _study(), origin_xyz=(-40.0, -40.0, 0.0),
+                           series_number=5, series_description="LGE PSIR SAX", protocol_name="LGE PSIR SAX",
+                           sequence_name="*tfl2d1")
 
 
 def _walk(items) -> Iterator[Dataset]:
@@ -86,7 +94,7 @@ def ct(tmp_path_factory):
     hu = np.full((8, 32, 32), -50.0)
     hu[2:4, 5:10, 5:10] = 450.0  # "LAD" calcium
     hu[6, 20:24, 20:24] = 250.0  # "RCA" calcium
-    paths = syn.write_ct_series(d, hu, syn.SyntheticStudy(), order=[7, 6, 5, 4, 3, 2, 1, 0])
+    paths = _ct_sources(d, hu, order=[7, 6, 5, 4, 3, 2, 1, 0])
     return load_volume(StudyView.from_files(paths).series[0])
 
 
@@ -132,7 +140,7 @@ def test_seg_skips_empty_segment_and_round_trips(ct, tmp_path: Path) -> None:
 @needs_dciodvfy
 def test_seg_overlapping_mr_segments_and_label_map(tmp_path: Path) -> None:
     vals = np.full((4, 24, 24), 100.0)
-    paths = syn.write_mr_series(tmp_path / "mr", vals, syn.SyntheticStudy())
+    paths = _mr_sources(tmp_path / "mr", vals)
     vol = load_volume(StudyView.from_files(paths).series[0])
     yy, xx = np.mgrid[0:24, 0:24]
     ring = ((yy - 12) ** 2 + (xx - 12) ** 2 >= 25) & ((yy - 12) ** 2 + (xx - 12) ** 2 <= 64)
@@ -174,7 +182,8 @@ def test_seg_overlapping_mr_segments_and_label_map(tmp_path: Path) -> None:
 def test_seg_on_enhanced_multiframe_source(tmp_path: Path) -> None:
     hu = np.full((5, 16, 16), 0.0)
     hu[1:3, 4:8, 4:8] = 500
-    path = syn.write_enhanced_ct(tmp_path / "enh.dcm", hu, syn.SyntheticStudy(), frame_order=[2, 0, 4, 1, 3])
+    path = write_enhanced_ct(hu, (2.5, 0.7, 0.7), tmp_path / "enh.dcm", _study(), frame_order=[2, 0, 4, 1, 3],
+                             origin_xyz=(-22.0, -22.0, 100.0), rescale_intercept=-1024.0, unsigned=True)
     vol = load_volume(StudyView.from_files([path]).series[0])
     masks = (vol.array >= 130)[..., None]
     built = build_segmentation_for_volume(vol, masks, CALCIUM_SEGMENTS[:1], algorithm=ALG, series_number=921,
@@ -260,9 +269,10 @@ def test_calcium_sr_with_segment_references(ct, tmp_path: Path) -> None:
 
 @needs_dciodvfy
 def test_syntax_sr_on_xa_with_private_codes(tmp_path: Path) -> None:
-    study = syn.SyntheticStudy()
+    study = _study()
     frames = np.zeros((3, 32, 32), dtype=np.uint8)
-    xa = [pydicom.dcmread(syn.write_xa(tmp_path / f"xa{i}.dcm", frames, study, series_number=i + 1),
+    xa = [pydicom.dcmread(write_xa_cine(frames, tmp_path / f"xa{i}.dcm", study, series_number=i + 1,
+                                        series_description="LCA RAO caudal"),
                           stop_before_pixels=True) for i in range(2)]
     alg = AlgorithmIdentity.from_models("syntax", "0.2.0", [ModelInfo("r3d18-lstm", "fold0-4", "CardioSyntax v2")])
     groups = [MeasurementGroupSpec(
@@ -322,7 +332,7 @@ def test_sr_without_image_library_still_references_sources(ct, tmp_path: Path) -
 @needs_dciodvfy
 def test_myops_sr_references_overlapping_segments(tmp_path: Path) -> None:
     vals = np.full((3, 40, 40), 100.0)
-    vol = load_volume(StudyView.from_files(syn.write_mr_series(tmp_path / "mr", vals, syn.SyntheticStudy())).series[0])
+    vol = load_volume(StudyView.from_files(_mr_sources(tmp_path / "mr", vals)).series[0])
     masks = np.zeros(vol.shape + (2,), dtype=bool)
     masks[:, 10:30, 10:30, 0] = True
     masks[1, 12:16, 12:16, 1] = True  # scar inside myocardium
