@@ -88,7 +88,7 @@ def run_result(tmp_path_factory):
 def test_pipeline_outputs_and_scores(run_result):
     tmp, files, ph, result = run_result
     by_mod = {d.Modality: d for d in result.datasets}
-    assert set(by_mod) == {"SEG", "SR", "OT"} or set(by_mod) == {"SEG", "SR", "SC"} or {"SEG", "SR"} <= set(by_mod)
+    assert len(result.datasets) == 3 and {"SEG", "SR"} <= set(by_mod)  # + the summary secondary capture
     seg, sr = by_mod["SEG"], by_mod["SR"]
     for name, ds in (("seg", seg), ("sr", sr)):
         path = tmp / f"{name}.dcm"

@@ -20,6 +20,23 @@ PHANTOM_TRAIN_KW = dict(shape=(56, 256, 256))
 class SliceSet:
     x: np.ndarray  # (n, C, H, W) float16 preprocessed
     y: np.ndarray  # (n, H, W) uint8 coarse labels
+    _by_class: dict[int, np.ndarray] | None = None
+    _dense: np.ndarray | None = None
+
+    def coords(self, c: int) -> np.ndarray:
+        """(k, y, x) of coarse pixels of class ``c`` (cached)."""
+        if self._by_class is None:
+            pos = np.argwhere(self.y > 0)
+            vals = self.y[tuple(pos.T)] if len(pos) else np.zeros(0, np.uint8)
+            self._by_class = {int(v): pos[vals == v] for v in np.unique(vals)}
+        return self._by_class.get(c, np.zeros((0, 3), np.int64))
+
+    def dense(self, level: float) -> np.ndarray:
+        """(k, y, x) of unlabelled pixels whose centre channel is >= ``level`` (bone: hard negatives)."""
+        if self._dense is None:
+            mid = self.x.shape[1] // 2
+            self._dense = np.argwhere((self.x[:, mid] >= level) & (self.y == 0))
+        return self._dense
 
 
 def slices_from_volume(hu: np.ndarray, labels: np.ndarray, z_positions: np.ndarray, spacing_yx: Sequence[float],
@@ -51,10 +68,13 @@ def phantom_slices(seeds: Iterable[int], cfg: PreprocessConfig, keep_empty: floa
 
 
 def sample_batch(sets: Sequence[SliceSet], batch: int, crop: int, rng: np.random.Generator,
-                 p_focus: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
-    """Random crops; ``p_focus`` of them centred (with jitter) on a labelled pixel; random flips off
-    (left/right carries anatomy)."""
+                 p_focus: float = 0.6, p_hard: float = 0.2, hard_level: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
+    """Random crops.  ``p_focus`` of them are centred (with jitter) on a pixel of a class drawn
+    uniformly among the 8 (class-balanced: small coronary plaques are seen as often as the aorta);
+    ``p_hard`` on bone (centre channel >= ``hard_level``, i.e. >= 400 HU with the default window, not
+    labelled) as hard negatives; the rest anywhere.  No flips: left/right carries the anatomy."""
     xs, ys = [], []
+    present = sorted({c for s in sets for c in range(1, 10) if len(s.coords(c))})
     while len(xs) < batch:
         s = sets[int(rng.integers(len(sets)))]
         if len(s.x) == 0:
@@ -62,15 +82,19 @@ def sample_batch(sets: Sequence[SliceSet], batch: int, crop: int, rng: np.random
         h, w = s.y.shape[1:]
         k = int(rng.integers(len(s.x)))
         y0, x0 = int(rng.integers(0, max(1, h - crop + 1))), int(rng.integers(0, max(1, w - crop + 1)))
-        if rng.random() < p_focus:
-            labelled = np.flatnonzero(s.y.reshape(len(s.y), -1).any(axis=1))
-            if len(labelled):
-                k = int(labelled[int(rng.integers(len(labelled)))])
-                pts = np.argwhere(s.y[k] > 0)
-                cy, cx = pts[int(rng.integers(len(pts)))]
-                j = crop // 3
-                y0 = int(np.clip(cy - crop // 2 + rng.integers(-j, j + 1), 0, max(0, h - crop)))
-                x0 = int(np.clip(cx - crop // 2 + rng.integers(-j, j + 1), 0, max(0, w - crop)))
+        u = rng.random()
+        pts = None
+        if u < p_focus and present:
+            pts = s.coords(present[int(rng.integers(len(present)))])
+        elif u < p_focus + p_hard:
+            pts = s.dense(hard_level)
+        if pts is not None:
+            if len(pts) == 0:
+                continue
+            k, cy, cx = (int(v) for v in pts[int(rng.integers(len(pts)))])
+            j = crop // 3
+            y0 = int(np.clip(cy - crop // 2 + rng.integers(-j, j + 1), 0, max(0, h - crop)))
+            x0 = int(np.clip(cx - crop // 2 + rng.integers(-j, j + 1), 0, max(0, w - crop)))
         xs.append(s.x[k, :, y0:y0 + crop, x0:x0 + crop].astype(np.float32))
         ys.append(s.y[k, y0:y0 + crop, x0:x0 + crop])
     return np.stack(xs), np.stack(ys).astype(np.int64)

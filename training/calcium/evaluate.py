@@ -86,13 +86,10 @@ def torch_predictor(model, batch: int = 16) -> Callable[[np.ndarray], np.ndarray
 
 def onnx_predictor(model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], PreprocessConfig]:
     """A predictor from an exported model directory (model.onnx + manifest.json), through the runtime."""
-    from types import SimpleNamespace
-
+    from node.config import ModelsSection
     from pipelines.runtime import ModelStore
 
-    settings = SimpleNamespace(dir=None, providers=("cpu",), intra_op_threads=0, inter_op_threads=0,
-                               graph_optimization="all", tensorrt_fp16=False, tensorrt_cache_dir=None, warmup=False)
-    store = ModelStore([model_dir.parent], settings)
+    store = ModelStore([model_dir.parent], ModelsSection(providers=("cpu",), warmup=False))
     handle = store.acquire(model_dir.name)
     in_name, out_name = handle.manifest.inputs[0].name, handle.manifest.outputs[0].name
     cfg = PreprocessConfig.from_dict(handle.manifest.preprocessing)

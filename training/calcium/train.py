@@ -31,7 +31,7 @@ log = logging.getLogger("cardionode.training.calcium")
 __all__ = ["train", "main", "build_parser"]
 
 
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, fg_weight: float = 20.0) -> torch.Tensor:
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, fg_weight: float = 8.0) -> torch.Tensor:
     k = logits.shape[1]
     w = torch.full((k,), fg_weight)
     w[0] = 1.0

@@ -1,0 +1,74 @@
+"""calcium end to end through the node: storescu sends a synthetic chest CT, SEG + SR (+ summary SC)
+arrive at a dcmtk storescp, Agatston totals match the hand-computed phantom values, dciodvfy reports
+no errors."""
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+
+from pipelines.calcium.labels import CLASS_BY_VALUE
+from pipelines.runtime import bundled_models_dir
+from tests.calcium_fixtures import dciodvfy_errors, phantom_ct_study, sr_groups
+from tests.fixtures.dcmtk import StoreSCP, free_port
+from tests.fixtures.node_proc import NodeProcess, storescu, wait_for
+from tests.test_calcium_pipeline import AGATSTON_REL_TOL
+from training.calcium.phantom import hand_agatston
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _config(tmp_path: Path, scp_port: int) -> Path:
+    cfg = {
+        "node": {"ae_title": "CARDIONODE", "host": "127.0.0.1", "port": free_port(),
+                 "storage_dir": str(tmp_path / "var"), "quiet_seconds": 1.5, "min_free_mb": 0,
+                 "http_host": "127.0.0.1", "http_port": free_port(), "log_format": "json"},
+        "models": {"providers": ["cpu"]},
+        "dispatch": {"backoff_initial_s": 1.0, "backoff_max_s": 2.0, "timeout_s": 30},
+        "destinations": {"pacs": {"type": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": scp_port}},
+        "routes": [{"name": "ct", "pipeline": "calcium", "match": {"modality": "CT"}, "destinations": ["pacs"]}],
+        "pipelines": {"calcium": {"risk_bounds": [0, 10, 100, 400]}},
+    }
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _ingest_available() -> bool:
+    try:
+        return importlib.util.find_spec("node.ingest.dimse") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not _ingest_available(), reason="node DIMSE ingest (node.ingest.dimse) not in the tree yet")
+@pytest.mark.skipif(bundled_models_dir() is None or not (bundled_models_dir() / "calcium-unet2d").is_dir(),
+                    reason="bundled calcium-unet2d missing (python -m training.calcium.make_bundled)")
+def test_ct_in_seg_and_sr_out(tmp_path):
+    files, ph = phantom_ct_study(tmp_path / "ct")
+    hand = hand_agatston(ph)
+    study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
+    with StoreSCP(tmp_path / "scp") as scp:
+        node = NodeProcess(_config(tmp_path, scp.port)).start()
+        try:
+            assert storescu(node.port, files).returncode == 0
+            assert wait_for(lambda: {"SEG", "SR"} <= {d.Modality for d in scp.received()}, 240, interval=1.0), \
+                node.status()["jobs"]
+            time.sleep(2)
+            received = {d.Modality: d for d in scp.received()}
+        finally:
+            node.terminate()
+    seg, sr = received["SEG"], received["SR"]
+    assert seg.StudyInstanceUID == sr.StudyInstanceUID == study_uid
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(files[0]).SeriesInstanceUID
+    for path in sorted((tmp_path / "scp").iterdir()):
+        assert dciodvfy_errors(path) == [], path.name
+    groups = sr_groups(sr)
+    coronary = sum(v for k, v in hand.items() if CLASS_BY_VALUE[k].coronary)
+    assert groups["Calcium total coronary"]["450360000"] == pytest.approx(coronary, rel=AGATSTON_REL_TOL)
+    assert groups["Calcium total all classes"]["450360000"] == pytest.approx(sum(hand.values()), rel=AGATSTON_REL_TOL)
+    assert "phantom" in str(seg.ContentDescription).lower()
