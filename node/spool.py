@@ -273,7 +273,8 @@ class Spool:
                 / f"{check_uid(sop_uid, 'SOPInstanceUID')}.dcm")
 
     def store_stream(self, file_meta: Dataset, dataset_stream: BinaryIO | bytes, *, calling_ae: str,
-                     source: str) -> StoredInstance:
+                     source: str, expect_sop_class: str | None = None,
+                     expect_sop_instance: str | None = None) -> StoredInstance:
         """Store File Meta + the encoded dataset bytes (copied in chunks, never decoded)."""
         self._require_space()
         tmp = self._temp_path()
@@ -286,7 +287,8 @@ class Spool:
                     f.write(dataset_stream)
                 else:
                     shutil.copyfileobj(dataset_stream, f, _COPY_CHUNK)
-            return self._commit(tmp, calling_ae=calling_ae, source=source)
+            return self._commit(tmp, calling_ae=calling_ae, source=source, expect_sop_class=expect_sop_class,
+                                expect_sop_instance=expect_sop_instance)
         finally:
             tmp.unlink(missing_ok=True)
 

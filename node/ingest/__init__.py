@@ -1,0 +1,1 @@
+"""Ingest: the DIMSE listener (C-ECHO, C-STORE) that writes into the durable spool."""

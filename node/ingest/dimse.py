@@ -1,0 +1,282 @@
+"""The DIMSE listener: C-ECHO and C-STORE for cardiac XA / CT / MR into the durable spool.
+
+* Presentation contexts: XA, Enhanced XA, CT, Enhanced CT, MR, Enhanced MR
+  Image Storage and Verification, each with the transfer syntaxes listed in
+  :data:`TRANSFER_SYNTAXES`; other abstract syntaxes are rejected per context
+  at association time ("abstract syntax not supported").  A C-STORE that still
+  names another SOP class gets 0x0122 (SOP Class Not Supported).
+* Datasets are streamed by pynetdicom to a temporary file
+  (``_config.STORE_RECV_CHUNKED_DATASET``, set process-wide by
+  :meth:`DimseServer.start`) and moved into the spool as received; only the
+  header is parsed.  Success is answered after the file is durable.
+* Association checks: calling AE allow-list (``node.allowed_callers``,
+  "AE" or "AE@host") -> rejected-permanent / service-user / calling AE not
+  recognised; called AE (``node.check_called_ae``) -> called AE not
+  recognised; ``node.max_associations`` -> rejected-transient / local limit.
+* Optional TLS from ``node.tls``.
+* Statuses: 0xA700 when the spool is short of space (checked before
+  anything is written to it), 0xC210 for a malformed/truncated dataset,
+  0xA900 when the dataset's SOP Class/Instance differs from the request,
+  0xC211 for an unexpected error.  One log line per refusal, UIDs only.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification
+
+from ..config import NodeSection, TLSSection
+from ..spool import OutOfSpaceError, Spool, SpoolError
+from .policy import CallerPolicy
+
+__all__ = [
+    "STORAGE_SOP_CLASSES",
+    "TRANSFER_SYNTAXES",
+    "DimseServer",
+    "build_storage_ae",
+    "build_ssl_context",
+]
+
+log = logging.getLogger("cardionode.ingest")
+
+STORAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.12.1": "X-Ray Angiographic Image Storage",
+    "1.2.840.10008.5.1.4.1.1.12.1.1": "Enhanced XA Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+}
+
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+
+STATUS_SUCCESS = 0x0000
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_PROCESSING_FAILURE = 0xC211
+_NO_CALLER = "\\"  # never a valid AE title: nobody matches
+
+
+class _NodeAE(AE):
+    """pynetdicom AE whose calling-AE allow-list depends on the caller's address.
+
+    pynetdicom checks ``require_calling_aet`` while negotiating, in the
+    association's own thread, so the requestor's address is known there.
+    """
+
+    def __init__(self, ae_title: str, policy: CallerPolicy) -> None:
+        super().__init__(ae_title=ae_title)
+        self._policy = policy
+
+    @property  # type: ignore[override]
+    def require_calling_aet(self) -> list[str]:
+        if self._policy.open:
+            return []
+        current = threading.current_thread()
+        address = current.requestor.address if isinstance(current, Association) else None
+        return self._policy.titles_for(address) or [_NO_CALLER]
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, ae_titles: list[str]) -> None:
+        self._policy = CallerPolicy.from_config(ae_titles)
+
+
+def build_ssl_context(tls: TLSSection) -> ssl.SSLContext:
+    """Server-side TLS context from ``node.tls`` (client certificates optional or required)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls.certificate, tls.private_key)
+    if tls.ca_certificates:
+        ctx.load_verify_locations(cafile=tls.ca_certificates)
+    if tls.require_client_certificate:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def build_storage_ae(node: NodeSection, spool: Spool | None = None, logger: logging.Logger | None = None) -> AE:
+    """The acceptor AE: contexts, AE-title checks, association limit, PDU size and timeouts.
+
+    ``spool`` and ``logger`` are accepted for symmetry with :class:`DimseServer`
+    (handlers are bound when the server starts).
+    """
+    ae = _NodeAE(node.ae_title, CallerPolicy.from_config(node.allowed_callers))
+    ae.require_called_aet = node.check_called_ae
+    ae.maximum_associations = node.max_associations
+    ae.maximum_pdu_size = node.max_pdu
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 120
+    ae.network_timeout = 120
+    ae.add_supported_context(Verification)
+    for uid in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+    return ae
+
+
+class DimseServer:
+    """C-ECHO / C-STORE SCP in front of a :class:`Spool`; ``start()`` / ``stop(graceful)``.
+
+    ``port`` is the bound port (``node.port`` 0 picks a free one).  ``metrics``
+    (optional) gets ``instance_received("dimse", nbytes)`` per stored instance.
+    """
+
+    def __init__(self, node: NodeSection, spool: Spool, *, logger: logging.Logger | None = None,
+                 metrics: Any = None) -> None:
+        self.node = node
+        self.spool = spool
+        self.log = logger or log
+        self.metrics = metrics
+        self.ae: AE | None = None
+        self._server: Any = None
+        self._busy: dict[int, int] = {}  # id(assoc) -> C-STOREs being handled
+        self._busy_cond = threading.Condition()
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("DIMSE server not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> "DimseServer":
+        # Stream datasets to a temporary file instead of memory (process-wide pynetdicom setting).
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        self.ae = build_storage_ae(self.node, self.spool, self.log)
+        ssl_context = build_ssl_context(self.node.tls) if self.node.tls is not None else None
+        handlers = [
+            (evt.EVT_C_ECHO, self._handle_echo),
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_CONN_OPEN, self._handle_conn_open),
+            (evt.EVT_REJECTED, self._handle_rejected),
+        ]
+        self._server = self.ae.start_server((self.node.host, self.node.port), block=False,
+                                            evt_handlers=handlers, ssl_context=ssl_context)
+        self.log.info("DIMSE listener started", extra={"ae_title": self.node.ae_title, "host": self.node.host,
+                                                       "port": self.port, "tls": ssl_context is not None})
+        return self
+
+    def stop(self, graceful: bool = True, timeout: float = 30.0) -> None:
+        """Stop accepting; with ``graceful`` the C-STOREs being handled finish (and get their
+        response) before the remaining associations are aborted."""
+        if self._server is None:
+            return
+        self._stopping = True
+        server, self._server = self._server, None
+        server.shutdown()  # no new connections
+        deadline = time.monotonic() + (timeout if graceful else 0.0)
+        while True:
+            remaining = [a for a in server.active_associations if a.is_alive()]
+            if not remaining:
+                break
+            for assoc in remaining:
+                with self._busy_cond:
+                    busy = self._busy.get(id(assoc), 0)
+                if (busy == 0 or time.monotonic() >= deadline) and assoc.is_established:
+                    assoc.abort()
+            if time.monotonic() >= deadline + 5:
+                break
+            time.sleep(0.02)
+        if self.ae is not None:
+            self.ae.shutdown()
+        self.log.info("DIMSE listener stopped")
+
+    def __enter__(self) -> "DimseServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ handlers
+    def _handle_conn_open(self, event: Any) -> None:
+        try:  # responses are small; do not let Nagle hold them back
+            event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (AttributeError, OSError):
+            pass
+
+    def _handle_rejected(self, event: Any) -> None:
+        req = event.assoc.requestor
+        self.log.warning("association rejected", extra={"calling_ae": str(req.ae_title).strip(),
+                                                        "called_ae": str(event.assoc.acceptor.ae_title).strip(),
+                                                        "address": req.address})
+
+    def _handle_echo(self, event: Any) -> int:
+        return STATUS_SUCCESS
+
+    def _handle_store(self, event: Any) -> int:
+        req = event.request
+        sop_class = str(req.AffectedSOPClassUID)
+        sop_uid = str(req.AffectedSOPInstanceUID)
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        key = id(event.assoc)
+        if sop_class not in STORAGE_SOP_CLASSES or str(event.context.abstract_syntax) != sop_class:
+            self._refused(STATUS_SOP_CLASS_NOT_SUPPORTED, "SOP class not supported", sop_class, sop_uid, calling_ae)
+            return STATUS_SOP_CLASS_NOT_SUPPORTED
+        with self._busy_cond:
+            self._busy[key] = self._busy.get(key, 0) + 1
+        try:
+            return self._store(event, sop_class, sop_uid, calling_ae)
+        finally:
+            with self._busy_cond:
+                self._busy[key] -= 1
+                if not self._busy[key]:
+                    del self._busy[key]
+                self._busy_cond.notify_all()
+
+    def _store(self, event: Any, sop_class: str, sop_uid: str, calling_ae: str) -> int:
+        try:
+            if not self.spool.has_space():
+                raise OutOfSpaceError(f"less than {self.spool.min_free_mb} MB free in the spool")
+            try:
+                path = event.dataset_path
+            except AttributeError:
+                path = None
+            if path is not None:
+                stored = self.spool.store_file(path, calling_ae, "dimse", move=True,
+                                               expect_sop_class=sop_class, expect_sop_instance=sop_uid)
+            else:  # chunked receiving switched off by someone else in this process
+                stored = self.spool.store_stream(event.file_meta, event.encoded_dataset(include_meta=False),
+                                                 calling_ae=calling_ae, source="dimse",
+                                                 expect_sop_class=sop_class, expect_sop_instance=sop_uid)
+        except SpoolError as exc:
+            self._refused(exc.status, str(exc), sop_class, sop_uid, calling_ae)
+            return exc.status
+        except OSError as exc:
+            status = STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STATUS_PROCESSING_FAILURE
+            self._refused(status, f"{type(exc).__name__}: {exc.strerror or exc}", sop_class, sop_uid, calling_ae)
+            return status
+        except Exception as exc:  # keep serving; the sender gets a failure status
+            self.log.exception("C-STORE failed", extra={"sop_instance": sop_uid, "sop_class": sop_class,
+                                                        "calling_ae": calling_ae})
+            del exc
+            return STATUS_PROCESSING_FAILURE
+        if self.metrics is not None:
+            try:
+                self.metrics.instance_received("dimse", stored.size)
+            except Exception:
+                self.log.exception("metrics update failed")
+        return STATUS_SUCCESS
+
+    def _refused(self, status: int, reason: str, sop_class: str, sop_uid: str, calling_ae: str) -> None:
+        self.log.warning("C-STORE refused", extra={"status": f"0x{status:04X}", "reason": reason,
+                                                   "sop_instance": sop_uid, "sop_class": sop_class,
+                                                   "calling_ae": calling_ae})
