@@ -4,11 +4,14 @@
 - ``cardionode status --config ... [--json]``: studies, jobs, destinations, models.
 - ``cardionode process --config ... --study-dir DIR --pipeline NAME [--out DIR]``: run one
   pipeline over DICOM files without the network (pipeline development, tests).
-- ``cardionode models list|reload`` and ``cardionode export`` when those modules are installed.
+- ``cardionode models list|reload``; with the train extra also ``export``, ``datasets ...`` and the
+  training commands each ``training.<area>.cli.register`` adds.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import logging
 import sys
@@ -156,15 +159,31 @@ def _mount_optional(subparsers: argparse._SubParsersAction) -> None:
         models_cli = None
     if models_cli is not None:
         models_cli.register(subparsers)
-    try:  # needs torch (train extra); the node runs without it
-        from export import cli as export_cli
-    except ImportError:
-        export_cli = None
-    if export_cli is not None:
+    missing: list[str] = []
+    for module_name in _TRAIN_EXTRA_CLIS:  # need torch & co. (train extra); the node runs without them
+        if importlib.util.find_spec(module_name) is None:
+            continue
         try:
-            export_cli.register(subparsers)
-        except ImportError:
-            pass
+            importlib.import_module(module_name).register(subparsers)
+        except ImportError as exc:
+            missing.append(f"{module_name}: {exc}")
+    if missing:
+        for command in ("export", "datasets"):
+            if command not in subparsers.choices:
+                p = subparsers.add_parser(command, help=f"{command} (needs the train extra: pip install 'cardionode[train]')")
+                p.add_argument("rest", nargs=argparse.REMAINDER)
+                p.set_defaults(func=_needs_train_extra(command, missing))
+
+
+_TRAIN_EXTRA_CLIS = ("export.cli", "training.calcium.cli", "training.myops.cli", "training.syntax.cli")
+
+
+def _needs_train_extra(command: str, reasons: list[str]) -> Any:
+    def run(_args: argparse.Namespace) -> int:
+        print(f"error: 'cardionode {command}' needs the train extra (pip install 'cardionode[train]'); "
+              f"not importable here: {'; '.join(reasons)}", file=sys.stderr)
+        return 2
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:

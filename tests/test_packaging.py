@@ -118,3 +118,16 @@ def test_wheel_ships_bundled_models_and_no_tests(tmp_path: Path) -> None:
     assert not missing, f"bundled model files missing from the wheel: {missing}"
     assert not any(n.startswith("tests/") for n in names)
     assert "node/cli.py" in names and "pipelines/runtime/store.py" in names
+
+
+def test_training_commands_say_which_extra_is_missing() -> None:
+    """Without the train extra, ``cardionode datasets ...`` explains itself instead of 'invalid choice'."""
+    proc = _run_blocked(
+        """
+        import sys
+        from node.cli import main
+        raise SystemExit(main(["datasets", "coca-stats", "/nonexistent"]))
+        """
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "needs the train extra" in proc.stderr and "cardionode[train]" in proc.stderr
