@@ -129,7 +129,10 @@ class SyntaxMultiView(nn.Module):
         return self.model(x.flatten(0, 1)).reshape(b, v, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.features(x)
+        return self.head(self.features(x))
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        """(B, V, feature) -> (B, num_classes)."""
         var = self.variant
         if var == "mean_out":
             return f.mean(1)
