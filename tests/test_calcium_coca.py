@@ -105,3 +105,29 @@ def test_cli_modules_run(coca, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "split file lists 3 exams (2 train / 1 test)" in out.stdout
+
+
+def test_console_script_datasets(coca, tmp_path):
+    """`cardionode datasets coca-stats | coca-to-yolo` through the installed console script (node/cli.py mounts
+    training.calcium.cli.register when the train extra is importable)."""
+    import shutil
+    from pathlib import Path
+
+    exe = shutil.which("cardionode", path=str(Path(sys.executable).parent)) or shutil.which("cardionode")
+    if exe is None:
+        pytest.skip("cardionode console script not installed (pip install -e .)")
+    root, phantoms = coca
+    out = subprocess.run([exe, "datasets", "coca-stats", str(root)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.stdout.splitlines()
+            if line.startswith("| ") and "Category" not in line}
+    n_aorta = sum(1 for ph in phantoms.values() for p in ph.plaques if p.label == 6)
+    assert rows["Thoracic Aorta"] == str(n_aorta) and "3 scans read" in out.stdout
+    out = subprocess.run([exe, "datasets", "coca-to-yolo", str(root), "--out", str(tmp_path / "y")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert len(list((tmp_path / "y" / "train_labels").glob("9_*.txt"))) == phantoms["9"].labels.shape[0]
+    assert len(list((tmp_path / "y" / "val_labels").glob("40_*.txt"))) == phantoms["40"].labels.shape[0]
+    bad = subprocess.run([exe, "datasets", "coca-stats", str(tmp_path / "missing")], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "error" in bad.stderr
