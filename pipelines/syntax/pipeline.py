@@ -1,0 +1,261 @@
+"""The ``syntax`` pipeline: coronary angiography (XA cines) -> SYNTAX score SR (TID 1500) + summary image.
+
+1. Every XA instance with at least ``min_frames`` frames is decoded (:func:`pipelines.imaging.load_cine`);
+   single frames and undecodable instances are listed as not used.
+2. Artery classifier (``syntax-artery``): sigmoid <= left_max -> left, >= right_min -> right, else
+   "other" (excluded, counted in the report).
+3. Per side, the views ordered by (SeriesInstanceUID, file name) go through the shared preprocessing
+   (:mod:`pipelines.syntax.preprocess`, parameters from each model's manifest) into the 5 fold models
+   (backbone + head fused in one ONNX graph each).
+4. :mod:`pipelines.syntax.ensemble`: per-fold scores, calibration a*(L+R)+b, total = left + right.
+5. SR with total / left / right SYNTAX, the > threshold finding, cines used per artery and excluded,
+   model names / versions / provenance, referencing the analysed instances; a Secondary Capture
+   with the same numbers for viewers that do not render SR.
+ONNX Runtime only (no torch).  CPU time per study is logged and returned in the summary.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from pipelines.base import InstanceRef, ModelInfo, PipelineContext, PipelineInputError, PipelineResult, StudyView
+from pipelines.imaging import load_cine
+from pipelines.outputs import (AlgorithmIdentity, MeasurementGroupSpec, MeasurementSpec, QualitativeSpec,
+                               build_measurement_report, build_summary_image, codes)
+
+from .ensemble import SyntaxScores, combine, score_from_output
+from .options import SyntaxOptions
+from .preprocess import CineConfig, PreprocessError, preprocess_cine
+
+__all__ = ["SyntaxPipeline", "VERSION", "SIDES", "Cine", "CINES_USED", "CINES_EXCLUDED"]
+
+VERSION = "0.1.0"
+SIDES = ("left", "right")
+#: private concepts for the cine counts (same private coding scheme as the SYNTAX codes)
+CINES_USED = codes.private_code("CINES-USED", "Number of angiographic cines analysed")
+CINES_EXCLUDED = codes.private_code("CINES-OTHER", "Number of cines excluded as neither left nor right coronary")
+SITES = {"left": codes.LEFT_MAIN_CORONARY_ARTERY, "right": codes.RIGHT_CORONARY_ARTERY}
+SIDE_CODES = {"left": codes.SYNTAX_SCORE_LEFT, "right": codes.SYNTAX_SCORE_RIGHT}
+
+
+@dataclasses.dataclass
+class Cine:
+    """One decoded cine and where the artery classifier put it."""
+
+    ref: InstanceRef
+    frames: np.ndarray
+    header: Dataset
+    p_right: float = float("nan")
+    artery: str = ""  # left | right | other
+
+
+def _sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-float(x))))
+
+
+class SyntaxPipeline:
+    """SYNTAX score (total, left, right) from an unlabelled coronary angiography study."""
+
+    name = "syntax"
+    version = VERSION
+    modalities = ("XA",)
+
+    def run(self, study: StudyView, context: PipelineContext) -> PipelineResult:
+        opts = SyntaxOptions.from_mapping(context.options)
+        log = context.logger
+        # acquire at the start: the versions stay fixed for this job
+        artery = context.models.acquire(opts.artery_model)
+        folds = {side: {k: context.models.acquire(f"{opts.model_prefix}-{side}-fold{k}") for k in opts.folds}
+                 for side in SIDES}
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        cines, skipped = self._decode(study, opts)
+        t_load = time.perf_counter()
+        left_max, right_min = self._thresholds(artery, opts)
+        self._classify(cines, artery, left_max, right_min)
+        by_side = {s: sorted((c for c in cines if c.artery == s), key=lambda c: (c.ref.series_instance_uid, c.ref.path.name))
+                   for s in SIDES}
+        other = [c for c in cines if c.artery == "other"]
+        dropped = {s: by_side[s][opts.max_views:] for s in SIDES}
+        by_side = {s: by_side[s][:opts.max_views] for s in SIDES}
+        if not by_side["left"] and not by_side["right"]:
+            raise PipelineInputError(
+                f"no left or right coronary cine: {len(cines)} usable cine(s) all classified 'other' "
+                f"(p(right) {', '.join(f'{c.p_right:.2f}' for c in cines)}; left <= {left_max:g}, right >= {right_min:g})")
+        per_fold: dict[int, tuple[float, float]] = {}
+        calibration: dict[int, dict[str, float]] = {}
+        for k in opts.folds:
+            vals = []
+            for side in SIDES:
+                vals.append(self._side_score(folds[side][k], by_side[side]))
+            per_fold[k] = (vals[0], vals[1])
+            cal = dict(folds["left"][k].manifest.calibration or {})
+            if opts.calibrate:
+                if not {"a", "b"} <= set(cal):
+                    raise PipelineInputError(f"model {folds['left'][k].name} has no calibration a, b in its manifest; "
+                                             f"set pipelines.syntax.calibrate: false or install a calibrated model")
+                calibration[k] = {"a": float(cal["a"]), "b": float(cal["b"])}
+        scores = combine(per_fold, calibration if opts.calibrate else None)
+        t_model = time.perf_counter()
+        handles = [artery] + [folds[s][k] for s in SIDES for k in opts.folds]
+        infos = [h.info for h in handles]
+        phantom = any(bool(h.manifest.provenance.synthetic) for h in handles)
+        alg = AlgorithmIdentity.from_models(
+            self.name, self.version, self._model_infos(infos), trained_on_phantoms=phantom,
+            parameters=[("artery routing", f"p(right) <= {left_max:g} left, >= {right_min:g} right, else other"),
+                        ("calibration", "per fold a*(L+R)+b, mean over folds, >= 0" if opts.calibrate else "none"),
+                        ("models trained on", artery.manifest.provenance.trained_on)])
+        high = scores.total > opts.threshold
+        used = [c for s in SIDES for c in by_side[s]]
+        sources = [c.header for c in used + other]
+        notes = self._notes(by_side, other, dropped, skipped, scores, opts)
+        sr = build_measurement_report(sources, procedure=codes.CORONARY_ARTERIOGRAPHY,
+                                      groups=self._groups(scores, by_side, other, high, opts), algorithm=alg,
+                                      series_number=opts.series_number_sr, series_description="SYNTAX score",
+                                      extra_text=notes)
+        datasets = [sr]
+        if opts.summary_image:
+            lines = [f"SYNTAX score (total): {scores.total:.1f}  -  {'>' if high else '<='} {opts.threshold:g}"
+                     f"{' (high)' if high else ''}",
+                     f"Left coronary: {scores.left:.1f} ({len(by_side['left'])} cines)",
+                     f"Right coronary: {scores.right:.1f} ({len(by_side['right'])} cines)",
+                     f"Excluded as other: {len(other)} cines; not used: {len(skipped)} instances",
+                     "Calibrated (a*(L+R)+b per fold), shared by raw L:R" if scores.calibrated else "Uncalibrated",
+                     f"Raw ensemble: left {scores.raw_left:.1f}, right {scores.raw_right:.1f}"]
+            datasets.append(build_summary_image(sources[0], "SYNTAX score (coronary angiography)", lines, alg,
+                                                opts.series_number_summary))
+        t_out = time.perf_counter()
+        cpu = time.process_time() - cpu0
+        log.info("syntax: %s total %.1f (left %.1f, right %.1f)%s; cines left %d right %d other %d; "
+                 "decode %.1fs model %.1fs outputs %.1fs; CPU time %.1fs",
+                 study.study_instance_uid, scores.total, scores.left, scores.right, " HIGH" if high else "",
+                 len(by_side["left"]), len(by_side["right"]), len(other), t_load - t0, t_model - t_load,
+                 t_out - t_model, cpu)
+        return PipelineResult(
+            datasets=datasets, pipeline_name=self.name, pipeline_version=self.version, models=infos,
+            summary={
+                "syntax_total": round(scores.total, 2), "syntax_left": round(scores.left, 2),
+                "syntax_right": round(scores.right, 2), "high": high, "threshold": opts.threshold,
+                "calibrated": scores.calibrated,
+                "raw": {"left": round(scores.raw_left, 2), "right": round(scores.raw_right, 2),
+                        "per_fold": [{"fold": k, "left": round(lv, 3), "right": round(rv, 3)} for k, lv, rv in scores.per_fold]},
+                "cines": {"left": len(by_side["left"]), "right": len(by_side["right"]), "other": len(other),
+                          "not_used": len(skipped)},
+                "artery_probabilities": {c.ref.sop_instance_uid: round(c.p_right, 4) for c in cines},
+                "seconds": {"decode": round(t_load - t0, 2), "model": round(t_model - t_load, 2),
+                            "outputs": round(t_out - t_model, 2), "cpu": round(cpu, 2)},
+            },
+        )
+
+    # -- steps -------------------------------------------------------------------------------------
+    @staticmethod
+    def _decode(study: StudyView, opts: SyntaxOptions) -> tuple[list[Cine], list[str]]:
+        series = study.by_modality(*opts.modalities)
+        if not series:
+            have = ", ".join(sorted({f"{s.modality or '?'} '{s.series_description}'" for s in study.series})) or "nothing"
+            raise PipelineInputError(f"no {'/'.join(opts.modalities)} series in the study (it has: {have})")
+        cines, skipped = [], []
+        for s in series:
+            for ref in s.instances:
+                try:
+                    frames = load_cine(ref)
+                except PipelineInputError as exc:
+                    skipped.append(f"{ref.sop_instance_uid}: {exc}")
+                    continue
+                if frames.shape[0] < opts.min_frames:
+                    skipped.append(f"{ref.sop_instance_uid}: {frames.shape[0]} frame(s), not a cine "
+                                   f"(min_frames {opts.min_frames})")
+                    continue
+                cines.append(Cine(ref, frames, ref.header()))
+        if not cines:
+            raise PipelineInputError(f"no usable XA cine among {sum(len(s) for s in series)} instance(s): "
+                                     + "; ".join(skipped[:5]))
+        return cines, skipped
+
+    @staticmethod
+    def _thresholds(artery: Any, opts: SyntaxOptions) -> tuple[float, float]:
+        pre = artery.manifest.preprocessing
+        lo = opts.left_max if opts.left_max is not None else float(pre.get("left_max", 0.10))
+        hi = opts.right_min if opts.right_min is not None else float(pre.get("right_min", 0.90))
+        if lo >= hi:
+            raise PipelineInputError(f"artery routing: left_max {lo} must be below right_min {hi}")
+        return lo, hi
+
+    @staticmethod
+    def _config(handle: Any) -> CineConfig:
+        try:
+            return CineConfig.from_manifest(handle.manifest.preprocessing, f"model {handle.name}")
+        except PreprocessError as exc:
+            raise PipelineInputError(str(exc)) from exc
+
+    def _classify(self, cines: list[Cine], handle: Any, left_max: float, right_min: float) -> None:
+        cfg = self._config(handle)
+        x = np.stack([preprocess_cine(c.frames, cfg) for c in cines])
+        name_in, name_out = handle.manifest.inputs[0].name, handle.manifest.outputs[0].name
+        logits = handle.run_batched({name_in: x})[name_out].reshape(len(cines), -1)[:, 0]
+        for c, z in zip(cines, logits):
+            c.p_right = _sigmoid(z)
+            c.artery = "left" if c.p_right <= left_max else "right" if c.p_right >= right_min else "other"
+
+    def _side_score(self, handle: Any, views: list[Cine]) -> float:
+        if not views:
+            return 0.0
+        cfg = self._config(handle)
+        x = np.stack([preprocess_cine(c.frames, cfg) for c in views])[None]
+        out = handle.run({handle.manifest.inputs[0].name: x})[handle.manifest.outputs[0].name]
+        return score_from_output(float(np.asarray(out).reshape(-1)[1]))
+
+    @staticmethod
+    def _model_infos(infos: list[ModelInfo]) -> list[ModelInfo]:
+        """One entry per model family for the identity (the fold models share provenance)."""
+        out: dict[str, ModelInfo] = {}
+        for m in infos:
+            key = m.name.rsplit("-fold", 1)[0]
+            if key in out:
+                out[key] = dataclasses.replace(out[key], name=f"{key}-fold*")
+            else:
+                out[key] = m
+        return list(out.values())
+
+    @staticmethod
+    def _groups(scores: SyntaxScores, by_side: dict[str, list[Cine]], other: list[Cine], high: bool,
+                opts: SyntaxOptions) -> list[MeasurementGroupSpec]:
+        groups = [MeasurementGroupSpec(
+            tracking_id="SYNTAX total",
+            finding=codes.CORONARY_ARTERY_DISEASE_COMPLEXITY,
+            finding_site=codes.HEART,
+            measurements=[MeasurementSpec(codes.SYNTAX_SCORE, round(scores.total, 3), codes.SCORE),
+                          MeasurementSpec(CINES_USED, float(sum(len(v) for v in by_side.values())), codes.NO_UNITS),
+                          MeasurementSpec(CINES_EXCLUDED, float(len(other)), codes.NO_UNITS)],
+            qualitative=[QualitativeSpec(codes.HIGH_SYNTAX_SCORE, codes.YES if high else codes.NO)],
+        )]
+        for side in SIDES:
+            groups.append(MeasurementGroupSpec(
+                tracking_id=f"SYNTAX {side} coronary",
+                finding=codes.CORONARY_ARTERY_DISEASE_COMPLEXITY,
+                finding_site=SITES[side],
+                measurements=[MeasurementSpec(SIDE_CODES[side], round(getattr(scores, side), 3), codes.SCORE),
+                              MeasurementSpec(CINES_USED, float(len(by_side[side])), codes.NO_UNITS)],
+            ))
+        return groups
+
+    @staticmethod
+    def _notes(by_side: dict[str, list[Cine]], other: list[Cine], dropped: dict[str, list[Cine]], skipped: list[str],
+               scores: SyntaxScores, opts: SyntaxOptions) -> list[str]:
+        notes = [f"high SYNTAX finding: total > {opts.threshold:g}",
+                 f"raw ensemble (mean of {len(scores.per_fold)} folds): left {scores.raw_left:.2f}, right {scores.raw_right:.2f}"
+                 + ("; calibrated total shared between sides by the raw left:right ratio" if scores.calibrated else "")]
+        for side in SIDES:
+            if by_side[side]:
+                notes.append(f"{side} coronary cines: " + ", ".join(f"{c.ref.sop_instance_uid} (p_right {c.p_right:.2f})"
+                                                                  for c in by_side[side]))
+            if dropped[side]:
+                notes.append(f"{side}: {len(dropped[side])} cine(s) beyond max_views {opts.max_views} not used")
+        if other:
+            notes.append("excluded as other: " + ", ".join(f"{c.ref.sop_instance_uid} (p_right {c.p_right:.2f})" for c in other))
+        if skipped:
+            notes.append("not used: " + "; ".join(skipped[:10]) + (f" (+{len(skipped) - 10} more)" if len(skipped) > 10 else ""))
+        return notes
