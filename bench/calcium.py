@@ -86,13 +86,14 @@ def main() -> int:
         from training.calcium.evaluate import evaluate_cases, onnx_predictor, phantom_cases
 
         predict, cfg = onnx_predictor(bundled_models_dir() / "calcium-unet2d")
-        rep = evaluate_cases(phantom_cases(range(1000, 1008)), predict, cfg)
-        print("held-out phantom Dice per class (phantoms 1000-1007, ONNX model, voxels >= 130 HU):")
+        rep = evaluate_cases(phantom_cases(range(1000, 1016)), predict, cfg)
+        print("held-out phantom Dice per class (phantoms 1000-1015, ONNX model, voxels >= 130 HU):")
         for name, v in rep["dice"].items():
             sens = rep["lesion_sensitivity"][name]
             print(f"  {name:26s} Dice {v if v is None else f'{v:.3f}'}  lesion sensitivity "
                   f"{sens if sens is None else f'{sens:.3f}'}")
-        print(f"  Agatston ICC(2,1) {rep['agatston_icc_2_1']}, risk kappa {rep['risk_kappa']}")
+        print(f"  coronary Agatston ICC(2,1) {rep['agatston_icc_2_1']}, risk kappa (0/1-100/101-400/>400) {rep['risk_kappa']}; "
+              f"all-class Agatston ICC(2,1) {rep['agatston_icc_2_1_all_classes']}")
     return 0
 
 

@@ -42,6 +42,25 @@ def test_same_tensor_on_training_and_pipeline_side(tmp_path):
     np.testing.assert_array_equal(s.x, x_pipe.astype(np.float16))
 
 
+@pytest.mark.parametrize("px", [0.7, 1.2, 1.45, 1.6, 1.95, 2.5])
+def test_small_plaques_stay_visible_on_the_coarse_grid(px):
+    """Every coarse pixel that carries a calcium label is >= 130 HU on the model input (the max filter
+    covers every fine pixel mapped to it), whatever the pixel spacing; single-pixel plaques included."""
+    rng = np.random.default_rng(int(px * 100))
+    n = int(round(90 / px))
+    hu = np.full((1, n, n), 40, np.int16)
+    labels = np.zeros_like(hu, dtype=np.uint8)
+    for _ in range(40):
+        y, x = rng.integers(0, n, 2)
+        hu[0, y, x], labels[0, y, x] = rng.integers(131, 500), 3
+    cfg = PreprocessConfig()
+    s = slices_from_volume(hu, labels, np.zeros(1), (px, px), cfg, np.random.default_rng(0), keep_empty=0.0)
+    pts = s.coords(3)
+    assert len(pts)
+    centre = s.x[pts[:, 0], cfg.channels // 2, pts[:, 1], pts[:, 2]].astype(np.float32) * cfg.hu_scale + cfg.hu_center
+    assert centre.min() >= 130 - 1.0  # float16 storage
+
+
 def test_options_name_the_key():
     assert CalciumOptions.from_mapping({}).threshold_hu == 130
     for raw, key in [({"treshold_hu": 1}, "pipelines.calcium.treshold_hu"),

@@ -5,7 +5,8 @@ CT slices (HU, any pixel spacing) -> 2.5D model input on a reduced in-plane grid
 1. channels: the slice itself and its neighbours ``context_mm`` above and below (nearest slice
    by position; the edge slice repeats at the volume's ends);
 2. in-plane resampling to ``spacing_mm`` (default 2 mm).  Before linear resampling each slice is
-   max-filtered over the down-sampling footprint so that small calcium survives the reduction;
+   max-filtered (:func:`max_footprint`) so that every coarse pixel is at least the peak of the fine
+   pixels it stands for: small calcium survives the reduction and stays where its label goes;
 3. HU window: clip to [hu_min, hu_max], then (hu - hu_center) / hu_scale;
 4. tiling into fixed ``tile x tile`` patches (static ONNX shape) with ``overlap`` pixels;
    stitching averages the overlapping logits.
@@ -21,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["PreprocessConfig", "context_indices", "resample_slice", "normalize", "prepare_slices",
+__all__ = ["PreprocessConfig", "context_indices", "max_footprint", "resample_slice", "normalize", "prepare_slices",
            "tile_starts", "to_tiles", "from_tiles", "coarse_shape", "coarse_index", "upsample_labels",
            "downsample_labels"]
 
@@ -65,10 +66,26 @@ def coarse_shape(shape_yx: Sequence[int], spacing_yx: Sequence[float], cfg: Prep
     return tuple(max(1, int(round(n * s / cfg.spacing_mm))) for n, s in zip(shape_yx, spacing_yx))  # type: ignore[return-value]
 
 
+def max_footprint(ratio: float) -> int:
+    """Max-filter size along one axis for a ``ratio`` (fine pixels per coarse pixel) reduction.
+
+    The fine pixels that :func:`coarse_index` maps to a coarse pixel lie within ``ratio / 2`` of its
+    centre; linear (grid_mode) interpolation reads the two fine pixels around that centre.  A centred
+    window of half-width ``floor(ratio / 2) + 1`` around each of those two covers every mapped pixel, so
+    the coarse value is >= the peak HU of the fine pixels it stands for: a 1-pixel plaque that carries
+    a label on the coarse grid is also visible there.  (Rounding ``spacing_mm / pixel`` instead gave
+    no filter at all for 1.34-2 mm pixels and hid small plaques.)  The same holds when enlarging
+    (pixels coarser than ``spacing_mm``: size 3); 1 (no filter) at ratio 1, where nothing is interpolated.
+    """
+    if abs(ratio - 1.0) < 1e-6:
+        return 1
+    return 2 * (int(np.floor(ratio / 2)) + 1) + 1
+
+
 def resample_slice(img: np.ndarray, spacing_yx: Sequence[float], cfg: PreprocessConfig) -> np.ndarray:
     """One slice (HU) -> float32 on the coarse grid (max-filtered, then linear, edge-aligned)."""
     out_shape = coarse_shape(img.shape, spacing_yx, cfg)
-    foot = [max(1, int(round(cfg.spacing_mm / s))) for s in spacing_yx]
+    foot = [max_footprint(n / o) for n, o in zip(img.shape, out_shape)]
     src = img
     if max(foot) > 1:
         src = ndimage.maximum_filter(img, size=foot, mode="nearest")

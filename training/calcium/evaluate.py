@@ -1,5 +1,8 @@
 """Evaluation: Dice per class, lesion detection sensitivity/precision, Agatston agreement (ICC, kappa).
 
+ICC(2,1) and Cohen's kappa are computed on the coronary Agatston score (PDA + LM + LAD + LCX + RCA),
+the quantity the risk categories are defined on; the all-class ICC is reported beside it.
+
 Run on held-out phantoms or a COCA-format folder, with a torch checkpoint or an exported ONNX model::
 
     python -m training.calcium.evaluate --checkpoint runs/calcium/model.pt --phantoms 900-909
@@ -36,6 +39,7 @@ def evaluate_cases(cases: Iterable[Case], predict: Callable[[np.ndarray], np.nda
     dice = DiceAccumulator(classes)
     det = {c: {"tp_gt": 0, "gt": 0, "tp_pred": 0, "pred": 0} for c in classes}
     per_case = []
+    coronary = {c.value for c in CLASSES if c.coronary}
     for cid, hu, gt, zpos, sp in cases:
         pred = segment_calcium(hu, zpos, sp, predict, cfg, dilation_px=dilation_px)
         dice.add(pred, gt)
@@ -45,15 +49,20 @@ def evaluate_cases(cases: Iterable[Case], predict: Callable[[np.ndarray], np.nda
         z_mm = float(np.median(np.diff(zpos))) if len(zpos) > 1 else 3.0
         ag_p = agatston(hu, pred, sp, z_mm, classes=classes)
         ag_g = agatston(hu, gt, sp, z_mm, classes=classes)
+        cac_p = sum(v.score for c, v in ag_p.per_class.items() if c in coronary)
+        cac_g = sum(v.score for c, v in ag_g.per_class.items() if c in coronary)
         per_case.append({"case": cid, "agatston_pred": round(ag_p.total, 2), "agatston_gt": round(ag_g.total, 2),
+                         "cac_pred": round(cac_p, 2), "cac_gt": round(cac_g, 2),
                          "per_class_pred": {c: round(v.score, 2) for c, v in ag_p.per_class.items()},
                          "per_class_gt": {c: round(v.score, 2) for c, v in ag_g.per_class.items()}})
-        log.info("%s: Agatston predicted %.1f, ground truth %.1f", cid, ag_p.total, ag_g.total)
+        log.info("%s: coronary Agatston predicted %.1f, ground truth %.1f (all classes %.1f / %.1f)", cid, cac_p,
+                 cac_g, ag_p.total, ag_g.total)
     names = {c.value: c.name for c in CLASSES}
-    pred_tot = [c["agatston_pred"] for c in per_case]
-    gt_tot = [c["agatston_gt"] for c in per_case]
-    cats_p = [kappa_risk.index(s) for s in pred_tot]
-    cats_g = [kappa_risk.index(s) for s in gt_tot]
+    # the risk category (and so kappa) is defined on the coronary artery calcium score (CAC), not on aorta/valves
+    pred_cac = [c["cac_pred"] for c in per_case]
+    gt_cac = [c["cac_gt"] for c in per_case]
+    cats_p = [kappa_risk.index(s) for s in pred_cac]
+    cats_g = [kappa_risk.index(s) for s in gt_cac]
     n_cat = len(kappa_risk.names)
     return {
         "cases": len(per_case),
@@ -61,7 +70,9 @@ def evaluate_cases(cases: Iterable[Case], predict: Callable[[np.ndarray], np.nda
         "lesion_sensitivity": {names[c]: (round(d["tp_gt"] / d["gt"], 4) if d["gt"] else None) for c, d in det.items()},
         "lesion_precision": {names[c]: (round(d["tp_pred"] / d["pred"], 4) if d["pred"] else None) for c, d in det.items()},
         "lesion_counts": {names[c]: d for c, d in det.items()},
-        "agatston_icc_2_1": icc_2_1(np.array(gt_tot), np.array(pred_tot)),
+        "agatston_icc_2_1": icc_2_1(np.array(gt_cac), np.array(pred_cac)),
+        "agatston_icc_2_1_all_classes": icc_2_1(np.array([c["agatston_gt"] for c in per_case]),
+                                                np.array([c["agatston_pred"] for c in per_case])),
         "risk_kappa": cohen_kappa(cats_g, cats_p, n_cat),
         "risk_kappa_linear": cohen_kappa(cats_g, cats_p, n_cat, "linear"),
         "risk_categories": list(kappa_risk.names),
@@ -165,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:28s} {f(report['dice'][name])} {f(report['lesion_sensitivity'][name])} "
               f"{f(report['lesion_precision'][name])}")
     icc, kap = report["agatston_icc_2_1"], report["risk_kappa"]
-    print(f"Agatston ICC(2,1): {icc if icc is None else round(icc, 4)}; Cohen's kappa over "
+    print(f"coronary Agatston ICC(2,1): {icc if icc is None else round(icc, 4)}; Cohen's kappa over "
           f"{'/'.join(report['risk_categories'])}: {kap if kap is None else round(kap, 4)}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

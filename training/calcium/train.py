@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from .model import UNet2D
 
 log = logging.getLogger("cardionode.training.calcium")
 
-__all__ = ["train", "main", "build_parser"]
+__all__ = ["train", "lr_at", "main", "build_parser"]
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, fg_weight: float = 8.0) -> torch.Tensor:
@@ -46,8 +47,17 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, fg_weight: float = 
     return ce + dl
 
 
+def lr_at(progress: float, peak: float, warmup: float = 0.05, floor: float = 0.01) -> float:
+    """Linear warm-up to ``peak`` over the first ``warmup`` of training, then cosine decay to ``floor * peak``."""
+    p = min(max(progress, 0.0), 1.0)
+    if p < warmup:
+        return peak * (0.1 + 0.9 * p / warmup)
+    q = (p - warmup) / (1 - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * q)))
+
+
 def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: int, lr: float, base: int,
-          cfg: PreprocessConfig, seed: int, log_every: int = 100, threads: int = 2, extra: dict | None = None,
+          cfg: PreprocessConfig, seed: int, log_every: int = 100, threads: int = 1, extra: dict | None = None,
           max_minutes: float | None = None) -> Path:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
@@ -58,30 +68,36 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
     log.addHandler(fh)
     model = UNet2D(in_channels=cfg.channels, n_classes=9, base=base)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     t0, running = time.time(), 0.0
     bar = tqdm(range(1, steps + 1), desc="train calcium", unit="step", file=sys.stderr, mininterval=5)
     done = 0
     for step in bar:
-        if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
+        elapsed = time.time() - t0
+        if max_minutes is not None and elapsed > 60 * max_minutes:
             log.warning("time cap of %.1f min reached after %d of %d steps: stopping early", max_minutes, done, steps)
             break
+        # progress drives the schedule: steps done, or the share of the time cap used, whichever is further,
+        # so that a capped run still ends with a decayed learning rate instead of stopping at its peak
+        progress = max((step - 1) / steps, elapsed / (60 * max_minutes) if max_minutes else 0.0)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(progress, lr)
         x, y = sample_batch(sets, batch, crop, rng)
         loss = dice_ce_loss(model(torch.from_numpy(x)), torch.from_numpy(y))
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
         lv = float(loss.detach())
         running = 0.98 * running + 0.02 * lv if step > 1 else lv
         done = step
         bar.set_postfix(loss=f"{running:.3f}")
         if step % log_every == 0 or step == steps:
-            log.info("step %d/%d loss %.4f lr %.2e %.0fs", step, steps, running, sched.get_last_lr()[0], time.time() - t0)
+            log.info("step %d/%d loss %.4f lr %.2e %.0fs", step, steps, running, opt.param_groups[0]["lr"], time.time() - t0)
     ckpt = out / "model.pt"
     torch.save({"state_dict": model.state_dict(), "model_config": model.config, "preprocessing": cfg.to_dict(),
-                "steps": done, "planned_steps": steps, "batch": batch, "crop": crop, "lr": lr, "seed": seed, "train_seconds": time.time() - t0,
+                "steps": done, "planned_steps": steps, "batch": batch, "crop": crop, "lr": lr,
+                "schedule": "warm-up 5% + cosine, driven by max(step, time) progress", "threads": threads,
+                "seed": seed, "train_seconds": time.time() - t0,
                 "final_loss": running, **(extra or {})}, ckpt)
     log.removeHandler(fh)
     return ckpt
@@ -100,6 +116,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--spacing-mm", type=float, default=PreprocessConfig.spacing_mm)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (1 is fastest on shared cores: more threads spin against other jobs)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop early after this wall time (recorded)")
     p.set_defaults(func=run)
     return p
@@ -120,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         print("nothing to train on: give --phantoms and/or --coca", file=sys.stderr)
         return 2
     ckpt = train(sets, args.out, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, base=args.base,
-                 cfg=cfg, seed=args.seed, log_every=args.log_every, max_minutes=args.max_minutes,
+                 cfg=cfg, seed=args.seed, log_every=args.log_every, max_minutes=args.max_minutes, threads=args.threads,
                  extra={"trained_on": " + ".join(x for x in (
                      f"synthetic phantoms (seeds {args.phantoms})" if args.phantoms else "",
                      f"COCA-format folder {args.coca.name} (train split)" if args.coca else "") if x),
