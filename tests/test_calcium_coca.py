@@ -131,3 +131,24 @@ def test_console_script_datasets(coca, tmp_path):
     bad = subprocess.run([exe, "datasets", "coca-stats", str(tmp_path / "missing")], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "error" in bad.stderr
+
+
+def test_alias_table_from_json(coca, tmp_path):
+    """Segment names map onto class values through a configurable table (--aliases FILE.json)."""
+    import json
+
+    from training.calcium.coca import load_aliases
+
+    root, _ = coca
+    table = {"Right Coronary": 1, "Posterior Descending": 8}  # deliberately swapped; other names unmapped
+    (tmp_path / "a.json").write_text(json.dumps(table))
+    seg = CocaDataset(root, aliases=load_aliases(tmp_path / "a.json")).segmentation("9")
+    got = {s.name: s.class_value for s in seg.segments}
+    assert got["Right Coronary"] == 1 and got["Posterior Descending"] == 8 and got["Thoracic Aorta"] is None
+    (tmp_path / "bad.json").write_text(json.dumps({"Right Coronary": 9}))
+    with pytest.raises(CocaError, match="1..8"):
+        load_aliases(tmp_path / "bad.json")
+    out = subprocess.run([sys.executable, "-m", "training.calcium.yolo", str(root), "--out", str(tmp_path / "y"),
+                          "--per-class", "--aliases", str(tmp_path / "a.json")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and "no class mapping" in out.stderr  # unmapped names cannot get a class id

@@ -26,7 +26,8 @@ from pipelines.calcium.labels import COCA_NAME_ALIASES, class_for_name
 
 log = logging.getLogger("cardionode.training.calcium")
 
-__all__ = ["SegmentInfo", "CocaSegmentation", "CocaDataset", "CocaError", "read_split_csv", "read_segmentation"]
+__all__ = ["SegmentInfo", "CocaSegmentation", "CocaDataset", "CocaError", "read_split_csv", "read_segmentation",
+           "load_aliases"]
 
 SPLIT_NAMES = {"train": "train", "training": "train", "test": "test", "val": "test", "valid": "test",
                "validation": "test", "testing": "test"}
@@ -66,6 +67,28 @@ class CocaSegmentation:
     @property
     def voxel_volume_mm3(self) -> float:
         return float(np.prod(self.spacing))
+
+
+def load_aliases(path: Path | None) -> dict[str, int] | None:
+    """Segment-name -> class-value table from a JSON file ``{"segment name": class value 1..8, ...}``.
+
+    Replaces the built-in :data:`~pipelines.calcium.labels.COCA_NAME_ALIASES` (copy it and add names)."""
+    if path is None:
+        return None
+    import json
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise CocaError(f"{path}: cannot read the alias table: {exc}") from exc
+    if not isinstance(raw, dict) or not raw:
+        raise CocaError(f"{path}: expected a JSON object {{segment name: class value}}")
+    out = {}
+    for name, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
+            raise CocaError(f"{path}: {name!r}: class value must be an integer 1..8, got {value!r}")
+        out[str(name)] = value
+    return out
 
 
 def read_split_csv(path: Path) -> dict[str, str]:

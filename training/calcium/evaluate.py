@@ -135,6 +135,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--phantoms", default=None, help="held-out phantom seeds, e.g. 900-909")
     p.add_argument("--coca", type=Path, default=None, help="COCA-format folder (nrrd/, dicom/, train_test_split.csv)")
     p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument("--aliases", type=Path, default=None, help="JSON {segment name: class value 1..8} replacing the built-in name table")
     p.add_argument("--dilation-px", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.set_defaults(func=run)
@@ -159,9 +160,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         predict, cfg = onnx_predictor(args.onnx)
     if args.coca:
-        from .coca import CocaDataset
+        from .coca import CocaDataset, load_aliases
 
-        ds = CocaDataset(args.coca)
+        ds = CocaDataset(args.coca, aliases=load_aliases(args.aliases))
         cases = ds.cases(args.split)
     elif args.phantoms:
         cases = phantom_cases(parse_seeds(args.phantoms))

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from pipelines.calcium.labels import CLASSES
 
-from .coca import CocaDataset, CocaError
+from .coca import CocaDataset, CocaError, load_aliases
 
 __all__ = ["Row", "table1", "format_table", "main"]
 
@@ -38,8 +38,9 @@ class Row:
     patients_pct: float
 
 
-def table1(root: Path, *, connectivity: int = 26, split: str = "all") -> tuple[list[Row], int]:
-    ds = CocaDataset(root)
+def table1(root: Path, *, connectivity: int = 26, split: str = "all",
+           aliases: dict[str, int] | None = None) -> tuple[list[Row], int]:
+    ds = CocaDataset(root, aliases=aliases)
     exams = ds.exams(split)
     volumes: dict[str, list[float]] = {}
     patients: dict[str, set[str]] = {}
@@ -81,13 +82,15 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("root", type=Path, help="COCA-format folder (nrrd/)")
     p.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26, help="3D instance connectivity")
     p.add_argument("--split", choices=("all", "train", "test"), default="all")
+    p.add_argument("--aliases", type=Path, default=None, help="JSON {segment name: class value 1..8} replacing the built-in name table")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        rows, n = table1(args.root, connectivity=args.connectivity, split=args.split)
+        rows, n = table1(args.root, connectivity=args.connectivity, split=args.split,
+                         aliases=load_aliases(args.aliases))
     except CocaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

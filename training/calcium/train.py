@@ -29,13 +29,38 @@ from .model import UNet2D
 
 log = logging.getLogger("cardionode.training.calcium")
 
-__all__ = ["train", "lr_at", "main", "build_parser"]
+__all__ = ["train", "lr_at", "class_weights", "dice_ce_loss", "main", "build_parser"]
 
 
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, fg_weight: float = 8.0) -> torch.Tensor:
+def class_weights(sets: Sequence[SliceSet], fg_weight: float = 8.0, n_classes: int = 9,
+                  cap: float = 4.0) -> torch.Tensor:
+    """Cross-entropy weights: background 1; class c gets ``fg_weight`` x (mean over classes of the pixels
+    per labelled slice) / (class c's pixels per labelled slice), clipped to [1/cap, cap] x ``fg_weight``.
+
+    The sampler shows every class equally often, but a crop on a 1-2 pixel coronary plaque carries far
+    fewer labelled pixels than one on an aortic or valve plaque; without this the small classes (PDA,
+    RCA, LM) contribute a fraction of the gradient and can end up never predicted."""
+    per_slice = np.zeros(n_classes)
+    for c in range(1, n_classes):
+        counts = [np.bincount(s.coords(c)[:, 0]).sum() / max(1, len(np.unique(s.coords(c)[:, 0])))
+                  for s in sets if len(s.coords(c))]
+        per_slice[c] = float(np.mean(counts)) if counts else 0.0
+    w = np.ones(n_classes)
+    seen = per_slice[1:] > 0
+    ref = per_slice[1:][seen].mean() if seen.any() else 1.0
+    for c in range(1, n_classes):
+        w[c] = fg_weight * (np.clip(ref / per_slice[c], 1 / cap, cap) if per_slice[c] > 0 else 1.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, fg_weight: float = 8.0,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
     k = logits.shape[1]
-    w = torch.full((k,), fg_weight)
-    w[0] = 1.0
+    if weights is None:
+        w = torch.full((k,), fg_weight)
+        w[0] = 1.0
+    else:
+        w = weights
     ce = F.cross_entropy(logits, target, weight=w)
     prob = logits.softmax(1)[:, 1:]
     onehot = F.one_hot(target, k).permute(0, 3, 1, 2)[:, 1:].float()
@@ -58,7 +83,7 @@ def lr_at(progress: float, peak: float, warmup: float = 0.05, floor: float = 0.0
 
 def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: int, lr: float, base: int,
           cfg: PreprocessConfig, seed: int, log_every: int = 100, threads: int = 1, extra: dict | None = None,
-          max_minutes: float | None = None) -> Path:
+          max_minutes: float | None = None, balance: bool = True) -> Path:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
@@ -66,6 +91,9 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
     fh = logging.FileHandler(out / "train.log")
     fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(fh)
+    weights = class_weights(sets) if balance else None
+    if weights is not None:
+        log.info("cross-entropy class weights %s", [round(float(v), 2) for v in weights])
     model = UNet2D(in_channels=cfg.channels, n_classes=9, base=base)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     model.train()
@@ -83,7 +111,7 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
         for group in opt.param_groups:
             group["lr"] = lr_at(progress, lr)
         x, y = sample_batch(sets, batch, crop, rng)
-        loss = dice_ce_loss(model(torch.from_numpy(x)), torch.from_numpy(y))
+        loss = dice_ce_loss(model(torch.from_numpy(x)), torch.from_numpy(y), weights=weights)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -97,6 +125,7 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
     torch.save({"state_dict": model.state_dict(), "model_config": model.config, "preprocessing": cfg.to_dict(),
                 "steps": done, "planned_steps": steps, "batch": batch, "crop": crop, "lr": lr,
                 "schedule": "warm-up 5% + cosine, driven by max(step, time) progress", "threads": threads,
+                "class_weights": None if weights is None else [round(float(v), 3) for v in weights],
                 "seed": seed, "train_seconds": time.time() - t0,
                 "final_loss": running, **(extra or {})}, ckpt)
     log.removeHandler(fh)
@@ -108,6 +137,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--phantoms", default=None, help="phantom seeds for training, e.g. 0-59")
     p.add_argument("--coca", type=Path, default=None, help="COCA-format folder (train split is used)")
+    p.add_argument("--aliases", type=Path, default=None, help="JSON {segment name: class value 1..8} replacing the built-in name table")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=64, help="crop side on the coarse grid (multiple of 8)")
@@ -129,10 +159,10 @@ def run(args: argparse.Namespace) -> int:
     if args.phantoms:
         sets += phantom_slices(parse_seeds(args.phantoms), cfg)
     if args.coca:
-        from .coca import CocaDataset
+        from .coca import CocaDataset, load_aliases
 
         rng = np.random.default_rng(args.seed)
-        for cid, hu, lab, zpos, sp in CocaDataset(args.coca).cases("train"):
+        for cid, hu, lab, zpos, sp in CocaDataset(args.coca, aliases=load_aliases(args.aliases)).cases("train"):
             sets.append(slices_from_volume(hu, lab, zpos, sp, cfg, rng))
     if not sets:
         print("nothing to train on: give --phantoms and/or --coca", file=sys.stderr)

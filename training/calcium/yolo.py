@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from .coca import CocaDataset, CocaError
+from .coca import CocaDataset, CocaError, load_aliases
 
 __all__ = ["slice_boxes", "convert", "add_arguments", "main"]
 
@@ -49,8 +49,9 @@ class ConversionReport:
     unlisted: list[str]  # NRRDs not in the CSV (skipped)
 
 
-def convert(root: Path, out: Path | None = None, *, per_class: bool = False) -> ConversionReport:
-    ds = CocaDataset(root)
+def convert(root: Path, out: Path | None = None, *, per_class: bool = False,
+            aliases: dict[str, int] | None = None) -> ConversionReport:
+    ds = CocaDataset(root, aliases=aliases)
     split = ds.split()
     out = out or root / "yolo"
     dirs = {"train": out / "train_labels", "test": out / "val_labels"}
@@ -83,13 +84,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("root", type=Path, help="COCA-format folder (nrrd/, train_test_split.csv)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default <root>/yolo)")
     p.add_argument("--per-class", action="store_true", help="write class ids 0..7 instead of 0 for every segment")
+    p.add_argument("--aliases", type=Path, default=None, help="JSON {segment name: class value 1..8} replacing the built-in name table")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        rep = convert(args.root, args.out, per_class=args.per_class)
+        rep = convert(args.root, args.out, per_class=args.per_class, aliases=load_aliases(args.aliases))
     except CocaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
