@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, Callable
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from . import db
 from .index import InstanceIndex
@@ -153,43 +153,83 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def _check_pixel_element(fp: BinaryIO, pos: int, size: int, implicit: bool) -> None:
-    """Check that the top-level pixel data element at ``pos`` lies wholly inside the file."""
-    fp.seek(pos)
-    head = fp.read(8)
-    if len(head) < 8:
-        raise InvalidInstanceError("dataset truncated in the pixel data element header")
-    if implicit:
-        (length,) = struct.unpack("<I", head[4:8])
-        start = pos + 8
-    elif head[4:6] in _LONG_VRS:
-        more = fp.read(4)
-        if len(more) < 4:
-            raise InvalidInstanceError("dataset truncated in the pixel data element header")
-        (length,) = struct.unpack("<I", more)
-        start = pos + 12
-    else:
-        (length,) = struct.unpack("<H", head[6:8])
-        start = pos + 8
-    if length != 0xFFFFFFFF:
-        if start + length > size:
-            raise InvalidInstanceError(f"dataset truncated: pixel data needs {start + length - size} more bytes")
-        return
-    # Encapsulated: items (FFFE,E000) until the sequence delimiter (FFFE,E0DD).
-    at = start
-    while True:
-        fp.seek(at)
-        item = fp.read(8)
-        if len(item) < 8:
-            raise InvalidInstanceError("encapsulated pixel data truncated (no sequence delimiter)")
-        group, elem, item_len = struct.unpack("<HHI", item)
-        if (group, elem) == (0xFFFE, 0xE0DD):
-            return
-        if (group, elem) != (0xFFFE, 0xE000) or item_len == 0xFFFFFFFF:
-            raise InvalidInstanceError(f"encapsulated pixel data malformed at byte {at}")
-        at += 8 + item_len
-        if at > size:
-            raise InvalidInstanceError("encapsulated pixel data truncated inside a fragment")
+_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}  # Pixel / Float / Double Float Pixel Data
+_UNDEFINED = 0xFFFFFFFF
+
+
+class _Walker:
+    """Structural walk over an encoded (not deflated) dataset: every element, item and
+    delimiter must lie wholly inside the file.  Values are skipped, never read, so a
+    multi-frame instance costs a few reads per element/fragment, not its size."""
+
+    def __init__(self, fp: BinaryIO, size: int, implicit: bool, little_endian: bool) -> None:
+        self.fp, self.size, self.implicit = fp, size, implicit
+        self.e = "<" if little_endian else ">"
+
+    def _read(self, at: int, n: int, what: str) -> bytes:
+        self.fp.seek(at)
+        data = self.fp.read(n)
+        if len(data) < n:
+            raise InvalidInstanceError(f"dataset truncated in {what} at byte {at}")
+        return data
+
+    def _skip(self, at: int, length: int, what: str) -> int:
+        if at + length > self.size:
+            raise InvalidInstanceError(f"dataset truncated: {what} at byte {at} needs {at + length - self.size}"
+                                       " more bytes")
+        return at + length
+
+    def dataset(self, at: int, implicit: bool, in_item: bool = False) -> tuple[int, set[tuple[int, int]]]:
+        """Walk elements from ``at`` to the end of the file (top level) or to the item delimiter
+        (``in_item``); returns the position after it and the tags seen at this level."""
+        tags: set[tuple[int, int]] = set()
+        while at < self.size or in_item:
+            group, elem = struct.unpack(self.e + "HH", self._read(at, 4, "an element tag"))
+            if group == 0xFFFE:
+                if in_item and elem == 0xE00D:
+                    return at + 8, tags
+                raise InvalidInstanceError(f"unexpected item/delimiter (FFFE,{elem:04X}) at byte {at}")
+            tags.add((group, elem))
+            if implicit:
+                (length,) = struct.unpack(self.e + "I", self._read(at + 4, 4, "an element length"))
+                vr, at = b"", at + 8
+            else:
+                vr = self._read(at + 4, 2, "an element VR")
+                if vr in _LONG_VRS:
+                    (length,) = struct.unpack(self.e + "I", self._read(at + 8, 4, "an element length"))
+                    at += 12
+                else:
+                    (length,) = struct.unpack(self.e + "H", self._read(at + 6, 2, "an element length"))
+                    at += 8
+            if length == _UNDEFINED:  # sequence, encapsulated pixel data, or UN (then implicit VR inside)
+                at = self.items(at, implicit or vr == b"UN")
+            else:
+                at = self._skip(at, length, f"element ({group:04X},{elem:04X})")
+        return at, tags
+
+    def items(self, at: int, implicit: bool) -> int:
+        """Items of an undefined-length element up to and including its sequence delimiter."""
+        while True:
+            group, elem, length = struct.unpack(self.e + "HHI", self._read(at, 8, "an item header"))
+            if (group, elem) == (0xFFFE, 0xE0DD):
+                return at + 8
+            if (group, elem) != (0xFFFE, 0xE000):
+                raise InvalidInstanceError(f"malformed sequence or encapsulated pixel data at byte {at}")
+            at += 8
+            if length == _UNDEFINED:
+                at, _tags = self.dataset(at, implicit, in_item=True)
+            else:
+                at = self._skip(at, length, "an item or fragment")
+
+
+def _check_structure(fp: BinaryIO, start: int, size: int, ts: str, sop_class: str) -> None:
+    """The dataset from ``start`` is complete; an image has its pixel data (a cut exactly
+    between two elements leaves no half element, only the missing pixel data)."""
+    implicit = ts == ImplicitVRLittleEndian
+    walker = _Walker(fp, size, implicit, little_endian=ts != ExplicitVRBigEndian)
+    _end, tags = walker.dataset(start, implicit)
+    if "Image Storage" in UID(sop_class).name and not tags & _PIXEL_TAGS:
+        raise InvalidInstanceError("image dataset without pixel data (truncated?)")
 
 
 def _check_deflated(fp: BinaryIO, offset: int) -> None:
@@ -210,9 +250,11 @@ def _check_deflated(fp: BinaryIO, offset: int) -> None:
 def read_header(path: Path) -> tuple[FileMetaDataset, Dataset]:
     """File Meta and the identifying header attributes of a Part 10 file, validated.
 
-    Reads only up to the pixel data (``stop_before_pixels`` + ``specific_tags``)
-    and checks structurally that the pixel data element is complete, so a
-    truncated instance is refused without reading its pixels into memory.
+    Parses only the identifying attributes (``stop_before_pixels`` +
+    ``specific_tags``; pydicom reads a truncated file silently) and then walks
+    the encoded dataset structurally: every element, item and fragment must
+    lie inside the file and an image must carry pixel data, so a truncated
+    instance is refused without reading its pixels into memory.
     """
     size = path.stat().st_size
     with open(path, "rb") as fp:
@@ -222,12 +264,11 @@ def read_header(path: Path) -> tuple[FileMetaDataset, Dataset]:
             raise InvalidInstanceError(f"unreadable dataset: {type(exc).__name__}: {exc}") from None
         meta = ds.file_meta
         ts = str(meta.get("TransferSyntaxUID", ""))
+        start = int(meta.get("FileMetaInformationGroupLength", 0)) + 144  # preamble, DICM, (0002,0000)
         if ts == DeflatedExplicitVRLittleEndian:
-            _check_deflated(fp, int(meta.get("FileMetaInformationGroupLength", 0)) + 144)
+            _check_deflated(fp, start)
         else:
-            pos = fp.tell()
-            if pos < size:
-                _check_pixel_element(fp, pos, size, implicit=ts == ImplicitVRLittleEndian)
+            _check_structure(fp, start, size, ts, str(ds.get("SOPClassUID", "")))
     return meta, ds
 
 
