@@ -108,6 +108,7 @@ def test_mixed_parts_202_and_only_good_parts_stored(node: Node, tmp_path: Path) 
     assert [str(i.ReferencedSOPInstanceUID) for i in ds.ReferencedSOPSequence] == _uids([good])
     failed = {str(i.ReferencedSOPInstanceUID): int(i.FailureReason) for i in ds.FailedSOPSequence}
     assert failed[_uids([other_study])[0]] == 0xA900
+    assert failed[_uids([good])[0]] == 0xC000  # the truncated copy; the good one stays stored
     assert len(ds.OtherFailuresSequence) == 2 and {int(i.FailureReason) for i in ds.OtherFailuresSequence} == {0xC000}
     assert node.stored_uids(study) == set(_uids([good]))
     assert node.stored_uids(str(pydicom.dcmread(other_study).StudyInstanceUID)) == set()
@@ -120,12 +121,15 @@ def test_all_failed_is_409(node: Node, tmp_path: Path) -> None:
     assert int(pydicom.Dataset.from_json(r.json()).OtherFailuresSequence[0].FailureReason) == 0xC000
 
 
-def test_part10_without_preamble_is_accepted(node: Node, tmp_path: Path) -> None:
+@pytest.mark.parametrize("strip", [128, 132])  # "DICM" + meta, or the File Meta Information first
+def test_part10_without_preamble_is_accepted(node: Node, tmp_path: Path, strip: int) -> None:
     path = write_ct_study(tmp_path / "s", n=1)[0]
-    r = requests.post(f"{node.url}/studies", data=_body([("application/dicom", path.read_bytes()[128:])]),
+    r = requests.post(f"{node.url}/studies", data=_body([("application/dicom", path.read_bytes()[strip:])]),
                       headers=HEADERS, timeout=10)
     assert r.status_code == 200, r.text
     assert node.stored_uids(str(pydicom.dcmread(path).StudyInstanceUID)) == set(_uids([path]))
+    stored = next((Path(node.config.node.storage_dir) / "spool").rglob("*.dcm"))
+    assert stored.read_bytes() == path.read_bytes()  # preamble + DICM restored, the rest byte-identical
 
 
 def test_malformed_multipart_400_stores_nothing(node: Node, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ not DICOM at all; HTTP 200 all stored, 202 some failed, 409 none stored.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 import struct
@@ -148,14 +149,22 @@ def read_part_meta(reader: BinaryIO) -> tuple[FileMetaDataset, int]:
     return meta, reader.tell()
 
 
-def _header(reader: BinaryIO) -> Dataset:
-    """Identifying attributes of the part's dataset (stops before pixel data)."""
+def _header(reader: PartReader) -> Dataset:
+    """Identifying attributes of the part's dataset (stops before pixel data).
+
+    pydicom expects the 128-byte preamble; a part that starts with "DICM" or
+    directly with the File Meta Information is read from the meta group on
+    (``force``: pydicom then finds no preamble and reads group 0002 first).
+    """
     reader.seek(0)
-    return pydicom.dcmread(
-        reader,
-        stop_before_pixels=True,
-        specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"],
-    )
+    head = reader.read(132)
+    tags = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        reader.seek(0)
+        return pydicom.dcmread(reader, stop_before_pixels=True, specific_tags=tags)
+    skip = 4 if head[:4] == b"DICM" else 0
+    size = reader.seek(0, io.SEEK_END)
+    return pydicom.dcmread(PartReader(reader, skip, size), stop_before_pixels=True, specific_tags=tags, force=True)
 
 
 def _reason_for_store_error(exc: BaseException) -> int:
@@ -169,6 +178,8 @@ def _reason_for_store_error(exc: BaseException) -> int:
             return FAILURE_OUT_OF_RESOURCES
         if status in (0x0122, 0xA900, 0xC000, 0x0110):
             return status
+        if (status & 0xF000) == 0xC000:  # spool's 0xC2xx: malformed/truncated = cannot understand
+            return FAILURE_CANNOT_UNDERSTAND
     if isinstance(exc, OSError):
         import errno
 
