@@ -138,17 +138,18 @@ def _retrieve_wado(name: str, src: DicomwebSource, study_uid: str, spool: Any, t
 
 def _store_handler(spool: Any, calling_ae: str, result: RetrieveResult,
                    on_stored: Callable[[int], None] | None) -> Callable[[Any], int]:
-    from .web.stow import FAILURE_OUT_OF_RESOURCES, _reason_for_store_error
+    """EVT_C_STORE handler for C-GET / C-MOVE sub-operations: same storing and statuses as the listener."""
+    from .ingest.dimse import store_event, status_for_error
 
     def handle(event: Any) -> int:
         try:
-            stream = io.BytesIO(event.request.DataSet.getvalue())
-            stored = spool.store_stream(event.file_meta, stream, calling_ae=calling_ae, source="retrieve")
+            stored = store_event(spool, event, calling_ae=calling_ae, source="retrieve")
         except Exception as exc:
             result.failed += 1
             result.errors.append(f"{event.request.AffectedSOPInstanceUID}: {exc}")
-            reason = _reason_for_store_error(exc)
-            return FAILURE_OUT_OF_RESOURCES if reason == FAILURE_OUT_OF_RESOURCES else 0xC000 | (reason & 0x0FFF)
+            log.warning("retrieved instance refused", extra={"sop_instance": str(event.request.AffectedSOPInstanceUID),
+                                                             "source": calling_ae, "error": str(exc)})
+            return status_for_error(exc)
         result.stored += 1
         if on_stored is not None:
             on_stored(int(getattr(stored, "size", 0) or 0))

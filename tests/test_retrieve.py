@@ -27,11 +27,18 @@ def pacs(tmp_path_factory: pytest.TempPathFactory):
             str(pydicom.dcmread(p).SOPInstanceUID) for p in paths}
 
 
-@pytest.mark.parametrize("source", ["web", "get", "move"])
-def test_retrieve_into_spool(pacs, tmp_path: Path, source: str) -> None:
+@pytest.mark.parametrize("source,chunked", [("web", False), ("get", False), ("move", False), ("get", True),
+                                            ("move", True)])
+def test_retrieve_into_spool(pacs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str,
+                             chunked: bool) -> None:
+    """``chunked``: pynetdicom streams received datasets to temp files, as it does process-wide once a
+    DimseServer has started in the same process (the node, or an earlier test)."""
+    from pynetdicom import _config
+
     from node.index import InstanceIndex
     from node.spool import Spool
 
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", chunked)
     orthanc, port, study, uids = pacs
     config = parse_config({
         "node": {"ae_title": "CARDIONODE", "host": "127.0.0.1", "port": port, "storage_dir": str(tmp_path / "var"),

@@ -27,6 +27,7 @@ import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, _config, evt
@@ -34,7 +35,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 from ..config import NodeSection, TLSSection
-from ..spool import OutOfSpaceError, Spool, SpoolError
+from ..spool import OutOfSpaceError, Spool, SpoolError, StoredInstance
 from .policy import CallerPolicy
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "DimseServer",
     "build_storage_ae",
     "build_ssl_context",
+    "store_event",
+    "status_for_error",
 ]
 
 log = logging.getLogger("cardionode.ingest")
@@ -75,6 +78,39 @@ STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_PROCESSING_FAILURE = 0xC211
 _NO_CALLER = "\\"  # never a valid AE title: nobody matches
+
+
+def store_event(spool: Spool, event: Any, *, calling_ae: str, source: str) -> StoredInstance:
+    """Store the dataset of an ``EVT_C_STORE`` as received, checked against the request's UIDs.
+
+    Works whether pynetdicom streamed the dataset to a temporary file
+    (``STORE_RECV_CHUNKED_DATASET``, process-wide once a :class:`DimseServer`
+    has started) or kept it in memory.  Used by the listener and by C-GET /
+    C-MOVE retrieval (``node.retrieve``), so both follow the same rules.
+    """
+    req = event.request
+    expect = {"expect_sop_class": str(req.AffectedSOPClassUID),
+              "expect_sop_instance": str(req.AffectedSOPInstanceUID)}
+    try:
+        path = event.dataset_path
+    except AttributeError:
+        path = None
+    if path is None:
+        return spool.store_stream(event.file_meta, event.encoded_dataset(include_meta=False),
+                                  calling_ae=calling_ae, source=source, **expect)
+    try:
+        return spool.store_file(path, calling_ae, source, move=True, **expect)
+    finally:  # pynetdicom removes it after a listener's handler, not after a C-GET sub-operation's
+        Path(path).unlink(missing_ok=True)
+
+
+def status_for_error(exc: BaseException) -> int:
+    """The C-STORE failure status for an exception from :func:`store_event`."""
+    if isinstance(exc, SpoolError):
+        return exc.status
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return STATUS_OUT_OF_RESOURCES
+    return STATUS_PROCESSING_FAILURE
 
 
 class _NodeAE(AE):
@@ -246,29 +282,16 @@ class DimseServer:
         try:
             if not self.spool.has_space():
                 raise OutOfSpaceError(f"less than {self.spool.min_free_mb} MB free in the spool")
-            try:
-                path = event.dataset_path
-            except AttributeError:
-                path = None
-            if path is not None:
-                stored = self.spool.store_file(path, calling_ae, "dimse", move=True,
-                                               expect_sop_class=sop_class, expect_sop_instance=sop_uid)
-            else:  # chunked receiving switched off by someone else in this process
-                stored = self.spool.store_stream(event.file_meta, event.encoded_dataset(include_meta=False),
-                                                 calling_ae=calling_ae, source="dimse",
-                                                 expect_sop_class=sop_class, expect_sop_instance=sop_uid)
-        except SpoolError as exc:
-            self._refused(exc.status, str(exc), sop_class, sop_uid, calling_ae)
-            return exc.status
-        except OSError as exc:
-            status = STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STATUS_PROCESSING_FAILURE
-            self._refused(status, f"{type(exc).__name__}: {exc.strerror or exc}", sop_class, sop_uid, calling_ae)
-            return status
+            stored = store_event(self.spool, event, calling_ae=calling_ae, source="dimse")
         except Exception as exc:  # keep serving; the sender gets a failure status
-            self.log.exception("C-STORE failed", extra={"sop_instance": sop_uid, "sop_class": sop_class,
-                                                        "calling_ae": calling_ae})
-            del exc
-            return STATUS_PROCESSING_FAILURE
+            status = status_for_error(exc)
+            if status == STATUS_PROCESSING_FAILURE and not isinstance(exc, OSError):
+                self.log.exception("C-STORE failed", extra={"sop_instance": sop_uid, "sop_class": sop_class,
+                                                            "calling_ae": calling_ae})
+            else:
+                reason = f"{type(exc).__name__}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+                self._refused(status, reason, sop_class, sop_uid, calling_ae)
+            return status
         if self.metrics is not None:
             try:
                 self.metrics.instance_received("dimse", stored.size)
