@@ -220,6 +220,7 @@ class DimseServer:
         server, self._server = self._server, None
         server.shutdown()  # no new connections
         deadline = time.monotonic() + (timeout if graceful else 0.0)
+        woken: set[int] = set()
         while True:
             remaining = [a for a in server.active_associations if a.is_alive()]
             if not remaining:
@@ -229,6 +230,11 @@ class DimseServer:
                     busy = self._busy.get(id(assoc), 0)
                 if (busy == 0 or time.monotonic() >= deadline) and assoc.is_established:
                     assoc.abort()
+                elif assoc.requestor.primitive is None and id(assoc) not in woken:
+                    # no A-ASSOCIATE-RQ yet (a peer that sent junk and hung up): pynetdicom waits
+                    # acse_timeout for one; an empty answer ends that wait as a timeout would
+                    woken.add(id(assoc))
+                    assoc.dul.to_user_queue.put(None)
             if time.monotonic() >= deadline + 5:
                 break
             time.sleep(0.02)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -73,6 +74,46 @@ def _paths(files_or_dir: str | Path | Iterable[str | Path]) -> list[str]:
     return [str(p) for p in files_or_dir]
 
 
+#: storescu option that proposes a file's (compressed) transfer syntax; uncompressed ones need none.
+_STORESCU_TS_OPTION = {
+    "1.2.840.10008.1.2.4.50": "-xy",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": "-xx",  # JPEG Extended (12 bit)
+    "1.2.840.10008.1.2.4.70": "-xs",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": "-xt",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": "-xu",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90": "-xv",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": "-xw",  # JPEG 2000
+    "1.2.840.10008.1.2.5": "-xr",  # RLE Lossless
+    "1.2.840.10008.1.2.1.99": "-xd",  # Deflated Explicit VR Little Endian
+}
+_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+def _expand(paths: list[str]) -> list[str]:
+    out: list[str] = []
+    for p in paths:
+        out.extend(sorted(str(f) for f in Path(p).rglob("*") if f.is_file()) if Path(p).is_dir() else [p])
+    return out
+
+
+def _transfer_syntax(path: str) -> str:
+    """The file's Transfer Syntax UID ("" when it is no Part 10 file: storescu reports it)."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    try:
+        with open(path, "rb") as fp:
+            read_preamble(fp, False)
+            return str(_read_file_meta_info(fp).get("TransferSyntaxUID", ""))
+    except Exception:
+        return ""
+
+
+def _store_failed(output: str) -> bool:
+    """storescu -v output names a failed store (-nh: it went on and will exit 0)."""
+    responses = re.findall(r"Received Store Response \(([^)]*)\)", output)
+    return "Store Failed" in output or any(not r.startswith(("Success", "Warning")) for r in responses)
+
+
 def storescu(
     files_or_dir: str | Path | Iterable[str | Path],
     port: int,
@@ -84,22 +125,32 @@ def storescu(
     extra_args: Sequence[str] = (),
     timeout: float = 300.0,
 ) -> subprocess.CompletedProcess:
-    """Send files (or directories, recursively) with dcmtk storescu, each in its own transfer syntax.
+    """Send files (directories: every file below them) with dcmtk storescu, each in its own transfer syntax.
 
-    ``-R`` proposes only the presentation contexts the files need; storescu
-    proposes each file's own transfer syntax, so compressed files go
-    compressed and uncompressed ones as stored.  ``-nh`` keeps sending after a
-    failed store so the exit code and ``-v`` output report every file.
+    storescu proposes uncompressed syntaxes only unless told otherwise, and
+    then decompresses on the fly or fails; so the files are grouped by
+    transfer syntax and each group is sent by one storescu run proposing that
+    syntax (``-xy``, ``-xt``, ``-xr`` ...; ``-R``: only the SOP classes
+    needed).  ``-nh`` keeps sending after a failed store; as storescu then
+    exits 0, ``returncode`` is set to 1 when the ``-v`` output shows a failed
+    or refused store: 0 means every file was stored.  stdout/stderr are those of all runs, in order.
     """
     exe = require_binary("storescu")
-    paths = _paths(files_or_dir)
-    args = [exe, "-R", "-nh", "-aet", calling_ae, "-aec", called_ae, "-to", "10", "-ta", "30", "-ts", "60"]
-    if any(Path(p).is_dir() for p in paths):
-        args += ["+sd", "+r"]
-    args += list(extra_args)
-    args += [host, str(port), *paths]
+    groups: dict[str, list[str]] = {}
+    for f in _expand(_paths(files_or_dir)):
+        ts = _transfer_syntax(f)
+        groups.setdefault(_STORESCU_TS_OPTION.get(ts, "") if ts not in _UNCOMPRESSED else "", []).append(f)
     run_env = dict(os.environ, **env) if env is not None else None
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=run_env)
+    rc, out, err, args = 0, "", "", [exe]
+    for option, files in groups.items():
+        args = [exe, "-R", "-nh", "-aet", calling_ae, "-aec", called_ae, "-to", "10", "-ta", "30", "-ts", "60"]
+        args += [option] if option else []
+        args += [] if {"-v", "-d"} & set(extra_args) else ["-v"]  # -v: one line per store response
+        args += [*extra_args, host, str(port), *files]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=run_env)
+        out, err = out + (r.stdout or ""), err + (r.stderr or "")
+        rc = rc or r.returncode or int(_store_failed((r.stdout or "") + (r.stderr or "")))
+    return subprocess.CompletedProcess(args, rc, out, err)
 
 
 def echoscu(

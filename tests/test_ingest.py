@@ -1,0 +1,251 @@
+"""DIMSE ingest against real dcmtk peers: what is sent is what is spooled, refusals follow the standard,
+and the listener keeps serving after bad input."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pydicom
+import pytest
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+from pynetdicom import AE
+from pynetdicom.dimse_primitives import C_STORE
+
+from node import db
+from node.config import NodeSection
+from node.index import InstanceIndex
+from node.ingest.dimse import DimseServer
+from node.spool import Spool
+from tests.support import synth
+from tests.support.peers import echoscu, storescu
+
+pytestmark = [pytest.mark.integration]
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def split_part10(path: Path) -> tuple[pydicom.Dataset, bytes]:
+    """(File Meta, the encoded dataset bytes after it) of a Part 10 file."""
+    with open(path, "rb") as fp:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+        return meta, fp.read()
+
+
+class Node:
+    """Spool + DimseServer in this process, on a free port."""
+
+    def __init__(self, tmp: Path, **node_fields) -> None:
+        fields = {"host": "127.0.0.1", "port": 0, "storage_dir": str(tmp / "var"), "min_free_mb": 0, **node_fields}
+        self.node = dataclasses.replace(NodeSection(), **fields)
+        self.spool = Spool(self.node.storage_path, self.node.min_free_mb)
+        self.stored: list = []
+        self.spool.add_listener(self.stored.append)
+        self.server = DimseServer(self.node, self.spool).start()
+        self.port = self.server.port
+        self.conn = db.connect(self.node.storage_path)
+        self.index = InstanceIndex(self.conn)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.spool.close()
+        self.conn.close()
+
+
+@pytest.fixture()
+def node(tmp_path: Path) -> Iterator[Node]:
+    n = Node(tmp_path)
+    yield n
+    n.stop()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> dict[str, list[Path]]:
+    """One study: 300-slice 512x512 CT, an XA cine, the XA as JPEG Baseline, a CT slice as JPEG-LS and RLE."""
+    root = tmp_path_factory.mktemp("study")
+    study_uid = generate_uid()
+    ct = synth.ct_series(root / "ct", 300, 512, study_uid=study_uid)
+    xa = synth.xa_cine(root / "xa" / "cine.dcm", frames=30, size=256, study_uid=study_uid)
+    small = synth.ct_series(root / "ct_small", 2, 128, study_uid=study_uid)
+    compressed = [
+        synth.compress(xa_src, root / "xa_jpeg" / "cine_jpeg.dcm", "jpeg-baseline")
+        for xa_src in [synth.xa_cine(root / "xa_src" / "cine.dcm", frames=10, size=128, study_uid=study_uid)]
+    ]
+    compressed.append(synth.compress(small[0], root / "jls" / "ct_jls.dcm", "jpeg-ls"))
+    compressed.append(synth.compress(small[1], root / "rle" / "ct_rle.dcm", "rle"))
+    return {"ct": ct, "xa": [xa], "compressed": compressed, "study_uid": [study_uid]}
+
+
+def assert_spooled_as_sent(node: Node, sent: list[Path]) -> None:
+    for path in sent:
+        meta, data = split_part10(path)
+        row = node.index.get(str(meta.MediaStorageSOPInstanceUID))
+        assert row is not None, f"{path.name} not indexed"
+        stored = node.index.absolute(row["path"])
+        smeta, sdata = split_part10(stored)
+        assert smeta.TransferSyntaxUID == meta.TransferSyntaxUID == row["transfer_syntax_uid"]
+        assert smeta.MediaStorageSOPInstanceUID == meta.MediaStorageSOPInstanceUID
+        assert sdata == data, f"{path.name}: spooled dataset bytes differ from what was sent"
+        assert row["size"] == stored.stat().st_size
+
+
+def test_study_is_spooled_byte_identical_and_indexed(node: Node, study) -> None:
+    assert echoscu(node.port).returncode == 0
+    files = study["ct"] + study["xa"] + study["compressed"]
+    r = storescu([p.parent for p in (study["ct"][0], *study["xa"], *study["compressed"])], node.port,
+                 calling_ae="MODALITY", env={"TCP_NODELAY": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(node.stored) == len(files)
+    assert_spooled_as_sent(node, files)
+    tss = {split_part10(p)[0].TransferSyntaxUID for p in study["compressed"]}
+    assert tss == {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5"}
+
+    view = node.index.study_view(study["study_uid"][0])
+    assert len(view.instances) == len(files)
+    ct_series = [s for s in view.series if len(s) == 300][0]
+    assert [ref.instance_number for ref in ct_series] == list(range(1, 301))
+    assert view.calling_ae_titles == ("MODALITY",)
+    assert node.index.counts()["instances"] == len(files)
+    # parsed equality as well: the stored XA decodes to the same pixels
+    assert pydicom.dcmread(ct_series.instances[0].path).PixelData == pydicom.dcmread(
+        [p for p in study["ct"] if pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber == 1][0]).PixelData
+
+    # re-sending is idempotent: same paths, same rows, flagged as replaced
+    before = node.index.counts()
+    node.stored.clear()
+    r = storescu(study["ct"][:5] + study["xa"], node.port, calling_ae="MODALITY")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert node.index.counts() == before
+    assert [s.replaced for s in node.stored] == [True] * 6
+    assert_spooled_as_sent(node, study["ct"][:5] + study["xa"])
+    leftovers = [p for p in node.spool.root.rglob("*") if p.is_file() and p.suffix != ".dcm"]
+    assert leftovers == []
+
+
+def _rejection(r) -> str:
+    return (r.stdout or "") + (r.stderr or "")
+
+
+def test_calling_and_called_ae_checks(tmp_path: Path, study) -> None:
+    n = Node(tmp_path, allowed_callers=("MODALITY", "PACS@127.0.0.1", "REMOTE@192.0.2.1"))
+    try:
+        assert echoscu(n.port, calling_ae="MODALITY").returncode == 0
+        assert echoscu(n.port, calling_ae="PACS").returncode == 0
+        r = echoscu(n.port, calling_ae="INTRUDER")
+        assert r.returncode != 0 and "Calling AE Title Not Recognized" in _rejection(r)
+        r = echoscu(n.port, calling_ae="REMOTE")  # allowed only from another host
+        assert r.returncode != 0 and "Calling AE Title Not Recognized" in _rejection(r)
+        r = storescu(study["ct"][:2], n.port, calling_ae="INTRUDER")
+        assert r.returncode != 0
+        r = echoscu(n.port, calling_ae="MODALITY", called_ae="SOMEONE")
+        assert r.returncode != 0 and "Called AE Title Not Recognized" in _rejection(r)
+        assert n.index.counts()["instances"] == 0
+        assert storescu(study["ct"][:2], n.port, calling_ae="PACS").returncode == 0
+        assert n.index.counts()["instances"] == 2
+    finally:
+        n.stop()
+
+
+def _sc_file(tmp: Path) -> Path:
+    ds = synth.base_dataset(SecondaryCaptureImageStorage, generate_uid(), generate_uid(), "OT")
+    ds.ConversionType = "WSD"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.Rows, ds.Columns = 1, "MONOCHROME2", 8, 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = bytes(64)
+    path = tmp / "sc.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _raw_c_store(port: int, sop_class: str, sop_uid: str, dataset: bytes, context_class: str = CT) -> int:
+    """Send one C-STORE whose dataset bytes are given as-is, on the context of ``context_class``."""
+    ae = AE(ae_title="RAWSCU")
+    ae.add_requested_context(context_class, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="CARDIONODE")
+    assert assoc.is_established
+    try:
+        req = C_STORE()
+        req.MessageID = 1
+        req.AffectedSOPClassUID = sop_class
+        req.AffectedSOPInstanceUID = sop_uid
+        req.Priority = 2
+        req.DataSet = io.BytesIO(dataset)
+        cx_id = assoc.accepted_contexts[0].context_id
+        # Hold the association's reactor as send_c_store() does, or it may take the response first
+        # ("Received unexpected C-STORE service message") and get_msg() waits for nothing.
+        assoc._reactor_checkpoint.clear()
+        try:
+            assoc.dimse.send_msg(req, cx_id)
+            _cx, rsp = assoc.dimse.get_msg(block=True)
+        finally:
+            assoc._reactor_checkpoint.set()
+        assert rsp is not None, "no C-STORE response"
+        return int(rsp.Status)
+    finally:
+        assoc.release()
+
+
+def test_refusals_are_standard_and_the_node_keeps_serving(node: Node, study, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="cardionode.ingest")
+    # unsupported SOP class: storescu finds no accepted presentation context, nothing is stored
+    r = storescu([_sc_file(tmp_path)], node.port)
+    assert r.returncode != 0
+    assert "no acceptable presentation context" in _rejection(r).lower()
+    # ... and a C-STORE naming it anyway on a CT context gets 0x0122
+    _meta, ct_bytes = split_part10(study["ct"][0])
+    assert _raw_c_store(node.port, SecondaryCaptureImageStorage, generate_uid(), ct_bytes) == 0x0122
+
+    meta, _ = split_part10(study["ct"][1])
+    sop_uid = str(meta.MediaStorageSOPInstanceUID)
+    _m, data = split_part10(study["ct"][1])
+    # truncated in the pixel data -> 0xC210, one log line naming the instance
+    assert _raw_c_store(node.port, CT, sop_uid, data[:-1000]) == 0xC210
+    # dataset of another instance than the request names -> 0xA900
+    assert _raw_c_store(node.port, CT, generate_uid(), data) == 0xA900
+    # garbage
+    status = _raw_c_store(node.port, CT, generate_uid(), os.urandom(3000))
+    assert status in (0xC210, 0xA900), hex(status)
+    refusals = [r for r in caplog.records if r.getMessage() == "C-STORE refused"]
+    assert len(refusals) == 4
+    assert sop_uid in [getattr(r, "sop_instance", None) for r in refusals]
+    assert all(b"\x00" * 100 not in r.getMessage().encode() for r in refusals)
+
+    # random bytes on the port, and a half A-ASSOCIATE-RQ, then hang up
+    for payload in (os.urandom(5000), b"\x01\x00" + struct.pack(">I", 10_000_000) + b"\x00\x01"):
+        with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
+            s.sendall(payload)
+    assert node.index.counts()["instances"] == 0
+    assert not any(p.is_file() for p in node.spool.root.rglob("*"))
+
+    # still serving
+    assert echoscu(node.port).returncode == 0
+    assert storescu(study["ct"][:3], node.port).returncode == 0
+    assert_spooled_as_sent(node, study["ct"][:3])
+
+    # a junk connection still waiting for its A-ASSOCIATE-RQ does not hold up a graceful stop
+    with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
+        s.sendall(b"\x01\x00\x00\x00")
+        t0 = time.monotonic()
+        node.server.stop(graceful=True)
+    assert time.monotonic() - t0 < 5
+
+
+def test_out_of_space_refuses_with_a700_and_writes_nothing(tmp_path: Path, study) -> None:
+    n = Node(tmp_path, min_free_mb=10**9)
+    try:
+        r = storescu(study["ct"][:1], n.port, extra_args=["-v"])
+        assert r.returncode != 0
+        assert "OutOfResources" in _rejection(r) or "0xa700" in _rejection(r).lower(), _rejection(r)[-1500:]
+        assert n.index.counts()["instances"] == 0
+        assert not any(p.is_file() for p in n.spool.root.rglob("*"))
+        assert echoscu(n.port).returncode == 0
+    finally:
+        n.stop()
