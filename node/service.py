@@ -11,7 +11,6 @@ start) and dispatch threads (the batch in flight finishes).
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import signal
@@ -40,14 +39,6 @@ log = logging.getLogger("cardionode.service")
 STATE_SCHEMA = COMPLETION_SCHEMA + JOBS_SCHEMA + DISPATCH_SCHEMA
 PID_FILE_NAME = "cardionode.pid"  # read by `cardionode models reload` (pipelines.runtime.cli)
 RETENTION_INTERVAL_S = 600.0
-
-
-def _call_with_supported(fn: Any, **kwargs: Any) -> Any:
-    """Call ``fn`` with those keyword arguments its signature accepts (other areas' constructors evolve)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return fn(**kwargs)
-    return fn(**{k: v for k, v in kwargs.items() if k in params})
 
 
 class NodeService:
@@ -105,17 +96,7 @@ class NodeService:
     def _make_spool(self) -> Any:
         from .spool import Spool
 
-        spool = _call_with_supported(
-            Spool, storage_dir=self.storage_dir, min_free_mb=self.config.node.min_free_mb,
-            on_stored=self._on_stored,
-        )
-        if "on_stored" not in inspect.signature(Spool).parameters:
-            add = getattr(spool, "add_listener", None) or getattr(spool, "add_on_stored", None)
-            if add is not None:
-                add(self._on_stored)
-            else:
-                spool.on_stored = self._on_stored
-        return spool
+        return Spool(self.storage_dir, self.config.node.min_free_mb, on_stored=self._on_stored)
 
     def _study_completed(self) -> None:
         assert self.runner is not None
@@ -128,14 +109,10 @@ class NodeService:
         self.completion.on_stored(instance)
 
     def _start_dimse(self) -> Any:
+        """DIMSE listener into the spool; every stored instance counts in /metrics (source "dimse")."""
         from .ingest.dimse import DimseServer
 
-        server = _call_with_supported(
-            DimseServer, config=self.config, node=self.config.node, settings=self.config.node,
-            spool=self.spool,
-        )
-        server.start()
-        return server
+        return DimseServer(self.config.node, self.spool, metrics=self.metrics).start()
 
     def _make_metrics(self) -> Any:
         try:

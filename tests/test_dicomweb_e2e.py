@@ -131,6 +131,24 @@ def test_stow_in_process_and_stow_out_to_orthanc(env: dict[str, Any], tmp_path: 
     assert studies[study]["state"] == "processed"
 
 
+def test_dimse_ingest_counts_in_metrics(env: dict[str, Any], tmp_path: Path) -> None:
+    """Instances received by C-STORE count in /metrics (source="dimse") with their spooled bytes."""
+    from tests.support.peers import storescu
+
+    paths = write_ct_study(tmp_path / "s", n=2)
+    study = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
+    count, nbytes = 'cardionode_instances_received_total{source="dimse"}', 'cardionode_received_bytes_total{source="dimse"}'
+    before = {"count": _metric(env, count), "bytes": _metric(env, nbytes),
+              "completed": _metric(env, "cardionode_studies_completed_total")}
+    r = storescu(paths, env["service"].dimse.port, calling_ae="MODALITY")
+    assert r.returncode == 0, r.stdout + r.stderr
+    spooled = sum(p.stat().st_size for p in (env["work"] / "var" / "spool" / study).rglob("*.dcm"))
+    assert _metric(env, count) == before["count"] + 2
+    assert _metric(env, nbytes) == before["bytes"] + spooled
+    _wait(lambda: _done_jobs(env, study), 30, "the job of the C-STORE'd study")
+    assert _metric(env, "cardionode_studies_completed_total") == before["completed"] + 1
+
+
 @pytest.mark.parametrize("source", ["orthanc-web", "orthanc-get"])
 def test_process_pulls_study_from_orthanc(env: dict[str, Any], tmp_path: Path, source: str) -> None:
     paths = write_ct_study(tmp_path / "s", n=2)
