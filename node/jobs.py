@@ -38,6 +38,7 @@ from pipelines.registry import PipelineRegistry
 
 from . import db
 from .config import JobsSection
+from .fsync import fsync_dir
 from .dispatch.queue import add_deliveries
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "JobRunner",
     "LocalConnections",
     "backoff_delay",
+    "retry_failed_job",
     "write_result_files",
 ]
 
@@ -112,6 +114,25 @@ class LocalConnections:
                     pass
             self._all.clear()
         self._local = threading.local()
+
+
+def retry_failed_job(conn: sqlite3.Connection, job_id: int) -> str | None:
+    """Put a ``failed`` job back in the queue with a fresh attempt count (operator action).
+
+    Returns None on success, else why not: ``"not found"`` or ``"state is X"``.
+    """
+    with conn:
+        row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            return "not found"
+        if row["state"] != "failed":
+            return f"state is {row['state']}"
+        conn.execute(
+            "UPDATE jobs SET state='queued', attempts=0, next_attempt_at=?, error=NULL, finished_at=NULL"
+            " WHERE id=? AND state='failed'",
+            (time.time(), job_id),
+        )
+    return None
 
 
 def backoff_delay(attempts: int, initial: float, maximum: float) -> float:
@@ -245,19 +266,7 @@ class JobQueue:
 
     def retry(self, job_id: int) -> str | None:
         """Re-queue a ``failed`` job with fresh attempts (operator action); returns why not, or None."""
-        conn = self._conns.get()
-        with conn:
-            row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-            if row is None:
-                return f"no job {job_id}"
-            if row["state"] != "failed":
-                return f"job {job_id} is {row['state']}, only failed jobs can be retried"
-            conn.execute(
-                "UPDATE jobs SET state='queued', attempts=0, next_attempt_at=?, error=NULL, finished_at=NULL"
-                " WHERE id=?",
-                (time.time(), job_id),
-            )
-        return None
+        return retry_failed_job(self._conns.get(), job_id)
 
     def fail(self, job: Job, error: str, transient: bool) -> bool:
         """Record a failure; transient ones are re-queued with backoff. Returns True if re-queued."""
@@ -278,14 +287,6 @@ class JobQueue:
         return retry
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_result_files(result: PipelineResult, out_dir: Path) -> list[tuple[str, str, Path]]:
     """Write every result dataset as a DICOM file under ``out_dir`` (fsynced); returns (sop, class, path)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -300,8 +301,8 @@ def write_result_files(result: PipelineResult, out_dir: Path) -> list[tuple[str,
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         written.append((sop_uid, sop_class, final))
-    _fsync_dir(out_dir)
-    _fsync_dir(out_dir.parent)
+    fsync_dir(out_dir)
+    fsync_dir(out_dir.parent)
     return written
 
 

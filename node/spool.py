@@ -38,6 +38,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from . import db
+from .fsync import fsync_dir, fsync_path
 from .index import InstanceIndex
 
 __all__ = [
@@ -128,22 +129,6 @@ class RecoveryReport:
     dropped_rows: int
     temp_removed: int
     unreadable: int
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -293,7 +278,7 @@ class Spool:
         self._durable_dirs: set[Path] = set()
         self.incoming.mkdir(parents=True, exist_ok=True)
         for d in (self.storage_dir, self.root, self.incoming):
-            _fsync_dir(d)
+            fsync_dir(d)
             self._durable_dirs.add(d)
         self._conn = db.connect(self.storage_dir)
         self._conn.execute("PRAGMA synchronous=NORMAL")  # files are the record; see module docstring
@@ -359,7 +344,7 @@ class Spool:
         with self._lock:
             if folder.exists():
                 shutil.rmtree(folder)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
                 self._durable_dirs = {d for d in self._durable_dirs if folder not in d.parents and d != folder}
             return self._index.delete_study(study_uid)
 
@@ -459,7 +444,7 @@ class Spool:
             p = p.parent
         for d in reversed(missing):
             d.mkdir(exist_ok=True)
-            _fsync_dir(d.parent)
+            fsync_dir(d.parent)
         self._durable_dirs.add(folder)
 
     def _instance(self, path: Path, meta: Dataset, ds: Dataset, *, calling_ae: str, source: str,
@@ -499,12 +484,12 @@ class Spool:
             raise DatasetMismatchError("File Meta Information does not match the dataset's SOP Class/Instance UID")
         inst = self._instance(tmp, meta, ds, calling_ae=calling_ae, source=source, received_at=time.time(),
                               replaced=False)
-        _fsync_file(tmp)
+        fsync_path(tmp)
         dest = inst.path
         self._ensure_dir(dest.parent)
         existed = dest.exists()
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         with self._lock:
             previous = self._index.upsert(inst)
         if previous is not None and previous != dest:

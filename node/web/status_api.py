@@ -12,8 +12,6 @@ The queries are those of :mod:`node.status`, shared with ``cardionode status``.
 """
 from __future__ import annotations
 
-import sqlite3
-import time
 from typing import Any, Callable
 
 from starlette.concurrency import run_in_threadpool
@@ -22,30 +20,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import status as queries
+from ..jobs import retry_failed_job
 
-__all__ = ["status_routes", "retry_failed_job"]
+__all__ = ["status_routes"]
 
 _MAX_LIMIT = 1000
-
-
-def retry_failed_job(conn: sqlite3.Connection, job_id: int) -> str | None:
-    """Put a failed job back in the queue with a fresh attempt count.
-
-    Returns None on success, else why not ("not found" / "state is X").
-    Used when the service gives no ``retry_job`` function of its own.
-    """
-    with conn:
-        row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if row is None:
-            return "not found"
-        if row["state"] != "failed":
-            return f"state is {row['state']}"
-        conn.execute(
-            "UPDATE jobs SET state='queued', attempts=0, next_attempt_at=?, error=NULL, finished_at=NULL"
-            " WHERE id=? AND state='failed'",
-            (time.time(), job_id),
-        )
-    return None
 
 
 def _limit(request: Request) -> int:
