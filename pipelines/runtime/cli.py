@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "cmd_list", "cmd_reload", "PID_FILE_NAME", "read_pid"]
+from node.service import PID_FILE_NAME  # one definition: the node writes the file, `models reload` reads it
 
-PID_FILE_NAME = "cardionode.pid"
+__all__ = ["register", "cmd_list", "cmd_reload", "PID_FILE_NAME", "read_pid"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
