@@ -39,6 +39,7 @@ log = logging.getLogger("cardionode.service")
 STATE_SCHEMA = COMPLETION_SCHEMA + JOBS_SCHEMA + DISPATCH_SCHEMA
 PID_FILE_NAME = "cardionode.pid"  # read by `cardionode models reload` (pipelines.runtime.cli)
 RETENTION_INTERVAL_S = 600.0
+WARMUP_JOIN_S = 120.0
 
 
 class NodeService:
@@ -68,6 +69,7 @@ class NodeService:
         self.retention: RetentionSweeper | None = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
+        self._warmup_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ pieces from other areas
     def _index(self) -> Any:
@@ -188,7 +190,8 @@ class NodeService:
         self.scheduler.add_job(self._sweep, "date", id="retention-start", misfire_grace_time=None)
 
         if self.models is not None and self.config.models.warmup and hasattr(self.models, "warmup"):
-            threading.Thread(target=self._warmup, name="model-warmup", daemon=True).start()
+            self._warmup_thread = threading.Thread(target=self._warmup, name="model-warmup", daemon=True)
+            self._warmup_thread.start()
 
         self.dimse = self._start_dimse()
         self.web = self._start_web()
@@ -248,6 +251,12 @@ class NodeService:
             log.warning("jobs still running at stop; they are re-queued at the next start")
         if self.dispatcher is not None and not self.dispatcher.stop(dispatch_grace_s):
             log.warning("a dispatch batch was still in flight at stop; unsent instances stay pending")
+        if self._warmup_thread is not None:
+            # ONNX Runtime aborts the process (SIGABRT, "terminate called without an active exception")
+            # when the interpreter exits while a session is being created in another thread
+            self._warmup_thread.join(WARMUP_JOIN_S)
+            if self._warmup_thread.is_alive():
+                log.warning("model warm-up still running at stop", extra={"waited_s": WARMUP_JOIN_S})
         close = getattr(self.spool, "close", None)
         if close is not None:
             close()
