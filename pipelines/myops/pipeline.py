@@ -92,16 +92,7 @@ class MyopsPipeline:
         vols = {seq: load_volume(series[seq]) for seq in CHANNELS}
         lge = vols["lge"]
         context.logger.info("myops: LGE %s, T2w %s, bSSFP %s", *(series[s].series_description for s in ("lge", "t2", "bssfp")))
-        predict = _Logits(handle, manifest.inputs[0].name, manifest.outputs[0].name)
-        try:
-            stack, mi = model_input(vols, cfg, lambda st: first_pass_prior(st, predict, cfg))
-        except PreprocessError as exc:
-            raise PipelineInputError(f"myops: {exc}") from exc
-        logits = predict(mi.tensor)
-        z = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(z)
-        probs /= probs.sum(axis=1, keepdims=True)
-        classes = probabilities_to_anchor(probs.astype(np.float32), stack, mi.roi_yx, lge)
+        classes, stack, mi = self.segment(vols, handle, cfg)
         figures = measure(classes, lge)
         phantom = bool(manifest.provenance.synthetic)
         rejected = sum(not t.accepted for ts in mi.transforms.values() for t in ts)
@@ -143,6 +134,22 @@ class MyopsPipeline:
                         "seconds": round(time.perf_counter() - t0, 2), "segments": sorted(seg.segment_numbers)})
         return PipelineResult(datasets=datasets, pipeline_name=self.name, pipeline_version=self.version,
                               models=models, summary=summary)
+
+    @staticmethod
+    def segment(vols: dict[str, Volume], handle: Any, cfg: PreprocessConfig):
+        """Class map on the LGE grid (z, y, x) plus the grid stack and model input used."""
+        manifest = handle.manifest
+        predict = _Logits(handle, manifest.inputs[0].name, manifest.outputs[0].name)
+        try:
+            stack, mi = model_input(vols, cfg, lambda st: first_pass_prior(st, predict, cfg))
+        except PreprocessError as exc:
+            raise PipelineInputError(f"myops: {exc}") from exc
+        logits = predict(mi.tensor)
+        z = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(z)
+        probs /= probs.sum(axis=1, keepdims=True)
+        classes = probabilities_to_anchor(probs.astype(np.float32), stack, mi.roi_yx, vols[cfg.anchor])
+        return classes, stack, mi
 
     @staticmethod
     def _config(manifest: Any, opts: MyopsOptions) -> PreprocessConfig:

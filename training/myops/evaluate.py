@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--split", choices=("every5th", "random", "all"), default=None,
-                   help="default: the checkpoint's own split")
+                   help="default: the checkpoint's own held-out cases")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--cache", type=Path, default=None)
     a = p.parse_args(argv)
@@ -70,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds = MyoPSDataset(a.data, LabelConvention(**ckpt["labels"]))
     if a.split == "all":
         ids = ds.case_ids
+    elif a.split is None and a.seed is None and ckpt["split"].get("test"):
+        ids = list(ckpt["split"]["test"])  # the checkpoint's own held-out cases (e.g. phantom seeds)
     else:
         mode = a.split or ckpt["split"]["mode"]
         seed = a.seed if a.seed is not None else ckpt["split"]["seed"]
