@@ -231,16 +231,29 @@ class DimseServer:
                 if (busy == 0 or time.monotonic() >= deadline) and assoc.is_established:
                     assoc.abort()
                 elif assoc.requestor.primitive is None and id(assoc) not in woken:
-                    # no A-ASSOCIATE-RQ yet (a peer that sent junk and hung up): pynetdicom waits
-                    # acse_timeout for one; an empty answer ends that wait as a timeout would
+                    # no A-ASSOCIATE-RQ yet (a junk or silent peer, connected or gone): pynetdicom waits
+                    # acse_timeout for one, its DUL thread may sit in recv() on a half PDU, and
+                    # Association.kill() spins while that connection is open.  Shut the socket (recv
+                    # returns), stop the DUL thread, end the wait as a timeout would.
                     woken.add(id(assoc))
-                    assoc.dul.to_user_queue.put(None)
+                    self._drop_unnegotiated(assoc)
             if time.monotonic() >= deadline + 5:
                 break
             time.sleep(0.02)
         if self.ae is not None:
             self.ae.shutdown()
         self.log.info("DIMSE listener stopped")
+
+    @staticmethod
+    def _drop_unnegotiated(assoc: Association) -> None:
+        sock = getattr(assoc.dul.socket, "socket", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        assoc.dul.kill_dul()
+        assoc.dul.to_user_queue.put(None)
 
     def __enter__(self) -> "DimseServer":
         return self.start()
