@@ -14,8 +14,8 @@ import yaml
 from pipelines.calcium.labels import CLASS_BY_VALUE
 from pipelines.runtime import bundled_models_dir
 from tests.calcium_fixtures import dciodvfy_errors, phantom_ct_study, sr_groups
-from tests.fixtures.dcmtk import StoreSCP, echo, free_port
-from tests.fixtures.node_proc import NodeProcess, storescu, wait_for
+from tests.support.node_proc import NodeProcess
+from tests.support.peers import StoreSCP, echo, free_port, storescu, wait_for
 from tests.test_calcium_pipeline import AGATSTON_REL_TOL
 from training.calcium.phantom import hand_agatston
 

@@ -78,25 +78,44 @@ def test_status_shows_jobs_and_destination_queue_depth_and_last_error(tmp_path):
 
 
 def test_serve_with_the_default_config_file_answers_echo_and_stops_on_sigterm(tmp_path):
-    """`cardionode serve --config conf/node.yaml` as shipped (storage ./var under the working directory)."""
+    """`cardionode serve` with conf/node.yaml as shipped (storage ./var under the working directory), except
+    for its two ports: a copy with free ones, so a CI box with 11112 or 8080 in use cannot make it fail."""
+    import re
     import signal
     import time
 
-    from tests.fixtures.dcmtk import echo
+    from tests.support.peers import echo, free_port, wait_for
 
+    shipped = (ROOT / "conf" / "node.yaml").read_text()
+    dimse_port, http_port = free_port(), free_port()
+    text, n_dimse = re.subn(r"(?m)^(  port:\s*)11112\b", rf"\g<1>{dimse_port}", shipped)
+    text, n_http = re.subn(r"(?m)^(  http_port:\s*)8080\b", rf"\g<1>{http_port}", text)
+    assert (n_dimse, n_http) == (1, 1), "conf/node.yaml no longer has node.port 11112 / node.http_port 8080"
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(text)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"]
                                                    if os.environ.get("PYTHONPATH") else ""))
-    proc = subprocess.Popen([sys.executable, "-m", "node", "serve", "--config", str(ROOT / "conf" / "node.yaml")],
+    proc = subprocess.Popen([sys.executable, "-m", "node", "serve", "--config", str(cfg)],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 60
-        while not echo(11112, "CARDIONODE", timeout=2):
+        while not echo(dimse_port, "CARDIONODE", timeout=2):
             assert proc.poll() is None, proc.stdout.read()
-            assert time.time() < deadline, "default node did not answer C-ECHO on 11112"
+            assert time.time() < deadline, f"default node did not answer C-ECHO on {dimse_port}"
             time.sleep(0.3)
         assert (tmp_path / "var" / db.DB_FILENAME).exists()
+        import requests
+
+        def healthy() -> bool:
+            try:
+                return requests.get(f"http://127.0.0.1:{http_port}/healthz", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        assert wait_for(healthy, 30), f"no /healthz on the HTTP port {http_port}"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        rc = proc.wait(60)
+        assert rc == 0, proc.stdout.read()[-4000:]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -13,8 +13,8 @@ import pydicom
 import pytest
 
 from node import db
-from tests.fixtures.dcmtk import StoreSCP
-from tests.fixtures.node_proc import NodeProcess, node_config, storescu, wait_for
+from tests.support.node_proc import NodeProcess, node_config
+from tests.support.peers import StoreSCP, storescu, wait_for
 from tests.fixtures.studies import write_ct_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

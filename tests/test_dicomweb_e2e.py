@@ -21,7 +21,7 @@ import yaml
 from dicomweb_client.api import DICOMwebClient
 
 from tests.fixtures.studies import write_ct_study
-from tests.test_dicomweb_dispatch import Orthanc, _free_port
+from tests.support.peers import Orthanc, free_port, storescu
 
 TOKEN = "e2e-token"
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from node.service import NodeService
 
     work = tmp_path_factory.mktemp("e2e")
-    node_port = _free_port()
+    node_port = free_port()
     with Orthanc(work / "orthanc", users={"cardio": "s3cret"},
                  modalities={"cardionode": ["CARDIONODE", "127.0.0.1", node_port]}) as orthanc:
         raw = {
@@ -133,14 +133,12 @@ def test_stow_in_process_and_stow_out_to_orthanc(env: dict[str, Any], tmp_path: 
 
 def test_dimse_ingest_counts_in_metrics(env: dict[str, Any], tmp_path: Path) -> None:
     """Instances received by C-STORE count in /metrics (source="dimse") with their spooled bytes."""
-    from tests.support.peers import storescu
-
     paths = write_ct_study(tmp_path / "s", n=2)
     study = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
     count, nbytes = 'cardionode_instances_received_total{source="dimse"}', 'cardionode_received_bytes_total{source="dimse"}'
     before = {"count": _metric(env, count), "bytes": _metric(env, nbytes),
               "completed": _metric(env, "cardionode_studies_completed_total")}
-    r = storescu(paths, env["service"].dimse.port, calling_ae="MODALITY")
+    r = storescu(env["service"].dimse.port, paths, calling_ae="MODALITY")
     assert r.returncode == 0, r.stdout + r.stderr
     spooled = sum(p.stat().st_size for p in (env["work"] / "var" / "spool" / study).rglob("*.dcm"))
     assert _metric(env, count) == before["count"] + 2

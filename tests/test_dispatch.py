@@ -12,7 +12,7 @@ from node.dispatch.base import SenderError, build_sender
 from node.dispatch.queue import DISPATCH_SCHEMA, Dispatcher, add_deliveries
 from node.jobs import JOBS_SCHEMA, LocalConnections, write_result_files
 from pipelines.base import PipelineContext, PipelineResult, StudyView
-from tests.fixtures.dcmtk import StoreSCP, free_port
+from tests.support.peers import StoreSCP, free_port
 from tests.fixtures.sr_pipeline import SrTestPipeline
 from tests.fixtures.studies import write_ct_study
 

@@ -100,7 +100,7 @@ def assert_spooled_as_sent(node: Node, sent: list[Path]) -> None:
 def test_study_is_spooled_byte_identical_and_indexed(node: Node, study) -> None:
     assert echoscu(node.port).returncode == 0
     files = study["ct"] + study["xa"] + study["compressed"]
-    r = storescu([p.parent for p in (study["ct"][0], *study["xa"], *study["compressed"])], node.port,
+    r = storescu(node.port, [p.parent for p in (study["ct"][0], *study["xa"], *study["compressed"])],
                  calling_ae="MODALITY", env={"TCP_NODELAY": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(node.stored) == len(files)
@@ -121,7 +121,7 @@ def test_study_is_spooled_byte_identical_and_indexed(node: Node, study) -> None:
     # re-sending is idempotent: same paths, same rows, flagged as replaced
     before = node.index.counts()
     node.stored.clear()
-    r = storescu(study["ct"][:5] + study["xa"], node.port, calling_ae="MODALITY")
+    r = storescu(node.port, study["ct"][:5] + study["xa"], calling_ae="MODALITY")
     assert r.returncode == 0, r.stderr[-2000:]
     assert node.index.counts() == before
     assert [s.replaced for s in node.stored] == [True] * 6
@@ -143,12 +143,12 @@ def test_calling_and_called_ae_checks(tmp_path: Path, study) -> None:
         assert r.returncode != 0 and "Calling AE Title Not Recognized" in _rejection(r)
         r = echoscu(n.port, calling_ae="REMOTE")  # allowed only from another host
         assert r.returncode != 0 and "Calling AE Title Not Recognized" in _rejection(r)
-        r = storescu(study["ct"][:2], n.port, calling_ae="INTRUDER")
+        r = storescu(n.port, study["ct"][:2], calling_ae="INTRUDER")
         assert r.returncode != 0
         r = echoscu(n.port, calling_ae="MODALITY", called_ae="SOMEONE")
         assert r.returncode != 0 and "Called AE Title Not Recognized" in _rejection(r)
         assert n.index.counts()["instances"] == 0
-        assert storescu(study["ct"][:2], n.port, calling_ae="PACS").returncode == 0
+        assert storescu(n.port, study["ct"][:2], calling_ae="PACS").returncode == 0
         assert n.index.counts()["instances"] == 2
     finally:
         n.stop()
@@ -196,7 +196,7 @@ def _raw_c_store(port: int, sop_class: str, sop_uid: str, dataset: bytes, contex
 def test_refusals_are_standard_and_the_node_keeps_serving(node: Node, study, tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="cardionode.ingest")
     # unsupported SOP class: storescu finds no accepted presentation context, nothing is stored
-    r = storescu([_sc_file(tmp_path)], node.port)
+    r = storescu(node.port, [_sc_file(tmp_path)])
     assert r.returncode != 0
     assert "no acceptable presentation context" in _rejection(r).lower()
     # ... and a C-STORE naming it anyway on a CT context gets 0x0122
@@ -227,7 +227,7 @@ def test_refusals_are_standard_and_the_node_keeps_serving(node: Node, study, tmp
 
     # still serving
     assert echoscu(node.port).returncode == 0
-    assert storescu(study["ct"][:3], node.port).returncode == 0
+    assert storescu(node.port, study["ct"][:3]).returncode == 0
     assert_spooled_as_sent(node, study["ct"][:3])
 
     # a junk connection still waiting for its A-ASSOCIATE-RQ does not hold up a graceful stop
@@ -241,7 +241,7 @@ def test_refusals_are_standard_and_the_node_keeps_serving(node: Node, study, tmp
 def test_out_of_space_refuses_with_a700_and_writes_nothing(tmp_path: Path, study) -> None:
     n = Node(tmp_path, min_free_mb=10**9)
     try:
-        r = storescu(study["ct"][:1], n.port, extra_args=["-v"])
+        r = storescu(n.port, study["ct"][:1], extra_args=["-v"])
         assert r.returncode != 0
         assert "OutOfResources" in _rejection(r) or "0xa700" in _rejection(r).lower(), _rejection(r)[-1500:]
         assert n.index.counts()["instances"] == 0

@@ -10,9 +10,8 @@ import time
 import pydicom
 import pytest
 
-from tests.fixtures.dcmtk import StoreSCP, echo, free_port
-from tests.fixtures.node_proc import NodeProcess, node_config, storescu, wait_for
-from tests.fixtures.orthanc import Orthanc
+from tests.support.node_proc import NodeProcess, node_config
+from tests.support.peers import Orthanc, StoreSCP, echo, free_port, storescu, wait_for
 from tests.fixtures.studies import write_ct_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -25,10 +24,10 @@ def _srs(scp: StoreSCP) -> list[pydicom.Dataset]:
 def test_sr_arrives_exactly_once_at_storescp_and_orthanc(tmp_path):
     files = write_ct_study(tmp_path / "study", 3)
     study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
-    with StoreSCP(tmp_path / "scp") as scp, Orthanc(tmp_path / "orthanc") as orthanc:
+    with StoreSCP(tmp_path / "scp") as scp, Orthanc(tmp_path / "orthanc", extra_config={"DicomCheckCalledAet": True}) as orthanc:
         cfg = node_config(tmp_path, {
             "scp": {"type": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": scp.port},
-            "orthanc": {"type": "dimse", "ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.port},
+            "orthanc": {"type": "dimse", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port},
         })
         node = NodeProcess(cfg).start()
         try:

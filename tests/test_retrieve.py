@@ -12,13 +12,13 @@ from node.jobs import LocalConnections
 from node.retrieve import RetrieveError, retrieve_study
 from node.service import STATE_SCHEMA
 from tests.fixtures.studies import write_ct_study
-from tests.test_dicomweb_dispatch import Orthanc, _free_port
+from tests.support.peers import Orthanc, free_port
 
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("pacs")
-    port = _free_port()
+    port = free_port()
     with Orthanc(work / "orthanc", modalities={"cardionode": ["CARDIONODE", "127.0.0.1", port]}) as orthanc:
         paths = write_ct_study(work / "study", n=2)
         for p in paths:

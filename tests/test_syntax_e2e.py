@@ -11,8 +11,8 @@ import pydicom
 import pytest
 import yaml
 
-from tests.fixtures.dcmtk import StoreSCP, free_port
-from tests.fixtures.node_proc import NodeProcess, wait_for
+from tests.support.node_proc import NodeProcess
+from tests.support.peers import StoreSCP, free_port, wait_for
 from tests.test_syntax_pipeline import HAS_MODELS, check_sr, dciodvfy_errors, xa_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -20,15 +20,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import pydicom
 import pytest
+import requests
 
 __all__ = [
     "free_port",
     "require_binary",
     "storescu",
     "echoscu",
-    "DcmtkStoreSCP",
-    "OrthancServer",
+    "echo",
+    "StoreSCP",
+    "Orthanc",
     "dciodvfy",
     "wait_for",
     "PeerStartError",
@@ -115,8 +118,8 @@ def _store_failed(output: str) -> bool:
 
 
 def storescu(
-    files_or_dir: str | Path | Iterable[str | Path],
     port: int,
+    files_or_dir: str | Path | Iterable[str | Path],
     *,
     host: str = "127.0.0.1",
     calling_ae: str = "STORESCU",
@@ -172,6 +175,11 @@ def echoscu(
         return subprocess.CompletedProcess(args, 124, exc.stdout or "", f"echoscu timed out: {exc}")
 
 
+def echo(port: int, ae_title: str = "CARDIONODE", calling: str = "TESTSCU", timeout: float = 5.0) -> bool:
+    """True when a C-ECHO to 127.0.0.1:``port`` (called AE ``ae_title``) succeeds."""
+    return echoscu(port, calling_ae=calling, called_ae=ae_title, timeout=timeout).returncode == 0
+
+
 def _kill(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
     """SIGTERM by PID, then SIGKILL when it does not exit within ``grace`` seconds."""
     if proc is None or proc.poll() is not None:
@@ -194,7 +202,8 @@ def _tail(path: Path, n: int = 3000) -> str:
 
 
 class _Peer:
-    """Start/stop plumbing shared by the server peers."""
+    """Start/stop plumbing shared by the server peers: spawn with a log file, wait until ready,
+    retry on another free port when the process exits at once (port taken meanwhile)."""
 
     proc: subprocess.Popen | None = None
     log_path: Path
@@ -220,6 +229,19 @@ class _Peer:
             time.sleep(0.1)
         raise PeerStartError(f"{self.name} did not become ready in {timeout:.0f} s; log:\n{_tail(self.log_path)}")
 
+    def _start(self, launch: Callable[[bool], None], timeout: float, attempts: int) -> None:
+        """``launch(first)`` picks ports (a new one unless ``first`` and fixed) and spawns the process."""
+        for i in range(attempts):
+            launch(i == 0)
+            try:
+                if self._wait_ready(timeout):
+                    return
+            except PeerStartError:
+                self.stop()
+                raise
+            self.stop()  # exited: most likely the port was taken meanwhile; try another
+        raise PeerStartError(f"{self.name} did not start after {attempts} attempts; log:\n{_tail(self.log_path)}")
+
     def stop(self) -> None:
         _kill(self.proc)
         self.proc = None
@@ -231,85 +253,88 @@ class _Peer:
     def log_text(self) -> str:
         return _tail(self.log_path, 100_000)
 
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None:
+            tmp.cleanup()
 
-class DcmtkStoreSCP(_Peer):
-    """dcmtk ``storescp`` accepting every storage SOP class and transfer syntax (``+xa``).
 
-    Each received instance is written bit-preserving (``+B``) to its own file
-    (``+uf``: SOP-instance-based name) in ``out_dir``.  ``extra_args`` and
-    ``env`` (e.g. ``{"TCP_NODELAY": "1"}``) tune it for benchmarks.
+class StoreSCP(_Peer):
+    """dcmtk ``storescp``: each received instance in its own file (``+uf``: named by SOP instance,
+    so a duplicate delivery shows up as a second file) in ``out_dir``.
+
+    ``port`` None picks a free one (another on retry); a given port is kept, so a test can start a
+    destination later on the port the node was configured with.  ``accept_all`` (``+xa``) accepts
+    every transfer syntax (plain storescp: uncompressed only); ``bit_preserving`` (``+B``) writes
+    datasets exactly as received; ``verbose`` (``-v``) logs every store; ``env`` e.g.
+    ``{"TCP_NODELAY": "1"}`` for benchmarks.
     """
 
     name = "storescp"
 
-    def __init__(self, out_dir: str | Path | None = None, *, ae_title: str = "STORESCP",
-                 extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 bit_preserving: bool = True) -> None:
+    def __init__(self, out_dir: str | Path | None = None, ae_title: str = "PACS", port: int | None = None, *,
+                 accept_all: bool = False, bit_preserving: bool = False, verbose: bool = True,
+                 extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
         self._tmp = None if out_dir is not None else tempfile.TemporaryDirectory(prefix="storescp-")
         self.out_dir = Path(out_dir) if out_dir is not None else Path(self._tmp.name) / "received"
         self.ae_title = ae_title
-        self.extra_args = list(extra_args)
+        self.port = port or free_port()
+        self._fixed_port = port is not None
+        self.options = (["+xa"] if accept_all else []) + (["+B"] if bit_preserving else []) + (
+            ["-v"] if verbose else []) + list(extra_args)
         self.env = dict(env) if env else None
-        self.bit_preserving = bit_preserving
-        self.port = 0
         self.log_path = self.out_dir.parent / f"{self.out_dir.name}.storescp.log"  # beside, not in, out_dir
 
     def _ready(self) -> bool:
-        return echoscu(self.port, called_ae=self.ae_title, timeout=2).returncode == 0
+        return echo(self.port, self.ae_title, timeout=2)
 
-    def start(self, timeout: float = 20.0, attempts: int = 5) -> "DcmtkStoreSCP":
-        exe = require_binary("storescp")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for _ in range(attempts):
+    def _launch(self, first: bool) -> None:
+        if not first:  # a fixed port gets one attempt only
             self.port = free_port()
-            args = [exe, "-aet", self.ae_title, "+xa", "+uf", "-od", str(self.out_dir), "-v"]
-            if self.bit_preserving:
-                args.append("+B")
-            self._spawn([*args, *self.extra_args, str(self.port)], self.env)
-            try:
-                if self._wait_ready(timeout):
-                    return self
-            except PeerStartError:
-                self.stop()
-                raise
-            self.stop()  # exited: most likely the port was taken meanwhile; try another
-        raise PeerStartError(f"storescp did not start after {attempts} attempts; log:\n{_tail(self.log_path)}")
+        exe = require_binary("storescp")
+        self._spawn([exe, "-aet", self.ae_title, "+uf", "-od", str(self.out_dir), *self.options, str(self.port)],
+                    self.env)
+
+    def start(self, timeout: float = 20.0, attempts: int = 5) -> "StoreSCP":
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._start(self._launch, timeout, 1 if self._fixed_port else attempts)
+        return self
 
     def files(self) -> list[Path]:
         """Received files (sorted by name)."""
         return sorted(p for p in self.out_dir.iterdir() if p.is_file())
 
+    def received(self) -> list[pydicom.Dataset]:
+        """Headers (no pixel data) of the received files, sorted by file name."""
+        return [pydicom.dcmread(p, stop_before_pixels=True) for p in self.files()]
+
     def clear(self) -> None:
         for p in self.files():
             p.unlink()
 
-    def stop(self) -> None:
-        super().stop()
-
-    def __enter__(self) -> "DcmtkStoreSCP":
+    def __enter__(self) -> "StoreSCP":
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
 
+class Orthanc(_Peer):
+    """Orthanc with the DICOMweb plugin on 127.0.0.1, free DICOM and HTTP ports, storage in ``work_dir``.
 
-class OrthancServer(_Peer):
-    """Orthanc with the DICOMweb plugin, on free DICOM and HTTP ports, storage in a temp dir.
-
-    ``modalities`` maps a name to ``[AET, host, port]`` (Orthanc's
-    ``DicomModalities`` format).  ``instances()`` lists stored instances via REST.
+    ``users`` turns on HTTP basic authentication (the first user is the one the helpers log in as);
+    ``modalities`` maps a name to ``[AET, host, port]`` (Orthanc's ``DicomModalities``: C-MOVE
+    destinations); C-GET and C-MOVE are allowed to any caller; the called AE is not checked unless
+    ``extra_config`` sets ``DicomCheckCalledAet``.
     """
 
     name = "Orthanc"
 
     def __init__(self, work_dir: str | Path | None = None, *, aet: str = "ORTHANC",
-                 modalities: Mapping[str, Sequence[Any]] | None = None,
+                 users: Mapping[str, str] | None = None, modalities: Mapping[str, Sequence[Any]] | None = None,
                  extra_config: Mapping[str, Any] | None = None) -> None:
         self._tmp = None if work_dir is not None else tempfile.TemporaryDirectory(prefix="orthanc-")
         self.work_dir = Path(work_dir) if work_dir is not None else Path(self._tmp.name)
         self.aet = aet
+        self.users = dict(users or {})
         self.modalities = {k: list(v) for k, v in (modalities or {}).items()}
         self.extra_config = dict(extra_config or {})
         self.dicom_port = 0
@@ -324,6 +349,9 @@ class OrthancServer(_Peer):
     def dicomweb_url(self) -> str:
         return f"{self.http_url}/dicom-web"
 
+    def _auth(self) -> tuple[str, str] | None:
+        return next(iter(self.users.items())) if self.users else None
+
     def _config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {
             "Name": "cardionode-test",
@@ -332,69 +360,81 @@ class OrthancServer(_Peer):
             "HttpPort": self.http_port,
             "DicomPort": self.dicom_port,
             "DicomAet": self.aet,
+            "HttpBindAddress": "127.0.0.1",
+            "DicomBindAddress": "127.0.0.1",
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users,
             "Plugins": [ORTHANC_DICOMWEB_PLUGIN],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "DicomModalities": self.modalities,
+            "DicomAlwaysAllowGet": True,
+            "DicomAlwaysAllowMove": True,
+            "DicomCheckCalledAet": False,
             "StableAge": 1,
+            "ConcurrentJobs": 2,
+            "SaveJobs": False,
         }
         cfg.update(self.extra_config)
         return cfg
 
     def _ready(self) -> bool:
-        import requests
-
         try:
-            return requests.get(f"{self.http_url}/system", timeout=2).status_code == 200
+            return requests.get(f"{self.http_url}/system", auth=self._auth(), timeout=2).status_code == 200
         except requests.RequestException:
             return False
 
-    def start(self, timeout: float = 60.0, attempts: int = 5) -> "OrthancServer":
-        exe = require_binary(ORTHANC_BIN)
+    def _launch(self, _first: bool) -> None:
+        self.dicom_port, self.http_port = free_port(), free_port()
+        path = self.work_dir / "orthanc.json"
+        path.write_text(json.dumps(self._config(), indent=2))
+        self._spawn([require_binary(ORTHANC_BIN), str(path)])
+
+    def start(self, timeout: float = 60.0, attempts: int = 5) -> "Orthanc":
+        require_binary(ORTHANC_BIN)
         if not os.path.exists(ORTHANC_DICOMWEB_PLUGIN):
             pytest.skip(f"Orthanc DICOMweb plugin missing: {ORTHANC_DICOMWEB_PLUGIN} (Debian orthanc-dicomweb)")
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        for _ in range(attempts):
-            self.dicom_port, self.http_port = free_port(), free_port()
-            path = self.work_dir / "orthanc.json"
-            path.write_text(json.dumps(self._config(), indent=2))
-            self._spawn([exe, str(path)])
-            try:
-                if self._wait_ready(timeout):
-                    return self
-            except PeerStartError:
-                self.stop()
-                raise
-            self.stop()
-        raise PeerStartError(f"Orthanc did not start after {attempts} attempts; log:\n{_tail(self.log_path)}")
+        self._start(self._launch, timeout, attempts)
+        return self
 
     def get(self, path: str) -> Any:
-        import requests
-
-        r = requests.get(f"{self.http_url}{path}", timeout=30)
+        r = requests.get(f"{self.http_url}{path}", auth=self._auth(), timeout=30)
         r.raise_for_status()
         return r.json()
+
+    def post(self, path: str, body: Any) -> Any:
+        """POST JSON (or raw bytes); returns the JSON answer (None when empty)."""
+        data = body if isinstance(body, bytes) else json.dumps(body)
+        r = requests.post(f"{self.http_url}{path}", data=data, auth=self._auth(), timeout=30)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+    def upload(self, path: str | Path) -> None:
+        """Store one Part 10 file through the REST API."""
+        self.post("/instances", Path(path).read_bytes())
 
     def instances(self) -> list[dict[str, Any]]:
         """Every stored instance (Orthanc's /instances/{id} JSON, with MainDicomTags)."""
         return [self.get(f"/instances/{i}") for i in self.get("/instances")]
 
+    def sop_instance_uids(self) -> list[str]:
+        """SOP Instance UIDs of the stored instances."""
+        return [str(i["MainDicomTags"]["SOPInstanceUID"]) for i in self.instances()]
+
     def instance_file(self, orthanc_id: str) -> bytes:
         """The stored Part 10 bytes of one instance."""
-        import requests
-
-        r = requests.get(f"{self.http_url}/instances/{orthanc_id}/file", timeout=30)
+        r = requests.get(f"{self.http_url}/instances/{orthanc_id}/file", auth=self._auth(), timeout=30)
         r.raise_for_status()
         return r.content
 
-    def __enter__(self) -> "OrthancServer":
-        return self.start()
+    def stored_events(self) -> int:
+        """NewInstance events in Orthanc's change log (one per distinct SOP instance stored)."""
+        changes = self.get("/changes?limit=10000")
+        return sum(1 for c in changes["Changes"] if c["ChangeType"] == "NewInstance")
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
+    def __enter__(self) -> "Orthanc":
+        return self.start()
 
 
 def dciodvfy(path: str | Path, timeout: float = 120.0) -> tuple[bool, str]:

@@ -23,8 +23,9 @@ __all__ = ["ct_series", "xa_cine", "compress", "base_dataset"]
 
 
 def base_dataset(sop_class: str, study_uid: str, series_uid: str, modality: str,
-                 transfer_syntax: str = ExplicitVRLittleEndian) -> Dataset:
-    """Patient/study/series module attributes common to the generated instances."""
+                 transfer_syntax: str = ExplicitVRLittleEndian, patient_name: str = "Synthetic^Ingest",
+                 patient_id: str = "INGEST-TEST") -> Dataset:
+    """File Meta and the patient/study/series attributes common to the generated instances."""
     sop_uid = generate_uid()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -36,8 +37,8 @@ def base_dataset(sop_class: str, study_uid: str, series_uid: str, modality: str,
     ds.SOPInstanceUID = sop_uid
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
-    ds.PatientName = "Synthetic^Ingest"
-    ds.PatientID = "INGEST-TEST"
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
     ds.StudyDate = "20260101"
