@@ -1,0 +1,153 @@
+"""Ingest throughput: dcmtk storescu -> dcmtk storescp (files on disk) vs storescu -> CardioNode.
+
+    python bench/ingest.py [--slices 300] [--size 512] [--rounds 3] [--senders 4] [--work DIR]
+
+One synthetic CT series (300 x 512x512 int16 slices: about 158 MB) is sent, in the same run and
+alternately, to
+
+* ``storescp`` (``+xa +B +uf``, no ``-v``): writes each instance to its own file, no fsync;
+* CardioNode (``python -m node serve``, the whole node, ``routes: []``, quiet period one hour so no
+  processing runs during the measurement): every instance is written to a temporary file, fsynced,
+  renamed, its directory fsynced and its index row committed before the success status goes out.
+
+Each setting runs with ``TCP_NODELAY=1`` in both dcmtk processes' environment (dcmtk's fastest
+setting) and once without it; then ``--senders`` storescu processes at once, each with a
+share of the slices.  Prints seconds and MB/s (1 MB = 10^6 bytes) of each send (median of
+``--rounds``) and the ratio CardioNode / storescp.  The node keeps the study between rounds:
+later rounds are re-sends, which replace the stored files (same work: temp file, fsync, rename).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+from tests.support import synth  # noqa: E402
+from tests.support.node_proc import NodeProcess  # noqa: E402
+from tests.support.peers import StoreSCP, free_port, require_binary  # noqa: E402
+
+NODE_AE = "CARDIONODE"
+SCP_AE = "STORESCP"
+
+
+def _chunks(items: Sequence[Path], n: int) -> list[list[Path]]:
+    return [list(items[i::n]) for i in range(n) if items[i::n]]
+
+
+def send(port: int, called_ae: str, groups: list[list[Path]], env: dict[str, str]) -> float:
+    """Seconds until every storescu (one per group, started together) has finished successfully."""
+    exe = require_binary("storescu")
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([exe, "-aet", "BENCH", "-aec", called_ae, "127.0.0.1", str(port), *map(str, files)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for files in groups]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    elapsed = time.perf_counter() - t0
+    for p, out in zip(procs, outputs):
+        if p.returncode != 0 or "Store Failed" in out:
+            raise RuntimeError(f"storescu to {called_ae} failed ({p.returncode}): {out[-2000:]}")
+    return elapsed
+
+
+def start_node(work: Path) -> NodeProcess:
+    cfg = {
+        "node": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": free_port(), "storage_dir": str(work / "node"),
+                 "quiet_seconds": 3600, "http_host": "127.0.0.1", "http_port": free_port(), "log_format": "json"},
+        "routes": [],
+    }
+    path = work / "node.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return NodeProcess(path).start()
+
+
+def measure(label: str, rounds: int, targets: list[tuple[str, Callable[[], float]]]) -> dict[str, float]:
+    """Median seconds per target; the order alternates every round so neither always goes first."""
+    times: dict[str, list[float]] = {name: [] for name, _ in targets}
+    for r in range(rounds):
+        for name, run in (targets if r % 2 == 0 else targets[::-1]):
+            times[name].append(run())
+    out = {name: statistics.median(ts) for name, ts in times.items()}
+    print(f"  {label}: " + ", ".join(f"{n} {' '.join(f'{t:.2f}' for t in ts)} s" for n, ts in times.items()),
+          flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--slices", type=int, default=300)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--senders", type=int, default=4)
+    ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temp folder, removed)")
+    args = ap.parse_args(argv)
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    work.mkdir(parents=True, exist_ok=True)
+    files = synth.ct_series(work / "study", args.slices, args.size)
+    total = sum(p.stat().st_size for p in files)
+    mb = total / 1e6
+    print(f"study: {len(files)} CT slices {args.size}x{args.size}, {mb:.1f} MB; work dir {work} "
+          f"({shutil.disk_usage(work).free / 1e9:.0f} GB free); {platform.node()}, {os.cpu_count()} CPUs", flush=True)
+
+    node = start_node(work)
+    spooled = work / "node" / "spool"
+    results: list[tuple[str, dict[str, float]]] = []
+    try:
+        for tuned in (True, False):
+            env = dict(os.environ)
+            env.pop("TCP_NODELAY", None)
+            if tuned:
+                env["TCP_NODELAY"] = "1"
+            with StoreSCP(work / ("scp-tuned" if tuned else "scp"), ae_title=SCP_AE, accept_all=True,
+                          bit_preserving=True, verbose=False, env=env) as scp:
+
+                def to_scp(groups: list[list[Path]]) -> float:
+                    scp.clear()
+                    seconds = send(scp.port, SCP_AE, groups, env)
+                    if len(scp.files()) != len(files):
+                        raise RuntimeError(f"storescp has {len(scp.files())} of {len(files)} files")
+                    return seconds
+
+                def to_node(groups: list[list[Path]]) -> float:
+                    seconds = send(node.port, NODE_AE, groups, env)
+                    stored = sum(1 for _ in spooled.rglob("*.dcm"))
+                    if stored != len(files):
+                        raise RuntimeError(f"the node spool has {stored} of {len(files)} files")
+                    return seconds
+
+                tag = "TCP_NODELAY=1" if tuned else "no TCP_NODELAY"
+                for senders in (1, args.senders):
+                    groups = _chunks(files, senders)
+                    label = f"{tag}, {senders} sender{'s' if senders > 1 else ''}"
+                    results.append((label, measure(label, args.rounds, [
+                        ("storescp", lambda g=groups: to_scp(g)), ("cardionode", lambda g=groups: to_node(g))])))
+    finally:
+        rc = node.terminate()
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if rc != 0:
+        print(f"warning: node exited with {rc}", file=sys.stderr)
+
+    print(f"\n| setting | storescp s | storescp MB/s | CardioNode s | CardioNode MB/s | ratio |")
+    print("|---|---|---|---|---|---|")
+    for label, t in results:
+        print(f"| {label} | {t['storescp']:.2f} | {mb / t['storescp']:.0f} | {t['cardionode']:.2f} | "
+              f"{mb / t['cardionode']:.0f} | {t['storescp'] / t['cardionode']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
