@@ -26,6 +26,9 @@ CPU = ModelsSection(providers=("cpu",), intra_op_threads=1)
 #: 9000-9011): mean 0.86 pp, max 2.16 pp.  The truth counts every LGE slice; the pipeline analyses only
 #: the slices matched across the three sequences (7-8 of 9-11), which is most of the error.
 SCAR_BURDEN_TOLERANCE_PP = 3.0
+#: |predicted - truth| / truth myocardial volume, truth on the analysed (matched) LGE slices; bench over the
+#: same 12 studies: -3.0 .. +0.7 %.  (Against the whole-heart truth it is -28 .. -11 %: unmatched slices.)
+MYO_VOLUME_REL_TOL = 0.06
 #: Dice floors on the analysed (matched) LGE slices; bench minimum over 12 studies: myocardium 0.974,
 #: scar + edema 0.762, scar 0.852 (phantom figures).
 DICE_FLOOR = {"myocardium": 0.93, "edema": 0.70, "scar": 0.80}
@@ -117,7 +120,6 @@ def test_bundled_model_on_a_held_out_phantom_study(tmp_path):
     truth = ground_truth_figures(case.label)
     assert abs(res.summary["scar_burden_pct"] - truth["scar_burden_pct"]) <= SCAR_BURDEN_TOLERANCE_PP, \
         (res.summary, truth)
-    assert abs(res.summary["myocardium_ml"] - truth["myocardium_ml"]) <= 0.25 * truth["myocardium_ml"]
     assert [ds.SOPClassUID for ds in res.datasets] == [
         "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"]  # SEG, SR, SC
     assert res.summary["segments"] == ["Edema", "Myocardium", "Scar"]  # none empty
@@ -130,5 +132,8 @@ def test_bundled_model_on_a_held_out_phantom_study(tmp_path):
     classes, stack, _ = pipe.segment(vols, handle, pipe._config(handle.manifest, MyopsOptions()))
     z = stack.anchor_slices
     pred, ref = cls.tissue_masks(classes[z]), cls.tissue_masks(case.label.array[z])
+    analysed_myo_ml = float(ref["myocardium"].sum()) * case.label.voxel_volume_mm3 / 1000.0
+    assert abs(res.summary["myocardium_ml"] - analysed_myo_ml) <= MYO_VOLUME_REL_TOL * analysed_myo_ml, \
+        (res.summary["myocardium_ml"], analysed_myo_ml)
     for name, floor in DICE_FLOOR.items():
         assert dice(pred[name], ref[name]) >= floor, (name, dice(pred[name], ref[name]))
