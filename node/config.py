@@ -185,20 +185,33 @@ class AuthSection:
 
 
 @dataclasses.dataclass(frozen=True)
-class DimseDestination:
+class _DimsePeer:
+    """A remote DIMSE application entity (destination or retrieve source)."""
+
     type: Literal["dimse"]
     ae_title: str
     host: str
     port: int
-    tls: TLSSection | None = None
 
     def validate(self, path: str) -> None:
         _check_ae(self.ae_title, f"{path}.ae_title")
         _check_port(self.port, f"{path}.port")
+
+
+@dataclasses.dataclass(frozen=True)
+class DimseDestination(_DimsePeer):
+    tls: TLSSection | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DimseSource(_DimsePeer):
+    retrieve: Literal["get", "move"] = "get"
 
 
 @dataclasses.dataclass(frozen=True)
 class DicomwebDestination:
+    """A DICOMweb service (results are STOWed to it; as a source it is queried and retrieved)."""
+
     type: Literal["dicomweb"]
     url: str
     auth: AuthSection = AuthSection()
@@ -210,28 +223,8 @@ class DicomwebDestination:
 
 
 @dataclasses.dataclass(frozen=True)
-class DimseSource:
-    type: Literal["dimse"]
-    ae_title: str
-    host: str
-    port: int
-    retrieve: Literal["get", "move"] = "get"
-
-    def validate(self, path: str) -> None:
-        _check_ae(self.ae_title, f"{path}.ae_title")
-        _check_port(self.port, f"{path}.port")
-
-
-@dataclasses.dataclass(frozen=True)
-class DicomwebSource:
-    type: Literal["dicomweb"]
-    url: str
-    auth: AuthSection = AuthSection()
-    verify_tls: bool = True
-
-    def validate(self, path: str) -> None:
-        if not re.match(r"^https?://", self.url):
-            raise ConfigError(f"{path}.url: {self.url!r} must start with http:// or https://")
+class DicomwebSource(DicomwebDestination):
+    pass
 
 
 @dataclasses.dataclass(frozen=True)

@@ -128,3 +128,60 @@ def test_unreachable_destination_ends_in_failed_after_max_attempts_with_error(tm
     assert row["attempts"] == 2 and str(port) in row["last_error"]
     st = conn.execute("SELECT last_error, last_success_at FROM destination_state WHERE name='gone'").fetchone()
     assert st["last_error"] and st["last_success_at"] is None
+
+
+def _jpeg2000_seg(tmp_path):
+    """A 1-bit BINARY SEG over a 64x64 CT slice pair, JPEG 2000 lossless (as the pipelines write it)."""
+    import numpy as np
+    import pydicom
+    from pydicom.sr.codedict import codes as sr_codes
+    from pydicom.uid import JPEG2000Lossless
+
+    from pipelines.outputs.algorithm import AlgorithmIdentity
+    from pipelines.outputs.seg import SegmentSpec, build_segmentation
+    from tests.fixtures.studies import write_ct_study
+
+    sources = []
+    for p in write_ct_study(tmp_path / "ct", 2):
+        ds = pydicom.dcmread(p)
+        ds.Rows = ds.Columns = 64
+        ds.PixelData = np.zeros((64, 64), np.int16).tobytes()
+        sources.append(ds)
+    masks = np.zeros((2, 64, 64), np.uint8)
+    masks[0, 10:30, 12:40] = 1
+    masks[1, 40:60, 5:20] = 1
+    spec = SegmentSpec("lesion", sr_codes.SCT.MorphologicallyAbnormalStructure, sr_codes.SCT.Lesion)
+    built = build_segmentation(sources, masks, [spec], algorithm=AlgorithmIdentity("test", "1"),
+                               series_number=99, series_description="test seg")
+    assert built.dataset is not None
+    assert built.dataset.file_meta.TransferSyntaxUID == JPEG2000Lossless
+    path = tmp_path / "seg.dcm"
+    built.dataset.save_as(path, enforce_file_format=True)
+    return path, masks
+
+
+def test_peer_refusing_jpeg2000_gets_the_seg_uncompressed_with_the_same_masks(tmp_path):
+    import numpy as np
+    import pydicom
+
+    from pipelines.outputs.seg import jpeg2000_encoder_available
+
+    if not jpeg2000_encoder_available():
+        pytest.fail("pylibjpeg-openjpeg is a base dependency: the JPEG 2000 encoder must be available")
+    path, masks = _jpeg2000_seg(tmp_path)
+    plain = StoreSCP(tmp_path / "plain").start()  # plain storescp: uncompressed transfer syntaxes only
+    try:
+        sender = build_sender("plain", _dest(plain.port), "CARDIONODE", timeout_s=10)
+        outcomes = sender.send([path])
+        assert [o.ok for o in outcomes] == [True], outcomes
+        received = list((tmp_path / "plain").iterdir())
+        assert len(received) == 1
+        got = pydicom.dcmread(received[0])
+        assert not got.file_meta.TransferSyntaxUID.is_compressed
+        assert got.SOPInstanceUID == pydicom.dcmread(path).SOPInstanceUID
+        sent = pydicom.dcmread(path)
+        assert np.array_equal(got.pixel_array, sent.pixel_array)  # lossless: same frames, same order
+        assert sorted(got.pixel_array.sum(axis=(1, 2)).tolist()) == sorted(masks.sum(axis=(1, 2)).tolist())
+        assert got.PerFrameFunctionalGroupsSequence == sent.PerFrameFunctionalGroupsSequence
+    finally:
+        plain.stop()

@@ -247,8 +247,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_models_list_cli(models_dir: Path, tmp_path: Path) -> None:
     res = _cli("models", "list", "--json", "--config", str(_config(tmp_path, models_dir)))
     assert res.returncode == 0, res.stderr
-    rows = json.loads(res.stdout)
-    assert rows[0]["name"] == "seg" and rows[0]["version"] == "1" and rows[0]["provider"] == "cpu"
+    rows = {row["name"]: row for row in json.loads(res.stdout)}
+    # the configured directory's model is listed beside the bundled ones
+    assert rows["seg"]["version"] == "1" and rows["seg"]["provider"] == "cpu"
+    assert {"calcium-unet2d", "myops-unet", "syntax-artery"} <= set(rows)
     res = _cli("models", "list", "--config", str(_config(tmp_path, models_dir)))
     assert "seg" in res.stdout and "synthetic phantoms" in res.stdout
 

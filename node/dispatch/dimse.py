@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pydicom
+from pydicom.pixels.utils import pack_bits
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
@@ -27,6 +28,26 @@ def _tls_args(tls: Any, host: str) -> tuple[ssl.SSLContext, str] | None:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_certificates)
     context.load_cert_chain(tls.certificate, tls.private_key)
     return context, host
+
+
+def _uncompressed(path: Path) -> pydicom.Dataset:
+    """``path`` decoded to Explicit VR Little Endian, for a peer that accepts no compressed syntax."""
+    ds = pydicom.dcmread(path)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        try:
+            if ds.get("BitsAllocated") == 1:
+                # pydicom's decompress() leaves 1-bit frames (BINARY SEG) unpacked at one byte per pixel
+                frames = ds.pixel_array
+                ds.PixelData = pack_bits(frames)
+                ds["PixelData"].VR = "OB"
+                ds["PixelData"].is_undefined_length = False
+                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            else:
+                ds.decompress(generate_instance_uid=False)  # same instance, another transfer syntax
+        except Exception as exc:
+            raise SenderError(f"{path.name}: peer accepts no {ds.file_meta.TransferSyntaxUID.name} "
+                              f"and the pixel data cannot be decoded here: {exc}") from exc
+    return ds
 
 
 class DimseSender:
@@ -78,7 +99,7 @@ class DimseSender:
                 on_outcome(outcome)
 
         try:
-            for path, sop_class, _ts in headers:
+            for path, sop_class, ts in headers:
                 if not assoc.is_established:
                     record(SendOutcome(path, ok=False, error="association lost before sending"))
                     continue
@@ -87,11 +108,14 @@ class DimseSender:
                     record(SendOutcome(path, ok=False, error=f"peer accepted no context for {sop_class}"))
                     continue
                 try:
-                    try:
+                    if ts in {cx.transfer_syntax[0] for cx in accepted}:
                         status = assoc.send_c_store(path)
-                    except ValueError:
-                        # The file's transfer syntax was not accepted: let pynetdicom re-encode (uncompressed).
-                        status = assoc.send_c_store(pydicom.dcmread(path))
+                    else:
+                        # The peer refused the file's (compressed) transfer syntax: send it uncompressed.
+                        status = assoc.send_c_store(_uncompressed(path))
+                except SenderError as exc:
+                    record(SendOutcome(path, ok=False, error=str(exc)))
+                    continue
                 except Exception as exc:  # network error mid-batch: this and later files stay pending
                     record(SendOutcome(path, ok=False, error=f"C-STORE error: {exc}"))
                     continue
