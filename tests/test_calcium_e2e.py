@@ -3,7 +3,6 @@ arrive at a dcmtk storescp, Agatston totals match the hand-computed phantom valu
 no errors."""
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import pytest
 import yaml
 
 from pipelines.calcium.labels import CLASS_BY_VALUE
-from pipelines.runtime import bundled_models_dir
 from tests.calcium_fixtures import dciodvfy_errors, phantom_ct_study, sr_groups
 from tests.support.node_proc import NodeProcess
 from tests.support.peers import StoreSCP, echo, free_port, storescu, wait_for
@@ -20,24 +18,6 @@ from tests.test_calcium_pipeline import AGATSTON_REL_TOL
 from training.calcium.phantom import hand_agatston
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-class J2kStoreSCP(StoreSCP):
-    """``storescp +xv +uf``: also accepts JPEG 2000 lossless, the SEG's transfer syntax (most PACS do).
-
-    A plain ``storescp`` offers only uncompressed syntaxes; the node's DIMSE sender does not yet decompress
-    for such peers (reported to the dispatch owner), so this test uses a peer that accepts what we send."""
-
-    def start(self) -> "J2kStoreSCP":
-        import subprocess
-
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["storescp", "-aet", self.ae_title, "+xv", "+uf", "-od", str(self.out_dir), str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if not wait_for(lambda: echo(self.port, self.ae_title), 10, interval=0.1):
-            raise RuntimeError(f"storescp on port {self.port} did not answer C-ECHO")
-        return self
 
 
 def _config(tmp_path: Path, scp_port: int) -> Path:
@@ -56,21 +36,12 @@ def _config(tmp_path: Path, scp_port: int) -> Path:
     return path
 
 
-def _ingest_available() -> bool:
-    try:
-        return importlib.util.find_spec("node.ingest.dimse") is not None
-    except ModuleNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not _ingest_available(), reason="node DIMSE ingest (node.ingest.dimse) not in the tree yet")
-@pytest.mark.skipif(bundled_models_dir() is None or not (bundled_models_dir() / "calcium-unet2d").is_dir(),
-                    reason="bundled calcium-unet2d missing (python -m training.calcium.make_bundled)")
 def test_ct_in_seg_and_sr_out(tmp_path):
     files, ph = phantom_ct_study(tmp_path / "ct")
     hand = hand_agatston(ph)
     study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
-    with J2kStoreSCP(tmp_path / "scp") as scp:
+    # a plain storescp accepts uncompressed syntaxes only: the node sends the JPEG 2000 SEG decoded
+    with StoreSCP(tmp_path / "scp") as scp:
         node = NodeProcess(_config(tmp_path, scp.port)).start()
         try:
             assert storescu(node.port, files).returncode == 0

@@ -99,8 +99,7 @@ def test_series_choice_and_clear_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def run_result(tmp_path_factory):
-    if not HAS_MODEL:
-        pytest.skip("bundled calcium-unet2d missing (python -m training.calcium.make_bundled --out pipelines/models)")
+    assert HAS_MODEL, "bundled calcium-unet2d missing (python -m training.calcium.make_bundled --out pipelines/models)"
     tmp = tmp_path_factory.mktemp("calcium-run")
     files, ph = phantom_ct_study(tmp / "ct")
     store = ModelStore([bundled_models_dir()], ModelsSection(providers=("cpu",), warmup=False))

@@ -13,7 +13,7 @@ import yaml
 
 from tests.support.node_proc import NodeProcess
 from tests.support.peers import StoreSCP, free_port, wait_for
-from tests.test_syntax_pipeline import HAS_MODELS, check_sr, dciodvfy_errors, xa_study
+from tests.test_syntax_pipeline import check_sr, dciodvfy_errors, xa_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,7 +34,6 @@ def _config(tmp_path: Path, scp_port: int) -> Path:
     return path
 
 
-@pytest.mark.skipif(not HAS_MODELS, reason="bundled syntax-* models missing (python -m training.syntax.make_bundled)")
 def test_xa_in_sr_out(tmp_path):
     files, st = xa_study(tmp_path / "xa", seed=4712)
     sent = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}

@@ -24,9 +24,6 @@ from training.syntax.phantom import make_study
 from training.synth.dicom import new_study, write_ct_series, write_xa_cine
 
 MODELS = ["syntax-artery"] + [f"syntax-{s}-fold{k}" for s in ("left", "right") for k in range(5)]
-HAS_MODELS = bundled_models_dir() is not None and all((bundled_models_dir() / m).is_dir() for m in MODELS)
-needs_models = pytest.mark.skipif(not HAS_MODELS, reason="bundled syntax-* models missing "
-                                                         "(python -m training.syntax.make_bundled --out pipelines/models)")
 
 
 def xa_study(out: Path, seed: int = 4711, jpeg_every: int = 3) -> tuple[list[Path], object]:
@@ -132,7 +129,6 @@ def test_same_tensor_from_training_reader_and_pipeline_decoder(tmp_path) -> None
         np.testing.assert_array_equal(preprocess_cine(load_cine(ref), cfg), preprocess_cine(load_video(f), cfg))
 
 
-@needs_models
 def test_xa_study_to_sr_and_summary(tmp_path) -> None:
     files, st = xa_study(tmp_path / "xa")
     store = ModelStore([bundled_models_dir()], ModelsSection(providers=("cpu",), warmup=False))
@@ -164,7 +160,6 @@ def test_xa_study_to_sr_and_summary(tmp_path) -> None:
     assert res.summary["seconds"]["cpu"] > 0
 
 
-@needs_models
 def test_unusable_input_is_a_clear_input_error(tmp_path) -> None:
     store = ModelStore([bundled_models_dir()], ModelsSection(providers=("cpu",), warmup=False))
     ctx = PipelineContext(options={}, models=store, work_dir=tmp_path)
