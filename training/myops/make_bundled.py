@@ -12,6 +12,7 @@ for the 1500 training steps.  Every figure is a phantom figure.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import dataclasses
 import json
 import logging
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .export import build_export
 
-    args = argparse.Namespace(version=VERSION, options={"date": "2026-01-01"}, fp16=False, simplify=False)
+    args = argparse.Namespace(version=VERSION, options={"date": dt.date.today().isoformat()}, fp16=False, simplify=False)
     for spec in build_export(ckpt, args):
         report = export_onnx(spec.module, spec.example_inputs, a.out, version=VERSION, **spec.export_kwargs())
         log.info("exported %s", report.summary())

@@ -11,13 +11,14 @@
 3. Artery classifier on the fold-0 cines (soft targets = artery_prob: left 0.02, right 0.98, other 0.5).
 4. Held-out phantom metrics (Pearson r, balanced accuracy at > 22, raw and calibrated) with the
    evaluation code; written into every manifest's provenance.
-5. ONNX export: syntax-{left,right}-fold{0..4}, syntax-artery (reduced R3D-18: widths 4/8/16/32,
-   8 frames at 64x64 -- the manifests say so; the pipeline reads frames/size/mean/std from them).
+5. ONNX export: syntax-{left,right}-fold{0..4}, syntax-artery (reduced R3D-18: widths 8/16/16/32,
+   4 frames at 96x96 -- the manifests say so; the pipeline reads frames/size/mean/std from them).
 Every figure is a phantom figure, not clinical accuracy.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import shutil
@@ -39,22 +40,21 @@ log = logging.getLogger("cardionode.training.syntax")
 
 VERSION = "0.1.0-phantom"
 TRAIN_SEED0, TEST_SEED0 = 10_000, 90_000
-DATE = "2026-01-01"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.syntax.make_bundled", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("pipelines/models"))
     p.add_argument("--work", type=Path, default=Path(".work/syntax-bundled"))
-    p.add_argument("--train-studies", type=int, default=150)
+    p.add_argument("--train-studies", type=int, default=400)
     p.add_argument("--test-studies", type=int, default=40)
     p.add_argument("--phantom-size", type=int, default=96)
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--size", type=int, default=96)
     p.add_argument("--artery-size", type=int, default=32)
-    p.add_argument("--widths", type=int, nargs=4, default=(4, 8, 16, 32))
+    p.add_argument("--widths", type=int, nargs=4, default=(8, 16, 16, 32))
     p.add_argument("--hidden", type=int, default=16)
-    p.add_argument("--backbone-epochs", type=int, default=10)
+    p.add_argument("--backbone-epochs", type=int, default=12)
     p.add_argument("--head-epochs", type=int, default=30)
     p.add_argument("--artery-epochs", type=int, default=4)
     p.add_argument("--folds", type=int, default=5)
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{TEST_SEED0}..{TEST_SEED0 + a.test_studies - 1})")
     notes = (f"reduced R3D-18 (widths {'/'.join(map(str, a.widths))}), {a.frames} frames at {a.size}x{a.size}; "
              "stage-1 backbone shared by the folds (CPU budget); NOT clinical weights")
-    common = {"synthetic": "true", "trained_on": trained_on, "date": DATE, "metrics_file": str(a.work / "provenance_metrics.json"),
+    common = {"synthetic": "true", "trained_on": trained_on, "date": dt.date.today().isoformat(), "metrics_file": str(a.work / "provenance_metrics.json"),
               "notes": notes}
     ns = argparse.Namespace(version=VERSION, fp16=False, simplify=False,
                             options={**common, "frames": str(a.frames), "size": f"{a.size}x{a.size}",

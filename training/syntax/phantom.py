@@ -6,8 +6,10 @@ injection cines (a C-shaped RCA with a posterior descending branch) and sometime
 with contrast filling the tree from the ostium over the first frames, a cardiac wobble, a smooth
 background and noise.  Vessels are dark on a bright background, as in X-ray angiography.
 
-Lesions narrow a vessel over a short stretch; severity >= 0.99 is an occlusion (no contrast beyond
-it).  The synthetic score of an artery is, like SYNTAX, the sum over lesions of the segment weight
+Lesions narrow a vessel over a short stretch (triangular profile, half length
+``LESION_HALF_LENGTH`` of the vessel), and the projected contrast density drops with the lumen
+diameter, as X-ray attenuation follows the path length through the lumen; severity >= 0.99 is an
+occlusion (no contrast beyond it).  The synthetic score of an artery is, like SYNTAX, the sum over lesions of the segment weight
 times 2 (stenosis) or 5 (occlusion).  This is a *phantom* score for testing the plumbing and for
 demo models; it says nothing about clinical accuracy.
 """
@@ -33,6 +35,8 @@ _RIGHT = {
     "RCA": (1.0, [(0.62, 0.12), (0.40, 0.18), (0.24, 0.40), (0.26, 0.66), (0.45, 0.84), (0.66, 0.86)], 0.034),
     "PDA": (1.0, [(0.45, 0.84), (0.55, 0.70), (0.64, 0.58)], 0.022),
 }
+#: half length of a lesion's narrowing, as a fraction of its vessel's length
+LESION_HALF_LENGTH = 0.08
 SEGMENT_WEIGHTS = {side: {k: v[0] for k, v in t.items()} for side, t in (("left", _LEFT), ("right", _RIGHT))}
 
 
@@ -122,16 +126,19 @@ def _render_tree(side: str, lesions: Sequence[Lesion], size: int, affine: np.nda
         n = len(line)
         radius = np.full(n, width * size / 2, np.float32)
         radius *= np.linspace(1.0, 0.7, n, dtype=np.float32)  # taper
+        nominal = radius.copy()
         alive = np.ones(n, bool)
         for les in lesions:
             if les.vessel != name:
                 continue
             c = les.position * (n - 1)
-            half = 0.05 * n
+            half = LESION_HALF_LENGTH * n
             prof = np.clip(1 - np.abs(np.arange(n) - c) / half, 0, 1)
             radius *= (1 - les.severity * prof).astype(np.float32)
             if les.occlusion:
                 alive &= np.arange(n) < c
+        # projected contrast density follows the lumen diameter (X-ray path length through the lumen)
+        density = radius / nominal
         xy = (line @ affine[:, :2].T + affine[:, 2]) * size
         for i in range(0, n, 2):
             (x, y), r = xy[i], radius[i]
@@ -143,7 +150,7 @@ def _render_tree(side: str, lesions: Sequence[Lesion], size: int, affine: np.nda
             if x0 >= x1 or y0 >= y1:
                 continue
             d = np.hypot(xx[y0:y1, x0:x1] - x, yy[y0:y1, x0:x1] - y)
-            op = np.clip(rr + 0.5 - d, 0, 1) * min(1.0, r / 0.5)
+            op = np.clip(rr + 0.5 - d, 0, 1) * min(1.0, r / 0.5) * float(density[i])
             sub, sarc = img[y0:y1, x0:x1], arc[y0:y1, x0:x1]
             hit = op > 0
             np.minimum(sarc, np.where(hit, i / (n - 1), 2.0), out=sarc)
