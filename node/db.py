@@ -4,8 +4,11 @@ One database file under ``storage_dir`` holds the spool index, pending
 studies, jobs and dispatch state.  Each state module owns its tables and
 declares them as a list of ``CREATE ... IF NOT EXISTS`` statements passed to
 :func:`ensure_schema`.  Connections use WAL (readers never block the writer)
-and ``synchronous=FULL`` so that a committed row survives power loss, which
-the "nothing acknowledged is lost" rule needs.
+and ``synchronous=FULL`` by default so that a committed row survives power loss,
+which the "nothing acknowledged is lost" rule needs.  State that start-up
+rebuilds from the spool files (spool index, pending studies: ``recover()`` then
+``CompletionTracker.reconcile``) may use ``NORMAL``: in WAL mode a commit then
+survives a process crash but not necessarily a power cut, and skips one fsync.
 """
 from __future__ import annotations
 
@@ -18,19 +21,24 @@ __all__ = ["DB_FILENAME", "connect", "ensure_schema"]
 DB_FILENAME = "cardionode.sqlite3"
 
 
-def connect(storage_dir: str | Path, timeout: float = 30.0) -> sqlite3.Connection:
+SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+
+
+def connect(storage_dir: str | Path, timeout: float = 30.0, synchronous: str = "FULL") -> sqlite3.Connection:
     """Open a connection to the node database (created if missing).
 
     Connections are not shared between threads; open one per thread.
     ``isolation_level=None`` puts transactions under explicit control
     (``BEGIN IMMEDIATE`` ... ``COMMIT``).
     """
+    if synchronous not in SYNCHRONOUS_MODES:
+        raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
     path = Path(storage_dir) / DB_FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     return conn

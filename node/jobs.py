@@ -90,8 +90,9 @@ JOBS_SCHEMA = [
 class LocalConnections:
     """One SQLite connection per thread to the node database (sqlite3 connections are not thread-safe)."""
 
-    def __init__(self, storage_dir: str | Path) -> None:
+    def __init__(self, storage_dir: str | Path, synchronous: str = "FULL") -> None:
         self.storage_dir = Path(storage_dir)
+        self.synchronous = synchronous
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -99,7 +100,7 @@ class LocalConnections:
     def get(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = db.connect(self.storage_dir)
+            conn = db.connect(self.storage_dir, synchronous=self.synchronous)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

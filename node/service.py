@@ -56,6 +56,8 @@ class NodeService:
                     f"(registered: {', '.join(self.registry.names())})"
                 )
         self.conns = LocalConnections(self.storage_dir)
+        # completion state is rebuilt from the spool at start-up (recover + reconcile): no fsync per instance
+        self.completion_conns = LocalConnections(self.storage_dir, synchronous="NORMAL")
         self.router = Router(config)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.models: Any = None
@@ -170,7 +172,7 @@ class NodeService:
             on_job_finished=self.metrics.job_hook(self.conns.get) if self.metrics is not None else None,
         )
         self.completion = CompletionTracker(
-            self.conns.get, self.router, self.load_study, self.scheduler,
+            self.completion_conns.get, self.router, self.load_study, self.scheduler,
             late_arrivals=cfg.node.late_arrivals, on_enqueued=self._study_completed,
         )
         self.retention = RetentionSweeper(self.conns.get, cfg.retention, self.delete_study, self.storage_dir)
@@ -264,6 +266,7 @@ class NodeService:
             (self.storage_dir / PID_FILE_NAME).unlink()
         except FileNotFoundError:
             pass
+        self.completion_conns.close_all()
         self.conns.close_all()
         log.info("node stopped")
 
