@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 import pydicom
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
@@ -50,6 +51,8 @@ __all__ = [
     "DatasetMismatchError",
     "OutOfSpaceError",
     "check_uid",
+    "InstanceHeader",
+    "read_header",
 ]
 
 log = logging.getLogger("cardionode.spool")
@@ -140,23 +143,78 @@ def _int_or_none(value: Any) -> int | None:
 
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}  # Pixel / Float / Double Float Pixel Data
 _UNDEFINED = 0xFFFFFFFF
+_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB", b"OD", b"OF",
+        b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UN",
+        b"UR", b"US", b"UT", b"UV"}
+_WINDOW = 64 * 1024  # one read covers the header of a typical instance
+_MAX_VALUE = 1024  # identifying values longer than this are not read (a UID is at most 64 bytes)
+# top-level attributes read while walking: (group, element) -> name
+_HEADER_ELEMENTS = {
+    (0x0008, 0x0005): "charset",
+    (0x0008, 0x0016): "sop_class",
+    (0x0008, 0x0018): "sop_instance",
+    (0x0008, 0x0060): "modality",
+    (0x0008, 0x103E): "series_description",
+    (0x0020, 0x000D): "study",
+    (0x0020, 0x000E): "series",
+    (0x0020, 0x0011): "series_number",
+    (0x0020, 0x0013): "instance_number",
+}
+_META_LENGTH = (0x0002, 0x0000)  # File Meta Information Group Length: the first element, at byte 132
+_META_ELEMENTS = {(0x0002, 0x0002): "meta_sop_class", (0x0002, 0x0003): "meta_sop_instance",
+                  (0x0002, 0x0010): "transfer_syntax"}
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceHeader:
+    """What the spool needs from a Part 10 file: File Meta UIDs and the identifying attributes."""
+
+    transfer_syntax: str
+    meta_sop_class: str
+    meta_sop_instance: str
+    sop_class: str
+    sop_instance: str
+    study: str
+    series: str
+    modality: str
+    series_description: str
+    series_number: int | None
+    instance_number: int | None
+    size: int
+
+
+class _Window:
+    """Positional reads (``os.pread``) through one buffered window: a header walk costs one or
+    two system calls instead of a seek and a read per element."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+        self.base, self.buf = 0, b""
+
+    def get(self, at: int, n: int, what: str) -> tuple[bytes, int]:
+        """(buffer, offset in it) holding bytes ``at .. at+n``; raises when the file ends first."""
+        off = at - self.base
+        if off < 0 or off + n > len(self.buf):
+            if at + n > self.size:
+                raise InvalidInstanceError(f"dataset truncated in {what} at byte {at}")
+            self.buf, self.base, off = os.pread(self.fd, max(n, _WINDOW), at), at, 0
+            if len(self.buf) < n:
+                raise InvalidInstanceError(f"dataset truncated in {what} at byte {at}")
+        return self.buf, off
 
 
 class _Walker:
     """Structural walk over an encoded (not deflated) dataset: every element, item and
-    delimiter must lie wholly inside the file.  Values are skipped, never read, so a
-    multi-frame instance costs a few reads per element/fragment, not its size."""
+    delimiter must lie wholly inside the file, explicit VRs must be DICOM VRs.  Values are
+    skipped, never read (except the few identifying top-level ones asked for), so a
+    multi-frame instance costs a read per window of headers, not its size."""
 
-    def __init__(self, fp: BinaryIO, size: int, implicit: bool, little_endian: bool) -> None:
-        self.fp, self.size, self.implicit = fp, size, implicit
-        self.e = "<" if little_endian else ">"
-
-    def _read(self, at: int, n: int, what: str) -> bytes:
-        self.fp.seek(at)
-        data = self.fp.read(n)
-        if len(data) < n:
-            raise InvalidInstanceError(f"dataset truncated in {what} at byte {at}")
-        return data
+    def __init__(self, window: _Window, implicit: bool, little_endian: bool) -> None:
+        self.w, self.size, self.implicit = window, window.size, implicit
+        e = "<" if little_endian else ">"
+        self.tag, self.u16, self.u32 = struct.Struct(e + "HH"), struct.Struct(e + "H"), struct.Struct(e + "I")
+        self.item = struct.Struct(e + "HHI")
+        self.values: dict[tuple[int, int], bytes] = {}
 
     def _skip(self, at: int, length: int, what: str) -> int:
         if at + length > self.size:
@@ -164,38 +222,55 @@ class _Walker:
                                        " more bytes")
         return at + length
 
-    def dataset(self, at: int, implicit: bool, in_item: bool = False) -> tuple[int, set[tuple[int, int]]]:
+    def dataset(self, at: int, implicit: bool, in_item: bool = False, wanted: Any = (),
+                stop_group: int | None = None) -> tuple[int, set[tuple[int, int]]]:
         """Walk elements from ``at`` to the end of the file (top level) or to the item delimiter
-        (``in_item``); returns the position after it and the tags seen at this level."""
+        (``in_item``); returns the position after it and the tags seen at this level.  Values of
+        ``wanted`` tags are kept in ``values``; ``stop_group`` ends the walk before the first
+        element of another group (File Meta)."""
         tags: set[tuple[int, int]] = set()
+        get, tag_s, u16, u32 = self.w.get, self.tag, self.u16, self.u32
         while at < self.size or in_item:
-            group, elem = struct.unpack(self.e + "HH", self._read(at, 4, "an element tag"))
+            buf, off = get(at, 4, "an element tag")
+            group, elem = tag_s.unpack_from(buf, off)
+            if stop_group is not None and group != stop_group:
+                return at, tags
             if group == 0xFFFE:
                 if in_item and elem == 0xE00D:
+                    self._skip(at, 8, "an item delimiter")
                     return at + 8, tags
                 raise InvalidInstanceError(f"unexpected item/delimiter (FFFE,{elem:04X}) at byte {at}")
             tags.add((group, elem))
             if implicit:
-                (length,) = struct.unpack(self.e + "I", self._read(at + 4, 4, "an element length"))
+                buf, off = get(at + 4, 4, "an element length")
+                (length,) = u32.unpack_from(buf, off)
                 vr, at = b"", at + 8
             else:
-                vr = self._read(at + 4, 2, "an element VR")
+                buf, off = get(at + 4, 4, "an element VR")
+                vr = bytes(buf[off:off + 2])
+                if vr not in _VRS:
+                    raise InvalidInstanceError(f"invalid VR {vr!r} of ({group:04X},{elem:04X}) at byte {at}")
                 if vr in _LONG_VRS:
-                    (length,) = struct.unpack(self.e + "I", self._read(at + 8, 4, "an element length"))
+                    buf, off = get(at + 8, 4, "an element length")
+                    (length,) = u32.unpack_from(buf, off)
                     at += 12
                 else:
-                    (length,) = struct.unpack(self.e + "H", self._read(at + 6, 2, "an element length"))
+                    (length,) = u16.unpack_from(buf, off + 2)
                     at += 8
             if length == _UNDEFINED:  # sequence, encapsulated pixel data, or UN (then implicit VR inside)
                 at = self.items(at, implicit or vr == b"UN")
             else:
+                if (group, elem) in wanted and length <= _MAX_VALUE:
+                    buf, off = get(at, length, f"element ({group:04X},{elem:04X})")
+                    self.values[(group, elem)] = bytes(buf[off:off + length])
                 at = self._skip(at, length, f"element ({group:04X},{elem:04X})")
         return at, tags
 
     def items(self, at: int, implicit: bool) -> int:
         """Items of an undefined-length element up to and including its sequence delimiter."""
         while True:
-            group, elem, length = struct.unpack(self.e + "HHI", self._read(at, 8, "an item header"))
+            buf, off = self.w.get(at, 8, "an item header")
+            group, elem, length = self.item.unpack_from(buf, off)
             if (group, elem) == (0xFFFE, 0xE0DD):
                 return at + 8
             if (group, elem) != (0xFFFE, 0xE000):
@@ -207,14 +282,20 @@ class _Walker:
                 at = self._skip(at, length, "an item or fragment")
 
 
-def _check_structure(fp: BinaryIO, start: int, size: int, ts: str, sop_class: str) -> None:
-    """The dataset from ``start`` is complete; an image has its pixel data (a cut exactly
-    between two elements leaves no half element, only the missing pixel data)."""
-    implicit = ts == ImplicitVRLittleEndian
-    walker = _Walker(fp, size, implicit, little_endian=ts != ExplicitVRBigEndian)
-    _end, tags = walker.dataset(start, implicit)
-    if "Image Storage" in UID(sop_class).name and not tags & _PIXEL_TAGS:
-        raise InvalidInstanceError("image dataset without pixel data (truncated?)")
+def _text(value: bytes | None) -> str:
+    return value.decode("ascii", "replace").strip(" \x00") if value else ""
+
+
+def _number(value: bytes | None) -> int | None:
+    text = _text(value)
+    try:
+        return int(text) if text else None
+    except ValueError:
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        return int(number) if number.is_integer() else None
 
 
 def _check_deflated(fp: BinaryIO, offset: int) -> None:
@@ -232,29 +313,80 @@ def _check_deflated(fp: BinaryIO, offset: int) -> None:
         raise InvalidInstanceError("deflated dataset truncated")
 
 
-def read_header(path: Path) -> tuple[FileMetaDataset, Dataset]:
+def _read_deflated(fp: BinaryIO, header: dict[str, Any], start: int) -> dict[str, Any]:
+    """Identifying attributes of a Deflated Explicit VR Little Endian file (pydicom inflates), checked whole."""
+    fp.seek(0)
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except Exception as exc:  # pydicom raises several types on garbage
+        raise InvalidInstanceError(f"unreadable dataset: {type(exc).__name__}: {exc}") from None
+    _check_deflated(fp, start)
+    try:  # values are converted on access
+        for key, keyword in (("sop_class", "SOPClassUID"), ("sop_instance", "SOPInstanceUID"),
+                             ("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID"),
+                             ("modality", "Modality"), ("series_description", "SeriesDescription")):
+            header[key] = str(ds.get(keyword, "") or "")
+        header["series_number"] = _int_or_none(ds.get("SeriesNumber"))
+        header["instance_number"] = _int_or_none(ds.get("InstanceNumber"))
+    except Exception as exc:
+        raise InvalidInstanceError(f"unreadable dataset: {type(exc).__name__}: {exc}") from None
+    return header
+
+
+def read_header(path: Path) -> InstanceHeader:
     """File Meta and the identifying header attributes of a Part 10 file, validated.
 
-    Parses only the identifying attributes (``stop_before_pixels`` +
-    ``specific_tags``; pydicom reads a truncated file silently) and then walks
-    the encoded dataset structurally: every element, item and fragment must
-    lie inside the file and an image must carry pixel data, so a truncated
-    instance is refused without reading its pixels into memory.
+    One structural walk over the encoded dataset (every element, item and
+    fragment must lie inside the file, explicit VRs must be DICOM VRs, an
+    image must carry pixel data) reads the identifying attributes on the way,
+    so a truncated instance is refused without reading its pixels into
+    memory, and the file is parsed once (pydicom alone reads a truncated
+    file silently).  Deflated datasets are inflated by pydicom and checked
+    with zlib.
     """
-    size = path.stat().st_size
-    with open(path, "rb") as fp:
-        try:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        except Exception as exc:  # pydicom raises several types on garbage
-            raise InvalidInstanceError(f"unreadable dataset: {type(exc).__name__}: {exc}") from None
-        meta = ds.file_meta
-        ts = str(meta.get("TransferSyntaxUID", ""))
-        start = int(meta.get("FileMetaInformationGroupLength", 0)) + 144  # preamble, DICM, (0002,0000)
+    with open(path, "rb", buffering=0) as fp:
+        size = os.fstat(fp.fileno()).st_size
+        window = _Window(fp.fileno(), size)
+        buf, off = window.get(0, 132, "the preamble")
+        if buf[off + 128:off + 132] != b"DICM":
+            raise InvalidInstanceError("unreadable dataset: no DICM prefix (not a Part 10 file)")
+        meta = _Walker(window, implicit=False, little_endian=True)  # File Meta: always explicit VR LE
+        start, _tags = meta.dataset(132, False, wanted=_META_ELEMENTS | {_META_LENGTH: ""}, stop_group=0x0002)
+        group_length = meta.values.get(_META_LENGTH, b"")
+        if len(group_length) != 4 or 144 + struct.unpack("<I", group_length)[0] != start:
+            raise InvalidInstanceError("File Meta Information group length missing or wrong")
+        header: dict[str, Any] = {name: _text(meta.values.get(tag)) for tag, name in _META_ELEMENTS.items()}
+        header["size"] = size
+        ts = header["transfer_syntax"]
+        if not ts:
+            raise InvalidInstanceError("File Meta Information without a Transfer Syntax UID")
         if ts == DeflatedExplicitVRLittleEndian:
-            _check_deflated(fp, start)
-        else:
-            _check_structure(fp, start, size, ts, str(ds.get("SOPClassUID", "")))
-    return meta, ds
+            return InstanceHeader(**_read_deflated(fp, header, start))
+        implicit = ts == ImplicitVRLittleEndian
+        walker = _Walker(window, implicit, little_endian=ts != ExplicitVRBigEndian)
+        _end, tags = walker.dataset(start, implicit, wanted=_HEADER_ELEMENTS)
+    values = {name: walker.values.get(tag) for tag, name in _HEADER_ELEMENTS.items()}
+    for name in ("sop_class", "sop_instance", "study", "series", "modality"):
+        header[name] = _text(values[name])
+    header["series_description"] = _decode_text(values["series_description"], values["charset"])
+    header["series_number"] = _number(values["series_number"])
+    header["instance_number"] = _number(values["instance_number"])
+    sop_class = header["sop_class"]
+    if "Image Storage" in UID(sop_class).name and not tags & _PIXEL_TAGS:
+        raise InvalidInstanceError("image dataset without pixel data (truncated?)")
+    return InstanceHeader(**header)
+
+
+def _decode_text(value: bytes | None, charset: bytes | None) -> str:
+    """A text value (LO) in the dataset's Specific Character Set, as pydicom decodes it."""
+    if not value:
+        return ""
+    terms = [t.strip(" \x00") for t in (charset or b"").decode("ascii", "replace").split("\\")] or [""]
+    try:
+        text = decode_bytes(value, convert_encodings(terms), set())
+    except Exception:  # an unknown character set: keep what ASCII gives
+        text = value.decode("ascii", "replace")
+    return text.strip(" \x00")
 
 
 class Spool:
@@ -374,8 +506,7 @@ class Spool:
         for rel in sorted(set(on_disk) - indexed):
             f = on_disk[rel]
             try:
-                meta, ds = read_header(f)
-                inst = self._instance(f, meta, ds, calling_ae="", source="recovered",
+                inst = self._instance(read_header(f), calling_ae="", source="recovered",
                                       received_at=f.stat().st_mtime, replaced=False)
                 if inst.path != f:
                     raise InvalidInstanceError("file is not at the path its UIDs give")
@@ -447,42 +578,42 @@ class Spool:
             fsync_dir(d.parent)
         self._durable_dirs.add(folder)
 
-    def _instance(self, path: Path, meta: Dataset, ds: Dataset, *, calling_ae: str, source: str,
-                  received_at: float, replaced: bool) -> StoredInstance:
-        study = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
-        series = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
-        sop = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+    def _instance(self, header: InstanceHeader, *, calling_ae: str, source: str, received_at: float,
+                  replaced: bool) -> StoredInstance:
+        study = check_uid(header.study, "StudyInstanceUID")
+        series = check_uid(header.series, "SeriesInstanceUID")
+        sop = check_uid(header.sop_instance, "SOPInstanceUID")
         return StoredInstance(
             sop_instance_uid=sop,
-            sop_class_uid=check_uid(ds.get("SOPClassUID"), "SOPClassUID"),
+            sop_class_uid=check_uid(header.sop_class, "SOPClassUID"),
             study_instance_uid=study,
             series_instance_uid=series,
-            modality=str(ds.get("Modality", "") or ""),
-            transfer_syntax_uid=check_uid(meta.get("TransferSyntaxUID"), "TransferSyntaxUID"),
+            modality=header.modality,
+            transfer_syntax_uid=check_uid(header.transfer_syntax, "TransferSyntaxUID"),
             path=self.root / study / series / f"{sop}.dcm",
-            size=path.stat().st_size,
+            size=header.size,
             calling_ae=calling_ae,
             received_at=received_at,
             replaced=replaced,
             source=source,
-            series_description=str(ds.get("SeriesDescription", "") or ""),
-            series_number=_int_or_none(ds.get("SeriesNumber")),
-            instance_number=_int_or_none(ds.get("InstanceNumber")),
+            series_description=header.series_description,
+            series_number=header.series_number,
+            instance_number=header.instance_number,
         )
 
     def _commit(self, tmp: Path, *, calling_ae: str, source: str, expect_sop_class: str | None = None,
                 expect_sop_instance: str | None = None) -> StoredInstance:
         """Validate ``tmp`` (on the spool filesystem), make it durable at its final path, index it."""
-        meta, ds = read_header(tmp)
-        sop_class, sop_uid = str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
+        header = read_header(tmp)
+        sop_class, sop_uid = header.sop_class, header.sop_instance
         if expect_sop_class is not None and sop_class != expect_sop_class:
             raise DatasetMismatchError(f"dataset SOP Class {sop_class!r} is not the requested {expect_sop_class!r}")
         if expect_sop_instance is not None and sop_uid != expect_sop_instance:
             raise DatasetMismatchError(f"dataset SOP Instance {sop_uid!r} is not the requested {expect_sop_instance!r}")
-        meta_class, meta_uid = str(meta.get("MediaStorageSOPClassUID", "")), str(meta.get("MediaStorageSOPInstanceUID", ""))
+        meta_class, meta_uid = header.meta_sop_class, header.meta_sop_instance
         if (meta_class and meta_class != sop_class) or (meta_uid and meta_uid != sop_uid):
             raise DatasetMismatchError("File Meta Information does not match the dataset's SOP Class/Instance UID")
-        inst = self._instance(tmp, meta, ds, calling_ae=calling_ae, source=source, received_at=time.time(),
+        inst = self._instance(header, calling_ae=calling_ae, source=source, received_at=time.time(),
                               replaced=False)
         fsync_path(tmp)
         dest = inst.path
