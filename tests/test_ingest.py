@@ -249,3 +249,42 @@ def test_out_of_space_refuses_with_a700_and_writes_nothing(tmp_path: Path, study
         assert echoscu(n.port).returncode == 0
     finally:
         n.stop()
+
+
+def test_header_walk_reads_identifying_attributes_and_refuses_broken_file_meta(tmp_path: Path) -> None:
+    """The spool reads UIDs, description (in the dataset's character set) and numbers in its one structural
+    walk; a wrong File Meta group length, a non-DICOM VR or a cut inside the File Meta is 0xC210, nothing stored."""
+    from node.spool import InvalidInstanceError
+
+    spool = Spool(tmp_path / "var", 0)
+    try:
+        [src] = synth.ct_series(tmp_path / "ct", 1, 32)
+        ds = pydicom.dcmread(src)
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.SeriesDescription = "Herz fünf"
+        ds.SeriesNumber = 3
+        ds.InstanceNumber = 7
+        latin = tmp_path / "latin.dcm"
+        ds.save_as(latin, enforce_file_format=True)
+        inst = spool.store_file(latin, "TEST", "test")
+        assert (inst.series_description, inst.series_number, inst.instance_number, inst.modality) == \
+            ("Herz fünf", 3, 7, "CT")
+        assert inst.sop_instance_uid == ds.SOPInstanceUID and inst.size == latin.stat().st_size
+
+        data = src.read_bytes()
+        (group_length,) = struct.unpack_from("<I", data, 140)
+        start = 144 + group_length
+        wrong_length = bytearray(data)
+        struct.pack_into("<I", wrong_length, 140, group_length + 2)
+        bad_vr = bytearray(data)
+        bad_vr[start + 4:start + 6] = b"Q9"
+        for name, payload in (("length", bytes(wrong_length)), ("vr", bytes(bad_vr)), ("cut", data[:140])):
+            path = tmp_path / f"{name}.dcm"
+            path.write_bytes(payload)
+            with pytest.raises(InvalidInstanceError) as info:
+                spool.store_file(path, "TEST", "test")
+            assert info.value.status == 0xC210
+        stored = [p for p in spool.root.rglob("*") if p.is_file()]
+        assert stored == [inst.path]
+    finally:
+        spool.close()
