@@ -4,36 +4,18 @@ no errors."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pydicom
 import pytest
-import yaml
 
 from pipelines.calcium.labels import CLASS_BY_VALUE
 from tests.calcium_fixtures import dciodvfy_errors, phantom_ct_study, sr_groups
-from tests.support.node_proc import NodeProcess
-from tests.support.peers import StoreSCP, echo, free_port, storescu, wait_for
+from tests.support.node_proc import NodeProcess, pipeline_node_config
+from tests.support.peers import StoreSCP, storescu, wait_for
 from tests.test_calcium_pipeline import AGATSTON_REL_TOL
 from training.calcium.phantom import hand_agatston
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _config(tmp_path: Path, scp_port: int) -> Path:
-    cfg = {
-        "node": {"ae_title": "CARDIONODE", "host": "127.0.0.1", "port": free_port(),
-                 "storage_dir": str(tmp_path / "var"), "quiet_seconds": 1.5, "min_free_mb": 0,
-                 "http_host": "127.0.0.1", "http_port": free_port(), "log_format": "json"},
-        "models": {"providers": ["cpu"]},
-        "dispatch": {"backoff_initial_s": 1.0, "backoff_max_s": 2.0, "timeout_s": 30},
-        "destinations": {"pacs": {"type": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": scp_port}},
-        "routes": [{"name": "ct", "pipeline": "calcium", "match": {"modality": "CT"}, "destinations": ["pacs"]}],
-        "pipelines": {"calcium": {"risk_bounds": [0, 10, 100, 400]}},
-    }
-    path = tmp_path / "node.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def test_ct_in_seg_and_sr_out(tmp_path):
@@ -42,7 +24,7 @@ def test_ct_in_seg_and_sr_out(tmp_path):
     study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
     # a plain storescp accepts uncompressed syntaxes only: the node sends the JPEG 2000 SEG decoded
     with StoreSCP(tmp_path / "scp") as scp:
-        node = NodeProcess(_config(tmp_path, scp.port)).start()
+        node = NodeProcess(pipeline_node_config(tmp_path, "calcium", "CT", scp.port, {"risk_bounds": [0, 10, 100, 400]})).start()
         try:
             assert storescu(node.port, files).returncode == 0
             assert wait_for(lambda: {"SEG", "SR"} <= {d.Modality for d in scp.received()}, 120, interval=1.0), \

@@ -4,36 +4,17 @@ without LGE fails with a clear recorded error and the node keeps serving."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pydicom
 import pytest
-import yaml
 
 from pipelines.runtime import bundled_models_dir
-from tests.support.node_proc import NodeProcess
-from tests.support.peers import StoreSCP, echo, free_port, storescu, wait_for
+from tests.support.node_proc import NodeProcess, pipeline_node_config
+from tests.support.peers import StoreSCP, echo, storescu, wait_for
 from tests.myops_support import dciodvfy_errors, phantom_study, sr_measurements
 from tests.test_myops_pipeline import MYO_VOLUME_REL_TOL, SCAR_BURDEN_TOLERANCE_PP  # see there how measured
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-
-def _config(tmp_path: Path, scp_port: int) -> Path:
-    cfg = {
-        "node": {"ae_title": "CARDIONODE", "host": "127.0.0.1", "port": free_port(),
-                 "storage_dir": str(tmp_path / "var"), "quiet_seconds": 1.5, "min_free_mb": 0,
-                 "http_host": "127.0.0.1", "http_port": free_port(), "log_format": "json"},
-        "models": {"providers": ["cpu"]},
-        "dispatch": {"backoff_initial_s": 1.0, "backoff_max_s": 2.0, "timeout_s": 30},
-        "destinations": {"pacs": {"type": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": scp_port}},
-        "routes": [{"name": "cmr", "pipeline": "myops", "match": {"modality": "MR"}, "destinations": ["pacs"]}],
-        "pipelines": {"myops": {}},
-    }
-    path = tmp_path / "node.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def test_cmr_study_in_seg_and_sr_out_and_missing_lge_is_recorded(tmp_path):
@@ -43,7 +24,7 @@ def test_cmr_study_in_seg_and_sr_out_and_missing_lge_is_recorded(tmp_path):
     good, truth = phantom_study(tmp_path / "good", seed=7001)
     no_lge, _ = phantom_study(tmp_path / "nolge", seed=7002, sequences=("bssfp", "t2"))
     with StoreSCP(tmp_path / "scp", accept_all=True) as scp:  # the SEG is JPEG 2000 lossless
-        node = NodeProcess(_config(tmp_path, scp.port)).start()
+        node = NodeProcess(pipeline_node_config(tmp_path, "myops", "MR", scp.port, None)).start()
         try:
             # 1. a study without LGE: the job fails with a clear, recorded error
             assert storescu(node.port, no_lge).returncode == 0

@@ -5,33 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import time
-from pathlib import Path
 
 import pydicom
 import pytest
-import yaml
 
-from tests.support.node_proc import NodeProcess
-from tests.support.peers import StoreSCP, free_port, wait_for
+from tests.support.node_proc import NodeProcess, pipeline_node_config
+from tests.support.peers import StoreSCP, wait_for
 from tests.test_syntax_pipeline import check_sr, dciodvfy_errors, xa_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _config(tmp_path: Path, scp_port: int) -> Path:
-    cfg = {
-        "node": {"ae_title": "CARDIONODE", "host": "127.0.0.1", "port": free_port(),
-                 "storage_dir": str(tmp_path / "var"), "quiet_seconds": 1.5, "min_free_mb": 0,
-                 "http_host": "127.0.0.1", "http_port": free_port(), "log_format": "json"},
-        "models": {"providers": ["cpu"]},
-        "dispatch": {"backoff_initial_s": 1.0, "backoff_max_s": 2.0, "timeout_s": 30},
-        "destinations": {"pacs": {"type": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": scp_port}},
-        "routes": [{"name": "angio", "pipeline": "syntax", "match": {"modality": "XA"}, "destinations": ["pacs"]}],
-        "pipelines": {"syntax": {"threshold": 22}},
-    }
-    path = tmp_path / "node.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def test_xa_in_sr_out(tmp_path):
@@ -39,7 +21,7 @@ def test_xa_in_sr_out(tmp_path):
     sent = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
     study_uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
     with StoreSCP(tmp_path / "scp") as scp:
-        node = NodeProcess(_config(tmp_path, scp.port)).start()
+        node = NodeProcess(pipeline_node_config(tmp_path, "syntax", "XA", scp.port, {"threshold": 22})).start()
         try:
             # -xy: propose JPEG Baseline too (one cine in three is JPEG-compressed, as angiography systems send)
             sent_ok = subprocess.run(["storescu", "-xy", "-aet", "MODALITY", "-aec", "CARDIONODE", "127.0.0.1",

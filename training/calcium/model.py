@@ -4,14 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from training.layers import conv_block as _block
+
 __all__ = ["UNet2D"]
-
-
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-    )
 
 
 class UNet2D(nn.Module):
