@@ -15,6 +15,10 @@ setting) and once without it; then ``--senders`` storescu processes at once, eac
 share of the slices.  Prints seconds and MB/s (1 MB = 10^6 bytes) of each send (median of
 ``--rounds``) and the ratio CardioNode / storescp.  The node keeps the study between rounds:
 later rounds are re-sends, which replace the stored files (same work: temp file, fsync, rename).
+
+With ``TCP_NODELAY=1`` and one sender, a third target runs in the same rounds: the durability
+floor (the files' bytes written, fsynced, renamed and their directory fsynced one after another,
+no DICOM), and the summary gives storescp + that floor and the best ratio it allows.
 """
 from __future__ import annotations
 
@@ -60,6 +64,31 @@ def send(port: int, called_ae: str, groups: list[list[Path]], env: dict[str, str
         if p.returncode != 0 or "Store Failed" in out:
             raise RuntimeError(f"storescu to {called_ae} failed ({p.returncode}): {out[-2000:]}")
     return elapsed
+
+
+def durable_writes(files: Sequence[Path], folder: Path) -> float:
+    """Seconds to store ``files`` the way the spool must, without any DICOM: write each file's bytes
+    to a temporary file, fsync it, rename it into place, fsync the directory (one after another,
+    as one association does).  storescp's time + this is the floor for a receiver that answers each
+    C-STORE only once the instance is durable."""
+    incoming, final = folder / "incoming", folder / "final"
+    incoming.mkdir(parents=True, exist_ok=True)
+    final.mkdir(parents=True, exist_ok=True)
+    blobs = [(p.name, p.read_bytes()) for p in files]
+    t0 = time.perf_counter()
+    for name, data in blobs:
+        tmp = incoming / name
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final / name)
+        fd = os.open(final, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return time.perf_counter() - t0
 
 
 def start_node(work: Path) -> NodeProcess:
@@ -132,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                 for senders in (1, args.senders):
                     groups = _chunks(files, senders)
                     label = f"{tag}, {senders} sender{'s' if senders > 1 else ''}"
-                    results.append((label, measure(label, args.rounds, [
-                        ("storescp", lambda g=groups: to_scp(g)), ("cardionode", lambda g=groups: to_node(g))])))
+                    targets = [("storescp", lambda g=groups: to_scp(g)), ("cardionode", lambda g=groups: to_node(g))]
+                    if tuned and senders == 1:  # the durability floor, measured under the same load
+                        targets.append(("fsync", lambda: durable_writes(files, work / "floor")))
+                    results.append((label, measure(label, args.rounds, targets)))
     finally:
         rc = node.terminate()
         if args.work is None:
@@ -146,6 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     for label, t in results:
         print(f"| {label} | {t['storescp']:.2f} | {mb / t['storescp']:.0f} | {t['cardionode']:.2f} | "
               f"{mb / t['cardionode']:.0f} | {t['storescp'] / t['cardionode']:.2f} |")
+    for label, t in results:
+        if "fsync" in t:
+            floor = t["storescp"] + t["fsync"]
+            print(f"\ndurability floor ({label}): write + fsync + rename + directory fsync of the {len(files)} files "
+                  f"{t['fsync']:.2f} s ({t['fsync'] / len(files) * 1e3:.1f} ms per instance); storescp + that = "
+                  f"{floor:.2f} s, so a receiver that fsyncs every instance before answering reaches at most "
+                  f"{t['storescp'] / floor:.2f} x storescp with one sender; CardioNode is at "
+                  f"{t['storescp'] / t['cardionode']:.2f} (its time minus the floor: {t['cardionode'] - floor:+.2f} s)")
     return 0
 
 

@@ -125,7 +125,7 @@ _PYNETDICOM_LOG_HANDLERS = (
     (evt.EVT_DIMSE_SENT, _handlers.standard_dimse_sent_handler),
 )
 _POLL_S = 0.005  # longest wait in select: data and outgoing primitives wake it; timers are checked this often
-_LOOP_DELAY_S = 0.0001  # pause of the DUL loop between empty rounds (pynetdicom's default: 1 ms)
+_LOOP_DELAY_S = 0.0  # pause of the DUL loop between empty rounds (pynetdicom: 1 ms); ready() does the waiting
 
 
 class _WakingQueue(queue.Queue):
