@@ -22,6 +22,7 @@ import dataclasses
 import errno
 import logging
 import os
+import queue
 import re
 import shutil
 import struct
@@ -65,6 +66,7 @@ _HEADER_TAGS = [
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
 _COPY_CHUNK = 1 << 20
 TEMP_SUFFIX = ".part"
+REPLACED_SUFFIX = ".replaced"  # second name of a replaced file, removed after the response
 
 
 class SpoolError(Exception):
@@ -408,6 +410,9 @@ class Spool:
         self._lock = threading.Lock()
         self._dir_lock = threading.Lock()
         self._durable_dirs: set[Path] = set()
+        self._release_lock = threading.Lock()
+        self._release_queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._releaser: threading.Thread | None = None
         self.incoming.mkdir(parents=True, exist_ok=True)
         for d in (self.storage_dir, self.root, self.incoming):
             fsync_dir(d)
@@ -525,10 +530,51 @@ class Spool:
     reindex = recover
 
     def close(self) -> None:
+        self._stop_releaser()
         with self._lock:
             self._conn.close()
 
     # ------------------------------------------------------------------ internals
+    def _keep_old_copy(self, dest: Path) -> Path | None:
+        """A second name (in ``.incoming``) for the file a re-sent instance is about to replace.
+
+        Renaming over the last name of a file frees its blocks inside ``rename()``: 2-3 ms for a
+        525 kB slice on the dev VM's ext4, while the sender waits for its response.  With a second
+        name the rename only drops a link; :meth:`_release_later` removes the old copy after the
+        response.  A crash leaves the name in ``.incoming``, which :meth:`recover` empties.
+        """
+        keep = self.incoming / f"{uuid.uuid4().hex}{REPLACED_SUFFIX}"
+        try:
+            os.link(dest, keep)
+        except FileNotFoundError:
+            return None
+        except OSError:  # no hard links here: replace as before
+            return None
+        return keep
+
+    def _release_later(self, path: Path) -> None:
+        """Unlink ``path`` in the releaser thread (started on first use, stopped by :meth:`close`)."""
+        with self._release_lock:
+            if self._releaser is None or not self._releaser.is_alive():
+                self._releaser = threading.Thread(target=self._release_loop, name="spool-release", daemon=True)
+                self._releaser.start()
+            self._release_queue.put(path)
+
+    def _release_loop(self) -> None:
+        while (path := self._release_queue.get()) is not None:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # left for recover() at the next start
+                log.warning("old copy of a replaced instance not removed", extra={"path": str(path),
+                                                                                  "error": str(exc)})
+
+    def _stop_releaser(self) -> None:
+        with self._release_lock:
+            releaser, self._releaser = self._releaser, None
+        if releaser is not None:
+            self._release_queue.put(None)
+            releaser.join(timeout=30)
+
     def _require_space(self, incoming_bytes: int = 0) -> None:
         if not self.has_space(incoming_bytes):
             raise OutOfSpaceError(f"less than {self.min_free_mb} MB would stay free on the spool filesystem")
@@ -618,9 +664,12 @@ class Spool:
         fsync_path(tmp)
         dest = inst.path
         self._ensure_dir(dest.parent)
-        existed = dest.exists()
+        replaced_copy = self._keep_old_copy(dest)
+        existed = replaced_copy is not None or dest.exists()
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
+        if replaced_copy is not None:
+            self._release_later(replaced_copy)
         with self._lock:
             previous = self._index.upsert(inst)
         if previous is not None and previous != dest:
