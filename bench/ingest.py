@@ -17,7 +17,7 @@ share of the slices.  Prints seconds and MB/s (1 MB = 10^6 bytes) of each send (
 later rounds are re-sends, which replace the stored files (same work: temp file, fsync, rename).
 
 With ``TCP_NODELAY=1`` and one sender, a third target runs in the same rounds: the durability
-floor (the files' bytes written, fsynced, renamed and their directory fsynced one after another,
+floor (the files' bytes written, fsynced, renamed to new names and their directory fsynced one after another,
 no DICOM), and the summary gives storescp + that floor and the best ratio it allows.
 """
 from __future__ import annotations
@@ -71,9 +71,11 @@ def durable_writes(files: Sequence[Path], folder: Path) -> float:
     to a temporary file, fsync it, rename it into place, fsync the directory (one after another,
     as one association does).  storescp's time + this is the floor for a receiver that answers each
     C-STORE only once the instance is durable."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder / "final", ignore_errors=True)  # new names every round, as for a new study
     incoming, final = folder / "incoming", folder / "final"
-    incoming.mkdir(parents=True, exist_ok=True)
-    final.mkdir(parents=True, exist_ok=True)
+    incoming.mkdir(exist_ok=True)
+    final.mkdir()
     blobs = [(p.name, p.read_bytes()) for p in files]
     t0 = time.perf_counter()
     for name, data in blobs:
