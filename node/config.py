@@ -58,7 +58,8 @@ def _check_port(value: int, path: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class TLSSection:
-    """TLS for the DIMSE listener (and optionally the HTTP port)."""
+    """TLS certificate, key and trusted CAs (DIMSE listener ``node.tls``, HTTP port ``node.http_tls``,
+    DIMSE destinations)."""
 
     certificate: str
     private_key: str
@@ -86,6 +87,7 @@ class NodeSection:
     http_host: str = "0.0.0.0"
     http_port: int = 8080
     http_enabled: bool = True
+    http_tls: TLSSection | None = None
     max_upload_mb: int = 2048
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

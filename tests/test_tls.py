@@ -85,3 +85,50 @@ def test_dimse_sender_delivers_to_a_tls_destination(tls_node, pki, tmp_path: Pat
     bad = DimseDestination(type="dimse", ae_title="CARDIONODE", host="127.0.0.1", port=tls_node.port, tls=wrong_ca)
     with pytest.raises(Exception, match="tls-pacs"):
         build_sender("tls-pacs", bad, "CARDIONODE", timeout_s=10).send(files[:1])
+
+
+def _https_get(port: int, path: str, ca: Path, cert: tuple[Path, Path] | None) -> int:
+    import http.client
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_http_port_serves_https_with_client_certificates(pki, tmp_path: Path) -> None:
+    import http.client
+    import ssl
+
+    from tests.support.node_proc import NodeProcess, node_config
+    from tests.support.peers import free_port, wait_for
+
+    http_port = free_port()
+    tls = {"certificate": str(pki["server_pem"]), "private_key": str(pki["server_key"]),
+           "ca_certificates": str(pki["ca_pem"]), "require_client_certificate": True}
+    node = NodeProcess(node_config(tmp_path, {}, http_port=http_port, http_tls=tls)).start()
+    client = (pki["client_pem"], pki["client_key"])
+    try:
+        def up() -> bool:
+            try:
+                return _https_get(http_port, "/healthz", pki["ca_pem"], client) == 200
+            except OSError:
+                return False
+
+        assert wait_for(up, 30, interval=0.2), node.log_path.read_text()[-2000:]
+        assert _https_get(http_port, "/api/jobs", pki["ca_pem"], client) == 401  # TLS does not replace the token
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):  # no client certificate
+            _https_get(http_port, "/healthz", pki["ca_pem"], None)
+        plain = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)  # plain HTTP to the HTTPS port
+        with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
+            plain.request("GET", "/healthz")
+            plain.getresponse()
+        assert up()  # still serving
+    finally:
+        node.terminate()

@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import sqlite3
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..config import NodeConfig
+from ..config import NodeConfig, TLSSection
 from .auth import TokenAuth
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .status_api import status_routes
@@ -125,6 +126,18 @@ def build_app(ctx: WebContext) -> Starlette:
     return Starlette(routes=routes)
 
 
+def _ssl_options(tls: TLSSection | None) -> dict[str, Any]:
+    """uvicorn's TLS keyword arguments for ``node.http_tls`` (HTTPS; client certificates optional)."""
+    if tls is None:
+        return {}
+    options: dict[str, Any] = {"ssl_certfile": tls.certificate, "ssl_keyfile": tls.private_key}
+    if tls.ca_certificates:
+        options["ssl_ca_certs"] = tls.ca_certificates
+    options["ssl_cert_reqs"] = ssl.CERT_REQUIRED if tls.require_client_certificate else (
+        ssl.CERT_OPTIONAL if tls.ca_certificates else ssl.CERT_NONE)
+    return options
+
+
 class HttpServer:
     """uvicorn serving :func:`build_app` on node.http_host:node.http_port in a background thread."""
 
@@ -140,6 +153,7 @@ class HttpServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=10,
+            **_ssl_options(config.node.http_tls),
         )
         self._server = uvicorn.Server(uv_config)
         self._thread: threading.Thread | None = None
