@@ -7,7 +7,7 @@
    release readers.
 2. Stage 1 (backbone) per side on fold 0's train split (eval split for model selection), 30 epochs
    (12 left the left backbone under-trained: fold-0 eval left r 0.78 -> 0.83 with 30).  To fit the
-   CPU budget (~26 min on 2 shared cores) the stage-1 backbone is shared by the five folds and
+   CPU budget (~16 min on 2 shared cores) the stage-1 backbone is shared by the five folds and
    frozen in stage 2; stage 2 (lstm_mean head) and the calibration a, b are per fold, as published.
 3. Artery classifier on the fold-0 cines (soft targets = artery_prob: left 0.02, right 0.98, other 0.5).
 4. Held-out phantom metrics (Pearson r, balanced accuracy at > 22, raw and calibrated) with the
@@ -39,7 +39,7 @@ from .train import TrainArgs, fit_calibration, setup_logging, train_backbone, tr
 
 log = logging.getLogger("cardionode.training.syntax")
 
-VERSION = "0.1.0-phantom"
+VERSION = "0.2.0-phantom"
 TRAIN_SEED0, TEST_SEED0 = 10_000, 90_000
 
 
