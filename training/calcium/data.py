@@ -68,13 +68,17 @@ def phantom_slices(seeds: Iterable[int], cfg: PreprocessConfig, keep_empty: floa
 
 
 def sample_batch(sets: Sequence[SliceSet], batch: int, crop: int, rng: np.random.Generator,
-                 p_focus: float = 0.6, p_hard: float = 0.2, hard_level: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
+                 p_focus: float = 0.6, p_hard: float = 0.2, hard_level: float = 0.4,
+                 focus_boost: dict[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Random crops.  ``p_focus`` of them are centred (with jitter) on a pixel of a class drawn
-    uniformly among the 8 (class-balanced: small coronary plaques are seen as often as the aorta);
+    uniformly among the 8 (class-balanced: small coronary plaques are seen as often as the aorta), or with
+    weights ``focus_boost`` {class: weight, others 1} (the bundled model draws PDA and RCA twice as often);
     ``p_hard`` on bone (centre channel >= ``hard_level``, i.e. >= 400 HU with the default window, not
     labelled) as hard negatives; the rest anywhere.  No flips: left/right carries the anatomy."""
     xs, ys = [], []
     present = sorted({c for s in sets for c in range(1, 10) if len(s.coords(c))})
+    pw = np.array([(focus_boost or {}).get(c, 1.0) for c in present], dtype=float)
+    pw = pw / pw.sum() if len(pw) else pw
     while len(xs) < batch:
         s = sets[int(rng.integers(len(sets)))]
         if len(s.x) == 0:
@@ -85,7 +89,8 @@ def sample_batch(sets: Sequence[SliceSet], batch: int, crop: int, rng: np.random
         u = rng.random()
         pts = None
         if u < p_focus and present:
-            pts = s.coords(present[int(rng.integers(len(present)))])
+            j = int(rng.choice(len(present), p=pw)) if focus_boost else int(rng.integers(len(present)))
+            pts = s.coords(present[j])
         elif u < p_focus + p_hard:
             pts = s.dense(hard_level)
         if pts is not None:

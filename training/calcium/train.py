@@ -29,7 +29,7 @@ from .model import UNet2D
 
 log = logging.getLogger("cardionode.training.calcium")
 
-__all__ = ["train", "lr_at", "class_weights", "dice_ce_loss", "main", "build_parser"]
+__all__ = ["train", "lr_at", "class_weights", "dice_ce_loss", "parse_boost", "main", "build_parser"]
 
 
 def class_weights(sets: Sequence[SliceSet], fg_weight: float = 8.0, n_classes: int = 9,
@@ -83,7 +83,8 @@ def lr_at(progress: float, peak: float, warmup: float = 0.05, floor: float = 0.0
 
 def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: int, lr: float, base: int,
           cfg: PreprocessConfig, seed: int, log_every: int = 100, threads: int = 1, extra: dict | None = None,
-          max_minutes: float | None = None, balance: bool = True) -> Path:
+          max_minutes: float | None = None, balance: bool = True,
+          focus_boost: dict[int, float] | None = None) -> Path:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
@@ -110,7 +111,7 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
         progress = max((step - 1) / steps, elapsed / (60 * max_minutes) if max_minutes else 0.0)
         for group in opt.param_groups:
             group["lr"] = lr_at(progress, lr)
-        x, y = sample_batch(sets, batch, crop, rng)
+        x, y = sample_batch(sets, batch, crop, rng, focus_boost=focus_boost)
         loss = dice_ce_loss(model(torch.from_numpy(x)), torch.from_numpy(y), weights=weights)
         opt.zero_grad()
         loss.backward()
@@ -126,6 +127,7 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
                 "steps": done, "planned_steps": steps, "batch": batch, "crop": crop, "lr": lr,
                 "schedule": "warm-up 5% + cosine, driven by max(step, time) progress", "threads": threads,
                 "class_weights": None if weights is None else [round(float(v), 3) for v in weights],
+                "focus_boost": focus_boost,
                 "seed": seed, "train_seconds": time.time() - t0,
                 "final_loss": running, **(extra or {})}, ckpt)
     log.removeHandler(fh)
@@ -148,9 +150,24 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (1 is fastest on shared cores: more threads spin against other jobs)")
+    p.add_argument("--focus-boost", default=None,
+                   help="focus-crop draw weights, e.g. '1:2' draws PDA crops twice as often as each other class")
     p.add_argument("--max-minutes", type=float, default=None, help="stop early after this wall time (recorded)")
     p.set_defaults(func=run)
     return p
+
+
+def parse_boost(text: str | None) -> dict[int, float] | None:
+    """'1:2,8:1.5' -> {1: 2.0, 8: 1.5}; None or '' -> None (uniform)."""
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        c, _, w = part.partition(":")
+        if not w or not 1 <= int(c) <= 8 or float(w) <= 0:
+            raise ValueError(f"--focus-boost: expected class:weight with class 1..8 and weight > 0, got {part!r}")
+        out[int(c)] = float(w)
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     ckpt = train(sets, args.out, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, base=args.base,
                  cfg=cfg, seed=args.seed, log_every=args.log_every, max_minutes=args.max_minutes, threads=args.threads,
+                 focus_boost=parse_boost(args.focus_boost),
                  extra={"trained_on": " + ".join(x for x in (
                      f"synthetic phantoms (seeds {args.phantoms})" if args.phantoms else "",
                      f"COCA-format folder {args.coca.name} (train split)" if args.coca else "") if x),
