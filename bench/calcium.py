@@ -54,7 +54,6 @@ def main() -> int:
     if args.child:
         child(args.child)
         return 0
-    import numpy as np
 
     from training.calcium.phantom import hand_agatston, make_phantom
     from training.synth.dicom import new_study, write_ct_series

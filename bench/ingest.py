@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if rc != 0:
         print(f"warning: node exited with {rc}", file=sys.stderr)
 
-    print(f"\n| setting | storescp s | storescp MB/s | CardioNode s | CardioNode MB/s | ratio |")
+    print("\n| setting | storescp s | storescp MB/s | CardioNode s | CardioNode MB/s | ratio |")
     print("|---|---|---|---|---|---|")
     for label, t in results:
         print(f"| {label} | {t['storescp']:.2f} | {mb / t['storescp']:.0f} | {t['cardionode']:.2f} | "

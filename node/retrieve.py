@@ -31,7 +31,6 @@ import logging
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from pydicom.dataset import Dataset

@@ -15,8 +15,6 @@ import logging
 import os
 import signal
 import threading
-import time
-from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler

@@ -546,9 +546,7 @@ class Spool:
         keep = self.incoming / f"{uuid.uuid4().hex}{REPLACED_SUFFIX}"
         try:
             os.link(dest, keep)
-        except FileNotFoundError:
-            return None
-        except OSError:  # no hard links here: replace as before
+        except OSError:  # nothing to replace, or no hard links here (then replace as before)
             return None
         return keep
 

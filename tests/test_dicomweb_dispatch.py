@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
-import requests
 
 from node.config import AuthSection, DicomwebDestination
 from node.dispatch.base import SenderError

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+import pydicom
 import pytest
+from pydicom.sr.codedict import codes as sr_codes
+from pydicom.uid import JPEG2000Lossless
 
 from node import db
 from node.config import DimseDestination, DispatchSection
@@ -12,6 +16,8 @@ from node.dispatch.base import SenderError, build_sender
 from node.dispatch.queue import DISPATCH_SCHEMA, Dispatcher, add_deliveries
 from node.jobs import JOBS_SCHEMA, LocalConnections, write_result_files
 from pipelines.base import PipelineContext, PipelineResult, StudyView
+from pipelines.outputs.algorithm import AlgorithmIdentity
+from pipelines.outputs.seg import SegmentSpec, build_segmentation, jpeg2000_encoder_available
 from tests.support.peers import StoreSCP, free_port
 from tests.fixtures.sr_pipeline import SrTestPipeline
 from tests.fixtures.studies import write_ct_study
@@ -132,15 +138,6 @@ def test_unreachable_destination_ends_in_failed_after_max_attempts_with_error(tm
 
 def _jpeg2000_seg(tmp_path):
     """A 1-bit BINARY SEG over a 64x64 CT slice pair, JPEG 2000 lossless (as the pipelines write it)."""
-    import numpy as np
-    import pydicom
-    from pydicom.sr.codedict import codes as sr_codes
-    from pydicom.uid import JPEG2000Lossless
-
-    from pipelines.outputs.algorithm import AlgorithmIdentity
-    from pipelines.outputs.seg import SegmentSpec, build_segmentation
-    from tests.fixtures.studies import write_ct_study
-
     sources = []
     for p in write_ct_study(tmp_path / "ct", 2):
         ds = pydicom.dcmread(p)
@@ -161,11 +158,6 @@ def _jpeg2000_seg(tmp_path):
 
 
 def test_peer_refusing_jpeg2000_gets_the_seg_uncompressed_with_the_same_masks(tmp_path):
-    import numpy as np
-    import pydicom
-
-    from pipelines.outputs.seg import jpeg2000_encoder_available
-
     if not jpeg2000_encoder_available():
         pytest.fail("pylibjpeg-openjpeg is a base dependency: the JPEG 2000 encoder must be available")
     path, masks = _jpeg2000_seg(tmp_path)

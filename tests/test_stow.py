@@ -1,7 +1,6 @@
 """STOW-RS ingest over HTTP (uvicorn) into a real Spool: response dataset, status codes, nothing stored from failures."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Iterator
 
@@ -9,7 +8,6 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
-from pydicom.uid import generate_uid
 
 from node import db
 from node.config import parse_config

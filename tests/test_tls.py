@@ -3,6 +3,8 @@
 without TLS or without a client certificate gets no association and the listener keeps serving."""
 from __future__ import annotations
 
+import http.client
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import pytest
 from node.config import DimseDestination, TLSSection
 from node.dispatch.base import build_sender
 from tests.fixtures.studies import write_ct_study
-from tests.support.peers import echo, require_binary
+from tests.support.node_proc import NodeProcess, node_config
+from tests.support.peers import echo, free_port, require_binary, wait_for
 from tests.test_ingest import Node, split_part10
 
 pytestmark = [pytest.mark.integration]
@@ -88,9 +91,6 @@ def test_dimse_sender_delivers_to_a_tls_destination(tls_node, pki, tmp_path: Pat
 
 
 def _https_get(port: int, path: str, ca: Path, cert: tuple[Path, Path] | None) -> int:
-    import http.client
-    import ssl
-
     ctx = ssl.create_default_context(cafile=str(ca))
     if cert is not None:
         ctx.load_cert_chain(str(cert[0]), str(cert[1]))
@@ -103,12 +103,6 @@ def _https_get(port: int, path: str, ca: Path, cert: tuple[Path, Path] | None) -
 
 
 def test_http_port_serves_https_with_client_certificates(pki, tmp_path: Path) -> None:
-    import http.client
-    import ssl
-
-    from tests.support.node_proc import NodeProcess, node_config
-    from tests.support.peers import free_port, wait_for
-
     http_port = free_port()
     tls = {"certificate": str(pki["server_pem"]), "private_key": str(pki["server_key"]),
            "ca_certificates": str(pki["ca_pem"]), "require_client_certificate": True}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from pipelines.base import PipelineInputError
 from pipelines.imaging import SeriesRule
 
 __all__ = ["DEFAULT_PATTERNS", "DEFAULT_RULES", "MyopsOptions", "OptionsError", "rules_from"]

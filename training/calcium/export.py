@@ -15,7 +15,6 @@ from typing import Any, Mapping
 import torch
 
 from pipelines.calcium.labels import CLASSES
-from pipelines.calcium.preprocess import PreprocessConfig
 from pipelines.outputs import codes
 
 __all__ = ["MODEL_NAME", "BATCH", "export_checkpoint", "build_export", "label_specs", "code_version"]

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
 
 from pipelines.calcium.labels import CLASSES
 from pipelines.calcium.preprocess import PreprocessConfig

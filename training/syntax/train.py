@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from pipelines.syntax.preprocess import CineConfig, clip_indices, preprocess_cine
+from pipelines.syntax.preprocess import CineConfig, preprocess_cine
 
 from .data import StudyRecord, VideoRecord, fold_path, load_video, read_format1, read_format2, rnn_fold_path
 from .model import VARIANTS, ArteryClassifier, SyntaxBackbone, SyntaxMultiView
