@@ -336,6 +336,7 @@ class RayExecutorSection:
     max_in_flight: int = 4
     transfer: Literal["object_store", "shared_filesystem"] = "object_store"
     worker_storage_dir: str | None = None
+    auth_token_file: str | None = None
     connect_timeout_s: float = 60.0
     reconnect_max_s: float = 30.0
     embedded: RayEmbeddedSection = RayEmbeddedSection()

@@ -1,0 +1,246 @@
+"""The ``ray`` executor against a real Ray cluster on this machine (head + two worker nodes).
+
+Every test runs the node as a subprocess (``python -m node serve``) with
+``executor.type: ray``; the test pipeline ``test-sr`` needs the custom resource
+``cn_worker``, which only the worker nodes have (the head has no CPU either),
+and records the pid and ``CARDIONODE_TEST_NODE_TAG`` of the process that ran
+it, so each test proves the job ran in a worker node's process group and not
+in the node.  Results go to a dcmtk storescp (``+uf``: a duplicate would be a
+second file).  The tests share one cluster and run in file order: the first one
+starts the node while nothing listens at the cluster's address and brings the
+cluster up mid-test; the last one kills a worker node.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+
+from node import db
+from tests.fixtures.studies import write_ct_study
+from tests.support.node_proc import NodeProcess, node_config
+from tests.support.peers import StoreSCP, storescu, wait_for
+from tests.support.ray_cluster import RayCluster, require_ray
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.ray]
+
+API_TOKEN = "ray-test-token"
+WORKERS = ("wa", "wb")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    require_ray()
+    c = RayCluster(tmp_path_factory.mktemp("ray"))
+    yield c
+    c.stop()
+
+
+def _bring_up(c: RayCluster) -> None:
+    """Head and both worker nodes (``cn_worker: 1`` each); idempotent."""
+    if c.head is None:
+        c.start_head()
+    for name in WORKERS[len(c.workers):]:
+        c.add_worker(name, {"cn_worker": 1})
+
+
+def _config(tmp_path: Path, scp: StoreSCP, c: RayCluster, address: str, options: dict,
+            jobs: dict | None = None) -> Path:
+    executor = {"type": "ray", "address": address, "auth_token_file": str(c.token_file), "max_in_flight": 2,
+                "connect_timeout_s": 60, "reconnect_max_s": 2,
+                "pipelines": {"test-sr": {"num_cpus": 1, "resources": {"cn_worker": 1}}}}
+    sections = {"executor": executor, "api": {"token": API_TOKEN},
+                "jobs": jobs or {"max_attempts": 5, "backoff_initial_s": 0.5, "backoff_max_s": 1.0}}
+    dest = {"pacs": {"type": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": scp.port}}
+    return node_config(tmp_path, dest, pipeline_options={"record_process": True, **options}, quiet=1.0,
+                       sections=sections)
+
+
+def _srs(scp: StoreSCP) -> list[pydicom.Dataset]:
+    return [ds for ds in scp.received() if ds.Modality == "SR"]
+
+
+def _jobs(storage: Path) -> list[sqlite3.Row]:
+    conn = db.connect(storage)
+    try:
+        return conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+def _metric(node: NodeProcess, name: str) -> dict[str, float]:
+    """``{labels: value}`` of one metric family from the node's /metrics."""
+    port = node.http_port
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"},
+                        timeout=10).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            key, _, value = line.rpartition(" ")
+            out[key[len(name):]] = float(value)
+    return out
+
+
+def _ran_on_worker(c: RayCluster, node: NodeProcess, summary: dict) -> str:
+    """The worker node's name where the recorded pipeline process ran (asserting it is no node process)."""
+    pid = summary["pid"]
+    assert pid != node.proc.pid
+    owner = c.node_of(pid)
+    assert owner is not None and owner.name in WORKERS, f"pid {pid} is in no worker node ({summary})"
+    assert summary["node_tag"] == owner.name
+    return owner.name
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+class _Node(NodeProcess):
+    @property
+    def http_port(self) -> int:
+        import yaml
+
+        return int(yaml.safe_load(self.config.read_text())["node"]["http_port"])
+
+
+def test_cluster_unreachable_jobs_wait_then_run_on_a_worker_node_when_it_comes_up(tmp_path, cluster):
+    """Nothing listens at the address: the node receives, the job waits queued (status, /metrics say why);
+    the cluster comes up and the study goes storescu -> node -> Ray worker node -> storescp once."""
+    files = write_ct_study(tmp_path / "study", 3)
+    with StoreSCP(tmp_path / "scp") as scp:
+        node = _Node(_config(tmp_path, scp, cluster, cluster.address, {})).start()
+        try:
+            assert storescu(node.port, files).returncode == 0  # the node keeps receiving
+            assert wait_for(lambda: len(_jobs(node.storage)) == 1, 30)
+            time.sleep(3)
+            (job,) = _jobs(node.storage)
+            assert (job["state"], job["attempts"]) == ("queued", 0)
+            ex = node.status()["executor"]
+            assert (ex["type"], ex["available"], ex["state"]) == ("ray", False, "unavailable")
+            assert "cannot reach the Ray GCS" in ex["detail"] and ex["queued_jobs"] == 1
+            assert _metric(node, "cardionode_executor_up") == {'{executor="ray",state="unavailable"}': 0.0}
+
+            _bring_up(cluster)
+            assert wait_for(lambda: len(_srs(scp)) == 1, 120), node.log_path.read_text()[-3000:]
+            time.sleep(2)
+            assert len(_srs(scp)) == 1
+            (job,) = _jobs(node.storage)
+            assert (job["state"], job["attempts"]) == ("done", 1)
+            assert _ran_on_worker(cluster, node, json.loads(job["summary"])) in WORKERS
+            ex = node.status()["executor"]
+            assert (ex["available"], ex["state"]) == (True, "connected")
+            assert _metric(node, "cardionode_executor_up") == {'{executor="ray",state="connected"}': 1.0}
+        finally:
+            assert node.terminate() == 0
+
+
+def test_e2e_through_ray_client_address(tmp_path, cluster):
+    """``address: ray://host:port`` (Ray Client): storescu -> node -> worker node -> storescp, exactly once."""
+    _bring_up(cluster)
+    files = write_ct_study(tmp_path / "study", 2)
+    study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    with StoreSCP(tmp_path / "scp") as scp:
+        node = _Node(_config(tmp_path, scp, cluster, cluster.client_address, {})).start()
+        try:
+            assert storescu(node.port, files).returncode == 0
+            assert wait_for(lambda: len(_srs(scp)) == 1, 120), node.log_path.read_text()[-3000:]
+            time.sleep(2)
+            (sr,) = _srs(scp)
+            assert sr.StudyInstanceUID == study_uid
+            (job,) = _jobs(node.storage)
+            assert (job["state"], job["attempts"]) == ("done", 1)
+            _ran_on_worker(cluster, node, json.loads(job["summary"]))
+            groups = node.status()["executor"]["groups"]
+            assert [(g["pipeline"], g["configured"]) for g in groups] == [("test-sr", 1)]
+        finally:
+            assert node.terminate() == 0
+
+
+def test_node_killed_mid_job_restarts_and_delivers_once(tmp_path, cluster):
+    """kill -9 of the node while its job runs on a worker: the driver sees the node gone and shuts Ray down
+    (the actor and its run end); after the restart the job is resubmitted (attempt 2) and sent once."""
+    _bring_up(cluster)
+    files = write_ct_study(tmp_path / "study", 2)
+    pid_file = tmp_path / "pipeline.pid"
+    with StoreSCP(tmp_path / "scp") as scp:
+        node = _Node(_config(tmp_path, scp, cluster, cluster.address, {"delay_s": 6, "pid_file": str(pid_file)}))
+        node.start()
+        try:
+            assert storescu(node.port, files).returncode == 0
+            assert wait_for(lambda: _read_pid(pid_file) is not None, 120), node.log_path.read_text()[-3000:]
+            first = _read_pid(pid_file)
+            assert cluster.node_of(first) is not None
+            node.kill9()
+            assert wait_for(lambda: not _pid_alive(first), 30), "the killed node's job kept running on the cluster"
+            assert _srs(scp) == []
+            pid_file.unlink()
+            node.start()
+            assert wait_for(lambda: len(_srs(scp)) == 1, 120), node.log_path.read_text()[-3000:]
+            time.sleep(2)
+            assert len(_srs(scp)) == 1
+            (job,) = _jobs(node.storage)
+            assert (job["state"], job["attempts"]) == ("done", 2)
+            summary = json.loads(job["summary"])
+            _ran_on_worker(cluster, node, summary)
+            assert summary["pid"] != first
+        finally:
+            node.stop_quietly()
+
+
+def test_worker_process_then_worker_node_killed_mid_job_retried_on_the_other_node_and_delivered_once(
+        tmp_path, cluster):
+    """kill -9 of the worker process running the job, then of the whole worker node running its retry: each
+    time the job goes back to the queue under jobs.* and runs again; the third attempt runs on the other
+    worker node and its SR is the only one sent."""
+    _bring_up(cluster)
+    files = write_ct_study(tmp_path / "study", 2)
+    pid_file = tmp_path / "pipeline.pid"
+    with StoreSCP(tmp_path / "scp") as scp:
+        node = _Node(_config(tmp_path, scp, cluster, cluster.address, {"delay_s": 5, "pid_file": str(pid_file)}))
+        node.start()
+        try:
+            assert storescu(node.port, files).returncode == 0
+            assert wait_for(lambda: _read_pid(pid_file) is not None, 120), node.log_path.read_text()[-3000:]
+            first = _read_pid(pid_file)
+            assert cluster.node_of(first) is not None
+            os.kill(first, signal.SIGKILL)  # the worker process dies mid-job
+
+            assert wait_for(lambda: _read_pid(pid_file) not in (None, first), 120), node.log_path.read_text()[-3000:]
+            second = _read_pid(pid_file)
+            doomed = cluster.node_of(second)
+            assert doomed is not None and doomed.name in WORKERS
+            doomed.kill9()  # the whole worker node dies mid-job
+            survivor = next(n for n in cluster.workers if n is not doomed)
+
+            assert wait_for(lambda: len(_srs(scp)) == 1, 120), node.log_path.read_text()[-3000:]
+            time.sleep(2)
+            assert len(_srs(scp)) == 1
+            (job,) = _jobs(node.storage)
+            assert (job["state"], job["attempts"]) == ("done", 3)
+            summary = json.loads(job["summary"])
+            assert _ran_on_worker(cluster, node, summary) == survivor.name
+            records = [json.loads(line) for line in node.log_path.read_text().splitlines() if line.startswith("{")]
+            lost = [r for r in records if r.get("msg") == "job transient error" and "worker lost" in r.get("error", "")]
+            assert len(lost) == 2
+        finally:
+            assert node.terminate() == 0
