@@ -20,8 +20,8 @@ the pipeline's ``num_cpus`` / ``num_gpus`` / ``memory`` / custom resources,
 ``max_restarts=-1`` (Ray restarts an actor whose process or node died, on any
 node with the resources) and ``max_task_retries=0`` (the node, not Ray, decides
 about retries: a lost call comes back as ``worker_lost`` and the job is
-re-queued under ``jobs.*``).  Health checks run in a separate concurrency group
-so that they are answered while a job runs.
+re-queued under ``jobs.*``).  Health checks (``info``) run in a separate
+concurrency group so that they are answered while a job runs.
 """
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ class RayPipelineWorker(PipelineWorker):
         kwargs["node_info"] = {"ray_node_id": ctx.get_node_id()}
         super().__init__(*args, **kwargs)
 
+    @ray.method(concurrency_group="health")  # answered while a job runs (Ray Client has no per-call option)
     def info(self) -> dict[str, Any]:
         info = super().info()
         info["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
@@ -245,7 +246,7 @@ class Driver:
             actors = [a for group in self._actors.values() for a in group]
         for a in actors:
             if a.ping is None:
-                a.ping, a.ping_sent = a.handle.info.options(concurrency_group="health").remote(), now
+                a.ping, a.ping_sent = a.handle.info.remote(), now
                 continue
             done, _ = ray.wait([a.ping], timeout=0)
             if not done:
@@ -297,13 +298,24 @@ class Driver:
 
     # ------------------------------------------------------------------ jobs
     def _choose(self, pipeline: str) -> _Actor:
-        with self._lock:
-            group = self._actors.get(pipeline)
-            if not group:
-                raise KeyError(f"no actors for pipeline {pipeline!r} (not routed and not under executor.pipelines)")
-            actor = min(group, key=lambda a: (not a.ready, a.inflight, a.index))
-            actor.inflight += 1
-            return actor
+        """The ready actor of ``pipeline`` with the fewest calls in flight; waits while none is ready.
+
+        A call sent to an actor that Ray is restarting fails at once ("The actor
+        is restarting") without running, which would use up an attempt for
+        nothing; so jobs wait here until a health check has answered.
+        """
+        while True:
+            with self._lock:
+                group = self._actors.get(pipeline)
+                if not group:
+                    raise KeyError(f"no actors for pipeline {pipeline!r} (not routed, not under executor.pipelines)")
+                ready = [a for a in group if a.ready]
+                if ready:
+                    actor = min(ready, key=lambda a: (a.inflight, a.index))
+                    actor.inflight += 1
+                    return actor
+            if self._stop.wait(0.2):
+                raise ConnectionError("the driver is stopping")
 
     def _bundle(self, msg: Submit) -> StudyBundle:
         s = self.settings

@@ -20,24 +20,26 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
+import socket
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import pytest
 
 from .node_proc import ROOT
-from .peers import free_port
 
-__all__ = ["RayCluster", "RayNode", "require_ray"]
+__all__ = ["RayCluster", "RayNode", "require_ray", "spare_port"]
 
 HEALTH_CHECK_ENV = {
+    "RAY_raylet_start_wait_time_s": "150",  # a loaded 2-core box can take longer than Ray's 30 s to register a node
     "RAY_health_check_initial_delay_ms": "1000",
     "RAY_health_check_period_ms": "500",
     "RAY_health_check_timeout_ms": "1000",
@@ -51,6 +53,25 @@ def require_ray() -> str:
     if not exe.exists():
         pytest.skip("Ray is not installed (pip install '.[ray]')")
     return str(exe)
+
+
+def spare_port() -> int:
+    """A port below Linux's ephemeral range (32768-60999) that is free now.
+
+    The fixed ports given to Ray must not be the random ephemeral ports that
+    other Ray processes bind meanwhile (a raylet aborts on "bind: Address
+    already in use"), so they come from 20000-32767, chosen at random.
+    """
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32767")
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -91,7 +112,7 @@ class RayNode:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_started(self, timeout: float = 90) -> None:
+    def wait_started(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if "Ray runtime started" in self.log():
@@ -158,8 +179,8 @@ class RayCluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # short: Ray's unix socket paths live below it (limit 107 characters)
         self.temp_dir = Path(tempfile.mkdtemp(prefix="cnray-"))
-        self.gcs_port = gcs_port or free_port()
-        self.client_port = free_port()
+        self.gcs_port = gcs_port or spare_port()
+        self.client_port = spare_port()
         self.head: RayNode | None = None
         self.workers: list[RayNode] = []
         # token authentication with this cluster's own token (never the user's ~/.ray/auth_token)
@@ -177,15 +198,14 @@ class RayCluster:
         return f"ray://127.0.0.1:{self.client_port}"
 
     def _common(self) -> list[str]:
+        """Options of every node: Ray picks random free ports itself except where its default is fixed."""
         return ["--block", "--disable-usage-stats", "--object-store-memory", str(80 * 1024 * 1024),
-                "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-                "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-                "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
-                "--min-worker-port", "0", "--max-worker-port", "0"]
+                "--dashboard-agent-listen-port", str(spare_port()),  # default 52365
+                "--min-worker-port", "0", "--max-worker-port", "0"]  # default 10002-19999
 
     def start_head(self) -> "RayCluster":
         args = [self.exe, "start", "--head", "--port", str(self.gcs_port), "--num-cpus", "0",
-                "--include-dashboard", "false", "--dashboard-port", str(free_port()),
+                "--include-dashboard", "false", "--dashboard-port", str(spare_port()),
                 "--ray-client-server-port", str(self.client_port), "--temp-dir", str(self.temp_dir),
                 *self._common()]
         self.head = RayNode("head", args, dict(self.env, CARDIONODE_TEST_NODE_TAG="head"),
@@ -193,14 +213,22 @@ class RayCluster:
         self.head.wait_started()
         return self
 
-    def add_worker(self, name: str, resources: Mapping[str, float], num_cpus: int = 1) -> RayNode:
-        """A worker node with ``resources``; its processes see ``CARDIONODE_TEST_NODE_TAG=name``."""
-        args = [self.exe, "start", "--address", self.address, "--num-cpus", str(num_cpus),
-                "--resources", json.dumps(dict(resources)), *self._common()]
-        node = RayNode(name, args, dict(self.env, CARDIONODE_TEST_NODE_TAG=name), self.log_dir / f"ray-{name}.log")
-        node.wait_started()
-        self.workers.append(node)
-        return node
+    def add_workers(self, names: Sequence[str], resources: Mapping[str, float], num_cpus: int = 1) -> list[RayNode]:
+        """Worker nodes with ``resources`` each; their processes see ``CARDIONODE_TEST_NODE_TAG=<name>``.
+
+        One after the other: nodes on one machine share the head's session
+        directory, and two raylets starting at once pick the same object-store
+        socket name (the second aborts with "bind: Address already in use").
+        """
+        nodes = []
+        for name in names:
+            args = [self.exe, "start", "--address", self.address, "--num-cpus", str(num_cpus),
+                    "--resources", json.dumps(dict(resources)), *self._common()]
+            node = RayNode(name, args, dict(self.env, CARDIONODE_TEST_NODE_TAG=name), self.log_dir / f"ray-{name}.log")
+            self.workers.append(node)
+            node.wait_started()
+            nodes.append(node)
+        return nodes
 
     def node_of(self, pid: int) -> RayNode | None:
         return next((n for n in [*self.workers, self.head] if n is not None and n.owns(pid)), None)
