@@ -16,18 +16,21 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
 import pydicom
 import pytest
 import requests
+import yaml
 
 from node import db
 from tests.fixtures.studies import write_ct_study
-from tests.support.node_proc import NodeProcess, node_config
+from tests.support.node_proc import NodeProcess, node_config, pipeline_node_config
 from tests.support.peers import StoreSCP, storescu, wait_for
 from tests.support.ray_cluster import RayCluster, require_ray
+from tests.test_syntax_pipeline import check_sr, xa_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.ray]
 
@@ -47,8 +50,8 @@ def _bring_up(c: RayCluster) -> None:
     """Head and both worker nodes (``cn_worker: 1`` each); idempotent."""
     if c.head is None:
         c.start_head()
-    for name in WORKERS[len(c.workers):]:
-        c.add_worker(name, {"cn_worker": 1})
+    if not c.workers:
+        c.add_workers(WORKERS, {"cn_worker": 1})
 
 
 def _config(tmp_path: Path, scp: StoreSCP, c: RayCluster, address: str, options: dict,
@@ -118,17 +121,39 @@ def _pid_alive(pid: int) -> bool:
 class _Node(NodeProcess):
     @property
     def http_port(self) -> int:
-        import yaml
-
         return int(yaml.safe_load(self.config.read_text())["node"]["http_port"])
 
 
-def test_cluster_unreachable_jobs_wait_then_run_on_a_worker_node_when_it_comes_up(tmp_path, cluster):
-    """Nothing listens at the address: the node receives, the job waits queued (status, /metrics say why);
-    the cluster comes up and the study goes storescu -> node -> Ray worker node -> storescp once."""
+def _driver_pid(node: NodeProcess) -> int | None:
+    """The node's Ray driver child process (``python -m node.executors.ray_driver``)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if ppid == node.proc.pid and b"node.executors.ray_driver" in cmd:
+            return int(entry)
+    return None
+
+
+def _job_done_records(node: NodeProcess) -> list[dict]:
+    records = [json.loads(line) for line in node.log_path.read_text().splitlines() if line.startswith("{")]
+    return [r for r in records if r.get("msg") == "job done"]
+
+
+def test_cluster_unreachable_jobs_wait_then_run_on_a_worker_node_and_survive_losing_the_driver(tmp_path, cluster):
+    """Nothing listens at the address: the node receives, the job waits queued (status and /metrics say why).
+    The cluster comes up and the job starts on a worker node; then the node's Ray driver dies mid-job (what
+    Ray does to a driver that lost the GCS for 60 s): the job goes back to the queue without using an
+    attempt, a new driver connects, and the study goes storescu -> node -> Ray worker node -> storescp once."""
     files = write_ct_study(tmp_path / "study", 3)
+    pid_file = tmp_path / "pipeline.pid"
     with StoreSCP(tmp_path / "scp") as scp:
-        node = _Node(_config(tmp_path, scp, cluster, cluster.address, {})).start()
+        node = _Node(_config(tmp_path, scp, cluster, cluster.address, {"delay_s": 3, "pid_file": str(pid_file)}))
+        node.start()
         try:
             assert storescu(node.port, files).returncode == 0  # the node keeps receiving
             assert wait_for(lambda: len(_jobs(node.storage)) == 1, 30)
@@ -141,11 +166,19 @@ def test_cluster_unreachable_jobs_wait_then_run_on_a_worker_node_when_it_comes_u
             assert _metric(node, "cardionode_executor_up") == {'{executor="ray",state="unavailable"}': 0.0}
 
             _bring_up(cluster)
+            assert wait_for(lambda: _read_pid(pid_file) is not None, 120), node.log_path.read_text()[-3000:]
+            first = _read_pid(pid_file)
+            assert cluster.node_of(first) is not None and _jobs(node.storage)[0]["attempts"] == 1
+            driver = _driver_pid(node)
+            assert driver is not None
+            os.kill(driver, signal.SIGKILL)
+            assert wait_for(lambda: not _pid_alive(first), 30), "the dead driver's actor kept running"
+
             assert wait_for(lambda: len(_srs(scp)) == 1, 120), node.log_path.read_text()[-3000:]
             time.sleep(2)
             assert len(_srs(scp)) == 1
             (job,) = _jobs(node.storage)
-            assert (job["state"], job["attempts"]) == ("done", 1)
+            assert (job["state"], job["attempts"]) == ("done", 1)  # the lost run did not count
             assert _ran_on_worker(cluster, node, json.loads(job["summary"])) in WORKERS
             ex = node.status()["executor"]
             assert (ex["available"], ex["state"]) == (True, "connected")
@@ -154,26 +187,47 @@ def test_cluster_unreachable_jobs_wait_then_run_on_a_worker_node_when_it_comes_u
             assert node.terminate() == 0
 
 
-def test_e2e_through_ray_client_address(tmp_path, cluster):
-    """``address: ray://host:port`` (Ray Client): storescu -> node -> worker node -> storescp, exactly once."""
+def test_syntax_pipeline_on_a_worker_through_ray_client_with_shared_filesystem(tmp_path, cluster):
+    """The real SYNTAX pipeline (ONNX Runtime models loaded by the actor) on a worker node, reached through
+    ``address: ray://host:port`` with ``transfer: shared_filesystem``: XA study by storescu -> node -> Ray
+    worker -> SR + summary image at storescp, once each, the SR valid as in the local e2e test."""
     _bring_up(cluster)
-    files = write_ct_study(tmp_path / "study", 2)
-    study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    files, _st = xa_study(tmp_path / "xa", seed=4712)
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     with StoreSCP(tmp_path / "scp") as scp:
-        node = _Node(_config(tmp_path, scp, cluster, cluster.client_address, {})).start()
+        path = pipeline_node_config(tmp_path, "syntax", "XA", scp.port, {"threshold": 22})
+        cfg = yaml.safe_load(path.read_text())
+        cfg["executor"] = {"type": "ray", "address": cluster.client_address, "auth_token_file": str(cluster.token_file),
+                           "transfer": "shared_filesystem", "max_in_flight": 1,
+                           "pipelines": {"syntax": {"num_cpus": 1, "resources": {"cn_worker": 1}}}}
+        path.write_text(yaml.safe_dump(cfg))
+        node = _Node(path).start()
         try:
-            assert storescu(node.port, files).returncode == 0
-            assert wait_for(lambda: len(_srs(scp)) == 1, 120), node.log_path.read_text()[-3000:]
+            sent = subprocess.run(["storescu", "-xy", "-aet", "MODALITY", "-aec", "CARDIONODE", "127.0.0.1",
+                                   str(node.port), *map(str, files)], capture_output=True, text=True, timeout=120)
+            assert sent.returncode == 0, sent.stderr
+            assert wait_for(lambda: "SR" in {d.Modality for d in scp.received()}, 180, interval=1.0), \
+                node.log_path.read_text()[-3000:]
             time.sleep(2)
-            (sr,) = _srs(scp)
-            assert sr.StudyInstanceUID == study_uid
+            received = scp.received()
+            assert len(received) == 2  # SR + summary Secondary Capture, each once
+            assert {str(d.SOPClassUID).startswith("1.2.840.10008.5.1.4.1.1.7") for d in received} == {True, False}
             (job,) = _jobs(node.storage)
             assert (job["state"], job["attempts"]) == ("done", 1)
-            _ran_on_worker(cluster, node, json.loads(job["summary"]))
+            assert {m["provider"] for m in json.loads(job["models"])} == {"cpu"}
+            (done,) = _job_done_records(node)
+            worker_pid = int(done["worker"].split(" pid ")[1].split()[0])
+            owner = cluster.node_of(worker_pid)
+            assert owner is not None and owner.name in WORKERS and worker_pid != node.proc.pid
+            assert done["t_study_bytes"] == 0  # by path: nothing went through the object store
             groups = node.status()["executor"]["groups"]
-            assert [(g["pipeline"], g["configured"]) for g in groups] == [("test-sr", 1)]
+            assert [(g["pipeline"], g["configured"], g["ready"]) for g in groups] == [("syntax", 1, 1)]
         finally:
             assert node.terminate() == 0
+    sr = pydicom.dcmread(next(p for p in (tmp_path / "scp").iterdir()
+                              if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SR"))
+    assert sr.StudyInstanceUID == study_uid
+    check_sr(sr)
 
 
 def test_node_killed_mid_job_restarts_and_delivers_once(tmp_path, cluster):

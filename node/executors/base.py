@@ -68,7 +68,8 @@ class JobRequest:
 class Execution:
     """What an executor hands back: the pipeline's result, where it ran, and how long the parts took.
 
-    ``timings`` (seconds): ``run_s`` is the pipeline's own ``run()``; remote
+    ``timings`` (seconds): ``run_s`` is the pipeline's own ``run()`` (``run_cpu_s``
+    the CPU time of the thread that ran it); remote
     executors add ``total_s`` (submit to result in the node), ``transfer_s``
     (study into the object store) and ``overhead_s`` (``total_s - run_s``).
     """

@@ -45,10 +45,10 @@ class LocalExecutor:
             work_dir=request.work_dir,
             logger=logging.getLogger(f"cardionode.pipeline.{request.pipeline}"),
         )
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         result = pipeline.run(request.study, context)
         return Execution(result=result, worker={"where": "node process", "pid": os.getpid()},
-                         timings={"run_s": time.perf_counter() - started})
+                         timings={"run_s": time.perf_counter() - started, "run_cpu_s": time.thread_time() - cpu})
 
     def stop(self, timeout: float = 30.0) -> None:
         """Nothing to release."""

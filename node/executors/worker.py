@@ -94,7 +94,7 @@ class PipelineWorker:
             work_dir.mkdir()
             context = PipelineContext(options=options, models=self.models, work_dir=work_dir,
                                       logger=logging.getLogger(f"cardionode.pipeline.{self.pipeline_name}"))
-            t1 = time.perf_counter()
+            t1, cpu = time.perf_counter(), time.thread_time()
             try:
                 result = self.pipeline.run(study, context)
             except PipelineInputError as exc:
@@ -103,9 +103,10 @@ class PipelineWorker:
                 return WorkerOutcome("transient", message=str(exc), worker=where)
             except Exception as exc:  # a pipeline bug: recorded with its traceback, the worker stays up
                 return WorkerOutcome("error", message=f"{exc!r}\n{traceback.format_exc()}", worker=where)
-            t2 = time.perf_counter()
+            t2, cpu = time.perf_counter(), time.thread_time() - cpu
             payload = ResultPayload.from_result(result)
             t3 = time.perf_counter()
         log.info("job %s done on %s pid %s in %.3f s", job_key, where["host"], where["pid"], t2 - t1)
         return WorkerOutcome("done", payload=payload, worker=where,
-                             timings={"materialise_s": t1 - t0, "run_s": t2 - t1, "serialise_s": t3 - t2})
+                             timings={"materialise_s": t1 - t0, "run_s": t2 - t1, "run_cpu_s": cpu,
+                                      "serialise_s": t3 - t2})
