@@ -26,6 +26,7 @@ import requests
 import yaml
 
 from node import db
+from node.executors.status_file import read_status
 from tests.fixtures.studies import write_ct_study
 from tests.support.node_proc import NodeProcess, node_config, pipeline_node_config
 from tests.support.peers import StoreSCP, storescu, wait_for
@@ -93,12 +94,26 @@ def _metric(node: NodeProcess, name: str) -> dict[str, float]:
     return out
 
 
+def _ancestry(pid: int) -> str:
+    """``pid (command) <- parent ...`` up to init, for failure messages."""
+    chain = []
+    while pid > 1:
+        try:
+            head, tail = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
+        except OSError:
+            chain.append(f"{pid} (gone)")
+            break
+        chain.append(f"{pid} {head.split('(', 1)[1][:20]}")
+        pid = int(tail.split()[1])
+    return " <- ".join(chain)
+
+
 def _ran_on_worker(c: RayCluster, node: NodeProcess, summary: dict) -> str:
     """The worker node's name where the recorded pipeline process ran (asserting it is no node process)."""
     pid = summary["pid"]
     assert pid != node.proc.pid
     owner = c.node_of(pid)
-    assert owner is not None and owner.name in WORKERS, f"pid {pid} is in no worker node ({summary})"
+    assert owner is not None and owner.name in WORKERS, f"pid {pid} is in no worker node ({summary}; {_ancestry(pid)})"
     assert summary["node_tag"] == owner.name
     return owner.name
 
@@ -152,7 +167,7 @@ def test_cluster_unreachable_jobs_wait_then_run_on_a_worker_node_and_survive_los
     files = write_ct_study(tmp_path / "study", 3)
     pid_file = tmp_path / "pipeline.pid"
     with StoreSCP(tmp_path / "scp") as scp:
-        node = _Node(_config(tmp_path, scp, cluster, cluster.address, {"delay_s": 3, "pid_file": str(pid_file)}))
+        node = _Node(_config(tmp_path, scp, cluster, cluster.address, {"delay_s": 6, "pid_file": str(pid_file)}))
         node.start()
         try:
             assert storescu(node.port, files).returncode == 0  # the node keeps receiving
@@ -166,12 +181,14 @@ def test_cluster_unreachable_jobs_wait_then_run_on_a_worker_node_and_survive_los
             assert _metric(node, "cardionode_executor_up") == {'{executor="ray",state="unavailable"}': 0.0}
 
             _bring_up(cluster)
-            assert wait_for(lambda: _read_pid(pid_file) is not None, 120), node.log_path.read_text()[-3000:]
-            first = _read_pid(pid_file)
-            assert cluster.node_of(first) is not None and _jobs(node.storage)[0]["attempts"] == 1
+            assert wait_for(lambda: (read_status(node.storage) or {}).get("available"), 120), \
+                node.log_path.read_text()[-3000:]
             driver = _driver_pid(node)
             assert driver is not None
-            os.kill(driver, signal.SIGKILL)
+            assert wait_for(lambda: _read_pid(pid_file) is not None, 120), node.log_path.read_text()[-3000:]
+            os.kill(driver, signal.SIGKILL)  # mid-job: the pipeline sleeps 6 s after writing its pid
+            first = _read_pid(pid_file)
+            assert _srs(scp) == [] and _jobs(node.storage)[0]["state"] == "running"
             assert wait_for(lambda: not _pid_alive(first), 30), "the dead driver's actor kept running"
 
             assert wait_for(lambda: len(_srs(scp)) == 1, 120), node.log_path.read_text()[-3000:]
@@ -179,7 +196,8 @@ def test_cluster_unreachable_jobs_wait_then_run_on_a_worker_node_and_survive_los
             assert len(_srs(scp)) == 1
             (job,) = _jobs(node.storage)
             assert (job["state"], job["attempts"]) == ("done", 1)  # the lost run did not count
-            assert _ran_on_worker(cluster, node, json.loads(job["summary"])) in WORKERS
+            summary = json.loads(job["summary"])
+            assert _ran_on_worker(cluster, node, summary) in WORKERS and summary["pid"] != first
             ex = node.status()["executor"]
             assert (ex["available"], ex["state"]) == (True, "connected")
             assert _metric(node, "cardionode_executor_up") == {'{executor="ray",state="connected"}': 1.0}
