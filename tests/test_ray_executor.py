@@ -159,6 +159,23 @@ def _job_done_records(node: NodeProcess) -> list[dict]:
     return [r for r in records if r.get("msg") == "job done"]
 
 
+def _send_and_wait_for_run(node: NodeProcess, files: list[Path], pid_file: Path) -> int:
+    """C-STORE the study and return the pid of the process that started running its pipeline."""
+    assert storescu(node.port, files).returncode == 0
+    assert wait_for(lambda: _read_pid(pid_file) is not None, 120), node.log_path.read_text()[-3000:]
+    pid = _read_pid(pid_file)
+    assert pid is not None
+    return pid
+
+
+def _one_sr(scp: StoreSCP, node: NodeProcess) -> pydicom.Dataset:
+    """Wait for the SR at storescp, give a duplicate time to show up, return the only one."""
+    assert wait_for(lambda: len(_srs(scp)) == 1, 120), node.log_path.read_text()[-3000:]
+    time.sleep(2)
+    (sr,) = _srs(scp)
+    return sr
+
+
 def test_cluster_unreachable_jobs_wait_then_run_on_a_worker_node_and_survive_losing_the_driver(tmp_path, cluster):
     """Nothing listens at the address: the node receives, the job waits queued (status and /metrics say why).
     The cluster comes up and the job starts on a worker node; then the node's Ray driver dies mid-job (what
@@ -190,10 +207,7 @@ def test_cluster_unreachable_jobs_wait_then_run_on_a_worker_node_and_survive_los
             first = _read_pid(pid_file)
             assert _srs(scp) == [] and _jobs(node.storage)[0]["state"] == "running"
             assert wait_for(lambda: not _pid_alive(first), 30), "the dead driver's actor kept running"
-
-            assert wait_for(lambda: len(_srs(scp)) == 1, 120), node.log_path.read_text()[-3000:]
-            time.sleep(2)
-            assert len(_srs(scp)) == 1
+            _one_sr(scp, node)
             (job,) = _jobs(node.storage)
             assert (job["state"], job["attempts"]) == ("done", 1)  # the lost run did not count
             summary = json.loads(job["summary"])
@@ -258,18 +272,14 @@ def test_node_killed_mid_job_restarts_and_delivers_once(tmp_path, cluster):
         node = _Node(_config(tmp_path, scp, cluster, cluster.address, {"delay_s": 6, "pid_file": str(pid_file)}))
         node.start()
         try:
-            assert storescu(node.port, files).returncode == 0
-            assert wait_for(lambda: _read_pid(pid_file) is not None, 120), node.log_path.read_text()[-3000:]
-            first = _read_pid(pid_file)
+            first = _send_and_wait_for_run(node, files, pid_file)
             assert cluster.node_of(first) is not None
             node.kill9()
             assert wait_for(lambda: not _pid_alive(first), 30), "the killed node's job kept running on the cluster"
             assert _srs(scp) == []
             pid_file.unlink()
             node.start()
-            assert wait_for(lambda: len(_srs(scp)) == 1, 120), node.log_path.read_text()[-3000:]
-            time.sleep(2)
-            assert len(_srs(scp)) == 1
+            _one_sr(scp, node)
             (job,) = _jobs(node.storage)
             assert (job["state"], job["attempts"]) == ("done", 2)
             summary = json.loads(job["summary"])
@@ -291,9 +301,7 @@ def test_worker_process_then_worker_node_killed_mid_job_retried_on_the_other_nod
         node = _Node(_config(tmp_path, scp, cluster, cluster.address, {"delay_s": 5, "pid_file": str(pid_file)}))
         node.start()
         try:
-            assert storescu(node.port, files).returncode == 0
-            assert wait_for(lambda: _read_pid(pid_file) is not None, 120), node.log_path.read_text()[-3000:]
-            first = _read_pid(pid_file)
+            first = _send_and_wait_for_run(node, files, pid_file)
             assert cluster.node_of(first) is not None
             os.kill(first, signal.SIGKILL)  # the worker process dies mid-job
 
@@ -303,10 +311,7 @@ def test_worker_process_then_worker_node_killed_mid_job_retried_on_the_other_nod
             assert doomed is not None and doomed.name in WORKERS
             doomed.kill9()  # the whole worker node dies mid-job
             survivor = next(n for n in cluster.workers if n is not doomed)
-
-            assert wait_for(lambda: len(_srs(scp)) == 1, 120), node.log_path.read_text()[-3000:]
-            time.sleep(2)
-            assert len(_srs(scp)) == 1
+            _one_sr(scp, node)
             (job,) = _jobs(node.storage)
             assert (job["state"], job["attempts"]) == ("done", 3)
             summary = json.loads(job["summary"])
