@@ -175,7 +175,8 @@ def _mount_optional(subparsers: argparse._SubParsersAction) -> None:
                 p.set_defaults(func=_needs_train_extra(command, missing))
 
 
-_TRAIN_EXTRA_CLIS = ("export.cli", "training.calcium.cli", "training.myops.cli", "training.syntax.cli")
+_TRAIN_EXTRA_CLIS = ("export.cli", "training.datasets.cli", "training.calcium.cli", "training.myops.cli",
+                     "training.syntax.cli")
 
 
 def _needs_train_extra(command: str, reasons: list[str]) -> Any:
