@@ -94,11 +94,28 @@ def build_provenance(record: Mapping[str, Any] | None, options: Mapping[str, Any
         data["run"] = str(record["run"])
     if record.get("code_version"):
         data["code_version"] = record["code_version"]
+    data, metrics = _plain(data), _plain(metrics)
     return Provenance(
         trained_on=trained_on, synthetic=synthetic,
         date=str(options.get("date") or dt.date.today().isoformat()),
         code_version=str(options.get("code_version") or record.get("code_version") or _code_version()),
         metrics=metrics, notes=str(options.get("notes") or default_notes), training_data=data)
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy (paths and other objects as strings; NaN as null) for the manifest."""
+    import math
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, Mapping):
+            return {str(k): fix(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [fix(x) for x in v]
+        return v
+
+    return fix(json.loads(json.dumps(obj, default=str)))
 
 
 def _code_version() -> str:

@@ -114,7 +114,8 @@ def make_myops(out: Path, cases: int = 6, seed: int = 0, prealigned: bool = Fals
     from training.myops.phantom import make_phantom, write_myops_folder
 
     base = 30_000 + 1000 * seed
-    phantoms = [(f"case{i + 1:04d}", make_phantom(base + i)) for i in range(cases)]
+    # pre-aligned phantoms are rendered without the breath-hold misalignment: aligned by construction
+    phantoms = [(f"case{i + 1:04d}", make_phantom(base + i, misalign=not prealigned)) for i in range(cases)]
     if prealigned:
         raw = _write_myops_prealigned(phantoms, Path(out))
     else:
@@ -125,16 +126,20 @@ def make_myops(out: Path, cases: int = 6, seed: int = 0, prealigned: bool = Fals
 
 
 def _write_myops_prealigned(phantoms, out: Path) -> Path:
-    """The release as distributed: our own matching / registration / ROI crop (ground-truth prior), written as
-    one 128 x 128 grid per case (1 mm pixels, the matched slice spacing)."""
+    """The release as distributed: our own slice matching, 1 mm grid and ROI crop (ground-truth prior; the
+    phantoms are rendered aligned, so no registration is needed), written as one 128 x 128 grid per case."""
     from pipelines.imaging import Volume
-    from training.myops.dataset import SEQUENCES, volume_to_nifti
+    from training.myops.dataset import SEQUENCES, MyoPSCase, volume_to_nifti
     from training.myops.labels import MYOPS2020
     from training.myops.prepare import prepare_case
 
+    from pipelines.myops.preprocess import PreprocessConfig
+    from pipelines.myops.registration import RegistrationConfig
+
+    no_registration = PreprocessConfig(registration=RegistrationConfig(enabled=False))
     raw = out / "Raw_data"
     for case_id, case in phantoms:
-        pc = prepare_case(case)
+        pc = prepare_case(MyoPSCase(case_id, case.volumes, case.label), no_registration)
         n = pc.image.shape[0]
         lge = case.volumes["lge"]
         dz = float(lge.spacing[0])
