@@ -31,7 +31,7 @@ from typing import Any, ContextManager, Mapping, Sequence
 import torch
 
 from .checkpoint import capture_rng, check_finite, restore_rng, save_atomic
-from .config import write_config
+from .config import to_yaml_dict, write_config
 from .device import Precision, resolve_device, resolve_precision
 from .errors import NonFiniteError, RunError, RunExistsError
 from .metrics import MetricsLog
@@ -93,7 +93,7 @@ class TrainingRun:
         self.opts = opts
         self.folder = Path(opts.out)
         self.family = family
-        self.config = dict(config)
+        self.config = to_yaml_dict(config)  # plain values only: checkpoints load anywhere, config.yaml round-trips
         self.device = resolve_device(opts.device)
         self.precision: Precision = resolve_precision(opts.precision, self.device)
         self.scaler = self.precision.scaler()
