@@ -52,7 +52,10 @@ def _metrics_from_file(path: str) -> dict[str, Any]:
         data = data["metrics"]
     if not isinstance(data, Mapping):
         raise ProvenanceError(f"--option metrics_file={path}: expected a JSON object of metrics")
-    return {str(k): v for k, v in data.items() if k not in DROPPED_METRIC_KEYS}
+    out = {str(k): v for k, v in data.items() if k not in DROPPED_METRIC_KEYS and k != "method"}
+    if "method" in data:  # last: the one-line summaries show the first figures, not the explanation
+        out["method"] = data["method"]
+    return out
 
 
 def _describe(training_data: Mapping[str, Any]) -> str:

@@ -32,6 +32,11 @@ def forward(sub: "argparse._SubParsersAction", name: str, module: str, help_text
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
+    import importlib.util
+
+    for name in ("torch", "nibabel", "nrrd"):  # the train extra (checked without importing torch at every start)
+        if importlib.util.find_spec(name) is None:
+            raise ImportError(f"No module named {name!r}")
     dsub = datasets_subparsers(subparsers)
     forward(dsub, "make-phantoms", "training.datasets.phantoms",
             "write synthetic phantoms in a published layout: coca, cardiosyntax or myops")
