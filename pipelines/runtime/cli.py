@@ -25,17 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list)
     rel = sub.add_parser("reload", help="send SIGHUP to the running node: new jobs use newly installed models")
     rel.set_defaults(func=cmd_reload)
+    from node.cli import add_config_arguments
+
     for sp in (lst, rel):
-        # SUPPRESS: keep a --config given to the top-level parser instead of overwriting it with None.
-        sp.add_argument("--config", default=argparse.SUPPRESS, help="node config file (YAML)")
+        add_config_arguments(sp)
     return p
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from node.config import NodeConfig, load_config
+    from node.cli import config_from_args
 
-    path = getattr(args, "config", None)
-    return load_config(path) if path else NodeConfig()
+    return config_from_args(args)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
