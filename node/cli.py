@@ -192,7 +192,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mount_optional(subparsers: argparse._SubParsersAction) -> None:
+def _mount_optional(subparsers: argparse._SubParsersAction, training: bool = True) -> None:
     try:
         from . import retrieve
     except ImportError:
@@ -205,6 +205,8 @@ def _mount_optional(subparsers: argparse._SubParsersAction) -> None:
         models_cli = None
     if models_cli is not None:
         models_cli.register(subparsers)
+    if not training:
+        return
     missing: list[str] = []
     for module_name in _TRAIN_EXTRA_CLIS:  # need torch & co. (train extra); the node runs without them
         if importlib.util.find_spec(module_name) is None:
@@ -222,6 +224,20 @@ def _mount_optional(subparsers: argparse._SubParsersAction) -> None:
 
 
 _TRAIN_EXTRA_CLIS = ("export.cli", "training.calcium.cli", "training.myops.cli", "training.syntax.cli")
+#: Commands of the node itself: they never need the training commands (importing them imports torch:
+#: seconds of start-up for every `serve` or `status` where the train extra is installed).
+NODE_COMMANDS = frozenset({"serve", "status", "process", "pull", "models"})
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    """The subcommand in ``argv`` (the first word that is not an option or the top-level --config value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _needs_train_extra(command: str, reasons: list[str]) -> Any:
@@ -232,7 +248,8 @@ def _needs_train_extra(command: str, reasons: list[str]) -> Any:
     return run
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(training: bool = True) -> argparse.ArgumentParser:
+    """The full parser; ``training=False`` leaves out the train-extra commands (export, datasets, ...)."""
     parser = argparse.ArgumentParser(prog="cardionode", description="CardioNode: clinical AI node for cardiac imaging")
     parser.add_argument("--config", default=None, help="node config file (YAML); default: built-in defaults")
     parser.add_argument("--debug", action="store_true", help="full traceback on errors, DEBUG logging")
@@ -265,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_pull_arguments(pr)
     pr.set_defaults(func=cmd_process)
 
-    _mount_optional(sub)
+    _mount_optional(sub, training)
     return parser
 
 
@@ -275,7 +292,8 @@ def _one_line(text: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every failure is one line on stderr (with ``--debug`` also the traceback)."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(training=_command_name(argv) not in NODE_COMMANDS)
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     try:
