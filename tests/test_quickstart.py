@@ -74,3 +74,10 @@ def test_shipped_config_from_a_fresh_working_directory_delivers_the_sr(tmp_path:
     assert [j["state"] for j in data["jobs"]] == ["done"]
     assert data["node"]["storage_dir"] == str(work / "var")
     assert health.status_code == 200 and health.json()["ready"] is True
+    # start-up speaks once about execution providers, not twice per model
+    log = log_path.read_text().splitlines()
+    assert [line for line in log if " WARNING " in line or " ERROR " in line] == []
+    providers = [line for line in log if "execution providers: " in line]
+    assert len(providers) == 1 and "providers in this build: " in providers[0] and "models run on cpu" in providers[0]
+    ready = [line for line in log if "models ready: " in line]
+    assert len(ready) == 1 and all(f"{m} on cpu" in ready[0] for m in ("syntax-artery", "calcium-unet2d", "myops-unet"))

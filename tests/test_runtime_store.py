@@ -256,7 +256,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_models_list_cli(models_dir: Path, tmp_path: Path) -> None:
     res = _cli("models", "list", "--json", "--config", str(_config(tmp_path, models_dir)))
     assert res.returncode == 0, res.stderr
-    rows = {row["name"]: row for row in json.loads(res.stdout)}
+    listing = json.loads(res.stdout)
+    assert listing["onnxruntime"]["conflict"] is None and "CPUExecutionProvider" in listing["onnxruntime"]["providers"]
+    rows = {row["name"]: row for row in listing["models"]}
     # the configured directory's model is listed beside the bundled ones
     assert rows["seg"]["version"] == "1" and rows["seg"]["provider"] == "cpu"
     assert {"calcium-unet2d", "myops-unet", "syntax-artery"} <= set(rows)
