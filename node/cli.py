@@ -111,7 +111,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     c = data["counts"]
     print(f"node {config.node.ae_title} port {config.node.port} http {config.node.http_port} "
           f"storage {config.node.storage_dir}")
-    print("studies: " + (", ".join(f"{k} {v}" for k, v in sorted(c["pending_studies"].items())) or "none"))
+    print("studies: " + (", ".join(f"{k} {v}" for k, v in sorted(c["studies"].items())) or "none"))
     print("jobs:    " + (", ".join(f"{k} {v}" for k, v in sorted(c["jobs"].items())) or "none"))
     print("\nDESTINATION          TYPE     QUEUE  SENT   FAILED LAST SUCCESS         LAST ERROR")
     for d in data["destinations"]:
@@ -127,6 +127,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for s in data["studies"]:
         print(f"  {s['state']:<10} gen {s['generation']} last {_fmt_time(s['last_received_at'])} "
               f"{s['study_uid']} {','.join(s['routes'])}")
+        if s["error"]:
+            print(f"             {s['error'][:110]}")
     models = data["models"]
     print("\nMODELS")
     if args.no_models:
