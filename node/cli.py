@@ -5,6 +5,7 @@
 - ``cardionode status --config ... [--json]``: studies, jobs, destinations, models.
 - ``cardionode process --config ... --study-dir DIR --pipeline NAME [--out DIR]``: run one
   pipeline over DICOM files without the network (pipeline development, tests).
+- ``cardionode sample xa|ct|mr [--out DIR]``: a synthetic phantom study to send to the node.
 - ``cardionode models list|reload``; with the train extra also ``export``, ``datasets ...`` and the
   training commands each ``training.<area>.cli.register`` adds.
 
@@ -207,6 +208,12 @@ def _mount_optional(subparsers: argparse._SubParsersAction, training: bool = Tru
         models_cli = None
     if models_cli is not None:
         models_cli.register(subparsers)
+    try:  # phantom sample studies: numpy/scipy/pydicom only, part of the base install
+        from training.synth import samples
+    except ImportError:
+        samples = None  # type: ignore[assignment]
+    if samples is not None:
+        samples.register(subparsers)
     if not training:
         return
     missing: list[str] = []
@@ -228,7 +235,7 @@ def _mount_optional(subparsers: argparse._SubParsersAction, training: bool = Tru
 _TRAIN_EXTRA_CLIS = ("export.cli", "training.calcium.cli", "training.myops.cli", "training.syntax.cli")
 #: Commands of the node itself: they never need the training commands (importing them imports torch:
 #: seconds of start-up for every `serve` or `status` where the train extra is installed).
-NODE_COMMANDS = frozenset({"serve", "status", "process", "pull", "models"})
+NODE_COMMANDS = frozenset({"serve", "status", "process", "pull", "models", "sample"})
 
 
 def _command_name(argv: Sequence[str]) -> str | None:

@@ -2,7 +2,8 @@
 conf/node.yaml exactly as shipped (relative ``storage_dir: ./var``), started from a fresh working
 directory; only the ports are overridden on the command line (``--port``, ``--http-port`` and, for the
 ``pacs`` destination, ``--set destinations.pacs.port=``), plus ``--set node.quiet_seconds=2`` to keep the
-test short.  An XA study sent by dcmtk ``storescu`` must come back as a SYNTAX SR at a dcmtk ``storescp``."""
+test short.  The XA study is the README's ``cardionode sample xa``; sent by dcmtk ``storescu``, it must
+come back as a SYNTAX SR at a dcmtk ``storescp``."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,6 @@ import pytest
 import requests
 
 from tests.support.peers import StoreSCP, echo, free_port, storescu, wait_for
-from tests.test_syntax_pipeline import xa_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,10 +40,14 @@ def require_console() -> str:
 
 def test_shipped_config_from_a_fresh_working_directory_delivers_the_sr(tmp_path: Path) -> None:
     console = require_console()
-    files, _ = xa_study(tmp_path / "xa", seed=4713)
-    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     work = tmp_path / "work"  # the user's working directory: ./var of the shipped config lands here
     work.mkdir()
+    sample = subprocess.run([console, "sample", "xa"], cwd=work, env=console_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert sample.returncode == 0, sample.stderr
+    study_uid = json.loads(sample.stdout)["study_uid"]
+    files = sorted((work / "sample-xa").iterdir())
+    assert len(files) >= 2 and all(pydicom.dcmread(f, stop_before_pixels=True).Modality == "XA" for f in files)
     port, http_port = free_port(), free_port()
     with StoreSCP(tmp_path / "pacs", ae_title="PACS") as pacs:
         log_path = tmp_path / "node.log"
@@ -76,6 +80,7 @@ def test_shipped_config_from_a_fresh_working_directory_delivers_the_sr(tmp_path:
     assert health.status_code == 200 and health.json()["ready"] is True
     # start-up speaks once about execution providers, not twice per model
     log = log_path.read_text().splitlines()
+    assert not [line for line in log if "\x1b[" in line or "color_message" in line]  # plain text log lines
     assert [line for line in log if " WARNING " in line or " ERROR " in line] == []
     providers = [line for line in log if "execution providers: " in line]
     assert len(providers) == 1 and "providers in this build: " in providers[0] and "models run on cpu" in providers[0]
