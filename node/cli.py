@@ -93,7 +93,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     db_path = config.node.storage_path / db.DB_FILENAME
     if not db_path.exists():
-        print(f"error: no node database at {db_path}: has the node run with this config?", file=sys.stderr)
+        print(f"error: no node database at {db_path}: has the node run with this config? (a relative "
+              "node.storage_dir is relative to the working directory: run status from the folder the node "
+              "runs in, or --set node.storage_dir=PATH)", file=sys.stderr)
         return 2
     conn = db.connect(config.node.storage_path)
     model_store = None
