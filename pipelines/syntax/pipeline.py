@@ -71,6 +71,11 @@ class SyntaxPipeline:
         artery = context.models.acquire(opts.artery_model)
         folds = {side: {k: context.models.acquire(f"{opts.model_prefix}-{side}-fold{k}") for k in opts.folds}
                  for side in SIDES}
+        mixed = self._mixed_versions(folds)
+        if mixed and not opts.allow_mixed_versions:
+            raise PipelineInputError(
+                f"mixed-version SYNTAX ensemble ({mixed}): install all fold models of one version, or set "
+                "pipelines.syntax.allow_mixed_versions: true to average them anyway (the SR then lists each fold)")
         cpu0, t0 = time.process_time(), time.perf_counter()
         cines, skipped = self._decode(study, opts)
         t_load = time.perf_counter()
@@ -103,15 +108,20 @@ class SyntaxPipeline:
         handles = [artery] + [folds[s][k] for s in SIDES for k in opts.folds]
         infos = [h.info for h in handles]
         phantom = any(bool(h.manifest.provenance.synthetic) for h in handles)
-        alg = AlgorithmIdentity.from_models(
-            self.name, self.version, self._model_infos(infos), trained_on_phantoms=phantom,
-            parameters=[("artery routing", f"p(right) <= {left_max:g} left, >= {right_min:g} right, else other"),
-                        ("calibration", "per fold a*(L+R)+b, mean over folds, >= 0" if opts.calibrate else "none"),
-                        ("models trained on", artery.manifest.provenance.trained_on)])
+        params = [("artery routing", f"p(right) <= {left_max:g} left, >= {right_min:g} right, else other"),
+                  ("calibration", "per fold a*(L+R)+b, mean over folds, >= 0" if opts.calibrate else "none"),
+                  ("models trained on", artery.manifest.provenance.trained_on)]
+        if mixed:
+            params.append(("mixed-version ensemble", mixed))
+        alg = AlgorithmIdentity.from_models(self.name, self.version, self._model_infos(infos), trained_on_phantoms=phantom,
+                                            parameters=params)
         high = scores.total > opts.threshold
         used = [c for s in SIDES for c in by_side[s]]
         sources = [c.header for c in used + other]
         notes = self._notes(by_side, other, dropped, skipped, scores, opts)
+        notes.insert(0, "models used: " + "; ".join(f"{m.name} {m.version}" for m in infos))
+        if mixed:
+            notes.insert(1, f"mixed-version ensemble (allowed by pipelines.syntax.allow_mixed_versions): {mixed}")
         sr = build_measurement_report(sources, procedure=codes.CORONARY_ARTERIOGRAPHY,
                                       groups=self._groups(scores, by_side, other, high, opts), algorithm=alg,
                                       series_number=opts.series_number_sr, series_description="SYNTAX score",
@@ -209,16 +219,34 @@ class SyntaxPipeline:
         return score_from_output(float(np.asarray(out).reshape(-1)[1]))
 
     @staticmethod
+    def _mixed_versions(folds: dict[str, dict[int, Any]]) -> str:
+        """'' when every fold model has the same version, else e.g. 'fold 0 0.3.0-hosp; folds 1, 2, 3, 4 0.2.0-phantom'."""
+        by_version: dict[str, list[str]] = {}
+        for side in SIDES:
+            for k, h in folds[side].items():
+                by_version.setdefault(h.info.version, []).append(f"{side} {k}")
+        if len(by_version) < 2:
+            return ""
+        return "; ".join(f"{', '.join(where)}: {v}" for v, where in by_version.items())
+
+    @staticmethod
     def _model_infos(infos: list[ModelInfo]) -> list[ModelInfo]:
-        """One entry per model family for the identity (the fold models share provenance)."""
-        out: dict[str, ModelInfo] = {}
+        """One entry per model group for the identity: fold models of one side with the same version and
+        provenance become ``<side>-fold0,1,2,3,4``; a fold whose version or provenance differs keeps its own
+        entry, so the SR always names each model and version actually used."""
+        groups: dict[tuple[str, str, str, str], list[ModelInfo]] = {}
         for m in infos:
-            key = m.name.rsplit("-fold", 1)[0]
-            if key in out:
-                out[key] = dataclasses.replace(out[key], name=f"{key}-fold*")
-            else:
-                out[key] = m
-        return list(out.values())
+            base, sep, fold = m.name.rpartition("-fold")
+            key = (base if sep else m.name, m.version, m.provenance, m.provider)
+            groups.setdefault(key, []).append(m)
+        out = []
+        for (base, _, _, _), members in groups.items():
+            if len(members) == 1:
+                out.append(members[0])
+                continue
+            folds = ",".join(m.name.rpartition("-fold")[2] for m in members)
+            out.append(dataclasses.replace(members[0], name=f"{base}-fold{folds}"))
+        return out
 
     @staticmethod
     def _groups(scores: SyntaxScores, by_side: dict[str, list[Cine]], other: list[Cine], high: bool,
