@@ -213,6 +213,7 @@ class NodeService:
         if cfg.node.http_enabled:
             startup.check_token_file(cfg)
         self._checked_models = startup.check_models(cfg, [r.pipeline for r in cfg.routes])
+        startup.check_executor(cfg)
         startup.check_ports(cfg)
 
     def start(self) -> None:
