@@ -205,7 +205,7 @@ class RayExecutor:
             return False
         with self._send_lock:
             self._conn = conn
-        connected = False
+        connected = timed_out = False
         deadline = time.monotonic() + self.settings.connect_timeout_s
         detail = ""
         try:
@@ -219,6 +219,7 @@ class RayExecutor:
                     if not connected and time.monotonic() > deadline:
                         detail = (f"no connection to Ray ({self.settings.address or 'embedded'}) within "
                                   f"{self.settings.connect_timeout_s:.0f} s")
+                        timed_out = True
                         break
                     continue
                 if isinstance(msg, DriverState):
@@ -234,20 +235,24 @@ class RayExecutor:
             with self._send_lock:
                 self._conn = None
             conn.close()
-            rc = self._end_driver()
         if not self._stop.is_set():
-            reason = detail if detail and not self._status.available else f"Ray driver exited (status {rc})"
-            if connected and self._status.available:
-                reason = f"lost Ray: driver exited (status {rc})"
-            self._last_failure = reason
-            self._set_status("unavailable", False, reason)
-            self._fail_pending(reason)
+            # unavailable before waiting for the driver to go: no job is claimed meanwhile
+            lost = connected and self._status.available
+            reason = detail if detail and not self._status.available else "the Ray driver exited"
+            self._last_failure = "lost Ray: the driver exited" if lost else reason
+            self._set_status("unavailable", False, self._last_failure)
+            self._fail_pending(self._last_failure)
+        rc = self._end_driver(kill=timed_out)
+        log.info("Ray driver ended", extra={"status": rc})
         return connected
 
-    def _end_driver(self) -> int | None:
+    def _end_driver(self, kill: bool = False) -> int | None:
+        """Wait for the driver process to exit (``kill``: end it now, e.g. stuck connecting)."""
         proc = self._proc
         if proc is None:
             return None
+        if kill:
+            proc.kill()
         try:
             return proc.wait(DRIVER_STOP_S)
         except subprocess.TimeoutExpired:
