@@ -26,11 +26,15 @@ import requests
 import yaml
 
 from node import db
+from node.config import parse_config
+from node.executors import JobRequest, make_executor
 from node.executors.status_file import read_status
+from pipelines.base import StudyView
+from pipelines.registry import default_registry
 from tests.fixtures.studies import write_ct_study
 from tests.support.node_proc import NodeProcess, node_config, pipeline_node_config
 from tests.support.peers import StoreSCP, storescu, wait_for
-from tests.support.ray_cluster import RayCluster, require_ray
+from tests.support.ray_cluster import RayCluster, descendants, require_ray
 from tests.test_syntax_pipeline import check_sr, xa_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.ray]
@@ -141,6 +145,10 @@ class _Node(NodeProcess):
 
 def _driver_pid(node: NodeProcess) -> int | None:
     """The node's Ray driver child process (``python -m node.executors.ray_driver``)."""
+    return _driver_pid_of(node.proc.pid)
+
+
+def _driver_pid_of(parent: int) -> int | None:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -149,7 +157,7 @@ def _driver_pid(node: NodeProcess) -> int | None:
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
         except (OSError, IndexError):
             continue
-        if ppid == node.proc.pid and b"node.executors.ray_driver" in cmd:
+        if ppid == parent and b"node.executors.ray_driver" in cmd:
             return int(entry)
     return None
 
@@ -321,3 +329,34 @@ def test_worker_process_then_worker_node_killed_mid_job_retried_on_the_other_nod
             assert len(lost) == 2
         finally:
             assert node.terminate() == 0
+
+
+def test_embedded_ray_runs_the_job_in_an_actor_process_with_its_own_token(tmp_path):
+    """``address: null``: the executor's driver starts a one-machine Ray of its own; the job runs in an actor
+    process below the driver, the cluster's token is created under the storage dir (mode 0600), and
+    nothing is written to the user's ~/.ray."""
+    require_ray()
+    home_token = Path.home() / ".ray" / "auth_token"
+    had_home_token = home_token.exists()
+    storage = tmp_path / "var"
+    storage.mkdir()
+    cfg = parse_config({"node": {"storage_dir": str(storage), "plugins": ["tests.fixtures.sr_pipeline"]},
+                        "executor": {"type": "ray", "max_in_flight": 1,
+                                     "embedded": {"num_cpus": 1, "object_store_mb": 80}},
+                        "routes": [{"pipeline": "test-sr"}]})
+    executor = make_executor(cfg, default_registry(cfg.node.plugins), None)
+    study = StudyView.from_files(write_ct_study(tmp_path / "study", 2))
+    executor.start()
+    try:
+        assert wait_for(executor.available, 120), executor.status()
+        out = executor.run(JobRequest(1, 1, "test-sr", study, {"record_process": True}, tmp_path / "work"))
+        (sr,) = out.result.datasets
+        assert sr.Modality == "SR" and sr.StudyInstanceUID == study.study_instance_uid
+        driver = _driver_pid_of(os.getpid())
+        assert driver is not None and out.result.summary["pid"] in descendants(driver)
+        assert out.timings["overhead_s"] >= 0 and out.timings["study_bytes"] > 0
+    finally:
+        executor.stop()
+    token = storage / "ray-auth-token"
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+    assert home_token.exists() == had_home_token

@@ -36,7 +36,7 @@ import pytest
 
 from .node_proc import ROOT
 
-__all__ = ["RayCluster", "RayNode", "require_ray", "spare_port"]
+__all__ = ["RayCluster", "RayNode", "descendants", "require_ray", "spare_port"]
 
 HEALTH_CHECK_ENV = {
     "RAY_raylet_start_wait_time_s": "150",  # a loaded 2-core box can take longer than Ray's 30 s to register a node
@@ -82,7 +82,7 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     """``root`` and every live (not zombie) process below it, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -127,7 +127,7 @@ class RayNode:
         return pid in self.pids()
 
     def pids(self) -> list[int]:
-        return _descendants(self.proc.pid)
+        return descendants(self.proc.pid)
 
     def _signal_all(self, sig: int) -> None:
         for pid in self.pids():
