@@ -650,6 +650,8 @@ class Spool:
         """Validate ``tmp`` (on the spool filesystem), make it durable at its final path, index it."""
         header = read_header(tmp)
         sop_class, sop_uid = header.sop_class, header.sop_instance
+        if not sop_class or not sop_uid:
+            raise InvalidInstanceError("dataset without SOP Class/Instance UID (empty or truncated)")
         if expect_sop_class is not None and sop_class != expect_sop_class:
             raise DatasetMismatchError(f"dataset SOP Class {sop_class!r} is not the requested {expect_sop_class!r}")
         if expect_sop_instance is not None and sop_uid != expect_sop_instance:

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import logging
 import os
+import re
 import socket
 import struct
 import time
@@ -26,6 +27,7 @@ from node.ingest.dimse import DimseServer
 from node.spool import Spool
 from tests.support import synth
 from tests.support.peers import echoscu, storescu, wait_for
+from tests.support.rawdicom import RawAssociation
 
 pytestmark = [pytest.mark.integration]
 
@@ -292,3 +294,70 @@ def test_header_walk_reads_identifying_attributes_and_refuses_broken_file_meta(t
         assert stored == [inst.path]
     finally:
         spool.close()
+
+
+@pytest.fixture()
+def text_log():
+    """The node's text log setup on a buffer for one test; the previous logging and pydicom
+    settings are restored afterwards."""
+    from pydicom import config as pydicom_config
+
+    from node.logging_setup import setup_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logging.getLogger("pynetdicom").level,
+             pydicom_config.settings.reading_validation_mode)
+    buf = io.StringIO()
+    setup_logging("text", "INFO", stream=buf)
+    try:
+        yield buf
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+        logging.getLogger("pynetdicom").setLevel(saved[2])
+        pydicom_config.settings.reading_validation_mode = saved[3]
+        logging.captureWarnings(False)
+
+
+_RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+
+
+def test_network_values_cannot_forge_log_lines_and_invalid_uids_log_once(tmp_path: Path, text_log) -> None:
+    """A UID with a newline from an unauthenticated caller is escaped in the text log (no forged line),
+    an invalid UID gives one refusal line (not pydicom's warning per element access), and an empty
+    dataset is 0xC210 as documented."""
+    n = Node(tmp_path)
+    try:
+        forged = "1.2.3\n2026-01-01 00:00:00,000 INFO cardionode.ingest: forged"
+        [src] = synth.ct_series(tmp_path / "ct", 1, 32)
+        ds = pydicom.dcmread(src)
+        ds.SOPInstanceUID = forged
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        _meta, data = split_part10_bytes(buf.getvalue())
+        assert _raw_c_store(n.port, CT, forged, data) == 0xC210
+        with RawAssociation(n.port) as raw:  # an empty dataset: one last-fragment PDV without bytes
+            assert raw.associate(CT) == 0x02
+            assert raw.c_store(CT, generate_uid(), b"") == 0xC210
+            raw.release()
+        assert echoscu(n.port).returncode == 0
+    finally:
+        n.stop()
+    lines = text_log.getvalue().splitlines()
+    assert lines and all(_RECORD_START.match(line) or line.startswith("    | ") for line in lines), lines
+    assert not any("forged" in line and not _RECORD_START.match(line) for line in lines)
+    refusals = [line for line in lines if "C-STORE refused" in line]
+    assert len(refusals) == 2, lines
+    assert "\\n2026-01-01" in refusals[0]  # the newline is written as \n inside the one record
+    assert not [line for line in lines if "Invalid value for VR" in line or "Non-conformant" in line], lines
+
+
+def split_part10_bytes(raw: bytes) -> tuple[pydicom.Dataset, bytes]:
+    """(File Meta, dataset bytes) of Part 10 bytes."""
+    fp = io.BytesIO(raw)
+    read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    return meta, fp.read()
