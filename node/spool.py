@@ -50,6 +50,7 @@ __all__ = [
     "SpoolError",
     "InvalidInstanceError",
     "DatasetMismatchError",
+    "DuplicateInstanceError",
     "OutOfSpaceError",
     "check_uid",
     "InstanceHeader",
@@ -85,6 +86,13 @@ class DatasetMismatchError(SpoolError):
     """The dataset's SOP Class/Instance UID differs from the request (or File Meta)."""
 
     status = 0xA900
+
+
+class DuplicateInstanceError(SpoolError):
+    """The SOP Instance UID is already stored under another study or series (DICOM 0x0111,
+    Duplicate SOP Instance); the stored instance is kept."""
+
+    status = 0x0111
 
 
 class OutOfSpaceError(SpoolError):
@@ -408,6 +416,7 @@ class Spool:
         self.incoming = self.root / ".incoming"
         self.on_stored: list[Callable[[StoredInstance], None]] = [on_stored] if on_stored else []
         self._lock = threading.Lock()
+        self._in_flight: dict[str, tuple[str, str, int]] = {}  # SOP UID -> (study, series, commits), under _lock
         self._dir_lock = threading.Lock()
         self._durable_dirs: set[Path] = set()
         self._release_lock = threading.Lock()
@@ -645,6 +654,30 @@ class Spool:
             instance_number=header.instance_number,
         )
 
+    def _claim(self, inst: StoredInstance) -> None:
+        """Refuse an instance whose SOP Instance UID is stored (or being stored) under another study
+        or series: a SOP Instance UID names one object, and replacing it would move it out of the
+        study that holds it.  A re-sent copy in the same series is claimed alongside."""
+        key = (inst.study_instance_uid, inst.series_instance_uid)
+        with self._lock:
+            row = self._index.get(inst.sop_instance_uid)
+            held = self._in_flight.get(inst.sop_instance_uid)
+            where = ((row["study_instance_uid"], row["series_instance_uid"]) if row is not None
+                     else held[:2] if held is not None else key)
+            if where != key:
+                raise DuplicateInstanceError(
+                    f"SOP Instance UID {inst.sop_instance_uid} is already stored in study {where[0]} series "
+                    f"{where[1]}; refused for study {key[0]} series {key[1]} (the stored instance is kept)")
+            self._in_flight[inst.sop_instance_uid] = (*key, (held[2] if held else 0) + 1)
+
+    def _unclaim(self, inst: StoredInstance) -> None:
+        with self._lock:
+            study, series, n = self._in_flight[inst.sop_instance_uid]
+            if n > 1:
+                self._in_flight[inst.sop_instance_uid] = (study, series, n - 1)
+            else:
+                del self._in_flight[inst.sop_instance_uid]
+
     def _commit(self, tmp: Path, *, calling_ae: str, source: str, expect_sop_class: str | None = None,
                 expect_sop_instance: str | None = None) -> StoredInstance:
         """Validate ``tmp`` (on the spool filesystem), make it durable at its final path, index it."""
@@ -661,19 +694,21 @@ class Spool:
             raise DatasetMismatchError("File Meta Information does not match the dataset's SOP Class/Instance UID")
         inst = self._instance(header, calling_ae=calling_ae, source=source, received_at=time.time(),
                               replaced=False)
-        fsync_path(tmp)
-        dest = inst.path
-        self._ensure_dir(dest.parent)
-        replaced_copy = self._keep_old_copy(dest)
-        existed = replaced_copy is not None or dest.exists()
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-        if replaced_copy is not None:
-            self._release_later(replaced_copy)
-        with self._lock:
-            previous = self._index.upsert(inst)
-        if previous is not None and previous != dest:
-            previous.unlink(missing_ok=True)  # the instance moved to another study/series
+        self._claim(inst)
+        try:
+            fsync_path(tmp)
+            dest = inst.path
+            self._ensure_dir(dest.parent)
+            replaced_copy = self._keep_old_copy(dest)
+            existed = replaced_copy is not None or dest.exists()
+            os.replace(tmp, dest)
+            fsync_dir(dest.parent)
+            if replaced_copy is not None:
+                self._release_later(replaced_copy)
+            with self._lock:
+                previous = self._index.upsert(inst)
+        finally:
+            self._unclaim(inst)
         if existed or previous is not None:
             inst = dataclasses.replace(inst, replaced=True)
         for fn in list(self.on_stored):

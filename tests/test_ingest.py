@@ -361,3 +361,28 @@ def split_part10_bytes(raw: bytes) -> tuple[pydicom.Dataset, bytes]:
     read_preamble(fp, False)
     meta = _read_file_meta_info(fp)
     return meta, fp.read()
+
+
+def test_sop_instance_uid_reused_under_another_study_is_refused_and_the_original_kept(node: Node, tmp_path: Path,
+                                                                                    caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="cardionode.ingest")
+    files = synth.ct_series(tmp_path / "ct", 3, 32)
+    assert storescu(node.port, files).returncode == 0
+    study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    stored = node.index.absolute(node.index.get(str(pydicom.dcmread(files[0]).SOPInstanceUID))["path"])
+    original = stored.read_bytes()
+
+    ds = pydicom.dcmread(files[0])
+    ds.StudyInstanceUID, ds.PatientName = generate_uid(), "Other^Patient"
+    other = tmp_path / "other.dcm"
+    ds.save_as(other, enforce_file_format=True)
+    r = storescu(node.port, [other])
+    assert r.returncode != 0 and "Status: 0x111" in _rejection(r), _rejection(r)[-800:]  # dcmtk: "Unknown Status"
+    assert len(node.index.study_view(study).instances) == 3
+    assert stored.read_bytes() == original
+    assert node.index.counts()["studies"] == 1
+    refusal = [rec for rec in caplog.records if rec.getMessage() == "C-STORE refused"]
+    assert [getattr(rec, "status", "") for rec in refusal] == ["0x0111"]
+    assert study in refusal[0].reason
+    # the same instance re-sent to its own study is still an idempotent replace
+    assert storescu(node.port, files[:1]).returncode == 0

@@ -176,3 +176,22 @@ def test_oversize_body_413_stores_nothing(tmp_path: Path) -> None:
         assert not list((Path(n.config.node.storage_dir) / "tmp" / "stow").glob("*"))  # temp bodies removed
     finally:
         n.stop()
+
+
+def test_sop_instance_uid_of_another_study_is_refused_0111_and_the_original_kept(node: Node, tmp_path: Path) -> None:
+    paths = write_ct_study(tmp_path / "s", n=2)
+    study = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
+    r = requests.post(f"{node.url}/studies", data=_body([("application/dicom", p.read_bytes()) for p in paths]),
+                      headers=HEADERS, timeout=10)
+    assert r.status_code == 200, r.text
+    ds = pydicom.dcmread(paths[0])
+    ds.StudyInstanceUID, ds.PatientName = "1.2.3.4.5", "Other^Patient"
+    moved = tmp_path / "moved.dcm"
+    ds.save_as(moved, enforce_file_format=True)
+    r = requests.post(f"{node.url}/studies", data=_body([("application/dicom", moved.read_bytes())]),
+                      headers=HEADERS, timeout=10)
+    assert r.status_code == 409, r.text
+    failed = pydicom.Dataset.from_json(r.json()).FailedSOPSequence[0]
+    assert int(failed.FailureReason) == 0x0111 and failed.ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    assert node.stored_uids(study) == set(_uids(paths))
+    assert node.stored_uids("1.2.3.4.5") == set()

@@ -176,7 +176,7 @@ def _reason_for_store_error(exc: BaseException) -> int:
     if isinstance(status, int):
         if status == 0xA700 or (status & 0xFF00) == 0xA700:
             return FAILURE_OUT_OF_RESOURCES
-        if status in (0x0122, 0xA900, 0xC000, 0x0110):
+        if status in (0x0111, 0x0122, 0xA900, 0xC000, 0x0110):
             return status
         if (status & 0xF000) == 0xC000:  # spool's 0xC2xx: malformed/truncated = cannot understand
             return FAILURE_CANNOT_UNDERSTAND
