@@ -117,7 +117,7 @@ def test_interrupted_running_job_is_requeued_and_rerun_from_empty_results(tmp_pa
     assert conns.get().execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 2
 
 
-def test_completion_waits_for_quiet_then_enqueues_each_route_once_and_rearms_after_restart(tmp_path, conns):
+def test_completion_waits_for_quiet_then_enqueues_each_route_once_and_rearms_after_restart_with_fresh_quiet(tmp_path, conns):
     files = write_ct_study(tmp_path / "study", 2)
     view = StudyView.from_files(files)
     config = parse_config({
@@ -148,19 +148,25 @@ def test_completion_waits_for_quiet_then_enqueues_each_route_once_and_rearms_aft
         assert tracker.arrived(uid, 0.1, replaced=True) is None
     finally:
         sched.shutdown(wait=False)
-    # "restart": a study left waiting (timer lost) is re-armed and fires although overdue
+    # "restart": a study left waiting (timer lost) whose deadline passed while the node was down is
+    # re-armed with a fresh quiet period (its sender was probably still retrying), not fired at once
     other = "1.2.826.0.1.3680043.99.1"
     conn.execute("INSERT INTO pending_studies (study_uid, state, first_received_at, last_received_at, due_at,"
-                 " quiet_seconds) VALUES (?, 'waiting', 0, 0, 1, 30)", (other,))
+                 " quiet_seconds) VALUES (?, 'waiting', 0, 0, 1, 0.8)", (other,))
     sched2 = BackgroundScheduler(timezone="UTC")
     tracker2 = CompletionTracker(conns.get, Router(config), lambda u: view, sched2)
+    restarted = time.time()
     assert tracker2.rearm() == 1
+    assert conn.execute("SELECT due_at FROM pending_studies WHERE study_uid=?", (other,)).fetchone()[0] >= restarted + 0.8
     sched2.start()
     try:
+        time.sleep(0.5)
+        assert conn.execute("SELECT state FROM pending_studies WHERE study_uid=?", (other,)).fetchone()["state"] == "waiting"
         deadline = time.time() + 5
         while conn.execute("SELECT state FROM pending_studies WHERE study_uid=?", (other,)).fetchone()["state"] == "waiting":
             assert time.time() < deadline
             time.sleep(0.02)
+        assert time.time() - restarted >= 0.8
     finally:
         sched2.shutdown(wait=False)
     assert conn.execute("SELECT COUNT(*) FROM jobs WHERE study_uid=?", (other,)).fetchone()[0] == 2
