@@ -84,7 +84,7 @@ class NodeSection:
     min_free_mb: int = 1024
     max_pdu: int = 0
     workers: int = 1
-    http_host: str = "0.0.0.0"
+    http_host: str = "127.0.0.1"  # loopback unless configured otherwise
     http_port: int = 8080
     http_enabled: bool = True
     http_tls: TLSSection | None = None
@@ -165,11 +165,12 @@ class RetentionSection:
 
 @dataclasses.dataclass(frozen=True)
 class ApiSection:
-    """Read-only status API; a token is required unless explicitly disabled."""
+    """Bearer token of the HTTP port: the status API and /metrics always need it, STOW-RS unless
+    ``stow_requires_token`` is switched off; with no token configured they refuse every request."""
 
     token: str | None = None
     token_file: str | None = None
-    stow_requires_token: bool = False
+    stow_requires_token: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

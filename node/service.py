@@ -26,7 +26,7 @@ from . import db
 from .completion import COMPLETION_SCHEMA, CompletionTracker
 from .config import ConfigError, NodeConfig
 from .dispatch.queue import DISPATCH_SCHEMA, Dispatcher
-from .jobs import JOBS_SCHEMA, JobQueue, JobRunner, LocalConnections
+from .jobs import JOBS_SCHEMA, JobQueue, JobRunner, LocalConnections, OwnResults, migrate
 from .retention import RetentionSweeper
 from .routing import Router
 
@@ -60,6 +60,7 @@ class NodeService:
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.models: Any = None
         self.spool: Any = None
+        self.own_results: OwnResults | None = None
         self.dimse: Any = None
         self.web: Any = None
         self.metrics: Any = None
@@ -98,7 +99,9 @@ class NodeService:
     def _make_spool(self) -> Any:
         from .spool import Spool
 
-        return Spool(self.storage_dir, self.config.node.min_free_mb, on_stored=self._on_stored)
+        self.own_results = OwnResults(self.storage_dir)
+        return Spool(self.storage_dir, self.config.node.min_free_mb, on_stored=self._on_stored,
+                     own_results=self.own_results)
 
     def _study_completed(self) -> None:
         assert self.runner is not None
@@ -154,6 +157,7 @@ class NodeService:
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         conn = self.conns.get()
         db.ensure_schema(conn, STATE_SCHEMA)
+        migrate(conn)
         (self.storage_dir / PID_FILE_NAME).write_text(f"{os.getpid()}\n", encoding="ascii")
 
         self.models = self._make_models()
@@ -260,6 +264,8 @@ class NodeService:
         close = getattr(self.spool, "close", None)
         if close is not None:
             close()
+        if self.own_results is not None:
+            self.own_results.close()
         try:
             (self.storage_dir / PID_FILE_NAME).unlink()
         except FileNotFoundError:

@@ -52,6 +52,7 @@ __all__ = [
     "DatasetMismatchError",
     "DuplicateInstanceError",
     "OutOfSpaceError",
+    "OwnResultError",
     "check_uid",
     "InstanceHeader",
     "read_header",
@@ -93,6 +94,18 @@ class DuplicateInstanceError(SpoolError):
     Duplicate SOP Instance); the stored instance is kept."""
 
     status = 0x0111
+
+
+class OwnResultError(Exception):
+    """The instance is one of the node's own results coming back (a PACS forwarding it, a study
+    retrieved with it): nothing is stored and completion is not triggered.  Not a failure: the
+    node holds the object already (it made it), so ingest answers success and logs it."""
+
+    def __init__(self, sop_instance_uid: str, series_instance_uid: str, study_instance_uid: str) -> None:
+        super().__init__(f"SOP instance {sop_instance_uid} (series {series_instance_uid}) is a result of this node")
+        self.sop_instance_uid = sop_instance_uid
+        self.series_instance_uid = series_instance_uid
+        self.study_instance_uid = study_instance_uid
 
 
 class OutOfSpaceError(SpoolError):
@@ -406,15 +419,19 @@ class Spool:
     ``on_stored`` listeners run after the file is durable and the row committed,
     before the caller answers success; an exception in a listener is logged and
     does not undo the store (``Spool.recover`` + completion reconcile cover crashes).
+    ``own_results`` (``contains(sop_uid, series_uid) -> bool``, e.g.
+    :class:`node.jobs.OwnResults`) recognises the node's own results: they raise
+    :class:`OwnResultError` instead of being stored.
     """
 
     def __init__(self, storage_dir: str | Path, min_free_mb: int = 0,
-                 on_stored: Callable[[StoredInstance], None] | None = None) -> None:
+                 on_stored: Callable[[StoredInstance], None] | None = None, own_results: Any = None) -> None:
         self.storage_dir = Path(storage_dir)
         self.min_free_mb = int(min_free_mb)
         self.root = self.storage_dir / "spool"
         self.incoming = self.root / ".incoming"
         self.on_stored: list[Callable[[StoredInstance], None]] = [on_stored] if on_stored else []
+        self.own_results = own_results
         self._lock = threading.Lock()
         self._in_flight: dict[str, tuple[str, str, int]] = {}  # SOP UID -> (study, series, commits), under _lock
         self._dir_lock = threading.Lock()
@@ -434,6 +451,10 @@ class Spool:
     # ------------------------------------------------------------------ public API
     def add_listener(self, fn: Callable[[StoredInstance], None]) -> None:
         self.on_stored.append(fn)
+
+    def is_own_result(self, sop_instance_uid: str, series_instance_uid: str) -> bool:
+        """True when the instance is (in a series of) one of the node's own results."""
+        return self.own_results is not None and self.own_results.contains(sop_instance_uid, series_instance_uid)
 
     def has_space(self, incoming_bytes: int = 0) -> bool:
         """True when the spool's filesystem keeps ``min_free_mb`` free after ``incoming_bytes``."""
@@ -694,6 +715,8 @@ class Spool:
             raise DatasetMismatchError("File Meta Information does not match the dataset's SOP Class/Instance UID")
         inst = self._instance(header, calling_ae=calling_ae, source=source, received_at=time.time(),
                               replaced=False)
+        if self.is_own_result(inst.sop_instance_uid, inst.series_instance_uid):
+            raise OwnResultError(inst.sop_instance_uid, inst.series_instance_uid, inst.study_instance_uid)
         self._claim(inst)
         try:
             fsync_path(tmp)

@@ -23,6 +23,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from node import db
 from node.config import NodeSection
 from node.index import InstanceIndex
+from node.jobs import JOBS_SCHEMA, OwnResults
 from node.ingest.dimse import DimseServer
 from node.spool import Spool
 from tests.support import synth
@@ -48,7 +49,8 @@ class Node:
     def __init__(self, tmp: Path, **node_fields) -> None:
         fields = {"host": "127.0.0.1", "port": 0, "storage_dir": str(tmp / "var"), "min_free_mb": 0, **node_fields}
         self.node = dataclasses.replace(NodeSection(), **fields)
-        self.spool = Spool(self.node.storage_path, self.node.min_free_mb)
+        self.own_results = OwnResults(self.node.storage_path)
+        self.spool = Spool(self.node.storage_path, self.node.min_free_mb, own_results=self.own_results)
         self.stored: list = []
         self.spool.add_listener(self.stored.append)
         self.server = DimseServer(self.node, self.spool).start()
@@ -59,6 +61,7 @@ class Node:
     def stop(self) -> None:
         self.server.stop()
         self.spool.close()
+        self.own_results.close()
         self.conn.close()
 
 
@@ -386,3 +389,28 @@ def test_sop_instance_uid_reused_under_another_study_is_refused_and_the_original
     assert study in refusal[0].reason
     # the same instance re-sent to its own study is still an idempotent replace
     assert storescu(node.port, files[:1]).returncode == 0
+
+
+def test_own_result_sent_back_by_c_store_is_acknowledged_not_stored(node: Node, tmp_path: Path, caplog) -> None:
+    """An instance the node produced (recorded in ``results``: by SOP Instance UID or by series) that comes
+    back by C-STORE gets Success, is not stored, does not reach completion, and is logged."""
+    caplog.set_level(logging.WARNING, logger="cardionode.ingest")
+    db.ensure_schema(node.conn, JOBS_SCHEMA)
+    files = synth.ct_series(tmp_path / "ct", 3, 32)
+    by_uid = pydicom.dcmread(files[0])
+    other = synth.ct_series(tmp_path / "other", 1, 32)
+    with node.conn:
+        node.conn.execute("INSERT INTO jobs (id, study_uid, route_name, pipeline, state, next_attempt_at, created_at)"
+                          " VALUES (1, '1.2.3', 'r', 'p', 'done', 0, 0)")
+        node.conn.execute("INSERT INTO results (sop_instance_uid, job_id, sop_class_uid, path, created_at,"
+                          " series_instance_uid) VALUES (?, 1, ?, 'x', 0, ?)",
+                          (by_uid.SOPInstanceUID, CT, "1.2.3.999"))
+        node.conn.execute("INSERT INTO results (sop_instance_uid, job_id, sop_class_uid, path, created_at,"
+                          " series_instance_uid) VALUES ('1.2.3.998', 1, ?, 'y', 0, ?)",
+                          (CT, pydicom.dcmread(other[0]).SeriesInstanceUID))
+    assert storescu(node.port, [files[0], other[0], files[2]]).returncode == 0  # all three answered Success
+    assert [s.sop_instance_uid for s in node.stored] == [pydicom.dcmread(files[2]).SOPInstanceUID]
+    assert node.index.counts()["instances"] == 1
+    returned = [r for r in caplog.records if r.getMessage().startswith("own result sent back")]
+    assert sorted(getattr(r, "sop_instance") for r in returned) == sorted(
+        [by_uid.SOPInstanceUID, pydicom.dcmread(other[0]).SOPInstanceUID])

@@ -38,8 +38,9 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import AssociationSocket
 
 from ..config import NodeSection, TLSSection
-from ..spool import OutOfSpaceError, Spool, SpoolError, StoredInstance
+from ..spool import OutOfSpaceError, OwnResultError, Spool, SpoolError, StoredInstance
 from .policy import CallerPolicy
+from .admission import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, own_result_returned
 
 __all__ = [
     "STORAGE_SOP_CLASSES",
@@ -52,29 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("cardionode.ingest")
-
-STORAGE_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.12.1": "X-Ray Angiographic Image Storage",
-    "1.2.840.10008.5.1.4.1.1.12.1.1": "Enhanced XA Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
-}
-
-TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-]
 
 STATUS_SUCCESS = 0x0000
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -395,6 +373,9 @@ class DimseServer:
             if not self.spool.has_space():
                 raise OutOfSpaceError(f"less than {self.spool.min_free_mb} MB free in the spool")
             stored = store_event(self.spool, event, calling_ae=calling_ae, source="dimse")
+        except OwnResultError as own:
+            own_result_returned(self.log, self.metrics, own, source="dimse", calling_ae=calling_ae)
+            return STATUS_SUCCESS
         except Exception as exc:  # keep serving; the sender gets a failure status
             status = status_for_error(exc)
             if status == STATUS_PROCESSING_FAILURE and not isinstance(exc, OSError):

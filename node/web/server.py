@@ -8,8 +8,9 @@ Entry points for the service:
 * :class:`HttpServer(config, ctx)` -- ``start()`` / ``stop()``; ``port`` is the bound port
   (useful with ``node.http_port: 0`` in tests).
 
-Authentication: ``Authorization: Bearer <api token>`` for /api/* and /metrics;
-STOW-RS only when ``api.stow_requires_token``; /healthz never.
+Authentication: ``Authorization: Bearer <api token>`` for /api/*, /metrics and (unless
+``api.stow_requires_token: false``) STOW-RS; /healthz never.  Any future console goes through
+the same :class:`~node.web.auth.TokenAuth`.
 """
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ def _default_readiness(ctx: WebContext) -> dict[str, bool]:
 def build_app(ctx: WebContext) -> Starlette:
     """The ASGI application of the node's HTTP port."""
     auth = TokenAuth(ctx.config.api)
+    if not auth.configured:
+        closed = "the status API, /metrics and STOW-RS" if auth.stow_requires_token else "the status API and /metrics"
+        log.warning(f"no API token configured (api.token_file or api.token): {closed} refuse every request")
     node = ctx.config.node
     stow = StowHandler(
         spool=ctx.spool,

@@ -33,6 +33,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from ..ingest.admission import is_accepted, own_result_returned
+from ..spool import OwnResultError
 from .multipart import MediaTypeError, MultipartError, Part, PartReader, find_parts, parse_content_type, stow_boundary
 
 __all__ = [
@@ -80,6 +82,7 @@ class PartOutcome:
     reason: int | None = None
     detail: str = ""
     nbytes: int = 0
+    own: bool = False  # one of the node's own results: acknowledged, not stored
 
 
 @dataclasses.dataclass
@@ -201,17 +204,19 @@ def store_parts(
     study_uid: str | None,
     calling_ae: str,
     on_stored: Callable[[PartOutcome], None] | None = None,
+    metrics: Any = None,
 ) -> StowResult:
     """Validate and store each part; a failed part leaves nothing in the spool."""
     outcomes: list[PartOutcome] = []
     for part in parts:
-        outcomes.append(_store_one(body, part, spool, study_uid=study_uid, calling_ae=calling_ae))
-        if outcomes[-1].stored and on_stored is not None:
+        outcomes.append(_store_one(body, part, spool, study_uid=study_uid, calling_ae=calling_ae, metrics=metrics))
+        if outcomes[-1].stored and not outcomes[-1].own and on_stored is not None:
             on_stored(outcomes[-1])
     return StowResult(outcomes)
 
 
-def _store_one(body: BinaryIO, part: Part, spool: Any, *, study_uid: str | None, calling_ae: str) -> PartOutcome:
+def _store_one(body: BinaryIO, part: Part, spool: Any, *, study_uid: str | None, calling_ae: str,
+               metrics: Any = None) -> PartOutcome:
     reader = PartReader(body, part.start, part.end)
     mime, _params = parse_content_type(part.content_type) if part.content_type else ("application/dicom", {})
     if mime != "application/dicom":
@@ -229,12 +234,27 @@ def _store_one(body: BinaryIO, part: Part, spool: Any, *, study_uid: str | None,
     if str(header.get("SOPInstanceUID", "")) != sop_uid or str(header.get("SOPClassUID", "")) != sop_class:
         return PartOutcome(part.index, sop_class, sop_uid, False, FAILURE_CANNOT_UNDERSTAND,
                            "File Meta Information does not match the dataset's SOP Class/Instance UID")
+    series_uid = str(header.get("SeriesInstanceUID", "") or "")
+    is_own = getattr(spool, "is_own_result", None)
+    if is_own is not None and is_own(sop_uid, series_uid):  # before the SOP class check: SR/SEG come back too
+        own = OwnResultError(sop_uid, series_uid, str(header.get("StudyInstanceUID", "") or ""))
+        own_result_returned(log, metrics, own, source="stow", calling_ae=calling_ae)
+        return PartOutcome(part.index, sop_class, sop_uid, True, None, "own result: not stored", 0, own=True)
+    if not is_accepted(sop_class):
+        log.warning("STOW part refused", extra={"sop_instance": sop_uid, "sop_class": sop_class,
+                                                "reason": f"0x{FAILURE_SOP_CLASS_NOT_SUPPORTED:04X}",
+                                                "error": "SOP class not supported"})
+        return PartOutcome(part.index, sop_class, sop_uid, False, FAILURE_SOP_CLASS_NOT_SUPPORTED,
+                           f"SOP class {sop_class} is not stored by this node")
     if study_uid is not None and str(header.get("StudyInstanceUID", "")) != study_uid:
         return PartOutcome(part.index, sop_class, sop_uid, False, FAILURE_STUDY_UID_MISMATCH,
                            f"StudyInstanceUID {header.get('StudyInstanceUID')} is not {study_uid}")
     reader.seek(ds_offset)
     try:
         stored = spool.store_stream(meta, reader, calling_ae=calling_ae, source="stow")
+    except OwnResultError as own:
+        own_result_returned(log, metrics, own, source="stow", calling_ae=calling_ae)
+        return PartOutcome(part.index, sop_class, sop_uid, True, None, "own result: not stored", 0, own=True)
     except Exception as exc:
         reason = _reason_for_store_error(exc)
         log.warning("STOW part refused", extra={"sop_instance": sop_uid, "reason": f"0x{reason:04X}",
@@ -345,4 +365,4 @@ class StowHandler:
         if self.metrics is not None:
             on_stored = lambda o: self.metrics.instance_received("stow", o.nbytes)  # noqa: E731
         return store_parts(body, parts, self.spool, study_uid=study_uid, calling_ae=self.calling_ae,
-                           on_stored=on_stored)
+                           on_stored=on_stored, metrics=self.metrics)
