@@ -185,3 +185,22 @@ def test_late_arrival_with_ignore_policy_is_counted_not_reprocessed(tmp_path, co
     row = conns.get().execute("SELECT state, generation, late_ignored FROM pending_studies").fetchone()
     assert tuple(row) == ("processed", 1, 1)
     assert conns.get().execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 1
+
+
+def test_an_older_database_gains_the_results_series_column(tmp_path):
+    from node.jobs import OwnResults, migrate
+
+    conn = db.connect(tmp_path)
+    conn.execute("CREATE TABLE results (sop_instance_uid TEXT PRIMARY KEY, job_id INTEGER NOT NULL,"
+                 " sop_class_uid TEXT NOT NULL, path TEXT NOT NULL, created_at REAL NOT NULL)")
+    conn.execute("INSERT INTO results VALUES ('1.2.3', 1, '1.2', 'p', 0)")
+    db.ensure_schema(conn, JOBS_SCHEMA)
+    migrate(conn)
+    migrate(conn)  # idempotent
+    assert "series_instance_uid" in {r[1] for r in conn.execute("PRAGMA table_info(results)")}
+    conn.close()
+    own = OwnResults(tmp_path)
+    try:
+        assert own.contains("1.2.3", "9.9") and not own.contains("1.2.4", "9.9")
+    finally:
+        own.close()
