@@ -38,6 +38,7 @@ from pipelines.registry import PipelineRegistry
 
 from . import db
 from .config import JobsSection
+from .files import open_private, private_dir
 from .fsync import fsync_dir
 from .dispatch.queue import add_deliveries
 
@@ -336,15 +337,16 @@ class JobQueue:
 
 def write_result_files(result: PipelineResult, out_dir: Path) -> list[tuple[str, str, Path]]:
     """Write every result dataset as a DICOM file under ``out_dir`` (fsynced); returns (sop, class, path)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(out_dir)
     written = []
     for ds in result.datasets:
         sop_uid = str(ds.SOPInstanceUID)
         sop_class = str(ds.SOPClassUID)
         final = out_dir / f"{sop_uid}.dcm"
         tmp = out_dir / f".{sop_uid}.tmp"
-        ds.save_as(tmp, enforce_file_format=True)
-        with open(tmp, "rb+") as fh:
+        with open_private(tmp) as fh:  # 0600: results carry patient data
+            ds.save_as(fh, enforce_file_format=True)
+            fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         written.append((sop_uid, sop_class, final))
@@ -450,7 +452,7 @@ class JobRunner:
         try:
             shutil.rmtree(out_dir, ignore_errors=True)  # leftovers of an interrupted run are never dispatched
             shutil.rmtree(work_dir, ignore_errors=True)
-            work_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(work_dir)
             pipeline = self.registry.create(job.pipeline)
             study = self.load_study(job.study_uid)
             context = PipelineContext(

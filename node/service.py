@@ -26,6 +26,7 @@ from . import db
 from .completion import COMPLETION_SCHEMA, CompletionTracker
 from .config import ConfigError, NodeConfig
 from .dispatch.queue import DISPATCH_SCHEMA, Dispatcher
+from .files import DIR_MODE, open_private, private_dir
 from .jobs import JOBS_SCHEMA, JobQueue, JobRunner, LocalConnections, OwnResults, migrate
 from .retention import RetentionSweeper
 from .routing import Router
@@ -154,11 +155,13 @@ class NodeService:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         cfg = self.config
-        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.storage_dir)
+        os.chmod(self.storage_dir, DIR_MODE)  # patient data inside: the node's user only
         conn = self.conns.get()
         db.ensure_schema(conn, STATE_SCHEMA)
         migrate(conn)
-        (self.storage_dir / PID_FILE_NAME).write_text(f"{os.getpid()}\n", encoding="ascii")
+        with open_private(self.storage_dir / PID_FILE_NAME) as pid_file:
+            pid_file.write(f"{os.getpid()}\n".encode("ascii"))
 
         self.models = self._make_models()
         self.metrics = self._make_metrics()

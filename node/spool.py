@@ -40,6 +40,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from . import db
+from .files import DIR_MODE, open_private, private_dir
 from .fsync import fsync_dir, fsync_path
 from .index import InstanceIndex
 
@@ -439,7 +440,7 @@ class Spool:
         self._release_lock = threading.Lock()
         self._release_queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
         self._releaser: threading.Thread | None = None
-        self.incoming.mkdir(parents=True, exist_ok=True)
+        private_dir(self.incoming)
         for d in (self.storage_dir, self.root, self.incoming):
             fsync_dir(d)
             self._durable_dirs.add(d)
@@ -473,7 +474,7 @@ class Spool:
         tmp = self._temp_path()
         try:
             meta = FileMetaDataset(file_meta)
-            with open(tmp, "wb") as f:
+            with open_private(tmp, exclusive=True) as f:
                 f.write(b"\x00" * 128 + b"DICM")
                 write_file_meta_info(f, meta, enforce_standard=True)
                 if isinstance(dataset_stream, (bytes, bytearray, memoryview)):
@@ -613,7 +614,7 @@ class Spool:
     @staticmethod
     def _copy(src: Path, dst: Path) -> None:
         """Kernel-side copy (no Python buffers) where the platform has one."""
-        with open(src, "rb") as fi, open(dst, "wb") as fo:
+        with open(src, "rb") as fi, open_private(dst, exclusive=True) as fo:
             try:
                 remaining = os.fstat(fi.fileno()).st_size
                 while remaining > 0:
@@ -648,7 +649,7 @@ class Spool:
             missing.append(p)
             p = p.parent
         for d in reversed(missing):
-            d.mkdir(exist_ok=True)
+            d.mkdir(mode=DIR_MODE, exist_ok=True)
             fsync_dir(d.parent)
         self._durable_dirs.add(folder)
 

@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from ..files import private_dir
 from ..ingest.admission import is_accepted, own_result_returned
 from ..spool import OwnResultError
 from .multipart import MediaTypeError, MultipartError, Part, PartReader, find_parts, parse_content_type, stow_boundary
@@ -332,7 +333,7 @@ class StowHandler:
             return _error(503, "spool not available")
         if not self.spool.has_space():
             return _error(503, "out of storage space (node.min_free_mb)", {"Retry-After": "60"})
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.tmp_dir)
         fd, tmp_name = tempfile.mkstemp(prefix="stow-", suffix=".body", dir=self.tmp_dir)
         try:
             with os.fdopen(fd, "w+b") as body:
