@@ -51,6 +51,13 @@ def open_private(path: str | Path, exclusive: bool = False) -> BinaryIO:
 
 def touch_private(path: str | Path) -> Path:
     """Create ``path`` empty with mode 0600 unless it exists (e.g. before SQLite opens it: its
-    ``-wal`` and ``-shm`` files take the database file's mode)."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE))
+    ``-wal`` and ``-shm`` files take the database file's mode).
+
+    An existing file is not opened at all: closing any descriptor of an SQLite database drops every
+    POSIX lock this process holds on it, and another process could then delete the WAL under the
+    connections still open here (they would stop seeing its commits)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE))
+    except FileExistsError:
+        pass
     return Path(path)
