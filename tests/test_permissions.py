@@ -164,3 +164,23 @@ def test_systemd_unit_runs_the_console_script_unprivileged_and_hardened(tmp_path
     path.write_text(local)
     r = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "cardionode.service" not in r.stderr.replace(str(path), ""), r.stderr
+
+
+def test_opening_another_connection_keeps_the_locks_of_open_ones(tmp_path: Path) -> None:
+    """db.connect creates the database file 0600 without ever opening an existing one: closing any
+    descriptor of it drops this process's SQLite locks, and another process closing its last connection
+    then takes itself for the last user and deletes the WAL and shared-memory files under the connections
+    still open here (seen as a node that stopped seeing jobs queued by ``cardionode process``)."""
+    writer = ("import sys; from node import db; c = db.connect(sys.argv[1]); "
+              "c.execute('INSERT INTO t VALUES (?)', (int(sys.argv[2]),)); c.close()")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    first = db.connect(tmp_path)
+    first.execute("CREATE TABLE t (x)")
+    second = db.connect(tmp_path)  # e.g. a new worker thread's connection
+    try:
+        subprocess.run([sys.executable, "-c", writer, str(tmp_path), "1"], check=True, env=env, timeout=60)
+        assert {p.name for p in tmp_path.iterdir()} >= {"cardionode.sqlite3-wal", "cardionode.sqlite3-shm"}
+        assert [r[0] for r in second.execute("SELECT x FROM t")] == [1]
+    finally:
+        first.close()
+        second.close()
