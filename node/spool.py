@@ -25,6 +25,7 @@ import os
 import queue
 import re
 import shutil
+import sqlite3
 import struct
 import threading
 import time
@@ -55,6 +56,7 @@ __all__ = [
     "OutOfSpaceError",
     "OwnResultError",
     "check_uid",
+    "is_out_of_space",
     "InstanceHeader",
     "read_header",
 ]
@@ -113,6 +115,15 @@ class OutOfSpaceError(SpoolError):
     """Free space on the spool's filesystem is below ``min_free_mb``."""
 
     status = 0xA700
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT from the filesystem, or SQLite's "database or disk is full"."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return False
 
 
 def check_uid(value: Any, what: str) -> str:

@@ -37,11 +37,12 @@ HEADERS = {"Content-Type": f'multipart/related; type="application/dicom"; bounda
 
 
 class Node:
-    def __init__(self, tmp_path: Path, max_upload_mb: int = 2048) -> None:
+    def __init__(self, tmp_path: Path, max_upload_mb: int = 2048, **node: object) -> None:
         from node.spool import Spool
 
         self.config = parse_config({"node": {"storage_dir": str(tmp_path / "var"), "http_host": "127.0.0.1",
-                                             "http_port": 0, "max_upload_mb": max_upload_mb, "min_free_mb": 0},
+                                             "http_port": 0, "max_upload_mb": max_upload_mb, "min_free_mb": 0,
+                                             **node},
                                     "api": {"token": TOKEN}})
         self.conns = LocalConnections(self.config.node.storage_dir)
         db.ensure_schema(self.conns.get(), STATE_SCHEMA)
@@ -176,7 +177,7 @@ def test_oversize_body_413_stores_nothing(tmp_path: Path) -> None:
                           headers=HEADERS, timeout=10)
         assert r.status_code == 413
         assert n.stored_uids(study) == set()
-        assert not list((Path(n.config.node.storage_dir) / "tmp" / "stow").glob("*"))  # temp bodies removed
+        assert not list(n.spool.incoming.glob("*"))  # temp bodies removed
     finally:
         n.stop()
 
@@ -231,3 +232,32 @@ def test_sop_classes_dimse_refuses_are_refused_0122(node: Node, tmp_path: Path) 
     assert sorted(int(i.FailureReason) for i in failed) == [0x0122, 0x0122]
     assert node.stored_uids(study) == set()
     assert not [p for p in (Path(node.config.node.storage_dir) / "spool").rglob("*.dcm")]
+
+
+def test_stalled_body_gets_408_and_the_connection_is_closed(tmp_path: Path) -> None:
+    """A client that stops sending its body is answered 408 after node.http_body_timeout_s, its connection
+    closed and its buffered body removed; the node keeps serving."""
+    import socket
+    import time
+
+    n = Node(tmp_path, http_body_timeout_s=1.0)
+    try:
+        port = int(n.server.url.rsplit(":", 1)[1])
+        path = write_ct_study(tmp_path / "s", n=1)[0]
+        body = _body([("application/dicom", path.read_bytes())])
+        head = (f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in HEADERS.items()) + "\r\n").encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(head + body[: len(body) // 2])
+            t0 = time.monotonic()
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+            waited = time.monotonic() - t0
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert 0.8 <= waited < 6, waited
+        assert not list(n.spool.incoming.glob("*"))
+        r = requests.post(f"{n.url}/studies", data=body, headers=HEADERS, timeout=10)
+        assert r.status_code == 200, r.text
+    finally:
+        n.stop()

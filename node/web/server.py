@@ -88,8 +88,10 @@ def build_app(ctx: WebContext) -> Starlette:
     stow = StowHandler(
         spool=ctx.spool,
         max_upload_bytes=node.max_upload_mb * 1024 * 1024,
-        tmp_dir=Path(node.storage_dir) / "tmp" / "stow",
+        # bodies are buffered in the spool's temporary folder: same filesystem, emptied at start
+        tmp_dir=ctx.spool.incoming if ctx.spool is not None else Path(node.storage_dir) / "tmp" / "stow",
         metrics=ctx.metrics,
+        body_timeout_s=node.http_body_timeout_s,
     )
 
     async def stow_endpoint(request: Request) -> Response:

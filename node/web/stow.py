@@ -17,6 +17,7 @@ not DICOM at all; HTTP 200 all stored, 202 some failed, 409 none stored.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import logging
@@ -35,7 +36,8 @@ from starlette.responses import JSONResponse, Response
 
 from ..files import private_dir
 from ..ingest.admission import is_accepted, own_result_returned
-from ..spool import OwnResultError
+from ..logging_setup import clean
+from ..spool import TEMP_SUFFIX, OwnResultError, is_out_of_space
 from .multipart import MediaTypeError, MultipartError, Part, PartReader, find_parts, parse_content_type, stow_boundary
 
 __all__ = [
@@ -66,6 +68,10 @@ _COPY_CHUNK = 1 << 20
 
 class BodyTooLarge(Exception):
     """The request body exceeds node.max_upload_mb (HTTP 413)."""
+
+
+class BodyStalled(Exception):
+    """The client stopped sending the request body (node.http_body_timeout_s; HTTP 408)."""
 
 
 class NotDicomPart(ValueError):
@@ -184,11 +190,8 @@ def _reason_for_store_error(exc: BaseException) -> int:
             return status
         if (status & 0xF000) == 0xC000:  # spool's 0xC2xx: malformed/truncated = cannot understand
             return FAILURE_CANNOT_UNDERSTAND
-    if isinstance(exc, OSError):
-        import errno
-
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return FAILURE_OUT_OF_RESOURCES
+    if is_out_of_space(exc):
+        return FAILURE_OUT_OF_RESOURCES
     name = type(exc).__name__.lower()
     if "space" in name or "resource" in name:
         return FAILURE_OUT_OF_RESOURCES
@@ -278,10 +281,18 @@ def _accepts_dicom_json(accept: str | None) -> bool:
     return False
 
 
-async def copy_limited(request: Request, out: BinaryIO, limit: int) -> int:
-    """Write the request body to ``out``; raises :class:`BodyTooLarge` past ``limit`` bytes."""
+async def copy_limited(request: Request, out: BinaryIO, limit: int, idle_timeout_s: float | None = None) -> int:
+    """Write the request body to ``out``; raises :class:`BodyTooLarge` past ``limit`` bytes and
+    :class:`BodyStalled` when no byte arrives for ``idle_timeout_s`` seconds."""
     total = 0
-    async for chunk in request.stream():
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), idle_timeout_s)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise BodyStalled(f"no body data for {idle_timeout_s:g} s after {total} bytes") from None
         total += len(chunk)
         if total > limit:
             raise BodyTooLarge(f"request body exceeds {limit} bytes")
@@ -298,10 +309,11 @@ class StowHandler:
     """The STOW-RS endpoint bound to one spool, size limit and metrics object."""
 
     def __init__(self, spool: Any, max_upload_bytes: int, tmp_dir: Path, metrics: Any = None,
-                 calling_ae: str = "STOW") -> None:
+                 calling_ae: str = "STOW", body_timeout_s: float | None = 30.0) -> None:
         self.spool = spool
         self.max_upload_bytes = max_upload_bytes
         self.tmp_dir = Path(tmp_dir)
+        self.body_timeout_s = body_timeout_s
         self.metrics = metrics
         self.calling_ae = calling_ae
 
@@ -334,13 +346,17 @@ class StowHandler:
         if not self.spool.has_space():
             return _error(503, "out of storage space (node.min_free_mb)", {"Retry-After": "60"})
         private_dir(self.tmp_dir)
-        fd, tmp_name = tempfile.mkstemp(prefix="stow-", suffix=".body", dir=self.tmp_dir)
+        fd, tmp_name = tempfile.mkstemp(prefix="stow-", suffix=TEMP_SUFFIX, dir=self.tmp_dir)
         try:
             with os.fdopen(fd, "w+b") as body:
                 try:
-                    await copy_limited(request, body, self.max_upload_bytes)
+                    await copy_limited(request, body, self.max_upload_bytes, self.body_timeout_s)
                 except BodyTooLarge as exc:
                     return _error(413, str(exc), {"Connection": "close"})
+                except BodyStalled as exc:
+                    log.warning("STOW-RS body stalled; request dropped", extra={
+                        "client": clean(request.client.host if request.client else ""), "error": str(exc)})
+                    return _error(408, str(exc), {"Connection": "close"})
                 except ClientDisconnect:
                     return _error(400, "client disconnected before the body was complete")
                 except OSError as exc:
