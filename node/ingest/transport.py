@@ -19,7 +19,9 @@ thread, then runs an ``Association`` thread and a DUL thread per connection.  Re
   to ``spool/.incoming`` (the spool renames it into place; :meth:`node.spool.Spool.recover` removes
   what a crash leaves) instead of ``$TMPDIR``; a write error such as ENOSPC is recorded for the
   C-STORE handler (0xA700) instead of killing the DUL thread ("peer aborted"), and a partial file
-  is removed when its association ends.
+  is removed when its association ends;
+* **DIMSE decoding** (:class:`GuardedDIMSE`): a P-DATA that does not decode into a DIMSE message
+  aborts the association cleanly instead of ending the DUL thread with an exception.
 
 pynetdicom's own timers do the rest: ARTIM (``node.association_timeout_s``) and the network idle
 timer (``node.idle_timeout_s``: an established association without a PDU is aborted).
@@ -42,6 +44,7 @@ from typing import Any, cast
 
 from pynetdicom import _config, dimse_messages
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
@@ -51,7 +54,8 @@ from ..logging_setup import clean
 from ..spool import TEMP_SUFFIX
 from .guard import ConnectionGuard, Ticket
 
-__all__ = ["Limits", "GuardedServer", "GuardedDUL", "WaitingSocket", "IncomingFile", "stream_datasets_to_spool"]
+__all__ = ["Limits", "GuardedServer", "GuardedDUL", "GuardedDIMSE", "WaitingSocket", "IncomingFile",
+           "stream_datasets_to_spool"]
 
 log = logging.getLogger("cardionode.ingest")
 
@@ -310,6 +314,25 @@ class GuardedDUL(DULServiceProvider):
         self._closed_by_peer(negotiating)
 
 
+class GuardedDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider whose message decoding cannot kill the DUL thread: a P-DATA that
+    does not decode into a DIMSE message (random command set bytes, a command without CommandField)
+    raised inside pynetdicom's state machine, which logged a traceback and ended the DUL thread
+    without an A-ABORT.  Here it is one log line and a clean abort (Evt19: A-ABORT to the peer)."""
+
+    def receive_primitive(self, primitive: Any) -> None:
+        try:
+            super().receive_primitive(primitive)
+        except Exception as exc:
+            partial = getattr(self.message, "_data_set_file", None)
+            if isinstance(partial, IncomingFile):
+                partial.discard()
+            self.message = None
+            log.warning("DIMSE message undecodable; association aborted", extra={
+                "address": clean(self.assoc.requestor.address), "error": clean(f"{type(exc).__name__}: {exc}")[:200]})
+            self.dul.event_queue.put("Evt19")  # unrecognised or invalid PDU: A-ABORT, A-P-ABORT indication
+
+
 def harden(assoc: Association, limits: Limits, ticket: Ticket | None) -> None:
     """Install :class:`WaitingSocket` and :class:`GuardedDUL` on an accepted association (before its
     threads start)."""
@@ -335,6 +358,7 @@ def harden(assoc: Association, limits: Limits, ticket: Ticket | None) -> None:
     guarded._target = make_target(guarded.run_reactor)  # type: ignore[attr-defined]  # Thread bound the base's
     dul.to_provider_queue = _WakingQueue(wake_w)
     dul._run_loop_delay = 0.0  # ready() does the waiting
+    assoc.dimse.__class__ = GuardedDIMSE
 
 
 class _GuardedRequestHandler(RequestHandler):
