@@ -83,7 +83,8 @@ def build_app(ctx: WebContext) -> Starlette:
     auth = TokenAuth(ctx.config.api)
     if not auth.configured:
         closed = "the status API, /metrics and STOW-RS" if auth.stow_requires_token else "the status API and /metrics"
-        log.warning(f"no API token configured (api.token_file or api.token): {closed} refuse every request")
+        # INFO, not a warning: closed is the shipped default (README, "Production" sets the token)
+        log.info(f"no API token configured (api.token_file or api.token): {closed} refuse every request")
     node = ctx.config.node
     stow = StowHandler(
         spool=ctx.spool,
