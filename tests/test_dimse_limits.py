@@ -21,8 +21,8 @@ from tests.test_ingest import CT, Node
 
 pytestmark = [pytest.mark.integration]
 
-LIMITS = {"max_associations": 4, "max_pending_per_host": 4, "association_timeout_s": 2.0, "pdu_timeout_s": 2.0,
-          "idle_timeout_s": 3.0}
+LIMITS = {"max_associations": 4, "max_pending_per_host": 4, "association_timeout_s": 3.0, "pdu_timeout_s": 3.0,
+          "idle_timeout_s": 4.0}
 
 
 def _half_associate_rq(port: int, source: str) -> RawAssociation:
@@ -55,7 +55,8 @@ def test_half_sent_connections_do_not_lock_out_a_storing_modality(tmp_path: Path
             except OSError:  # reset while connecting/sending: refused at once, as intended
                 pass
         held += half_rq
-        refused_at_accept = [r for r in half_rq if r.closed_by_peer(0.3)]
+        time.sleep(0.3)  # refusals at accept have arrived by now; the admitted ones wait for their deadline
+        refused_at_accept = [r for r in half_rq if r.closed_by_peer(0.01)]
         assert len(half_rq) - len(refused_at_accept) == 4
         # the modality keeps storing while they hold on
         for _ in range(3):
@@ -104,8 +105,8 @@ def test_allow_list_by_host_closes_other_addresses_at_accept(tmp_path: Path) -> 
     try:
         with RawAssociation(node.port, source="127.0.0.2") as stranger:
             t0 = time.monotonic()
-            assert stranger.closed_by_peer(1.0)  # closed before it sent a byte
-            assert time.monotonic() - t0 < 1.0
+            assert stranger.closed_by_peer(3.0)  # closed before it sent a byte, long before any deadline
+            assert time.monotonic() - t0 < 3.0
         files = write_ct_study(tmp_path / "ct", 1)
         assert storescu(node.port, files, calling_ae="MODALITY").returncode == 0
         assert node.server.connection_counts()["negotiating"] == 0
@@ -118,10 +119,10 @@ def test_oversized_or_garbage_pdus_close_the_connection_at_once(tmp_path: Path) 
     try:
         with RawAssociation(node.port, source="127.0.0.2") as raw:  # A-ASSOCIATE-RQ announcing 100 MB
             raw.send(pdu_header(0x01, 100_000_000) + b"\0" * 64)
-            assert raw.closed_by_peer(1.0)
+            assert raw.closed_by_peer(2.0)  # at once, not after association_timeout_s (3)
         with RawAssociation(node.port, source="127.0.0.2") as raw:  # not a PDU type
             raw.send(b"GET / HTTP/1.1\r\n\r\n")
-            assert raw.closed_by_peer(1.0)
+            assert raw.closed_by_peer(2.0)
         with RawAssociation(node.port) as raw:  # P-DATA larger than the maximum we advertised
             assert raw.associate(CT) == 0x02
             raw.send(pdu_header(0x04, 10_000_000) + b"\0" * 64)
