@@ -156,7 +156,7 @@ class CalciumPipeline:
                 finding=codes.PATHOLOGIC_CALCIFICATION,
                 finding_site=c.site,
                 measurements=[
-                    MeasurementSpec(codes.CORONARY_ARTERY_CALCIUM_SCORE, round(cs.score, 3), codes.SCORE,
+                    MeasurementSpec(codes.CORONARY_ARTERY_CALCIUM_SCORE, round(cs.score, 3), codes.AGATSTON_UNIT,
                                     method=codes.AGATSTON_SCORING_METHOD, finding_site=c.site),
                     MeasurementSpec(codes.CALCIUM_VOLUME, round(cs.volume_mm3, 3), codes.MM3,
                                     method=codes.VOLUME_SCORING_METHOD, finding_site=c.site),
@@ -168,7 +168,7 @@ class CalciumPipeline:
             tracking_id="Calcium total coronary",
             finding=codes.PATHOLOGIC_CALCIFICATION,
             finding_site=codes.HEART,
-            measurements=[MeasurementSpec(codes.CORONARY_ARTERY_CALCIUM_SCORE, round(coronary, 3), codes.SCORE,
+            measurements=[MeasurementSpec(codes.CORONARY_ARTERY_CALCIUM_SCORE, round(coronary, 3), codes.AGATSTON_UNIT,
                                           method=codes.AGATSTON_SCORING_METHOD),
                           MeasurementSpec(codes.CALCIUM_VOLUME, round(sum(score.per_class[c.value].volume_mm3
                                                                           for c in CLASSES if c.coronary), 3),
@@ -178,7 +178,7 @@ class CalciumPipeline:
         groups.append(MeasurementGroupSpec(
             tracking_id="Calcium total all classes",
             finding=codes.PATHOLOGIC_CALCIFICATION,
-            measurements=[MeasurementSpec(codes.CORONARY_ARTERY_CALCIUM_SCORE, round(total, 3), codes.SCORE,
+            measurements=[MeasurementSpec(codes.CORONARY_ARTERY_CALCIUM_SCORE, round(total, 3), codes.AGATSTON_UNIT,
                                           method=codes.AGATSTON_SCORING_METHOD),
                           MeasurementSpec(codes.CALCIUM_VOLUME, round(score.total_volume_mm3, 3), codes.MM3,
                                           method=codes.VOLUME_SCORING_METHOD)],

@@ -227,9 +227,9 @@ class SyntaxPipeline:
             tracking_id="SYNTAX total",
             finding=codes.CORONARY_ARTERY_DISEASE_COMPLEXITY,
             finding_site=codes.HEART,
-            measurements=[MeasurementSpec(codes.SYNTAX_SCORE, round(scores.total, 3), codes.SCORE),
-                          MeasurementSpec(CINES_USED, float(sum(len(v) for v in by_side.values())), codes.NO_UNITS),
-                          MeasurementSpec(CINES_EXCLUDED, float(len(other)), codes.NO_UNITS)],
+            measurements=[MeasurementSpec(codes.SYNTAX_SCORE, round(scores.total, 3), codes.POINTS),
+                          MeasurementSpec(CINES_USED, sum(len(v) for v in by_side.values()), codes.CINES),
+                          MeasurementSpec(CINES_EXCLUDED, len(other), codes.CINES)],
             qualitative=[QualitativeSpec(codes.HIGH_SYNTAX_SCORE, codes.YES if high else codes.NO)],
         )]
         for side in SIDES:
@@ -237,8 +237,8 @@ class SyntaxPipeline:
                 tracking_id=f"SYNTAX {side} coronary",
                 finding=codes.CORONARY_ARTERY_DISEASE_COMPLEXITY,
                 finding_site=SITES[side],
-                measurements=[MeasurementSpec(SIDE_CODES[side], round(getattr(scores, side), 3), codes.SCORE),
-                              MeasurementSpec(CINES_USED, float(len(by_side[side])), codes.NO_UNITS)],
+                measurements=[MeasurementSpec(SIDE_CODES[side], round(getattr(scores, side), 3), codes.POINTS),
+                              MeasurementSpec(CINES_USED, len(by_side[side]), codes.CINES)],
             ))
         return groups
 
