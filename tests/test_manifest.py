@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.runtime.manifest import LabelSpec, ManifestError, ModelManifest, Provenance, TensorSpec
+from pipelines.runtime.manifest import DomainRange, LabelSpec, ManifestError, ModelManifest, Provenance, TensorSpec
 
 
 def _manifest() -> ModelManifest:
@@ -18,9 +18,12 @@ def _manifest() -> ModelManifest:
         labels=(LabelSpec(0, "background"),
                 LabelSpec(1, "scar", {"value": "12402003", "scheme": "SCT", "meaning": "Scar tissue"},
                           {"value": "49755003", "scheme": "SCT", "meaning": "Morphologically abnormal structure"})),
-        calibration={}, provenance=Provenance("synthetic phantoms", True, "2026-11-24", "abc", {"dice_scar": 0.5}, ""),
+        calibration={}, provenance=Provenance("synthetic phantoms", True, "2026-11-24", "abc", {"dice_scar": 0.5}, "",
+                                              {"generator": "training.myops.phantom", "cases": 40, "generated": True}),
         opset=17, sha256="a" * 64,
         trt_profile={"image": {"min": [1, 3, 256, 256], "opt": [4, 3, 256, 256], "max": [16, 3, 256, 256]}},
+        input_domain={"pixel_spacing_mm": {"min": 0.8, "max": 2.5, "unit": "mm"},
+                      "modality": DomainRange(one_of=("MR",))},
     )
 
 
@@ -31,6 +34,17 @@ def test_round_trip(tmp_path: Path) -> None:
     assert back == m
     assert back.labels[1].code.meaning == "Scar tissue"
     assert back.inputs[0].dynamic_axes == {0: "batch"}
+    assert back.provenance.training_data["cases"] == 40
+    assert back.input_domain["pixel_spacing_mm"] == DomainRange(min=0.8, max=2.5, unit="mm")
+
+
+def test_domain_range_violation() -> None:
+    spacing = DomainRange(min=0.8, max=2.5, unit="mm")
+    assert spacing.violation(1.0) is None and spacing.violation(0.8) is None
+    assert spacing.violation(3.0) == "above the trained range 0.8-2.5 mm"
+    assert spacing.violation(0.5) == "below the trained range 0.8-2.5 mm"
+    assert DomainRange(min=80, unit="kV").violation(70) == "below the trained range >= 80 kV"
+    assert DomainRange(one_of=("MR",)).violation("CT") == "expected one of MR"
 
 
 @pytest.mark.parametrize(
@@ -48,6 +62,9 @@ def test_round_trip(tmp_path: Path) -> None:
         (lambda d: d["trt_profile"]["image"].update(min=[8, 3, 256, 256]), "trt_profile.image", "min <= opt <= max"),
         (lambda d: d.update(format_version=2), "format_version", "not supported"),
         (lambda d: d.update(name="Bad Name"), "name", "lower-case"),
+        (lambda d: d["input_domain"]["pixel_spacing_mm"].update(min=3.0), "input_domain.pixel_spacing_mm", "above max"),
+        (lambda d: d["input_domain"].update(kvp={}), "input_domain.kvp", "give one_of or at least one"),
+        (lambda d: d["input_domain"]["modality"].update(min=1), "input_domain.modality", "not both"),
         (lambda d: d.update(labels=[{"value": 1, "name": "a", "code": None}, {"value": 1, "name": "b", "code": None}]),
          "labels", "duplicate"),
     ],

@@ -29,6 +29,7 @@ __all__ = [
     "LabelSpec",
     "Provenance",
     "TrtProfile",
+    "DomainRange",
     "ModelManifest",
     "sha256_file",
 ]
@@ -225,6 +226,9 @@ class Provenance:
     code_version: str
     metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     notes: str = ""
+    #: What the model was trained on, machine-readable: e.g. ``{"generator": "training.synth.ct",
+    #: "generator_version": "2", "layout": "COCA", "cases": 400, "generated": true}``.
+    training_data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
         """One line for ``models list`` and for ModelInfo.provenance."""
@@ -245,11 +249,12 @@ class Provenance:
             "code_version": self.code_version,
             "metrics": dict(self.metrics),
             "notes": self.notes,
+            **({"training_data": dict(self.training_data)} if self.training_data else {}),
         }
 
     @classmethod
     def from_dict(cls, r: _Reader) -> "Provenance":
-        r.unknown(("trained_on", "synthetic", "date", "code_version", "metrics", "notes"))
+        r.unknown(("trained_on", "synthetic", "date", "code_version", "metrics", "notes", "training_data"))
         date = r.text("date")
         if not re.match(r"^\d{4}-\d{2}-\d{2}", date):
             r.fail(f"{date!r} is not an ISO date (YYYY-MM-DD)", r.sub("date"))
@@ -260,6 +265,7 @@ class Provenance:
             code_version=r.text("code_version"),
             metrics=dict(r.get("metrics", dict, {})),
             notes=r.get("notes", str, ""),
+            training_data=dict(r.get("training_data", dict, {})),
         )
 
 
@@ -273,6 +279,70 @@ class TrtProfile:
 
     def to_dict(self) -> dict[str, list[int]]:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainRange:
+    """What the model was trained for, for one input property (e.g. ``slice_thickness_mm``).
+
+    Either a numeric interval (``min`` and/or ``max``, inclusive) or a set of allowed values
+    (``one_of``).  Pipelines measure the property on a study and call :meth:`violation`; inputs
+    outside the range make the result "not assessable" instead of a confident wrong number.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    one_of: tuple[str | int | float, ...] = ()
+    unit: str = ""
+
+    def violation(self, value: Any) -> str | None:
+        """None when ``value`` is inside the range, else a short text saying what was expected."""
+        if self.one_of:
+            return None if value in self.one_of else f"expected one of {', '.join(map(str, self.one_of))}"
+        if self.min is not None and value < self.min:
+            return f"below the trained range {self.describe()}"
+        if self.max is not None and value > self.max:
+            return f"above the trained range {self.describe()}"
+        return None
+
+    def describe(self) -> str:
+        """The range as a person reads it: ``0.5-3 mm``, ``>= 80 kV``, ``one of CT``."""
+        if self.one_of:
+            return "one of " + ", ".join(map(str, self.one_of))
+        unit = f" {self.unit}" if self.unit else ""
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g}-{self.max:g}{unit}"
+        if self.min is not None:
+            return f">= {self.min:g}{unit}"
+        return f"<= {self.max:g}{unit}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.one_of:
+            out["one_of"] = list(self.one_of)
+        if self.min is not None:
+            out["min"] = self.min
+        if self.max is not None:
+            out["max"] = self.max
+        if self.unit:
+            out["unit"] = self.unit
+        return out
+
+    @classmethod
+    def from_dict(cls, r: _Reader) -> "DomainRange":
+        r.unknown(("min", "max", "one_of", "unit"))
+        lo = r.get("min", (int, float), None, allow_none=True)
+        hi = r.get("max", (int, float), None, allow_none=True)
+        one_of = r.get("one_of", list, [])
+        if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in one_of):
+            r.fail(f"expected a list of strings or numbers, got {one_of!r}", r.sub("one_of"))
+        if one_of and (lo is not None or hi is not None):
+            r.fail("give either one_of or min/max, not both")
+        if not one_of and lo is None and hi is None:
+            r.fail("give one_of or at least one of min, max")
+        if lo is not None and hi is not None and lo > hi:
+            r.fail(f"min {lo} is above max {hi}")
+        return cls(min=lo, max=hi, one_of=tuple(one_of), unit=r.get("unit", str, ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,6 +382,8 @@ class ModelManifest:
     trt_profile: Mapping[str, TrtProfile] = dataclasses.field(default_factory=dict)
     variants: Mapping[str, ModelVariant] = dataclasses.field(default_factory=dict)
     verification: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Input properties the model was trained for (see :class:`DomainRange`); empty = not declared.
+    input_domain: Mapping[str, DomainRange] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Accept lists / plain dicts from callers; store tuples and typed parts.
@@ -326,6 +398,9 @@ class ModelManifest:
         object.__setattr__(self, "trt_profile", prof)
         variants = {k: v if isinstance(v, ModelVariant) else ModelVariant(**v) for k, v in dict(self.variants).items()}
         object.__setattr__(self, "variants", variants)
+        domain = {k: v if isinstance(v, DomainRange) else DomainRange(**{**v, "one_of": tuple(v.get("one_of", ()))})
+                  for k, v in dict(self.input_domain).items()}
+        object.__setattr__(self, "input_domain", domain)
         self.validate(f"manifest of {self.name!r}")
 
     # ------------------------------------------------------------------ checks
@@ -423,6 +498,8 @@ class ModelManifest:
             out["variants"] = {k: v.to_dict() for k, v in self.variants.items()}
         if self.verification:
             out["verification"] = dict(self.verification)
+        if self.input_domain:
+            out["input_domain"] = {k: v.to_dict() for k, v in self.input_domain.items()}
         return out
 
     def save(self, path: str | Path) -> Path:
@@ -442,6 +519,7 @@ class ModelManifest:
             (
                 "format_version", "name", "version", "task", "file", "sha256", "opset", "inputs", "outputs",
                 "preprocessing", "labels", "calibration", "provenance", "trt_profile", "variants", "verification",
+                "input_domain",
             )
         )
         fmt = r.get("format_version", int)
@@ -486,6 +564,13 @@ class ModelManifest:
                     max_abs_error=vr.get("max_abs_error", (int, float), None, allow_none=True),
                     max_rel_error=vr.get("max_rel_error", (int, float), None, allow_none=True),
                 )
+        domain: dict[str, DomainRange] = {}
+        dom_r = r.child("input_domain", {})
+        if dom_r is not None:
+            for prop in dom_r.data:
+                pr = dom_r.child(prop)
+                assert pr is not None
+                domain[prop] = DomainRange.from_dict(pr)
         try:
             return cls(
                 name=r.text("name"),
@@ -504,6 +589,7 @@ class ModelManifest:
                 trt_profile=trt,
                 variants=variants,
                 verification=dict(r.get("verification", dict, {})),
+                input_domain=domain,
             )
         except ManifestError as exc:
             # __post_init__ names the model; re-raise naming the file instead.
