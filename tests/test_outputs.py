@@ -254,6 +254,7 @@ def test_calcium_sr_with_segment_references(ct, tmp_path: Path) -> None:
     scheme = back.CodingSchemeIdentificationSequence[0]
     assert scheme.CodingSchemeDesignator == "99CARDIONODE" and scheme.CodingSchemeUID == C.PRIVATE_SCHEME_UID
     assert structure_problems(back) == []
+    assert back.ConceptNameCodeSequence[0].CodeValue == "126000"  # something is drawn: Imaging Measurement Report
     g = sr_groups(back)
     # the located finding is a TID 1410 planar ROI group under Imaging Measurements, on its key slice
     planar = back.content.get_planar_roi_measurement_groups()
@@ -327,6 +328,9 @@ def test_syntax_sr_on_xa_with_private_codes(tmp_path: Path) -> None:
     assert PHANTOM_DISCLAIMER not in " ".join(sum(_texts(back).values(), []))
     assert RESEARCH_DISCLAIMER in " ".join(_texts(back)["Algorithm Parameters"])
     assert "126010" not in containers(back)  # nothing with an image location: no Imaging Measurements
+    # ... and not titled "Imaging Measurement Report" (OHIF 3.13 then opens its text view, not the
+    # measurement viewport that fails with nothing to draw)
+    assert back.ConceptNameCodeSequence[0].CodeValue == "MEAS-REPORT"
     g = sr_groups(back)["SYNTAX"]
     assert g.container == "126011"
     assert g.numbers == {"SYNTAX": pytest.approx(27.3), "SYNTAX-L": pytest.approx(20.1), "SYNTAX-R": pytest.approx(7.2)}

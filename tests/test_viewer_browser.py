@@ -78,6 +78,15 @@ def _located_labels(sr: pydicom.Dataset) -> list[list[str]]:
     return out
 
 
+def _text_lines(sr: pydicom.Dataset) -> list[str]:
+    """The lines OHIF's text view of an SR without drawable measurements shows for each number."""
+    from tests.support.sr_content import walk
+
+    return [f"{it.ConceptNameCodeSequence[0].CodeMeaning}: {it.MeasuredValueSequence[0].NumericValue} "
+            f"{it.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue}"
+            for it in walk(sr.ContentSequence) if it.get("ValueType") == "NUM" and it.get("MeasuredValueSequence")]
+
+
 def _plan(studies: dict[str, dict]) -> dict:
     plan = []
     for name, s in studies.items():
@@ -87,7 +96,7 @@ def _plan(studies: dict[str, dict]) -> dict:
         entry = {"name": name, "study": s["study"], "summary": str(by_mod["OT"].SeriesDescription),
                  "sr": {"label": str(sr.SeriesDescription), "count": len(labels),
                         "expect_first": labels[0][0].split(":")[0] if labels else str(sr.SeriesDescription)},
-                 "expected_sr": labels}
+                 "expected_sr": labels, "expected_text": [] if labels else _text_lines(sr)}
         if "SEG" in by_mod:
             seg = by_mod["SEG"]
             entry["seg"] = {"label": str(seg.SeriesDescription), "segments": [str(x.SegmentLabel) for x in seg.SegmentSequence]}
@@ -117,6 +126,9 @@ def test_results_in_ohif(tmp_path):
                 problems.append(f"{entry['name']}: {key} {r[key][:5]}")
         if "seg" in entry and sorted(r["segments"]) != sorted(entry["seg"]["segments"]):
             problems.append(f"{entry['name']}: segments listed {r['segments']}, SEG has {entry['seg']['segments']}")
+        for line in entry["expected_text"]:
+            if line not in r.get("sr_text", ""):
+                problems.append(f"{entry['name']}: SR text view lacks '{line}'")
         drawn = "\n".join("\n".join(step) for step in r["sr"])
         for lines in entry["expected_sr"]:
             for line in lines:

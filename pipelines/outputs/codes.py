@@ -132,6 +132,11 @@ MYOCARDIAL_SCAR_FRACTION = private_code("SCAR-FRACTION", "Scar volume as fractio
 MYOCARDIAL_EDEMA_FRACTION = private_code("EDEMA-FRACTION", "Edema volume as fraction of myocardial volume")
 
 
+#: title (CID 7021 is extensible) of a TID 1500 report with no image-located measurement: OHIF 3.13
+#: opens a DCM 126000 "Imaging Measurement Report" in its measurement viewport, which fails when
+#: nothing can be drawn, and shows any other SR as text -- readable, values and names
+MEASUREMENT_REPORT_WITHOUT_REGIONS = private_code("MEAS-REPORT", "Measurement Report")
+
 # ---- private: assessability (pipelines.quality.QualityIssue in the SR) ---------------------------
 ASSESSABILITY = private_code("ASSESSABILITY", "Assessability")
 NOT_ASSESSABLE = private_code("NOT-ASSESSABLE", "Not assessable")

@@ -172,8 +172,8 @@ def _container(name: Code, algorithm_id: hd.sr.AlgorithmIdentification, items) -
     c = hd.sr.ContainerContentItem(name=name, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
                                    is_content_continuous=False)
     c.ContentSequence = hd.sr.ContentSequence()
-    c.ContentSequence.extend(algorithm_id)
     c.ContentSequence.extend(items)
+    c.ContentSequence.extend(algorithm_id)  # after the findings: a reader meets the numbers first
     return c
 
 
@@ -191,7 +191,7 @@ def _is_group(item: Dataset) -> bool:
 def build_measurement_report(
     sources: Sequence[Dataset],
     *,
-    title: Code = codes.IMAGING_MEASUREMENT_REPORT,
+    title: Code | None = None,
     procedure: Code,
     groups: Sequence[MeasurementGroupSpec],
     algorithm: AlgorithmIdentity,
@@ -216,6 +216,10 @@ def build_measurement_report(
     must be empty (a result that cannot be assessed reports no numbers).  A scope that names no
     group is a ValueError.
 
+    ``title``: None chooses DCM 126000 "Imaging Measurement Report" when some group has an image
+    region, else the private "Measurement Report" (:data:`codes.MEASUREMENT_REPORT_WITHOUT_REGIONS`):
+    OHIF 3.13 fails on a 126000 report with nothing to draw and shows any other SR as text.
+
     ``image_library``: list the sources in the optional TID 1600 Image Library.  highdicom needs
     ~40 ms per entry (26 s for a 600-slice CT), so the default (None) includes it only for up to
     :data:`IMAGE_LIBRARY_MAX` sources; the sources are always in the evidence sequence.
@@ -237,6 +241,9 @@ def build_measurement_report(
         log.info("SR: %d sources, image library left out (evidence lists them)", len(filled))
     observation_context = hd.sr.ObservationContext(observer_device_context=algorithm.observer_context())
     built = [(g, _group(g, group_alg, issues_for(issues, g.tracking_id))) for g in groups]
+    if title is None:
+        drawn = any(g.region is not None for g in groups)
+        title = codes.IMAGING_MEASUREMENT_REPORT if drawn else codes.MEASUREMENT_REPORT_WITHOUT_REGIONS
     placeholder = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=new_uid(), identifier="placeholder"))
     report = hd.sr.MeasurementReport(

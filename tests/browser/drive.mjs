@@ -83,7 +83,7 @@ for (const study of plan.studies) {
     r.seconds.load = (Date.now() - t0) / 1000;
     if (study.summary) {
       await openSeries(page, study.summary);
-      await sleep(4000);
+      await sleep(2500);
       await shot('summary');
     }
     if (study.sr) {
@@ -91,13 +91,14 @@ for (const study of plan.studies) {
       await waitText(page, study.sr.expect_first, 60000);
       await sleep(1500);
       await shot('sr');
+      r.sr_text = await page.$eval('[data-cy="viewport-grid"]', (e) => e.innerText).catch(() => '');
       for (let i = 0; i < study.sr.count; i += 1) {
         r.sr.push(await drawnLabels(page));
         await dismissTour(page);
         const next = await page.$('[data-cy="viewport-action-arrows-right"]');
         if (!next || i === study.sr.count - 1) break;
         await next.click();
-        await sleep(1500);
+        await sleep(1000);
       }
       r.seconds.sr = (Date.now() - t0) / 1000;
     }
@@ -116,7 +117,7 @@ for (const study of plan.studies) {
         await page.waitForFunction((n) => document.querySelectorAll('[data-cy="data-row-title"]').length >= n,
           { timeout: 60000 }, study.seg.segments.length);
       } catch { /* reported below: segments listed */ }
-      await sleep(2000);
+      await sleep(1000);
       r.segments = await page.$$eval('[data-cy="data-row-title"]', (els) => els.map((e) => e.textContent.trim()));
       await shot('seg');
       r.seconds.seg = (Date.now() - t0) / 1000;
