@@ -80,11 +80,13 @@ def _located_labels(sr: pydicom.Dataset) -> list[list[str]]:
 
 def _text_lines(sr: pydicom.Dataset) -> list[str]:
     """The lines OHIF's text view of an SR without drawable measurements shows for each number."""
-    from tests.support.sr_content import walk
+    from tests.support.sr_content import DERIVED, containers, walk
 
+    derived = containers(sr).get(DERIVED)
     return [f"{it.ConceptNameCodeSequence[0].CodeMeaning}: {it.MeasuredValueSequence[0].NumericValue} "
             f"{it.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue}"
-            for it in walk(sr.ContentSequence) if it.get("ValueType") == "NUM" and it.get("MeasuredValueSequence")]
+            for it in walk(derived.ContentSequence if derived else [])
+            if it.get("ValueType") == "NUM" and it.get("MeasuredValueSequence")]
 
 
 def _plan(studies: dict[str, dict]) -> dict:

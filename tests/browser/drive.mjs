@@ -64,6 +64,7 @@ const drawnLabels = (page) => page.evaluate(() => [...document.querySelectorAll(
   .filter((s) => s.trim()));
 
 const report = { studies: {} };
+let tourSeen = false; // the tour shows once per browser profile
 for (const study of plan.studies) {
   const page = await browser.newPage();
   const r = { console_errors: [], page_errors: [], screen_errors: [], screenshots: [], segments: [], sr: [], seconds: {} };
@@ -79,7 +80,10 @@ for (const study of plan.studies) {
   try {
     await page.goto(`${plan.base}/viewer?StudyInstanceUIDs=${study.study}`, { waitUntil: 'domcontentloaded', timeout: 120000 });
     await page.waitForSelector('[data-cy="study-browser-thumbnail"], [data-cy="viewport-pane"] canvas', { timeout: 120000 });
-    if (await waitText(page, 'Skip all', 15000)) await dismissTour(page);
+    if (!tourSeen && await waitText(page, 'Skip all', 15000)) {
+      tourSeen = true;
+      await dismissTour(page);
+    }
     r.seconds.load = (Date.now() - t0) / 1000;
     if (study.summary) {
       await openSeries(page, study.summary);
