@@ -148,7 +148,7 @@ def build_outputs(vol: Volume, labels: np.ndarray, score: AgatstonResult, alg: A
                  ""]
         for c in CLASSES:
             cs = score.per_class[c.value]
-            lines.append(f"{c.name}: Agatston {cs.score:.1f}, volume {cs.volume_mm3:.1f} mm3, {cs.n_lesions} lesions")
+            lines.append(f"{c.name}: Agatston {cs.score:.1f}, volume {cs.volume_mm3:.1f} mm3, {cs.n_lesions} lesion{'' if cs.n_lesions == 1 else 's'}")
         datasets.append(build_summary_image(vol.headers[0], "Coronary artery calcium (Agatston)", lines, alg,
                                             opts.series_number_summary))
     return CalciumOutputs(datasets=datasets, coronary=coronary, total=total, category=category)
