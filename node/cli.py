@@ -1,11 +1,19 @@
 """The ``cardionode`` command: serve, status, process, plus subcommands mounted from other areas.
 
-- ``cardionode serve --config conf/node.yaml``: run the node until SIGTERM/SIGINT.
+- ``cardionode serve --config conf/node.yaml [--port N] [--http-port N] [--set KEY=VALUE ...]``:
+  run the node until SIGTERM/SIGINT.
 - ``cardionode status --config ... [--json]``: studies, jobs, destinations, models.
 - ``cardionode process --config ... --study-dir DIR --pipeline NAME [--out DIR]``: run one
   pipeline over DICOM files without the network (pipeline development, tests).
+- ``cardionode sample xa|ct|mr [--out DIR]``: a synthetic phantom study to send to the node.
 - ``cardionode models list|reload``; with the train extra also ``export``, ``datasets ...`` and the
   training commands each ``training.<area>.cli.register`` adds.
+
+Every command that reads the config takes the same overrides (:func:`add_config_arguments`), applied
+in this order, later ones winning: the file, the environment (``CARDIONODE_PORT``,
+``CARDIONODE_HTTP_PORT``), ``--set KEY=VALUE``, ``--port`` / ``--http-port``.  ``CARDIONODE_CONFIG``
+names the file when ``--config`` is not given.  Failures print one line (``config error: ...`` exit 2,
+``error: ...`` exit 1); ``--debug`` adds the traceback and DEBUG logging.
 """
 from __future__ import annotations
 
@@ -14,28 +22,64 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 import sys
+import traceback
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError, NodeConfig, load_config
+from .config import ConfigError, NodeConfig, load_config, parse_override
+from .startup import StartupError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "add_config_arguments", "config_from_args", "ENV_OVERRIDES"]
+
+#: Environment variables that override one config key each (after the file, before the flags).
+ENV_OVERRIDES: dict[str, str] = {"CARDIONODE_PORT": "node.port", "CARDIONODE_HTTP_PORT": "node.http_port"}
+ENV_CONFIG = "CARDIONODE_CONFIG"
 
 
-def _load(args: argparse.Namespace) -> NodeConfig:
-    path = getattr(args, "config", None)
-    return load_config(path) if path else NodeConfig()
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--set``, ``--port``, ``--http-port`` for a subcommand that reads the config."""
+    # SUPPRESS: keep a --config given to the top-level parser instead of overwriting it with None.
+    parser.add_argument("--config", default=argparse.SUPPRESS,
+                        help=f"node config file (YAML); default ${ENV_CONFIG}, else built-in defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set node.quiet_seconds=5 or "
+                             "--set destinations.pacs.port=4243 (repeatable; the value is read as YAML)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="DIMSE port, overrides node.port (and $CARDIONODE_PORT)")
+    parser.add_argument("--http-port", type=int, default=None,
+                        help="HTTP port, overrides node.http_port (and $CARDIONODE_HTTP_PORT)")
+
+
+def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> NodeConfig:
+    """The config a command runs with: file (or defaults), then env overrides, then the flags."""
+    env = os.environ if environ is None else environ
+    path = getattr(args, "config", None) or env.get(ENV_CONFIG) or None
+    overrides: list[tuple[str, object]] = []
+    for var, key in ENV_OVERRIDES.items():
+        raw = env.get(var, "").strip()
+        if raw:
+            if not raw.isdigit():
+                raise ConfigError(f"{var}: {raw!r} is not a port number (it overrides {key})")
+            overrides.append((key, int(raw)))
+    overrides += [parse_override(text) for text in getattr(args, "overrides", None) or []]
+    if getattr(args, "port", None) is not None:
+        overrides.append(("node.port", args.port))
+    if getattr(args, "http_port", None) is not None:
+        overrides.append(("node.http_port", args.http_port))
+    return load_config(path, overrides)
+
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .logging_setup import setup_logging
     from .service import NodeService
 
-    config = _load(args)
-    setup_logging(config.node.log_format, config.node.log_level)
+    config = config_from_args(args)
+    setup_logging(config.node.log_format, "DEBUG" if getattr(args, "debug", False) else config.node.log_level)
     return NodeService(config).run_forever()
 
 
@@ -46,10 +90,12 @@ def _fmt_time(t: float | None) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from . import db, status
 
-    config = _load(args)
+    config = config_from_args(args)
     db_path = config.node.storage_path / db.DB_FILENAME
     if not db_path.exists():
-        print(f"error: no node database at {db_path}: has the node run with this config?", file=sys.stderr)
+        print(f"error: no node database at {db_path}: has the node run with this config? (a relative "
+              "node.storage_dir is relative to the working directory: run status from the folder the node "
+              "runs in, or --set node.storage_dir=PATH)", file=sys.stderr)
         return 2
     conn = db.connect(config.node.storage_path)
     model_store = None
@@ -66,8 +112,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, default=str))
         return 0
     c = data["counts"]
-    print(f"node {config.node.ae_title} port {config.node.port} storage {config.node.storage_dir}")
-    print("studies: " + (", ".join(f"{k} {v}" for k, v in sorted(c["pending_studies"].items())) or "none"))
+    print(f"node {config.node.ae_title} port {config.node.port} http {config.node.http_port} "
+          f"storage {config.node.storage_dir}")
+    print("studies: " + (", ".join(f"{k} {v}" for k, v in sorted(c["studies"].items())) or "none"))
     print("jobs:    " + (", ".join(f"{k} {v}" for k, v in sorted(c["jobs"].items())) or "none"))
     print("\nDESTINATION          TYPE     QUEUE  SENT   FAILED LAST SUCCESS         LAST ERROR")
     for d in data["destinations"]:
@@ -83,10 +130,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     for s in data["studies"]:
         print(f"  {s['state']:<10} gen {s['generation']} last {_fmt_time(s['last_received_at'])} "
               f"{s['study_uid']} {','.join(s['routes'])}")
+        if s["error"]:
+            print(f"             {s['error'][:110]}")
     models = data["models"]
     print("\nMODELS")
-    if models is None:
-        print("  (model runtime not available)")
+    if args.no_models:
+        print("  (not scanned: --no-models)")
+    elif models is None:
+        print("  (model runtime not available: is onnxruntime installed?)")
     elif not models:
         print("  none installed")
     else:
@@ -112,7 +163,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     if not args.study_dir or not args.pipeline:
         print("error: process needs --study-dir DIR --pipeline NAME (or --study UID --from SOURCE)", file=sys.stderr)
         return 2
-    config = _load(args)
+    config = config_from_args(args)
     setup_logging(config.node.log_format, config.node.log_level)
     files = sorted(p for p in Path(args.study_dir).rglob("*") if p.is_file() and not p.name.startswith("."))
     if not files:
@@ -146,7 +197,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mount_optional(subparsers: argparse._SubParsersAction) -> None:
+def _mount_optional(subparsers: argparse._SubParsersAction, training: bool = True) -> None:
     try:
         from . import retrieve
     except ImportError:
@@ -159,6 +210,14 @@ def _mount_optional(subparsers: argparse._SubParsersAction) -> None:
         models_cli = None
     if models_cli is not None:
         models_cli.register(subparsers)
+    try:  # phantom sample studies: numpy/scipy/pydicom only, part of the base install
+        from training.synth import samples
+    except ImportError:
+        samples = None  # type: ignore[assignment]
+    if samples is not None:
+        samples.register(subparsers)
+    if not training:
+        return
     missing: list[str] = []
     for module_name in _TRAIN_EXTRA_CLIS:  # need torch & co. (train extra); the node runs without them
         if importlib.util.find_spec(module_name) is None:
@@ -176,6 +235,20 @@ def _mount_optional(subparsers: argparse._SubParsersAction) -> None:
 
 
 _TRAIN_EXTRA_CLIS = ("export.cli", "training.calcium.cli", "training.myops.cli", "training.syntax.cli")
+#: Commands of the node itself: they never need the training commands (importing them imports torch:
+#: seconds of start-up for every `serve` or `status` where the train extra is installed).
+NODE_COMMANDS = frozenset({"serve", "status", "process", "pull", "models", "sample"})
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    """The subcommand in ``argv`` (the first word that is not an option or the top-level --config value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _needs_train_extra(command: str, reasons: list[str]) -> Any:
@@ -186,17 +259,21 @@ def _needs_train_extra(command: str, reasons: list[str]) -> Any:
     return run
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(training: bool = True) -> argparse.ArgumentParser:
+    """The full parser; ``training=False`` leaves out the train-extra commands (export, datasets, ...)."""
     parser = argparse.ArgumentParser(prog="cardionode", description="CardioNode: clinical AI node for cardiac imaging")
     parser.add_argument("--config", default=None, help="node config file (YAML); default: built-in defaults")
+    parser.add_argument("--debug", action="store_true", help="full traceback on errors, DEBUG logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the node (DIMSE, HTTP, jobs, dispatch) until SIGTERM")
-    serve.add_argument("--config", default=argparse.SUPPRESS, help="node config file (YAML)")
+    add_config_arguments(serve)
+    serve.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="full traceback on errors, DEBUG logging")
     serve.set_defaults(func=cmd_serve)
 
     st = sub.add_parser("status", help="studies, jobs, destinations (queue, last error) and models")
-    st.add_argument("--config", default=argparse.SUPPRESS, help="node config file (YAML)")
+    add_config_arguments(st)
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--limit", type=int, default=20, help="recent studies/jobs to list (default 20)")
     st.add_argument("--no-models", action="store_true", help="do not scan the model directories")
@@ -204,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("process", help="run one pipeline over DICOM files, no network; results to --out "
                                         "(or pull a study with --study UID --from SOURCE and queue it)")
-    pr.add_argument("--config", default=argparse.SUPPRESS, help="node config file (YAML)")
+    add_config_arguments(pr)
     pr.add_argument("--study-dir", default=None, help="folder with the study's DICOM files (searched recursively)")
     pr.add_argument("--pipeline", default=None, help="pipeline name (e.g. calcium, syntax, myops)")
     pr.add_argument("--out", default="./results", help="where result files are written (default ./results)")
@@ -216,28 +293,39 @@ def build_parser() -> argparse.ArgumentParser:
         add_pull_arguments(pr)
     pr.set_defaults(func=cmd_process)
 
-    _mount_optional(sub)
+    _mount_optional(sub, training)
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    """Run one command; every failure is one line on stderr (with ``--debug`` also the traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(training=_command_name(argv) not in NODE_COMMANDS)
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
         from pipelines.base import PipelineError
         from pipelines.registry import UnknownPipelineError
 
-        if isinstance(exc, (PipelineError, UnknownPipelineError)):
-            print(f"error: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        if isinstance(exc, ConfigError):
+            print(f"config error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        if isinstance(exc, (StartupError, PipelineError, UnknownPipelineError)):
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
             return 1
-        logging.getLogger("cardionode").exception("command failed")
+        logging.getLogger("cardionode").debug("command failed", exc_info=True)
+        hint = "" if debug else " (run with --debug for the traceback)"
+        print(f"error: {type(exc).__name__}: {_one_line(exc)}{hint}", file=sys.stderr)
         return 1
 
 

@@ -4,16 +4,26 @@ Every section is a dataclass; :func:`load_config` walks the YAML tree against
 those dataclasses so that a wrong key or value produces exactly one
 :class:`ConfigError` naming the key path and what is allowed.  Nothing here is
 global: the loaded :class:`NodeConfig` is passed to whatever needs it.
+
+Paths: every key that names a file or folder (fields declared with
+:func:`_path_field`, plus ``node.plugins`` entries written as files) is made
+absolute once, while loading, by one rule: a relative path is relative to the
+working directory of the command that loads the file (``~`` is expanded).
+Every component then receives the same absolute path, whatever its own
+working directory.  Overrides (``--set key=value``, ``--port``, environment
+variables: :func:`apply_overrides`) are applied to the YAML tree before
+validation, so a wrong override is reported like a wrong key in the file.
 """
 from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import os
 import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
@@ -36,6 +46,8 @@ __all__ = [
     "Route",
     "load_config",
     "parse_config",
+    "apply_overrides",
+    "parse_override",
 ]
 
 
@@ -56,14 +68,29 @@ def _check_port(value: int, path: str) -> None:
         raise ConfigError(f"{path}: {value} is not a TCP port (0-65535)")
 
 
+def _path_field(default: Any = None) -> Any:
+    """A config field holding a file or folder path: made absolute at load (see the module docstring)."""
+    return dataclasses.field(default=default, metadata={"path": True})
+
+
+def resolve_path(value: str, base_dir: Path) -> str:
+    """``value`` as an absolute, normalised path; relative ones are taken from ``base_dir``."""
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
+
+
+def is_plugin_file(entry: str) -> bool:
+    """A ``node.plugins`` entry naming a Python file (``./my_plugin.py``) rather than a module (``my_pkg.plugin``)."""
+    return entry.endswith(".py")
+
+
 @dataclasses.dataclass(frozen=True)
 class TLSSection:
     """TLS certificate, key and trusted CAs (DIMSE listener ``node.tls``, HTTP port ``node.http_tls``,
     DIMSE destinations)."""
 
-    certificate: str
-    private_key: str
-    ca_certificates: str | None = None
+    certificate: str = _path_field(dataclasses.MISSING)
+    private_key: str = _path_field(dataclasses.MISSING)
+    ca_certificates: str | None = _path_field()
     require_client_certificate: bool = False
 
 
@@ -74,7 +101,7 @@ class NodeSection:
     ae_title: str = "CARDIONODE"
     host: str = "0.0.0.0"
     port: int = 11112
-    storage_dir: str = "./var"
+    storage_dir: str = _path_field("./var")
     quiet_seconds: float = 30.0
     late_arrivals: Literal["reprocess", "ignore"] = "reprocess"
     max_associations: int = 10
@@ -105,6 +132,9 @@ class NodeSection:
             raise ConfigError(f"{path}.workers: must be >= 1, got {self.workers}")
         if self.min_free_mb < 0:
             raise ConfigError(f"{path}.min_free_mb: must be >= 0, got {self.min_free_mb}")
+        if self.http_enabled and self.port and self.port == self.http_port:
+            raise ConfigError(f"{path}.http_port: {self.http_port} is also node.port; the DIMSE and HTTP listeners "
+                              "need different ports (change node.http_port or pass --http-port)")
         for i, caller in enumerate(self.allowed_callers):
             ae, _, _host = caller.partition("@")
             _check_ae(ae, f"{path}.allowed_callers[{i}]")
@@ -118,13 +148,13 @@ class NodeSection:
 class ModelsSection:
     """Where models come from and how ONNX Runtime runs them."""
 
-    dir: str | None = None
+    dir: str | None = _path_field()
     providers: tuple[Literal["tensorrt", "cuda", "cpu"], ...] = ("tensorrt", "cuda", "cpu")
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     tensorrt_fp16: bool = True
-    tensorrt_cache_dir: str | None = None
+    tensorrt_cache_dir: str | None = _path_field()
     warmup: bool = True
 
     def validate(self, path: str) -> None:
@@ -168,7 +198,7 @@ class ApiSection:
     """Read-only status API; a token is required unless explicitly disabled."""
 
     token: str | None = None
-    token_file: str | None = None
+    token_file: str | None = _path_field()
     stow_requires_token: bool = False
 
 
@@ -307,7 +337,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(tp: Any, value: Any, path: str) -> Any:
+def _convert(tp: Any, value: Any, path: str, base: Path) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -322,13 +352,13 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             tag = value.get("type")
             if tag not in tags:
                 raise ConfigError(f"{path}.type: {tag!r} is not allowed (allowed: {', '.join(map(repr, tags))})")
-            return _build(tags[tag], value, path)
+            return _build(tags[tag], value, path, base)
         errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
-                return _convert(arg, value, path)
+                return _convert(arg, value, path, base)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: expected {_type_name(tp)}, got {value!r}")
@@ -338,14 +368,14 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: {value!r} is not allowed (allowed: {', '.join(map(repr, allowed))})")
         return value
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
+        return _build(tp, value, path, base)
     if origin in (tuple, list):
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]  # a single value where a list is allowed
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
         (item_tp, *_rest) = typing.get_args(tp)
-        return tuple(_convert(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(_convert(item_tp, v, f"{path}[{i}]", base) for i, v in enumerate(value))
     if origin in (dict, collections.abc.Mapping):
         if value is None:
             value = {}
@@ -356,7 +386,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         for k, v in value.items():
             if not isinstance(k, str) or not re.match(r"^[A-Za-z0-9_.-]+$", k):
                 raise ConfigError(f"{path}: key {k!r} must be a name of letters, digits, '_', '.', '-'")
-            out[k] = _convert(val_tp, v, f"{path}.{k}")
+            out[k] = _convert(val_tp, v, f"{path}.{k}", base)
         return types.MappingProxyType(out)
     if tp is bool:
         if not isinstance(value, bool):
@@ -377,7 +407,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {path}")
 
 
-def _build(cls: type, data: Any, path: str) -> Any:
+def _build(cls: type, data: Any, path: str, base: Path) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -392,9 +422,15 @@ def _build(cls: type, data: Any, path: str) -> Any:
     for name, field in fields.items():
         sub = f"{path}.{name}" if path else name
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], sub)
+            kwargs[name] = _convert(hints[name], data[name], sub, base)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{sub}: required key is missing")
+    for name, field in fields.items():  # the one place where configured paths become absolute
+        value = kwargs.get(name, field.default)
+        if field.metadata.get("path") and isinstance(value, str):
+            kwargs[name] = resolve_path(value, base)
+    if cls is NodeSection and "plugins" in kwargs:
+        kwargs["plugins"] = tuple(resolve_path(p, base) if is_plugin_file(p) else p for p in kwargs["plugins"])
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:
@@ -402,26 +438,95 @@ def _build(cls: type, data: Any, path: str) -> Any:
     return obj
 
 
-def parse_config(data: Any, source_path: str | None = None) -> NodeConfig:
-    """Validate an already-parsed YAML/JSON tree and return the config."""
-    config = _build(NodeConfig, data, "")
+def parse_config(data: Any, source_path: str | None = None, base_dir: str | Path | None = None) -> NodeConfig:
+    """Validate an already-parsed YAML/JSON tree and return the config.
+
+    Relative paths are made absolute against ``base_dir`` (default: the
+    current working directory), once, here.
+    """
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    config = _build(NodeConfig, data, "", base.absolute())
     return dataclasses.replace(config, source_path=source_path)
 
 
-def load_config(path: str | Path) -> NodeConfig:
-    """Read and validate a YAML config file.
+def load_config(path: str | Path | None, overrides: Sequence[tuple[str, Any]] = (),
+                base_dir: str | Path | None = None) -> NodeConfig:
+    """Read and validate a YAML config file (None: the built-in defaults), after ``overrides``.
 
-    Relative ``storage_dir`` and model paths are kept as written; they are
-    resolved against the working directory, as an operator would expect from
-    ``./var`` in the default file.
+    Relative paths in the file (``storage_dir: ./var``) and in the overrides
+    are relative to the working directory (or ``base_dir``), as an operator
+    expects from ``./var`` in the shipped file; see the module docstring.
     """
-    path = Path(path)
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror} (give the file with --config PATH)") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return parse_config(data, source_path=str(path) if path is not None else None, base_dir=base_dir)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: what PyYAML found and where (its own message spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"node.port=11113"`` -> ``("node.port", 11113)``; the value is read as YAML (numbers, true, [a, b])."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. node.quiet_seconds=5")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
+        value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(data, source_path=str(path))
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {_yaml_problem(exc)}") from None
+    return key, value
+
+
+def apply_overrides(data: Any, overrides: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """A copy of the YAML tree with each ``(dotted.key, value)`` set, in order (later ones win).
+
+    Intermediate mappings are created when missing (``destinations.pacs.port``
+    needs ``destinations.pacs`` to exist for a useful result, but validation,
+    not this function, says so).  Routes are a list: ``routes`` can only be
+    replaced as a whole.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config: expected a mapping at the top level, got {data!r}")
+    out = _deep_copy(data)
+    for key, value in overrides:
+        parts = key.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parts[:i + 1])}: is not a mapping, cannot set {key}")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value

@@ -4,11 +4,16 @@ The files under ``<storage_dir>/spool`` are the record; this table is the
 index over them that completion, routing, pipelines and retention query.
 :meth:`node.spool.Spool.recover` rebuilds rows for files a crash left
 unindexed.  Paths are stored relative to the storage directory (the folder
-holding the database) so that a moved storage directory keeps working.
+holding the database) so that a moved storage directory keeps working; a path
+outside it is stored absolute.  Never relative to the working directory: a
+cwd-relative path joined to the storage directory later named a file that does
+not exist (``./var`` became ``<cwd>/var/var/spool/...``).  Databases written
+that way are repaired by :meth:`InstanceIndex.repair_legacy_paths` at start.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -85,7 +90,12 @@ class InstanceIndex:
 
     # ------------------------------------------------------------------ paths
     def relative(self, path: str | Path) -> str:
-        p = Path(path)
+        """The stored form of ``path``: relative to the storage directory, else absolute.
+
+        A relative ``path`` is taken from the working directory, as the
+        caller's ``open()`` would take it.
+        """
+        p = Path(os.path.abspath(path))
         try:
             return p.relative_to(self.base).as_posix()
         except ValueError:
@@ -94,6 +104,27 @@ class InstanceIndex:
     def absolute(self, stored: str) -> Path:
         p = Path(stored)
         return p if p.is_absolute() else self.base / p
+
+    def repair_legacy_paths(self) -> int:
+        """Rewrite rows stored relative to an old working directory (``var/spool/S/Se/I.dcm``) as
+        ``spool/S/Se/I.dcm``; returns the number of rows changed.
+
+        The spool layout is fixed (``spool/<study>/<series>/<instance>.dcm``),
+        so the last four parts of such a path are its place in this storage
+        directory whatever the working directory was.
+        """
+        rows = self.conn.execute(
+            "SELECT sop_instance_uid, path FROM instances WHERE path NOT LIKE 'spool/%' AND path NOT LIKE '/%'"
+        ).fetchall()
+        fixed = []
+        for r in rows:
+            parts = Path(r["path"]).parts
+            if len(parts) > 4 and parts[-4] == "spool":
+                fixed.append((Path(*parts[-4:]).as_posix(), r["sop_instance_uid"]))
+        if fixed:
+            with self.conn:
+                self.conn.executemany("UPDATE instances SET path=? WHERE sop_instance_uid=?", fixed)
+        return len(fixed)
 
     # ------------------------------------------------------------------ writes
     def upsert(self, instance: Any, extra: Mapping[str, Any] | None = None) -> Path | None:

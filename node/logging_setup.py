@@ -17,11 +17,14 @@ from typing import Any, TextIO
 __all__ = ["setup_logging", "JsonFormatter", "TextFormatter", "PhiFilter"]
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime"}
+#: Extras other libraries attach that are not context: uvicorn's ANSI-coloured copy of its message.
+_IGNORED_EXTRAS = {"color_message"}
 _PHI_KEYS = {"patient_name", "patientname", "patient_id", "patientid", "patient_birth_date", "pixel_data", "pixeldata"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+    return {k: v for k, v in vars(record).items()
+            if k not in _STANDARD_ATTRS and k not in _IGNORED_EXTRAS and not k.startswith("_")}
 
 
 class PhiFilter(logging.Filter):

@@ -351,18 +351,19 @@ def add_arguments(parser: argparse.ArgumentParser, required: bool = False) -> No
 
 def process_study_main(args: argparse.Namespace) -> int:
     """Entry for the CLI: loads ``args.config`` (built-in defaults without one), sets up logging, runs the pull."""
-    from .config import load_config
+    from .cli import config_from_args
     from .logging_setup import setup_logging
 
-    path = getattr(args, "config", None)
-    config = load_config(path) if path else NodeConfig()
+    config = config_from_args(args)
     setup_logging(config.node.log_format, config.node.log_level)
     return cmd_process_study(args, config)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``cardionode pull --study UID --from SOURCE [--wait S]`` (same as ``process --study --from``)."""
+    from .cli import add_config_arguments
+
     p = subparsers.add_parser("pull", help="retrieve a study from a configured source and process it")
-    p.add_argument("--config", default=argparse.SUPPRESS, help="node config file (YAML)")
+    add_config_arguments(p)
     add_arguments(p, required=True)
     p.set_defaults(func=process_study_main)

@@ -1,10 +1,16 @@
 """The node process: wires spool, completion, jobs, dispatch, retention, DIMSE and HTTP together.
 
 Start order matters for "nothing acknowledged is lost, nothing processed
-twice": the database schema and crash recovery (spool ``recover()``,
-interrupted jobs back to ``queued``) run before any listener accepts data;
-completion timers are re-armed from ``pending_studies``; only then do the
-DIMSE and HTTP listeners start.  Stop order is the reverse: listeners first
+twice": first the start-up checks (:mod:`node.startup`: storage writable,
+TLS and token files, models, ports free), which change nothing and fail with
+one line naming the key to change; then the database schema and crash
+recovery (spool ``recover()``, interrupted jobs back to ``queued``) run before
+any listener accepts data; completion timers are re-armed from
+``pending_studies``; then the DIMSE and HTTP listeners bind; only once both
+are listening do the job workers, dispatch threads, scheduler and the model
+warm-up start (a failed bind then never leaves an ONNX Runtime session being
+created in another thread: ONNX Runtime aborts the process when the
+interpreter exits under it).  Stop order is the reverse: listeners first
 (in-flight C-STOREs finish), then the scheduler, job workers (running jobs
 may finish within a grace period, otherwise they are re-queued at the next
 start) and dispatch threads (the batch in flight finishes).
@@ -22,7 +28,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pipelines.base import StudyView
 from pipelines.registry import PipelineRegistry, default_registry
 
-from . import db
+from . import db, startup
 from .completion import COMPLETION_SCHEMA, CompletionTracker
 from .config import ConfigError, NodeConfig
 from .dispatch.queue import DISPATCH_SCHEMA, Dispatcher
@@ -46,7 +52,14 @@ class NodeService:
     def __init__(self, config: NodeConfig, registry: PipelineRegistry | None = None) -> None:
         self.config = config
         self.storage_dir = config.node.storage_path
-        self.registry = registry or default_registry(config.node.plugins)
+        if registry is None:
+            try:
+                registry = default_registry(config.node.plugins)
+            except Exception as exc:  # ImportError, or whatever the plug-in's own code raised
+                raise startup.StartupError(f"node.plugins: cannot load the plug-ins {list(config.node.plugins)}: "
+                                           f"{type(exc).__name__}: {exc}; fix the plug-in or remove it from "
+                                           "node.plugins") from exc
+        self.registry = registry
         for i, route in enumerate(config.routes):
             if route.pipeline not in self.registry:
                 raise ConfigError(
@@ -70,6 +83,9 @@ class NodeService:
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._warmup_thread: threading.Thread | None = None
+        self._workers_started = False
+        self._pid_written = False
+        self._checked_models: Any = None
 
     # ------------------------------------------------------------------ pieces from other areas
     def _index(self) -> Any:
@@ -88,12 +104,20 @@ class NodeService:
             self._index().delete_study(study_uid)
 
     def _make_models(self) -> Any:
+        """The model store (the one the start-up checks built, when they did) and the one providers line."""
         try:
+            import onnxruntime
+
             from pipelines.runtime import ModelStore
+            from pipelines.runtime.providers import describe_build
         except ImportError as exc:
             log.warning("model runtime not available; pipelines get no model store", extra={"error": str(exc)})
             return None
-        return ModelStore.from_config(self.config.models)
+        # ONNX Runtime's process-wide logger: errors only (a GPU build otherwise warns once per session
+        # about every provider it could not load; describe_build and the warm-up line say it once)
+        onnxruntime.set_default_logger_severity(3)
+        log.info("execution providers: %s", describe_build(self.config.models.providers))
+        return self._checked_models or ModelStore.from_config(self.config.models)
 
     def _make_spool(self) -> Any:
         from .spool import Spool
@@ -114,7 +138,11 @@ class NodeService:
         """DIMSE listener into the spool; every stored instance counts in /metrics (source "dimse")."""
         from .ingest.dimse import DimseServer
 
-        return DimseServer(self.config.node, self.spool, metrics=self.metrics).start()
+        node = self.config.node
+        try:
+            return DimseServer(node, self.spool, metrics=self.metrics).start()
+        except OSError as exc:  # the port was taken between the start-up check and now
+            raise startup.port_error(exc, node.host, node.port, "node.port", "--port") from exc
 
     def _make_metrics(self) -> Any:
         try:
@@ -137,7 +165,16 @@ class NodeService:
             model_store=self.models, retry_job=self.retry_job, wake_jobs=self.runner.wake,
         )
         server = HttpServer(self.config, ctx)
-        server.start()
+        try:
+            server.start()
+        except RuntimeError as exc:
+            node = self.config.node
+            cause = getattr(server, "_error", None)
+            if isinstance(cause, OSError):
+                raise startup.port_error(cause, node.http_host, node.http_port, "node.http_port",
+                                         "--http-port") from exc
+            raise startup.StartupError(f"node.http_port: the HTTP port did not start on {node.http_host}:"
+                                       f"{node.http_port} ({exc}); change node.http_port or --http-port") from exc
         return server
 
     def retry_job(self, job_id: int) -> str | None:
@@ -149,12 +186,27 @@ class NodeService:
         return reason
 
     # ------------------------------------------------------------------ lifecycle
+    def preflight(self) -> None:
+        """The start-up checks (:mod:`node.startup`); raise :class:`~node.startup.StartupError`, change nothing
+        but creating a missing storage folder."""
+        cfg = self.config
+        startup.check_storage(self.storage_dir)
+        startup.check_tls(cfg.node.tls, "node.tls")
+        startup.check_tls(cfg.node.http_tls, "node.http_tls")
+        for name, dest in cfg.destinations.items():
+            startup.check_tls(getattr(dest, "tls", None), f"destinations.{name}.tls", server=False)
+        if cfg.node.http_enabled:
+            startup.check_token_file(cfg)
+        self._checked_models = startup.check_models(cfg, [r.pipeline for r in cfg.routes])
+        startup.check_ports(cfg)
+
     def start(self) -> None:
         cfg = self.config
-        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self.preflight()
         conn = self.conns.get()
         db.ensure_schema(conn, STATE_SCHEMA)
         (self.storage_dir / PID_FILE_NAME).write_text(f"{os.getpid()}\n", encoding="ascii")
+        self._pid_written = True
 
         self.models = self._make_models()
         self.metrics = self._make_metrics()
@@ -182,8 +234,13 @@ class NodeService:
         self._reconcile()
         armed = self.completion.rearm()
 
+        # listeners before any worker thread: a port that cannot be bound stops start-up with nothing running
+        self.dimse = self._start_dimse()
+        self.web = self._start_web()
+
         self.dispatcher.start()
         self.runner.start()
+        self._workers_started = True
         self.scheduler.add_job(self._sweep, "interval", seconds=RETENTION_INTERVAL_S, id="retention",
                                coalesce=True, max_instances=1)
         self.scheduler.start()
@@ -192,12 +249,10 @@ class NodeService:
         if self.models is not None and self.config.models.warmup and hasattr(self.models, "warmup"):
             self._warmup_thread = threading.Thread(target=self._warmup, name="model-warmup", daemon=True)
             self._warmup_thread.start()
-
-        self.dimse = self._start_dimse()
-        self.web = self._start_web()
         log.info(
             "node started",
-            extra={"ae_title": cfg.node.ae_title, "port": cfg.node.port, "storage_dir": str(self.storage_dir),
+            extra={"ae_title": cfg.node.ae_title, "port": cfg.node.port, "http_port": cfg.node.http_port
+                   if cfg.node.http_enabled else None, "storage_dir": str(self.storage_dir),
                    "studies_waiting": armed, "routes": len(cfg.routes), "destinations": len(cfg.destinations),
                    "workers": cfg.node.workers, "pid": os.getpid()},
         )
@@ -217,12 +272,27 @@ class NodeService:
             pass
 
     def _warmup(self) -> None:
-        """Load every model once in the background so the first job does not pay for it."""
+        """Load every model once in the background so the first job does not pay for it; one line says
+        which provider each model runs on (and one warning names models that fell back)."""
         try:
             outcome = self.models.warmup()
-            log.info("models warmed up", extra={"models": ", ".join(f"{k}: {v}" for k, v in outcome.items())})
         except Exception:
             log.exception("model warm-up failed; models load on first use")
+            return
+        rows = {r["name"]: r for r in self.models.describe()} if hasattr(self.models, "describe") else {}
+        ready = {n: rows[n]["provider"] for n, v in outcome.items() if v.startswith("ok") and n in rows}
+        log.info("models ready: %s", ", ".join(f"{n} on {p}" for n, p in ready.items()) or "none",
+                 extra={"failed": len(outcome) - len(ready)})
+        try:
+            from pipelines.runtime.providers import planned_providers
+
+            expected = planned_providers(self.config.models.providers)[0]
+        except ImportError:
+            return
+        fell_back = {n: p for n, p in ready.items() if p != expected}
+        if fell_back:
+            log.warning("models not on %s (the provider could not start for them; check the CUDA / cuDNN / "
+                        "TensorRT libraries): %s", expected, ", ".join(f"{n} on {p}" for n, p in fell_back.items()))
 
     def _sweep(self) -> None:
         assert self.retention is not None
@@ -247,9 +317,9 @@ class NodeService:
             self.web.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
-        if self.runner is not None and not self.runner.stop(job_grace_s):
+        if self.runner is not None and self._workers_started and not self.runner.stop(job_grace_s):
             log.warning("jobs still running at stop; they are re-queued at the next start")
-        if self.dispatcher is not None and not self.dispatcher.stop(dispatch_grace_s):
+        if self.dispatcher is not None and self._workers_started and not self.dispatcher.stop(dispatch_grace_s):
             log.warning("a dispatch batch was still in flight at stop; unsent instances stay pending")
         if self._warmup_thread is not None:
             # ONNX Runtime aborts the process (SIGABRT, "terminate called without an active exception")
@@ -260,10 +330,11 @@ class NodeService:
         close = getattr(self.spool, "close", None)
         if close is not None:
             close()
-        try:
-            (self.storage_dir / PID_FILE_NAME).unlink()
-        except FileNotFoundError:
-            pass
+        if self._pid_written:
+            try:
+                (self.storage_dir / PID_FILE_NAME).unlink()
+            except FileNotFoundError:
+                pass
         self.completion_conns.close_all()
         self.conns.close_all()
         log.info("node stopped")
@@ -293,7 +364,12 @@ class NodeService:
         signal.signal(signal.SIGTERM, _term)
         signal.signal(signal.SIGINT, _term)
         signal.signal(signal.SIGHUP, _hup)
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            if self._pid_written:  # past the checks: stop what started (threads joined) before reporting
+                self.stop()
+            raise
         try:
             while not stop_requested.is_set():
                 stop_requested.wait(0.5)

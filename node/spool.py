@@ -491,6 +491,11 @@ class Spool:
         for p in list(self.incoming.iterdir()):
             p.unlink(missing_ok=True)
             temp_removed += 1
+        with self._lock:
+            repaired = self._index.repair_legacy_paths()
+        if repaired:
+            log.warning("spool index: paths stored relative to an old working directory repaired",
+                        extra={"rows": repaired})
         on_disk: dict[str, Path] = {}
         for study in self.root.iterdir():
             if not study.is_dir() or study == self.incoming:

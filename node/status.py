@@ -3,6 +3,12 @@
 Each function takes a SQLite connection to the node database (and the
 config where destinations are needed) and returns plain JSON-serialisable
 dicts, newest first.  No PHI: studies are identified by Study Instance UID.
+
+A study's ``state`` says whether its results came out (:data:`STUDY_STATES`).
+Completion records only that it handed the study to the jobs
+(``pending_studies.state = 'processed'``, shown as ``completion_state``); what
+happened next is in the jobs and deliveries of that generation, so the state is
+derived here, in SQL, for ``cardionode status``, the status API and filtering.
 """
 from __future__ import annotations
 
@@ -13,21 +19,66 @@ from typing import Any
 
 from .config import NodeConfig
 
-__all__ = ["studies", "jobs", "destinations", "counts", "models", "summary"]
+__all__ = ["STUDY_STATES", "studies", "jobs", "destinations", "counts", "models", "summary"]
+
+#: A study's state as users see it, in the order of its life.
+STUDY_STATES = (
+    "waiting",     # receiving: the quiet period has not passed
+    "unmatched",   # complete, no route matched: stored, nothing to run
+    "processing",  # a job of the current generation is queued or running (retries included)
+    "sending",     # every job done, results waiting to be delivered (retries included)
+    "processed",   # every job done and every result delivered
+    "failed",      # a job failed for good, or a result could not be delivered: its results did not come out
+)
 
 
 def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
 
+def _study_state_sql(conn: sqlite3.Connection) -> str:
+    """SQL for the derived state of the ``pending_studies`` row ``p`` (see :data:`STUDY_STATES`)."""
+    if not (_table_exists(conn, "jobs") and _table_exists(conn, "deliveries")):
+        return "p.state"
+    same_generation = "j.study_uid = p.study_uid AND j.generation = p.generation"
+    delivery = f"SELECT 1 FROM deliveries d JOIN jobs j ON d.job_id = j.id WHERE {same_generation} AND d.state"
+    return (
+        "CASE WHEN p.state != 'processed' THEN p.state"
+        f" WHEN EXISTS (SELECT 1 FROM jobs j WHERE {same_generation} AND j.state = 'failed') THEN 'failed'"
+        f" WHEN EXISTS (SELECT 1 FROM jobs j WHERE {same_generation} AND j.state IN ('queued', 'running'))"
+        " THEN 'processing'"
+        f" WHEN EXISTS ({delivery} = 'failed') THEN 'failed'"
+        f" WHEN EXISTS ({delivery} = 'pending') THEN 'sending'"
+        " ELSE 'processed' END"
+    )
+
+
+def _study_error(conn: sqlite3.Connection, study_uid: str, generation: int) -> str | None:
+    """Why a failed study's results did not come out: the failed job's error or the delivery's."""
+    row = conn.execute(
+        "SELECT pipeline, error FROM jobs WHERE study_uid=? AND generation=? AND state='failed' ORDER BY id LIMIT 1",
+        (study_uid, generation)).fetchone()
+    if row is not None:
+        first = (row["error"] or "").strip().splitlines()
+        return f"job {row['pipeline']} failed: {first[0] if first else 'no error text'}"
+    row = conn.execute(
+        "SELECT d.destination, d.last_error FROM deliveries d JOIN jobs j ON d.job_id = j.id"
+        " WHERE j.study_uid=? AND j.generation=? AND d.state='failed' ORDER BY d.id LIMIT 1",
+        (study_uid, generation)).fetchone()
+    if row is not None:
+        return f"not delivered to {row['destination']}: {row['last_error'] or 'no error text'}"
+    return None
+
+
 def studies(conn: sqlite3.Connection, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
-    """Studies known to completion: state waiting/processed/unmatched, generation, timing, routes."""
+    """Studies known to completion, newest first: ``state`` (one of :data:`STUDY_STATES`), ``error`` when
+    failed, ``completion_state`` (waiting/processed/unmatched), generation, timing, routes."""
     if not _table_exists(conn, "pending_studies"):
         return []
-    sql = "SELECT * FROM pending_studies"
+    sql = f"SELECT * FROM (SELECT p.*, {_study_state_sql(conn)} AS study_state FROM pending_studies p)"
     args: list[Any] = []
     if state:
-        sql += " WHERE state=?"
+        sql += " WHERE study_state=?"
         args.append(state)
     sql += " ORDER BY last_received_at DESC LIMIT ?"
     args.append(limit)
@@ -35,7 +86,9 @@ def studies(conn: sqlite3.Connection, limit: int = 50, state: str | None = None)
     for r in conn.execute(sql, args).fetchall():
         out.append({
             "study_uid": r["study_uid"],
-            "state": r["state"],
+            "state": r["study_state"],
+            "error": _study_error(conn, r["study_uid"], r["generation"]) if r["study_state"] == "failed" else None,
+            "completion_state": r["state"],
             "generation": r["generation"],
             "first_received_at": r["first_received_at"],
             "last_received_at": r["last_received_at"],
@@ -122,8 +175,12 @@ def destinations(conn: sqlite3.Connection, config: NodeConfig) -> list[dict[str,
 
 
 def counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
-    """Totals per state for studies, jobs and deliveries (for /metrics and the summary line)."""
-    out: dict[str, dict[str, int]] = {}
+    """Totals per state: ``studies`` (derived, :data:`STUDY_STATES`), and the rows of ``pending_studies``
+    (completion's own states), ``jobs`` and ``deliveries``."""
+    out: dict[str, dict[str, int]] = {"studies": {}}
+    if _table_exists(conn, "pending_studies"):
+        for r in conn.execute(f"SELECT {_study_state_sql(conn)} AS s, COUNT(*) AS n FROM pending_studies p GROUP BY s"):
+            out["studies"][r["s"]] = r["n"]
     for table in ("pending_studies", "jobs", "deliveries"):
         out[table] = {}
         if _table_exists(conn, table):

@@ -3,12 +3,18 @@
 Built-in pipelines are listed by import path and imported only when first
 used, so that starting the node does not load every model family.  Plug-ins
 (tests, site-specific code) register theirs with :func:`register` from a
-module named in ``node.plugins``.  There is one registry object per node
+module named in ``node.plugins``: an importable module name
+(``site_pipelines.ffr``) or the path of a Python file (``/etc/cardionode/ffr.py``,
+made absolute when the config is loaded).  There is one registry object per node
 process, passed explicitly to whoever needs it.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 from .base import Pipeline
@@ -64,11 +70,26 @@ class PipelineRegistry:
     def load_plugins(self, modules: tuple[str, ...] | list[str]) -> None:
         """Import plug-in modules; each must define ``register(registry)``."""
         for module_name in modules:
-            module = importlib.import_module(module_name)
+            module = _import_file(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
             hook = getattr(module, "register", None)
             if hook is None:
                 raise ImportError(f"plugin module {module_name!r} has no register(registry) function")
             hook(self)
+
+
+def _import_file(path: str) -> ModuleType:
+    """Import a plug-in given as a Python file (its folder is not added to ``sys.path``)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ImportError(f"plugin file {path} does not exist")
+    name = f"cardionode_plugin_{file.stem}"
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"plugin file {path} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def default_registry(plugins: tuple[str, ...] | list[str] = ()) -> PipelineRegistry:

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from node.config import ConfigError, load_config, parse_config
+import argparse
+
+from node.cli import config_from_args
+from node.config import ConfigError, apply_overrides, load_config, parse_config, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +31,7 @@ def test_default_config_file_loads() -> None:
     config = load_config(REPO / "conf" / "node.yaml")
     assert config.node.ae_title == "CARDIONODE"
     assert config.node.port == 11112
-    assert config.node.storage_dir == "./var"
+    assert config.node.storage_dir == str(Path.cwd() / "var")  # ./var, made absolute at load
     assert {r.pipeline for r in config.routes} >= {"calcium", "syntax", "myops"}
 
 
@@ -76,5 +79,94 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("node: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML") as excinfo:
         load_config(bad)
+    assert "\n" not in str(excinfo.value) and "line 1" in str(excinfo.value)  # one line, with the place
+
+
+PATH_KEYS = {
+    "node": {"storage_dir": "./var", "plugins": ["site_pipelines.ffr", "plugins/ffr.py"],
+             "tls": {"certificate": "pki/node.pem", "private_key": "pki/node.key", "ca_certificates": "pki/ca.pem"},
+             "http_tls": {"certificate": "pki/http.pem", "private_key": "~/http.key"}},
+    "models": {"dir": "models", "tensorrt_cache_dir": "../trt-cache"},
+    "api": {"token_file": "secrets/token"},
+    "destinations": {"pacs": {"type": "dimse", "ae_title": "PACS", "host": "h", "port": 104,
+                              "tls": {"certificate": "pki/client.pem", "private_key": "/etc/pki/client.key"}}},
+}
+
+
+def test_every_relative_path_is_made_absolute_once_against_the_working_directory(tmp_path, monkeypatch) -> None:
+    """One rule for every path key: relative to the working directory of the command, at load time."""
+    cfg = tmp_path / "conf" / "node.yaml"
+    cfg.parent.mkdir()
+    import yaml
+
+    cfg.write_text(yaml.safe_dump(PATH_KEYS))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    c = load_config(cfg)
+    assert c.node.storage_dir == str(work / "var")  # not the config's folder, not "./var"
+    assert c.node.storage_path.is_absolute()
+    assert c.node.plugins == ("site_pipelines.ffr", str(work / "plugins" / "ffr.py"))  # module names stay names
+    assert (c.node.tls.certificate, c.node.tls.private_key, c.node.tls.ca_certificates) == (
+        str(work / "pki/node.pem"), str(work / "pki/node.key"), str(work / "pki/ca.pem"))
+    assert c.node.http_tls.private_key == str(Path.home() / "http.key")
+    assert (c.models.dir, c.models.tensorrt_cache_dir) == (str(work / "models"), str(tmp_path / "trt-cache"))
+    assert c.api.token_file == str(work / "secrets/token")
+    assert c.destinations["pacs"].tls.certificate == str(work / "pki/client.pem")
+    assert c.destinations["pacs"].tls.private_key == "/etc/pki/client.key"
+    # the same file from another working directory: another place, but again absolute
+    monkeypatch.chdir(tmp_path)
+    assert load_config(cfg).node.storage_dir == str(tmp_path / "var")
+
+
+def test_overrides_set_any_key_and_are_validated_like_the_file(tmp_path) -> None:
+    assert parse_override("node.quiet_seconds=2.5") == ("node.quiet_seconds", 2.5)
+    assert parse_override("node.allowed_callers=[A, B@h]") == ("node.allowed_callers", ["A", "B@h"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("node.port")
+    data = {"destinations": {"pacs": {"type": "dimse", "ae_title": "PACS", "host": "h", "port": 4242}}}
+    out = apply_overrides(data, [("destinations.pacs.port", 4243), ("node.port", 1)])
+    assert out["destinations"]["pacs"]["port"] == 4243 and data["destinations"]["pacs"]["port"] == 4242
+    shipped = REPO / "conf" / "node.yaml"
+    c = load_config(shipped, [("node.storage_dir", "elsewhere")], base_dir=tmp_path)
+    assert c.node.storage_dir == str(tmp_path / "elsewhere")  # an overridden path follows the same rule
+    with pytest.raises(ConfigError, match="node.port: expected an integer"):
+        load_config(shipped, [("node.port", "abc")])
+    with pytest.raises(ConfigError, match="node.prot: unknown key"):
+        load_config(shipped, [("node.prot", 1)])
+
+
+def _args(**kw) -> argparse.Namespace:
+    return argparse.Namespace(**{"config": None, "overrides": [], "port": None, "http_port": None, **kw})
+
+
+def test_port_flags_beat_environment_beat_file() -> None:
+    shipped = str(REPO / "conf" / "node.yaml")
+    env = {"CARDIONODE_PORT": "11200", "CARDIONODE_HTTP_PORT": "8200"}
+    c = config_from_args(_args(config=shipped), env)
+    assert (c.node.port, c.node.http_port) == (11200, 8200)
+    c = config_from_args(_args(config=shipped, overrides=["node.port=11300"], http_port=8300), env)
+    assert (c.node.port, c.node.http_port) == (11300, 8300)
+    c = config_from_args(_args(config=shipped, overrides=["node.port=11300"], port=11400), env)
+    assert c.node.port == 11400
+    c = config_from_args(_args(), {"CARDIONODE_CONFIG": shipped})
+    assert c.source_path == shipped and {r.pipeline for r in c.routes} == {"calcium", "syntax", "myops"}
+    with pytest.raises(ConfigError, match="CARDIONODE_PORT: 'x' is not a port number"):
+        config_from_args(_args(config=shipped), {"CARDIONODE_PORT": "x"})
+    with pytest.raises(ConfigError, match="node.http_port: 11112 is also node.port"):
+        config_from_args(_args(config=shipped, http_port=11112), {})
+
+
+def test_a_plugin_given_as_a_relative_file_loads_from_any_working_directory(tmp_path, monkeypatch) -> None:
+    from pipelines.registry import default_registry
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "site_ffr.py").write_text(
+        "def register(registry):\n    registry.register('site-ffr', lambda: 'pipeline object')\n")
+    monkeypatch.chdir(tmp_path)
+    config = parse_config({"node": {"plugins": ["plugins/site_ffr.py"]}})
+    monkeypatch.chdir(REPO)  # the node may later run anywhere: the path is already absolute
+    registry = default_registry(config.node.plugins)
+    assert "site-ffr" in registry and registry.create("site-ffr") == "pipeline object"

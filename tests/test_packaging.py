@@ -101,7 +101,20 @@ def test_cli_help_runs_without_the_train_extra() -> None:
         """
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "serve" in proc.stdout
+    assert "serve" in proc.stdout and "sample" in proc.stdout
+
+
+def test_sample_studies_are_written_without_the_train_extra(tmp_path: Path) -> None:
+    """The README's first study (`cardionode sample xa`) must work on the base install."""
+    proc = _run_blocked(
+        f"""
+        import sys
+        from node.cli import main
+        sys.exit(main(["sample", "xa", "--out", {str(tmp_path / "xa")!r}]))
+        """
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list((tmp_path / "xa").glob("*.dcm"))) >= 2
 
 
 def test_wheel_ships_bundled_models_and_no_tests(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from export.onnx_export import export_onnx
 from node.config import ModelsSection
 from pipelines.base import PipelineResult
 from pipelines.runtime import ModelError, ModelManifest, ModelStore, Provenance
-from pipelines.runtime.providers import provider_chain
+from pipelines.runtime.providers import describe_build, provider_chain
 
 PROV = Provenance(trained_on="synthetic phantoms", synthetic=True, date="2026-11-24", code_version="test",
                   metrics={}, notes="")
@@ -133,15 +133,24 @@ def test_configured_dir_overrides_bundled(tmp_path: Path) -> None:
     assert store.acquire("only-bundled").info.version == "7"
 
 
-def test_provider_fallback_to_cpu_is_logged(models_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="cardionode.models")
+def test_providers_missing_from_the_build_are_said_once_not_per_model(models_dir: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The CPU wheel has no TensorRT/CUDA: loading models logs no warning per model (there were two per
+    model, 26 at start-up); describe_build() gives the one line the node logs instead."""
+    install(models_dir, name="seg2")
+    caplog.set_level(logging.DEBUG, logger="cardionode.models")
     settings = ModelsSection(providers=("tensorrt", "cuda", "cpu"), tensorrt_cache_dir=str(models_dir / "trt"))
-    h = ModelStore([models_dir], settings).acquire("seg")
-    assert h.provider == "CPUExecutionProvider" and h.info.provider == "cpu"
-    text = caplog.text
-    assert "TensorrtExecutionProvider requested but not in this onnxruntime build" in text
-    assert "CUDAExecutionProvider requested but not in this onnxruntime build" in text
-    assert "loaded from" in text and "on CPUExecutionProvider" in text
+    store = ModelStore([models_dir], settings)
+    for name in ("seg", "seg2"):
+        h = store.acquire(name)
+        assert h.provider == "CPUExecutionProvider" and h.info.provider == "cpu"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    line = describe_build(settings.providers)
+    assert "\n" not in line
+    assert "providers in this build: " in line and "cpu" in line.split("providers in this build: ")[1]
+    assert "models run on cpu" in line and "tensorrt, cuda not in this build" in line
+    assert describe_build(("cuda", "cpu"), ["CUDAExecutionProvider", "CPUExecutionProvider"]).endswith(
+        "models run on cuda (falling back to cpu)")
 
 
 def test_provider_compiled_in_but_unusable_falls_back(models_dir: Path) -> None:
@@ -247,7 +256,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_models_list_cli(models_dir: Path, tmp_path: Path) -> None:
     res = _cli("models", "list", "--json", "--config", str(_config(tmp_path, models_dir)))
     assert res.returncode == 0, res.stderr
-    rows = {row["name"]: row for row in json.loads(res.stdout)}
+    listing = json.loads(res.stdout)
+    assert listing["onnxruntime"]["conflict"] is None and "CPUExecutionProvider" in listing["onnxruntime"]["providers"]
+    rows = {row["name"]: row for row in listing["models"]}
     # the configured directory's model is listed beside the bundled ones
     assert rows["seg"]["version"] == "1" and rows["seg"]["provider"] == "cpu"
     assert {"calcium-unet2d", "myops-unet", "syntax-artery"} <= set(rows)

@@ -25,43 +25,54 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list)
     rel = sub.add_parser("reload", help="send SIGHUP to the running node: new jobs use newly installed models")
     rel.set_defaults(func=cmd_reload)
+    from node.cli import add_config_arguments
+
     for sp in (lst, rel):
-        # SUPPRESS: keep a --config given to the top-level parser instead of overwriting it with None.
-        sp.add_argument("--config", default=argparse.SUPPRESS, help="node config file (YAML)")
+        add_config_arguments(sp)
     return p
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from node.config import NodeConfig, load_config
+    from node.cli import config_from_args
 
-    path = getattr(args, "config", None)
-    return load_config(path) if path else NodeConfig()
+    return config_from_args(args)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """Print every model found; exit status 1 when any is unusable."""
+    """Print the onnxruntime build and every model found with the provider it runs on; exit status 1
+    when any model is unusable or more than one onnxruntime distribution is installed."""
+    from .providers import available_providers, describe_build, onnxruntime_conflict, onnxruntime_distributions
     from .store import ModelStore
 
     config = _config(args)
+    conflict = onnxruntime_conflict()
     store = ModelStore.from_config(config.models)
     if not args.no_load:
         store.warmup() if config.models.warmup else [_try(store, n) for n in store.names()]
     rows = store.describe()
     if args.json:
-        print(json.dumps(rows, indent=2))
-    elif not rows:
-        dirs = ", ".join(str(d) for d in store.model_dirs) or "none"
-        print(f"no models installed (looked in: {dirs})")
+        print(json.dumps({
+            "onnxruntime": {"distributions": onnxruntime_distributions(), "providers": available_providers(),
+                            "summary": describe_build(config.models.providers), "conflict": conflict},
+            "models": rows,
+        }, indent=2))
     else:
+        print(describe_build(config.models.providers))
+        if not rows:
+            dirs = ", ".join(str(d) for d in store.model_dirs) or "none"
+            print(f"no models installed (looked in: {dirs})")
+        else:
+            print(f"{'MODEL':<28} {'VERSION':<12} {'PROVIDER':<11} STATUS")
         for r in rows:
-            head = f"{r['name']:<28} {str(r['version']):<12} {r['provider']:<11} {r['status']}"
-            print(head)
+            print(f"{r['name']:<28} {str(r['version']):<12} {r['provider']:<11} {r['status']}")
             if r["provenance"]:
                 print(f"    provenance: {r['provenance']}")
             print(f"    source:     {r['source']}")
             if r["error"]:
                 print(f"    error:      {r['error']}")
-    return 1 if any(r["status"] != "ok" for r in rows) else 0
+    if conflict:
+        print(f"error: {conflict}", file=sys.stderr)
+    return 1 if conflict or any(r["status"] != "ok" for r in rows) else 0
 
 
 def _try(store: Any, name: str) -> None:

@@ -2,14 +2,15 @@
 
 The config lists providers in order of preference (``tensorrt``, ``cuda``,
 ``cpu``).  A provider that this onnxruntime build does not have is skipped
-with a warning; CPU is always appended last so that a session can always be
-created.  TensorRT gets fp16, an engine cache directory per model version and
+(:func:`describe_build` says so once, at start-up, for all models); CPU is
+always appended last so that a session can always be created.  TensorRT gets fp16, an engine cache directory per model version and
 an explicit optimisation profile built from the manifest's ``trt_profile``
 (min/opt/max shapes for inputs with dynamic axes), so engines are built once
 and reused across restarts.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,6 +22,10 @@ from .manifest import ModelManifest
 __all__ = [
     "PROVIDER_NAMES",
     "available_providers",
+    "onnxruntime_distributions",
+    "onnxruntime_conflict",
+    "planned_providers",
+    "describe_build",
     "provider_chain",
     "session_options",
     "short_provider_name",
@@ -35,7 +40,11 @@ PROVIDER_NAMES: dict[str, str] = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
-_SHORT = {v: k for k, v in PROVIDER_NAMES.items()}
+_SHORT = {v: k for k, v in PROVIDER_NAMES.items()} | {"AzureExecutionProvider": "azure",
+                                                       "OpenVINOExecutionProvider": "openvino",
+                                                       "DmlExecutionProvider": "directml",
+                                                       "ROCMExecutionProvider": "rocm",
+                                                       "CoreMLExecutionProvider": "coreml"}
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -48,6 +57,60 @@ _OPT_LEVELS = {
 def available_providers() -> list[str]:
     """Providers compiled into the installed onnxruntime (CPU only for the ``onnxruntime`` wheel)."""
     return list(ort.get_available_providers())
+
+
+def onnxruntime_distributions() -> list[str]:
+    """Installed distributions that provide the ``onnxruntime`` package, e.g. ``["onnxruntime-gpu 1.22.0"]``.
+
+    ``onnxruntime``, ``onnxruntime-gpu`` (and -directml, -openvino, nightlies)
+    all install the same ``onnxruntime/`` folder; two of them side by side
+    overwrite each other's files.  A distribution counts when its file list
+    (RECORD) has ``onnxruntime/__init__.py``.
+    """
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata.get("Name") or "").strip()
+        if not name or name.lower() in found:
+            continue
+        files = dist.files or []
+        if any(str(f).replace("\\", "/") == "onnxruntime/__init__.py" for f in files):
+            found[name.lower()] = f"{name} {dist.version}"
+    return sorted(found.values())
+
+
+def onnxruntime_conflict() -> str | None:
+    """A one-line error when more than one onnxruntime distribution is installed, else None."""
+    dists = onnxruntime_distributions()
+    if len(dists) < 2:
+        return None
+    names = [d.split()[0] for d in dists]
+    gpu = next((n for n in names if n.lower() != "onnxruntime"), "onnxruntime-gpu")
+    return (f"{' and '.join(dists)} are installed side by side; they overwrite each other's files, so which "
+            f"execution providers load is undefined. Keep one: pip uninstall -y {' '.join(names)} && pip install "
+            f"{gpu} (GPU) or pip install onnxruntime (CPU only); see the README's GPU install")
+
+
+def planned_providers(preferred: Sequence[str], available: Sequence[str] | None = None) -> list[str]:
+    """Short names of the configured providers this build has, in order, CPU always last."""
+    have = set(available_providers() if available is None else available)
+    out = [p for p in preferred if PROVIDER_NAMES[p] in have]
+    return out if "cpu" in out else out + ["cpu"]
+
+
+def describe_build(preferred: Sequence[str], available: Sequence[str] | None = None) -> str:
+    """One line: the onnxruntime build, the providers it has, and what the models will run on."""
+    have = list(available_providers() if available is None else available)
+    dists = onnxruntime_distributions()
+    build = ", ".join(dists) if dists else f"onnxruntime {getattr(ort, '__version__', '?')}"
+    plan = planned_providers(preferred, have)
+    missing = [p for p in preferred if PROVIDER_NAMES[p] not in have]
+    text = (f"{build}: providers in this build: {', '.join(short_provider_name(p) for p in have)}; "
+            f"models.providers {', '.join(preferred)}: models run on {plan[0]}")
+    if len(plan) > 1:
+        text += f" (falling back to {' > '.join(plan[1:])})"
+    if missing:
+        text += f"; {', '.join(missing)} not in this build (GPU: see the README's GPU install)"
+    return text
 
 
 def short_provider_name(provider: str) -> str:
@@ -80,9 +143,8 @@ def provider_chain(
     chain: list[tuple[str, dict[str, Any]]] = []
     for short in preferred:
         name = PROVIDER_NAMES[short]
-        if name not in have:
-            log.warning("model %r: execution provider %s requested but not in this onnxruntime build (have: %s); skipped",
-                        manifest.name, name, ", ".join(sorted(have)))
+        if name not in have:  # said once for all models at start-up (describe_build)
+            log.debug("model %r: execution provider %s not in this onnxruntime build; skipped", manifest.name, name)
             continue
         if short == "tensorrt":
             opts: dict[str, Any] = {"device_id": 0, "trt_fp16_enable": bool(tensorrt_fp16),

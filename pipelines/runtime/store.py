@@ -297,7 +297,7 @@ class ModelStore:
                     entry.error = f"invalid manifest: {exc}"
                     entry.fix = self._fix_export(name)
                 if name in entries:
-                    log.info("model %r in %s overrides %s", name, root, entries[name].directory)
+                    log.debug("model %r in %s overrides %s", name, root, entries[name].directory)
                 entries[name] = entry
         return entries
 
@@ -339,8 +339,8 @@ class ModelStore:
             raise ModelError(entry.name, f"ONNX Runtime cannot load {path}: {last_exc} — {self._fix_export(entry.name)}")
         provider = session.get_providers()[0]
         self._check_declared(entry.name, manifest, session, path)
-        log.info("model %r version %s loaded from %s on %s (requested %s)", manifest.name, manifest.version,
-                 path, provider, describe_chain(chain))
+        log.debug("model %r version %s loaded from %s on %s (requested %s)", manifest.name, manifest.version,
+                  path, provider, describe_chain(chain))
         return _Loaded(session=session, provider=provider, path=path, stat=(st.st_size, st.st_mtime_ns))
 
     def _check_declared(self, name: str, manifest: ModelManifest, session: ort.InferenceSession, path: Path) -> None:
@@ -392,6 +392,30 @@ class ModelStore:
                     self._loaded[key] = loaded
                     self._errors.pop(name, None)
         return ModelHandle(entry.manifest, loaded.session, loaded.provider, loaded.path)
+
+    def verify(self) -> list[tuple[str, str]]:
+        """(name, problem — fix) of every model that cannot be used: scan errors and sha256 mismatches.
+
+        Reads each model file once; creates no ONNX Runtime session (start-up
+        checks run this before the node binds its ports).
+        """
+        with self._lock:
+            entries = sorted(self._entries.values(), key=lambda e: e.name)
+        problems: list[tuple[str, str]] = []
+        for e in entries:
+            if e.error or e.manifest is None:
+                problems.append((e.name, f"{e.error} — {e.fix}"))
+                continue
+            try:
+                digest = sha256_file(e.onnx_path)
+            except OSError as exc:
+                problems.append((e.name, f"cannot read {e.onnx_path}: {exc.strerror} — {self._fix_export(e.name)}"))
+                continue
+            if digest != e.manifest.sha256:
+                problems.append((e.name, f"sha256 mismatch for {e.onnx_path} (manifest says {e.manifest.sha256[:16]}…, "
+                                         f"file is {digest[:16]}…): the file is corrupt or was replaced — "
+                                         f"{self._fix_export(e.name)}"))
+        return problems
 
     def names(self) -> list[str]:
         """Every model name found (usable or not)."""
