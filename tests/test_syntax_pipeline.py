@@ -203,7 +203,7 @@ def test_study_without_right_cines_is_partly_not_assessed(tmp_path) -> None:
     res = SyntaxPipeline().run(StudyView.from_files(files), PipelineContext(options={}, models=store, work_dir=tmp_path))
     assert res.summary["cines"]["right"] == 0 and res.summary["cines"]["left"] == len(files)
     assert res.summary["syntax_total"] is None and res.summary["syntax_right"] is None
-    assert res.summary["syntax_left"] is not None
+    assert res.summary["syntax_left"] is not None and res.summary["raw"]["right"] is None
     assert [i["code"] for i in res.summary["not_assessable"]] == ["NO-CINE", "SIDE-MISSING"]
     sr, sc = res.datasets
     for i, ds in enumerate(res.datasets):
@@ -221,4 +221,6 @@ def test_study_without_right_cines_is_partly_not_assessed(tmp_path) -> None:
     assert g["SYNTAX total"].coded.get("SYNTAX-HIGH") == ("373066001" if left > 22 else None)
     assert "partly not assessable" in sr.SeriesDescription
     assert "Right coronary: not assessed (0 cines)" in sc.ImageComments
+    assert "right 0.0" not in sc.ImageComments and "right not assessed" in sc.ImageComments  # raw line too
+    assert not [t for t in sr_texts(sr) if "right 0.00" in t]
     assert "NOT ASSESSABLE - SYNTAX right coronary not assessable: no cine of the right coronary system" in sc.ImageComments

@@ -177,7 +177,8 @@ class SyntaxPipeline:
                 "syntax_right": _round(shown.right), "high": high, "threshold": opts.threshold,
                 "not_assessable": [i.as_dict() for i in shown.issues],
                 "calibrated": scores.calibrated,
-                "raw": {"left": round(scores.raw_left, 2), "right": round(scores.raw_right, 2),
+                "raw": {"left": round(scores.raw_left, 2) if by_side["left"] else None,
+                        "right": round(scores.raw_right, 2) if by_side["right"] else None,
                         "per_fold": [{"fold": k, "left": round(lv, 3), "right": round(rv, 3)} for k, lv, rv in scores.per_fold]},
                 "cines": {"left": len(by_side["left"]), "right": len(by_side["right"]), "other": len(other),
                           "not_used": len(skipped)},
@@ -300,13 +301,16 @@ class SyntaxPipeline:
         return [total, *sides,
                 f"Excluded as other: {len(other)} cines; not used: {len(skipped)} instances",
                 "Calibrated (a*(L+R)+b per fold), shared by raw L:R" if scores.calibrated else "Uncalibrated",
-                f"Raw ensemble: left {scores.raw_left:.1f}, right {scores.raw_right:.1f}"]
+                "Raw ensemble: " + ", ".join(f"{side} " + (f"{getattr(scores, 'raw_' + side):.1f}" if by_side[side]
+                                                         else "not assessed") for side in SIDES)]
 
     @staticmethod
     def _notes(by_side: dict[str, list[Cine]], other: list[Cine], dropped: dict[str, list[Cine]], skipped: list[str],
                scores: SyntaxScores, opts: SyntaxOptions) -> list[str]:
         notes = [f"high SYNTAX finding: total > {opts.threshold:g}",
-                 f"raw ensemble (mean of {len(scores.per_fold)} folds): left {scores.raw_left:.2f}, right {scores.raw_right:.2f}"
+                 f"raw ensemble (mean of {len(scores.per_fold)} folds): "
+                 + ", ".join(f"{side} " + (f"{getattr(scores, 'raw_' + side):.2f}" if by_side[side] else "not assessed")
+                             for side in SIDES)
                  + ("; calibrated total shared between sides by the raw left:right ratio" if scores.calibrated else "")]
         for side in SIDES:
             if by_side[side]:
