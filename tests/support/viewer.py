@@ -116,11 +116,18 @@ class ViewerStack:
         artefacts.mkdir(parents=True, exist_ok=True)
         plan = {**plan, "base": f"http://127.0.0.1:{self.port}", "chromium": CHROMIUM_BIN, "out": str(artefacts)}
         (artefacts / "plan.json").write_text(json.dumps(plan, indent=1))
-        r = subprocess.run(self._exec(["node", str(BROWSER_DIR / "drive.mjs"), str(artefacts / "plan.json")]),
-                           capture_output=True, text=True, timeout=timeout, cwd=BROWSER_DIR)
-        (artefacts / "drive.log").write_text(r.stdout + r.stderr)
-        if r.returncode != 0 or not (artefacts / "report.json").is_file():
-            raise RuntimeError(f"drive.mjs exited {r.returncode}: {(r.stdout + r.stderr)[-3000:]}")
+        log = artefacts / "drive.log"
+        with log.open("wb") as f:  # own session: on a time-out node and the Chromium it started go together
+            p = subprocess.Popen(self._exec(["node", str(BROWSER_DIR / "drive.mjs"), str(artefacts / "plan.json")]),
+                                 stdout=f, stderr=subprocess.STDOUT, cwd=BROWSER_DIR, start_new_session=True)
+        try:
+            rc = p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+            raise RuntimeError(f"drive.mjs ran over {timeout} s; log {log}") from None
+        if rc != 0 or not (artefacts / "report.json").is_file():
+            raise RuntimeError(f"drive.mjs exited {rc}: {log.read_text(errors='replace')[-3000:]}")
         return json.loads((artefacts / "report.json").read_text())
 
     def stop(self) -> None:
@@ -133,6 +140,14 @@ class ViewerStack:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(timeout=5)
+        # anything still running in our namespace was started by this stack (e.g. a Chromium that
+        # outlived a killed driver: puppeteer detaches it into its own process group)
+        left = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True).stdout.split()
+        for pid in left:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         subprocess.run(["ip", "netns", "del", self.ns], check=False)
 
     def __enter__(self) -> "ViewerStack":
