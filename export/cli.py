@@ -53,6 +53,9 @@ def run_export(args: argparse.Namespace) -> int:
     except UnknownFamilyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except _user_errors() as exc:  # a missing fold file, a refused provenance option, ...: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     failed = 0
     for spec in specs:
         version = args.version or spec.version
@@ -72,6 +75,12 @@ def run_export(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from training.runs.cli import user_errors
+
+    return user_errors()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -238,7 +238,8 @@ def _mount_optional(subparsers: argparse._SubParsersAction, training: bool = Tru
                 p.set_defaults(func=_needs_train_extra(command, missing))
 
 
-_TRAIN_EXTRA_CLIS = ("export.cli", "training.calcium.cli", "training.myops.cli", "training.syntax.cli")
+_TRAIN_EXTRA_CLIS = ("export.cli", "training.datasets.cli", "training.calcium.cli", "training.myops.cli",
+                     "training.syntax.cli")
 #: Commands of the node itself: they never need the training commands (importing them imports torch:
 #: seconds of start-up for every `serve` or `status` where the train extra is installed).
 NODE_COMMANDS = frozenset({"serve", "status", "process", "pull", "models", "sample"})

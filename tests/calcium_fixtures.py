@@ -6,60 +6,18 @@ from pathlib import Path
 import numpy as np
 
 from training.calcium.phantom import Phantom, make_phantom
+from training.datasets.phantoms import COCA_CLASS_TO_FILE as CLASS_TO_FILE  # noqa: F401 - used by tests
+from training.datasets.phantoms import COCA_FILE_SEGMENTS as FILE_SEGMENTS  # noqa: F401
+from training.datasets.phantoms import COCA_SMALL, write_coca_folder, write_nrrd  # noqa: F401
 from training.synth.dicom import new_study, write_ct_series
 
-#: file label value -> segment name, deliberately NOT in the model's class order
-FILE_SEGMENTS = [(1, "Right Coronary"), (2, "Thoracic Aorta"), (3, "Left Anterior Descending"), (4, "Left Main Coronary"),
-                 (5, "Left Circumflex"), (6, "Aortic Valve"), (7, "Mitral Valve"), (8, "Posterior Descending")]
-#: model class value (pipelines.calcium.labels) -> file label value
-CLASS_TO_FILE = {8: 1, 6: 2, 3: 3, 2: 4, 4: 5, 7: 6, 5: 7, 1: 8}
-
-SMALL = dict(shape=(20, 64, 64), spacing=(3.0, 5.5, 5.5), plaque_shape="box", noise_hu=8.0)
-
-
-def write_nrrd(path: Path, file_labels_zyx: np.ndarray, spacing_zyx, origin_xyz) -> None:
-    import nrrd
-
-    header = {
-        "type": "unsigned char",
-        "space": "left-posterior-superior",
-        "space directions": np.diag([spacing_zyx[2], spacing_zyx[1], spacing_zyx[0]]).astype(float),
-        "space origin": np.asarray(origin_xyz, float),
-        "kinds": ["domain", "domain", "domain"],
-        "encoding": "gzip",
-    }
-    for i, (value, name) in enumerate(FILE_SEGMENTS):
-        header[f"Segment{i}_Name"] = name
-        header[f"Segment{i}_LabelValue"] = str(value)
-        header[f"Segment{i}_Layer"] = "0"
-    nrrd.write(str(path), np.transpose(file_labels_zyx, (2, 1, 0)), header)
+SMALL = COCA_SMALL
 
 
 def make_coca_folder(root: Path, exams: dict[str, str], crop_exam: str | None = None) -> dict[str, Phantom]:
-    """``exams``: id -> 'train'|'test'.  Writes nrrd/<id>.nrrd, dicom/<id>/*.dcm, train_test_split.csv.
-    ``crop_exam``'s NRRD is cropped to the labelled extent (origin moved), as Slicer may write it."""
-    (root / "nrrd").mkdir(parents=True)
-    phantoms = {}
-    lut = np.zeros(9, np.uint8)
-    for c, f in CLASS_TO_FILE.items():
-        lut[c] = f
-    for n, exam in enumerate(exams):
-        ph = make_phantom(100 + n, classes=range(1, 9), **SMALL)
-        phantoms[exam] = ph
-        write_ct_series(ph.hu, ph.spacing, root / "dicom" / exam, new_study(seed=100 + n), origin_xyz=ph.origin_xyz,
-                        seed=100 + n)
-        flab = lut[ph.labels]
-        origin = np.asarray(ph.origin_xyz, float)
-        if exam == crop_exam:
-            z, y, x = np.nonzero(flab)
-            lo = np.array([z.min(), y.min(), x.min()])
-            hi = np.array([z.max(), y.max(), x.max()]) + 1
-            flab = flab[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-            origin = origin + np.array([lo[2] * ph.spacing[2], lo[1] * ph.spacing[1], lo[0] * ph.spacing[0]])
-        write_nrrd(root / "nrrd" / f"{exam}.nrrd", flab, ph.spacing, origin)
-    lines = ["patient_id,split"] + [f"{e},{s}" for e, s in exams.items()]
-    (root / "train_test_split.csv").write_text("\n".join(lines) + "\n")
-    return phantoms
+    """``exams``: id -> 'train'|'test'.  Writes nrrd/<id>.nrrd, dicom/<id>/*.dcm, train_test_split.csv (and the
+    generated-data marker).  ``crop_exam``'s NRRD is cropped to the labelled extent, as Slicer may write it."""
+    return write_coca_folder(root, exams, seed0=100, crop_exam=crop_exam, phantom=COCA_SMALL)
 
 
 # ---- phantom CT studies for pipeline / node tests ------------------------------------------------
@@ -91,7 +49,7 @@ def sr_groups(sr) -> dict[str, dict[str, float | str]]:
                 out[tid] = {}
                 walk(item.ContentSequence, out[tid])
                 continue
-            if current is not None and item.get("ValueType") == "NUM" and "MeasuredValueSequence" in item:
+            if current is not None and item.get("ValueType") == "NUM" and item.get("MeasuredValueSequence"):
                 current[code] = float(item.MeasuredValueSequence[0].NumericValue)
             if current is not None and item.get("ValueType") == "CODE":
                 current.setdefault(code, str(item.ConceptCodeSequence[0].CodeValue))

@@ -64,7 +64,7 @@ def _expected_boxes(ph, per_class):
 @pytest.mark.parametrize("per_class", [False, True])
 def test_yolo_conversion_matches_hand_boxes(coca, tmp_path, per_class):
     root, phantoms = coca
-    rep = convert(root, tmp_path / "yolo", per_class=per_class)
+    rep = convert(root, tmp_path / "yolo", per_class=per_class, labels_only=True)  # the published script's layout
     assert rep.exams == {"train": 2, "test": 1} and rep.files == sum(CocaDataset(root).segmentation(e).labels.shape[0] for e in EXAMS)
     ph = phantoms["9"]
     files = sorted((tmp_path / "yolo" / "train_labels").glob("9_*.txt"))
@@ -126,8 +126,8 @@ def test_console_script_datasets(coca, tmp_path):
     out = subprocess.run([exe, "datasets", "coca-to-yolo", str(root), "--out", str(tmp_path / "y")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert len(list((tmp_path / "y" / "train_labels").glob("9_*.txt"))) == phantoms["9"].labels.shape[0]
-    assert len(list((tmp_path / "y" / "val_labels").glob("40_*.txt"))) == phantoms["40"].labels.shape[0]
+    assert len(list((tmp_path / "y" / "train" / "labels").glob("9_*.txt"))) == phantoms["9"].labels.shape[0]
+    assert len(list((tmp_path / "y" / "val" / "images").glob("40_*.png"))) == phantoms["40"].labels.shape[0]
     bad = subprocess.run([exe, "datasets", "coca-stats", str(tmp_path / "missing")], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "error" in bad.stderr

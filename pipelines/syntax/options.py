@@ -23,6 +23,8 @@ class SyntaxOptions:
     the classifier's probability of "right"; cines in between are excluded as "other".
     ``calibrate``: apply each fold's a*(L+R)+b (manifest ``calibration``) before averaging the folds.
     ``threshold``: the high-SYNTAX finding is total > threshold.
+    ``allow_mixed_versions``: fold models of different versions (e.g. one re-exported fold beside the
+    bundled ones) are refused unless this is true; then the SR lists each fold with its version.
     """
 
     model_prefix: str = "syntax"
@@ -36,6 +38,7 @@ class SyntaxOptions:
     min_frames: int = 2
     modalities: tuple[str, ...] = ("XA",)
     summary_image: bool = True
+    allow_mixed_versions: bool = False
     series_number_sr: int = 9201
     series_number_summary: int = 9202
 
@@ -53,7 +56,7 @@ class SyntaxOptions:
                 if not isinstance(value, str) or not value:
                     raise OptionsError(f"{path}: expected a non-empty string, got {value!r}")
                 kw[key] = value
-            elif key in ("calibrate", "summary_image"):
+            elif key in ("calibrate", "summary_image", "allow_mixed_versions"):
                 if not isinstance(value, bool):
                     raise OptionsError(f"{path}: expected true or false, got {value!r}")
                 kw[key] = value

@@ -24,6 +24,8 @@ from pipelines.calcium.inference import segment_calcium
 from pipelines.calcium.labels import CLASSES
 from pipelines.calcium.preprocess import PreprocessConfig
 
+from training.runs.cli import one_line_errors
+
 from .metrics import DiceAccumulator, cohen_kappa, icc_2_1, lesion_detection
 
 log = logging.getLogger("cardionode.training.calcium")
@@ -31,6 +33,14 @@ log = logging.getLogger("cardionode.training.calcium")
 __all__ = ["evaluate_cases", "torch_predictor", "onnx_predictor", "parse_seeds", "main"]
 
 Case = tuple[str, np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]  # id, hu, labels, z_positions, spacing_yx
+
+#: how the figures are computed (recorded in reports, checkpoints and manifests)
+METHOD = ("Dice per class pooled over all voxels of all cases (2*sum|P&G| / sum(|P|+|G|)), after keeping voxels "
+          ">= 130 HU inside the predicted class; a class absent from prediction and reference in every case has no "
+          "Dice (null), never 1. Lesion = 3D 26-connected component: sensitivity = reference lesions touched by a "
+          "same-class prediction / reference lesions, precision = predicted lesions touching a same-class reference "
+          "lesion / predicted lesions (null when the denominator is 0). Agatston ICC(2,1) and Cohen's kappa on the "
+          "coronary score (PDA+LM+LAD+LCX+RCA) per case.")
 
 
 def evaluate_cases(cases: Iterable[Case], predict: Callable[[np.ndarray], np.ndarray], cfg: PreprocessConfig, *,
@@ -65,6 +75,7 @@ def evaluate_cases(cases: Iterable[Case], predict: Callable[[np.ndarray], np.nda
     cats_g = [kappa_risk.index(s) for s in gt_cac]
     n_cat = len(kappa_risk.names)
     return {
+        "method": METHOD,
         "cases": len(per_case),
         "dice": {names[c]: (round(v, 4) if v is not None else None) for c, v in dice.dice().items()},
         "lesion_sensitivity": {names[c]: (round(d["tp_gt"] / d["gt"], 4) if d["gt"] else None) for c, d in det.items()},
@@ -135,6 +146,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--phantoms", default=None, help="held-out phantom seeds, e.g. 900-909")
     p.add_argument("--coca", type=Path, default=None, help="COCA-format folder (nrrd/, dicom/, train_test_split.csv)")
     p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument("--dicom-dir", type=Path, default=None, help="folder with the CTs by exam id (default <coca>/dicom)")
+    p.add_argument("--exam-map", type=Path, default=None, help="CSV exam,folder when CT folders are not named by exam id")
     p.add_argument("--aliases", type=Path, default=None, help="JSON {segment name: class value 1..8} replacing the built-in name table")
     p.add_argument("--dilation-px", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
@@ -143,16 +156,23 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
 
 
 def load_checkpoint(path: Path):
+    """(model, preprocessing, checkpoint dict) from best.pt / last.pt / an older model.pt, or a run folder."""
     import torch
 
     from .model import UNet2D
 
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found (give a run folder or its best.pt / last.pt)")
     ck = torch.load(path, map_location="cpu", weights_only=False)
     model = UNet2D(**ck["model_config"])
     model.load_state_dict(ck["state_dict"])
     return model.eval(), PreprocessConfig.from_dict(ck["preprocessing"]), ck
 
 
+@one_line_errors
 def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         model, cfg, _ = load_checkpoint(args.checkpoint)
@@ -162,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
     if args.coca:
         from .coca import CocaDataset, load_aliases
 
-        ds = CocaDataset(args.coca, aliases=load_aliases(args.aliases))
+        ds = CocaDataset(args.coca, aliases=load_aliases(args.aliases), dicom_dir=args.dicom_dir,
+                         exam_map=args.exam_map)
         cases = ds.cases(args.split)
     elif args.phantoms:
         cases = phantom_cases(parse_seeds(args.phantoms))

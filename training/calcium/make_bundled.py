@@ -26,6 +26,8 @@ from pipelines.calcium.preprocess import PreprocessConfig
 from .data import phantom_slices
 from .evaluate import evaluate_cases, load_checkpoint, parse_seeds, phantom_cases, torch_predictor
 from .export import export_checkpoint
+from training.runs import RunOptions
+
 from .train import train
 
 log = logging.getLogger("cardionode.training.calcium")
@@ -66,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     selection = []
     for i in range(args.candidates):
         ckpt_i = train(sets, work / f"candidate-{i}", steps=args.steps, batch=args.batch, crop=args.crop, lr=3e-3,
-                       base=8, cfg=cfg, seed=i, max_minutes=args.max_minutes)
+                       base=8, cfg=cfg, seed=i, max_minutes=args.max_minutes,
+                       run_opts=RunOptions(work / f"candidate-{i}", overwrite=True))
         m_i, cfg_i, _ = load_checkpoint(ckpt_i)
         val = evaluate_cases(phantom_cases(val_seeds), torch_predictor(m_i), cfg_i)
         score = mean_dice(val["dice"])

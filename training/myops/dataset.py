@@ -5,7 +5,11 @@ Layout::
     <root>/Raw_data/{bSSFP,LGE,T2w}/caseXXXX.nii.gz
     <root>/Raw_data/label/caseXXXX_gt.nii.gz
 
-(``<root>`` may also be the ``Raw_data`` folder itself.)  Volumes are returned as
+(``<root>`` may also be the ``Raw_data`` folder itself.)  A case missing any of the four files, a label
+file with values outside the label convention, or a label whose grid differs from the LGE grid is
+refused before any preprocessing, with one line naming the case and the file.  ``prealigned=True``
+reads the release as distributed (already matched, registered and cropped: the three sequences and
+the label share one grid per case) and skips our slice matching and registration.  Volumes are returned as
 :class:`pipelines.imaging.Volume` in DICOM patient space (LPS, array (z, y, x)), exactly as the
 pipeline gets them from DICOM, so the same preprocessing code runs on both.
 """
@@ -21,7 +25,7 @@ import numpy as np
 
 from pipelines.imaging import Volume
 
-from .labels import MYOPS2020, LabelConvention
+from .labels import MYOPS2020, LabelConvention, LabelValueError
 
 __all__ = ["SEQUENCES", "MyoPSCase", "MyoPSDataset", "nifti_to_volume", "volume_to_nifti", "split_cases",
            "DatasetError"]
@@ -29,11 +33,12 @@ __all__ = ["SEQUENCES", "MyoPSCase", "MyoPSDataset", "nifti_to_volume", "volume_
 #: sequence key -> folder name in Raw_data
 SEQUENCES = {"bssfp": "bSSFP", "lge": "LGE", "t2": "T2w"}
 _CASE_RE = re.compile(r"^(case\d+)\.nii(\.gz)?$")
+_LABEL_RE = re.compile(r"^(case\d+)_gt\.nii(\.gz)?$")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 class DatasetError(FileNotFoundError):
-    """The folder is not a MyoPS380 release (or a case is incomplete)."""
+    """The folder is not a MyoPS380 release, or a case is incomplete or damaged (message names case and file)."""
 
 
 def nifti_to_volume(path: str | Path, dtype=np.float32) -> Volume:
@@ -91,23 +96,35 @@ class MyoPSCase:
 
 
 class MyoPSDataset:
-    """Lists and loads cases of a MyoPS380-format folder."""
+    """Lists, checks and loads cases of a MyoPS380-format folder."""
 
-    def __init__(self, root: str | Path, labels: LabelConvention = MYOPS2020) -> None:
+    def __init__(self, root: str | Path, labels: LabelConvention = MYOPS2020, *, prealigned: bool = False) -> None:
         root = Path(root)
         raw = root / "Raw_data" if (root / "Raw_data").is_dir() else root
         missing = [name for name in (*SEQUENCES.values(), "label") if not (raw / name).is_dir()]
         if missing:
             raise DatasetError(f"{raw}: not a MyoPS380 Raw_data folder, missing {missing}")
         self.raw = raw
+        self.root = root
         self.labels = labels
-        ids = None
+        self.prealigned = prealigned
+        found: dict[str, set[str]] = {}
         for folder in SEQUENCES.values():
-            found = {m.group(1) for p in (raw / folder).iterdir() if (m := _CASE_RE.match(p.name))}
-            ids = found if ids is None else ids & found
-        self.case_ids: list[str] = sorted(ids or ())
+            found[folder] = {m.group(1) for p in (raw / folder).iterdir() if (m := _CASE_RE.match(p.name))}
+        found["label"] = {m.group(1) for p in (raw / "label").iterdir() if (m := _LABEL_RE.match(p.name))}
+        every = set().union(*found.values())
+        incomplete = sorted(c for c in every if any(c not in ids for ids in found.values()))
+        if incomplete:
+            c = incomplete[0]
+            lacks = [k for k, ids in found.items() if c not in ids]
+            has = [k for k, ids in found.items() if c in ids]
+            name = f"{c}_gt.nii.gz" if lacks[0] == "label" else f"{c}.nii.gz"
+            more = f" ({len(incomplete) - 1} more incomplete case(s))" if len(incomplete) > 1 else ""
+            raise DatasetError(f"{c}: missing {raw / lacks[0] / name} (the case has {', '.join(has)}); "
+                               f"add the file or remove the case{more}")
+        self.case_ids: list[str] = sorted(every)
         if not self.case_ids:
-            raise DatasetError(f"{raw}: no case present in all of {list(SEQUENCES.values())}")
+            raise DatasetError(f"{raw}: no case found in {list(SEQUENCES.values())}")
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -117,21 +134,56 @@ class MyoPSDataset:
             p = self.raw / "label" / f"{case_id}_gt{suffix}"
             if p.is_file():
                 return p
-        raise DatasetError(f"{self.raw / 'label'}: no {case_id}_gt.nii.gz")
+        raise DatasetError(f"{case_id}: missing {self.raw / 'label' / f'{case_id}_gt.nii.gz'}")
 
     def image_path(self, case_id: str, seq: str) -> Path:
         for suffix in (".nii.gz", ".nii"):
             p = self.raw / SEQUENCES[seq] / f"{case_id}{suffix}"
             if p.is_file():
                 return p
-        raise DatasetError(f"{self.raw / SEQUENCES[seq]}: no {case_id}.nii.gz")
+        raise DatasetError(f"{case_id}: missing {self.raw / SEQUENCES[seq] / f'{case_id}.nii.gz'}")
+
+    def check(self, case_ids: Sequence[str] | None = None) -> None:
+        """Read every label (and the image headers) of ``case_ids`` before any training work: label values
+        outside the convention, a label on another grid than the LGE, or (``prealigned``) sequences on
+        different grids are refused with the case and the file."""
+        import nibabel as nib
+
+        for case_id in case_ids if case_ids is not None else self.case_ids:
+            lpath = self.label_path(case_id)
+            try:
+                limg = nib.load(str(lpath))
+                self.labels.to_classes(np.asarray(limg.dataobj))
+            except LabelValueError as exc:
+                raise DatasetError(f"{case_id}: {lpath}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged file
+                raise DatasetError(f"{case_id}: {lpath}: unreadable label file ({exc})") from None
+            shapes = {}
+            for seq in SEQUENCES:
+                ipath = self.image_path(case_id, seq)
+                try:
+                    shapes[seq] = tuple(nib.load(str(ipath)).shape[:3])
+                except Exception as exc:  # noqa: BLE001
+                    raise DatasetError(f"{case_id}: {ipath}: unreadable image file ({exc})") from None
+            if tuple(limg.shape[:3]) != shapes["lge"]:
+                raise DatasetError(f"{case_id}: {lpath}: label grid {tuple(limg.shape[:3])} differs from the LGE "
+                                   f"grid {shapes['lge']} ({self.image_path(case_id, 'lge')})")
+            if self.prealigned and len(set(shapes.values())) > 1:
+                seq = next(s for s in SEQUENCES if shapes[s] != shapes["lge"])
+                raise DatasetError(f"{case_id}: {self.image_path(case_id, seq)}: grid {shapes[seq]} differs from LGE "
+                                   f"{shapes['lge']}; a pre-aligned release has one grid per case (drop --prealigned "
+                                   "to match and register the sequences)")
 
     def load(self, case_id: str, with_label: bool = True) -> MyoPSCase:
         vols = {seq: nifti_to_volume(self.image_path(case_id, seq)) for seq in SEQUENCES}
         label = None
         if with_label:
-            raw = nifti_to_volume(self.label_path(case_id), dtype=np.float64)
-            label = raw.with_array(self.labels.to_classes(raw.array))
+            lpath = self.label_path(case_id)
+            raw = nifti_to_volume(lpath, dtype=np.float64)
+            try:
+                label = raw.with_array(self.labels.to_classes(raw.array))
+            except LabelValueError as exc:
+                raise DatasetError(f"{case_id}: {lpath}: {exc}") from None
         return MyoPSCase(case_id=case_id, volumes=vols, label=label)
 
 

@@ -9,15 +9,15 @@ provenance and held-out metrics.
 from __future__ import annotations
 
 import argparse
-import datetime
 import subprocess
 from pathlib import Path
 
 import torch
 
 from export.families import ExportSpec
+from export.provenance import build_provenance
 from pipelines.myops import labels as cls
-from pipelines.runtime.manifest import LabelSpec, Provenance
+from pipelines.runtime.manifest import LabelSpec
 
 from .train import load_checkpoint
 
@@ -59,18 +59,15 @@ def build_export(checkpoint: Path, args: argparse.Namespace) -> list[ExportSpec]
     roi = int(ckpt["preprocess"]["roi_size"])
     example = torch.rand(2, cfg["in_channels"], roi, roi) * 255.0
     check = [(torch.rand(1, cfg["in_channels"], roi, roi) * 255.0,), (torch.rand(5, cfg["in_channels"], roi, roi) * 255.0,)]
-    metrics = dict(ckpt.get("metrics") or {})
-    synthetic = bool(ckpt.get("synthetic"))
-    provenance = Provenance(
-        trained_on=ckpt.get("trained_on") or "unknown",
-        synthetic=synthetic,
-        date=options.get("date") or datetime.date.today().isoformat(),
-        code_version=options.get("code_version") or code_version(),
-        metrics=metrics,
-        notes=("Held-out Dice on synthetic phantoms, not clinical accuracy. " if synthetic else "")
-        + f"Split {ckpt['split'].get('mode')} seed {ckpt['split'].get('seed')}: "
-          f"{len(ckpt['split'].get('train', []))} train / {len(ckpt['split'].get('test', []))} held-out cases.",
-    )
+    split = ckpt.get("split") or {}
+    synthetic_default = bool(ckpt.get("synthetic"))
+    record = _record(ckpt, Path(checkpoint))
+    provenance = build_provenance(
+        record, options,
+        default_trained_on=ckpt.get("trained_on") or "unknown",
+        default_notes=(("Held-out Dice on synthetic phantoms, not clinical accuracy. " if synthetic_default else "")
+                       + f"Split {split.get('mode')} seed {split.get('seed')}: {len(split.get('train', []))} train / "
+                         f"{len(split.get('test', []))} held-out cases."))
     pre = dict(ckpt["preprocess"])
     pre.update({"input_range": [0, 255], "implementation": "pipelines.myops.preprocess"})
     return [ExportSpec(
@@ -84,3 +81,17 @@ def build_export(checkpoint: Path, args: argparse.Namespace) -> list[ExportSpec]
         version=getattr(args, "version", None) or ckpt.get("version"),
         atol=1e-3, rtol=1e-3,
     )]
+
+
+def _record(ckpt: dict, path: Path) -> dict:
+    """What the run recorded (training data, config, code version, metrics and how they were computed).
+
+    Checkpoints written before the run layer carry only ``trained_on`` / ``synthetic``: a ``synthetic``
+    flag then counts as generated training data (it can only be made stricter, never dropped)."""
+    data = dict(ckpt.get("training_data") or {})
+    if ckpt.get("synthetic") and not data.get("generated"):
+        data = {**data, "generated": True, "sources": data.get("sources") or [
+            {"layout": "phantoms", "path": ckpt.get("trained_on", ""), "generated": True}]}
+    return {"training_data": data, "config": ckpt.get("config"), "code_version": ckpt.get("code_version"),
+            "metrics": ckpt.get("metrics") or {}, "metrics_method": ckpt.get("metrics_method"),
+            "run": str(path.parent if path.is_file() else path)}

@@ -1,4 +1,8 @@
-"""MyoPS metrics: Dice of scar, of scar + edema (the edema region), of myocardium; per-class Dice too."""
+"""MyoPS metrics: Dice of scar, of scar + edema (the edema region), of myocardium.
+
+Empty reference and empty prediction: Dice is undefined (None), not 1 -- as nnU-Net's evaluation does
+(NaN, left out of the mean).  An empty reference with a non-empty prediction scores 0.  Dataset Dice is
+pooled over all voxels; it is None only when no case has the tissue in reference or prediction."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,11 +12,11 @@ from pipelines.myops import labels as cls
 __all__ = ["dice", "myops_dice", "accumulate"]
 
 
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
+def dice(pred: np.ndarray, truth: np.ndarray) -> float | None:
+    """Dice of two boolean masks; None (undefined) when both are empty."""
     p, t = np.asarray(pred, bool), np.asarray(truth, bool)
     denom = p.sum() + t.sum()
-    return 1.0 if denom == 0 else float(2.0 * np.logical_and(p, t).sum() / denom)
+    return None if denom == 0 else float(2.0 * np.logical_and(p, t).sum() / denom)
 
 
 def accumulate(pred: np.ndarray, truth: np.ndarray, counts: dict | None = None) -> dict:
@@ -26,7 +30,7 @@ def accumulate(pred: np.ndarray, truth: np.ndarray, counts: dict | None = None) 
     return counts
 
 
-def myops_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+def myops_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
     """``scar``, ``scar_edema`` and ``myocardium`` Dice of one case (class maps of equal shape)."""
     mp, mt = cls.tissue_masks(pred), cls.tissue_masks(truth)
     return {"scar": dice(mp["scar"], mt["scar"]), "scar_edema": dice(mp["edema"], mt["edema"]),

@@ -218,6 +218,9 @@ def write_myops_folder(cases: Sequence[tuple[str, PhantomCase]], root, labels=No
             volume_to_nifti(case.volumes[seq], raw / folder / f"{case_id}.nii.gz", dtype=np.int16)
         volume_to_nifti(case.label.with_array(labels.from_classes(case.label.array)),
                         raw / "label" / f"{case_id}_gt.nii.gz", dtype=np.int16)
+    from training.datasets.marker import write_marker  # generated data: exports stay "synthetic"
+
+    write_marker(root, generator="training.myops.phantom", layout="MyoPS380", cases=len(cases))
     return raw
 
 

@@ -6,11 +6,12 @@ import dataclasses
 import numpy as np
 
 from pipelines.myops import labels as cls
-from pipelines.myops.preprocess import PreprocessConfig, build_grid_stack, label_on_grid, register_and_crop
+from pipelines.myops.preprocess import (PreprocessConfig, build_grid_stack, label_on_grid, normalise,
+                                        register_and_crop)
 
-from .dataset import MyoPSCase
+from .dataset import DatasetError, MyoPSCase
 
-__all__ = ["PreparedCase", "prepare_case"]
+__all__ = ["PreparedCase", "prepare_case", "prepare_prealigned"]
 
 
 @dataclasses.dataclass
@@ -41,3 +42,24 @@ def prepare_case(case: MyoPSCase, cfg: PreprocessConfig = PreprocessConfig()) ->
         grid_raw=np.stack([stack.images[c] for c in cfg.channels], axis=1).astype(np.float32),
         grid_label=label, roi_yx=mi.roi_yx,
     )
+
+
+def prepare_prealigned(case: MyoPSCase, cfg: PreprocessConfig = PreprocessConfig()) -> PreparedCase:
+    """A case of the MyoPS380 release as distributed: the sequences are already matched slice by slice,
+    registered and cropped to the ROI on one grid, so only the intensity normalisation of the pipeline
+    (percentiles to [0, 255] per sequence stack) is applied; no matching, resampling or registration."""
+    if case.label is None:
+        raise ValueError(f"{case.case_id}: training needs the label")
+    shapes = {seq: case.volumes[seq].shape for seq in cfg.channels}
+    if len(set(shapes.values()) | {case.label.shape}) > 1:
+        raise DatasetError(f"{case.case_id}: pre-aligned sequences and label must share one grid, got {shapes} "
+                           f"and label {case.label.shape}")
+    n, rows, cols = case.label.shape
+    if (rows, cols) != (cfg.roi_size, cfg.roi_size):
+        raise DatasetError(f"{case.case_id}: pre-aligned slices are {rows}x{cols}, the model's ROI is "
+                           f"{cfg.roi_size}x{cfg.roi_size}")
+    image = np.stack([normalise(case.volumes[seq].array.astype(np.float32), cfg.percentiles) for seq in cfg.channels],
+                     axis=1).astype(np.float32)
+    label = np.ascontiguousarray(case.label.array.astype(np.uint8))
+    return PreparedCase(case.case_id, image, label, grid_registered=image, grid_raw=image, grid_label=label,
+                        roi_yx=(0, 0))

@@ -6,7 +6,8 @@ those of ``python -m training.syntax.<module>`` (documented in docs/syntax.md).
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from training.datasets.cli import forward
 
 __all__ = ["register"]
 
@@ -17,17 +18,8 @@ _COMMANDS = {
 }
 
 
-def _forward(module: str):
-    def run(args: argparse.Namespace) -> int:
-        return int(importlib.import_module(module).main(args.rest) or 0)
-    return run
-
-
 def register(subparsers: "argparse._SubParsersAction") -> None:
     syntax = subparsers.add_parser("syntax", help="SYNTAX (CardioSyntax v2) training and evaluation")
     sub = syntax.add_subparsers(dest="syntax_command", required=True)
     for name, (module, help_text) in _COMMANDS.items():
-        # prefix_chars "+": every "-x" option is left to the forwarded module (argparse REMAINDER skips leading options)
-        p = sub.add_parser(name, help=help_text, add_help=False, prefix_chars="+")
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=f"options of python -m {module} (--help there)")
-        p.set_defaults(func=_forward(module))
+        forward(sub, name, module, help_text)

@@ -24,7 +24,9 @@ import torch
 
 from pipelines.syntax.preprocess import CineConfig, preprocess_cine
 
-from .checkpoints import build_full_model, full_model_path, load_state, read_scaling
+from training.runs.cli import one_line_errors
+
+from .checkpoints import CheckpointError, build_full_model, full_model_path, load_state, read_scaling
 from .data import StudyRecord, load_video, read_test
 from .model import VARIANTS, SyntaxMultiView
 from .train import invert, setup_logging
@@ -166,6 +168,18 @@ def save_plots(res: dict, out: Path, title: str) -> list[Path]:
     return [p1, p2]
 
 
+def read_scaling_file(path: Path, dataset_root: Path) -> dict[int, dict[str, float]]:
+    """``--scaling-file``: the path as given when it exists (absolute or relative to the working directory,
+    as in ``--scaling-file logs/scaling_coeffs.json``), else relative to the dataset root (the card's
+    convention), else an error naming both places."""
+    candidates = [path] if path.is_absolute() else [path, dataset_root / path]
+    for c in candidates:
+        if c.is_file():
+            return read_scaling(c.parent, c.name)
+    raise CheckpointError(f"--scaling-file {path}: not found (looked at {' and '.join(str(c) for c in candidates)})")
+
+
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.syntax.evaluate", description="Evaluate the SYNTAX ensemble")
     p.add_argument("-d", "--dataset-paths", nargs="+", required=True)
@@ -178,9 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--variant", choices=VARIANTS, default="lstm_mean")
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--use-scaling", action="store_true")
-    p.add_argument("--scaling-file", default="scaling_coeffs.json", help="relative to --dataset-root, or absolute")
+    p.add_argument("--scaling-file", default="scaling_coeffs.json",
+                   help="a path as given (absolute or relative to the working directory), else relative to --dataset-root")
     p.add_argument("--threshold", type=float, default=THRESHOLD)
-    p.add_argument("--devices", default="")
+    p.add_argument("--devices", default="", help="the card's CUDA device id (same as --device cuda:N)")
+    p.add_argument("--device", default="", help="cpu, cuda or cuda:N")
     p.add_argument("-m", "--metrics-file", type=Path, default=Path("metrics.json"))
     p.add_argument("--out", type=Path, default=Path("results"))
     p.add_argument("--seed", type=int, default=42)
@@ -192,11 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(names) != len(a.dataset_paths) or len(posts) != len(a.dataset_paths):
         p.error("-n and -p must have as many entries as -d")
     cfg = CineConfig(frames=a.frames_per_clip, height=a.video_size[0], width=a.video_size[1])
-    device = torch.device(f"cuda:{a.devices}" if a.devices else "cpu")
+    from training.runs import resolve_device
+
+    device = resolve_device(a.device or a.devices or "cpu")
     scaling = None
     if a.use_scaling:
-        sf = Path(a.scaling_file) if Path(a.scaling_file).is_absolute() else a.dataset_root / a.scaling_file
-        scaling = read_scaling(sf.parent, sf.name)
+        scaling = read_scaling_file(Path(a.scaling_file), a.dataset_root)
     models = {side: load_side_models(a.model_dir, side, a.folds, a.variant) for side in ("left", "right")}
     all_metrics = {}
     for path, name, post in zip(a.dataset_paths, names, posts):

@@ -16,7 +16,7 @@ The artery classifier is ``syntax-artery``: ``video`` (1, 3, frames, H, W) -> ``
 from __future__ import annotations
 
 import argparse
-import datetime
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import torch
 
 from export.families import ExportSpec
+from export.provenance import build_provenance
 from pipelines.runtime.manifest import Provenance
 from pipelines.syntax.preprocess import CineConfig
 
@@ -54,15 +55,33 @@ def cine_config_from(options: Mapping[str, str], frames: int, size: tuple[int, i
     return CineConfig(frames=f, height=h, width=w)
 
 
-def _provenance(options: Mapping[str, Any], default_source: str) -> Provenance:
-    metrics: dict[str, Any] = {}
-    if options.get("metrics_file"):
-        metrics = json.loads(Path(options["metrics_file"]).read_text())
-    synthetic = str(options.get("synthetic", "false")).lower() in ("1", "true", "yes")
-    return Provenance(trained_on=str(options.get("trained_on", default_source)), synthetic=synthetic,
-                      date=str(options.get("date", datetime.date.today().isoformat())),
-                      code_version=str(options.get("code_version", CODE_VERSION)), metrics=metrics,
-                      notes=str(options.get("notes", "")))
+def _record(checkpoint: Path) -> dict[str, Any] | None:
+    """The ``<checkpoint>.run.json`` our training writes beside each published-layout file (None for
+    imported published weights, which have none)."""
+    side = Path(str(checkpoint) + ".run.json")
+    if not side.is_file():
+        return None
+    try:
+        return json.loads(side.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{side}: unreadable run record ({exc})") from None
+
+
+def _provenance(options: Mapping[str, Any], default_source: str, checkpoint: Path | None = None,
+                fold: int | None = None) -> Provenance:
+    """Shared export provenance (export/provenance.py) from the checkpoint's run record and the options;
+    each fold model records its own run (so a re-exported fold says which run made it)."""
+    record = _record(checkpoint) if checkpoint is not None else None
+    opts = dict(options)
+    opts.setdefault("code_version", (record or {}).get("code_version") or CODE_VERSION)
+    prov = build_provenance(record, opts, default_trained_on=default_source, default_notes=str(options.get("notes", "")))
+    if checkpoint is not None:
+        data = dict(prov.training_data)
+        data["checkpoint"] = Path(checkpoint).name
+        if fold is not None:
+            data["fold"] = fold
+        prov = dataclasses.replace(prov, training_data=data)
+    return prov
 
 
 def build_export(checkpoint: Path, args: argparse.Namespace) -> list[ExportSpec]:
@@ -77,7 +96,7 @@ def build_export(checkpoint: Path, args: argparse.Namespace) -> list[ExportSpec]
     cfg = cine_config_from(opts, 32, (256, 256))
     prefix = opts.get("name_prefix", "syntax")
     scaling = read_scaling(root, opts.get("scaling_file", "scaling_coeffs.json"))
-    prov = _provenance(opts, f"CardioSyntax v2 published weights ({variant}) imported from {root.name}")
+    default_source = f"CardioSyntax v2 published weights ({variant}) imported from {root.name}"
     specs = []
     f, h, w = cfg.frames, cfg.height, cfg.width
     for side in sides:
@@ -95,7 +114,8 @@ def build_export(checkpoint: Path, args: argparse.Namespace) -> list[ExportSpec]
             ex = (torch.randn(1, 2, 3, f, h, w, generator=g),)
             specs.append(ExportSpec(
                 module=model.eval(), example_inputs=ex, name=f"{prefix}-{side}-fold{k}", task="syntax-artery-regression",
-                input_names=["video"], output_names=["output"], provenance=prov,
+                input_names=["video"], output_names=["output"],
+                provenance=_provenance(opts, default_source, path, k),
                 dynamic_axes={"video": {1: "views"}}, preprocessing=pre,
                 calibration={"fold": k, "a": scaling[k]["a"], "b": scaling[k]["b"],
                              "formula": "per fold a*(L+R)+b, averaged over folds, clamped >= 0"},
@@ -120,7 +140,7 @@ def build_artery_export(checkpoint: Path, args: argparse.Namespace) -> list[Expo
     pre = cfg.to_manifest() | {"left_max": LEFT_MAX, "right_min": RIGHT_MIN, "widths": list(model.model.widths),
                                "reduced": list(model.model.widths) != [64, 128, 256, 512],
                                "output": "logit; sigmoid <= left_max: left, >= right_min: right, else other"}
-    prov = _provenance(opts, f"artery classifier imported from {path.name}")
+    prov = _provenance(opts, f"artery classifier imported from {path.name}", path)
     g = torch.Generator().manual_seed(0)
     return [ExportSpec(module=model.eval(), example_inputs=(torch.randn(1, 3, f, h, w, generator=g),),
                        name=opts.get("name", "syntax-artery"), task="syntax-artery-classification",

@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logdir = a.work / "weights"
     base = TrainArgs(dataset_root=root, fold=0, batch_size=16, frames_per_clip=a.frames, video_size=(a.size, a.size),
                      logdir=logdir, use_weighted_sampler=True, seed=0, widths=tuple(a.widths), hidden=a.hidden,
-                     lr=3e-3, progress=False, max_views=8)
+                     lr=3e-3, progress=False, max_views=8, overwrite=True)
     history: dict[str, list] = {}
     f1_train = read_format1(fold_path(root, 0, "train"), root)
     f1_eval = read_format1(fold_path(root, 0, "eval"), root)

@@ -92,4 +92,8 @@ def write_release(root: str | Path, train: Sequence[PhantomStudy], test: Sequenc
             r["mean_syntax"] = float(np.mean(experts))
             out.append(r)
         (root / "test_phantom.json").write_text(json.dumps(out, indent=1))
+    from training.datasets.marker import write_marker  # generated data: exports stay "synthetic"
+
+    write_marker(root, generator="training.syntax.phantom", layout="CardioSyntax v2",
+                 cases={"train": len(train), "test": len(test)})
     return root

@@ -5,8 +5,12 @@
     python -m training.syntax.train classifier -r ROOT --fold 0
     python -m training.syntax.train calibrate -r ROOT --fold 0 --variant lstm_mean
 
-Checkpoints are plain state_dicts named and laid out as the published ones (so that the importer,
-the evaluation and the export treat ours and theirs alike):
+Every stage is one run of the shared run layer (training/runs) in ``<logdir>/runs/<stage>-...``:
+config.yaml, train.log, metrics.csv, curves.png, last.pt (``--resume``), best.pt (lowest eval loss).
+At the end the best weights are written as plain state_dicts named and laid out as the published ones
+(so that the importer, the evaluation and the export treat ours and theirs alike), each with a
+``<name>.run.json`` record beside it (training data, config, code version, metrics) that the export
+turns into the manifest's provenance:
 
     <logdir>/backbone_weights/{Left,Right}BinSyntax_R3D_full_fold{k:02d}.pt
     <logdir>/full_model_weights/{Left,Right}BinSyntax_R3D_fold{k:02d}_{variant}_post_best.pt
@@ -25,7 +29,6 @@ import json
 import logging
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,6 +38,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from pipelines.syntax.preprocess import CineConfig, preprocess_cine
+from training.datasets.marker import data_source
+from training.runs import RunOptions, TrainingRun, resolve_device, resolve_precision
+from training.runs.checkpoint import check_finite, save_atomic
+from training.runs.cli import one_line_errors
+from training.runs.config import add_run_arguments, parse_with_config
+from training.runs.progress import progress
+from training.runs.schedule import one_cycle
 
 from .data import StudyRecord, VideoRecord, fold_path, load_video, read_format1, read_format2, rnn_fold_path
 from .model import VARIANTS, ArteryClassifier, SyntaxBackbone, SyntaxMultiView
@@ -150,6 +160,10 @@ class TrainArgs:
     freeze_backbone: bool = False
     max_views: int = 8
     progress: bool = True
+    device_name: str = ""  # --device cpu|cuda|cuda:N; the card's --devices N means cuda:N
+    resume: bool = False
+    overwrite: bool = False
+    config: dict | None = None  # the resolved command-line options, saved with each run
 
     @property
     def cine_config(self) -> CineConfig:
@@ -157,22 +171,47 @@ class TrainArgs:
 
     @property
     def device(self) -> torch.device:
-        return torch.device(f"cuda:{self.devices.split(',')[0]}" if self.devices.strip() else "cpu")
+        """The device that exists (one-line DeviceError otherwise)."""
+        return resolve_device(self.device_name or (self.devices.split(",")[0].strip() if self.devices.strip() else "cpu"))
 
     def autocast(self):
-        if self.precision.startswith("bf16"):
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        if self.precision.startswith("16") and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        return nullcontext()
+        return resolve_precision(self.precision, self.device).autocast()
+
+    def run(self, name: str, published: Path, data: dict) -> TrainingRun:
+        """The run folder ``<logdir>/runs/<name>`` of one stage; ``published`` is its final published-layout file."""
+        opts = RunOptions(out=Path(self.logdir) / "runs" / name, resume=self.resume, overwrite=self.overwrite,
+                          device=self.device_name or (self.devices.split(",")[0].strip() if self.devices.strip() else "cpu"),
+                          precision=self.precision, progress=self.progress, monitor="eval_loss", mode="min")
+        cfg = dict(self.config) if self.config else {k: v for k, v in dataclasses.asdict(self).items() if k != "config"}
+        return TrainingRun(opts, family="syntax", config=cfg, logger_names=["cardionode.training.syntax"], data=data,
+                           guard_files=[published])
 
 
-def _progress(it, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return it
-    from tqdm import tqdm
+def _data_record(args: TrainArgs, layout_file: Path, counts: dict[str, int], records: Sequence) -> dict:
+    """training_data of a stage: the release folder, its counts, and whether it is generated (marker, or the
+    phantom manufacturer the generator writes into every record)."""
+    reason = next((f"{layout_file}: manufacturer {r.manufacturer!r}" for r in records
+                   if "phantom" in str(getattr(r, "manufacturer", "")).lower()), None)
+    src = data_source(args.dataset_root, "CardioSyntax v2", counts, content_generated=reason, file=str(layout_file))
+    return {"sources": [src], "generated": src["generated"], "cases": counts}
 
-    return tqdm(it, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+def _publish(run: TrainingRun, state: dict[str, torch.Tensor], path: Path) -> Path:
+    """Write the best weights in the published layout and the run's record beside them (``<name>.run.json``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    check_finite(state, str(path))
+    save_atomic(state, path)
+    best = run.best or {}
+    row = next((r for r in run.history if r["epoch"] == best.get("epoch")), {})
+    record = {"run": str(run.folder), "training_data": run.data, "config": run.config, "code_version": run.code_version,
+              "metrics": {k: v for k, v in row.items() if k not in ("epoch", "seconds")},
+              "metrics_method": f"eval_loss: mean training loss (weighted BCE + scaled MSE) on the fold's eval split; "
+                                f"best epoch {best.get('epoch')} of {len(run.history)}",
+              "precision": run.precision.name, "device": str(run.device)}
+    Path(str(path) + ".run.json").write_text(json.dumps(record, indent=1, default=str))
+    run.finish(published=str(path))
+    log.info("wrote %s", path)
+    return path
 
 
 def _side_records(records: Sequence[VideoRecord], artery: str) -> list[VideoRecord]:
@@ -180,11 +219,12 @@ def _side_records(records: Sequence[VideoRecord], artery: str) -> list[VideoReco
     return [r for r in records if r.artery == want and (r.artery_prob <= LEFT_MAX if want == 0 else r.artery_prob >= RIGHT_MIN)]
 
 
-def _loader(ds: Dataset, weights: np.ndarray | None, args: TrainArgs, shuffle: bool) -> DataLoader:
+def _loader(ds: Dataset, weights: np.ndarray | None, args: TrainArgs, shuffle: bool) -> tuple[DataLoader, torch.Generator]:
+    """The training loader and the generator that drives its order (its state is saved for --resume)."""
     g = torch.Generator().manual_seed(args.seed)
     sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True, generator=g) if weights is not None else None
     return DataLoader(ds, batch_size=args.batch_size, sampler=sampler, shuffle=shuffle and sampler is None,
-                      num_workers=args.num_workers, generator=g if sampler is None else None, drop_last=False)
+                      num_workers=args.num_workers, generator=g if sampler is None else None, drop_last=False), g
 
 
 def _pos_weight(scores: Sequence[float]) -> float:
@@ -199,42 +239,36 @@ def _to(x: torch.Tensor | list[torch.Tensor], dev: torch.device) -> torch.Tensor
 
 
 def _fit(model: nn.Module, train_dl: DataLoader, eval_fn: Callable[[nn.Module], float], loss_fn, args: TrainArgs,
-         desc: str) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
-    """Adam + cosine schedule; keeps the state with the lowest eval loss (``_best``)."""
-    dev = args.device
+         desc: str, run: TrainingRun, rngs: dict) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    """AdamW + one-cycle schedule per batch; after each epoch the eval loss is recorded and last.pt / best.pt
+    (lowest eval loss, ties to the later epoch) written by ``run``; returns the best state and the history."""
+    dev = run.device
     model.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     steps = max(1, args.max_epochs * len(train_dl))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
-    best, best_state, history = math.inf, None, []
-    for epoch in range(args.max_epochs):
+    sched = one_cycle(opt, args.lr, steps, pct_start=0.15)
+    start = run.restore(model, opt, sched, rngs)
+    for epoch in range(start, args.max_epochs):
         model.train()
         if args.freeze_backbone and hasattr(model, "model"):
             model.model.eval()
-        t0, total, n = time.perf_counter(), 0.0, 0
-        for x, y in _progress(train_dl, len(train_dl), f"{desc} epoch {epoch + 1}/{args.max_epochs}", args.progress):
+        total, n = 0.0, 0
+        for i, (x, y) in enumerate(progress(train_dl, len(train_dl), f"{desc} epoch {epoch + 1}/{args.max_epochs}",
+                                            args.progress)):
             x, y = _to(x, dev), y.to(dev)
-            with args.autocast():
+            with run.autocast():
                 out = model(x)
             loss = loss_fn(out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            run.backward_step(loss, opt, where=f"{desc} epoch {epoch + 1} batch {i + 1}")
             sched.step()
             total += float(loss.detach()) * len(y)
             n += len(y)
-        val = eval_fn(model)
-        history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "eval_loss": val,
-                        "seconds": round(time.perf_counter() - t0, 1)})
-        log.info("%s epoch %d: train loss %.4f, eval loss %.4f (%.0f s)", desc, epoch + 1, total / max(n, 1), val,
-                 time.perf_counter() - t0)
-        if val <= best or best_state is None:
-            best = val
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    assert best_state is not None
+        run.end_epoch(epoch + 1, {"train_loss": total / max(n, 1), "eval_loss": eval_fn(model)}, model, opt, sched,
+                      rngs)
+    best_state = run.best_state()
     model.load_state_dict(best_state)
-    return best_state, history
+    return best_state, run.history
 
 
 @torch.no_grad()
@@ -263,18 +297,22 @@ def train_backbone(args: TrainArgs, train_records: Sequence[VideoRecord] | None 
     ys = [r.artery_score(args.artery) for r in tr]
     pw = _pos_weight(ys)
     loss_fn = lambda out, y: syntax_loss(out, y, pw, args.mse_scale)  # noqa: E731
-    train_dl = _loader(ClipDataset(tr, ys, args.cine_config, True, args.seed, cache),
-                       score_interval_weights(ys) if args.use_weighted_sampler else None, args, True)
+    train_ds = ClipDataset(tr, ys, args.cine_config, True, args.seed, cache)
+    train_dl, g = _loader(train_ds, score_interval_weights(ys) if args.use_weighted_sampler else None, args, True)
     eval_dl = DataLoader(ClipDataset(ev or tr, [r.artery_score(args.artery) for r in (ev or tr)], args.cine_config, False,
                                      cache=cache), batch_size=args.batch_size)
     model = SyntaxBackbone(args.num_classes, args.widths)
-    state, hist = _fit(model, train_dl, lambda m: _eval_loss(m, eval_dl, loss_fn, args), loss_fn, args,
-                       f"backbone {args.artery} fold {args.fold}")
     out = Path(args.logdir) / "backbone_weights" / backbone_name(args.artery, args.fold)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, out)
-    log.info("wrote %s", out)
-    return out, hist
+    run = args.run(f"backbone-{args.artery}-fold{args.fold}", out,
+                   _data_record(args, fold_path(root, args.fold, "train"), {"train_cines": len(tr), "eval_cines": len(ev)},
+                                tr + ev))
+    try:
+        state, hist = _fit(model, train_dl, lambda m: _eval_loss(m, eval_dl, loss_fn, args), loss_fn, args,
+                           f"backbone {args.artery} fold {args.fold}", run, {"loader": g, "clips": train_ds.rng})
+        return _publish(run, state, out), hist
+    except BaseException as exc:
+        run.fail(exc)
+        raise
 
 
 class _StudyDataset(Dataset):
@@ -383,16 +421,23 @@ def train_head(args: TrainArgs, train_studies: Sequence[StudyRecord] | None = No
     train_dl = DataLoader(tr_set, batch_size=args.batch_size, sampler=sampler, shuffle=sampler is None,
                           generator=g if sampler is None else None, collate_fn=_collate_views, num_workers=args.num_workers)
     eval_dl = DataLoader(ev_set, batch_size=args.batch_size, collate_fn=_collate_views)
-    state, hist = _fit_list_batches(wrapped, train_dl, eval_dl, loss_fn, args, f"head {args.variant} {args.artery} fold {args.fold}")
-    full = {k.removeprefix("inner."): v for k, v in state.items()}
     out = Path(args.logdir) / "full_model_weights" / head_name(args.artery, args.fold, args.variant)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(full, out)
-    log.info("wrote %s", out)
-    return out, hist
+    run = args.run(f"head-{args.variant}-{args.artery}-fold{args.fold}", out,
+                   _data_record(args, rnn_fold_path(root, args.fold, "train", args.rnn_folds_dir),
+                                {"train_studies": len(tr), "eval_studies": len(ev)}, tr + ev))
+    try:
+        state, hist = _fit_list_batches(wrapped, train_dl, eval_dl, loss_fn, args,
+                                        f"head {args.variant} {args.artery} fold {args.fold}", run,
+                                        {"loader": g, "views": tr_ds.rng})
+        full = {k.removeprefix("inner."): v for k, v in state.items()}
+        return _publish(run, full, out), hist
+    except BaseException as exc:
+        run.fail(exc)
+        raise
 
 
-def _fit_list_batches(model: nn.Module, train_dl: DataLoader, eval_dl: DataLoader, loss_fn, args: TrainArgs, desc: str):
+def _fit_list_batches(model: nn.Module, train_dl: DataLoader, eval_dl: DataLoader, loss_fn, args: TrainArgs, desc: str,
+                      run: TrainingRun, rngs: dict):
     """Like :func:`_fit` for batches that are lists of per-study tensors."""
     dev = args.device
 
@@ -412,13 +457,13 @@ def _fit_list_batches(model: nn.Module, train_dl: DataLoader, eval_dl: DataLoade
         total, n = 0.0, 0
         with torch.no_grad():
             for xs, y in _Moved(eval_dl):
-                with args.autocast():
+                with run.autocast():
                     out = m(xs)
                 total += float(loss_fn(out.float(), y)) * len(y)
                 n += len(y)
         return total / max(n, 1)
 
-    return _fit(model, _Moved(train_dl), eval_fn, loss_fn, args, desc)  # type: ignore[arg-type]
+    return _fit(model, _Moved(train_dl), eval_fn, loss_fn, args, desc, run, rngs)  # type: ignore[arg-type]
 
 
 def train_classifier(args: TrainArgs, train_records: Sequence[VideoRecord] | None = None,
@@ -431,16 +476,22 @@ def train_classifier(args: TrainArgs, train_records: Sequence[VideoRecord] | Non
     ev = list(eval_records if eval_records is not None else read_format1(fold_path(root, args.fold, "eval"), root))
     cache = _CineCache()
     bce = lambda out, y: nn.functional.binary_cross_entropy_with_logits(out[:, 0], y)  # noqa: E731
-    train_dl = _loader(ClipDataset(tr, [r.artery_prob for r in tr], args.cine_config, True, args.seed, cache), None, args, True)
+    train_ds = ClipDataset(tr, [r.artery_prob for r in tr], args.cine_config, True, args.seed, cache)
+    train_dl, g = _loader(train_ds, None, args, True)
     eval_dl = DataLoader(ClipDataset(ev or tr, [r.artery_prob for r in (ev or tr)], args.cine_config, False, cache=cache),
                          batch_size=args.batch_size)
     model = ArteryClassifier(args.widths)
-    state, hist = _fit(model, train_dl, lambda m: _eval_loss(m, eval_dl, bce, args), bce, args, f"artery classifier fold {args.fold}")
     out = Path(args.logdir) / "artery_weights" / classifier_name(args.fold)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, out)
-    log.info("wrote %s", out)
-    return out, hist
+    run = args.run(f"classifier-fold{args.fold}", out,
+                   _data_record(args, fold_path(root, args.fold, "train"), {"train_cines": len(tr), "eval_cines": len(ev)},
+                                tr + ev))
+    try:
+        state, hist = _fit(model, train_dl, lambda m: _eval_loss(m, eval_dl, bce, args), bce, args,
+                           f"artery classifier fold {args.fold}", run, {"loader": g, "clips": train_ds.rng})
+        return _publish(run, state, out), hist
+    except BaseException as exc:
+        run.fail(exc)
+        raise
 
 
 def fit_calibration(pred_total: Sequence[float], true_total: Sequence[float]) -> dict[str, float]:
@@ -476,8 +527,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--video-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
     p.add_argument("--max-epochs", type=int, default=10)
     p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--devices", default="", help="CUDA device ids, e.g. 0 (empty = CPU)")
-    p.add_argument("--precision", default="32", choices=("32", "32-true", "bf16-mixed", "16-mixed"))
+    p.add_argument("--devices", default="", help="the card's CUDA device id, e.g. 0 (same as --device cuda:0)")
     p.add_argument("--logdir", type=Path, default=Path("./logs/backbone"))
     p.add_argument("--use-weighted-sampler", action="store_true")
     p.add_argument("--seed", type=int, default=42)
@@ -485,34 +535,53 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="R3D-18 layer widths (default = torchvision r3d_18; smaller for reduced models)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--mse-scale", type=float, default=1.0)
-    p.add_argument("--no-progress", action="store_true")
+    add_run_arguments(p, device_default="")
 
 
 def args_from(ns: argparse.Namespace) -> TrainArgs:
     fields = {f.name for f in dataclasses.fields(TrainArgs)}
-    kw = {k: v for k, v in vars(ns).items() if k in fields}
+    kw = {k: v for k, v in vars(ns).items() if k in fields and k != "config"}
     kw["video_size"] = tuple(ns.video_size)
     kw["widths"] = tuple(ns.widths)
     kw["progress"] = not ns.no_progress
+    kw["device_name"] = ns.device or ""
+    kw["config"] = {k: v for k, v in vars(ns).items() if not callable(v)}
     return TrainArgs(**kw)
 
 
+STAGES = ("backbone", "head", "classifier", "calibrate")
+
+
+def build_parser(stage: str) -> argparse.ArgumentParser:
+    sp = argparse.ArgumentParser(prog=f"python -m training.syntax.train {stage}",
+                                 description=f"Train the CardioSyntax models: {stage}")
+    add_common(sp)
+    if stage in ("head", "calibrate"):
+        sp.add_argument("--variant", choices=VARIANTS, default="lstm_mean")
+        sp.add_argument("--backbone-pt-dir", type=Path, default=None)
+        sp.add_argument("--backbone-from-pt", action="store_true", default=True)
+        sp.add_argument("--rnn-folds-dir", default="rnn_folds")
+        sp.add_argument("--hidden", type=int, default=128)
+        sp.add_argument("--freeze-backbone", action="store_true")
+        sp.add_argument("--max-views", type=int, default=8)
+    return sp
+
+
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.syntax.train", description="Train the CardioSyntax models")
-    sub = p.add_subparsers(dest="stage", required=True)
-    for name in ("backbone", "head", "classifier", "calibrate"):
-        sp = sub.add_parser(name)
-        add_common(sp)
-        if name in ("head", "calibrate"):
-            sp.add_argument("--variant", choices=VARIANTS, default="lstm_mean")
-            sp.add_argument("--backbone-pt-dir", type=Path, default=None)
-            sp.add_argument("--backbone-from-pt", action="store_true", default=True)
-            sp.add_argument("--rnn-folds-dir", default="rnn_folds")
-            sp.add_argument("--hidden", type=int, default=128)
-            sp.add_argument("--freeze-backbone", action="store_true")
-            sp.add_argument("--max-views", type=int, default=8)
-    ns = p.parse_args(argv)
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in STAGES:
+        p = argparse.ArgumentParser(prog="python -m training.syntax.train", description="Train the CardioSyntax models")
+        p.add_argument("stage", choices=STAGES, help="then the stage's options (--help after the stage)")
+        p.parse_args(argv[:1])
+        return 2
+    ns = parse_with_config(build_parser(argv[0]), argv[1:])
+    ns.stage = argv[0]
     args = args_from(ns)
+    args.device  # a missing device is one line now, not a driver traceback later
+    resolve_precision(args.precision, args.device)
     setup_logging(args.logdir)
     if ns.stage == "backbone":
         train_backbone(args)
