@@ -69,6 +69,9 @@ def main() -> int:
             ncines.append(len(files))
             cpus.append(time.process_time() - c0)
             s = res.summary
+            if s["syntax_total"] is None:  # a coronary system without an analysed cine: not assessed
+                failed.append(f"seed {SEED0 + i}: " + "; ".join(q["message"] for q in s["not_assessable"]))
+                continue
             truth.append(st.syntax)
             raw.append(s["raw"]["left"] + s["raw"]["right"])
             cal.append(s["syntax_total"])

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import ConfigError, NodeConfig, load_config, parse_override
+from .files import use_private_umask
 from .startup import StartupError
 
 __all__ = ["main", "build_parser", "add_config_arguments", "config_from_args", "ENV_OVERRIDES"]
@@ -78,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .logging_setup import setup_logging
     from .service import NodeService
 
+    use_private_umask()  # spool, results, database: the node's user only (node/files.py)
     config = config_from_args(args)
     setup_logging(config.node.log_format, "DEBUG" if getattr(args, "debug", False) else config.node.log_level)
     return NodeService(config).run_forever()
@@ -90,6 +92,7 @@ def _fmt_time(t: float | None) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from . import db, status
 
+    use_private_umask()  # opening the database may create its -wal/-shm files
     config = config_from_args(args)
     db_path = config.node.storage_path / db.DB_FILENAME
     if not db_path.exists():
@@ -161,6 +164,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     from .jobs import write_result_files
     from .logging_setup import setup_logging
 
+    use_private_umask()  # results and retrieved instances carry patient data
     if getattr(args, "study", None) or getattr(args, "source", None):
         from .retrieve import process_study_main
 

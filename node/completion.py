@@ -3,7 +3,10 @@
 Every stored instance upserts a row in ``pending_studies`` (``due_at = now +
 quiet``) and (re)arms an APScheduler date job for the study.  The row is the
 truth; the timer is only a wake-up, so after a restart :meth:`rearm` re-creates
-the timers from the table (overdue studies fire at once).
+the timers from the table.  Restart rule: a waiting study is due no earlier than
+its quiet period after the start, even when its deadline passed while the node
+was down -- the sender was most likely still retrying the rest of the study, and
+processing it at once would process part of it.
 
 When the timer fires, one transaction marks the study ``processed`` (or
 ``unmatched``) and enqueues one job per matching route for this
@@ -173,13 +176,29 @@ class CompletionTracker:
             coalesce=True,
         )
 
-    def rearm(self) -> int:
-        """After a start: re-create the timers of every waiting study (overdue ones fire at once)."""
-        rows = self._get_conn().execute(
-            "SELECT study_uid, due_at FROM pending_studies WHERE state='waiting'"
-        ).fetchall()
-        for row in rows:
-            self._arm(row["study_uid"], row["due_at"] or time.time())
+    def rearm(self, now: float | None = None) -> int:
+        """After a start: re-create the timers of every waiting study, each due no earlier than its
+        quiet period after ``now`` (a deadline that passed while the node was down gets a fresh quiet
+        period; the new due time is stored)."""
+        now = time.time() if now is None else now
+        conn = self._get_conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(
+                "SELECT study_uid, due_at, quiet_seconds FROM pending_studies WHERE state='waiting'"
+            ).fetchall()
+            due = {row["study_uid"]: max(row["due_at"] or 0.0, now + row["quiet_seconds"]) for row in rows}
+            conn.executemany("UPDATE pending_studies SET due_at=? WHERE study_uid=?",
+                             [(t, uid) for uid, t in due.items()])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        overdue = sum(1 for row in rows if (row["due_at"] or 0.0) < now)
+        if overdue:
+            log.info("studies overdue at start get a fresh quiet period", extra={"count": overdue})
+        for uid, t in due.items():
+            self._arm(uid, t)
         return len(rows)
 
     def reconcile(self, studies: Iterable[tuple[str, float]]) -> int:

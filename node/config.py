@@ -109,17 +109,23 @@ class NodeSection:
     quiet_seconds: float = 30.0
     late_arrivals: Literal["reprocess", "ignore"] = "reprocess"
     max_associations: int = 10
+    max_pending_per_host: int = 4
+    max_pending: int = 32
+    association_timeout_s: float = 10.0
+    pdu_timeout_s: float = 30.0
+    idle_timeout_s: float = 60.0
     allowed_callers: tuple[str, ...] = ()
     check_called_ae: bool = True
     tls: TLSSection | None = None
     min_free_mb: int = 1024
     max_pdu: int = 0
     workers: int = 1
-    http_host: str = "0.0.0.0"
+    http_host: str = "127.0.0.1"  # loopback unless configured otherwise
     http_port: int = 8080
     http_enabled: bool = True
     http_tls: TLSSection | None = None
     max_upload_mb: int = 2048
+    http_body_timeout_s: float = 30.0
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     plugins: tuple[str, ...] = ()
@@ -130,8 +136,12 @@ class NodeSection:
         _check_port(self.http_port, f"{path}.http_port")
         if self.quiet_seconds < 0:
             raise ConfigError(f"{path}.quiet_seconds: must be >= 0, got {self.quiet_seconds}")
-        if self.max_associations < 1:
-            raise ConfigError(f"{path}.max_associations: must be >= 1, got {self.max_associations}")
+        for key in ("max_associations", "max_pending_per_host", "max_pending"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{path}.{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("association_timeout_s", "pdu_timeout_s", "idle_timeout_s", "http_body_timeout_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{path}.{key}: must be > 0 seconds, got {getattr(self, key)}")
         if self.workers < 1:
             raise ConfigError(f"{path}.workers: must be >= 1, got {self.workers}")
         if self.min_free_mb < 0:
@@ -199,11 +209,12 @@ class RetentionSection:
 
 @dataclasses.dataclass(frozen=True)
 class ApiSection:
-    """Read-only status API; a token is required unless explicitly disabled."""
+    """Bearer token of the HTTP port: the status API and /metrics always need it, STOW-RS unless
+    ``stow_requires_token`` is switched off; with no token configured they refuse every request."""
 
     token: str | None = None
     token_file: str | None = _path_field()
-    stow_requires_token: bool = False
+    stow_requires_token: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

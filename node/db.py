@@ -16,6 +16,8 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable
 
+from .files import private_dir, touch_private
+
 __all__ = ["DB_FILENAME", "connect", "ensure_schema"]
 
 DB_FILENAME = "cardionode.sqlite3"
@@ -34,7 +36,8 @@ def connect(storage_dir: str | Path, timeout: float = 30.0, synchronous: str = "
     if synchronous not in SYNCHRONOUS_MODES:
         raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
     path = Path(storage_dir) / DB_FILENAME
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
+    touch_private(path)  # 0600 before SQLite creates it; its -wal and -shm files take the same mode
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")

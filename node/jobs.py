@@ -42,6 +42,7 @@ from pipelines.base import (
 
 from . import db
 from .config import JobsSection
+from .files import open_private, private_dir
 from .fsync import fsync_dir
 from .dispatch.queue import add_deliveries
 from .executors.base import Executor, ExecutorUnavailable, JobRequest, RemotePipelineError
@@ -49,6 +50,8 @@ from .executors.base import Executor, ExecutorUnavailable, JobRequest, RemotePip
 __all__ = [
     "JOBS_SCHEMA",
     "Job",
+    "OwnResults",
+    "migrate",
     "JobQueue",
     "JobRunner",
     "LocalConnections",
@@ -86,10 +89,53 @@ JOBS_SCHEMA = [
         job_id INTEGER NOT NULL REFERENCES jobs (id),
         sop_class_uid TEXT NOT NULL,
         path TEXT NOT NULL,
-        created_at REAL NOT NULL
+        created_at REAL NOT NULL,
+        series_instance_uid TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS results_job ON results (job_id)",
 ]
+#: Columns added after a table first shipped: (table, column, declaration); see :func:`migrate`.
+JOBS_COLUMNS = [("results", "series_instance_uid", "TEXT")]
+JOBS_INDEXES = ["CREATE INDEX IF NOT EXISTS results_series ON results (series_instance_uid)"]
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring an older database to :data:`JOBS_SCHEMA` (add missing columns and their indexes)."""
+    with conn:
+        for table, column, declaration in JOBS_COLUMNS:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if present and column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        for sql in JOBS_INDEXES:
+            conn.execute(sql)
+
+
+class OwnResults:
+    """Recognises the node's own results when they come back (a PACS forwarding them, a study
+    retrieved with them): by SOP Instance UID or series of any result a job ever produced.
+
+    Rows of ``results`` are never deleted (retention removes result files only), so the record
+    lasts as long as the database.  One connection, used under a lock by every ingest thread.
+    """
+
+    def __init__(self, storage_dir: str | Path) -> None:
+        self._conn = db.connect(storage_dir, synchronous="NORMAL")
+        self._lock = threading.Lock()
+
+    def contains(self, sop_instance_uid: str, series_instance_uid: str) -> bool:
+        with self._lock:
+            try:
+                row = self._conn.execute(
+                    "SELECT 1 FROM results WHERE sop_instance_uid=? OR series_instance_uid=? LIMIT 1",
+                    (sop_instance_uid, series_instance_uid),
+                ).fetchone()
+            except sqlite3.OperationalError:  # no results table yet
+                return False
+        return row is not None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
 
 
 class LocalConnections:
@@ -255,12 +301,13 @@ class JobQueue:
         conn = self._conns.get()
         now = time.time()
         models = json.dumps([{"name": m.name, "version": m.version, "provider": m.provider} for m in result.models])
+        series = {str(ds.SOPInstanceUID): str(ds.get("SeriesInstanceUID", "") or "") or None for ds in result.datasets}
         with conn:
             for sop_uid, sop_class, path in files:
                 conn.execute(
-                    "INSERT OR REPLACE INTO results (sop_instance_uid, job_id, sop_class_uid, path, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (sop_uid, job.id, sop_class, str(path), now),
+                    "INSERT OR REPLACE INTO results (sop_instance_uid, job_id, sop_class_uid, path, created_at,"
+                    " series_instance_uid) VALUES (?, ?, ?, ?, ?, ?)",
+                    (sop_uid, job.id, sop_class, str(path), now, series.get(sop_uid)),
                 )
             created = add_deliveries(conn, job.id, [(uid, p) for uid, _c, p in files], job.destinations, now)
             conn.execute(
@@ -315,15 +362,16 @@ def _describe_worker(worker: Mapping[str, Any]) -> str:
 
 def write_result_files(result: PipelineResult, out_dir: Path) -> list[tuple[str, str, Path]]:
     """Write every result dataset as a DICOM file under ``out_dir`` (fsynced); returns (sop, class, path)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(out_dir)
     written = []
     for ds in result.datasets:
         sop_uid = str(ds.SOPInstanceUID)
         sop_class = str(ds.SOPClassUID)
         final = out_dir / f"{sop_uid}.dcm"
         tmp = out_dir / f".{sop_uid}.tmp"
-        ds.save_as(tmp, enforce_file_format=True)
-        with open(tmp, "rb+") as fh:
+        with open_private(tmp) as fh:  # 0600: results carry patient data
+            ds.save_as(fh, enforce_file_format=True)
+            fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         written.append((sop_uid, sop_class, final))
@@ -434,7 +482,7 @@ class JobRunner:
         try:
             shutil.rmtree(out_dir, ignore_errors=True)  # leftovers of an interrupted run are never dispatched
             shutil.rmtree(work_dir, ignore_errors=True)
-            work_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(work_dir)
             request = JobRequest(job_id=job.id, attempt=job.attempts, pipeline=job.pipeline,
                                  study=self.load_study(job.study_uid), options=self.options_for(job.pipeline),
                                  work_dir=work_dir)

@@ -48,6 +48,7 @@ from pydicom.uid import (
 )
 
 from .config import DicomwebSource, DimseSource, NodeConfig
+from .spool import OwnResultError
 
 __all__ = [
     "RetrieveError",
@@ -82,6 +83,7 @@ class RetrieveResult:
     stored: int = 0
     failed: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
+    own_results: int = 0  # the node's own results found in the study: not stored
     delivered_to_node: bool = False  # C-MOVE received by the running node's own listener
 
     def as_dict(self) -> dict[str, Any]:
@@ -115,6 +117,9 @@ def _retrieve_wado(name: str, src: DicomwebSource, study_uid: str, spool: Any, t
         for ds in client.iter_study(study_uid):
             try:
                 stored = store_dataset(spool, ds, calling_ae=name)
+            except OwnResultError:
+                result.own_results += 1
+                continue
             except Exception as exc:  # one bad instance does not stop the study
                 result.failed += 1
                 result.errors.append(f"{ds.get('SOPInstanceUID', '?')}: {exc}")
@@ -143,6 +148,9 @@ def _store_handler(spool: Any, calling_ae: str, result: RetrieveResult,
     def handle(event: Any) -> int:
         try:
             stored = store_event(spool, event, calling_ae=calling_ae, source="retrieve")
+        except OwnResultError:
+            result.own_results += 1
+            return 0x0000
         except Exception as exc:
             result.failed += 1
             result.errors.append(f"{event.request.AffectedSOPInstanceUID}: {exc}")
@@ -284,10 +292,10 @@ def complete_study_now(config: NodeConfig, conns: Any, load_study: Callable[[str
     return tracker.fire(study_uid)
 
 
-def _open_spool(config: NodeConfig) -> Any:
+def _open_spool(config: NodeConfig, own_results: Any = None) -> Any:
     from .spool import Spool
 
-    return Spool(config.node.storage_path, config.node.min_free_mb)
+    return Spool(config.node.storage_path, config.node.min_free_mb, own_results=own_results)
 
 
 def _wait_jobs(conns: Any, job_ids: list[int], timeout_s: float) -> list[dict[str, Any]]:
@@ -304,17 +312,21 @@ def _wait_jobs(conns: Any, job_ids: list[int], timeout_s: float) -> list[dict[st
 def cmd_process_study(args: argparse.Namespace, config: NodeConfig) -> int:
     """``cardionode process --study UID --from SOURCE [--wait S]``: retrieve, route, optionally wait."""
     from . import db
-    from .jobs import LocalConnections
+    from .jobs import LocalConnections, OwnResults, migrate
     from .service import STATE_SCHEMA
 
     conns = LocalConnections(config.node.storage_path)
     db.ensure_schema(conns.get(), STATE_SCHEMA)
-    spool = _open_spool(config)
+    migrate(conns.get())
+    own_results = OwnResults(config.node.storage_path)
+    spool = _open_spool(config, own_results)
     try:
         result = retrieve_study(config, args.source, args.study, spool, timeout_s=args.timeout)
     except RetrieveError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        own_results.close()
     out: dict[str, Any] = {"retrieve": result.as_dict()}
     if result.delivered_to_node:
         out["jobs"] = []

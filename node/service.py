@@ -34,7 +34,8 @@ from .config import ConfigError, NodeConfig
 from .dispatch.queue import DISPATCH_SCHEMA, Dispatcher
 from .executors import Executor, ExecutorStatus, executor_pipelines, make_executor
 from .executors.status_file import write_status
-from .jobs import JOBS_SCHEMA, JobQueue, JobRunner, LocalConnections
+from .files import DIR_MODE, open_private, private_dir
+from .jobs import JOBS_SCHEMA, JobQueue, JobRunner, LocalConnections, OwnResults, migrate
 from .retention import RetentionSweeper
 from .routing import Router
 
@@ -80,6 +81,7 @@ class NodeService:
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.models: Any = None
         self.spool: Any = None
+        self.own_results: OwnResults | None = None
         self.dimse: Any = None
         self.web: Any = None
         self.metrics: Any = None
@@ -130,7 +132,9 @@ class NodeService:
     def _make_spool(self) -> Any:
         from .spool import Spool
 
-        return Spool(self.storage_dir, self.config.node.min_free_mb, on_stored=self._on_stored)
+        self.own_results = OwnResults(self.storage_dir)
+        return Spool(self.storage_dir, self.config.node.min_free_mb, on_stored=self._on_stored,
+                     own_results=self.own_results)
 
     def _study_completed(self) -> None:
         assert self.runner is not None
@@ -219,9 +223,13 @@ class NodeService:
     def start(self) -> None:
         cfg = self.config
         self.preflight()
+        private_dir(self.storage_dir)
+        os.chmod(self.storage_dir, DIR_MODE)  # patient data inside: the node's user only
         conn = self.conns.get()
         db.ensure_schema(conn, STATE_SCHEMA)
-        (self.storage_dir / PID_FILE_NAME).write_text(f"{os.getpid()}\n", encoding="ascii")
+        migrate(conn)
+        with open_private(self.storage_dir / PID_FILE_NAME) as pid_file:
+            pid_file.write(f"{os.getpid()}\n".encode("ascii"))
         self._pid_written = True
 
         self.models = self._make_models()
@@ -354,6 +362,8 @@ class NodeService:
         close = getattr(self.spool, "close", None)
         if close is not None:
             close()
+        if self.own_results is not None:
+            self.own_results.close()
         if self._pid_written:
             try:
                 (self.storage_dir / PID_FILE_NAME).unlink()

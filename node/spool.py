@@ -25,6 +25,7 @@ import os
 import queue
 import re
 import shutil
+import sqlite3
 import struct
 import threading
 import time
@@ -40,6 +41,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from . import db
+from .files import DIR_MODE, open_private, private_dir
 from .fsync import fsync_dir, fsync_path
 from .index import InstanceIndex
 
@@ -50,8 +52,11 @@ __all__ = [
     "SpoolError",
     "InvalidInstanceError",
     "DatasetMismatchError",
+    "DuplicateInstanceError",
     "OutOfSpaceError",
+    "OwnResultError",
     "check_uid",
+    "is_out_of_space",
     "InstanceHeader",
     "read_header",
 ]
@@ -87,10 +92,38 @@ class DatasetMismatchError(SpoolError):
     status = 0xA900
 
 
+class DuplicateInstanceError(SpoolError):
+    """The SOP Instance UID is already stored under another study or series (DICOM 0x0111,
+    Duplicate SOP Instance); the stored instance is kept."""
+
+    status = 0x0111
+
+
+class OwnResultError(Exception):
+    """The instance is one of the node's own results coming back (a PACS forwarding it, a study
+    retrieved with it): nothing is stored and completion is not triggered.  Not a failure: the
+    node holds the object already (it made it), so ingest answers success and logs it."""
+
+    def __init__(self, sop_instance_uid: str, series_instance_uid: str, study_instance_uid: str) -> None:
+        super().__init__(f"SOP instance {sop_instance_uid} (series {series_instance_uid}) is a result of this node")
+        self.sop_instance_uid = sop_instance_uid
+        self.series_instance_uid = series_instance_uid
+        self.study_instance_uid = study_instance_uid
+
+
 class OutOfSpaceError(SpoolError):
     """Free space on the spool's filesystem is below ``min_free_mb``."""
 
     status = 0xA700
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT from the filesystem, or SQLite's "database or disk is full"."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return False
 
 
 def check_uid(value: Any, what: str) -> str:
@@ -398,22 +431,27 @@ class Spool:
     ``on_stored`` listeners run after the file is durable and the row committed,
     before the caller answers success; an exception in a listener is logged and
     does not undo the store (``Spool.recover`` + completion reconcile cover crashes).
+    ``own_results`` (``contains(sop_uid, series_uid) -> bool``, e.g.
+    :class:`node.jobs.OwnResults`) recognises the node's own results: they raise
+    :class:`OwnResultError` instead of being stored.
     """
 
     def __init__(self, storage_dir: str | Path, min_free_mb: int = 0,
-                 on_stored: Callable[[StoredInstance], None] | None = None) -> None:
+                 on_stored: Callable[[StoredInstance], None] | None = None, own_results: Any = None) -> None:
         self.storage_dir = Path(storage_dir)
         self.min_free_mb = int(min_free_mb)
         self.root = self.storage_dir / "spool"
         self.incoming = self.root / ".incoming"
         self.on_stored: list[Callable[[StoredInstance], None]] = [on_stored] if on_stored else []
+        self.own_results = own_results
         self._lock = threading.Lock()
+        self._in_flight: dict[str, tuple[str, str, int]] = {}  # SOP UID -> (study, series, commits), under _lock
         self._dir_lock = threading.Lock()
         self._durable_dirs: set[Path] = set()
         self._release_lock = threading.Lock()
         self._release_queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
         self._releaser: threading.Thread | None = None
-        self.incoming.mkdir(parents=True, exist_ok=True)
+        private_dir(self.incoming)
         for d in (self.storage_dir, self.root, self.incoming):
             fsync_dir(d)
             self._durable_dirs.add(d)
@@ -425,6 +463,10 @@ class Spool:
     # ------------------------------------------------------------------ public API
     def add_listener(self, fn: Callable[[StoredInstance], None]) -> None:
         self.on_stored.append(fn)
+
+    def is_own_result(self, sop_instance_uid: str, series_instance_uid: str) -> bool:
+        """True when the instance is (in a series of) one of the node's own results."""
+        return self.own_results is not None and self.own_results.contains(sop_instance_uid, series_instance_uid)
 
     def has_space(self, incoming_bytes: int = 0) -> bool:
         """True when the spool's filesystem keeps ``min_free_mb`` free after ``incoming_bytes``."""
@@ -443,7 +485,7 @@ class Spool:
         tmp = self._temp_path()
         try:
             meta = FileMetaDataset(file_meta)
-            with open(tmp, "wb") as f:
+            with open_private(tmp, exclusive=True) as f:
                 f.write(b"\x00" * 128 + b"DICM")
                 write_file_meta_info(f, meta, enforce_standard=True)
                 if isinstance(dataset_stream, (bytes, bytearray, memoryview)):
@@ -588,7 +630,7 @@ class Spool:
     @staticmethod
     def _copy(src: Path, dst: Path) -> None:
         """Kernel-side copy (no Python buffers) where the platform has one."""
-        with open(src, "rb") as fi, open(dst, "wb") as fo:
+        with open(src, "rb") as fi, open_private(dst, exclusive=True) as fo:
             try:
                 remaining = os.fstat(fi.fileno()).st_size
                 while remaining > 0:
@@ -623,7 +665,7 @@ class Spool:
             missing.append(p)
             p = p.parent
         for d in reversed(missing):
-            d.mkdir(exist_ok=True)
+            d.mkdir(mode=DIR_MODE, exist_ok=True)
             fsync_dir(d.parent)
         self._durable_dirs.add(folder)
 
@@ -650,11 +692,37 @@ class Spool:
             instance_number=header.instance_number,
         )
 
+    def _claim(self, inst: StoredInstance) -> None:
+        """Refuse an instance whose SOP Instance UID is stored (or being stored) under another study
+        or series: a SOP Instance UID names one object, and replacing it would move it out of the
+        study that holds it.  A re-sent copy in the same series is claimed alongside."""
+        key = (inst.study_instance_uid, inst.series_instance_uid)
+        with self._lock:
+            row = self._index.get(inst.sop_instance_uid)
+            held = self._in_flight.get(inst.sop_instance_uid)
+            where = ((row["study_instance_uid"], row["series_instance_uid"]) if row is not None
+                     else held[:2] if held is not None else key)
+            if where != key:
+                raise DuplicateInstanceError(
+                    f"SOP Instance UID {inst.sop_instance_uid} is already stored in study {where[0]} series "
+                    f"{where[1]}; refused for study {key[0]} series {key[1]} (the stored instance is kept)")
+            self._in_flight[inst.sop_instance_uid] = (*key, (held[2] if held else 0) + 1)
+
+    def _unclaim(self, inst: StoredInstance) -> None:
+        with self._lock:
+            study, series, n = self._in_flight[inst.sop_instance_uid]
+            if n > 1:
+                self._in_flight[inst.sop_instance_uid] = (study, series, n - 1)
+            else:
+                del self._in_flight[inst.sop_instance_uid]
+
     def _commit(self, tmp: Path, *, calling_ae: str, source: str, expect_sop_class: str | None = None,
                 expect_sop_instance: str | None = None) -> StoredInstance:
         """Validate ``tmp`` (on the spool filesystem), make it durable at its final path, index it."""
         header = read_header(tmp)
         sop_class, sop_uid = header.sop_class, header.sop_instance
+        if not sop_class or not sop_uid:
+            raise InvalidInstanceError("dataset without SOP Class/Instance UID (empty or truncated)")
         if expect_sop_class is not None and sop_class != expect_sop_class:
             raise DatasetMismatchError(f"dataset SOP Class {sop_class!r} is not the requested {expect_sop_class!r}")
         if expect_sop_instance is not None and sop_uid != expect_sop_instance:
@@ -664,19 +732,23 @@ class Spool:
             raise DatasetMismatchError("File Meta Information does not match the dataset's SOP Class/Instance UID")
         inst = self._instance(header, calling_ae=calling_ae, source=source, received_at=time.time(),
                               replaced=False)
-        fsync_path(tmp)
-        dest = inst.path
-        self._ensure_dir(dest.parent)
-        replaced_copy = self._keep_old_copy(dest)
-        existed = replaced_copy is not None or dest.exists()
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-        if replaced_copy is not None:
-            self._release_later(replaced_copy)
-        with self._lock:
-            previous = self._index.upsert(inst)
-        if previous is not None and previous != dest:
-            previous.unlink(missing_ok=True)  # the instance moved to another study/series
+        if self.is_own_result(inst.sop_instance_uid, inst.series_instance_uid):
+            raise OwnResultError(inst.sop_instance_uid, inst.series_instance_uid, inst.study_instance_uid)
+        self._claim(inst)
+        try:
+            fsync_path(tmp)
+            dest = inst.path
+            self._ensure_dir(dest.parent)
+            replaced_copy = self._keep_old_copy(dest)
+            existed = replaced_copy is not None or dest.exists()
+            os.replace(tmp, dest)
+            fsync_dir(dest.parent)
+            if replaced_copy is not None:
+                self._release_later(replaced_copy)
+            with self._lock:
+                previous = self._index.upsert(inst)
+        finally:
+            self._unclaim(inst)
         if existed or previous is not None:
             inst = dataclasses.replace(inst, replaced=True)
         for fn in list(self.on_stored):

@@ -49,7 +49,7 @@ def sr_groups(sr) -> dict[str, dict[str, float | str]]:
                 out[tid] = {}
                 walk(item.ContentSequence, out[tid])
                 continue
-            if current is not None and item.get("ValueType") == "NUM" and "MeasuredValueSequence" in item:
+            if current is not None and item.get("ValueType") == "NUM" and item.get("MeasuredValueSequence"):
                 current[code] = float(item.MeasuredValueSequence[0].NumericValue)
             if current is not None and item.get("ValueType") == "CODE":
                 current.setdefault(code, str(item.ConceptCodeSequence[0].CodeValue))

@@ -34,7 +34,7 @@ def sr_measurements(sr: pydicom.Dataset) -> dict[str, float]:
 
     def walk(items):
         for item in items:
-            if item.get("ValueType") == "NUM" and "MeasuredValueSequence" in item:
+            if item.get("ValueType") == "NUM" and item.get("MeasuredValueSequence"):
                 key = str(item.ConceptNameCodeSequence[0].CodeValue)
                 group = out.setdefault(key, [])
                 group.append(float(item.MeasuredValueSequence[0].NumericValue))

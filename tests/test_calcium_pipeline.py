@@ -11,11 +11,14 @@ from node.config import ModelsSection
 from pipelines.base import PipelineContext, PipelineInputError, StudyView
 from pipelines.calcium.labels import CLASS_BY_VALUE, CLASSES
 from pipelines.calcium.options import CalciumOptions, OptionsError
+from pipelines.calcium.outputs import score_concept
 from pipelines.calcium.pipeline import CalciumPipeline
 from pipelines.calcium.preprocess import PreprocessConfig, prepare_slices
 from pipelines.imaging import load_volume
 from pipelines.runtime import ModelStore, bundled_models_dir
 from tests.calcium_fixtures import dciodvfy_errors, phantom_ct_study, sr_groups
+from tests.support.sr_content import groups as sr_content_groups
+from tests.support.sr_content import structure_problems
 from training.calcium.data import slices_from_volume
 from training.calcium.phantom import hand_agatston, make_phantom
 from training.synth.dicom import new_study, write_ct_series
@@ -137,11 +140,16 @@ def test_pipeline_outputs_and_scores(run_result):
         g = groups[f"Calcium {c.key}"]
         expected = hand.get(c.value, 0.0)
         tol = AGATSTON_REL_TOL if c.coronary else NONCORONARY_CLASS_REL_TOL
-        assert g["450360000"] == pytest.approx(expected, rel=tol, abs=1.0), c.name
+        assert g[score_concept(c).value] == pytest.approx(expected, rel=tol, abs=1.0), c.name
         if expected:
             assert CLASS_BY_VALUE[c.value].name in segs
     coronary_hand = sum(v for k, v in hand.items() if CLASS_BY_VALUE[k].coronary)
     assert groups["Calcium total coronary"]["450360000"] == pytest.approx(coronary_hand, rel=AGATSTON_REL_TOL)
-    assert groups["Calcium total all classes"]["450360000"] == pytest.approx(sum(hand.values()), rel=AGATSTON_REL_TOL)
+    assert groups["Calcium total all classes"]["ALL-CA-SCORE"] == pytest.approx(sum(hand.values()), rel=AGATSTON_REL_TOL)
     assert result.summary["risk_category"] == CalciumOptions().risk_bounds.name(result.summary["agatston_coronary"])
     assert groups["Calcium total coronary"]["CAC-RISK"] == f"CAC-{result.summary['risk_category']}"
+    # structure viewers rely on: each class with calcium drawn on its key slice, the rest location-less
+    assert structure_problems(sr) == []
+    located = {k: g for k, g in sr_content_groups(sr).items() if g.container == "126010"}
+    assert set(located) == {f"Calcium {c.key}" for c in CLASSES if result.summary["per_class"][c.key]["lesions"]}
+    assert "450360000" not in sr_content_groups(sr)["Calcium AV"].numbers  # not a coronary score

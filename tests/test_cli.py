@@ -113,6 +113,11 @@ def test_serve_with_the_default_config_file_answers_echo_and_stops_on_sigterm(tm
                 return False
 
         assert wait_for(healthy, 30), f"no /healthz on the HTTP port {http_port}"
+        # secure defaults: the HTTP port listens on loopback only, STOW-RS and the status API need a token
+        assert _listening_addresses(http_port) == {"127.0.0.1"}
+        assert requests.post(f"http://127.0.0.1:{http_port}/dicom-web/studies", data=b"--b--", timeout=5, headers={
+            "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}).status_code == 401
+        assert requests.get(f"http://127.0.0.1:{http_port}/api/studies", timeout=5).status_code == 401
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(60)
         assert rc == 0, proc.stdout.read()[-4000:]
@@ -120,3 +125,24 @@ def test_serve_with_the_default_config_file_answers_echo_and_stops_on_sigterm(tm
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses of the TCP sockets listening on ``port`` (Linux /proc/net/tcp and tcp6)."""
+    import ipaddress
+
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr_hex, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(addr_hex)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # host-order words
+            found.add(str(ipaddress.ip_address(raw)))
+    return found

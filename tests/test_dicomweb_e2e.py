@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -108,7 +109,8 @@ def test_stow_in_process_and_stow_out_to_orthanc(env: dict[str, Any], tmp_path: 
         "latency": _metric(env, 'cardionode_job_latency_seconds_count{pipeline="test-sr"}'),
         "sent": _metric(env, 'cardionode_dispatch_queue{destination="orthanc",state="sent"}'),
     }
-    response = DICOMwebClient(url=env["url"] + "/dicom-web").store_instances([pydicom.dcmread(p) for p in paths])
+    response = DICOMwebClient(url=env["url"] + "/dicom-web", headers={"Authorization": f"Bearer {TOKEN}"}
+                              ).store_instances([pydicom.dcmread(p) for p in paths])
     assert len(response.ReferencedSOPSequence) == 3
     assert _metric(env, 'cardionode_instances_received_total{source="stow"}') == before["stow"] + 3
 
@@ -129,6 +131,32 @@ def test_stow_in_process_and_stow_out_to_orthanc(env: dict[str, Any], tmp_path: 
     assert dest["queue_depth"] == 0 and dest["last_success_at"] is not None
     studies = {s["study_uid"]: s for s in _api(env, "/api/studies")["studies"]}
     assert studies[study]["state"] == "processed"
+
+
+def test_own_result_sent_back_by_stow_is_acknowledged_not_stored_not_reprocessed(env: dict[str, Any],
+                                                                                 tmp_path: Path) -> None:
+    """A PACS that forwards the node's results back over DICOMweb makes no loop: the SR is answered as
+    stored, is not stored, the study is not processed again, and the return is counted."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    paths = write_ct_study(tmp_path / "s", n=2)
+    study = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
+    client = DICOMwebClient(url=env["url"] + "/dicom-web", headers=auth)
+    client.store_instances([pydicom.dcmread(p) for p in paths])
+    _wait(lambda: _done_jobs(env, study), 30, "the job")
+    [sr] = _wait(lambda: _result_in_orthanc(env, study), 30, "the SR in Orthanc")
+    returned = 'cardionode_own_results_returned_total{source="stow"}'
+    before = _metric(env, returned)
+    sr_bytes = env["orthanc"].instance_file(sr["ID"])
+    ds = pydicom.dcmread(io.BytesIO(sr_bytes))
+    response = client.store_instances([ds])
+    assert [str(i.ReferencedSOPInstanceUID) for i in response.ReferencedSOPSequence] == [ds.SOPInstanceUID]
+    assert _metric(env, returned) == before + 1
+    assert not list((env["work"] / "var" / "spool" / study).rglob(f"{ds.SOPInstanceUID}.dcm"))
+    time.sleep(2.5)  # > quiet_seconds: a reprocessing would have been queued by now
+    jobs = _api(env, f"/api/jobs?study={study}")["jobs"]
+    assert len(jobs) == 1 and jobs[0]["generation"] == 1, jobs
+    studies = {s["study_uid"]: s for s in _api(env, "/api/studies")["studies"]}
+    assert studies[study]["state"] == "processed" and studies[study]["generation"] == 1
 
 
 def test_dimse_ingest_counts_in_metrics(env: dict[str, Any], tmp_path: Path) -> None:

@@ -177,3 +177,65 @@ def test_peer_refusing_jpeg2000_gets_the_seg_uncompressed_with_the_same_masks(tm
         assert got.PerFrameFunctionalGroupsSequence == sent.PerFrameFunctionalGroupsSequence
     finally:
         plain.stop()
+
+
+class _StatusSCP:
+    """A pynetdicom storage SCP on a free port answering C-STOREs with ``statuses`` in turn
+    (``contexts``: the SOP classes it accepts)."""
+
+    def __init__(self, contexts: list[str], statuses: list[int]) -> None:
+        from pynetdicom import AE, evt
+
+        self.statuses = list(statuses)
+        self.received = 0
+        self.ae = AE(ae_title="PACS")
+        for uid in contexts:
+            self.ae.add_supported_context(uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        self.server = self.ae.start_server(("127.0.0.1", 0), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.port = self.server.server_address[1]
+
+    def _store(self, event) -> int:
+        self.received += 1
+        return self.statuses.pop(0) if self.statuses else 0x0000
+
+    def stop(self) -> None:
+        self.ae.shutdown()
+
+
+def _deliveries(conns, dest):
+    return [(r["state"], r["attempts"], r["last_error"]) for r in conns.get().execute(
+        "SELECT state, attempts, last_error FROM deliveries WHERE destination=? ORDER BY id", (dest,))]
+
+
+def test_statuses_that_can_never_succeed_fail_at_once_with_the_reason(tmp_path, conns):
+    """0x0122, 0xA9xx and a peer that accepts no presentation context fail the delivery at the first
+    attempt; a 0xC001 processing failure and 0xA700 stay pending for a retry."""
+    files = _results(tmp_path, 4)
+    sr_class = files[0][1]
+    scp = _StatusSCP([sr_class], [0x0122, 0xA900, 0xC001, 0xA700])
+    ct_only = _StatusSCP(["1.2.840.10008.5.1.4.1.1.2"], [])
+    settings = DispatchSection(max_attempts=50, backoff_initial_s=30, backoff_max_s=60, timeout_s=5)
+    conn = conns.get()
+    with conn:
+        add_deliveries(conn, 1, [(uid, p) for uid, _c, p in files], ["pacs"])
+        add_deliveries(conn, 1, [(uid, p) for uid, _c, p in files[:1]], ["ctonly"])
+    dispatcher = Dispatcher(conns.get, {"pacs": _dest(scp.port), "ctonly": _dest(ct_only.port)}, settings,
+                            "CARDIONODE")
+    dispatcher.start()
+    try:
+        assert _wait(lambda: all(a == 1 for _s, a, _e in _deliveries(conns, "pacs") + _deliveries(conns, "ctonly")),
+                     15)
+        pacs = _deliveries(conns, "pacs")
+        assert [s for s, _a, _e in pacs] == ["failed", "failed", "pending", "pending"], pacs
+        assert "0x0122 (SOP class not supported): permanent" in pacs[0][2]
+        assert "0xA900 (data set does not match SOP class): permanent" in pacs[1][2]
+        assert pacs[2][2] == "C-STORE status 0xC001" and pacs[3][2] == "C-STORE status 0xA700"
+        [(state, attempts, error)] = _deliveries(conns, "ctonly")
+        assert (state, attempts) == ("failed", 1)
+        assert "accepted no presentation context for Comprehensive 3D SR Storage" in error, error
+        assert ct_only.received == 0
+    finally:
+        assert dispatcher.stop(10)
+        scp.stop()
+        ct_only.stop()

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import logging
 import os
+import re
 import socket
 import struct
 import time
@@ -22,10 +23,12 @@ from pynetdicom.dimse_primitives import C_STORE
 from node import db
 from node.config import NodeSection
 from node.index import InstanceIndex
+from node.jobs import JOBS_SCHEMA, OwnResults
 from node.ingest.dimse import DimseServer
 from node.spool import Spool
 from tests.support import synth
 from tests.support.peers import echoscu, storescu, wait_for
+from tests.support.rawdicom import RawAssociation
 
 pytestmark = [pytest.mark.integration]
 
@@ -46,7 +49,8 @@ class Node:
     def __init__(self, tmp: Path, **node_fields) -> None:
         fields = {"host": "127.0.0.1", "port": 0, "storage_dir": str(tmp / "var"), "min_free_mb": 0, **node_fields}
         self.node = dataclasses.replace(NodeSection(), **fields)
-        self.spool = Spool(self.node.storage_path, self.node.min_free_mb)
+        self.own_results = OwnResults(self.node.storage_path)
+        self.spool = Spool(self.node.storage_path, self.node.min_free_mb, own_results=self.own_results)
         self.stored: list = []
         self.spool.add_listener(self.stored.append)
         self.server = DimseServer(self.node, self.spool).start()
@@ -57,6 +61,7 @@ class Node:
     def stop(self) -> None:
         self.server.stop()
         self.spool.close()
+        self.own_results.close()
         self.conn.close()
 
 
@@ -292,3 +297,120 @@ def test_header_walk_reads_identifying_attributes_and_refuses_broken_file_meta(t
         assert stored == [inst.path]
     finally:
         spool.close()
+
+
+@pytest.fixture()
+def text_log():
+    """The node's text log setup on a buffer for one test; the previous logging and pydicom
+    settings are restored afterwards."""
+    from pydicom import config as pydicom_config
+
+    from node.logging_setup import setup_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logging.getLogger("pynetdicom").level,
+             pydicom_config.settings.reading_validation_mode)
+    buf = io.StringIO()
+    setup_logging("text", "INFO", stream=buf)
+    try:
+        yield buf
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+        logging.getLogger("pynetdicom").setLevel(saved[2])
+        pydicom_config.settings.reading_validation_mode = saved[3]
+        logging.captureWarnings(False)
+
+
+_RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+
+
+def test_network_values_cannot_forge_log_lines_and_invalid_uids_log_once(tmp_path: Path, text_log) -> None:
+    """A UID with a newline from an unauthenticated caller is escaped in the text log (no forged line),
+    an invalid UID gives one refusal line (not pydicom's warning per element access), and an empty
+    dataset is 0xC210 as documented."""
+    n = Node(tmp_path)
+    try:
+        forged = "1.2.3\n2026-01-01 00:00:00,000 INFO cardionode.ingest: forged"
+        [src] = synth.ct_series(tmp_path / "ct", 1, 32)
+        ds = pydicom.dcmread(src)
+        ds.SOPInstanceUID = forged
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        _meta, data = split_part10_bytes(buf.getvalue())
+        assert _raw_c_store(n.port, CT, forged, data) == 0xC210
+        with RawAssociation(n.port) as raw:  # an empty dataset: one last-fragment PDV without bytes
+            assert raw.associate(CT) == 0x02
+            assert raw.c_store(CT, generate_uid(), b"") == 0xC210
+            raw.release()
+        assert echoscu(n.port).returncode == 0
+    finally:
+        n.stop()
+    lines = text_log.getvalue().splitlines()
+    assert lines and all(_RECORD_START.match(line) or line.startswith("    | ") for line in lines), lines
+    assert not any("forged" in line and not _RECORD_START.match(line) for line in lines)
+    refusals = [line for line in lines if "C-STORE refused" in line]
+    assert len(refusals) == 2, lines
+    assert "\\n2026-01-01" in refusals[0]  # the newline is written as \n inside the one record
+    assert not [line for line in lines if "Invalid value for VR" in line or "Non-conformant" in line], lines
+
+
+def split_part10_bytes(raw: bytes) -> tuple[pydicom.Dataset, bytes]:
+    """(File Meta, dataset bytes) of Part 10 bytes."""
+    fp = io.BytesIO(raw)
+    read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    return meta, fp.read()
+
+
+def test_sop_instance_uid_reused_under_another_study_is_refused_and_the_original_kept(node: Node, tmp_path: Path,
+                                                                                    caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="cardionode.ingest")
+    files = synth.ct_series(tmp_path / "ct", 3, 32)
+    assert storescu(node.port, files).returncode == 0
+    study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    stored = node.index.absolute(node.index.get(str(pydicom.dcmread(files[0]).SOPInstanceUID))["path"])
+    original = stored.read_bytes()
+
+    ds = pydicom.dcmread(files[0])
+    ds.StudyInstanceUID, ds.PatientName = generate_uid(), "Other^Patient"
+    other = tmp_path / "other.dcm"
+    ds.save_as(other, enforce_file_format=True)
+    r = storescu(node.port, [other])
+    assert r.returncode != 0 and "Status: 0x111" in _rejection(r), _rejection(r)[-800:]  # dcmtk: "Unknown Status"
+    assert len(node.index.study_view(study).instances) == 3
+    assert stored.read_bytes() == original
+    assert node.index.counts()["studies"] == 1
+    refusal = [rec for rec in caplog.records if rec.getMessage() == "C-STORE refused"]
+    assert [getattr(rec, "status", "") for rec in refusal] == ["0x0111"]
+    assert study in refusal[0].reason
+    # the same instance re-sent to its own study is still an idempotent replace
+    assert storescu(node.port, files[:1]).returncode == 0
+
+
+def test_own_result_sent_back_by_c_store_is_acknowledged_not_stored(node: Node, tmp_path: Path, caplog) -> None:
+    """An instance the node produced (recorded in ``results``: by SOP Instance UID or by series) that comes
+    back by C-STORE gets Success, is not stored, does not reach completion, and is logged."""
+    caplog.set_level(logging.WARNING, logger="cardionode.ingest")
+    db.ensure_schema(node.conn, JOBS_SCHEMA)
+    files = synth.ct_series(tmp_path / "ct", 3, 32)
+    by_uid = pydicom.dcmread(files[0])
+    other = synth.ct_series(tmp_path / "other", 1, 32)
+    with node.conn:
+        node.conn.execute("INSERT INTO jobs (id, study_uid, route_name, pipeline, state, next_attempt_at, created_at)"
+                          " VALUES (1, '1.2.3', 'r', 'p', 'done', 0, 0)")
+        node.conn.execute("INSERT INTO results (sop_instance_uid, job_id, sop_class_uid, path, created_at,"
+                          " series_instance_uid) VALUES (?, 1, ?, 'x', 0, ?)",
+                          (by_uid.SOPInstanceUID, CT, "1.2.3.999"))
+        node.conn.execute("INSERT INTO results (sop_instance_uid, job_id, sop_class_uid, path, created_at,"
+                          " series_instance_uid) VALUES ('1.2.3.998', 1, ?, 'y', 0, ?)",
+                          (CT, pydicom.dcmread(other[0]).SeriesInstanceUID))
+    assert storescu(node.port, [files[0], other[0], files[2]]).returncode == 0  # all three answered Success
+    assert [s.sop_instance_uid for s in node.stored] == [pydicom.dcmread(files[2]).SOPInstanceUID]
+    assert node.index.counts()["instances"] == 1
+    returned = [r for r in caplog.records if r.getMessage().startswith("own result sent back")]
+    assert sorted(getattr(r, "sop_instance") for r in returned) == sorted(
+        [by_uid.SOPInstanceUID, pydicom.dcmread(other[0]).SOPInstanceUID])

@@ -118,7 +118,7 @@ def test_interrupted_running_job_is_requeued_and_rerun_from_empty_results(tmp_pa
     assert conns.get().execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 2
 
 
-def test_completion_waits_for_quiet_then_enqueues_each_route_once_and_rearms_after_restart(tmp_path, conns):
+def test_completion_waits_for_quiet_then_enqueues_each_route_once_and_rearms_after_restart_with_fresh_quiet(tmp_path, conns):
     files = write_ct_study(tmp_path / "study", 2)
     view = StudyView.from_files(files)
     config = parse_config({
@@ -149,19 +149,25 @@ def test_completion_waits_for_quiet_then_enqueues_each_route_once_and_rearms_aft
         assert tracker.arrived(uid, 0.1, replaced=True) is None
     finally:
         sched.shutdown(wait=False)
-    # "restart": a study left waiting (timer lost) is re-armed and fires although overdue
+    # "restart": a study left waiting (timer lost) whose deadline passed while the node was down is
+    # re-armed with a fresh quiet period (its sender was probably still retrying), not fired at once
     other = "1.2.826.0.1.3680043.99.1"
     conn.execute("INSERT INTO pending_studies (study_uid, state, first_received_at, last_received_at, due_at,"
-                 " quiet_seconds) VALUES (?, 'waiting', 0, 0, 1, 30)", (other,))
+                 " quiet_seconds) VALUES (?, 'waiting', 0, 0, 1, 0.8)", (other,))
     sched2 = BackgroundScheduler(timezone="UTC")
     tracker2 = CompletionTracker(conns.get, Router(config), lambda u: view, sched2)
+    restarted = time.time()
     assert tracker2.rearm() == 1
+    assert conn.execute("SELECT due_at FROM pending_studies WHERE study_uid=?", (other,)).fetchone()[0] >= restarted + 0.8
     sched2.start()
     try:
+        time.sleep(0.5)
+        assert conn.execute("SELECT state FROM pending_studies WHERE study_uid=?", (other,)).fetchone()["state"] == "waiting"
         deadline = time.time() + 5
         while conn.execute("SELECT state FROM pending_studies WHERE study_uid=?", (other,)).fetchone()["state"] == "waiting":
             assert time.time() < deadline
             time.sleep(0.02)
+        assert time.time() - restarted >= 0.8
     finally:
         sched2.shutdown(wait=False)
     assert conn.execute("SELECT COUNT(*) FROM jobs WHERE study_uid=?", (other,)).fetchone()[0] == 2
@@ -180,3 +186,22 @@ def test_late_arrival_with_ignore_policy_is_counted_not_reprocessed(tmp_path, co
     row = conns.get().execute("SELECT state, generation, late_ignored FROM pending_studies").fetchone()
     assert tuple(row) == ("processed", 1, 1)
     assert conns.get().execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 1
+
+
+def test_an_older_database_gains_the_results_series_column(tmp_path):
+    from node.jobs import OwnResults, migrate
+
+    conn = db.connect(tmp_path)
+    conn.execute("CREATE TABLE results (sop_instance_uid TEXT PRIMARY KEY, job_id INTEGER NOT NULL,"
+                 " sop_class_uid TEXT NOT NULL, path TEXT NOT NULL, created_at REAL NOT NULL)")
+    conn.execute("INSERT INTO results VALUES ('1.2.3', 1, '1.2', 'p', 0)")
+    db.ensure_schema(conn, JOBS_SCHEMA)
+    migrate(conn)
+    migrate(conn)  # idempotent
+    assert "series_instance_uid" in {r[1] for r in conn.execute("PRAGMA table_info(results)")}
+    conn.close()
+    own = OwnResults(tmp_path)
+    try:
+        assert own.contains("1.2.3", "9.9") and not own.contains("1.2.4", "9.9")
+    finally:
+        own.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import pydicom
 import pytest
 
 from node.config import ModelsSection
@@ -16,6 +17,9 @@ from pipelines.myops.options import MyopsOptions, OptionsError
 from pipelines.myops.pipeline import MyopsPipeline
 from pipelines.myops.preprocess import build_grid_stack, label_on_grid
 from pipelines.runtime import ModelStore, bundled_models_dir
+from tests.myops_support import dciodvfy_errors
+from tests.support.sr_content import groups as sr_groups
+from tests.support.sr_content import structure_problems
 from training.myops.metrics import dice
 from training.myops.phantom import ground_truth_figures, make_phantom, write_dicom_study
 
@@ -123,6 +127,17 @@ def test_bundled_model_on_a_held_out_phantom_study(tmp_path):
     assert [ds.SOPClassUID for ds in res.datasets] == [
         "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"]  # SEG, SR, SC
     assert res.summary["segments"] == ["Edema", "Myocardium", "Scar"]  # none empty
+    # every tissue is drawn on its key LGE slice (TID 1410 under Imaging Measurements), dciodvfy-clean
+    sr = res.datasets[1]
+    assert structure_problems(sr) == []
+    assert {k: g.container for k, g in sr_groups(sr).items()} == {
+        "myocardium": "126010", "scar": "126010", "edema": "126010"}
+    lge_uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files if "/lge/" in str(f)}
+    for g in sr_groups(sr).values():
+        assert g.region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID in lge_uids
+    for i, ds in enumerate(res.datasets):
+        ds.save_as(tmp_path / f"out{i}.dcm", enforce_file_format=True)
+        assert dciodvfy_errors(tmp_path / f"out{i}.dcm") == []
     # Dice per tissue on the analysed LGE slices (the same path the pipeline took)
     from pipelines.imaging import load_volume, match_series
 

@@ -16,6 +16,7 @@ from pipelines.base import ModelInfo, StudyView
 from pipelines.imaging import load_volume
 from pipelines.outputs import (
     PHANTOM_DISCLAIMER,
+    RESEARCH_DISCLAIMER,
     AlgorithmIdentity,
     MeasurementGroupSpec,
     MeasurementSpec,
@@ -25,9 +26,13 @@ from pipelines.outputs import (
     build_segmentation,
     build_segmentation_for_volume,
     build_summary_image,
+    key_slice,
+    outline_box,
 )
 from pipelines.outputs import codes as C
 from tests.support.peers import DCIODVFY_BIN, dciodvfy
+from tests.support.sr_content import containers, structure_problems
+from tests.support.sr_content import groups as sr_groups
 from training.synth.dicom import new_study, write_ct_series, write_enhanced_ct, write_mr_series, write_xa_cine
 
 needs_dciodvfy = pytest.mark.skipif(not Path(DCIODVFY_BIN).exists(), reason="dicom3tools dciodvfy not installed")
@@ -56,6 +61,15 @@ def _mr_sources(out_dir: Path, values: np.ndarray) -> list[Path]:
     return write_mr_series(values, (8.0, 1.5, 1.5), out_dir, _study(), origin_xyz=(-40.0, -40.0, 0.0),
                            series_number=5, series_description="LGE PSIR SAX", protocol_name="LGE PSIR SAX",
                            sequence_name="*tfl2d1")
+
+
+def _dsr2html(path: Path) -> str:
+    """dcmtk's HTML rendering of an SR, tags stripped (what a person reads)."""
+    import re
+    import subprocess
+
+    html = subprocess.run(["dsr2html", str(path)], capture_output=True, text=True, timeout=60, check=True).stdout
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
 def _walk(items) -> Iterator[Dataset]:
@@ -118,7 +132,7 @@ def test_seg_skips_empty_segment_and_round_trips(ct, tmp_path: Path) -> None:
     assert seg.file_meta.TransferSyntaxUID == JPEG2000Lossless
     assert seg.SegmentationType == "BINARY"
     assert seg.ContentLabel == "CARDIONODE"
-    assert seg.ContentDescription == PHANTOM_DISCLAIMER
+    assert seg.ContentDescription == ALG.short_disclaimer and "phantom" in seg.ContentDescription
     assert "NOT FOR CLINICAL USE" in seg.SeriesDescription.upper()
     assert seg.StudyInstanceUID == ct.headers[0].StudyInstanceUID
     assert seg.SeriesInstanceUID != ct.headers[0].SeriesInstanceUID
@@ -201,21 +215,28 @@ def test_calcium_sr_with_segment_references(ct, tmp_path: Path) -> None:
     built = build_segmentation_for_volume(ct, _calcium_masks(ct), CALCIUM_SEGMENTS, algorithm=ALG,
                                           series_number=901, series_description="Coronary calcium SEG")
     category = C.risk_category("CAC-11-100", "Mild calcium burden (11-100)")
+    lad_mask = _calcium_masks(ct)[..., 0]
+    k = key_slice(lad_mask)
     groups = [
         MeasurementGroupSpec(
             "LAD", C.PATHOLOGIC_CALCIFICATION, C.LEFT_ANTERIOR_DESCENDING,
-            measurements=[MeasurementSpec(C.CORONARY_ARTERY_CALCIUM_SCORE, 42.5, C.SCORE, C.AGATSTON_SCORING_METHOD),
-                          MeasurementSpec(C.CALCIUM_VOLUME, 37.25, C.MM3)],
+            measurements=[MeasurementSpec(C.CORONARY_ARTERY_CALCIUM_SCORE, 42.5, C.AGATSTON_UNIT,
+                                          C.AGATSTON_SCORING_METHOD),
+                          MeasurementSpec(C.CALCIUM_VOLUME, 37.25, C.MM3),
+                          MeasurementSpec(C.LESION_COUNT, 2, C.LESIONS)],
             referenced_segment=built.ref("LAD calcium"),
+            region=outline_box(lad_mask[k], ct.headers[k]),
         ),
-        MeasurementGroupSpec(  # zero calcium: no segment, still reported
+        MeasurementGroupSpec(  # zero calcium: no segment, no region, still reported
             "LCX", C.PATHOLOGIC_CALCIFICATION, C.LEFT_CIRCUMFLEX,
-            measurements=[MeasurementSpec(C.CORONARY_ARTERY_CALCIUM_SCORE, 0.0, C.SCORE, C.AGATSTON_SCORING_METHOD)],
+            measurements=[MeasurementSpec(C.CORONARY_ARTERY_CALCIUM_SCORE, 0.0, C.AGATSTON_UNIT,
+                                          C.AGATSTON_SCORING_METHOD)],
             referenced_segment=built.ref("LCX calcium"),
         ),
         MeasurementGroupSpec(
             "Total", C.PATHOLOGIC_CALCIFICATION, C.HEART,
-            measurements=[MeasurementSpec(C.CORONARY_ARTERY_CALCIUM_SCORE, 61.0, C.SCORE, C.AGATSTON_SCORING_METHOD)],
+            measurements=[MeasurementSpec(C.CORONARY_ARTERY_CALCIUM_SCORE, 61.0, C.AGATSTON_UNIT,
+                                          C.AGATSTON_SCORING_METHOD)],
             qualitative=[QualitativeSpec(C.CALCIUM_RISK_CATEGORY, category)],
         ),
     ]
@@ -232,30 +253,42 @@ def test_calcium_sr_with_segment_references(ct, tmp_path: Path) -> None:
     assert "NOT FOR CLINICAL USE" in back.SeriesDescription.upper()
     scheme = back.CodingSchemeIdentificationSequence[0]
     assert scheme.CodingSchemeDesignator == "99CARDIONODE" and scheme.CodingSchemeUID == C.PRIVATE_SCHEME_UID
-    report = back.content
-    vol_groups = report.get_volumetric_roi_measurement_groups()
-    assert len(vol_groups) == 1
-    lad = vol_groups[0]
-    assert lad.tracking_identifier == "LAD" and lad.finding_type == C.PATHOLOGIC_CALCIFICATION
-    assert lad.finding_sites[0].value == C.LEFT_ANTERIOR_DESCENDING
-    ref = lad.referenced_segment
-    assert ref.referenced_sop_instance_uid == built.dataset.SOPInstanceUID and ref.referenced_segment_numbers == [1]
+    assert structure_problems(back) == []
+    assert back.ConceptNameCodeSequence[0].CodeValue == "126000"  # something is drawn: Imaging Measurement Report
+    g = sr_groups(back)
+    # the located finding is a TID 1410 planar ROI group under Imaging Measurements, on its key slice
+    planar = back.content.get_planar_roi_measurement_groups()
+    assert [x.tracking_identifier for x in planar] == ["LAD"]
+    lad = planar[0]
+    assert lad.finding_type == C.PATHOLOGIC_CALCIFICATION and lad.finding_sites[0].value == C.LEFT_ANTERIOR_DESCENDING
+    region = g["LAD"].region
+    assert region.GraphicType == "POLYLINE" and len(region.GraphicData) == 10
+    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ct.headers[k].SOPInstanceUID
+    rows, cols = np.nonzero(lad_mask[k])
+    xs, ys = region.GraphicData[0::2], region.GraphicData[1::2]
+    assert min(xs) <= cols.min() and max(xs) >= cols.max() + 1 and min(ys) <= rows.min() and max(ys) >= rows.max() + 1
     assert lad.tracking_uid == built.dataset.SegmentSequence[0].TrackingUID  # SEG and SR share the tracking UID
-    score, volume = lad.get_measurements()
+    score, volume, count = lad.get_measurements()
     assert (score.name, score.value, score.unit, score.method) == (
-        C.CORONARY_ARTERY_CALCIUM_SCORE, pytest.approx(42.5), C.SCORE, C.AGATSTON_SCORING_METHOD)
+        C.CORONARY_ARTERY_CALCIUM_SCORE, pytest.approx(42.5), C.AGATSTON_UNIT, C.AGATSTON_SCORING_METHOD)
     assert (volume.name, volume.value, volume.unit) == (C.CALCIUM_VOLUME, pytest.approx(37.25), C.MM3)
-    img_groups = report.get_image_measurement_groups()
-    assert [g.tracking_identifier for g in img_groups] == ["LCX", "Total"]
-    assert img_groups[0].get_measurements()[0].value == 0.0
-    qual = img_groups[1].get_qualitative_evaluations()[0]
-    assert qual.name == C.CALCIUM_RISK_CATEGORY and qual.value == category
+    assert g["LAD"].numbers["LESION-COUNT"] == 2 and g["LAD"].units["LESION-COUNT"] == "{lesions}"
+    # the NUM of a count is an integer ("2", not "2.0")
+    num = next(i for i in _walk(back.ContentSequence) if i.get("ValueType") == "NUM"
+               and i.ConceptNameCodeSequence[0].CodeValue == "LESION-COUNT")
+    assert str(num.MeasuredValueSequence[0].NumericValue) == "2"
+    # findings without an image location: TID 1501 groups under Derived Imaging Measurements
+    assert {k2: v.container for k2, v in g.items()} == {"LAD": "126010", "LCX": "126011", "Total": "126011"}
+    assert g["LCX"].numbers["450360000"] == 0.0
+    assert g["Total"].coded["CAC-RISK"] == "CAC-11-100"
+    # TID 4019 once per group (name, version, disclaimer) and in full once per container
     texts = _texts(back)
-    assert texts["Algorithm Name"][0] == "CardioNode calcium"
-    assert texts["Algorithm Version"][0] == "0.3.1"
+    assert texts["Algorithm Name"] == ["CardioNode calcium"] * 5  # 3 groups + 2 containers
+    assert set(texts["Algorithm Version"]) == {"0.3.1"}
     params = " | ".join(texts["Algorithm Parameters"])
-    assert PHANTOM_DISCLAIMER in params and "Agatston on 2.5 mm slices" in params and "cac-unet=2024.1" in params
-    observer = report.get_observer_contexts()[0]
+    assert params.count("Agatston on 2.5 mm slices") == 2 and params.count("cac-unet=2024.1") == 2
+    assert params.count(PHANTOM_DISCLAIMER) == 5 and RESEARCH_DISCLAIMER.split(" - ")[0] in params
+    observer = back.content.get_observer_contexts()[0]
     assert observer.observer_type == pydicom.sr.codedict.codes.DCM.Device
     # sources and SEG are the evidence; the image library lists every source slice
     evidence = {str(i.ReferencedSOPInstanceUID)
@@ -265,6 +298,10 @@ def test_calcium_sr_with_segment_references(ct, tmp_path: Path) -> None:
     library = [i for i in _walk(back.ContentSequence) if i.get("ValueType") == "IMAGE"]
     assert {str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in library} >= {
         str(h.SOPInstanceUID) for h in ct.headers}
+    # dcmtk renders every value with its concept name (SEPARATE containers)
+    html = _dsr2html(tmp_path / "sr.dcm")
+    assert "Coronary artery calcium score: 42.5 {Agatston}" in html
+    assert "Number of calcified lesions: 2 {lesions}" in html and "Calcium Volume: 37.25 mm3" in html
 
 
 @needs_dciodvfy
@@ -277,24 +314,30 @@ def test_syntax_sr_on_xa_with_private_codes(tmp_path: Path) -> None:
     alg = AlgorithmIdentity.from_models("syntax", "0.2.0", [ModelInfo("r3d18-lstm", "fold0-4", "CardioSyntax v2")])
     groups = [MeasurementGroupSpec(
         "SYNTAX", C.CORONARY_ARTERY_DISEASE_COMPLEXITY, C.HEART,
-        measurements=[MeasurementSpec(C.SYNTAX_SCORE, 27.3, C.SCORE),
-                      MeasurementSpec(C.SYNTAX_SCORE_LEFT, 20.1, C.SCORE, finding_site=C.LEFT_MAIN_CORONARY_ARTERY),
-                      MeasurementSpec(C.SYNTAX_SCORE_RIGHT, 7.2, C.SCORE, finding_site=C.RIGHT_CORONARY_ARTERY)],
+        measurements=[MeasurementSpec(C.SYNTAX_SCORE, 27.3, C.POINTS),
+                      MeasurementSpec(C.SYNTAX_SCORE_LEFT, 20.1, C.POINTS, finding_site=C.LEFT_MAIN_CORONARY_ARTERY),
+                      MeasurementSpec(C.SYNTAX_SCORE_RIGHT, 7.2, C.POINTS, finding_site=C.RIGHT_CORONARY_ARTERY)],
         qualitative=[QualitativeSpec(C.HIGH_SYNTAX_SCORE, C.YES)],
     )]
     sr = build_measurement_report(xa, procedure=C.CORONARY_ARTERIOGRAPHY, groups=groups, algorithm=alg,
                                   series_number=950, series_description="SYNTAX score SR")
     _save_and_validate(sr, tmp_path / "sr.dcm")
     back = hd.sr.srread(tmp_path / "sr.dcm")
-    assert back.SeriesDescription == "SYNTAX score SR"  # not phantom-trained: no disclaimer
+    # not phantom-trained: research use only, no phantom disclaimer
+    assert back.SeriesDescription == "SYNTAX score SR (research use only - not for clinical use)"
     assert PHANTOM_DISCLAIMER not in " ".join(sum(_texts(back).values(), []))
-    g = back.content.get_image_measurement_groups()[0]
-    values = {m.name.value: (m.value, m.unit.value) for m in g.get_measurements()}
-    assert values == {"SYNTAX": (pytest.approx(27.3), "{score}"), "SYNTAX-L": (pytest.approx(20.1), "{score}"),
-                      "SYNTAX-R": (pytest.approx(7.2), "{score}")}
-    assert g.get_measurements()[0].name.scheme_designator == "99CARDIONODE"
-    assert g.get_qualitative_evaluations()[0].value == C.YES
+    assert RESEARCH_DISCLAIMER in " ".join(_texts(back)["Algorithm Parameters"])
+    assert "126010" not in containers(back)  # nothing with an image location: no Imaging Measurements
+    # ... and not titled "Imaging Measurement Report" (OHIF 3.13 then opens its text view, not the
+    # measurement viewport that fails with nothing to draw)
+    assert back.ConceptNameCodeSequence[0].CodeValue == "MEAS-REPORT"
+    g = sr_groups(back)["SYNTAX"]
+    assert g.container == "126011"
+    assert g.numbers == {"SYNTAX": pytest.approx(27.3), "SYNTAX-L": pytest.approx(20.1), "SYNTAX-R": pytest.approx(7.2)}
+    assert set(g.units.values()) == {"{points}"}
+    assert g.coded["SYNTAX-HIGH"] == C.YES.value
     assert back.PerformedProcedureCodeSequence[0].CodeValue == "33367005"
+    assert structure_problems(back) == []
 
 
 @needs_dciodvfy
@@ -307,6 +350,8 @@ def test_summary_image(ct, tmp_path: Path) -> None:
     assert back.SeriesInstanceUID != ct.headers[0].SeriesInstanceUID and back.SeriesNumber == 903
     assert back.PhotometricInterpretation == "MONOCHROME2"
     assert PHANTOM_DISCLAIMER in back.ImageComments and "LAD 42.5" in back.ImageComments
+    assert "research use only" in back.ImageComments
+    assert "Laterality" not in back and back.BodyPartExamined  # unpaired part named: no empty Laterality
     px = back.pixel_array
     assert px.dtype == np.uint8 and px.shape[1] == 1024
     rows_with_text = np.flatnonzero(px.max(axis=1) > 128)
@@ -316,7 +361,7 @@ def test_summary_image(ct, tmp_path: Path) -> None:
 @needs_dciodvfy
 def test_sr_without_image_library_still_references_sources(ct, tmp_path: Path) -> None:
     groups = [MeasurementGroupSpec("Total", C.PATHOLOGIC_CALCIFICATION, C.HEART, measurements=[
-        MeasurementSpec(C.CORONARY_ARTERY_CALCIUM_SCORE, 0.0, C.SCORE, C.AGATSTON_SCORING_METHOD)])]
+        MeasurementSpec(C.CORONARY_ARTERY_CALCIUM_SCORE, 0.0, C.AGATSTON_UNIT, C.AGATSTON_SCORING_METHOD)])]
     sr = build_measurement_report(ct.source_datasets, procedure=C.CT_OF_HEART, groups=groups, algorithm=ALG,
                                   series_number=904, series_description="calcium", image_library=False)
     back = _save_and_validate(sr, tmp_path / "sr.dcm")
@@ -343,23 +388,32 @@ def test_myops_sr_references_overlapping_segments(tmp_path: Path) -> None:
     assert seg.dataset.file_meta.TransferSyntaxUID == JPEG2000Lossless
     myo_ml = masks[..., 0].sum() * vol.voxel_volume_mm3 / 1000
     scar_ml = masks[..., 1].sum() * vol.voxel_volume_mm3 / 1000
+
+    def region(i):
+        k = key_slice(masks[..., i])
+        return outline_box(masks[k, ..., i], vol.headers[k])
+
     groups = [
         MeasurementGroupSpec("myo", C.MYOCARDIUM, C.LEFT_VENTRICLE, referenced_segment=seg.ref("Myocardium"),
-                             measurements=[MeasurementSpec(C.VOLUME, myo_ml, C.ML)]),
+                             measurements=[MeasurementSpec(C.VOLUME, myo_ml, C.ML)], region=region(0)),
         MeasurementGroupSpec("scar", C.SCAR_TISSUE, C.LEFT_VENTRICLE, referenced_segment=seg.ref("Scar"),
                              measurements=[MeasurementSpec(C.VOLUME, scar_ml, C.ML),
-                                           MeasurementSpec(C.MYOCARDIAL_SCAR_FRACTION, 100 * scar_ml / myo_ml, C.PERCENT)]),
+                                           MeasurementSpec(C.MYOCARDIAL_SCAR_FRACTION, 100 * scar_ml / myo_ml, C.PERCENT)],
+                             region=region(1)),
     ]
     sr = build_measurement_report(vol.source_datasets, procedure=C.MR_OF_HEART, groups=groups, algorithm=ALG,
                                   series_number=932, series_description="MyoPS SR", referenced_seg=seg.dataset)
     _save_and_validate(seg.dataset, tmp_path / "seg.dcm")
     _save_and_validate(sr, tmp_path / "sr.dcm")
-    report = hd.sr.srread(tmp_path / "sr.dcm").content
-    got = {g.tracking_identifier: (g.referenced_segment.referenced_segment_numbers,
-                                   [(m.name.value, m.value, m.unit.value) for m in g.get_measurements()])
-           for g in report.get_volumetric_roi_measurement_groups()}
+    back = hd.sr.srread(tmp_path / "sr.dcm")
+    assert structure_problems(back) == []
+    got = {g.tracking_identifier: (g.tracking_uid, [(m.name.value, m.value, m.unit.value) for m in g.get_measurements()])
+           for g in back.content.get_planar_roi_measurement_groups()}
+    uids = {str(s.SegmentLabel): str(s.TrackingUID) for s in seg.dataset.SegmentSequence}
     assert got == {
-        "myo": ([1], [("118565006", pytest.approx(myo_ml), "mL")]),
-        "scar": ([2], [("118565006", pytest.approx(scar_ml), "mL"),
-                       ("SCAR-FRACTION", pytest.approx(100 * scar_ml / myo_ml), "%")]),
+        "myo": (uids["Myocardium"], [("118565006", pytest.approx(myo_ml), "mL")]),
+        "scar": (uids["Scar"], [("118565006", pytest.approx(scar_ml), "mL"),
+                                ("SCAR-FRACTION", pytest.approx(100 * scar_ml / myo_ml), "%")]),
     }
+    scar_region = sr_groups(back)["scar"].region
+    assert scar_region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == vol.headers[1].SOPInstanceUID

@@ -30,16 +30,20 @@ def _body(parts: list[tuple[str, bytes]], close: bool = True) -> bytes:
     return out
 
 
+TOKEN = "stow-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HEADERS = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
-           "Accept": "application/dicom+json"}
+           "Accept": "application/dicom+json", **AUTH}
 
 
 class Node:
-    def __init__(self, tmp_path: Path, max_upload_mb: int = 2048) -> None:
+    def __init__(self, tmp_path: Path, max_upload_mb: int = 2048, **node: object) -> None:
         from node.spool import Spool
 
         self.config = parse_config({"node": {"storage_dir": str(tmp_path / "var"), "http_host": "127.0.0.1",
-                                             "http_port": 0, "max_upload_mb": max_upload_mb, "min_free_mb": 0}})
+                                             "http_port": 0, "max_upload_mb": max_upload_mb, "min_free_mb": 0,
+                                             **node},
+                                    "api": {"token": TOKEN}})
         self.conns = LocalConnections(self.config.node.storage_dir)
         db.ensure_schema(self.conns.get(), STATE_SCHEMA)
         self.spool = Spool(self.config.node.storage_path, 0)
@@ -79,7 +83,7 @@ def _uids(paths: list[Path]) -> list[str]:
 def test_dicomweb_client_store_instances(node: Node, tmp_path: Path) -> None:
     paths = write_ct_study(tmp_path / "s", n=3)
     study = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
-    client = DICOMwebClient(url=node.url)
+    client = DICOMwebClient(url=node.url, headers=AUTH)
     response = client.store_instances([pydicom.dcmread(p) for p in paths])
     assert {str(i.ReferencedSOPInstanceUID) for i in response.ReferencedSOPSequence} == set(_uids(paths))
     assert "FailedSOPSequence" not in response
@@ -150,7 +154,7 @@ def test_malformed_multipart_400_stores_nothing(node: Node, tmp_path: Path) -> N
     "multipart/form-data; boundary=x",
 ])
 def test_wrong_media_type_415(node: Node, ctype: str) -> None:
-    r = requests.post(f"{node.url}/studies", data=b"--x--", headers={"Content-Type": ctype}, timeout=10)
+    r = requests.post(f"{node.url}/studies", data=b"--x--", headers={"Content-Type": ctype, **AUTH}, timeout=10)
     assert r.status_code == 415
 
 
@@ -173,6 +177,87 @@ def test_oversize_body_413_stores_nothing(tmp_path: Path) -> None:
                           headers=HEADERS, timeout=10)
         assert r.status_code == 413
         assert n.stored_uids(study) == set()
-        assert not list((Path(n.config.node.storage_dir) / "tmp" / "stow").glob("*"))  # temp bodies removed
+        assert not list(n.spool.incoming.glob("*"))  # temp bodies removed
+    finally:
+        n.stop()
+
+
+def test_sop_instance_uid_of_another_study_is_refused_0111_and_the_original_kept(node: Node, tmp_path: Path) -> None:
+    paths = write_ct_study(tmp_path / "s", n=2)
+    study = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
+    r = requests.post(f"{node.url}/studies", data=_body([("application/dicom", p.read_bytes()) for p in paths]),
+                      headers=HEADERS, timeout=10)
+    assert r.status_code == 200, r.text
+    ds = pydicom.dcmread(paths[0])
+    ds.StudyInstanceUID, ds.PatientName = "1.2.3.4.5", "Other^Patient"
+    moved = tmp_path / "moved.dcm"
+    ds.save_as(moved, enforce_file_format=True)
+    r = requests.post(f"{node.url}/studies", data=_body([("application/dicom", moved.read_bytes())]),
+                      headers=HEADERS, timeout=10)
+    assert r.status_code == 409, r.text
+    failed = pydicom.Dataset.from_json(r.json()).FailedSOPSequence[0]
+    assert int(failed.FailureReason) == 0x0111 and failed.ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    assert node.stored_uids(study) == set(_uids(paths))
+    assert node.stored_uids("1.2.3.4.5") == set()
+
+
+def _sc_and_sr(tmp_path: Path, study: str) -> list[Path]:
+    """A Secondary Capture image and a Comprehensive 3D SR of ``study`` (classes DIMSE refuses)."""
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+
+    from tests.fixtures.sr_pipeline import build_sr
+    from tests.support.synth import base_dataset
+    from pipelines.base import StudyView
+
+    sc = base_dataset(SecondaryCaptureImageStorage, study, generate_uid(), "OT")
+    sc.ConversionType = "WSD"
+    sc.SamplesPerPixel, sc.PhotometricInterpretation, sc.Rows, sc.Columns = 1, "MONOCHROME2", 8, 8
+    sc.BitsAllocated, sc.BitsStored, sc.HighBit, sc.PixelRepresentation = 8, 8, 7, 0
+    sc.PixelData = bytes(64)
+    sc.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
+    ct = write_ct_study(tmp_path / "ct", n=1, study_uid=study)
+    sr = build_sr(StudyView.from_files(ct), "not ours")
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    return [tmp_path / "sc.dcm", tmp_path / "sr.dcm"]
+
+
+def test_sop_classes_dimse_refuses_are_refused_0122(node: Node, tmp_path: Path) -> None:
+    """STOW-RS stores what C-STORE stores: Secondary Capture and Comprehensive 3D SR get 0x0122."""
+    study = "1.2.826.0.1.3680043.8.498.4242"
+    files = _sc_and_sr(tmp_path, study)
+    r = requests.post(f"{node.url}/studies", data=_body([("application/dicom", p.read_bytes()) for p in files]),
+                      headers=HEADERS, timeout=10)
+    assert r.status_code == 409, r.text
+    failed = pydicom.Dataset.from_json(r.json()).FailedSOPSequence
+    assert sorted(int(i.FailureReason) for i in failed) == [0x0122, 0x0122]
+    assert node.stored_uids(study) == set()
+    assert not [p for p in (Path(node.config.node.storage_dir) / "spool").rglob("*.dcm")]
+
+
+def test_stalled_body_gets_408_and_the_connection_is_closed(tmp_path: Path) -> None:
+    """A client that stops sending its body is answered 408 after node.http_body_timeout_s, its connection
+    closed and its buffered body removed; the node keeps serving."""
+    import socket
+    import time
+
+    n = Node(tmp_path, http_body_timeout_s=1.0)
+    try:
+        port = int(n.server.url.rsplit(":", 1)[1])
+        path = write_ct_study(tmp_path / "s", n=1)[0]
+        body = _body([("application/dicom", path.read_bytes())])
+        head = (f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in HEADERS.items()) + "\r\n").encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(head + body[: len(body) // 2])
+            t0 = time.monotonic()
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+            waited = time.monotonic() - t0
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert 0.8 <= waited < 6, waited
+        assert not list(n.spool.incoming.glob("*"))
+        r = requests.post(f"{n.url}/studies", data=body, headers=HEADERS, timeout=10)
+        assert r.status_code == 200, r.text
     finally:
         n.stop()

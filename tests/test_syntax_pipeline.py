@@ -19,6 +19,9 @@ from pipelines.syntax.ensemble import combine, score_from_output
 from pipelines.syntax.options import OptionsError, SyntaxOptions
 from pipelines.syntax.pipeline import SyntaxPipeline
 from pipelines.syntax.preprocess import CineConfig, preprocess_cine
+from pipelines.syntax.pipeline import side_scores
+from tests.support.sr_content import groups as sr_content_groups
+from tests.support.sr_content import structure_problems
 from training.syntax.data import load_video
 from training.syntax.phantom import make_study
 from training.synth.dicom import new_study, write_ct_series, write_xa_cine
@@ -49,7 +52,7 @@ def sr_numbers(sr: pydicom.Dataset) -> dict[str, dict[str, float | str]]:
                 out[tid] = {}
                 walk(it.ContentSequence, out[tid])
                 continue
-            if cur is not None and it.get("ValueType") == "NUM" and "MeasuredValueSequence" in it:
+            if cur is not None and it.get("ValueType") == "NUM" and it.get("MeasuredValueSequence"):
                 cur.setdefault(code, float(it.MeasuredValueSequence[0].NumericValue))
             if cur is not None and it.get("ValueType") == "CODE":
                 cur.setdefault(code, str(it.ConceptCodeSequence[0].CodeValue))
@@ -141,10 +144,12 @@ def test_xa_study_to_sr_and_summary(tmp_path) -> None:
         paths.append(tmp_path / f"out{i}.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
         assert dciodvfy_errors(paths[-1]) == [], paths[-1].name
-    # highdicom reads the SR back
+    # highdicom reads the SR back; scores without an image location are derived measurements
     back = hd.sr.srread(paths[0])
-    groups = back.content.get_image_measurement_groups()
-    assert sorted(g.tracking_identifier for g in groups) == ["SYNTAX left coronary", "SYNTAX right coronary", "SYNTAX total"]
+    groups = sr_content_groups(back)
+    assert sorted(groups) == ["SYNTAX left coronary", "SYNTAX right coronary", "SYNTAX total"]
+    assert {g.container for g in groups.values()} == {"126011"} and structure_problems(back) == []
+    assert groups["SYNTAX total"].units["SYNTAX"] == "{points}" and groups["SYNTAX total"].units["CINES-USED"] == "{cines}"
     g = check_sr(pydicom.dcmread(paths[0]))
     assert g["SYNTAX total"]["SYNTAX"] == pytest.approx(res.summary["syntax_total"], abs=0.01)
     c = res.summary["cines"]
@@ -173,3 +178,49 @@ def test_unusable_input_is_a_clear_input_error(tmp_path) -> None:
     with pytest.raises(PipelineInputError, match="all classified 'other'"):
         SyntaxPipeline().run(StudyView.from_files(files), PipelineContext(
             options={"left_max": 0.0, "right_min": 1.0}, models=store, work_dir=tmp_path))
+
+
+def test_side_scores_decide_high_only_when_possible() -> None:
+    scores = combine({0: (30.0, 0.0)}, None)
+    both = side_scores(scores, {"left": 2, "right": 1}, 0, 22.0)
+    assert (both.total, both.high, both.issues) == (30.0, True, ())
+    no_right = side_scores(scores, {"left": 2, "right": 0}, 1, 22.0)
+    assert (no_right.total, no_right.left, no_right.right, no_right.high) == (None, 30.0, None, True)
+    assert [i.scope for i in no_right.issues] == ["SYNTAX right coronary", "SYNTAX total"]
+    assert "1 cine(s) excluded" in no_right.issues[0].message
+    low = side_scores(combine({0: (10.0, 0.0)}, None), {"left": 2, "right": 0}, 0, 22.0)
+    assert low.high is None  # 10 alone: the total may or may not exceed 22
+
+
+def test_study_without_right_cines_is_partly_not_assessed(tmp_path) -> None:
+    """No right coronary cine in the study: right and total are 'not assessable' with the reason in
+    the SR (coded) and on the summary image, never a 0 score."""
+    st = make_study(4713, 96, n_right=0, n_other=0)
+    ident = new_study(seed=4713)
+    files = [write_xa_cine(c.frames, tmp_path / f"{n:02d}.dcm", ident, series_number=n + 1, seed=4713)
+             for n, c in enumerate(st.cines)]
+    store = ModelStore([bundled_models_dir()], ModelsSection(providers=("cpu",), warmup=False))
+    res = SyntaxPipeline().run(StudyView.from_files(files), PipelineContext(options={}, models=store, work_dir=tmp_path))
+    assert res.summary["cines"]["right"] == 0 and res.summary["cines"]["left"] == len(files)
+    assert res.summary["syntax_total"] is None and res.summary["syntax_right"] is None
+    assert res.summary["syntax_left"] is not None and res.summary["raw"]["right"] is None
+    assert [i["code"] for i in res.summary["not_assessable"]] == ["NO-CINE", "SIDE-MISSING"]
+    sr, sc = res.datasets
+    for i, ds in enumerate(res.datasets):
+        ds.save_as(tmp_path / f"out{i}.dcm", enforce_file_format=True)
+        assert dciodvfy_errors(tmp_path / f"out{i}.dcm") == []
+    hd.sr.srread(tmp_path / "out0.dcm")
+    g = sr_content_groups(sr)
+    assert "SYNTAX-R" not in g["SYNTAX right coronary"].numbers and "SYNTAX" not in g["SYNTAX total"].numbers
+    assert g["SYNTAX right coronary"].coded["ASSESSABILITY"] == "NOT-ASSESSABLE"
+    assert g["SYNTAX right coronary"].coded["NA-REASON"] == "NO-CINE"
+    assert g["SYNTAX total"].coded["NA-REASON"] == "SIDE-MISSING"
+    assert g["SYNTAX right coronary"].numbers["CINES-USED"] == 0
+    left = g["SYNTAX left coronary"].numbers["SYNTAX-L"]
+    assert left == pytest.approx(res.summary["syntax_left"], abs=0.01)
+    assert g["SYNTAX total"].coded.get("SYNTAX-HIGH") == ("373066001" if left > 22 else None)
+    assert "partly not assessable" in sr.SeriesDescription
+    assert "Right coronary: not assessed (0 cines)" in sc.ImageComments
+    assert "right 0.0" not in sc.ImageComments and "right not assessed" in sc.ImageComments  # raw line too
+    assert not [t for t in sr_texts(sr) if "right 0.00" in t]
+    assert "NOT ASSESSABLE - SYNTAX right coronary not assessable: no cine of the right coronary system" in sc.ImageComments

@@ -15,6 +15,7 @@ from node.dispatch.base import build_sender
 from tests.fixtures.studies import write_ct_study
 from tests.support.node_proc import NodeProcess, node_config
 from tests.support.peers import echo, free_port, require_binary, wait_for
+from tests.support.rawdicom import RawAssociation
 from tests.test_ingest import Node, split_part10
 
 pytestmark = [pytest.mark.integration]
@@ -44,7 +45,7 @@ def pki(tmp_path_factory) -> dict[str, Path]:
 def tls_node(tmp_path: Path, pki: dict[str, Path]):
     tls = TLSSection(certificate=str(pki["server_pem"]), private_key=str(pki["server_key"]),
                      ca_certificates=str(pki["ca_pem"]), require_client_certificate=True)
-    node = Node(tmp_path, tls=tls)
+    node = Node(tmp_path, tls=tls, association_timeout_s=3.0)
     yield node
     node.stop()
 
@@ -72,6 +73,15 @@ def test_peers_without_tls_or_client_certificate_get_no_association(tls_node, pk
     assert _dcmtk("echoscu", tls_node.port, pki, client_cert=False).returncode != 0  # TLS without a client cert
     assert tls_node.stored == []
     assert _dcmtk("echoscu", tls_node.port, pki).returncode == 0  # still serving
+
+
+def test_silent_tls_client_does_not_stop_other_tls_clients(tls_node, pki) -> None:
+    """The TLS handshake runs in the connection's own thread with the association deadline: a client that
+    opens TCP and never sends its ClientHello used to block pynetdicom's accept loop (every later client
+    hung); now the others are served and the silent one is closed after node.association_timeout_s."""
+    with RawAssociation(tls_node.port, source="127.0.0.2") as silent:
+        assert _dcmtk("echoscu", tls_node.port, pki).returncode == 0
+        assert silent.closed_by_peer(tls_node.node.association_timeout_s + 5)
 
 
 def test_dimse_sender_delivers_to_a_tls_destination(tls_node, pki, tmp_path: Path) -> None:

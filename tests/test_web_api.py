@@ -71,6 +71,22 @@ def test_stow_requires_token_when_configured(node_http) -> None:
     assert r.status_code == 401
 
 
+def test_default_config_needs_a_token_for_stow_and_serves_http_on_loopback(tmp_path: Path) -> None:
+    """Secure defaults: without an ``api`` section STOW-RS refuses (401) like the status API, and
+    ``node.http_host`` is loopback."""
+    config = parse_config({"node": {"storage_dir": str(tmp_path / "var"), "http_port": 0}})
+    assert config.node.http_host == "127.0.0.1" and config.api.stow_requires_token is True
+    server, conns = _serve(config)
+    try:
+        r = requests.post(server.url + "/dicom-web/studies", data=b"--b--", timeout=5,
+                          headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+        assert r.status_code == 401
+        assert requests.get(server.url + "/api/studies", timeout=5).status_code == 401
+    finally:
+        server.stop()
+        conns.close_all()
+
+
 def test_no_configured_token_means_api_closed(tmp_path: Path) -> None:
     server, conns = _serve(_config(tmp_path))
     try:

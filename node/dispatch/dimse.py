@@ -1,4 +1,12 @@
-"""DIMSE C-STORE SCU sender: one association per batch of result files."""
+"""DIMSE C-STORE SCU sender: one association per batch of result files.
+
+Failures that a retry cannot fix are marked permanent at once (the delivery
+fails with the reason, as the DICOMweb sender does): the peer accepts no
+presentation context for the file's SOP class, or answers 0x0122 (SOP class not
+supported), 0x0124 (not authorised) or 0xA9xx (data set does not match the SOP
+class).  Everything else (no connection, association rejected, timeouts, other
+failure statuses such as 0xA7xx or 0xCxxx) is retried with backoff.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,18 +16,27 @@ from typing import Any, Callable, Sequence
 
 import pydicom
 from pydicom.pixels.utils import pack_bits
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from .base import SendOutcome, SenderError
 
-__all__ = ["DimseSender", "SUCCESS_STATUSES"]
+__all__ = ["DimseSender", "SUCCESS_STATUSES", "PERMANENT_STATUSES", "permanent_reason"]
 
 log = logging.getLogger("cardionode.dispatch.dimse")
 
 #: Success and the C-STORE warning statuses (coercion, elements discarded, data set does not match):
 #: the peer has stored the instance.
 SUCCESS_STATUSES = {0x0000, 0x0001, 0xB000, 0xB006, 0xB007}
+#: C-STORE failure statuses that sending the same object again cannot change.
+PERMANENT_STATUSES = {0x0122: "SOP class not supported", 0x0124: "not authorised"}
+
+
+def permanent_reason(status: int) -> str | None:
+    """Why ``status`` is a permanent C-STORE failure, or None when a retry may succeed."""
+    if 0xA900 <= status <= 0xA9FF:
+        return "data set does not match SOP class"
+    return PERMANENT_STATUSES.get(status)
 
 
 def _tls_args(tls: Any, host: str) -> tuple[ssl.SSLContext, str] | None:
@@ -88,6 +105,15 @@ class DimseSender:
         except (OSError, ssl.SSLError) as exc:
             raise SenderError(f"{self.name}: cannot connect to {dest.host}:{dest.port}: {exc}") from exc
         if not assoc.is_established:
+            if _no_context_accepted(assoc):
+                names = ", ".join(sorted(UID(c).name for c in contexts))
+                reason = (f"{self.name}: {dest.ae_title}@{dest.host}:{dest.port} accepted no presentation context"
+                          f" for {names}: permanent failure, not retried")
+                refused = [SendOutcome(path, ok=False, error=reason, permanent=True) for path, _c, _t in headers]
+                for outcome in refused:
+                    if on_outcome is not None:
+                        on_outcome(outcome)
+                return refused
             if assoc.is_rejected:
                 raise SenderError(f"{self.name}: association rejected by {dest.ae_title}@{dest.host}:{dest.port}")
             raise SenderError(f"{self.name}: cannot associate with {dest.ae_title}@{dest.host}:{dest.port} (down, unreachable or timed out)")
@@ -105,7 +131,9 @@ class DimseSender:
                     continue
                 accepted = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class]
                 if not accepted:
-                    record(SendOutcome(path, ok=False, error=f"peer accepted no context for {sop_class}"))
+                    record(SendOutcome(path, ok=False, permanent=True,
+                                       error=f"peer accepted no presentation context for {UID(sop_class).name}:"
+                                             " permanent failure, not retried"))
                     continue
                 try:
                     if ts in {cx.transfer_syntax[0] for cx in accepted}:
@@ -125,10 +153,22 @@ class DimseSender:
                 elif int(code) in SUCCESS_STATUSES:
                     record(SendOutcome(path, ok=True, status=int(code)))
                 else:
-                    record(SendOutcome(path, ok=False, status=int(code), error=f"C-STORE status 0x{int(code):04X}"))
+                    why = permanent_reason(int(code))
+                    error = f"C-STORE status 0x{int(code):04X}"
+                    if why is not None:
+                        error += f" ({why}): permanent failure, not retried"
+                    record(SendOutcome(path, ok=False, status=int(code), error=error, permanent=why is not None))
         finally:
             if assoc.is_established:
                 assoc.release()
             else:
                 assoc.abort()
         return outcomes
+
+
+def _no_context_accepted(assoc: Any) -> bool:
+    """The peer accepted the association but none of its presentation contexts (pynetdicom then
+    aborts it): retrying the same SOP classes cannot succeed."""
+    primitive = assoc.acceptor.primitive
+    return (primitive is not None and getattr(primitive, "result", None) == 0x00
+            and not assoc.accepted_contexts and bool(assoc.rejected_contexts))

@@ -22,6 +22,8 @@ import pydicom
 
 from pipelines.base import InstanceRef, ModelInfo, PipelineResult, SeriesView, StudyView
 
+from ..files import open_private, private_dir
+
 __all__ = ["StudyBundle", "ResultPayload", "PathMapError"]
 
 
@@ -63,12 +65,13 @@ class StudyBundle:
         """The StudyView the pipeline gets: files written under ``directory`` (bytes) or the mapped paths."""
         if self.blobs is None:
             return self.study
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
         blobs = iter(self.blobs)
 
         def write(ref: InstanceRef) -> InstanceRef:
             path = directory / f"{ref.sop_instance_uid}.dcm"
-            path.write_bytes(next(blobs))
+            with open_private(path) as fh:  # patient data: 0600 on the worker too
+                fh.write(next(blobs))
             return dataclasses.replace(ref, path=path)
 
         return _map_instances(self.study, write)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 from pipelines.base import PipelineInputError, TransientPipelineError
 
 from ..config import ModelsSection, RayExecutorSection
+from ..files import open_private
 from .base import (
     Execution,
     ExecutorStatus,
@@ -171,9 +172,8 @@ class RayExecutor:
         if token_file is None and self.settings.address is None:
             path = Path(self.driver_settings.node_storage_dir) / EMBEDDED_TOKEN_NAME
             if not path.exists():
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(secrets.token_hex(32))
+                with open_private(path, exclusive=True) as fh:
+                    fh.write(secrets.token_hex(32).encode("ascii"))
             token_file = str(path)
         if token_file is not None:
             env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(Path(token_file).resolve()))

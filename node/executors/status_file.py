@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..files import open_private
 from .base import ExecutorStatus
 
 __all__ = ["STATUS_FILE_NAME", "write_status", "read_status"]
@@ -24,8 +25,9 @@ def write_status(storage_dir: Path, status: ExecutorStatus) -> None:
     """Replace ``<storage_dir>/executor.json`` with ``status`` (and our pid, and the time)."""
     path = Path(storage_dir) / STATUS_FILE_NAME
     tmp = path.with_name(f".{STATUS_FILE_NAME}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "updated_at": time.time(), **status.to_json()}, default=str),
-                   encoding="utf-8")
+    with open_private(tmp) as fh:  # 0600, like everything the node writes
+        fh.write(json.dumps({"pid": os.getpid(), "updated_at": time.time(), **status.to_json()},
+                            default=str).encode("utf-8"))
     os.replace(tmp, path)
 
 

@@ -5,26 +5,27 @@
   :data:`TRANSFER_SYNTAXES`; other abstract syntaxes are rejected per context
   at association time ("abstract syntax not supported").  A C-STORE that still
   names another SOP class gets 0x0122 (SOP Class Not Supported).
-* Datasets are streamed by pynetdicom to a temporary file
-  (``_config.STORE_RECV_CHUNKED_DATASET``, set process-wide by
-  :meth:`DimseServer.start`) and moved into the spool as received; only the
-  header is parsed.  Success is answered after the file is durable.
+* Datasets are streamed by pynetdicom to a file in the spool's ``.incoming``
+  folder (:mod:`node.ingest.transport`) and renamed into the spool as received;
+  only the header is parsed.  Success is answered after the file is durable.
+* Connections: admitted at accept time (:mod:`node.ingest.guard`: allow-list by
+  address, connections still negotiating per address and in total); every phase
+  has a deadline (A-ASSOCIATE-RQ, each PDU, idle between messages).
 * Association checks: calling AE allow-list (``node.allowed_callers``,
   "AE" or "AE@host") -> rejected-permanent / service-user / calling AE not
   recognised; called AE (``node.check_called_ae``) -> called AE not
-  recognised; ``node.max_associations`` -> rejected-transient / local limit.
+  recognised; ``node.max_associations`` (negotiated associations) ->
+  rejected-transient / local limit.
 * Optional TLS from ``node.tls``.
-* Statuses: 0xA700 when the spool is short of space (checked before
-  anything is written to it), 0xC210 for a malformed/truncated dataset,
+* Statuses: 0xA700 when the spool is short of space (before anything is
+  stored, or ENOSPC on the way), 0xC210 for a malformed/truncated dataset,
   0xA900 when the dataset's SOP Class/Instance differs from the request,
-  0xC211 for an unexpected error.  One log line per refusal, UIDs only.
+  0x0111 for a SOP Instance UID stored under another study, 0xC211 for an
+  unexpected error.  One log line per refusal, UIDs only.
 """
 from __future__ import annotations
 
-import errno
 import logging
-import queue
-import select
 import socket
 import ssl
 import threading
@@ -32,14 +33,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, _config, _handlers, evt
+from pynetdicom import AE, _handlers, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import AssociationSocket
 
 from ..config import NodeSection, TLSSection
-from ..spool import OutOfSpaceError, Spool, SpoolError, StoredInstance
+from ..spool import OutOfSpaceError, OwnResultError, Spool, SpoolError, StoredInstance, is_out_of_space
+from .admission import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, own_result_returned
+from .guard import ConnectionGuard
 from .policy import CallerPolicy
+from .transport import GuardedServer, IncomingFile, Limits, stream_datasets_to_spool
 
 __all__ = [
     "STORAGE_SOP_CLASSES",
@@ -52,29 +55,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("cardionode.ingest")
-
-STORAGE_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.12.1": "X-Ray Angiographic Image Storage",
-    "1.2.840.10008.5.1.4.1.1.12.1.1": "Enhanced XA Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
-}
-
-TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-]
 
 STATUS_SUCCESS = 0x0000
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -98,6 +78,10 @@ def store_event(spool: Spool, event: Any, *, calling_ae: str, source: str) -> St
         path = event.dataset_path
     except AttributeError:
         path = None
+    streamed = getattr(req, "_dataset_file", None)
+    if isinstance(streamed, IncomingFile) and streamed.error is not None:
+        streamed.discard()
+        raise streamed.error  # e.g. ENOSPC while the dataset arrived: 0xA700, nothing left behind
     if path is None:
         return spool.store_stream(event.file_meta, event.encoded_dataset(include_meta=False),
                                   calling_ae=calling_ae, source=source, **expect)
@@ -111,7 +95,7 @@ def status_for_error(exc: BaseException) -> int:
     """The C-STORE failure status for an exception from :func:`store_event`."""
     if isinstance(exc, SpoolError):
         return exc.status
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if is_out_of_space(exc):
         return STATUS_OUT_OF_RESOURCES
     return STATUS_PROCESSING_FAILURE
 
@@ -124,94 +108,34 @@ _PYNETDICOM_LOG_HANDLERS = (
     (evt.EVT_DIMSE_RECV, _handlers.standard_dimse_recv_handler),
     (evt.EVT_DIMSE_SENT, _handlers.standard_dimse_sent_handler),
 )
-_POLL_S = 0.005  # longest wait in select: data and outgoing primitives wake it; timers are checked this often
-_LOOP_DELAY_S = 0.0  # pause of the DUL loop between empty rounds (pynetdicom: 1 ms); ready() does the waiting
-
-
-class _WakingQueue(queue.Queue):
-    """The DUL's outgoing-primitive queue: a put also wakes the DUL thread waiting in ``select``."""
-
-    def __init__(self, wake: socket.socket) -> None:
-        super().__init__()
-        self._wake = wake
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        super().put(item, block, timeout)
-        try:
-            self._wake.send(b"\0")
-        except OSError:  # connection closed (pair closed) or the wake buffer is full: the DUL polls anyway
-            pass
-
-
-class _WaitingSocket(AssociationSocket):
-    """pynetdicom's association socket whose ``ready`` waits in ``select`` for data *or* an outgoing
-    primitive (up to :data:`_POLL_S`), instead of pynetdicom's check-then-sleep-1-ms loop.
-
-    pynetdicom's DUL thread asks ``ready`` and, when nothing happened, sleeps ``_run_loop_delay``
-    (1 ms) before asking again: the next C-STORE request waited 0.5-1 ms on average before it was
-    even read, and so did each response.  Here the thread sleeps inside ``select`` and wakes at
-    once; an idle association polls at 200 Hz instead of about 1 kHz.  Installed by :func:`_wait_in_select`.
-    """
-
-    _wake_r: socket.socket
-    _wake_w: socket.socket
-
-    @property
-    def ready(self) -> bool:
-        sock = self.socket
-        if sock is None or self._is_connected is False:
-            time.sleep(_POLL_S)  # keep the DUL loop paced while the connection goes away
-            return False
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():  # buffered TLS data select cannot see
-            return True
-        try:
-            readable, _, _ = select.select([sock, self._wake_r], [], [], _POLL_S)
-        except (OSError, TimeoutError, ValueError):
-            self.event_queue.put("Evt17")  # Evt17: transport connection closed (as pynetdicom does)
-            return False
-        if self._wake_r in readable:
-            try:
-                while self._wake_r.recv(4096):
-                    pass
-            except OSError:  # drained (non-blocking)
-                pass
-        return sock in readable
-
-    def close(self) -> None:
-        super().close()
-        for s in (self._wake_r, self._wake_w):
-            s.close()
-
-
-def _wait_in_select(assoc: Association) -> None:
-    """Make an accepted association's DUL thread wait in ``select`` (see :class:`_WaitingSocket`).
-
-    Called from ``EVT_CONN_OPEN``, before the association's threads start; leaves any socket
-    class other than pynetdicom's own alone.
-    """
-    dul = assoc.dul
-    sock = dul.socket
-    if type(sock) is not AssociationSocket or not dul.to_provider_queue.empty():
-        return
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    sock.__class__ = _WaitingSocket
-    sock._wake_r, sock._wake_w = wake_r, wake_w
-    dul.to_provider_queue = _WakingQueue(wake_w)
-    dul._run_loop_delay = _LOOP_DELAY_S
-
-
 class _NodeAE(AE):
-    """pynetdicom AE whose calling-AE allow-list depends on the caller's address.
+    """pynetdicom AE with the node's transport (:mod:`node.ingest.transport`) and checks.
 
-    pynetdicom checks ``require_calling_aet`` while negotiating, in the
-    association's own thread, so the requestor's address is known there.
+    * the calling-AE allow-list depends on the caller's address: pynetdicom checks
+      ``require_calling_aet`` while negotiating, in the association's own thread, so the requestor's
+      address is known there;
+    * connections still waiting for their A-ASSOCIATE-RQ do not count as active associations (they
+      are bounded by the :class:`~node.ingest.guard.ConnectionGuard` instead), so silent connections
+      cannot use up ``node.max_associations``;
+    * servers are :class:`~node.ingest.transport.GuardedServer`.
     """
 
-    def __init__(self, ae_title: str, policy: CallerPolicy) -> None:
+    def __init__(self, ae_title: str, policy: CallerPolicy, guard: ConnectionGuard, limits: Limits) -> None:
         super().__init__(ae_title=ae_title)
         self._policy = policy
+        self._guard = guard
+        self._limits = limits
+
+    @property
+    def active_associations(self) -> list[Association]:
+        return [a for a in super().active_associations
+                if not (a.is_acceptor and a.requestor.primitive is None)]
+
+    def make_server(self, address: Any, ae_title: str | None = None, contexts: Any = None,
+                    ssl_context: ssl.SSLContext | None = None, evt_handlers: Any = None,
+                    server_class: Any = None, **kwargs: Any) -> Any:
+        return super().make_server(address, ae_title, contexts, ssl_context, evt_handlers,
+                                   server_class=GuardedServer, guard=self._guard, limits=self._limits)
 
     @property  # type: ignore[override]
     def require_calling_aet(self) -> list[str]:
@@ -222,8 +146,12 @@ class _NodeAE(AE):
         return self._policy.titles_for(address) or [_NO_CALLER]
 
     @require_calling_aet.setter
-    def require_calling_aet(self, ae_titles: list[str]) -> None:
-        self._policy = CallerPolicy.from_config(ae_titles)
+    def require_calling_aet(self, ae_titles: list[str]) -> None:  # pynetdicom's AE.__init__ sets []
+        policy = CallerPolicy.from_config(ae_titles)
+        self._policy = policy
+        guard = getattr(self, "_guard", None)
+        if guard is not None:
+            guard.policy = policy
 
 
 def build_ssl_context(tls: TLSSection) -> ssl.SSLContext:
@@ -238,19 +166,19 @@ def build_ssl_context(tls: TLSSection) -> ssl.SSLContext:
     return ctx
 
 
-def build_storage_ae(node: NodeSection, spool: Spool | None = None, logger: logging.Logger | None = None) -> AE:
-    """The acceptor AE: contexts, AE-title checks, association limit, PDU size and timeouts.
-
-    ``spool`` and ``logger`` are accepted for symmetry with :class:`DimseServer`
-    (handlers are bound when the server starts).
-    """
-    ae = _NodeAE(node.ae_title, CallerPolicy.from_config(node.allowed_callers))
+def build_storage_ae(node: NodeSection, spool: Spool, logger: logging.Logger | None = None) -> AE:
+    """The acceptor AE: contexts, AE-title checks, connection guard, association limit, PDU size and
+    timeouts (handlers are bound when the server starts)."""
+    policy = CallerPolicy.from_config(node.allowed_callers)
+    guard = ConnectionGuard(policy, node.max_pending_per_host, node.max_pending, node.association_timeout_s)
+    limits = Limits(pdu_timeout_s=node.pdu_timeout_s, max_pdu=node.max_pdu, incoming_dir=spool.incoming)
+    ae = _NodeAE(node.ae_title, policy, guard, limits)
     ae.require_called_aet = node.check_called_ae
     ae.maximum_associations = node.max_associations
     ae.maximum_pdu_size = node.max_pdu
-    ae.acse_timeout = 30
-    ae.dimse_timeout = 120
-    ae.network_timeout = 120
+    ae.acse_timeout = node.association_timeout_s  # ARTIM: A-ASSOCIATE-RQ / A-RELEASE-RP waits
+    ae.dimse_timeout = node.idle_timeout_s
+    ae.network_timeout = node.idle_timeout_s  # established association without a PDU: A-ABORT
     ae.add_supported_context(Verification)
     for uid in STORAGE_SOP_CLASSES:
         ae.add_supported_context(uid, TRANSFER_SYNTAXES)
@@ -270,7 +198,7 @@ class DimseServer:
         self.spool = spool
         self.log = logger or log
         self.metrics = metrics
-        self.ae: AE | None = None
+        self.ae: _NodeAE | None = None
         self._server: Any = None
         self._busy: dict[int, int] = {}  # id(assoc) -> C-STOREs being handled
         self._busy_cond = threading.Condition()
@@ -283,9 +211,18 @@ class DimseServer:
             raise RuntimeError("DIMSE server not started")
         return int(self._server.server_address[1])
 
+    def connection_counts(self) -> dict[str, int]:
+        """Live connections: ``negotiating`` (admitted, no complete A-ASSOCIATE-RQ yet) and
+        ``associations`` (acceptor threads past that point)."""
+        if self._server is None or self.ae is None:
+            return {"negotiating": 0, "associations": 0}
+        alive = [a for a in self._server.active_associations if a.is_alive()]
+        return {"negotiating": self.ae._guard.pending(),
+                "associations": sum(1 for a in alive if a.requestor.primitive is not None)}
+
     def start(self) -> "DimseServer":
-        # Stream datasets to a temporary file instead of memory (process-wide pynetdicom setting).
-        _config.STORE_RECV_CHUNKED_DATASET = True
+        # Stream datasets to a file in the spool instead of memory (process-wide pynetdicom setting).
+        stream_datasets_to_spool()
         self.ae = build_storage_ae(self.node, self.spool, self.log)
         ssl_context = build_ssl_context(self.node.tls) if self.node.tls is not None else None
         handlers = [
@@ -352,11 +289,6 @@ class DimseServer:
 
     # ------------------------------------------------------------------ handlers
     def _handle_conn_open(self, event: Any) -> None:
-        try:  # responses are small; do not let Nagle hold them back
-            event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (AttributeError, OSError):
-            pass
-        _wait_in_select(event.assoc)
         if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):  # its output would be dropped
             for pdu_event, handler in _PYNETDICOM_LOG_HANDLERS:
                 event.assoc.unbind(pdu_event, handler)
@@ -395,6 +327,9 @@ class DimseServer:
             if not self.spool.has_space():
                 raise OutOfSpaceError(f"less than {self.spool.min_free_mb} MB free in the spool")
             stored = store_event(self.spool, event, calling_ae=calling_ae, source="dimse")
+        except OwnResultError as own:
+            own_result_returned(self.log, self.metrics, own, source="dimse", calling_ae=calling_ae)
+            return STATUS_SUCCESS
         except Exception as exc:  # keep serving; the sender gets a failure status
             status = status_for_error(exc)
             if status == STATUS_PROCESSING_FAILURE and not isinstance(exc, OSError):

@@ -50,6 +50,11 @@ class CallerPolicy:
         ae_title = ae_title.strip()
         return any(ae == ae_title and (hosts is None or address in hosts) for ae, hosts in self.entries)
 
+    def address_allowed(self, address: str | None) -> bool:
+        """False when no entry can ever admit ``address`` (every entry is ``AE@host`` and none names
+        it): the connection can be closed when it is accepted, before anything is read."""
+        return self.open or any(hosts is None or address in hosts for _ae, hosts in self.entries)
+
     def titles_for(self, address: str | None) -> list[str]:
         """AE titles allowed from ``address`` (for pynetdicom's calling-AE check)."""
         return [ae for ae, hosts in self.entries if hosts is None or address in hosts]

@@ -134,6 +134,10 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.own_results = Counter(
+            "cardionode_own_results_returned", "The node's own results sent back to it (not stored)", ["source"],
+            registry=r,
+        )
         self.stow_requests = Counter(
             "cardionode_stow_requests", "STOW-RS requests by HTTP status", ["status"], registry=r
         )
@@ -144,6 +148,9 @@ class Metrics:
     def instance_received(self, source: str, nbytes: int) -> None:
         self.instances.labels(source=source).inc()
         self.bytes.labels(source=source).inc(max(0, nbytes))
+
+    def own_result_returned(self, source: str) -> None:
+        self.own_results.labels(source=source).inc()
 
     def study_completed(self, n: int = 1) -> None:
         self.studies.inc(n)

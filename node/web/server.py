@@ -8,8 +8,9 @@ Entry points for the service:
 * :class:`HttpServer(config, ctx)` -- ``start()`` / ``stop()``; ``port`` is the bound port
   (useful with ``node.http_port: 0`` in tests).
 
-Authentication: ``Authorization: Bearer <api token>`` for /api/* and /metrics;
-STOW-RS only when ``api.stow_requires_token``; /healthz never.
+Authentication: ``Authorization: Bearer <api token>`` for /api/*, /metrics and (unless
+``api.stow_requires_token: false``) STOW-RS; /healthz never.  Any future console goes through
+the same :class:`~node.web.auth.TokenAuth`.
 """
 from __future__ import annotations
 
@@ -80,12 +81,18 @@ def _default_readiness(ctx: WebContext) -> dict[str, bool]:
 def build_app(ctx: WebContext) -> Starlette:
     """The ASGI application of the node's HTTP port."""
     auth = TokenAuth(ctx.config.api)
+    if not auth.configured:
+        closed = "the status API, /metrics and STOW-RS" if auth.stow_requires_token else "the status API and /metrics"
+        # INFO, not a warning: closed is the shipped default (README, "Production" sets the token)
+        log.info(f"no API token configured (api.token_file or api.token): {closed} refuse every request")
     node = ctx.config.node
     stow = StowHandler(
         spool=ctx.spool,
         max_upload_bytes=node.max_upload_mb * 1024 * 1024,
-        tmp_dir=Path(node.storage_dir) / "tmp" / "stow",
+        # bodies are buffered in the spool's temporary folder: same filesystem, emptied at start
+        tmp_dir=ctx.spool.incoming if ctx.spool is not None else Path(node.storage_dir) / "tmp" / "stow",
         metrics=ctx.metrics,
+        body_timeout_s=node.http_body_timeout_s,
     )
 
     async def stow_endpoint(request: Request) -> Response:

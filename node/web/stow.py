@@ -17,6 +17,7 @@ not DICOM at all; HTTP 200 all stored, 202 some failed, 409 none stored.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import logging
@@ -33,6 +34,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from ..files import private_dir
+from ..ingest.admission import is_accepted, own_result_returned
+from ..logging_setup import clean
+from ..spool import TEMP_SUFFIX, OwnResultError, is_out_of_space
 from .multipart import MediaTypeError, MultipartError, Part, PartReader, find_parts, parse_content_type, stow_boundary
 
 __all__ = [
@@ -65,6 +70,10 @@ class BodyTooLarge(Exception):
     """The request body exceeds node.max_upload_mb (HTTP 413)."""
 
 
+class BodyStalled(Exception):
+    """The client stopped sending the request body (node.http_body_timeout_s; HTTP 408)."""
+
+
 class NotDicomPart(ValueError):
     """A part is not a DICOM Part 10 stream (no preamble/DICM and no File Meta Information)."""
 
@@ -80,6 +89,7 @@ class PartOutcome:
     reason: int | None = None
     detail: str = ""
     nbytes: int = 0
+    own: bool = False  # one of the node's own results: acknowledged, not stored
 
 
 @dataclasses.dataclass
@@ -176,15 +186,12 @@ def _reason_for_store_error(exc: BaseException) -> int:
     if isinstance(status, int):
         if status == 0xA700 or (status & 0xFF00) == 0xA700:
             return FAILURE_OUT_OF_RESOURCES
-        if status in (0x0122, 0xA900, 0xC000, 0x0110):
+        if status in (0x0111, 0x0122, 0xA900, 0xC000, 0x0110):
             return status
         if (status & 0xF000) == 0xC000:  # spool's 0xC2xx: malformed/truncated = cannot understand
             return FAILURE_CANNOT_UNDERSTAND
-    if isinstance(exc, OSError):
-        import errno
-
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return FAILURE_OUT_OF_RESOURCES
+    if is_out_of_space(exc):
+        return FAILURE_OUT_OF_RESOURCES
     name = type(exc).__name__.lower()
     if "space" in name or "resource" in name:
         return FAILURE_OUT_OF_RESOURCES
@@ -201,17 +208,19 @@ def store_parts(
     study_uid: str | None,
     calling_ae: str,
     on_stored: Callable[[PartOutcome], None] | None = None,
+    metrics: Any = None,
 ) -> StowResult:
     """Validate and store each part; a failed part leaves nothing in the spool."""
     outcomes: list[PartOutcome] = []
     for part in parts:
-        outcomes.append(_store_one(body, part, spool, study_uid=study_uid, calling_ae=calling_ae))
-        if outcomes[-1].stored and on_stored is not None:
+        outcomes.append(_store_one(body, part, spool, study_uid=study_uid, calling_ae=calling_ae, metrics=metrics))
+        if outcomes[-1].stored and not outcomes[-1].own and on_stored is not None:
             on_stored(outcomes[-1])
     return StowResult(outcomes)
 
 
-def _store_one(body: BinaryIO, part: Part, spool: Any, *, study_uid: str | None, calling_ae: str) -> PartOutcome:
+def _store_one(body: BinaryIO, part: Part, spool: Any, *, study_uid: str | None, calling_ae: str,
+               metrics: Any = None) -> PartOutcome:
     reader = PartReader(body, part.start, part.end)
     mime, _params = parse_content_type(part.content_type) if part.content_type else ("application/dicom", {})
     if mime != "application/dicom":
@@ -229,12 +238,27 @@ def _store_one(body: BinaryIO, part: Part, spool: Any, *, study_uid: str | None,
     if str(header.get("SOPInstanceUID", "")) != sop_uid or str(header.get("SOPClassUID", "")) != sop_class:
         return PartOutcome(part.index, sop_class, sop_uid, False, FAILURE_CANNOT_UNDERSTAND,
                            "File Meta Information does not match the dataset's SOP Class/Instance UID")
+    series_uid = str(header.get("SeriesInstanceUID", "") or "")
+    is_own = getattr(spool, "is_own_result", None)
+    if is_own is not None and is_own(sop_uid, series_uid):  # before the SOP class check: SR/SEG come back too
+        own = OwnResultError(sop_uid, series_uid, str(header.get("StudyInstanceUID", "") or ""))
+        own_result_returned(log, metrics, own, source="stow", calling_ae=calling_ae)
+        return PartOutcome(part.index, sop_class, sop_uid, True, None, "own result: not stored", 0, own=True)
+    if not is_accepted(sop_class):
+        log.warning("STOW part refused", extra={"sop_instance": sop_uid, "sop_class": sop_class,
+                                                "reason": f"0x{FAILURE_SOP_CLASS_NOT_SUPPORTED:04X}",
+                                                "error": "SOP class not supported"})
+        return PartOutcome(part.index, sop_class, sop_uid, False, FAILURE_SOP_CLASS_NOT_SUPPORTED,
+                           f"SOP class {sop_class} is not stored by this node")
     if study_uid is not None and str(header.get("StudyInstanceUID", "")) != study_uid:
         return PartOutcome(part.index, sop_class, sop_uid, False, FAILURE_STUDY_UID_MISMATCH,
                            f"StudyInstanceUID {header.get('StudyInstanceUID')} is not {study_uid}")
     reader.seek(ds_offset)
     try:
         stored = spool.store_stream(meta, reader, calling_ae=calling_ae, source="stow")
+    except OwnResultError as own:
+        own_result_returned(log, metrics, own, source="stow", calling_ae=calling_ae)
+        return PartOutcome(part.index, sop_class, sop_uid, True, None, "own result: not stored", 0, own=True)
     except Exception as exc:
         reason = _reason_for_store_error(exc)
         log.warning("STOW part refused", extra={"sop_instance": sop_uid, "reason": f"0x{reason:04X}",
@@ -257,10 +281,18 @@ def _accepts_dicom_json(accept: str | None) -> bool:
     return False
 
 
-async def copy_limited(request: Request, out: BinaryIO, limit: int) -> int:
-    """Write the request body to ``out``; raises :class:`BodyTooLarge` past ``limit`` bytes."""
+async def copy_limited(request: Request, out: BinaryIO, limit: int, idle_timeout_s: float | None = None) -> int:
+    """Write the request body to ``out``; raises :class:`BodyTooLarge` past ``limit`` bytes and
+    :class:`BodyStalled` when no byte arrives for ``idle_timeout_s`` seconds."""
     total = 0
-    async for chunk in request.stream():
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), idle_timeout_s)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise BodyStalled(f"no body data for {idle_timeout_s:g} s after {total} bytes") from None
         total += len(chunk)
         if total > limit:
             raise BodyTooLarge(f"request body exceeds {limit} bytes")
@@ -277,10 +309,11 @@ class StowHandler:
     """The STOW-RS endpoint bound to one spool, size limit and metrics object."""
 
     def __init__(self, spool: Any, max_upload_bytes: int, tmp_dir: Path, metrics: Any = None,
-                 calling_ae: str = "STOW") -> None:
+                 calling_ae: str = "STOW", body_timeout_s: float | None = 30.0) -> None:
         self.spool = spool
         self.max_upload_bytes = max_upload_bytes
         self.tmp_dir = Path(tmp_dir)
+        self.body_timeout_s = body_timeout_s
         self.metrics = metrics
         self.calling_ae = calling_ae
 
@@ -312,14 +345,18 @@ class StowHandler:
             return _error(503, "spool not available")
         if not self.spool.has_space():
             return _error(503, "out of storage space (node.min_free_mb)", {"Retry-After": "60"})
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix="stow-", suffix=".body", dir=self.tmp_dir)
+        private_dir(self.tmp_dir)
+        fd, tmp_name = tempfile.mkstemp(prefix="stow-", suffix=TEMP_SUFFIX, dir=self.tmp_dir)
         try:
             with os.fdopen(fd, "w+b") as body:
                 try:
-                    await copy_limited(request, body, self.max_upload_bytes)
+                    await copy_limited(request, body, self.max_upload_bytes, self.body_timeout_s)
                 except BodyTooLarge as exc:
                     return _error(413, str(exc), {"Connection": "close"})
+                except BodyStalled as exc:
+                    log.warning("STOW-RS body stalled; request dropped", extra={
+                        "client": clean(request.client.host if request.client else ""), "error": str(exc)})
+                    return _error(408, str(exc), {"Connection": "close"})
                 except ClientDisconnect:
                     return _error(400, "client disconnected before the body was complete")
                 except OSError as exc:
@@ -345,4 +382,4 @@ class StowHandler:
         if self.metrics is not None:
             on_stored = lambda o: self.metrics.instance_received("stow", o.nbytes)  # noqa: E731
         return store_parts(body, parts, self.spool, study_uid=study_uid, calling_ae=self.calling_ae,
-                           on_stored=on_stored)
+                           on_stored=on_stored, metrics=self.metrics)

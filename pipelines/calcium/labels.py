@@ -26,15 +26,16 @@ class CalciumClass:
     coronary: bool  # counts towards the coronary Agatston total (CAC)
 
 
+#: display colours are far apart in CIELAB (every pair >= 30 Delta E 1976; tests/test_calcium_outputs.py)
 CLASSES: tuple[CalciumClass, ...] = (
-    CalciumClass(1, "Posterior Descending", "PDA", codes.POSTERIOR_DESCENDING, (255, 128, 0), True),
-    CalciumClass(2, "Left Main Coronary", "LM", codes.LEFT_MAIN_CORONARY_ARTERY, (255, 0, 0), True),
-    CalciumClass(3, "Left Anterior Descending", "LAD", codes.LEFT_ANTERIOR_DESCENDING, (255, 255, 0), True),
-    CalciumClass(4, "Left Circumflex", "LCX", codes.LEFT_CIRCUMFLEX, (0, 255, 0), True),
-    CalciumClass(5, "Mitral Valve", "MV", codes.MITRAL_VALVE, (0, 255, 255), False),
-    CalciumClass(6, "Thoracic Aorta", "AORTA", codes.THORACIC_AORTA, (0, 128, 255), False),
-    CalciumClass(7, "Aortic Valve", "AV", codes.AORTIC_VALVE, (200, 0, 255), False),
-    CalciumClass(8, "Right Coronary", "RCA", codes.RIGHT_CORONARY_ARTERY, (255, 0, 200), True),
+    CalciumClass(1, "Posterior Descending", "PDA", codes.POSTERIOR_DESCENDING, (255, 127, 14), True),   # orange
+    CalciumClass(2, "Left Main Coronary", "LM", codes.LEFT_MAIN_CORONARY_ARTERY, (214, 39, 40), True),   # red
+    CalciumClass(3, "Left Anterior Descending", "LAD", codes.LEFT_ANTERIOR_DESCENDING, (255, 235, 0), True),  # yellow
+    CalciumClass(4, "Left Circumflex", "LCX", codes.LEFT_CIRCUMFLEX, (44, 200, 44), True),   # green
+    CalciumClass(5, "Mitral Valve", "MV", codes.MITRAL_VALVE, (23, 220, 235), False),   # cyan
+    CalciumClass(6, "Thoracic Aorta", "AORTA", codes.THORACIC_AORTA, (40, 90, 255), False),   # blue
+    CalciumClass(7, "Aortic Valve", "AV", codes.AORTIC_VALVE, (150, 90, 200), False),   # violet
+    CalciumClass(8, "Right Coronary", "RCA", codes.RIGHT_CORONARY_ARTERY, (255, 120, 200), True),   # pink
 )
 N_CLASSES = len(CLASSES)
 CLASS_BY_VALUE = {c.value: c for c in CLASSES}

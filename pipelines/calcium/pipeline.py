@@ -13,25 +13,19 @@ import numpy as np
 
 from pipelines.base import PipelineContext, PipelineInputError, PipelineResult, StudyView
 from pipelines.imaging import load_volume
-from pipelines.outputs import (AlgorithmIdentity, MeasurementGroupSpec, MeasurementSpec, QualitativeSpec, SegmentSpec,
-                               build_measurement_report, build_segmentation, build_summary_image, codes)
+from pipelines.outputs import AlgorithmIdentity
 
 from .agatston import AgatstonResult, agatston
 from .inference import segment_calcium
 from .labels import CLASSES
 from .options import CalciumOptions
+from .outputs import build_outputs, segment_specs
 from .preprocess import PreprocessConfig
 from .select import select_ct_series
 
-__all__ = ["CalciumPipeline", "VERSION"]
+__all__ = ["CalciumPipeline", "VERSION", "segment_specs"]
 
 VERSION = "0.1.0"
-
-
-def segment_specs() -> list[SegmentSpec]:
-    return [SegmentSpec(label=c.name, category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-                        property_type=codes.PATHOLOGIC_CALCIFICATION, anatomic_region=c.site, rgb=c.rgb,
-                        tracking_id=f"calcium-{c.key}") for c in CLASSES]
 
 
 class CalciumPipeline:
@@ -72,32 +66,13 @@ class CalciumPipeline:
                                             trained_on_phantoms=bool(provenance.synthetic),
                                             parameters=[("threshold_hu", f"{opts.threshold_hu:g}"),
                                                         ("model trained on", provenance.trained_on)])
-        datasets = []
-        seg_ds, refs = self._seg(vol, labels, alg, opts)
-        if seg_ds is not None:
-            datasets.append(seg_ds)
-        coronary = sum(score.per_class[c.value].score for c in CLASSES if c.coronary)
-        total = score.total
-        basis = coronary if opts.risk_basis == "coronary" else total
-        category = opts.risk_bounds.name(basis)
-        sr = self._sr(vol, score, refs, seg_ds, alg, opts, coronary, total, category, series)
-        datasets.append(sr)
-        if opts.summary_image:
-            lines = [f"Series {series.series_number or ''} '{series.series_description}', {vol.shape[0]} slices of "
-                     f"{vol.spacing[0]:.2f} mm (Agatston scaled by increment/3)" if opts.z_rule == "increment" else
-                     f"Series {series.series_number or ''} '{series.series_description}'",
-                     f"Coronary Agatston score: {coronary:.1f}  -  risk category {category}",
-                     f"All 8 classes: Agatston {total:.1f}, volume {score.total_volume_mm3:.1f} mm3", ""]
-            for c in CLASSES:
-                cs = score.per_class[c.value]
-                lines.append(f"{c.name}: Agatston {cs.score:.1f}, volume {cs.volume_mm3:.1f} mm3, {cs.n_lesions} lesions")
-            datasets.append(build_summary_image(vol.headers[0], "Coronary artery calcium (Agatston)", lines, alg,
-                                                opts.series_number_summary))
+        out = build_outputs(vol, labels, score, alg, opts, series)
+        coronary, total, category = out.coronary, out.total, out.category
         t_out = time.perf_counter()
         log.info("calcium: %s, coronary Agatston %.1f (%s), total %.1f; load %.1fs model %.1fs outputs %.1fs",
                  series.series_instance_uid, coronary, category, total, t_load - t0, t_model - t_load, t_out - t_model)
         return PipelineResult(
-            datasets=datasets, pipeline_name=self.name, pipeline_version=self.version, models=[handle.info],
+            datasets=out.datasets, pipeline_name=self.name, pipeline_version=self.version, models=[handle.info],
             summary={
                 "series_instance_uid": series.series_instance_uid,
                 "agatston_coronary": round(coronary, 2),
@@ -130,67 +105,3 @@ class CalciumPipeline:
                 if small.size:
                     lab[np.isin(comp, small)] = 0
         return labels
-
-    @staticmethod
-    def _seg(vol, labels: np.ndarray, alg: AlgorithmIdentity, opts: CalciumOptions):
-        """SEG over the slices that hold calcium (single-frame sources) or the whole multi-frame source."""
-        keep = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))
-        if keep.size == 0:
-            return None, None
-        if vol.is_multiframe:
-            sources, masks = vol.source_datasets, vol.to_source_order(labels)
-        else:
-            sources, masks = [vol.headers[i] for i in keep], labels[keep]
-        built = build_segmentation(sources, masks, segment_specs(), algorithm=alg,
-                                   series_number=opts.series_number_seg,
-                                   series_description="Calcium by class (COCA 8 classes)")
-        return built.dataset, built
-
-    @staticmethod
-    def _sr(vol, score: AgatstonResult, refs, seg_ds, alg, opts, coronary: float, total: float, category: str, series):
-        groups = []
-        for c in CLASSES:
-            cs = score.per_class[c.value]
-            groups.append(MeasurementGroupSpec(
-                tracking_id=f"Calcium {c.key}",
-                finding=codes.PATHOLOGIC_CALCIFICATION,
-                finding_site=c.site,
-                measurements=[
-                    MeasurementSpec(codes.CORONARY_ARTERY_CALCIUM_SCORE, round(cs.score, 3), codes.SCORE,
-                                    method=codes.AGATSTON_SCORING_METHOD, finding_site=c.site),
-                    MeasurementSpec(codes.CALCIUM_VOLUME, round(cs.volume_mm3, 3), codes.MM3,
-                                    method=codes.VOLUME_SCORING_METHOD, finding_site=c.site),
-                ],
-                referenced_segment=refs.ref(c.name) if refs is not None else None,
-            ))
-        risk = codes.risk_category(f"CAC-{category}"[:16], f"Agatston risk category {category}")
-        groups.append(MeasurementGroupSpec(
-            tracking_id="Calcium total coronary",
-            finding=codes.PATHOLOGIC_CALCIFICATION,
-            finding_site=codes.HEART,
-            measurements=[MeasurementSpec(codes.CORONARY_ARTERY_CALCIUM_SCORE, round(coronary, 3), codes.SCORE,
-                                          method=codes.AGATSTON_SCORING_METHOD),
-                          MeasurementSpec(codes.CALCIUM_VOLUME, round(sum(score.per_class[c.value].volume_mm3
-                                                                          for c in CLASSES if c.coronary), 3),
-                                          codes.MM3, method=codes.VOLUME_SCORING_METHOD)],
-            qualitative=[QualitativeSpec(codes.CALCIUM_RISK_CATEGORY, risk)],
-        ))
-        groups.append(MeasurementGroupSpec(
-            tracking_id="Calcium total all classes",
-            finding=codes.PATHOLOGIC_CALCIFICATION,
-            measurements=[MeasurementSpec(codes.CORONARY_ARTERY_CALCIUM_SCORE, round(total, 3), codes.SCORE,
-                                          method=codes.AGATSTON_SCORING_METHOD),
-                          MeasurementSpec(codes.CALCIUM_VOLUME, round(score.total_volume_mm3, 3), codes.MM3,
-                                          method=codes.VOLUME_SCORING_METHOD)],
-        ))
-        extra = [
-            f"Agatston: voxels >= {opts.threshold_hu:g} HU inside each predicted class; lesions = "
-            f"{opts.connectivity}-connected per slice, >= {opts.min_lesion_area_mm2:g} mm2; weights 1-4 by peak HU",
-            f"slice increment {vol.spacing[0]:.3f} mm; lesion scores x increment/3 ({opts.z_rule})",
-            f"risk category from the {opts.risk_basis} total, bounds {list(opts.risk_bounds.bounds)}",
-            f"scored series {series.series_instance_uid} ({series.series_description})",
-        ]
-        return build_measurement_report(vol.source_datasets, procedure=codes.CT_OF_HEART, groups=groups, algorithm=alg,
-                                        series_number=opts.series_number_sr,
-                                        series_description="Calcium scores (Agatston)", referenced_seg=seg_ds,
-                                        extra_text=extra)

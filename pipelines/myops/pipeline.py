@@ -27,6 +27,8 @@ from pipelines.outputs import (
     build_segmentation_for_volume,
     build_summary_image,
     codes,
+    key_slice,
+    outline_box,
 )
 
 from . import labels as cls
@@ -110,11 +112,12 @@ class MyopsPipeline:
             f"{series['bssfp'].series_number} '{series['bssfp'].series_description}'",
             f"{stack.n} of {lge.shape[0]} LGE slices matched across the three sequences; unmatched slices not analysed",
             "edema = edema region including scar (MyoPS convention); burdens are % of myocardial volume",
+            "each tissue is outlined on its key LGE slice (largest area); its figures cover all analysed slices",
         ]
         if rejected:
             notes.append(f"{rejected} slice registrations implausible and replaced by identity")
         sr = build_measurement_report(
-            lge.source_datasets, procedure=codes.MR_OF_HEART, groups=self._groups(figures, seg), algorithm=alg,
+            lge.source_datasets, procedure=codes.MR_OF_HEART, groups=self._groups(figures, seg, masks, lge), algorithm=alg,
             series_number=base + 1, series_description="Myocardial pathology SR",
             referenced_seg=seg.dataset, extra_text=notes,
         )
@@ -165,25 +168,35 @@ class MyopsPipeline:
         )
 
     @staticmethod
-    def _groups(f: dict[str, float], seg) -> list[MeasurementGroupSpec]:
+    def _groups(f: dict[str, float], seg, masks: dict[str, np.ndarray], lge: Volume) -> list[MeasurementGroupSpec]:
+        """One group per tissue, drawn on its key LGE slice (TID 1410); a tissue with no voxel has
+        no location and is reported with zeros under Derived Imaging Measurements."""
         vol = codes.VOLUME
+
+        def region(key: str):
+            k = key_slice(masks[key])
+            if k is None:
+                return None
+            return outline_box(masks[key][k], lge.headers[k], frame_number=lge.frame_numbers[k] if lge.is_multiframe
+                               else None)
+
         return [
             MeasurementGroupSpec(
                 tracking_id="myocardium", finding=codes.MYOCARDIUM, finding_site=codes.LEFT_VENTRICLE,
                 measurements=[MeasurementSpec(vol, round(f["myocardium_ml"], 2), codes.ML)],
-                referenced_segment=seg.ref("Myocardium")),
+                referenced_segment=seg.ref("Myocardium"), region=region("myocardium")),
             MeasurementGroupSpec(
                 tracking_id="scar", finding=codes.SCAR_TISSUE, finding_site=codes.MYOCARDIUM,
                 finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
                 measurements=[MeasurementSpec(vol, round(f["scar_ml"], 2), codes.ML),
                               MeasurementSpec(codes.MYOCARDIAL_SCAR_FRACTION, round(f["scar_burden_pct"], 2),
                                               codes.PERCENT)],
-                referenced_segment=seg.ref("Scar")),
+                referenced_segment=seg.ref("Scar"), region=region("scar")),
             MeasurementGroupSpec(
                 tracking_id="edema", finding=codes.EDEMA, finding_site=codes.MYOCARDIUM,
                 finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
                 measurements=[MeasurementSpec(vol, round(f["edema_ml"], 2), codes.ML),
                               MeasurementSpec(codes.MYOCARDIAL_EDEMA_FRACTION, round(f["edema_burden_pct"], 2),
                                               codes.PERCENT)],
-                referenced_segment=seg.ref("Edema")),
+                referenced_segment=seg.ref("Edema"), region=region("edema")),
         ]

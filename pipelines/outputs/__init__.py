@@ -10,9 +10,12 @@ Typical use in a pipeline::
                                   referenced_seg=seg.dataset)
     sc = build_summary_image(vol.headers[0], "Coronary calcium", lines, alg, series_number=903)
 """
+from pipelines.quality import RESULT, QualityIssue
+
 from . import codes
 from .algorithm import AlgorithmIdentity
-from .common import MANUFACTURER, PHANTOM_DISCLAIMER, fill_type2, software_version
+from .common import MANUFACTURER, PHANTOM_DISCLAIMER, RESEARCH_DISCLAIMER, fill_type2, software_version
+from .regions import RegionSpec, key_slice, outline_box
 from .report import build_summary_image, render_text_image
 from .seg import BuiltSegmentation, SegmentSpec, build_segmentation, build_segmentation_for_volume
 from .sr import MeasurementGroupSpec, MeasurementSpec, QualitativeSpec, build_measurement_report
@@ -22,6 +25,12 @@ __all__ = [
     "AlgorithmIdentity",
     "MANUFACTURER",
     "PHANTOM_DISCLAIMER",
+    "RESEARCH_DISCLAIMER",
+    "QualityIssue",
+    "RESULT",
+    "RegionSpec",
+    "key_slice",
+    "outline_box",
     "fill_type2",
     "software_version",
     "SegmentSpec",

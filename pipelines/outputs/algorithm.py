@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 from pipelines.base import ModelInfo
 
 from . import codes
-from .common import MANUFACTURER, PHANTOM_DISCLAIMER, software_version
+from .common import MANUFACTURER, PHANTOM_DISCLAIMER, RESEARCH_DISCLAIMER, software_version
 
 __all__ = ["AlgorithmIdentity"]
 
@@ -22,7 +22,8 @@ __all__ = ["AlgorithmIdentity"]
 class AlgorithmIdentity:
     """Name, version and provenance of the algorithm (pipeline + models) behind an output.
 
-    ``trained_on_phantoms`` adds :data:`PHANTOM_DISCLAIMER` to every output's visible text.
+    Every output says :data:`RESEARCH_DISCLAIMER`; ``trained_on_phantoms`` adds
+    :data:`PHANTOM_DISCLAIMER` to every output's visible text.
     """
 
     name: str
@@ -60,21 +61,31 @@ class AlgorithmIdentity:
     # -- text ------------------------------------------------------------------------------------
     @property
     def disclaimer(self) -> str:
-        return PHANTOM_DISCLAIMER if self.trained_on_phantoms else ""
+        """The full disclaimer: research use only, and trained on phantoms where that applies."""
+        if self.trained_on_phantoms:
+            return f"research use only; {PHANTOM_DISCLAIMER}"
+        return RESEARCH_DISCLAIMER
+
+    @property
+    def short_disclaimer(self) -> str:
+        """The disclaimer within 64 characters (LO attributes such as ContentDescription)."""
+        if self.trained_on_phantoms:
+            return "RESEARCH ONLY, trained on phantoms - NOT FOR CLINICAL USE"
+        return "RESEARCH USE ONLY - NOT FOR CLINICAL USE"
 
     @property
     def label(self) -> str:
-        """``<name> <version>`` plus the disclaimer when trained on phantoms."""
-        text = f"{self.name} {self.version}"
-        return f"{text} - {self.disclaimer}" if self.disclaimer else text
+        """``<name> <version> - <disclaimer>``."""
+        return f"{self.name} {self.version} - {self.disclaimer}"
 
     def describe(self, text: str, limit: int = 64) -> str:
-        """``text`` marked as not for clinical use when trained on phantoms, within ``limit``
-        characters (LO is 64): the full disclaimer when it fits, else a short marker.  The full
-        disclaimer is always in the algorithm parameters and the summary image."""
-        if not self.disclaimer:
-            return text[:limit]
-        for tail in (f" ({self.disclaimer})", " - NOT FOR CLINICAL USE"):
+        """``text`` marked as research use only (and phantom-trained where that applies) within
+        ``limit`` characters (LO is 64): the longest marker that fits, else ``text`` cut so that
+        " - NOT FOR CLINICAL USE" fits.  The full disclaimer is always in the algorithm parameters
+        and on the summary image."""
+        tails = [f" ({self.short_disclaimer.lower()})", f" - {self.short_disclaimer}"]
+        tails += [" - PHANTOM MODEL, NOT FOR CLINICAL USE"] if self.trained_on_phantoms else []
+        for tail in tails + [" - NOT FOR CLINICAL USE"]:
             if len(text) + len(tail) <= limit:
                 return text + tail
         tail = " - NOT FOR CLINICAL USE"
@@ -83,8 +94,7 @@ class AlgorithmIdentity:
     def parameter_dict(self) -> dict[str, str]:
         out = {k: v for k, v in self.parameters}
         out["software"] = f"{MANUFACTURER} {software_version()}"
-        if self.disclaimer:
-            out["disclaimer"] = self.disclaimer
+        out["disclaimer"] = self.disclaimer
         return out
 
     # -- DICOM representations -----------------------------------------------------------------------
@@ -98,11 +108,17 @@ class AlgorithmIdentity:
             parameters=self.parameter_dict(),
         )
 
-    def to_sr(self) -> hd.sr.AlgorithmIdentification:
-        """TID 4019 Algorithm Identification (Algorithm Name / Version / Parameters) for SR groups."""
-        params = [f"{k}={v}" for k, v in self.parameter_dict().items()]
-        if self.source:
-            params.append(f"source={self.source}")
+    def to_sr(self, *, full: bool = True) -> hd.sr.AlgorithmIdentification:
+        """TID 4019 Algorithm Identification (Algorithm Name / Version / Parameters).
+
+        ``full``: every parameter (models, software, disclaimer, provenance); otherwise only the
+        disclaimer -- for measurement groups, where the full list would repeat on every group."""
+        if full:
+            params = [f"{k}={v}" for k, v in self.parameter_dict().items()]
+            if self.source:
+                params.append(f"source={self.source}")
+        else:
+            params = [f"disclaimer={self.disclaimer}"]
         return hd.sr.AlgorithmIdentification(name=self.name, version=self.version, parameters=params)
 
     @property

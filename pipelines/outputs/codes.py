@@ -1,8 +1,9 @@
 """Every code the pipelines write, in one place (values from docs/reference-facts, checked against
 pydicom's DICOM code dictionary where the code is in it).
 
-SYNTAX score has no standard code: it lives in the private scheme ``99CARDIONODE``, declared in
-each SR's CodingSchemeIdentificationSequence (see :data:`CODING_SCHEME_ITEM`).
+Concepts without a standard code (SYNTAX score, valve and aortic calcium scores, assessability)
+live in the private scheme ``99CARDIONODE``, declared in each SR's CodingSchemeIdentificationSequence
+(see :func:`coding_scheme_item`).  docs/outputs.md lists every code.
 """
 from __future__ import annotations
 
@@ -93,14 +94,24 @@ CALCIUM_MASS = dcm("122661", "Calcium Mass")
 IMAGING_MEASUREMENT_REPORT = dcm("126000", "Imaging Measurement Report")
 ARTIFICIAL_INTELLIGENCE = dcm("123110", "Artificial Intelligence")
 COMMENT = dcm("121106", "Comment")
+IMAGING_MEASUREMENTS = dcm("126010", "Imaging Measurements")
+DERIVED_IMAGING_MEASUREMENTS = dcm("126011", "Derived Imaging Measurements")
+
+# ---- UMLS ----------------------------------------------------------------------------------------
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
 
 # ---- UCUM units --------------------------------------------------------------------------------
 MM3 = ucum("mm3", "cubic millimeter")
 ML = ucum("mL", "milliliter")
 PERCENT = ucum("%", "percent")
-SCORE = ucum("{score}", "score")  # UCUM annotation: dimensionless score
 MG = ucum("mg", "milligram")
 NO_UNITS = ucum("1", "no units")
+#: dimensionless scores and counts as UCUM annotations that name what is counted: viewers show the
+#: code value next to the number ("129.03 {Agatston}", "27.3 {points}", "3 {cines}")
+AGATSTON_UNIT = ucum("{Agatston}", "Agatston units")
+POINTS = ucum("{points}", "points")
+CINES = ucum("{cines}", "cines")
+LESIONS = ucum("{lesions}", "lesions")
 
 # ---- private: SYNTAX and risk categories --------------------------------------------------------
 SYNTAX_SCORE = private_code("SYNTAX", "SYNTAX score")
@@ -109,8 +120,28 @@ SYNTAX_SCORE_RIGHT = private_code("SYNTAX-R", "SYNTAX score, right coronary syst
 HIGH_SYNTAX_SCORE = private_code("SYNTAX-HIGH", "SYNTAX score above high-risk threshold")
 CORONARY_ARTERY_DISEASE_COMPLEXITY = private_code("CAD-COMPLEXITY", "Coronary artery disease anatomical complexity")
 CALCIUM_RISK_CATEGORY = private_code("CAC-RISK", "Coronary artery calcium risk category")
+#: Agatston-method calcium scores outside the coronary arteries and over all analysed classes:
+#: SCT 450360000 is the *coronary* artery calcium score and is used only for coronary classes and
+#: the coronary total.
+AORTIC_VALVE_CALCIUM_SCORE = private_code("AV-CA-SCORE", "Aortic valve calcium score")
+MITRAL_VALVE_CALCIUM_SCORE = private_code("MV-CA-SCORE", "Mitral valve calcium score")
+THORACIC_AORTA_CALCIUM_SCORE = private_code("TAO-CA-SCORE", "Thoracic aorta calcium score")
+TOTAL_CALCIUM_SCORE = private_code("ALL-CA-SCORE", "Calcium score, coronary arteries, valves and aorta")
+LESION_COUNT = private_code("LESION-COUNT", "Number of calcified lesions")
 MYOCARDIAL_SCAR_FRACTION = private_code("SCAR-FRACTION", "Scar volume as fraction of myocardial volume")
 MYOCARDIAL_EDEMA_FRACTION = private_code("EDEMA-FRACTION", "Edema volume as fraction of myocardial volume")
+
+
+#: title (CID 7021 is extensible) of a TID 1500 report with no image-located measurement: OHIF 3.13
+#: opens a DCM 126000 "Imaging Measurement Report" in its measurement viewport, which fails when
+#: nothing can be drawn, and shows any other SR as text -- readable, values and names
+MEASUREMENT_REPORT_WITHOUT_REGIONS = private_code("MEAS-REPORT", "Measurement Report")
+
+# ---- private: assessability (pipelines.quality.QualityIssue in the SR) ---------------------------
+ASSESSABILITY = private_code("ASSESSABILITY", "Assessability")
+NOT_ASSESSABLE = private_code("NOT-ASSESSABLE", "Not assessable")
+#: concept of the coded reason; its value is the issue's code with the reason as meaning
+NOT_ASSESSABLE_REASON = private_code("NA-REASON", "Reason not assessable")
 
 
 def risk_category(value: str, meaning: str) -> Code:

@@ -9,9 +9,13 @@ from typing import Sequence
 import highdicom as hd
 from pydicom.dataset import Dataset
 
-__all__ = ["MANUFACTURER", "software_version", "fill_type2", "new_uid", "PHANTOM_DISCLAIMER", "TYPE2_ATTRIBUTES", "shallow_copy"]
+__all__ = ["MANUFACTURER", "software_version", "fill_type2", "new_uid", "RESEARCH_DISCLAIMER", "PHANTOM_DISCLAIMER",
+           "TYPE2_ATTRIBUTES", "shallow_copy"]
 
 MANUFACTURER = "CardioNode"
+#: on every output of every model
+RESEARCH_DISCLAIMER = "research use only - not for clinical use"
+#: in addition, on every output of a model trained on synthetic phantoms
 PHANTOM_DISCLAIMER = "trained on synthetic phantoms - not for clinical use"
 
 #: Type 2 patient/study attributes highdicom copies from the sources and refuses to build without.

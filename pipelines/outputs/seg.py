@@ -18,6 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
+from pipelines.quality import QualityIssue, whole_result_issues
+
 from .algorithm import AlgorithmIdentity
 from .common import MANUFACTURER, fill_type2, new_uid, software_version
 
@@ -99,15 +101,23 @@ def build_segmentation(
     series_description: str,
     series_instance_uid: str | None = None,
     workers: int = 0,
+    issues: Sequence[QualityIssue] = (),
 ) -> BuiltSegmentation:
     """Build a BINARY SEG for ``segments`` over ``sources`` (headers suffice; no pixel data needed).
 
     ``masks`` is either (n_frames, rows, cols, n_segments) bool -- overlapping segments allowed --
     or a (n_frames, rows, cols) integer label map whose value k marks ``segments[k-1]``.  Axis 0
     follows ``sources`` (single-frame sources) or the stored frames of one multi-frame source.
+
+    ``issues`` (:mod:`pipelines.quality`): parts that could not be assessed (e.g. a segment that
+    could not be produced); they are named in the series description ("<scope> not assessable")
+    and, with their reasons, in the algorithm parameters.  A whole-result issue is a ValueError:
+    a result that cannot be assessed has no SEG.
     """
     if not segments:
         raise ValueError("no segments described")
+    if whole_result_issues(issues):
+        raise ValueError("SEG: the whole result is not assessable; write no SEG (the SR and summary image say why)")
     masks = np.asarray(masks)
     if masks.ndim == 4:
         if masks.shape[-1] != len(segments):
@@ -141,6 +151,11 @@ def build_segmentation(
     elif masks.ndim == 3 and masks.dtype not in (np.uint8, np.uint16, bool):
         masks = masks.astype(np.uint8 if len(segments) < 256 else np.uint16)
 
+    if issues:
+        algorithm = dataclasses.replace(algorithm, parameters=tuple(algorithm.parameters) + tuple(
+            (f"not assessable {i.scope}", f"{i.code}: {i.message}") for i in issues))
+        scopes = ", ".join(dict.fromkeys(i.scope for i in issues))
+        series_description = f"{series_description} - {scopes} not assessable"
     alg_seq = algorithm.to_highdicom()
     descriptions = []
     numbers: dict[str, int] = {}
@@ -174,7 +189,7 @@ def build_segmentation(
         manufacturer_model_name=algorithm.name[:64],
         software_versions=software_version(),
         device_serial_number="0",
-        content_description=(algorithm.disclaimer or series_description)[:64],
+        content_description=algorithm.short_disclaimer,
         content_label=CONTENT_LABEL,
         content_creator_name=None,
         transfer_syntax_uid=_transfer_syntax(int(masks.shape[1]), int(masks.shape[2])),
@@ -194,6 +209,7 @@ def build_segmentation_for_volume(
     series_number: int,
     series_description: str,
     series_instance_uid: str | None = None,
+    issues: Sequence[QualityIssue] = (),
 ) -> BuiltSegmentation:
     """:func:`build_segmentation` for masks aligned with a :class:`~pipelines.imaging.Volume`
     (axis 0 = the volume's sorted slices); handles classic and enhanced multi-frame sources."""
@@ -205,4 +221,5 @@ def build_segmentation_for_volume(
         series_number=series_number,
         series_description=series_description,
         series_instance_uid=series_instance_uid,
+        issues=issues,
     )

@@ -26,12 +26,13 @@ from pipelines.base import InstanceRef, ModelInfo, PipelineContext, PipelineInpu
 from pipelines.imaging import load_cine
 from pipelines.outputs import (AlgorithmIdentity, MeasurementGroupSpec, MeasurementSpec, QualitativeSpec,
                                build_measurement_report, build_summary_image, codes)
+from pipelines.quality import QualityIssue
 
 from .ensemble import SyntaxScores, combine, score_from_output
 from .options import SyntaxOptions
 from .preprocess import CineConfig, PreprocessError, preprocess_cine
 
-__all__ = ["SyntaxPipeline", "VERSION", "SIDES", "Cine", "CINES_USED", "CINES_EXCLUDED"]
+__all__ = ["SyntaxPipeline", "VERSION", "SIDES", "Cine", "CINES_USED", "CINES_EXCLUDED", "SideScores", "side_scores"]
 
 VERSION = "0.1.0"
 SIDES = ("left", "right")
@@ -51,6 +52,45 @@ class Cine:
     header: Dataset
     p_right: float = float("nan")
     artery: str = ""  # left | right | other
+
+
+@dataclasses.dataclass(frozen=True)
+class SideScores:
+    """What the report can say: a score is None where it cannot be assessed.
+
+    A coronary system without an analysed cine is not assessed; then the total is not assessed
+    either, and "total > threshold" is decided only when the assessed system alone exceeds it
+    (scores are >= 0, so the total would too); otherwise ``high`` is None (undecided)."""
+
+    total: float | None
+    left: float | None
+    right: float | None
+    high: bool | None
+    issues: tuple[QualityIssue, ...]
+
+
+def side_scores(scores: SyntaxScores, cines: dict[str, int], other: int, threshold: float) -> SideScores:
+    """Scores and quality issues from the ensemble and the number of analysed cines per side."""
+    missing = [s for s in SIDES if not cines[s]]
+    if not missing:
+        return SideScores(scores.total, scores.left, scores.right, scores.total > threshold, ())
+    if len(missing) == 2:
+        raise ValueError("no side has a cine: nothing to report")
+    gone = missing[0]
+    kept = next(s for s in SIDES if s != gone)
+    # the ensemble scored the missing side from no cine (0 before calibration): the calibrated
+    # total is then the kept side's score
+    kept_score = scores.total
+    issues = (
+        QualityIssue("NO-CINE", f"no cine of the {gone} coronary system could be analysed"
+                     + (f" ({other} cine(s) excluded as neither left nor right)" if other else ""),
+                     scope=f"SYNTAX {gone} coronary"),
+        QualityIssue("SIDE-MISSING", f"the {gone} coronary system is not assessed, so the total SYNTAX score "
+                     f"is not known (the {kept} system alone scores {kept_score:.1f})", scope="SYNTAX total"),
+    )
+    high = True if kept_score > threshold else None
+    return SideScores(None, kept_score if kept == "left" else None, kept_score if kept == "right" else None,
+                      high, issues)
 
 
 def _sigmoid(x: float) -> float:
@@ -115,7 +155,8 @@ class SyntaxPipeline:
             params.append(("mixed-version ensemble", mixed))
         alg = AlgorithmIdentity.from_models(self.name, self.version, self._model_infos(infos), trained_on_phantoms=phantom,
                                             parameters=params)
-        high = scores.total > opts.threshold
+        shown = side_scores(scores, {s: len(by_side[s]) for s in SIDES}, len(other), opts.threshold)
+        high = shown.high
         used = [c for s in SIDES for c in by_side[s]]
         sources = [c.header for c in used + other]
         notes = self._notes(by_side, other, dropped, skipped, scores, opts)
@@ -123,34 +164,31 @@ class SyntaxPipeline:
         if mixed:
             notes.insert(1, f"mixed-version ensemble (allowed by pipelines.syntax.allow_mixed_versions): {mixed}")
         sr = build_measurement_report(sources, procedure=codes.CORONARY_ARTERIOGRAPHY,
-                                      groups=self._groups(scores, by_side, other, high, opts), algorithm=alg,
+                                      groups=self._groups(shown, by_side, other, opts), algorithm=alg,
                                       series_number=opts.series_number_sr, series_description="SYNTAX score",
-                                      extra_text=notes)
+                                      extra_text=notes, issues=shown.issues)
         datasets = [sr]
         if opts.summary_image:
-            lines = [f"SYNTAX score (total): {scores.total:.1f}  -  {'>' if high else '<='} {opts.threshold:g}"
-                     f"{' (high)' if high else ''}",
-                     f"Left coronary: {scores.left:.1f} ({len(by_side['left'])} cines)",
-                     f"Right coronary: {scores.right:.1f} ({len(by_side['right'])} cines)",
-                     f"Excluded as other: {len(other)} cines; not used: {len(skipped)} instances",
-                     "Calibrated (a*(L+R)+b per fold), shared by raw L:R" if scores.calibrated else "Uncalibrated",
-                     f"Raw ensemble: left {scores.raw_left:.1f}, right {scores.raw_right:.1f}"]
-            datasets.append(build_summary_image(sources[0], "SYNTAX score (coronary angiography)", lines, alg,
-                                                opts.series_number_summary))
+            datasets.append(build_summary_image(sources[0], "SYNTAX score (coronary angiography)",
+                                                self._lines(shown, scores, by_side, other, skipped, opts), alg,
+                                                opts.series_number_summary, issues=shown.issues))
         t_out = time.perf_counter()
         cpu = time.process_time() - cpu0
-        log.info("syntax: %s total %.1f (left %.1f, right %.1f)%s; cines left %d right %d other %d; "
+        log.info("syntax: %s total %s (left %s, right %s)%s; cines left %d right %d other %d; "
                  "decode %.1fs model %.1fs outputs %.1fs; CPU time %.1fs",
-                 study.study_instance_uid, scores.total, scores.left, scores.right, " HIGH" if high else "",
+                 study.study_instance_uid, _fmt(shown.total), _fmt(shown.left), _fmt(shown.right),
+                 " HIGH" if high else "",
                  len(by_side["left"]), len(by_side["right"]), len(other), t_load - t0, t_model - t_load,
                  t_out - t_model, cpu)
         return PipelineResult(
             datasets=datasets, pipeline_name=self.name, pipeline_version=self.version, models=infos,
             summary={
-                "syntax_total": round(scores.total, 2), "syntax_left": round(scores.left, 2),
-                "syntax_right": round(scores.right, 2), "high": high, "threshold": opts.threshold,
+                "syntax_total": _round(shown.total), "syntax_left": _round(shown.left),
+                "syntax_right": _round(shown.right), "high": high, "threshold": opts.threshold,
+                "not_assessable": [i.as_dict() for i in shown.issues],
                 "calibrated": scores.calibrated,
-                "raw": {"left": round(scores.raw_left, 2), "right": round(scores.raw_right, 2),
+                "raw": {"left": round(scores.raw_left, 2) if by_side["left"] else None,
+                        "right": round(scores.raw_right, 2) if by_side["right"] else None,
                         "per_fold": [{"fold": k, "left": round(lv, 3), "right": round(rv, 3)} for k, lv, rv in scores.per_fold]},
                 "cines": {"left": len(by_side["left"]), "right": len(by_side["right"]), "other": len(other),
                           "not_used": len(skipped)},
@@ -249,32 +287,58 @@ class SyntaxPipeline:
         return out
 
     @staticmethod
-    def _groups(scores: SyntaxScores, by_side: dict[str, list[Cine]], other: list[Cine], high: bool,
+    def _groups(shown: SideScores, by_side: dict[str, list[Cine]], other: list[Cine],
                 opts: SyntaxOptions) -> list[MeasurementGroupSpec]:
+        """Total, left and right; a score that cannot be assessed is left out (the QualityIssue of
+        that group says why), and "total > threshold" only when it can be decided."""
+        qualitative = ([QualitativeSpec(codes.HIGH_SYNTAX_SCORE, codes.YES if shown.high else codes.NO)]
+                       if shown.high is not None else [])
         groups = [MeasurementGroupSpec(
             tracking_id="SYNTAX total",
             finding=codes.CORONARY_ARTERY_DISEASE_COMPLEXITY,
             finding_site=codes.HEART,
-            measurements=[MeasurementSpec(codes.SYNTAX_SCORE, round(scores.total, 3), codes.SCORE),
-                          MeasurementSpec(CINES_USED, float(sum(len(v) for v in by_side.values())), codes.NO_UNITS),
-                          MeasurementSpec(CINES_EXCLUDED, float(len(other)), codes.NO_UNITS)],
-            qualitative=[QualitativeSpec(codes.HIGH_SYNTAX_SCORE, codes.YES if high else codes.NO)],
+            measurements=[MeasurementSpec(codes.SYNTAX_SCORE, _round(shown.total, 3), codes.POINTS),
+                          MeasurementSpec(CINES_USED, sum(len(v) for v in by_side.values()), codes.CINES),
+                          MeasurementSpec(CINES_EXCLUDED, len(other), codes.CINES)],
+            qualitative=qualitative,
         )]
         for side in SIDES:
             groups.append(MeasurementGroupSpec(
                 tracking_id=f"SYNTAX {side} coronary",
                 finding=codes.CORONARY_ARTERY_DISEASE_COMPLEXITY,
                 finding_site=SITES[side],
-                measurements=[MeasurementSpec(SIDE_CODES[side], round(getattr(scores, side), 3), codes.SCORE),
-                              MeasurementSpec(CINES_USED, float(len(by_side[side])), codes.NO_UNITS)],
+                measurements=[MeasurementSpec(SIDE_CODES[side], _round(getattr(shown, side), 3), codes.POINTS),
+                              MeasurementSpec(CINES_USED, len(by_side[side]), codes.CINES)],
             ))
         return groups
+
+    @staticmethod
+    def _lines(shown: SideScores, scores: SyntaxScores, by_side: dict[str, list[Cine]], other: list[Cine],
+               skipped: list[str], opts: SyntaxOptions) -> list[str]:
+        """The summary image's lines; "not assessed" instead of a number where there is none."""
+        if shown.total is not None:
+            total = (f"SYNTAX score (total): {shown.total:.1f}  -  {'>' if shown.high else '<='} {opts.threshold:g}"
+                     f"{' (high)' if shown.high else ''}")
+        elif shown.high:
+            total = f"SYNTAX score (total): not assessed, but > {opts.threshold:g} (high) from one system alone"
+        else:
+            total = f"SYNTAX score (total): not assessed; > {opts.threshold:g} cannot be decided"
+        sides = [f"{side.capitalize()} coronary: " + (f"{getattr(shown, side):.1f}" if getattr(shown, side) is not None
+                                                     else "not assessed") + f" ({len(by_side[side])} cines)"
+                 for side in SIDES]
+        return [total, *sides,
+                f"Excluded as other: {len(other)} cines; not used: {len(skipped)} instances",
+                "Calibrated (a*(L+R)+b per fold), shared by raw L:R" if scores.calibrated else "Uncalibrated",
+                "Raw ensemble: " + ", ".join(f"{side} " + (f"{getattr(scores, 'raw_' + side):.1f}" if by_side[side]
+                                                         else "not assessed") for side in SIDES)]
 
     @staticmethod
     def _notes(by_side: dict[str, list[Cine]], other: list[Cine], dropped: dict[str, list[Cine]], skipped: list[str],
                scores: SyntaxScores, opts: SyntaxOptions) -> list[str]:
         notes = [f"high SYNTAX finding: total > {opts.threshold:g}",
-                 f"raw ensemble (mean of {len(scores.per_fold)} folds): left {scores.raw_left:.2f}, right {scores.raw_right:.2f}"
+                 f"raw ensemble (mean of {len(scores.per_fold)} folds): "
+                 + ", ".join(f"{side} " + (f"{getattr(scores, 'raw_' + side):.2f}" if by_side[side] else "not assessed")
+                             for side in SIDES)
                  + ("; calibrated total shared between sides by the raw left:right ratio" if scores.calibrated else "")]
         for side in SIDES:
             if by_side[side]:
@@ -287,3 +351,11 @@ class SyntaxPipeline:
         if skipped:
             notes.append("not used: " + "; ".join(skipped[:10]) + (f" (+{len(skipped) - 10} more)" if len(skipped) > 10 else ""))
         return notes
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _fmt(value: float | None) -> str:
+    return "not assessed" if value is None else f"{value:.1f}"
