@@ -119,6 +119,14 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"storage {config.node.storage_dir}")
     print("studies: " + (", ".join(f"{k} {v}" for k, v in sorted(c["studies"].items())) or "none"))
     print("jobs:    " + (", ".join(f"{k} {v}" for k, v in sorted(c["jobs"].items())) or "none"))
+    ex = data["executor"]
+    where = f" at {ex['address']}" if ex.get("address") else ""
+    since = f" since {_fmt_time(ex['since'])}" if ex.get("since") else ""
+    waiting = f"; {ex['queued_jobs']} job(s) waiting" if not ex["available"] and ex["queued_jobs"] else ""
+    print(f"executor: {ex['type']}{where}: {ex['state']}{since}: {ex['detail']}{waiting}")
+    for g in ex.get("groups", []):
+        hosts = ", ".join(f"{w.get('host') or '?'} pid {w.get('pid') or '?'}" for w in g.get("workers", []) if w.get("ready"))
+        print(f"  {g['pipeline']}: {g['ready']}/{g['configured']} workers ready" + (f" ({hosts})" if hosts else ""))
     print("\nDESTINATION          TYPE     QUEUE  SENT   FAILED LAST SUCCESS         LAST ERROR")
     for d in data["destinations"]:
         err = (d["last_error"] or "-")[:70]

@@ -44,6 +44,10 @@ __all__ = [
     "DicomwebSource",
     "RouteMatch",
     "Route",
+    "LocalExecutorSection",
+    "RayExecutorSection",
+    "RayEmbeddedSection",
+    "RayPipelineResources",
     "load_config",
     "parse_config",
     "apply_overrides",
@@ -296,6 +300,120 @@ class Route:
     quiet_seconds: float | None = None
 
 
+_RAY_ADDRESS_RE = re.compile(r"^(?:ray://)?(?P<host>[A-Za-z0-9_.:\[\]-]+):(?P<port>[0-9]{1,5})$")
+#: Ray's own resource names; they are declared with num_cpus / num_gpus / memory_mb, never under ``resources``
+_RAY_RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def _check_ray_amount(value: float, path: str) -> None:
+    """Ray's rule for resource amounts: >= 0, and a whole number when above 1."""
+    if value < 0:
+        raise ConfigError(f"{path}: must be >= 0, got {value}")
+    if value > 1 and value != int(value):
+        raise ConfigError(f"{path}: Ray takes fractions only below 1 (e.g. 0.5), got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RayPipelineResources:
+    """How many Ray actors run one pipeline and what each of them reserves on its Ray node."""
+
+    actors: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_mb: int = 0
+    resources: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def validate(self, path: str) -> None:
+        if self.actors < 1:
+            raise ConfigError(f"{path}.actors: must be >= 1, got {self.actors}")
+        _check_ray_amount(self.num_cpus, f"{path}.num_cpus")
+        _check_ray_amount(self.num_gpus, f"{path}.num_gpus")
+        if self.memory_mb < 0:
+            raise ConfigError(f"{path}.memory_mb: must be >= 0 (0 = no reservation), got {self.memory_mb}")
+        for name, amount in self.resources.items():
+            if name in _RAY_RESERVED_RESOURCES:
+                raise ConfigError(f"{path}.resources.{name}: Ray's own resource; use num_cpus, num_gpus or memory_mb")
+            if amount <= 0:
+                raise ConfigError(f"{path}.resources.{name}: must be > 0, got {amount}")
+            _check_ray_amount(amount, f"{path}.resources.{name}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RayEmbeddedSection:
+    """The local Ray the node starts itself when ``executor.address`` is null (null = Ray detects)."""
+
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    object_store_mb: int | None = None
+    resources: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def validate(self, path: str) -> None:
+        for key in ("num_cpus", "num_gpus"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ConfigError(f"{path}.{key}: must be >= 0, got {value}")
+        if self.object_store_mb is not None and self.object_store_mb < 80:
+            raise ConfigError(f"{path}.object_store_mb: Ray needs at least 80 MB, got {self.object_store_mb}")
+        for name, amount in self.resources.items():
+            if name in _RAY_RESERVED_RESOURCES:
+                raise ConfigError(f"{path}.resources.{name}: Ray's own resource; use num_cpus or num_gpus")
+            _check_ray_amount(amount, f"{path}.resources.{name}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalExecutorSection:
+    """Pipeline jobs run in ``node.workers`` threads of the node process (the default)."""
+
+    type: Literal["local"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RayExecutorSection:
+    """Pipeline jobs run on Ray actors that keep each pipeline's models loaded (see docs/scale.md)."""
+
+    type: Literal["ray"]
+    address: str | None = None
+    namespace: str = "cardionode"
+    max_in_flight: int = 4
+    transfer: Literal["object_store", "shared_filesystem"] = "object_store"
+    worker_storage_dir: str | None = None
+    auth_token_file: str | None = _path_field()
+    connect_timeout_s: float = 60.0
+    reconnect_max_s: float = 30.0
+    embedded: RayEmbeddedSection = RayEmbeddedSection()
+    pipelines: Mapping[str, RayPipelineResources] = dataclasses.field(default_factory=dict)
+
+    def validate(self, path: str) -> None:
+        if self.address is not None and self.address != "auto":
+            m = _RAY_ADDRESS_RE.match(self.address)
+            if m is None:
+                raise ConfigError(f"{path}.address: {self.address!r} is not a Ray address "
+                                  "(allowed: auto, ray://host:port, host:port, or null for an embedded Ray)")
+            port = int(m.group("port"))
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"{path}.address: {port} is not a TCP port (1-65535)")
+        if self.address is not None and self.embedded != RayEmbeddedSection():
+            raise ConfigError(f"{path}.embedded: only used without address (the node then starts its own Ray); "
+                              f"the cluster at {self.address!r} declares its resources with `ray start`")
+        if not self.namespace.strip():
+            raise ConfigError(f"{path}.namespace: must not be empty")
+        if self.max_in_flight < 1:
+            raise ConfigError(f"{path}.max_in_flight: must be >= 1, got {self.max_in_flight}")
+        if self.worker_storage_dir is not None and self.transfer != "shared_filesystem":
+            raise ConfigError(f"{path}.worker_storage_dir: only used with transfer: shared_filesystem")
+        if self.worker_storage_dir is not None and not self.worker_storage_dir.startswith("/"):
+            raise ConfigError(f"{path}.worker_storage_dir: {self.worker_storage_dir!r} must be an absolute path "
+                              "(it is a path on the Ray workers, not relative to the node)")
+        if self.connect_timeout_s <= 0:
+            raise ConfigError(f"{path}.connect_timeout_s: must be > 0, got {self.connect_timeout_s}")
+        if self.reconnect_max_s < 1:
+            raise ConfigError(f"{path}.reconnect_max_s: must be >= 1, got {self.reconnect_max_s}")
+
+    def resources_for(self, pipeline: str) -> RayPipelineResources:
+        """The pipeline's entry under ``pipelines`` (one actor with one CPU when absent)."""
+        return self.pipelines.get(pipeline, RayPipelineResources())
+
+
 @dataclasses.dataclass(frozen=True)
 class NodeConfig:
     node: NodeSection = NodeSection()
@@ -304,6 +422,7 @@ class NodeConfig:
     dispatch: DispatchSection = DispatchSection()
     retention: RetentionSection = RetentionSection()
     api: ApiSection = ApiSection()
+    executor: LocalExecutorSection | RayExecutorSection = LocalExecutorSection(type="local")
     destinations: Mapping[str, DimseDestination | DicomwebDestination] = dataclasses.field(default_factory=dict)
     sources: Mapping[str, DimseSource | DicomwebSource] = dataclasses.field(default_factory=dict)
     routes: tuple[Route, ...] = ()

@@ -1,4 +1,4 @@
-"""Pipeline jobs: a persistent queue in SQLite and a pool of worker threads.
+"""Pipeline jobs: a persistent queue in SQLite and the runner threads that take jobs to an executor.
 
 States: ``queued`` -> ``running`` -> ``done`` | ``failed`` (with the error
 text).  A :class:`~pipelines.base.TransientPipelineError` puts the job back to
@@ -12,6 +12,12 @@ Results are written to ``<storage_dir>/results/<job id>/`` and fsynced
 so a delivery never points at a file that might not exist.  A job that is
 re-run after a crash starts from an empty results folder, so only the result
 set of the run that committed is ever dispatched.
+
+Where the pipeline itself runs is the executor's business (:mod:`node.executors`:
+the node's own thread, or a Ray actor); whatever runs it, the result comes back
+here and is written and committed by the node, so exactly-once dispatch does
+not depend on the executor.  A job the executor could not run at all (Ray
+unreachable) is released back to ``queued`` without counting the attempt.
 """
 from __future__ import annotations
 
@@ -25,22 +31,21 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from pipelines.base import (
-    PipelineContext,
     PipelineInputError,
     PipelineResult,
     StudyView,
     TransientPipelineError,
 )
-from pipelines.registry import PipelineRegistry
 
 from . import db
 from .config import JobsSection
 from .files import open_private, private_dir
 from .fsync import fsync_dir
 from .dispatch.queue import add_deliveries
+from .executors.base import Executor, ExecutorUnavailable, JobRequest, RemotePipelineError
 
 __all__ = [
     "JOBS_SCHEMA",
@@ -312,6 +317,20 @@ class JobQueue:
             )
         return created
 
+    def release(self, job: Job, reason: str) -> None:
+        """Give a claimed job back (``running`` -> ``queued``, due now) without counting the attempt.
+
+        For failures that are not the job's: the executor could not run it
+        (Ray unreachable), so it waits in the queue like any other job.
+        """
+        conn = self._conns.get()
+        with conn:
+            conn.execute(
+                "UPDATE jobs SET state='queued', attempts=MAX(attempts-1, 0), next_attempt_at=?, error=?"
+                " WHERE id=? AND state='running'",
+                (time.time(), reason, job.id),
+            )
+
     def retry(self, job_id: int) -> str | None:
         """Re-queue a ``failed`` job with fresh attempts (operator action); returns why not, or None."""
         return retry_failed_job(self._conns.get(), job_id)
@@ -335,6 +354,12 @@ class JobQueue:
         return retry
 
 
+def _describe_worker(worker: Mapping[str, Any]) -> str:
+    """``host pid N`` (plus the Ray node id) for the job log line."""
+    text = " ".join(f"{k} {worker[k]}" for k in ("where", "host", "pid", "ray_node_id") if worker.get(k))
+    return text or "unknown"
+
+
 def write_result_files(result: PipelineResult, out_dir: Path) -> list[tuple[str, str, Path]]:
     """Write every result dataset as a DICOM file under ``out_dir`` (fsynced); returns (sop, class, path)."""
     private_dir(out_dir)
@@ -356,33 +381,33 @@ def write_result_files(result: PipelineResult, out_dir: Path) -> list[tuple[str,
 
 
 class JobRunner:
-    """``workers`` threads that claim jobs, run pipelines and hand results to dispatch.
+    """``executor.slots`` threads that claim jobs, have the executor run them, commit and hand results to dispatch.
 
+    ``executor`` runs the pipeline (in this process or on a cluster) and
+    returns its result; writing the files and the one commit stay here.
     ``load_study(uid)`` gives the :class:`StudyView` of a study from the spool
-    index; ``models`` is the shared model store; ``options_for(name)`` returns
-    a pipeline's options; ``on_results()`` is called after a job's deliveries
-    are committed (wakes the dispatcher).
+    index; ``options_for(name)`` returns a pipeline's options;
+    ``on_results()`` is called after a job's deliveries are committed (wakes
+    the dispatcher).  While ``executor.available()`` is false nothing is
+    claimed: jobs wait ``queued``.
     """
 
     def __init__(
         self,
         queue: JobQueue,
-        registry: PipelineRegistry,
+        executor: Executor,
         load_study: Callable[[str], StudyView],
         options_for: Callable[[str], Any],
-        models: Any,
         work_root: Path,
-        workers: int = 1,
         on_results: Callable[[], None] | None = None,
         on_job_finished: Callable[[Job, str], None] | None = None,
     ) -> None:
         self.queue = queue
-        self.registry = registry
+        self.executor = executor
         self.load_study = load_study
         self.options_for = options_for
-        self.models = models
         self.work_root = Path(work_root)
-        self.workers = workers
+        self.workers = executor.slots
         self.on_results = on_results
         self.on_job_finished = on_job_finished
         self._stop = threading.Event()
@@ -419,6 +444,11 @@ class JobRunner:
     # ------------------------------------------------------------------ work
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if not self.executor.available():  # e.g. Ray unreachable: leave jobs queued, claim nothing
+                with self._wake:
+                    if not self._stop.is_set():
+                        self._wake.wait(0.5)
+                continue
             try:
                 job = self.queue.claim()
             except sqlite3.Error:
@@ -453,26 +483,27 @@ class JobRunner:
             shutil.rmtree(out_dir, ignore_errors=True)  # leftovers of an interrupted run are never dispatched
             shutil.rmtree(work_dir, ignore_errors=True)
             private_dir(work_dir)
-            pipeline = self.registry.create(job.pipeline)
-            study = self.load_study(job.study_uid)
-            context = PipelineContext(
-                options=self.options_for(job.pipeline),
-                models=self.models,
-                work_dir=work_dir,
-                logger=logging.getLogger(f"cardionode.pipeline.{job.pipeline}"),
-            )
+            request = JobRequest(job_id=job.id, attempt=job.attempts, pipeline=job.pipeline,
+                                 study=self.load_study(job.study_uid), options=self.options_for(job.pipeline),
+                                 work_dir=work_dir)
             started = time.monotonic()
-            result = pipeline.run(study, context)
-            files = write_result_files(result, out_dir)
-            created = self.queue.complete(job, result, files)
+            execution = self.executor.run(request)
+            files = write_result_files(execution.result, out_dir)
+            created = self.queue.complete(job, execution.result, files)
             state = "done"
             log.info(
                 "job done",
                 extra={**extra, "results": len(files), "deliveries": created,
-                       "seconds": round(time.monotonic() - started, 3)},
+                       "seconds": round(time.monotonic() - started, 3), "executor": self.executor.kind,
+                       "worker": _describe_worker(execution.worker),
+                       **{f"t_{k}": round(v, 4) for k, v in execution.timings.items()}},
             )
             if created and self.on_results is not None:
                 self.on_results()
+        except ExecutorUnavailable as exc:  # not the job's fault: back to the queue, attempt not counted
+            self.queue.release(job, f"waiting for the executor: {exc}")
+            state = "queued"
+            log.warning("job returned to the queue: executor unavailable", extra={**extra, "error": str(exc)})
         except TransientPipelineError as exc:
             requeued = self.queue.fail(job, f"transient: {exc}", transient=True)
             state = "queued" if requeued else "failed"
@@ -484,6 +515,9 @@ class JobRunner:
         except PipelineInputError as exc:
             self.queue.fail(job, f"input: {exc}", transient=False)
             log.warning("job failed: input not processable", extra={**extra, "error": str(exc)})
+        except RemotePipelineError as exc:  # the pipeline raised on a remote worker; the text has its traceback
+            self.queue.fail(job, f"error: {exc}", transient=False)
+            log.error("job failed on a remote worker", extra={**extra, "error": str(exc).splitlines()[0]})
         except Exception as exc:  # a pipeline bug must not take the worker down
             self.queue.fail(job, f"error: {exc!r}\n{traceback.format_exc()}", transient=False)
             log.error("job failed", extra={**extra, "error": repr(exc)}, exc_info=True)

@@ -32,6 +32,8 @@ from . import db, startup
 from .completion import COMPLETION_SCHEMA, CompletionTracker
 from .config import ConfigError, NodeConfig
 from .dispatch.queue import DISPATCH_SCHEMA, Dispatcher
+from .executors import Executor, ExecutorStatus, executor_pipelines, make_executor
+from .executors.status_file import write_status
 from .files import DIR_MODE, open_private, private_dir
 from .jobs import JOBS_SCHEMA, JobQueue, JobRunner, LocalConnections, OwnResults, migrate
 from .retention import RetentionSweeper
@@ -67,6 +69,11 @@ class NodeService:
                     f"routes[{i}].pipeline: unknown pipeline {route.pipeline!r} "
                     f"(registered: {', '.join(self.registry.names())})"
                 )
+        for name in executor_pipelines(config):
+            if name not in self.registry:
+                raise ConfigError(
+                    f"executor.pipelines.{name}: unknown pipeline (registered: {', '.join(self.registry.names())})"
+                )
         self.conns = LocalConnections(self.storage_dir)
         # completion state is rebuilt from the spool at start-up (recover + reconcile): no fsync per instance
         self.completion_conns = LocalConnections(self.storage_dir, synchronous="NORMAL")
@@ -80,6 +87,7 @@ class NodeService:
         self.metrics: Any = None
         self.completion: CompletionTracker | None = None
         self.runner: JobRunner | None = None
+        self.executor: Executor | None = None
         self.dispatcher: Dispatcher | None = None
         self.retention: RetentionSweeper | None = None
         self._stopped = threading.Event()
@@ -181,6 +189,13 @@ class NodeService:
                                        f"{node.http_port} ({exc}); change node.http_port or --http-port") from exc
         return server
 
+    def _executor_status(self, status: ExecutorStatus) -> None:
+        """Keep ``<storage_dir>/executor.json`` current for ``cardionode status`` (another process)."""
+        try:
+            write_status(self.storage_dir, status)
+        except OSError as exc:
+            log.warning("cannot write the executor status file", extra={"error": str(exc)})
+
     def retry_job(self, job_id: int) -> str | None:
         """Put a failed job back in the queue (status API / operator); returns a reason when refused."""
         assert self.runner is not None
@@ -202,6 +217,7 @@ class NodeService:
         if cfg.node.http_enabled:
             startup.check_token_file(cfg)
         self._checked_models = startup.check_models(cfg, [r.pipeline for r in cfg.routes])
+        startup.check_executor(cfg)
         startup.check_ports(cfg)
 
     def start(self) -> None:
@@ -224,9 +240,13 @@ class NodeService:
             log.warning("jobs interrupted by the last stop/crash", extra={"requeued": requeued, "failed": failed})
 
         self.dispatcher = Dispatcher(self.conns.get, cfg.destinations, cfg.dispatch, cfg.node.ae_title)
+        self.executor = make_executor(cfg, self.registry, self.models, on_status=self._executor_status)
+        self._executor_status(self.executor.status())
+        if self.metrics is not None:
+            self.metrics.watch_executor(self.executor.status)
         self.runner = JobRunner(
-            queue, self.registry, self.load_study, cfg.pipeline_options, self.models,
-            self.storage_dir / "work", workers=cfg.node.workers, on_results=self.dispatcher.wake,
+            queue, self.executor, self.load_study, cfg.pipeline_options,
+            self.storage_dir / "work", on_results=self.dispatcher.wake,
             on_job_finished=self.metrics.job_hook(self.conns.get) if self.metrics is not None else None,
         )
         self.completion = CompletionTracker(
@@ -247,6 +267,7 @@ class NodeService:
         self.web = self._start_web()
 
         self.dispatcher.start()
+        self.executor.start()
         self.runner.start()
         self._workers_started = True
         self.scheduler.add_job(self._sweep, "interval", seconds=RETENTION_INTERVAL_S, id="retention",
@@ -254,7 +275,8 @@ class NodeService:
         self.scheduler.start()
         self.scheduler.add_job(self._sweep, "date", id="retention-start", misfire_grace_time=None)
 
-        if self.models is not None and self.config.models.warmup and hasattr(self.models, "warmup"):
+        if (self.models is not None and self.config.models.warmup and hasattr(self.models, "warmup")
+                and self.executor.kind == "local"):  # remote workers load their own models
             self._warmup_thread = threading.Thread(target=self._warmup, name="model-warmup", daemon=True)
             self._warmup_thread.start()
         log.info(
@@ -262,7 +284,7 @@ class NodeService:
             extra={"ae_title": cfg.node.ae_title, "port": cfg.node.port, "http_port": cfg.node.http_port
                    if cfg.node.http_enabled else None, "storage_dir": str(self.storage_dir),
                    "studies_waiting": armed, "routes": len(cfg.routes), "destinations": len(cfg.destinations),
-                   "workers": cfg.node.workers, "pid": os.getpid()},
+                   "executor": self.executor.kind, "job_slots": self.executor.slots, "pid": os.getpid()},
         )
 
     def _reconcile(self) -> None:
@@ -327,6 +349,8 @@ class NodeService:
             self.scheduler.shutdown(wait=True)
         if self.runner is not None and self._workers_started and not self.runner.stop(job_grace_s):
             log.warning("jobs still running at stop; they are re-queued at the next start")
+        if self.executor is not None and self._workers_started:
+            self.executor.stop()
         if self.dispatcher is not None and self._workers_started and not self.dispatcher.stop(dispatch_grace_s):
             log.warning("a dispatch batch was still in flight at stop; unsent instances stay pending")
         if self._warmup_thread is not None:

@@ -25,6 +25,7 @@ __all__ = [
     "check_token_file",
     "check_ports",
     "check_models",
+    "check_executor",
     "MODEL_PIPELINES",
 ]
 
@@ -127,6 +128,22 @@ def check_token_file(config: NodeConfig) -> None:
         load_token(config.api)
     except ValueError as exc:
         raise StartupError(f"{exc}; put the token on its first line or change api.token_file") from None
+
+
+def check_executor(config: NodeConfig) -> None:
+    """``executor.type: ray``: Ray is installed (for the driver process) and ``auth_token_file`` is readable.
+
+    Only looks for the package: the node process itself never imports Ray.
+    """
+    if config.executor.type != "ray":
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise StartupError("executor.type: ray needs Ray, which is not installed: pip install 'cardionode[ray]' "
+                           "(or set executor.type: local)")
+    if config.executor.auth_token_file:
+        _check_readable(config.executor.auth_token_file, "executor.auth_token_file")
 
 
 # --------------------------------------------------------------------------- ports

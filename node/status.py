@@ -18,8 +18,9 @@ import time
 from typing import Any
 
 from .config import NodeConfig
+from .executors.status_file import read_status
 
-__all__ = ["STUDY_STATES", "studies", "jobs", "destinations", "counts", "models", "summary"]
+__all__ = ["STUDY_STATES", "studies", "jobs", "destinations", "counts", "models", "executor", "summary"]
 
 #: A study's state as users see it, in the order of its life.
 STUDY_STATES = (
@@ -199,6 +200,33 @@ def models(model_store: Any) -> list[dict[str, Any]] | dict[str, Any] | None:
     return describe()
 
 
+def executor(conn: sqlite3.Connection, config: NodeConfig) -> dict[str, Any]:
+    """Where jobs run and whether they can run now: the config's executor plus what the node last reported."""
+    settings = config.executor
+    queued = 0
+    if _table_exists(conn, "jobs"):
+        queued = conn.execute("SELECT COUNT(*) FROM jobs WHERE state='queued'").fetchone()[0]
+    if settings.type == "local":
+        return {"type": "local", "state": "ready", "available": True, "queued_jobs": queued,
+                "detail": f"in the node process ({config.node.workers} job thread(s))", "groups": []}
+    reported = read_status(config.node.storage_path) or {}
+    out: dict[str, Any] = {
+        "type": "ray",
+        "address": settings.address or "embedded",
+        "state": reported.get("state", "unknown"),
+        "available": bool(reported.get("available", False)),
+        "detail": reported.get("detail", "the node has not reported its executor state yet"),
+        "since": reported.get("since"),
+        "groups": reported.get("groups", []),
+        "node_running": reported.get("node_running", False),
+        "queued_jobs": queued,
+    }
+    if reported and not out["node_running"]:
+        out["detail"] = f"node not running; last reported: {out['state']}: {out['detail']}"
+        out["state"], out["available"] = "node not running", False
+    return out
+
+
 def summary(conn: sqlite3.Connection, config: NodeConfig, model_store: Any = None,
             limit: int = 20) -> dict[str, Any]:
     """Everything ``cardionode status`` shows."""
@@ -208,5 +236,6 @@ def summary(conn: sqlite3.Connection, config: NodeConfig, model_store: Any = Non
         "studies": studies(conn, limit),
         "jobs": jobs(conn, limit),
         "destinations": destinations(conn, config),
+        "executor": executor(conn, config),
         "models": models(model_store),
     }

@@ -66,6 +66,30 @@ def test_empty_routes_are_valid() -> None:
         ({"routes": [{"match": {"series_description": "("}, "pipeline": "a"}]}, "routes[0].match.series_description: invalid regex"),
         ({"routes": [{"match": {"modality": "CT"}}]}, "routes[0].pipeline: required key is missing"),
         ({"models": {"providers": ["rocm"]}}, "models.providers[0]: 'rocm' is not allowed"),
+        ({"executor": {"type": "spark"}}, "executor.type: 'spark' is not allowed (allowed: 'local', 'ray')"),
+        ({"executor": {"type": "local", "address": "auto"}}, "executor.address: unknown key (allowed here: type)"),
+        ({"executor": {"type": "ray", "adress": "auto"}}, "executor.adress: unknown key"),
+        ({"executor": {"type": "ray", "address": "http://head:10001"}}, "executor.address: 'http://head:10001' is not"),
+        ({"executor": {"type": "ray", "address": "ray://head:99999"}}, "executor.address: 99999 is not a TCP port"),
+        ({"executor": {"type": "ray", "max_in_flight": 0}}, "executor.max_in_flight: must be >= 1"),
+        ({"executor": {"type": "ray", "transfer": "nfs"}}, "executor.transfer: 'nfs' is not allowed"),
+        ({"executor": {"type": "ray", "worker_storage_dir": "/mnt/x"}}, "executor.worker_storage_dir: only used with"),
+        ({"executor": {"type": "ray", "transfer": "shared_filesystem", "worker_storage_dir": "mnt/x"}},
+         "executor.worker_storage_dir: 'mnt/x' must be an absolute path"),
+        ({"executor": {"type": "ray", "address": "auto", "embedded": {"num_cpus": 2}}}, "executor.embedded: only used"),
+        ({"executor": {"type": "ray", "embedded": {"object_store_mb": 10}}}, "executor.embedded.object_store_mb"),
+        ({"executor": {"type": "ray", "pipelines": {"calcium": {"num_gpus": 1.5}}}},
+         "executor.pipelines.calcium.num_gpus: Ray takes fractions only below 1"),
+        ({"executor": {"type": "ray", "pipelines": {"calcium": {"num_cpus": -1}}}},
+         "executor.pipelines.calcium.num_cpus: must be >= 0"),
+        ({"executor": {"type": "ray", "pipelines": {"calcium": {"actors": 0}}}},
+         "executor.pipelines.calcium.actors: must be >= 1"),
+        ({"executor": {"type": "ray", "pipelines": {"calcium": {"gpus": 1}}}},
+         "executor.pipelines.calcium.gpus: unknown key"),
+        ({"executor": {"type": "ray", "pipelines": {"calcium": {"resources": {"GPU": 1}}}}},
+         "executor.pipelines.calcium.resources.GPU: Ray's own resource"),
+        ({"executor": {"type": "ray", "pipelines": {"calcium": {"resources": {"a100": 0}}}}},
+         "executor.pipelines.calcium.resources.a100: must be > 0"),
     ],
 )
 def test_mistakes_name_the_key(data: dict, fragment: str) -> None:
@@ -90,6 +114,7 @@ PATH_KEYS = {
              "http_tls": {"certificate": "pki/http.pem", "private_key": "~/http.key"}},
     "models": {"dir": "models", "tensorrt_cache_dir": "../trt-cache"},
     "api": {"token_file": "secrets/token"},
+    "executor": {"type": "ray", "auth_token_file": "secrets/ray-token"},
     "destinations": {"pacs": {"type": "dimse", "ae_title": "PACS", "host": "h", "port": 104,
                               "tls": {"certificate": "pki/client.pem", "private_key": "/etc/pki/client.key"}}},
 }
@@ -114,6 +139,7 @@ def test_every_relative_path_is_made_absolute_once_against_the_working_directory
     assert c.node.http_tls.private_key == str(Path.home() / "http.key")
     assert (c.models.dir, c.models.tensorrt_cache_dir) == (str(work / "models"), str(tmp_path / "trt-cache"))
     assert c.api.token_file == str(work / "secrets/token")
+    assert c.executor.auth_token_file == str(work / "secrets/ray-token")
     assert c.destinations["pacs"].tls.certificate == str(work / "pki/client.pem")
     assert c.destinations["pacs"].tls.private_key == "/etc/pki/client.key"
     # the same file from another working directory: another place, but again absolute
@@ -170,3 +196,17 @@ def test_a_plugin_given_as_a_relative_file_loads_from_any_working_directory(tmp_
     monkeypatch.chdir(REPO)  # the node may later run anywhere: the path is already absolute
     registry = default_registry(config.node.plugins)
     assert "site-ffr" in registry and registry.create("site-ffr") == "pipeline object"
+
+
+def test_executor_defaults_to_local_and_ray_section_loads() -> None:
+    assert parse_config({}).executor.type == "local"
+    ex = parse_config({"executor": {"type": "ray", "address": "ray://head.example:10001", "max_in_flight": 8,
+                                    "pipelines": {"calcium": {"actors": 2, "num_gpus": 1, "num_cpus": 4,
+                                                              "memory_mb": 8192, "resources": {"a100": 1}}}}}).executor
+    assert ex.type == "ray" and ex.address == "ray://head.example:10001" and ex.max_in_flight == 8
+    calcium = ex.resources_for("calcium")
+    assert (calcium.actors, calcium.num_gpus, calcium.num_cpus, calcium.memory_mb) == (2, 1.0, 4.0, 8192)
+    assert dict(calcium.resources) == {"a100": 1.0}
+    assert ex.resources_for("syntax").actors == 1  # pipelines not listed: one actor with one CPU
+    for address in ("auto", "10.0.0.5:6379", None):
+        assert parse_config({"executor": {"type": "ray", "address": address}}).executor.address == address

@@ -12,6 +12,7 @@ from node import db
 from node.completion import COMPLETION_SCHEMA, CompletionTracker
 from node.config import JobsSection, parse_config
 from node.dispatch.queue import DISPATCH_SCHEMA
+from node.executors import LocalExecutor
 from node.jobs import JOBS_SCHEMA, JobQueue, JobRunner, LocalConnections
 from node.routing import Router
 from pipelines.base import StudyView
@@ -34,7 +35,7 @@ def _runner(tmp_path, conns, options, settings=JobsSection(max_attempts=3, backo
     registry = PipelineRegistry(builtins={})
     sr_pipeline.register(registry)
     queue = JobQueue(conns, settings, tmp_path)
-    runner = JobRunner(queue, registry, lambda uid: view, lambda name: options, None, tmp_path / "work")
+    runner = JobRunner(queue, LocalExecutor(registry, None), lambda uid: view, lambda name: options, tmp_path / "work")
     return view, queue, runner
 
 

@@ -161,3 +161,8 @@ def test_invalid_config_key_and_invalid_yaml(tmp_path: Path) -> None:
     r = subprocess.run([require_console(), "serve", "--config", str(bad)], cwd=tmp_path, env=console_env(),
                        capture_output=True, text=True, timeout=60)
     one_line(r, 2, f"config error: {bad}: not valid YAML: line")
+
+
+def test_ray_executor_token_file_that_does_not_exist(tmp_path: Path) -> None:
+    r = serve(tmp_path, "--set", "executor.type=ray", "--set", "executor.auth_token_file=ray-token")
+    one_line(r, 1, f"executor.auth_token_file: {tmp_path / 'ray-token'} does not exist")

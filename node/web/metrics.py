@@ -11,12 +11,16 @@ Two kinds of series:
   ``metrics.study_completed()`` when a complete study was routed to jobs;
 * series read from the node database at scrape time, so they are exact and
   survive restarts: jobs by state, deliveries by destination and state, and
-  dispatch failures (failed delivery attempts per destination).
+  dispatch failures (failed delivery attempts per destination);
+* the executor's state at scrape time (``metrics.watch_executor(status)``):
+  ``cardionode_executor_up`` (0 while Ray is unreachable: jobs wait queued),
+  seconds since it last changed, and workers configured / ready per pipeline.
 """
 from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -67,6 +71,34 @@ class _DbCollector(Collector):
         ):
             failures.add_metric([row["destination"]], row["n"] or 0)
         yield failures
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+class _ExecutorCollector(Collector):
+    """Gauges from the executor's current status (``ExecutorStatus``) when /metrics is scraped."""
+
+    def __init__(self, status: Callable[[], Any]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterable[Metric]:
+        st = self._status()
+        up = GaugeMetricFamily("cardionode_executor_up",
+                               "1 when the executor can take jobs; 0 while it cannot (jobs wait queued)",
+                               labels=["executor", "state"])
+        up.add_metric([st.kind, st.state], 1 if st.available else 0)
+        yield up
+        since = GaugeMetricFamily("cardionode_executor_state_seconds",
+                                  "Seconds since the executor became available / unavailable", labels=["executor"])
+        since.add_metric([st.kind], max(0.0, time.time() - st.since))
+        yield since
+        workers = GaugeMetricFamily("cardionode_executor_workers", "Remote workers per pipeline",
+                                    labels=["pipeline", "state"])
+        for group in st.groups:
+            workers.add_metric([group.pipeline, "configured"], group.configured)
+            workers.add_metric([group.pipeline, "ready"], group.ready)
+        yield workers
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -129,6 +161,10 @@ class Metrics:
             self.job_latency.labels(pipeline=pipeline).observe(max(0.0, latency_s))
         if run_s is not None:
             self.job_run.labels(pipeline=pipeline).observe(max(0.0, run_s))
+
+    def watch_executor(self, status: Callable[[], Any]) -> None:
+        """Export the executor's state; ``status()`` returns a :class:`node.executors.ExecutorStatus`."""
+        self.registry.register(_ExecutorCollector(status))
 
     def stow_request(self, status: int) -> None:
         self.stow_requests.labels(status=str(status)).inc()
