@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pydicom
+import pydicom.errors
 import pytest
 import requests
 
@@ -305,9 +306,25 @@ class StoreSCP(_Peer):
         """Received files (sorted by name)."""
         return sorted(p for p in self.out_dir.iterdir() if p.is_file())
 
-    def received(self) -> list[pydicom.Dataset]:
-        """Headers (no pixel data) of the received files, sorted by file name."""
-        return [pydicom.dcmread(p, stop_before_pixels=True) for p in self.files()]
+    def received(self, settle_s: float = 10.0) -> list[pydicom.Dataset]:
+        """Headers (no pixel data) of the received files, sorted by file name.
+
+        storescp writes each file in place, so a poll can meet one that is still being written: a
+        file that does not parse yet and was modified within ``settle_s`` is left out of this
+        answer (the next poll sees it whole); an older one that does not parse is an error.
+        """
+        out = []
+        for p in self.files():
+            try:
+                out.append(pydicom.dcmread(p, stop_before_pixels=True))
+            except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError):
+                try:
+                    young = time.time() - p.stat().st_mtime < settle_s
+                except FileNotFoundError:
+                    continue
+                if not young:
+                    raise
+        return out
 
     def clear(self) -> None:
         for p in self.files():
