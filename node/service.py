@@ -208,6 +208,7 @@ class NodeService:
         but creating a missing storage folder."""
         cfg = self.config
         startup.check_storage(self.storage_dir)
+        startup.check_dimse_library()
         startup.check_tls(cfg.node.tls, "node.tls")
         startup.check_tls(cfg.node.http_tls, "node.http_tls")
         for name, dest in cfg.destinations.items():

@@ -22,6 +22,7 @@ from .state import DB_FILENAME, SchemaTooNew, check_version
 __all__ = [
     "StartupError",
     "check_storage",
+    "check_dimse_library",
     "check_tls",
     "check_token_file",
     "check_ports",
@@ -173,6 +174,16 @@ def check_ports(config: NodeConfig) -> None:
                 sock.listen(1)
             except OSError as exc:
                 raise port_error(exc, host, port, key, flag) from None
+
+
+def check_dimse_library() -> None:
+    """The installed pynetdicom is the release the DIMSE listener's transport was written for."""
+    from .ingest.transport import PynetdicomVersionError, check_pynetdicom
+
+    try:
+        check_pynetdicom()
+    except PynetdicomVersionError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def port_error(exc: OSError, host: str, port: int, key: str, flag: str) -> StartupError:

@@ -26,14 +26,13 @@
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, _handlers, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
@@ -42,7 +41,9 @@ from ..spool import OutOfSpaceError, OwnResultError, Spool, SpoolError, StoredIn
 from .admission import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, own_result_returned
 from .guard import ConnectionGuard
 from .policy import CallerPolicy
-from .transport import GuardedServer, IncomingFile, Limits, stream_datasets_to_spool
+from .transport import (
+    GuardedServer, IncomingFile, Limits, drop_unnegotiated, quiet_pdu_logging, stream_datasets_to_spool,
+)
 
 __all__ = [
     "STORAGE_SOP_CLASSES",
@@ -100,14 +101,6 @@ def status_for_error(exc: BaseException) -> int:
     return STATUS_PROCESSING_FAILURE
 
 
-# pynetdicom's standard logging handlers: they format every PDU and DIMSE message (pydicom
-# attribute lookups included) even when the "pynetdicom" logger drops the result.
-_PYNETDICOM_LOG_HANDLERS = (
-    (evt.EVT_PDU_RECV, _handlers.standard_pdu_recv_handler),
-    (evt.EVT_PDU_SENT, _handlers.standard_pdu_sent_handler),
-    (evt.EVT_DIMSE_RECV, _handlers.standard_dimse_recv_handler),
-    (evt.EVT_DIMSE_SENT, _handlers.standard_dimse_sent_handler),
-)
 class _NodeAE(AE):
     """pynetdicom AE with the node's transport (:mod:`node.ingest.transport`) and checks.
 
@@ -262,24 +255,13 @@ class DimseServer:
                     # Association.kill() spins while that connection is open.  Shut the socket (recv
                     # returns), stop the DUL thread, end the wait as a timeout would.
                     woken.add(id(assoc))
-                    self._drop_unnegotiated(assoc)
+                    drop_unnegotiated(assoc)
             if time.monotonic() >= deadline + 5:
                 break
             time.sleep(0.02)
         if self.ae is not None:
             self.ae.shutdown()
         self.log.info("DIMSE listener stopped")
-
-    @staticmethod
-    def _drop_unnegotiated(assoc: Association) -> None:
-        sock = getattr(assoc.dul.socket, "socket", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        assoc.dul.kill_dul()
-        assoc.dul.to_user_queue.put(None)
 
     def __enter__(self) -> "DimseServer":
         return self.start()
@@ -289,9 +271,7 @@ class DimseServer:
 
     # ------------------------------------------------------------------ handlers
     def _handle_conn_open(self, event: Any) -> None:
-        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):  # its output would be dropped
-            for pdu_event, handler in _PYNETDICOM_LOG_HANDLERS:
-                event.assoc.unbind(pdu_event, handler)
+        quiet_pdu_logging(event.assoc)
 
     def _handle_rejected(self, event: Any) -> None:
         req = event.assoc.requestor

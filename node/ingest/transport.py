@@ -23,8 +23,16 @@ thread, then runs an ``Association`` thread and a DUL thread per connection.  Re
 * **DIMSE decoding** (:class:`GuardedDIMSE`): a P-DATA that does not decode into a DIMSE message
   aborts the association cleanly instead of ending the DUL thread with an exception.
 
+* **logging** (:func:`quiet_pdu_logging`): pynetdicom's standard PDU/DIMSE log handlers are unbound
+  when their output would be dropped (they format every message whatever the log level);
+* **stop** (:func:`drop_unnegotiated`): a connection that never sent its A-ASSOCIATE-RQ is shut
+  down at stop instead of waiting ``acse_timeout`` in pynetdicom.
+
 pynetdicom's own timers do the rest: ARTIM (``node.association_timeout_s``) and the network idle
 timer (``node.idle_timeout_s``: an established association without a PDU is aborted).
+
+Every use of pynetdicom's internals is in this module; :func:`check_pynetdicom` refuses to start
+the node with a pynetdicom release other than the one they were written for.
 """
 from __future__ import annotations
 
@@ -42,7 +50,8 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from pynetdicom import _config, dimse_messages
+import pynetdicom
+from pynetdicom import _config, _handlers, dimse_messages, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
@@ -61,6 +70,56 @@ log = logging.getLogger("cardionode.ingest")
 
 _POLL_S = 0.005  # longest wait in select: data and outgoing primitives wake it; timers are checked this often
 _MAX_ASSOCIATE_RQ = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts x 20 transfer syntaxes is < 64 KiB
+#: The pynetdicom release series the replacements here were written for (setup.cfg pins it).
+PYNETDICOM_SERIES = "3.0"
+
+
+class PynetdicomVersionError(RuntimeError):
+    """The installed pynetdicom is not the release series this module replaces parts of."""
+
+
+def check_pynetdicom(version: str = pynetdicom.__version__) -> None:
+    """Raise :class:`PynetdicomVersionError` (one line: what to do) unless ``version`` is 3.0.x."""
+    if version.split(".")[:2] == PYNETDICOM_SERIES.split("."):
+        return
+    raise PynetdicomVersionError(
+        f"pynetdicom {version} is installed, but the DIMSE listener replaces parts of pynetdicom "
+        f"{PYNETDICOM_SERIES}.x (node/ingest/transport.py): install the pinned release with "
+        f"pip install 'pynetdicom>={PYNETDICOM_SERIES},<3.1', or port node/ingest/transport.py to {version} "
+        "and change the pin in setup.cfg")
+
+
+# pynetdicom's standard logging handlers: they format every PDU and DIMSE message (pydicom
+# attribute lookups included) even when the "pynetdicom" logger drops the result.
+_PYNETDICOM_LOG_HANDLERS = (
+    (evt.EVT_PDU_RECV, _handlers.standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, _handlers.standard_pdu_sent_handler),
+    (evt.EVT_DIMSE_RECV, _handlers.standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, _handlers.standard_dimse_sent_handler),
+)
+
+
+def quiet_pdu_logging(assoc: Association) -> None:
+    """Unbind pynetdicom's PDU/DIMSE log handlers from ``assoc`` when the "pynetdicom" logger would drop
+    their output anyway."""
+    if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        for pdu_event, handler in _PYNETDICOM_LOG_HANDLERS:
+            assoc.unbind(pdu_event, handler)
+
+
+def drop_unnegotiated(assoc: Association) -> None:
+    """End a connection that sent no A-ASSOCIATE-RQ: shut its socket (a ``recv`` returns), stop its DUL
+    thread and end the association's wait as a timeout would."""
+    sock = getattr(assoc.dul.socket, "socket", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    assoc.dul.kill_dul()
+    assoc.dul.to_user_queue.put(None)
+
+
 _MAX_PDU_UNADVERTISED = 256 << 20  # node.max_pdu 0: we advertise no limit, but do not buffer more than this
 _RECV_CHUNK = 1 << 16
 _AWAITING_ASSOCIATE_RQ = "Sta2"  # DUL state: transport open, A-ASSOCIATE-RQ not yet received
