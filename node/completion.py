@@ -24,7 +24,6 @@ arrive (a later series may match a route).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import sqlite3
 import time

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from training.calcium.phantom import Phantom, make_phantom
 from training.datasets.phantoms import COCA_CLASS_TO_FILE as CLASS_TO_FILE  # noqa: F401 - used by tests

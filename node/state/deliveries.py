@@ -114,7 +114,9 @@ class Deliveries:
         ).fetchone()[0])
 
     def destination_state(self, destination: str) -> sqlite3.Row | None:
-        return self._conn().execute("SELECT * FROM destination_state WHERE name=?", (destination,)).fetchone()
+        row: sqlite3.Row | None = self._conn().execute(
+            "SELECT * FROM destination_state WHERE name=?", (destination,)).fetchone()
+        return row
 
     def count_by_destination_and_state(self) -> list[tuple[str, str, int]]:
         return [(r["destination"], r["state"], r["n"]) for r in self._conn().execute(

@@ -163,7 +163,9 @@ class InstanceIndex:
         ).fetchall()
 
     def get(self, sop_instance_uid: str) -> sqlite3.Row | None:
-        return self.conn.execute("SELECT * FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)).fetchone()
+        row: sqlite3.Row | None = self.conn.execute(
+            "SELECT * FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)).fetchone()
+        return row
 
     def study_view(self, study_uid: str) -> StudyView:
         """The study as pipelines see it: series sorted by SeriesNumber (then UID), instances by

@@ -125,7 +125,8 @@ class Jobs:
 
     # ------------------------------------------------------------------ reads
     def get(self, job_id: int) -> sqlite3.Row | None:
-        return self._conn().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        row: sqlite3.Row | None = self._conn().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return row
 
     def listing(self, limit: int, state: str | None = None, study_uid: str | None = None) -> list[sqlite3.Row]:
         """Rows newest first, optionally of one state and/or study."""

@@ -62,7 +62,9 @@ class Studies:
 
     # ------------------------------------------------------------------ completion
     def get(self, study_uid: str) -> sqlite3.Row | None:
-        return self._conn().execute("SELECT * FROM pending_studies WHERE study_uid=?", (study_uid,)).fetchone()
+        row: sqlite3.Row | None = self._conn().execute(
+            "SELECT * FROM pending_studies WHERE study_uid=?", (study_uid,)).fetchone()
+        return row
 
     def insert_waiting(self, study_uid: str, received_at: float, due: float, quiet: float) -> None:
         """The first instance of a study: generation 1, waiting until ``due``."""

@@ -193,8 +193,10 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_cases(cases, predict, cfg, dilation_px=args.dilation_px)
     print(f"cases: {report['cases']}")
     print(f"{'class':28s} {'Dice':>6s} {'sens':>6s} {'prec':>6s}")
+    def f(v: float | None) -> str:
+        return f"{v:6.3f}" if v is not None else "   n/a"
+
     for name in report["dice"]:
-        f = lambda v: f"{v:6.3f}" if v is not None else "   n/a"
         print(f"{name:28s} {f(report['dice'][name])} {f(report['lesion_sensitivity'][name])} "
               f"{f(report['lesion_precision'][name])}")
     icc, kap = report["agatston_icc_2_1"], report["risk_kappa"]

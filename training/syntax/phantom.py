@@ -75,11 +75,11 @@ class PhantomStudy:
 
     @property
     def syntax_left(self) -> float:
-        return float(sum(l.score("left") for l in self.lesions["left"]))
+        return float(sum(lesion.score("left") for lesion in self.lesions["left"]))
 
     @property
     def syntax_right(self) -> float:
-        return float(sum(l.score("right") for l in self.lesions["right"]))
+        return float(sum(lesion.score("right") for lesion in self.lesions["right"]))
 
     @property
     def syntax(self) -> float:

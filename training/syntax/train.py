@@ -27,8 +27,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
