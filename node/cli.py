@@ -107,12 +107,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 2
     model_store = None
     if not args.no_models:
-        try:
-            from pipelines.runtime import ModelStore
+        from pipelines.runtime import ModelStore
 
-            model_store = ModelStore.from_config(config.models)
-        except ImportError:
-            model_store = None
+        model_store = ModelStore.from_config(config.models)
     data = status.summary(conn, config, model_store, limit=args.limit)
     conn.close()
     if args.json:
@@ -187,13 +184,9 @@ def cmd_process(args: argparse.Namespace) -> int:
         return 2
     registry = default_registry(config.node.plugins)
     pipeline = registry.create(args.pipeline)
-    models: Any = None
-    try:
-        from pipelines.runtime import ModelStore
+    from pipelines.runtime import ModelStore
 
-        models = ModelStore.from_config(config.models)
-    except ImportError:
-        pass
+    models = ModelStore.from_config(config.models)
     study = StudyView.from_files(files)
     out_dir = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="cardionode-process-") as work:
@@ -214,24 +207,15 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def _mount_optional(subparsers: argparse._SubParsersAction, training: bool = True) -> None:
-    try:
-        from . import retrieve
-    except ImportError:
-        retrieve = None  # type: ignore[assignment]
-    if retrieve is not None:
-        retrieve.register(subparsers)
-    try:
-        from pipelines.runtime import cli as models_cli
-    except ImportError:
-        models_cli = None
-    if models_cli is not None:
-        models_cli.register(subparsers)
-    try:  # phantom sample studies: numpy/scipy/pydicom only, part of the base install
-        from training.synth import samples
-    except ImportError:
-        samples = None  # type: ignore[assignment]
-    if samples is not None:
-        samples.register(subparsers)
+    # imported here, not at the top: retrieve and the models command import this module's config helpers
+    from pipelines.runtime import cli as models_cli
+    from training.synth import samples  # phantom sample studies: numpy/scipy/pydicom only, part of the base install
+
+    from . import retrieve
+
+    retrieve.register(subparsers)
+    models_cli.register(subparsers)
+    samples.register(subparsers)
     if not training:
         return
     missing: list[str] = []
@@ -302,12 +286,9 @@ def build_parser(training: bool = True) -> argparse.ArgumentParser:
     pr.add_argument("--study-dir", default=None, help="folder with the study's DICOM files (searched recursively)")
     pr.add_argument("--pipeline", default=None, help="pipeline name (e.g. calcium, syntax, myops)")
     pr.add_argument("--out", default="./results", help="where result files are written (default ./results)")
-    try:
-        from .retrieve import add_arguments as add_pull_arguments
-    except ImportError:
-        add_pull_arguments = None
-    if add_pull_arguments is not None:
-        add_pull_arguments(pr)
+    from .retrieve import add_arguments as add_pull_arguments  # here: retrieve imports this module
+
+    add_pull_arguments(pr)
     pr.set_defaults(func=cmd_process)
 
     _mount_optional(sub, training)

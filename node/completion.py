@@ -27,24 +27,19 @@ import datetime as dt
 import logging
 import sqlite3
 import time
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
+
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from pipelines.base import StudyView
 
 from .routing import InstanceFacts, Router, facts_from_study
+from .spool import StoredInstance
 from .state import Studies, enqueue_job, transaction
 
 __all__ = ["CompletionTracker"]
 
 log = logging.getLogger("cardionode.completion")
-
-def _attr(obj: Any, *names: str, default: Any = None) -> Any:
-    for name in names:
-        value = getattr(obj, name, None)
-        if value is not None:
-            return value
-    return default
-
 
 class CompletionTracker:
     """Arms quiet-period timers per study and turns complete studies into jobs.
@@ -60,10 +55,9 @@ class CompletionTracker:
         get_conn: Callable[[], sqlite3.Connection],
         router: Router,
         load_study: Callable[[str], StudyView],
-        scheduler: Any,
+        scheduler: BackgroundScheduler,
         late_arrivals: str = "reprocess",
         on_enqueued: Callable[[], None] | None = None,
-        calling_aes_for: Callable[[str], dict[str, str]] | None = None,
     ) -> None:
         self._get_conn = get_conn
         self._studies = Studies(get_conn)
@@ -72,25 +66,18 @@ class CompletionTracker:
         self.scheduler = scheduler
         self.late_arrivals = late_arrivals
         self.on_enqueued = on_enqueued
-        self.calling_aes_for = calling_aes_for
 
     # ------------------------------------------------------------------ arrivals
-    def on_stored(self, instance: Any) -> None:
+    def on_stored(self, instance: StoredInstance) -> None:
         """Spool hook: an instance was durably stored and indexed."""
-        study_uid = str(_attr(instance, "study_instance_uid", "study_uid"))
         facts = InstanceFacts(
-            modality=_attr(instance, "modality"),
-            sop_class_uid=_attr(instance, "sop_class_uid"),
-            series_description=_attr(instance, "series_description"),
-            calling_ae=_attr(instance, "calling_ae"),
+            modality=instance.modality,
+            sop_class_uid=instance.sop_class_uid,
+            series_description=instance.series_description,
+            calling_ae=instance.calling_ae,
         )
-        replaced = bool(_attr(instance, "replaced", default=False))
-        received = _attr(instance, "received_at")
-        now = time.time()
-        if isinstance(received, dt.datetime):
-            received = received.timestamp()
-        self.arrived(study_uid, self.router.quiet_seconds(facts), replaced=replaced, now=now,
-                     received_at=float(received) if isinstance(received, (int, float)) else now)
+        self.arrived(instance.study_instance_uid, self.router.quiet_seconds(facts), replaced=instance.replaced,
+                     received_at=instance.received_at)
 
     def arrived(self, study_uid: str, quiet: float, replaced: bool = False, now: float | None = None,
                 received_at: float | None = None) -> float | None:
@@ -184,8 +171,7 @@ class CompletionTracker:
             self._arm(study_uid, row["due_at"])  # an instance arrived after this timer was set
             return []
         view = self.load_study(study_uid)
-        calling = self.calling_aes_for(study_uid) if self.calling_aes_for else None
-        decisions = self.router.decide(facts_from_study(view, calling))
+        decisions = self.router.decide(facts_from_study(view))
         job_ids: list[int] = []
         now = time.time()
         with transaction(self._get_conn()) as conn:

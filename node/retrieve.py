@@ -126,7 +126,7 @@ def _retrieve_wado(name: str, src: DicomwebSource, study_uid: str, spool: Any, t
                 continue
             result.stored += 1
             if on_stored is not None:
-                on_stored(int(getattr(stored, "size", 0) or 0))
+                on_stored(stored.size)
     except requests.HTTPError as exc:
         code = exc.response.status_code if exc.response is not None else 0
         if code == 404:
@@ -159,7 +159,7 @@ def _store_handler(spool: Any, calling_ae: str, result: RetrieveResult,
             return status_for_error(exc)
         result.stored += 1
         if on_stored is not None:
-            on_stored(int(getattr(stored, "size", 0) or 0))
+            on_stored(stored.size)
         return 0x0000
 
     return handle
@@ -335,9 +335,7 @@ def cmd_process_study(args: argparse.Namespace, config: NodeConfig) -> int:
             out["note"] = "no route matched the study (or it is waiting for more instances)"
         if args.wait and job_ids:
             out["jobs"] = _wait_jobs(conns, job_ids, args.wait)
-    close = getattr(spool, "close", None)
-    if close is not None:
-        close()
+    spool.close()
     conns.close_all()
     print(json.dumps(out, indent=2, default=str))
     if args.wait and out.get("jobs"):

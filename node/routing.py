@@ -103,20 +103,13 @@ class Router:
         return max(values) if values else default
 
 
-def facts_from_study(study: StudyView, calling_aes: dict[str, str] | None = None) -> list[InstanceFacts]:
-    """Routing facts for every instance of ``study``.
-
-    ``calling_aes`` maps SOP Instance UID -> calling AE title when the index
-    knows it per instance; otherwise each instance is paired with each of the
-    study's calling AE titles (the study matched "by one of its senders").
-    """
+def facts_from_study(study: StudyView) -> list[InstanceFacts]:
+    """Routing facts for every instance of ``study``: each instance paired with each of the study's
+    calling AE titles (the study matches "by one of its senders")."""
     out = []
+    aes: tuple[str | None, ...] = tuple(study.calling_ae_titles) or (None,)
     for series in study.series:
         for ref in series.instances:
-            if calling_aes and ref.sop_instance_uid in calling_aes:
-                aes: tuple[str | None, ...] = (calling_aes[ref.sop_instance_uid],)
-            else:
-                aes = tuple(study.calling_ae_titles) or (None,)
             for ae in aes:
                 out.append(
                     InstanceFacts(

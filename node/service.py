@@ -23,10 +23,13 @@ import signal
 import threading
 from typing import Any
 
+import onnxruntime
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from pipelines.base import StudyView
 from pipelines.registry import PipelineRegistry, default_registry
+from pipelines.runtime import ModelStore
+from pipelines.runtime.providers import describe_build, planned_providers
 
 from . import startup
 from .completion import CompletionTracker
@@ -35,10 +38,14 @@ from .dispatch.queue import Dispatcher
 from .executors import Executor, ExecutorStatus, executor_pipelines, make_executor
 from .executors.status_file import write_status
 from .files import DIR_MODE, open_private, private_dir
+from .ingest.dimse import DimseServer
 from .jobs import JobQueue, JobRunner
 from .retention import RetentionSweeper
 from .routing import Router
+from .spool import Spool, StoredInstance
 from .state import Connections, InstanceIndex, OwnResults
+from .web.metrics import Metrics
+from .web.server import HttpServer, WebContext
 
 __all__ = ["NodeService", "PID_FILE_NAME"]
 
@@ -79,12 +86,12 @@ class NodeService:
         self.completion_conns = Connections(self.storage_dir, synchronous="NORMAL")
         self.router = Router(config)
         self.scheduler = BackgroundScheduler(timezone="UTC")
-        self.models: Any = None
-        self.spool: Any = None
+        self.models: ModelStore | None = None
+        self.spool: Spool | None = None
         self.own_results: OwnResults | None = None
-        self.dimse: Any = None
-        self.web: Any = None
-        self.metrics: Any = None
+        self.dimse: DimseServer | None = None
+        self.web: HttpServer | None = None
+        self.metrics = Metrics(self.conns.get)
         self.completion: CompletionTracker | None = None
         self.runner: JobRunner | None = None
         self.executor: Executor | None = None
@@ -95,7 +102,7 @@ class NodeService:
         self._warmup_thread: threading.Thread | None = None
         self._workers_started = False
         self._pid_written = False
-        self._checked_models: Any = None
+        self._checked_models: ModelStore | None = None
 
     # ------------------------------------------------------------------ pieces from other areas
     def _index(self) -> InstanceIndex:
@@ -105,69 +112,42 @@ class NodeService:
         return self._index().study_view(study_uid)
 
     def delete_study(self, study_uid: str) -> None:
-        delete = getattr(self.spool, "delete_study", None)
-        if delete is not None:
-            delete(study_uid)
-        else:
-            self._index().delete_study(study_uid)
+        assert self.spool is not None
+        self.spool.delete_study(study_uid)
 
-    def _make_models(self) -> Any:
+    def _make_models(self) -> ModelStore:
         """The model store (the one the start-up checks built, when they did) and the one providers line."""
-        try:
-            import onnxruntime
-
-            from pipelines.runtime import ModelStore
-            from pipelines.runtime.providers import describe_build
-        except ImportError as exc:
-            log.warning("model runtime not available; pipelines get no model store", extra={"error": str(exc)})
-            return None
         # ONNX Runtime's process-wide logger: errors only (a GPU build otherwise warns once per session
         # about every provider it could not load; describe_build and the warm-up line say it once)
         onnxruntime.set_default_logger_severity(3)
         log.info("execution providers: %s", describe_build(self.config.models.providers))
         return self._checked_models or ModelStore.from_config(self.config.models)
 
-    def _make_spool(self) -> Any:
-        from .spool import Spool
-
+    def _make_spool(self) -> Spool:
         self.own_results = OwnResults(self.storage_dir)
         return Spool(self.storage_dir, self.config.node.min_free_mb, on_stored=self._on_stored,
                      own_results=self.own_results)
 
     def _study_completed(self) -> None:
         assert self.runner is not None
-        if self.metrics is not None:
-            self.metrics.study_completed()
+        self.metrics.study_completed()
         self.runner.wake()
 
-    def _on_stored(self, instance: Any) -> None:
+    def _on_stored(self, instance: StoredInstance) -> None:
         assert self.completion is not None
         self.completion.on_stored(instance)
 
-    def _start_dimse(self) -> Any:
+    def _start_dimse(self) -> DimseServer:
         """DIMSE listener into the spool; every stored instance counts in /metrics (source "dimse")."""
-        from .ingest.dimse import DimseServer
-
+        assert self.spool is not None
         node = self.config.node
         try:
             return DimseServer(node, self.spool, metrics=self.metrics).start()
         except OSError as exc:  # the port was taken between the start-up check and now
             raise startup.port_error(exc, node.host, node.port, "node.port", "--port") from exc
 
-    def _make_metrics(self) -> Any:
-        try:
-            from .web.metrics import Metrics
-        except ImportError:
-            return None
-        return Metrics(self.conns.get)
-
-    def _start_web(self) -> Any:
+    def _start_web(self) -> HttpServer | None:
         if not self.config.node.http_enabled:
-            return None
-        try:
-            from .web.server import HttpServer, WebContext
-        except ImportError as exc:
-            log.info("HTTP port not started: node.web.server not available", extra={"error": str(exc)})
             return None
         assert self.runner is not None
         ctx = WebContext(
@@ -179,7 +159,7 @@ class NodeService:
             server.start()
         except RuntimeError as exc:
             node = self.config.node
-            cause = getattr(server, "_error", None)
+            cause = server.error
             if isinstance(cause, OSError):
                 raise startup.port_error(cause, node.http_host, node.http_port, "node.http_port",
                                          "--http-port") from exc
@@ -230,7 +210,6 @@ class NodeService:
         self._pid_written = True
 
         self.models = self._make_models()
-        self.metrics = self._make_metrics()
         queue = JobQueue(self.conns, cfg.jobs, self.storage_dir)
         requeued, failed = queue.requeue_interrupted()
         if requeued or failed:
@@ -239,12 +218,11 @@ class NodeService:
         self.dispatcher = Dispatcher(self.conns.get, cfg.destinations, cfg.dispatch, cfg.node.ae_title)
         self.executor = make_executor(cfg, self.registry, self.models, on_status=self._executor_status)
         self._executor_status(self.executor.status())
-        if self.metrics is not None:
-            self.metrics.watch_executor(self.executor.status)
+        self.metrics.watch_executor(self.executor.status)
         self.runner = JobRunner(
             queue, self.executor, self.load_study, cfg.pipeline_options,
             self.storage_dir / "work", on_results=self.dispatcher.wake,
-            on_job_finished=self.metrics.job_hook(self.conns.get) if self.metrics is not None else None,
+            on_job_finished=self.metrics.job_hook(self.conns.get),
         )
         self.completion = CompletionTracker(
             self.completion_conns.get, self.router, self.load_study, self.scheduler,
@@ -253,9 +231,7 @@ class NodeService:
         self.retention = RetentionSweeper(self.conns.get, cfg.retention, self.delete_study, self.storage_dir)
 
         self.spool = self._make_spool()
-        recover = getattr(self.spool, "recover", None)
-        if recover is not None:
-            recover()
+        self.spool.recover()
         self._reconcile()
         armed = self.completion.rearm()
 
@@ -272,8 +248,7 @@ class NodeService:
         self.scheduler.start()
         self.scheduler.add_job(self._sweep, "date", id="retention-start", misfire_grace_time=None)
 
-        if (self.models is not None and self.config.models.warmup and hasattr(self.models, "warmup")
-                and self.executor.kind == "local"):  # remote workers load their own models
+        if self.config.models.warmup and self.executor.kind == "local":  # remote workers load their own models
             self._warmup_thread = threading.Thread(target=self._warmup, name="model-warmup", daemon=True)
             self._warmup_thread.start()
         log.info(
@@ -286,36 +261,25 @@ class NodeService:
 
     def _reconcile(self) -> None:
         """Arm studies the index holds but completion never saw (kill between index commit and hook)."""
-        try:
-            index = self._index()
-            studies = getattr(index, "study_last_received", None)
-            if studies is None:
-                return
-            assert self.completion is not None
-            n = self.completion.reconcile(studies())
-            if n:
-                log.warning("studies found in the index without completion state; armed", extra={"count": n})
-        except ImportError:
-            pass
+        assert self.completion is not None
+        n = self.completion.reconcile(self._index().study_last_received())
+        if n:
+            log.warning("studies found in the index without completion state; armed", extra={"count": n})
 
     def _warmup(self) -> None:
         """Load every model once in the background so the first job does not pay for it; one line says
         which provider each model runs on (and one warning names models that fell back)."""
+        assert self.models is not None
         try:
             outcome = self.models.warmup()
         except Exception:
             log.exception("model warm-up failed; models load on first use")
             return
-        rows = {r["name"]: r for r in self.models.describe()} if hasattr(self.models, "describe") else {}
+        rows = {r["name"]: r for r in self.models.describe()}
         ready = {n: rows[n]["provider"] for n, v in outcome.items() if v.startswith("ok") and n in rows}
         log.info("models ready: %s", ", ".join(f"{n} on {p}" for n, p in ready.items()) or "none",
                  extra={"failed": len(outcome) - len(ready)})
-        try:
-            from pipelines.runtime.providers import planned_providers
-
-            expected = planned_providers(self.config.models.providers)[0]
-        except ImportError:
-            return
+        expected = planned_providers(self.config.models.providers)[0]
         fell_back = {n: p for n, p in ready.items() if p != expected}
         if fell_back:
             log.warning("models not on %s (the provider could not start for them; check the CUDA / cuDNN / "
@@ -336,11 +300,8 @@ class NodeService:
             self._stopped.set()
         log.info("node stopping")
         if self.dimse is not None:
-            try:
-                self.dimse.stop(graceful=True)
-            except TypeError:
-                self.dimse.stop()
-        if self.web is not None and hasattr(self.web, "stop"):
+            self.dimse.stop(graceful=True)
+        if self.web is not None:
             self.web.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
@@ -356,9 +317,8 @@ class NodeService:
             self._warmup_thread.join(WARMUP_JOIN_S)
             if self._warmup_thread.is_alive():
                 log.warning("model warm-up still running at stop", extra={"waited_s": WARMUP_JOIN_S})
-        close = getattr(self.spool, "close", None)
-        if close is not None:
-            close()
+        if self.spool is not None:
+            self.spool.close()
         if self.own_results is not None:
             self.own_results.close()
         if self._pid_written:

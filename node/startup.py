@@ -14,7 +14,10 @@ import os
 import socket
 import ssl
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
+
+from pipelines.runtime import ModelStore
+from pipelines.runtime.providers import onnxruntime_conflict
 
 from .config import NodeConfig, TLSSection
 from .state import DB_FILENAME, SchemaTooNew, check_version
@@ -203,10 +206,10 @@ def port_error(exc: OSError, host: str, port: int, key: str, flag: str) -> Start
 # --------------------------------------------------------------------------- models
 
 
-def check_models(config: NodeConfig, routed_pipelines: Iterable[str]) -> Any:
+def check_models(config: NodeConfig, routed_pipelines: Iterable[str]) -> ModelStore | None:
     """The model store when the routed pipelines need models (None when none does).
 
-    Fails when onnxruntime is missing or installed twice, when ``models.dir`` is
+    Fails when onnxruntime is installed twice, when ``models.dir`` is
     not a folder, or when a model found is unusable (manifest, missing file,
     sha256): a broken model is found now, not by the first study's job.
     No ONNX Runtime session is created here.
@@ -214,12 +217,6 @@ def check_models(config: NodeConfig, routed_pipelines: Iterable[str]) -> Any:
     needed = sorted(set(routed_pipelines) & MODEL_PIPELINES)
     if not needed:
         return None
-    try:
-        from pipelines.runtime import ModelStore
-        from pipelines.runtime.providers import onnxruntime_conflict
-    except ImportError as exc:
-        raise StartupError(f"the routed pipelines ({', '.join(needed)}) need onnxruntime, which cannot be imported "
-                           f"({exc}); install it: pip install onnxruntime (GPU: see the README's GPU install)") from None
     conflict = onnxruntime_conflict()
     if conflict:
         raise StartupError(conflict)

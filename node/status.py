@@ -17,6 +17,8 @@ import sqlite3
 import time
 from typing import Any
 
+from pipelines.runtime import ModelStore
+
 from .config import NodeConfig
 from .executors.status_file import read_status
 from .state import STUDY_STATES, Deliveries, Jobs, Studies
@@ -116,14 +118,11 @@ def counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
     }
 
 
-def models(model_store: Any) -> list[dict[str, Any]] | dict[str, Any] | None:
+def models(model_store: ModelStore | None) -> list[dict[str, Any]] | None:
     """What the model store says about its models (``describe()``), or None without a store."""
     if model_store is None:
         return None
-    describe = getattr(model_store, "describe", None)
-    if describe is None:
-        return [{"name": n} for n in model_store.names()]
-    return describe()
+    return model_store.describe()
 
 
 def executor(conn: sqlite3.Connection, config: NodeConfig) -> dict[str, Any]:
@@ -151,7 +150,7 @@ def executor(conn: sqlite3.Connection, config: NodeConfig) -> dict[str, Any]:
     return out
 
 
-def summary(conn: sqlite3.Connection, config: NodeConfig, model_store: Any = None,
+def summary(conn: sqlite3.Connection, config: NodeConfig, model_store: ModelStore | None = None,
             limit: int = 20) -> dict[str, Any]:
     """Everything ``cardionode status`` shows."""
     return {

@@ -52,7 +52,7 @@ def test_dispatch_queue_delivers_once_and_retries_when_down(orthanc: Orthanc, tm
     """The dicomweb type goes through the same persistent queue: sent once; a down peer is retried."""
     from node.state import connect
     from node.config import DispatchSection
-    from node.dispatch.base import build_sender
+    from node.dispatch import build_sender
     from node.dispatch.queue import DestinationWorker
 
     from node.state import add_deliveries

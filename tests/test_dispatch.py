@@ -11,7 +11,7 @@ from pydicom.sr.codedict import codes as sr_codes
 from pydicom.uid import JPEG2000Lossless
 
 from node.config import DimseDestination, DispatchSection
-from node.dispatch.base import SenderError, build_sender
+from node.dispatch import SenderError, build_sender
 from node.dispatch.queue import Dispatcher
 from node.state import add_deliveries
 from node.jobs import write_result_files

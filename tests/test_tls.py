@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from node.config import DimseDestination, TLSSection
-from node.dispatch.base import build_sender
+from node.dispatch import build_sender
 from tests.fixtures.studies import write_ct_study
 from tests.support.node_proc import NodeProcess, node_config
 from tests.support.peers import echo, free_port, require_binary, wait_for

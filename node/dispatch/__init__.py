@@ -1,4 +1,5 @@
-"""Result dispatch: persistent per-destination delivery queue and senders (DIMSE now, DICOMweb by the web area)."""
-from .base import SendOutcome, Sender, SenderError, build_sender, register_sender_type
+"""Result dispatch: persistent per-destination delivery queue and senders (DIMSE and DICOMweb STOW-RS)."""
+from .base import OutcomeCallback, SendOutcome, Sender, SenderError
+from .senders import build_sender
 
-__all__ = ["SendOutcome", "Sender", "SenderError", "build_sender", "register_sender_type"]
+__all__ = ["OutcomeCallback", "SendOutcome", "Sender", "SenderError", "build_sender"]

@@ -6,22 +6,23 @@ association, one HTTP request batch...).  It returns one
 only when the peer reported success for it.  When the peer cannot be reached
 at all the sender raises :class:`SenderError` (every file stays pending).
 
-A sender may accept ``on_outcome``: a callable it calls with each file's
-outcome as soon as the peer answered, in order.  The dispatcher commits each
-outcome at once, so a crash mid-batch can re-send at most the one instance
-whose success had not been committed yet.
+Every sender takes ``on_outcome``: a callable it calls with each file's
+outcome as soon as the peer answered, in order (a DIMSE sender after each
+C-STORE response, a STOW-RS sender after the one response of the batch).  The
+dispatcher commits each outcome at once, so a crash mid-batch can re-send at
+most the one instance whose success had not been committed yet.
 
-The DICOMweb sender (``node.dispatch.dicomweb.DicomwebSender``) is written by
-the web area and implements the same interface.
+The senders are :class:`node.dispatch.dimse.DimseSender` and
+:class:`node.dispatch.dicomweb.DicomwebSender`; :func:`node.dispatch.senders.build_sender`
+picks one by destination type.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence
 
-__all__ = ["SendOutcome", "Sender", "SenderError", "build_sender", "register_sender_type", "SENDER_TYPES"]
+__all__ = ["OutcomeCallback", "SendOutcome", "Sender", "SenderError"]
 
 
 class SenderError(Exception):
@@ -43,35 +44,12 @@ class SendOutcome:
     permanent: bool = False
 
 
-@runtime_checkable
+OutcomeCallback = Callable[[SendOutcome], None]
+
+
 class Sender(Protocol):
     """Sends files to one destination."""
 
-    def send(self, paths: Sequence[Path]) -> list[SendOutcome]:  # optionally also on_outcome=callable
+    def send(self, paths: Sequence[Path], on_outcome: OutcomeCallback | None = None) -> list[SendOutcome]:
+        """One outcome per path, in order; ``on_outcome`` sees each as soon as the peer answered."""
         ...
-
-
-#: destination ``type`` -> "module:Class"; the class takes (name, destination config, our AE title, timeout_s).
-SENDER_TYPES: dict[str, str] = {
-    "dimse": "node.dispatch.dimse:DimseSender",
-    "dicomweb": "node.dispatch.dicomweb:DicomwebSender",
-}
-
-
-def register_sender_type(type_name: str, target: str) -> None:
-    """Add or replace the sender class for a destination type ("module:Class")."""
-    SENDER_TYPES[type_name] = target
-
-
-def build_sender(name: str, destination: Any, calling_ae: str, timeout_s: float) -> Sender:
-    """Instantiate the sender for ``destination`` (a config destination dataclass)."""
-    target = SENDER_TYPES.get(destination.type)
-    if target is None:
-        raise SenderError(f"destination {name!r}: no sender for type {destination.type!r}")
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SenderError(f"destination {name!r}: sender for type {destination.type!r} unavailable: {exc}") from exc
-    cls = getattr(module, attr)
-    return cls(name=name, destination=destination, calling_ae=calling_ae, timeout_s=timeout_s)

@@ -20,7 +20,7 @@ import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from .base import SendOutcome, SenderError
+from .base import OutcomeCallback, SendOutcome, SenderError
 
 __all__ = ["DicomwebSender", "make_session", "make_client", "PERMANENT_FAILURE_REASONS"]
 
@@ -114,7 +114,8 @@ class DicomwebSender:
     def _remember_status(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         self._last_status = response.status_code
 
-    def send(self, paths: Sequence[Path]) -> list[SendOutcome]:
+    def send(self, paths: Sequence[Path], on_outcome: OutcomeCallback | None = None) -> list[SendOutcome]:
+        """STOW-RS ``paths`` in one request; ``on_outcome`` sees each outcome once the response is in."""
         if not paths:
             return []
         datasets, uids = [], []
@@ -150,4 +151,7 @@ class DicomwebSender:
         if bad:
             log.warning("STOW-RS partly failed", extra={"destination": self.name, "failed": len(bad),
                                                         "error": bad[0].error})
+        if on_outcome is not None:
+            for outcome in outcomes:
+                on_outcome(outcome)
         return outcomes

@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import ssl
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import pydicom
 from pydicom.pixels.utils import pack_bits
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from .base import SendOutcome, SenderError
+from .base import OutcomeCallback, SendOutcome, SenderError
 
 __all__ = ["DimseSender", "SUCCESS_STATUSES", "PERMANENT_STATUSES", "permanent_reason"]
 
@@ -77,7 +77,7 @@ class DimseSender:
         self.timeout_s = timeout_s
 
     def send(self, paths: Sequence[Path],
-             on_outcome: Callable[[SendOutcome], None] | None = None) -> list[SendOutcome]:
+             on_outcome: OutcomeCallback | None = None) -> list[SendOutcome]:
         """C-STORE ``paths`` over one association; ``on_outcome`` sees each outcome right after the response."""
         if not paths:
             return []

@@ -17,17 +17,17 @@ delays its own queue.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 from ..config import DispatchSection
 from ..state import Deliveries, transaction
-from .base import SendOutcome, Sender, SenderError, build_sender
+from .base import SendOutcome, Sender, SenderError
+from .senders import Destination, build_sender
 
 __all__ = ["Dispatcher", "DestinationWorker"]
 
@@ -121,10 +121,7 @@ class DestinationWorker:
                 committed += 1
 
         try:
-            if self._accepts_on_outcome:
-                outcomes = self.sender.send(paths, on_outcome=on_outcome)
-            else:
-                outcomes = self.sender.send(paths)
+            outcomes = self.sender.send(paths, on_outcome=on_outcome)
         except SenderError as exc:
             self._record_batch_error(present[committed:], str(exc))
             return False  # wait for the earliest retry time rather than spinning
@@ -139,13 +136,6 @@ class DestinationWorker:
         if committed < len(present):
             self._record_outcomes(present[committed:], outcomes[committed:])
         return True
-
-    @property
-    def _accepts_on_outcome(self) -> bool:
-        try:
-            return "on_outcome" in inspect.signature(self.sender.send).parameters
-        except (TypeError, ValueError):
-            return False
 
     def _record_batch_error(self, rows: list[sqlite3.Row], error: str) -> None:
         if not rows:
@@ -188,10 +178,10 @@ class Dispatcher:
     def __init__(
         self,
         get_conn: Callable[[], sqlite3.Connection],
-        destinations: Mapping[str, Any],
+        destinations: Mapping[str, Destination],
         settings: DispatchSection,
         calling_ae: str,
-        sender_factory: Callable[[str, Any, str, float], Sender] = build_sender,
+        sender_factory: Callable[[str, Destination, str, float], Sender] = build_sender,
         on_sent: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.workers: dict[str, DestinationWorker] = {}

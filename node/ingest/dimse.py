@@ -42,7 +42,7 @@ from .admission import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, own_result_return
 from .guard import ConnectionGuard
 from .policy import CallerPolicy
 from .transport import (
-    GuardedServer, IncomingFile, Limits, drop_unnegotiated, quiet_pdu_logging, stream_datasets_to_spool,
+    GuardedServer, Limits, drop_unnegotiated, quiet_pdu_logging, stream_datasets_to_spool, streamed_file,
 )
 
 __all__ = [
@@ -79,8 +79,8 @@ def store_event(spool: Spool, event: Any, *, calling_ae: str, source: str) -> St
         path = event.dataset_path
     except AttributeError:
         path = None
-    streamed = getattr(req, "_dataset_file", None)
-    if isinstance(streamed, IncomingFile) and streamed.error is not None:
+    streamed = streamed_file(req)
+    if streamed is not None and streamed.error is not None:
         streamed.discard()
         raise streamed.error  # e.g. ENOSPC while the dataset arrived: 0xA700, nothing left behind
     if path is None:

@@ -275,6 +275,13 @@ def _dataset_file(*args: Any, **kwargs: Any) -> Any:
     return tempfile.NamedTemporaryFile(*args, **kwargs)
 
 
+def streamed_file(request: Any) -> IncomingFile | None:
+    """The :class:`IncomingFile` pynetdicom streamed a C-STORE request's dataset into (None: it was not
+    streamed by the listener's DUL thread, e.g. a C-GET sub-operation)."""
+    streamed = getattr(request, "_dataset_file", None)  # pynetdicom 3.0 keeps it on the request
+    return streamed if isinstance(streamed, IncomingFile) else None
+
+
 def stream_datasets_to_spool() -> None:
     """Process-wide (idempotent): pynetdicom streams C-STORE datasets to a file instead of memory, and
     the listener's DUL threads write that file into the spool (:class:`IncomingFile`)."""

@@ -165,7 +165,7 @@ class HttpServer:
         )
         self._server = uvicorn.Server(uv_config)
         self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self.error: BaseException | None = None  # why the server thread ended, when it did
 
     def start(self, timeout: float = 10.0) -> None:
         """Start serving; returns once the socket is bound (raises if it could not be)."""
@@ -173,10 +173,10 @@ class HttpServer:
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
-            if self._error is not None or not self._thread.is_alive():
+            if self.error is not None or not self._thread.is_alive():
                 raise RuntimeError(
                     f"HTTP server could not start on {self.config.node.http_host}:{self.config.node.http_port}:"
-                    f" {self._error!r}"
+                    f" {self.error!r}"
                 )
             if time.monotonic() > deadline:
                 raise RuntimeError("HTTP server did not start in time")
@@ -187,7 +187,7 @@ class HttpServer:
         try:
             asyncio.run(self._server.serve())
         except BaseException as exc:  # SystemExit from uvicorn on bind errors
-            self._error = exc
+            self.error = exc
 
     @property
     def port(self) -> int:

@@ -13,7 +13,7 @@ The queries are those of :mod:`node.status`, shared with ``cardionode status``.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -22,6 +22,9 @@ from starlette.routing import Route
 
 from .. import status as queries
 from ..state import Jobs
+
+if TYPE_CHECKING:  # server.py builds the routes from this module
+    from .server import WebContext
 
 __all__ = ["status_routes"]
 
@@ -35,7 +38,7 @@ def _limit(request: Request) -> int:
         return 50
 
 
-def status_routes(ctx: Any, guard: Callable[[Request], Response | None]) -> list[Route]:
+def status_routes(ctx: WebContext, guard: Callable[[Request], Response | None]) -> list[Route]:
     """Routes of the status API; ``guard(request)`` returns a 401 response or None."""
 
     def protected(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
@@ -80,13 +83,13 @@ def status_routes(ctx: Any, guard: Callable[[Request], Response | None]) -> list
         job_id = request.path_params["job_id"]
         if Jobs(ctx.get_conn).get(job_id) is None:
             return JSONResponse({"error": f"job {job_id} not found"}, status_code=404)
-        custom = getattr(ctx, "retry_job", None)
+        custom = ctx.retry_job
         why = custom(job_id) if custom is not None else Jobs(ctx.get_conn).retry_failed(job_id, time.time())
         if why == "not found":
             return JSONResponse({"error": f"job {job_id} not found"}, status_code=404)
         if why is not None:
             return JSONResponse({"error": f"job {job_id} cannot be retried: {why}"}, status_code=409)
-        wake = getattr(ctx, "wake_jobs", None)
+        wake = ctx.wake_jobs
         if wake is not None and custom is None:
             wake()
         return JSONResponse({"job": job_id, "state": "queued"}, status_code=202)
@@ -95,7 +98,7 @@ def status_routes(ctx: Any, guard: Callable[[Request], Response | None]) -> list
         return JSONResponse({"destinations": queries.destinations(ctx.get_conn(), ctx.config)})
 
     def list_models(request: Request) -> Response:
-        return JSONResponse({"models": queries.models(getattr(ctx, "model_store", None))})
+        return JSONResponse({"models": queries.models(ctx.model_store)})
 
     return [
         Route("/api/studies", protected(list_studies), methods=["GET"]),

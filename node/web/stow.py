@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from ..files import private_dir
 from ..ingest.admission import is_accepted, own_result_returned
 from ..logging_setup import clean
-from ..spool import TEMP_SUFFIX, OwnResultError, is_out_of_space
+from ..spool import TEMP_SUFFIX, OwnResultError, Spool, SpoolError, is_out_of_space
 from .multipart import MediaTypeError, MultipartError, Part, PartReader, find_parts, parse_content_type, stow_boundary
 
 __all__ = [
@@ -179,24 +179,16 @@ def _header(reader: PartReader) -> Dataset:
 
 def _reason_for_store_error(exc: BaseException) -> int:
     """FailureReason for an exception from Spool.store_stream."""
-    explicit = getattr(exc, "failure_reason", None)
-    if isinstance(explicit, int):
-        return explicit
-    status = getattr(exc, "status", None)
-    if isinstance(status, int):
-        if status == 0xA700 or (status & 0xFF00) == 0xA700:
+    if isinstance(exc, SpoolError):
+        status = exc.status
+        if status == 0xA700:
             return FAILURE_OUT_OF_RESOURCES
-        if status in (0x0111, 0x0122, 0xA900, 0xC000, 0x0110):
+        if status in (0x0111, 0xA900, 0xC000):
             return status
         if (status & 0xF000) == 0xC000:  # spool's 0xC2xx: malformed/truncated = cannot understand
             return FAILURE_CANNOT_UNDERSTAND
     if is_out_of_space(exc):
         return FAILURE_OUT_OF_RESOURCES
-    name = type(exc).__name__.lower()
-    if "space" in name or "resource" in name:
-        return FAILURE_OUT_OF_RESOURCES
-    if "sopclass" in name or "sop_class" in name:
-        return FAILURE_SOP_CLASS_NOT_SUPPORTED
     return FAILURE_PROCESSING
 
 
@@ -219,7 +211,7 @@ def store_parts(
     return StowResult(outcomes)
 
 
-def _store_one(body: BinaryIO, part: Part, spool: Any, *, study_uid: str | None, calling_ae: str,
+def _store_one(body: BinaryIO, part: Part, spool: Spool, *, study_uid: str | None, calling_ae: str,
                metrics: Any = None) -> PartOutcome:
     reader = PartReader(body, part.start, part.end)
     mime, _params = parse_content_type(part.content_type) if part.content_type else ("application/dicom", {})
@@ -239,8 +231,7 @@ def _store_one(body: BinaryIO, part: Part, spool: Any, *, study_uid: str | None,
         return PartOutcome(part.index, sop_class, sop_uid, False, FAILURE_CANNOT_UNDERSTAND,
                            "File Meta Information does not match the dataset's SOP Class/Instance UID")
     series_uid = str(header.get("SeriesInstanceUID", "") or "")
-    is_own = getattr(spool, "is_own_result", None)
-    if is_own is not None and is_own(sop_uid, series_uid):  # before the SOP class check: SR/SEG come back too
+    if spool.is_own_result(sop_uid, series_uid):  # before the SOP class check: SR/SEG come back too
         own = OwnResultError(sop_uid, series_uid, str(header.get("StudyInstanceUID", "") or ""))
         own_result_returned(log, metrics, own, source="stow", calling_ae=calling_ae)
         return PartOutcome(part.index, sop_class, sop_uid, True, None, "own result: not stored", 0, own=True)
@@ -264,8 +255,7 @@ def _store_one(body: BinaryIO, part: Part, spool: Any, *, study_uid: str | None,
         log.warning("STOW part refused", extra={"sop_instance": sop_uid, "reason": f"0x{reason:04X}",
                                                 "error": str(exc)})
         return PartOutcome(part.index, sop_class, sop_uid, False, reason, str(exc))
-    nbytes = int(getattr(stored, "size", 0) or getattr(stored, "nbytes", 0) or (part.size - ds_offset))
-    return PartOutcome(part.index, sop_class, sop_uid, True, None, "", nbytes)
+    return PartOutcome(part.index, sop_class, sop_uid, True, None, "", stored.size)
 
 
 # --------------------------------------------------------------------------- HTTP
