@@ -1,12 +1,13 @@
 """Node configuration: YAML loaded into frozen dataclasses and validated on load.
 
 Every section is a dataclass; :func:`load_config` walks the YAML tree against
-those dataclasses so that a wrong key or value produces exactly one
+those dataclasses (with :func:`configschema.build`, the loader the pipelines'
+options use too) so that a wrong key or value produces exactly one
 :class:`ConfigError` naming the key path and what is allowed.  Nothing here is
 global: the loaded :class:`NodeConfig` is passed to whatever needs it.
 
 Paths: every key that names a file or folder (fields declared with
-:func:`_path_field`, plus ``node.plugins`` entries written as files) is made
+:func:`configschema.path_field`, plus ``node.plugins`` entries written as files) is made
 absolute once, while loading, by one rule: a relative path is relative to the
 working directory of the command that loads the file (``~`` is expanded).
 Every component then receives the same absolute path, whatever its own
@@ -16,16 +17,14 @@ validation, so a wrong override is reported like a wrong key in the file.
 """
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import os
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
+
+from configschema import ConfigError, build, path_field, resolve_path
 
 __all__ = [
     "ConfigError",
@@ -55,10 +54,6 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or not allowed."""
-
-
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
 
 
@@ -72,16 +67,6 @@ def _check_port(value: int, path: str) -> None:
         raise ConfigError(f"{path}: {value} is not a TCP port (0-65535)")
 
 
-def _path_field(default: Any = None) -> Any:
-    """A config field holding a file or folder path: made absolute at load (see the module docstring)."""
-    return dataclasses.field(default=default, metadata={"path": True})
-
-
-def resolve_path(value: str, base_dir: Path) -> str:
-    """``value`` as an absolute, normalised path; relative ones are taken from ``base_dir``."""
-    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
-
-
 def is_plugin_file(entry: str) -> bool:
     """A ``node.plugins`` entry naming a Python file (``./my_plugin.py``) rather than a module (``my_pkg.plugin``)."""
     return entry.endswith(".py")
@@ -92,9 +77,9 @@ class TLSSection:
     """TLS certificate, key and trusted CAs (DIMSE listener ``node.tls``, HTTP port ``node.http_tls``,
     DIMSE destinations)."""
 
-    certificate: str = _path_field(dataclasses.MISSING)
-    private_key: str = _path_field(dataclasses.MISSING)
-    ca_certificates: str | None = _path_field()
+    certificate: str = path_field(dataclasses.MISSING)
+    private_key: str = path_field(dataclasses.MISSING)
+    ca_certificates: str | None = path_field()
     require_client_certificate: bool = False
 
 
@@ -105,7 +90,7 @@ class NodeSection:
     ae_title: str = "CARDIONODE"
     host: str = "0.0.0.0"
     port: int = 11112
-    storage_dir: str = _path_field("./var")
+    storage_dir: str = path_field("./var")
     quiet_seconds: float = 30.0
     late_arrivals: Literal["reprocess", "ignore"] = "reprocess"
     max_associations: int = 10
@@ -162,13 +147,13 @@ class NodeSection:
 class ModelsSection:
     """Where models come from and how ONNX Runtime runs them."""
 
-    dir: str | None = _path_field()
+    dir: str | None = path_field()
     providers: tuple[Literal["tensorrt", "cuda", "cpu"], ...] = ("tensorrt", "cuda", "cpu")
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     tensorrt_fp16: bool = True
-    tensorrt_cache_dir: str | None = _path_field()
+    tensorrt_cache_dir: str | None = path_field()
     warmup: bool = True
 
     def validate(self, path: str) -> None:
@@ -213,7 +198,7 @@ class ApiSection:
     ``stow_requires_token`` is switched off; with no token configured they refuse every request."""
 
     token: str | None = None
-    token_file: str | None = _path_field()
+    token_file: str | None = path_field()
     stow_requires_token: bool = True
 
 
@@ -377,7 +362,7 @@ class RayExecutorSection:
     max_in_flight: int = 4
     transfer: Literal["object_store", "shared_filesystem"] = "object_store"
     worker_storage_dir: str | None = None
-    auth_token_file: str | None = _path_field()
+    auth_token_file: str | None = path_field()
     connect_timeout_s: float = 60.0
     reconnect_max_s: float = 30.0
     embedded: RayEmbeddedSection = RayEmbeddedSection()
@@ -427,7 +412,7 @@ class NodeConfig:
     sources: Mapping[str, DimseSource | DicomwebSource] = dataclasses.field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     pipelines: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
-    source_path: str | None = None
+    source_path: str | None = dataclasses.field(default=None, metadata={"internal": True})  # the file it came from
 
     def validate(self, path: str) -> None:
         for i, route in enumerate(self.routes):
@@ -450,133 +435,16 @@ class NodeConfig:
 # --------------------------------------------------------------------------- parsing
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if dataclasses.is_dataclass(tp):
-        return "mapping"
-    if origin in (tuple, list):
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    if origin in (dict, collections.abc.Mapping):
-        return "mapping"
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(tp: Any, value: Any, path: str, base: Path) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        dataclass_args = [a for a in args if dataclasses.is_dataclass(a)]
-        # Tagged union of dataclasses: choose by the 'type' key.
-        if len(dataclass_args) > 1 and isinstance(value, Mapping):
-            tags = {typing.get_args(typing.get_type_hints(a)["type"])[0]: a for a in dataclass_args}
-            tag = value.get("type")
-            if tag not in tags:
-                raise ConfigError(f"{path}.type: {tag!r} is not allowed (allowed: {', '.join(map(repr, tags))})")
-            return _build(tags[tag], value, path, base)
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value, path, base)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{path}: {value!r} is not allowed (allowed: {', '.join(map(repr, allowed))})")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path, base)
-    if origin in (tuple, list):
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            value = [value]  # a single value where a list is allowed
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        (item_tp, *_rest) = typing.get_args(tp)
-        return tuple(_convert(item_tp, v, f"{path}[{i}]", base) for i, v in enumerate(value))
-    if origin in (dict, collections.abc.Mapping):
-        if value is None:
-            value = {}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        key_tp, val_tp = typing.get_args(tp)
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str) or not re.match(r"^[A-Za-z0-9_.-]+$", k):
-                raise ConfigError(f"{path}: key {k!r} must be a name of letters, digits, '_', '.', '-'")
-            out[k] = _convert(val_tp, v, f"{path}.{k}", base)
-        return types.MappingProxyType(out)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} at {path}")
-
-
-def _build(cls: type, data: Any, path: str, base: Path) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_path"}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        where = f"{path}.{unknown[0]}" if path else str(unknown[0])
-        raise ConfigError(f"{where}: unknown key (allowed here: {', '.join(fields)})")
-    kwargs = {}
-    for name, field in fields.items():
-        sub = f"{path}.{name}" if path else name
-        if name in data:
-            kwargs[name] = _convert(hints[name], data[name], sub, base)
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{sub}: required key is missing")
-    for name, field in fields.items():  # the one place where configured paths become absolute
-        value = kwargs.get(name, field.default)
-        if field.metadata.get("path") and isinstance(value, str):
-            kwargs[name] = resolve_path(value, base)
-    if cls is NodeSection and "plugins" in kwargs:
-        kwargs["plugins"] = tuple(resolve_path(p, base) if is_plugin_file(p) else p for p in kwargs["plugins"])
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate(path)
-    return obj
-
-
 def parse_config(data: Any, source_path: str | None = None, base_dir: str | Path | None = None) -> NodeConfig:
     """Validate an already-parsed YAML/JSON tree and return the config.
 
     Relative paths are made absolute against ``base_dir`` (default: the
     current working directory), once, here.
     """
-    base = Path(base_dir) if base_dir is not None else Path.cwd()
-    config = _build(NodeConfig, data, "", base.absolute())
-    return dataclasses.replace(config, source_path=source_path)
+    base = (Path(base_dir) if base_dir is not None else Path.cwd()).absolute()
+    config = build(NodeConfig, data, base_dir=base)
+    plugins = tuple(resolve_path(p, base) if is_plugin_file(p) else p for p in config.node.plugins)
+    return dataclasses.replace(config, source_path=source_path, node=dataclasses.replace(config.node, plugins=plugins))
 
 
 def load_config(path: str | Path | None, overrides: Sequence[tuple[str, Any]] = (),

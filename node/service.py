@@ -47,13 +47,22 @@ from .state import Connections, InstanceIndex, OwnResults
 from .web.metrics import Metrics
 from .web.server import HttpServer, WebContext
 
-__all__ = ["NodeService", "PID_FILE_NAME"]
+__all__ = ["NodeService", "PID_FILE_NAME", "check_pipeline_options"]
 
 log = logging.getLogger("cardionode.service")
 
 PID_FILE_NAME = "cardionode.pid"  # read by `cardionode models reload` (pipelines.runtime.cli)
 RETENTION_INTERVAL_S = 600.0
 WARMUP_JOIN_S = 120.0
+
+
+def check_pipeline_options(config: NodeConfig, registry: PipelineRegistry) -> None:
+    """Every ``pipelines.<name>`` section names a registered pipeline and reads as its options class;
+    raises :class:`ConfigError` with the key path (a typo stops start-up, not every job)."""
+    for name, raw in config.pipelines.items():
+        if name not in registry:
+            raise ConfigError(f"pipelines.{name}: unknown pipeline (registered: {', '.join(registry.names())})")
+        registry.parse_options(name, raw)  # an OptionsError is a ConfigError naming pipelines.<name>.<key>
 
 
 class NodeService:
@@ -81,6 +90,7 @@ class NodeService:
                 raise ConfigError(
                     f"executor.pipelines.{name}: unknown pipeline (registered: {', '.join(self.registry.names())})"
                 )
+        check_pipeline_options(config, self.registry)
         self.conns = Connections(self.storage_dir)
         # completion state is rebuilt from the spool at start-up (recover + reconcile): no fsync per instance
         self.completion_conns = Connections(self.storage_dir, synchronous="NORMAL")

@@ -15,17 +15,24 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from .base import Pipeline
+from .options import PipelineOptions
 
 __all__ = ["PipelineRegistry", "UnknownPipelineError", "BUILTIN_PIPELINES", "default_registry"]
 
-#: name -> "module:factory"; the factory takes the pipeline's options mapping.
+#: name -> "module:factory"; the factory takes no arguments and returns the pipeline.
 BUILTIN_PIPELINES: dict[str, str] = {
     "syntax": "pipelines.syntax.pipeline:SyntaxPipeline",
     "calcium": "pipelines.calcium.pipeline:CalciumPipeline",
     "myops": "pipelines.myops.pipeline:MyopsPipeline",
+}
+#: name -> "module:Class" of the pipeline's options (:class:`pipelines.options.PipelineOptions`).
+BUILTIN_OPTIONS: dict[str, str] = {
+    "syntax": "pipelines.syntax.options:SyntaxOptions",
+    "calcium": "pipelines.calcium.options:CalciumOptions",
+    "myops": "pipelines.myops.options:MyopsOptions",
 }
 
 
@@ -39,14 +46,29 @@ class UnknownPipelineError(KeyError):
 class PipelineRegistry:
     """Maps pipeline names to factories ``factory() -> Pipeline``."""
 
-    def __init__(self, builtins: dict[str, str] | None = None) -> None:
+    def __init__(self, builtins: dict[str, str] | None = None, builtin_options: dict[str, str] | None = None) -> None:
         self._lazy: dict[str, str] = dict(BUILTIN_PIPELINES if builtins is None else builtins)
+        self._lazy_options: dict[str, str] = dict(BUILTIN_OPTIONS if builtin_options is None else builtin_options)
         self._factories: dict[str, Callable[[], Pipeline]] = {}
+        self._options: dict[str, type[PipelineOptions] | None] = {}
 
-    def register(self, name: str, factory: Callable[[], Pipeline]) -> None:
-        """Register (or replace) a pipeline factory under ``name``."""
+    def register(self, name: str, factory: Callable[[], Pipeline],
+                 options: type[PipelineOptions] | None = None) -> None:
+        """Register (or replace) a pipeline factory under ``name``, with its options class (None: the
+        pipeline gets its ``pipelines.<name>`` mapping as written and checks it itself)."""
         self._factories[name] = factory
+        self._options[name] = options
         self._lazy.pop(name, None)
+        self._lazy_options.pop(name, None)
+
+    def parse_options(self, name: str, raw: Mapping[str, Any] | None) -> Any:
+        """The pipeline's options read from ``raw`` by its options class; raises
+        :class:`~pipelines.options.OptionsError` naming the key path.  Without an options class: ``raw``."""
+        if name not in self._options:
+            target = self._lazy_options.get(name)
+            self._options[name] = _load(target) if target is not None else None
+        options = self._options[name]
+        return raw if options is None else options.parse(raw)
 
     def names(self) -> list[str]:
         return sorted(set(self._lazy) | set(self._factories))
@@ -62,9 +84,7 @@ class PipelineRegistry:
                 raise UnknownPipelineError(
                     f"unknown pipeline {name!r} (registered: {', '.join(self.names()) or 'none'})"
                 )
-            module_name, _, attr = target.partition(":")
-            module = importlib.import_module(module_name)
-            self._factories[name] = getattr(module, attr)
+            self._factories[name] = _load(target)
         return self._factories[name]()
 
     def load_plugins(self, modules: tuple[str, ...] | list[str]) -> None:
@@ -75,6 +95,12 @@ class PipelineRegistry:
             if hook is None:
                 raise ImportError(f"plugin module {module_name!r} has no register(registry) function")
             hook(self)
+
+
+def _load(target: str) -> Any:
+    """The object a ``"module:attribute"`` target names."""
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def _import_file(path: str) -> ModuleType:

@@ -36,7 +36,7 @@ class CalciumPipeline:
     modalities = ("CT",)
 
     def run(self, study: StudyView, context: PipelineContext) -> PipelineResult:
-        opts = CalciumOptions.from_mapping(context.options)
+        opts = CalciumOptions.parse(context.options)
         handle = context.models.acquire(opts.model)  # at the start: the version stays fixed for this job
         log = context.logger
         t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Options of the myops pipeline (config section ``pipelines: {myops: {...}}``), validated here.
+"""Options of the myops pipeline (config section ``pipelines: {myops: {...}}``) and their rules.
 
 Keys (all optional):
 
@@ -12,9 +12,11 @@ Keys (all optional):
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Mapping
 
 from pipelines.imaging import SeriesRule
+from pipelines.options import OptionsError, parse_options
 
 __all__ = ["DEFAULT_PATTERNS", "DEFAULT_RULES", "MyopsOptions", "OptionsError", "rules_from"]
 
@@ -26,27 +28,26 @@ DEFAULT_PATTERNS: dict[str, tuple[str, ...]] = {
 }
 
 
-class OptionsError(ValueError):
-    """A myops option is wrong; the message names the key."""
-
-
 def rules_from(patterns: Mapping[str, tuple[str, ...]]) -> dict[str, SeriesRule]:
     return {name: SeriesRule(include=tuple(p), modalities=("MR",)) for name, p in patterns.items()}
 
 
 DEFAULT_RULES = rules_from(DEFAULT_PATTERNS)
 
-_KEYS = ("model", "series", "registration", "deformable", "series_number_base", "summary_image")
-
-
 @dataclasses.dataclass(frozen=True)
 class MyopsOptions:
     model: str = "myops-unet"
-    patterns: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=lambda: dict(DEFAULT_PATTERNS))
+    #: sequence -> patterns, replacing that sequence's defaults (config key ``series``)
+    series: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     registration: bool = True
     deformable: bool = False
     series_number_base: int = 900
     summary_image: bool = True
+
+    @property
+    def patterns(self) -> dict[str, tuple[str, ...]]:
+        """The series patterns in use: the defaults with ``series`` applied."""
+        return {**DEFAULT_PATTERNS, **self.series}
 
     @property
     def rules(self) -> dict[str, SeriesRule]:
@@ -54,46 +55,21 @@ class MyopsOptions:
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any] | None) -> "MyopsOptions":
-        raw = dict(raw or {})
-        unknown = sorted(set(raw) - set(_KEYS))
-        if unknown:
-            raise OptionsError(f"pipelines.myops: unknown key(s) {unknown} (allowed: {', '.join(_KEYS)})")
-        out: dict[str, Any] = {}
-        if "model" in raw:
-            if not isinstance(raw["model"], str) or not raw["model"].strip():
-                raise OptionsError(f"pipelines.myops.model: expected a model name, got {raw['model']!r}")
-            out["model"] = raw["model"]
-        for key in ("registration", "deformable", "summary_image"):
-            if key in raw:
-                if not isinstance(raw[key], bool):
-                    raise OptionsError(f"pipelines.myops.{key}: expected true or false, got {raw[key]!r}")
-                out[key] = raw[key]
-        if "series_number_base" in raw:
-            v = raw["series_number_base"]
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 99990:
-                raise OptionsError(f"pipelines.myops.series_number_base: expected an integer 1..99990, got {v!r}")
-            out["series_number_base"] = v
-        if "series" in raw:
-            series = raw["series"]
-            if not isinstance(series, Mapping):
-                raise OptionsError("pipelines.myops.series: expected a mapping {lge|t2|bssfp: [patterns]}")
-            patterns = dict(DEFAULT_PATTERNS)
-            for name, value in series.items():
-                if name not in DEFAULT_PATTERNS:
-                    raise OptionsError(f"pipelines.myops.series.{name}: unknown sequence (allowed: lge, t2, bssfp)")
-                if isinstance(value, str):
-                    value = [value]
-                if not isinstance(value, (list, tuple)) or not value or not all(isinstance(p, str) and p for p in value):
-                    raise OptionsError(f"pipelines.myops.series.{name}: expected a non-empty list of patterns")
-                import re
+        """The ``pipelines.myops`` mapping, validated (:func:`pipelines.options.parse_options`)."""
+        return parse_options(cls, raw, "myops")
 
-                for p in value:
-                    try:
-                        re.compile(p)
-                    except re.error as exc:
-                        raise OptionsError(f"pipelines.myops.series.{name}: bad pattern {p!r}: {exc}") from exc
-                patterns[name] = tuple(value)
-            out["patterns"] = patterns
-        return cls(**out)
-
-
+    def validate(self, path: str) -> None:
+        if not self.model.strip():
+            raise OptionsError(f"{path}.model: expected a model name, got {self.model!r}")
+        if not 1 <= self.series_number_base <= 99990:
+            raise OptionsError(f"{path}.series_number_base: expected an integer 1..99990, got {self.series_number_base}")
+        for name, patterns in self.series.items():
+            if name not in DEFAULT_PATTERNS:
+                raise OptionsError(f"{path}.series.{name}: unknown sequence (allowed: {', '.join(DEFAULT_PATTERNS)})")
+            if not patterns or not all(patterns):
+                raise OptionsError(f"{path}.series.{name}: expected a non-empty list of patterns")
+            for p in patterns:
+                try:
+                    re.compile(p)
+                except re.error as exc:
+                    raise OptionsError(f"{path}.series.{name}: bad pattern {p!r}: {exc}") from None

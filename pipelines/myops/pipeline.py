@@ -33,7 +33,7 @@ from pipelines.outputs import (
 
 from . import labels as cls
 from .inference import first_pass_prior, model_input, probabilities_to_anchor
-from .options import MyopsOptions, OptionsError
+from .options import MyopsOptions
 from .preprocess import CHANNELS, PreprocessConfig, PreprocessError
 from .registration import RegistrationConfig
 
@@ -82,10 +82,7 @@ class MyopsPipeline:
 
     def run(self, study: StudyView, context: PipelineContext) -> PipelineResult:
         t0 = time.perf_counter()
-        try:
-            opts = MyopsOptions.parse(context.options)
-        except OptionsError as exc:
-            raise PipelineInputError(str(exc)) from exc
+        opts = MyopsOptions.parse(context.options)  # OptionsError is a PipelineInputError
         handle = context.models.acquire(opts.model)
         manifest = handle.manifest
         models: list[ModelInfo] = [handle.info]

@@ -1,18 +1,12 @@
-"""Options of the SYNTAX pipeline (config section ``pipelines: {syntax: {...}}``), validated here."""
+"""Options of the SYNTAX pipeline (config section ``pipelines: {syntax: {...}}``) and their rules."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping
 
-from pipelines.base import PipelineInputError
+from pipelines.options import OptionsError, parse_options
 
 __all__ = ["SyntaxOptions", "OptionsError"]
-
-PREFIX = "pipelines.syntax"
-
-
-class OptionsError(PipelineInputError):
-    """A syntax option is invalid; the message names the key."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,53 +36,33 @@ class SyntaxOptions:
     series_number_sr: int = 9201
     series_number_summary: int = 9202
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folds", tuple(dict.fromkeys(self.folds)))  # each fold once, in order
+        object.__setattr__(self, "modalities", tuple(m.upper() for m in self.modalities))
+
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any] | None) -> "SyntaxOptions":
-        raw = dict(raw or {})
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - fields)
-        if unknown:
-            raise OptionsError(f"{PREFIX}.{unknown[0]}: unknown option (allowed: {', '.join(sorted(fields))})")
-        kw: dict[str, Any] = {}
-        for key, value in raw.items():
-            path = f"{PREFIX}.{key}"
-            if key in ("model_prefix", "artery_model"):
-                if not isinstance(value, str) or not value:
-                    raise OptionsError(f"{path}: expected a non-empty string, got {value!r}")
-                kw[key] = value
-            elif key in ("calibrate", "summary_image", "allow_mixed_versions"):
-                if not isinstance(value, bool):
-                    raise OptionsError(f"{path}: expected true or false, got {value!r}")
-                kw[key] = value
-            elif key == "folds":
-                if not isinstance(value, (list, tuple)) or not value or not all(
-                        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
-                    raise OptionsError(f"{path}: expected a non-empty list of fold numbers, got {value!r}")
-                kw[key] = tuple(dict.fromkeys(value))
-            elif key == "modalities":
-                if isinstance(value, str):
-                    value = [value]
-                if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
-                    raise OptionsError(f"{path}: expected a list of modalities, got {value!r}")
-                kw[key] = tuple(v.upper() for v in value)
-            elif key in ("max_views", "min_frames", "series_number_sr", "series_number_summary"):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise OptionsError(f"{path}: expected a positive integer, got {value!r}")
-                kw[key] = value
-            else:  # left_max, right_min, threshold
-                if value is None and key != "threshold":
-                    kw[key] = None
-                    continue
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise OptionsError(f"{path}: expected a number, got {value!r}")
-                kw[key] = float(value)
-        opts = cls(**kw)
+    def parse(cls, raw: Mapping[str, Any] | None) -> "SyntaxOptions":
+        """The ``pipelines.syntax`` mapping, validated (:func:`pipelines.options.parse_options`)."""
+        return parse_options(cls, raw, "syntax")
+
+    from_mapping = parse
+
+    def validate(self, path: str) -> None:
+        for key in ("model_prefix", "artery_model"):
+            if not getattr(self, key):
+                raise OptionsError(f"{path}.{key}: expected a non-empty string, got {getattr(self, key)!r}")
+        if not self.folds or any(k < 0 for k in self.folds):
+            raise OptionsError(f"{path}.folds: expected a non-empty list of fold numbers, got {list(self.folds)}")
+        if not self.modalities or not all(self.modalities):
+            raise OptionsError(f"{path}.modalities: expected a list of modalities, got {list(self.modalities)}")
+        for key in ("max_views", "min_frames", "series_number_sr", "series_number_summary"):
+            if getattr(self, key) < 1:
+                raise OptionsError(f"{path}.{key}: expected a positive integer, got {getattr(self, key)}")
         for key in ("left_max", "right_min"):
-            v = getattr(opts, key)
+            v = getattr(self, key)
             if v is not None and not 0.0 <= v <= 1.0:
-                raise OptionsError(f"{PREFIX}.{key}: must lie in 0..1, got {v}")
-        if opts.left_max is not None and opts.right_min is not None and opts.left_max >= opts.right_min:
-            raise OptionsError(f"{PREFIX}: left_max ({opts.left_max}) must be below right_min ({opts.right_min})")
-        if opts.threshold < 0:
-            raise OptionsError(f"{PREFIX}.threshold: must be >= 0, got {opts.threshold}")
-        return opts
+                raise OptionsError(f"{path}.{key}: must lie in 0..1, got {v}")
+        if self.left_max is not None and self.right_min is not None and self.left_max >= self.right_min:
+            raise OptionsError(f"{path}: left_max ({self.left_max}) must be below right_min ({self.right_min})")
+        if self.threshold < 0:
+            raise OptionsError(f"{path}.threshold: must be >= 0, got {self.threshold}")

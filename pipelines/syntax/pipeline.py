@@ -105,7 +105,7 @@ class SyntaxPipeline:
     modalities = ("XA",)
 
     def run(self, study: StudyView, context: PipelineContext) -> PipelineResult:
-        opts = SyntaxOptions.from_mapping(context.options)
+        opts = SyntaxOptions.parse(context.options)
         log = context.logger
         # acquire at the start: the versions stay fixed for this job
         artery = context.models.acquire(opts.artery_model)
