@@ -59,8 +59,3 @@ def sr_groups(sr) -> dict[str, dict[str, float | str]]:
     return out
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
-    import subprocess
-
-    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
-    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
