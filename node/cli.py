@@ -206,7 +206,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mount_optional(subparsers: argparse._SubParsersAction, training: bool = True) -> None:
+def _mount_optional(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], training: bool = True) -> None:
     # imported here, not at the top: retrieve and the models command import this module's config helpers
     from pipelines.runtime import cli as models_cli
     from training.synth import samples  # phantom sample studies: numpy/scipy/pydicom only, part of the base install
@@ -295,7 +295,7 @@ def build_parser(training: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

@@ -184,7 +184,7 @@ class CompletionTracker:
                     job_id = enqueue_job(conn, study_uid, row["generation"], d.name, d.pipeline, d.destinations, now)
                     if job_id is not None:
                         job_ids.append(job_id)
-        if not routed:  # another thread routed it, or an instance arrived after the check above
+        if row is None or not routed:  # another thread routed it, or an instance arrived after the check above
             if row is not None and row["state"] == "waiting":
                 self._arm(study_uid, row["due_at"])
             return []

@@ -507,7 +507,7 @@ def apply_overrides(data: Any, overrides: Sequence[tuple[str, Any]]) -> dict[str
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: expected a mapping at the top level, got {data!r}")
-    out = _deep_copy(data)
+    out: dict[str, Any] = _deep_copy(data)
     for key, value in overrides:
         parts = key.split(".")
         node = out

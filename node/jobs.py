@@ -59,7 +59,7 @@ log = logging.getLogger("cardionode.jobs")
 
 def backoff_delay(attempts: int, initial: float, maximum: float) -> float:
     """Delay before retry number ``attempts`` (1-based): initial * 2**(attempts-1), capped."""
-    return min(maximum, initial * (2 ** max(0, attempts - 1)))
+    return float(min(maximum, initial * (2 ** max(0, attempts - 1))))
 
 
 @dataclasses.dataclass(frozen=True)

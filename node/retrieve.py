@@ -364,7 +364,7 @@ def process_study_main(args: argparse.Namespace) -> int:
     return cmd_process_study(args, config)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``cardionode pull --study UID --from SOURCE [--wait S]`` (same as ``process --study --from``)."""
     from .cli import add_config_arguments
 

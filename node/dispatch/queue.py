@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ..config import DispatchSection
+from ..jobs import backoff_delay
 from ..state import Deliveries, transaction
 from .base import SendOutcome, Sender, SenderError
 from .senders import Destination, build_sender
@@ -37,7 +38,7 @@ BATCH_SIZE = 50
 
 
 def _backoff(attempts: int, settings: DispatchSection) -> float:
-    return min(settings.backoff_max_s, settings.backoff_initial_s * (2 ** max(0, attempts - 1)))
+    return backoff_delay(attempts, settings.backoff_initial_s, settings.backoff_max_s)
 
 
 class DestinationWorker:

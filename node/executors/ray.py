@@ -120,7 +120,7 @@ class RayExecutor:
     def status(self) -> ExecutorStatus:
         return self._status
 
-    def _set_status(self, state: str, available: bool, detail: str, groups: tuple = ()) -> None:
+    def _set_status(self, state: str, available: bool, detail: str, groups: tuple[Any, ...] = ()) -> None:
         with self._status_lock:
             old = self._status
             since = old.since if old.available == available else time.time()  # unavailable since / up since

@@ -219,7 +219,7 @@ class PartReader(io.RawIOBase):
         self._pos = pos
         return pos
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         size = self._end - self._start
         n = min(len(buffer), max(0, size - self._pos))
         if n == 0:
