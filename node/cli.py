@@ -22,7 +22,6 @@ import importlib
 import importlib.util
 import json
 import logging
-import os
 import sys
 import traceback
 import tempfile
@@ -30,49 +29,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError, NodeConfig, load_config, parse_override
+from .config import ConfigError
+from .config_args import ENV_CONFIG, ENV_OVERRIDES, add_config_arguments, config_from_args
 from .files import use_private_umask
 from .startup import StartupError
 
-__all__ = ["main", "build_parser", "add_config_arguments", "config_from_args", "ENV_OVERRIDES"]
-
-#: Environment variables that override one config key each (after the file, before the flags).
-ENV_OVERRIDES: dict[str, str] = {"CARDIONODE_PORT": "node.port", "CARDIONODE_HTTP_PORT": "node.http_port"}
-ENV_CONFIG = "CARDIONODE_CONFIG"
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config``, ``--set``, ``--port``, ``--http-port`` for a subcommand that reads the config."""
-    # SUPPRESS: keep a --config given to the top-level parser instead of overwriting it with None.
-    parser.add_argument("--config", default=argparse.SUPPRESS,
-                        help=f"node config file (YAML); default ${ENV_CONFIG}, else built-in defaults")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key, e.g. --set node.quiet_seconds=5 or "
-                             "--set destinations.pacs.port=4243 (repeatable; the value is read as YAML)")
-    parser.add_argument("--port", type=int, default=None,
-                        help="DIMSE port, overrides node.port (and $CARDIONODE_PORT)")
-    parser.add_argument("--http-port", type=int, default=None,
-                        help="HTTP port, overrides node.http_port (and $CARDIONODE_HTTP_PORT)")
-
-
-def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> NodeConfig:
-    """The config a command runs with: file (or defaults), then env overrides, then the flags."""
-    env = os.environ if environ is None else environ
-    path = getattr(args, "config", None) or env.get(ENV_CONFIG) or None
-    overrides: list[tuple[str, object]] = []
-    for var, key in ENV_OVERRIDES.items():
-        raw = env.get(var, "").strip()
-        if raw:
-            if not raw.isdigit():
-                raise ConfigError(f"{var}: {raw!r} is not a port number (it overrides {key})")
-            overrides.append((key, int(raw)))
-    overrides += [parse_override(text) for text in getattr(args, "overrides", None) or []]
-    if getattr(args, "port", None) is not None:
-        overrides.append(("node.port", args.port))
-    if getattr(args, "http_port", None) is not None:
-        overrides.append(("node.http_port", args.http_port))
-    return load_config(path, overrides)
-
+__all__ = ["main", "build_parser", "add_config_arguments", "config_from_args", "ENV_CONFIG", "ENV_OVERRIDES"]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -207,14 +169,14 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def _mount_optional(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], training: bool = True) -> None:
-    # imported here, not at the top: retrieve and the models command import this module's config helpers
-    from pipelines.runtime import cli as models_cli
+    # imported when the parser is built: the node service, retrieval and phantom modules are not needed
+    # to print one line for a bad flag
     from training.synth import samples  # phantom sample studies: numpy/scipy/pydicom only, part of the base install
 
-    from . import retrieve
+    from . import models_command, retrieve
 
     retrieve.register(subparsers)
-    models_cli.register(subparsers)
+    models_command.register(subparsers)
     samples.register(subparsers)
     if not training:
         return

@@ -356,7 +356,7 @@ def add_arguments(parser: argparse.ArgumentParser, required: bool = False) -> No
 
 def process_study_main(args: argparse.Namespace) -> int:
     """Entry for the CLI: loads ``args.config`` (built-in defaults without one), sets up logging, runs the pull."""
-    from .cli import config_from_args
+    from .config_args import config_from_args
     from .logging_setup import setup_logging
 
     config = config_from_args(args)
@@ -366,7 +366,7 @@ def process_study_main(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``cardionode pull --study UID --from SOURCE [--wait S]`` (same as ``process --study --from``)."""
-    from .cli import add_config_arguments
+    from .config_args import add_config_arguments
 
     p = subparsers.add_parser("pull", help="retrieve a study from a configured source and process it")
     add_config_arguments(p)

@@ -51,7 +51,7 @@ __all__ = ["NodeService", "PID_FILE_NAME", "check_pipeline_options"]
 
 log = logging.getLogger("cardionode.service")
 
-PID_FILE_NAME = "cardionode.pid"  # read by `cardionode models reload` (pipelines.runtime.cli)
+PID_FILE_NAME = "cardionode.pid"  # read by `cardionode models reload` (node.models_command)
 RETENTION_INTERVAL_S = 600.0
 WARMUP_JOIN_S = 120.0
 

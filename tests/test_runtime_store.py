@@ -246,7 +246,7 @@ def _config(tmp_path: Path, models_dir: Path) -> Path:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    code = "import sys, argparse\nfrom pipelines.runtime.cli import register\n" \
+    code = "import sys, argparse\nfrom node.models_command import register\n" \
            "p = argparse.ArgumentParser(); register(p.add_subparsers(dest='c'))\n" \
            "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,

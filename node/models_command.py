@@ -9,7 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node.service import PID_FILE_NAME  # one definition: the node writes the file, `models reload` reads it
+from pipelines.runtime.providers import (
+    available_providers,
+    describe_build,
+    onnxruntime_conflict,
+    onnxruntime_distributions,
+)
+from pipelines.runtime.store import ModelError, ModelStore
+
+from .config_args import add_config_arguments, config_from_args
+from .service import PID_FILE_NAME  # one definition: the node writes the file, `models reload` reads it
 
 __all__ = ["register", "cmd_list", "cmd_reload", "PID_FILE_NAME", "read_pid"]
 
@@ -25,25 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list)
     rel = sub.add_parser("reload", help="send SIGHUP to the running node: new jobs use newly installed models")
     rel.set_defaults(func=cmd_reload)
-    from node.cli import add_config_arguments
-
     for sp in (lst, rel):
         add_config_arguments(sp)
     return p
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from node.cli import config_from_args
-
     return config_from_args(args)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print the onnxruntime build and every model found with the provider it runs on; exit status 1
     when any model is unusable or more than one onnxruntime distribution is installed."""
-    from .providers import available_providers, describe_build, onnxruntime_conflict, onnxruntime_distributions
-    from .store import ModelStore
-
     config = _config(args)
     conflict = onnxruntime_conflict()
     store = ModelStore.from_config(config.models)
@@ -76,7 +78,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _try(store: Any, name: str) -> None:
-    from .store import ModelError
 
     try:
         store.acquire(name)
@@ -92,7 +93,6 @@ def read_pid(storage_dir: str | Path) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     """Check the model directories, then SIGHUP the node named by its pid file."""
-    from .store import ModelStore
 
     config = _config(args)
     store = ModelStore.from_config(config.models)
