@@ -14,8 +14,8 @@ so an existing installation upgrades in place; it also adds the one column
 that was added to a shipped table before (``results.series_instance_uid``).
 
 Adding a migration (CONTRIBUTING.md, "Changing the database"): write
-``def vN_what(conn)`` below, add it at the end of :data:`MIGRATIONS`, never
-edit a migration that has shipped.
+``def vN_what(conn)`` after the last migration function, add it at the end of
+:data:`MIGRATIONS`, never edit a migration that has shipped.
 """
 from __future__ import annotations
 
