@@ -16,13 +16,13 @@ import dataclasses
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Protocol
 
 from pipelines.base import InstanceRef, SeriesView, StudyView
 
 from .connection import transaction
 
-__all__ = ["InstanceIndex", "StudySummary"]
+__all__ = ["IndexedInstance", "InstanceIndex", "StudySummary"]
 
 
 _COLUMNS = (
@@ -30,6 +30,25 @@ _COLUMNS = (
     "series_description", "series_number", "instance_number", "transfer_syntax_uid", "path", "size",
     "calling_ae", "source", "received_at",
 )
+
+
+class IndexedInstance(Protocol):
+    """What the index records of a stored instance (:class:`node.spool.StoredInstance`)."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    modality: str
+    transfer_syntax_uid: str
+    path: Path
+    size: int
+    calling_ae: str
+    received_at: float
+    source: str
+    series_description: str
+    series_number: int | None
+    instance_number: int | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,13 +70,6 @@ def _base_dir(conn: sqlite3.Connection) -> Path:
         if row[1] == "main" and row[2]:
             return Path(row[2]).parent
     raise ValueError("the spool index needs a file-backed database (node.state.connect)")
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
 
 
 class InstanceIndex:
@@ -106,28 +118,22 @@ class InstanceIndex:
         return len(fixed)
 
     # ------------------------------------------------------------------ writes
-    def upsert(self, instance: Any, extra: Mapping[str, Any] | None = None) -> Path | None:
-        """Insert or replace the row of one stored instance; returns the previous row's path (None: new).
-
-        ``instance`` is a :class:`node.spool.StoredInstance` (or anything with
-        its attributes); ``extra`` may add ``series_description``,
-        ``series_number``, ``instance_number`` from the header.
-        """
-        extra = dict(extra or {})
+    def upsert(self, instance: IndexedInstance) -> Path | None:
+        """Insert or replace the row of one stored instance; returns the previous row's path (None: new)."""
         values = {
             "sop_instance_uid": instance.sop_instance_uid,
             "study_instance_uid": instance.study_instance_uid,
             "series_instance_uid": instance.series_instance_uid,
             "sop_class_uid": instance.sop_class_uid,
             "modality": instance.modality or "",
-            "series_description": extra.get("series_description", getattr(instance, "series_description", "")) or "",
-            "series_number": _int_or_none(extra.get("series_number", getattr(instance, "series_number", None))),
-            "instance_number": _int_or_none(extra.get("instance_number", getattr(instance, "instance_number", None))),
+            "series_description": instance.series_description or "",
+            "series_number": instance.series_number,
+            "instance_number": instance.instance_number,
             "transfer_syntax_uid": instance.transfer_syntax_uid,
             "path": self.relative(instance.path),
             "size": int(instance.size),
             "calling_ae": instance.calling_ae or "",
-            "source": getattr(instance, "source", "") or "",
+            "source": instance.source or "",
             "received_at": float(instance.received_at),
         }
         with transaction(self.conn) as conn:
