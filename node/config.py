@@ -36,6 +36,7 @@ __all__ = [
     "JobsSection",
     "DispatchSection",
     "RetentionSection",
+    "ConsoleSection",
     "ApiSection",
     "DimseDestination",
     "DicomwebDestination",
@@ -205,6 +206,7 @@ class RetentionSection:
     keep_days: float = 7.0
     keep_unmatched_days: float = 7.0
     keep_results_days: float = 30.0
+    keep_audit_days: float = 365.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +217,26 @@ class ApiSection:
     token: str | None = None
     token_file: str | None = _path_field()
     stow_requires_token: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsoleSection:
+    """The operator console on the HTTP port (docs/console.md): sessions last ``session_hours``;
+    ``viewer_url`` opens a study in a viewer, ``{study_uid}`` replaced by its Study Instance UID
+    (e.g. ``https://ohif.example.org/viewer?StudyInstanceUIDs={study_uid}``)."""
+
+    enabled: bool = True
+    session_hours: float = 8.0
+    viewer_url: str | None = None
+
+    def validate(self, path: str) -> None:
+        if not 0 < self.session_hours <= 24 * 30:
+            raise ConfigError(f"{path}.session_hours: {self.session_hours} is not in (0, 720]")
+        if self.viewer_url is not None:
+            if "{study_uid}" not in self.viewer_url:
+                raise ConfigError(f"{path}.viewer_url: needs the placeholder {{study_uid}}")
+            if not self.viewer_url.startswith(("http://", "https://", "/")):
+                raise ConfigError(f"{path}.viewer_url: must start with http://, https:// or /")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -422,6 +444,7 @@ class NodeConfig:
     dispatch: DispatchSection = DispatchSection()
     retention: RetentionSection = RetentionSection()
     api: ApiSection = ApiSection()
+    console: ConsoleSection = ConsoleSection()
     executor: LocalExecutorSection | RayExecutorSection = LocalExecutorSection(type="local")
     destinations: Mapping[str, DimseDestination | DicomwebDestination] = dataclasses.field(default_factory=dict)
     sources: Mapping[str, DimseSource | DicomwebSource] = dataclasses.field(default_factory=dict)

@@ -31,6 +31,7 @@ from pipelines.registry import PipelineRegistry, default_registry
 from . import db, startup
 from .completion import COMPLETION_SCHEMA, CompletionTracker
 from .config import ConfigError, NodeConfig
+from .console.store import CONSOLE_SCHEMA, ConsoleStore
 from .dispatch.queue import DISPATCH_SCHEMA, Dispatcher
 from .executors import Executor, ExecutorStatus, executor_pipelines, make_executor
 from .executors.status_file import write_status
@@ -90,6 +91,7 @@ class NodeService:
         self.executor: Executor | None = None
         self.dispatcher: Dispatcher | None = None
         self.retention: RetentionSweeper | None = None
+        self.console: ConsoleStore | None = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._warmup_thread: threading.Thread | None = None
@@ -175,6 +177,9 @@ class NodeService:
         ctx = WebContext(
             config=self.config, get_conn=self.conns.get, metrics=self.metrics, spool=self.spool,
             model_store=self.models, retry_job=self.retry_job, wake_jobs=self.runner.wake,
+            wake_dispatch=self.dispatcher.wake if self.dispatcher is not None else None,
+            complete_study=self.completion.fire if self.completion is not None else None,
+            reload_models=self.reload_models if self.models is not None else None,
         )
         server = HttpServer(self.config, ctx)
         try:
@@ -228,6 +233,7 @@ class NodeService:
         conn = self.conns.get()
         db.ensure_schema(conn, STATE_SCHEMA)
         migrate(conn)
+        db.ensure_schema(conn, CONSOLE_SCHEMA)
         with open_private(self.storage_dir / PID_FILE_NAME) as pid_file:
             pid_file.write(f"{os.getpid()}\n".encode("ascii"))
         self._pid_written = True
@@ -239,7 +245,9 @@ class NodeService:
         if requeued or failed:
             log.warning("jobs interrupted by the last stop/crash", extra={"requeued": requeued, "failed": failed})
 
-        self.dispatcher = Dispatcher(self.conns.get, cfg.destinations, cfg.dispatch, cfg.node.ae_title)
+        self.console = ConsoleStore(self.conns.get)
+        self.dispatcher = Dispatcher(self.conns.get, cfg.destinations, cfg.dispatch, cfg.node.ae_title,
+                                     paused=self.console.is_paused)
         self.executor = make_executor(cfg, self.registry, self.models, on_status=self._executor_status)
         self._executor_status(self.executor.status())
         if self.metrics is not None:

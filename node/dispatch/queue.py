@@ -97,12 +97,14 @@ class DestinationWorker:
         get_conn: Callable[[], sqlite3.Connection],
         settings: DispatchSection,
         on_sent: Callable[[list[str]], None] | None = None,
+        paused: Callable[[str], bool] | None = None,
     ) -> None:
         self.name = name
         self.sender = sender
         self._get_conn = get_conn
         self.settings = settings
         self.on_sent = on_sent
+        self.paused = paused  # paused(name) -> True: send nothing (operator paused it in the console)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"dispatch-{name}", daemon=True)
@@ -139,6 +141,8 @@ class DestinationWorker:
             self._wake.clear()
 
     def _next_due_in(self) -> float:
+        if self.paused is not None and self.paused(self.name):
+            return 5.0  # resuming wakes the worker
         row = self._get_conn().execute(
             "SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE destination=? AND state='pending'", (self.name,)
         ).fetchone()
@@ -146,6 +150,8 @@ class DestinationWorker:
 
     def run_once(self) -> bool:
         """Send one batch of due deliveries; returns True if there was anything to send."""
+        if self.paused is not None and self.paused(self.name):
+            return False
         conn = self._get_conn()
         now = time.time()
         rows = conn.execute(
@@ -266,6 +272,7 @@ class Dispatcher:
         calling_ae: str,
         sender_factory: Callable[[str, Any, str, float], Sender] = build_sender,
         on_sent: Callable[[list[str]], None] | None = None,
+        paused: Callable[[str], bool] | None = None,
     ) -> None:
         self.workers: dict[str, DestinationWorker] = {}
         for name, dest in destinations.items():
@@ -274,7 +281,7 @@ class Dispatcher:
             except SenderError as exc:
                 log.error("destination disabled: %s", exc, extra={"destination": name})
                 continue
-            self.workers[name] = DestinationWorker(name, sender, get_conn, settings, on_sent)
+            self.workers[name] = DestinationWorker(name, sender, get_conn, settings, on_sent, paused)
 
     def start(self) -> None:
         for worker in self.workers.values():
