@@ -84,6 +84,7 @@ class CompletionTracker:
         late_arrivals: str = "reprocess",
         on_enqueued: Callable[[], None] | None = None,
         calling_aes_for: Callable[[str], dict[str, str]] | None = None,
+        on_routed: Callable[[str, int, list[Any], list[int], int], None] | None = None,
     ) -> None:
         self._get_conn = get_conn
         self.router = router
@@ -92,6 +93,7 @@ class CompletionTracker:
         self.late_arrivals = late_arrivals
         self.on_enqueued = on_enqueued
         self.calling_aes_for = calling_aes_for
+        self.on_routed = on_routed  # (study, generation, decisions, job ids, instances): the audit trail
 
     # ------------------------------------------------------------------ arrivals
     def on_stored(self, instance: Any) -> None:
@@ -268,6 +270,11 @@ class CompletionTracker:
         else:
             log.info("study complete; no route matched (kept per retention)",
                      extra={"study": study_uid, "instances": instances})
+        if self.on_routed is not None:
+            try:
+                self.on_routed(study_uid, row["generation"], decisions, job_ids, instances)
+            except Exception:
+                log.exception("on_routed hook failed", extra={"study": study_uid})
         if job_ids and self.on_enqueued is not None:
             self.on_enqueued()
         return job_ids

@@ -31,6 +31,7 @@ from pipelines.registry import PipelineRegistry, default_registry
 from . import db, startup
 from .completion import COMPLETION_SCHEMA, CompletionTracker
 from .config import ConfigError, NodeConfig
+from .console.audit import AuditRecorder
 from .console.store import CONSOLE_SCHEMA, ConsoleStore
 from .dispatch.queue import DISPATCH_SCHEMA, Dispatcher
 from .executors import Executor, ExecutorStatus, executor_pipelines, make_executor
@@ -92,6 +93,7 @@ class NodeService:
         self.dispatcher: Dispatcher | None = None
         self.retention: RetentionSweeper | None = None
         self.console: ConsoleStore | None = None
+        self.audit: AuditRecorder | None = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._warmup_thread: threading.Thread | None = None
@@ -154,7 +156,9 @@ class NodeService:
 
         node = self.config.node
         try:
-            return DimseServer(node, self.spool, metrics=self.metrics).start()
+            return DimseServer(node, self.spool, metrics=self.metrics,
+                               on_association=self.audit.association if self.audit else None,
+                               on_rejected=self.audit.rejected if self.audit else None).start()
         except OSError as exc:  # the port was taken between the start-up check and now
             raise startup.port_error(exc, node.host, node.port, "node.port", "--port") from exc
 
@@ -193,6 +197,18 @@ class NodeService:
             raise startup.StartupError(f"node.http_port: the HTTP port did not start on {node.http_host}:"
                                        f"{node.http_port} ({exc}); change node.http_port or --http-port") from exc
         return server
+
+    def _job_finished_hook(self) -> Any:
+        """``JobRunner(on_job_finished=...)``: /metrics (when there) and the audit trail."""
+        metrics_hook = self.metrics.job_hook(self.conns.get) if self.metrics is not None else None
+        audit = self.audit
+
+        def finished(job: Any, state: str) -> None:
+            if metrics_hook is not None:
+                metrics_hook(job, state)
+            if audit is not None:
+                audit.job_finished(job, state)
+        return finished
 
     def _executor_status(self, status: ExecutorStatus) -> None:
         """Keep ``<storage_dir>/executor.json`` current for ``cardionode status`` (another process)."""
@@ -246,8 +262,9 @@ class NodeService:
             log.warning("jobs interrupted by the last stop/crash", extra={"requeued": requeued, "failed": failed})
 
         self.console = ConsoleStore(self.conns.get)
+        self.audit = AuditRecorder(self.console)
         self.dispatcher = Dispatcher(self.conns.get, cfg.destinations, cfg.dispatch, cfg.node.ae_title,
-                                     paused=self.console.is_paused)
+                                     paused=self.console.is_paused, on_recorded=self.audit.deliveries)
         self.executor = make_executor(cfg, self.registry, self.models, on_status=self._executor_status)
         self._executor_status(self.executor.status())
         if self.metrics is not None:
@@ -255,11 +272,12 @@ class NodeService:
         self.runner = JobRunner(
             queue, self.executor, self.load_study, cfg.pipeline_options,
             self.storage_dir / "work", on_results=self.dispatcher.wake,
-            on_job_finished=self.metrics.job_hook(self.conns.get) if self.metrics is not None else None,
+            on_job_finished=self._job_finished_hook(),
         )
         self.completion = CompletionTracker(
             self.completion_conns.get, self.router, self.load_study, self.scheduler,
             late_arrivals=cfg.node.late_arrivals, on_enqueued=self._study_completed,
+            on_routed=self.audit.routed,
         )
         self.retention = RetentionSweeper(self.conns.get, cfg.retention, self.delete_study, self.storage_dir)
 
@@ -338,6 +356,11 @@ class NodeService:
             self.retention.sweep()
         except Exception:
             log.exception("retention sweep failed")
+        if self.audit is not None:
+            try:
+                self.audit.prune(self.config.retention.keep_audit_days)
+            except Exception:
+                log.exception("audit retention failed")
 
     def stop(self, job_grace_s: float = 10.0, dispatch_grace_s: float = 30.0) -> None:
         """Stop accepting, finish in-flight transfers, leave unfinished jobs for re-queueing."""

@@ -437,3 +437,40 @@ def test_user_cli_add_list_passwd_role_remove(tmp_path: Path) -> None:
     assert _cli(tmp_path, "remove", "bob").returncode == 0
     assert accounts.verify("bob", "bob-password-2") is None
     assert (tmp_path / "var" / db.DB_FILENAME).stat().st_mode & 0o077 == 0
+
+
+# ---------------------------------------------------------------------------------------------- audit trail
+def test_audit_events_cannot_be_changed_and_are_removed_per_retention(node: Node) -> None:
+    from node.console.audit import AuditRecorder
+
+    store = ConsoleStore(node.conns.get)
+    old = store.audit("receive", "MODALITY", "received", STUDY, {"instances": 3}, at=time.time() - 40 * 86400)
+    new = store.audit("receive", "MODALITY", "received", STUDY, {"instances": 1})
+    with pytest.raises(Exception, match="append-only"):
+        with node.conns.get() as conn:
+            conn.execute("UPDATE audit_events SET actor='someone else' WHERE id=?", (new,))
+    assert AuditRecorder(store).prune(keep_days=30) == 1
+    ids = [r["id"] for r in node.conns.get().execute("SELECT id FROM audit_events")]
+    assert old not in ids and new in ids
+
+
+def test_audit_search_and_csv_json_export(node: Node) -> None:
+    store = ConsoleStore(node.conns.get)
+    store.audit("receive", "MODALITY", "received", STUDY, {"instances": 3, "association": "MODALITY -> CARDIONODE"})
+    store.audit("routing", "node", "routed", STUDY, {"routes": "xa"})
+    store.audit("receive", "OTHER_AE", "received", "1.2.3.4", {"instances": 1})
+    s, _ = login(node, "reader")
+    html = s.get(node.url + "/console/audit", params={"q": "MODALITY"}, timeout=10).text
+    assert "MODALITY -&gt; CARDIONODE" in html and "OTHER_AE" not in html
+    assert "OTHER_AE" not in s.get(node.url + "/console/audit", params={"kind": "routing"}, timeout=10).text
+    r = s.get(node.url + "/console/audit", params={"q": STUDY, "format": "json"}, timeout=10)
+    assert r.headers["content-disposition"].startswith("attachment")
+    events = r.json()["events"]
+    assert [e["action"] for e in events] == ["routed", "received"] and events[1]["detail"]["instances"] == 3
+    r = s.get(node.url + "/console/audit", params={"q": STUDY, "format": "csv"}, timeout=10)
+    lines = r.text.strip().splitlines()
+    assert r.headers["content-type"].startswith("text/csv") and lines[0].startswith("id,time_utc,kind,actor")
+    assert "audit export" in lines[1]  # the JSON export above, recorded (its query names the study)
+    assert ",routing,node,routed," in lines[2] and ",receive,MODALITY,received," in lines[3] and len(lines) == 4
+    # the export itself is recorded
+    assert node.row("SELECT actor FROM audit_events WHERE action='audit export' ORDER BY id DESC")["actor"] == "reader"

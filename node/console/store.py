@@ -238,6 +238,15 @@ class ConsoleStore:
                            " WHERE id=?", (delivery_id,)).fetchone()
         return dict(row) if row is not None else None
 
+    def studies_of_deliveries(self, delivery_ids: Iterable[int]) -> dict[int, str]:
+        ids = list(delivery_ids)
+        conn = self._get_conn()
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return {int(r["id"]): r["study_uid"] for r in conn.execute(
+            f"SELECT d.id, j.study_uid FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE d.id IN ({marks})", ids)}
+
     def failed_deliveries(self, limit: int = 200) -> list[dict[str, Any]]:
         conn = self._get_conn()
         if not _table_exists(conn, "deliveries"):

@@ -98,6 +98,7 @@ class DestinationWorker:
         settings: DispatchSection,
         on_sent: Callable[[list[str]], None] | None = None,
         paused: Callable[[str], bool] | None = None,
+        on_recorded: Callable[[str, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.name = name
         self.sender = sender
@@ -105,6 +106,7 @@ class DestinationWorker:
         self.settings = settings
         self.on_sent = on_sent
         self.paused = paused  # paused(name) -> True: send nothing (operator paused it in the console)
+        self.on_recorded = on_recorded  # (destination, [{id, sop, state: sent|retry|failed, error}]): audit
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"dispatch-{name}", daemon=True)
@@ -220,6 +222,7 @@ class DestinationWorker:
         now = time.time()
         sent: list[str] = []
         errors: list[str] = []
+        records: list[dict[str, Any]] = []
         failed = 0
         with conn:
             for row, out in zip(rows, outcomes):
@@ -230,9 +233,13 @@ class DestinationWorker:
                         (attempts, now, row["id"]),
                     )
                     sent.append(row["sop_instance_uid"])
+                    records.append({"id": row["id"], "sop": row["sop_instance_uid"], "state": "sent", "error": None})
                     continue
                 errors.append(out.error or "failed")
-                if out.permanent or attempts >= self.settings.max_attempts:
+                final = out.permanent or attempts >= self.settings.max_attempts
+                records.append({"id": row["id"], "sop": row["sop_instance_uid"], "state": "failed" if final else "retry",
+                                "error": out.error})
+                if final:
                     failed += 1
                     conn.execute(
                         "UPDATE deliveries SET state='failed', attempts=?, last_error=? WHERE id=?",
@@ -259,6 +266,11 @@ class DestinationWorker:
             log.info("dispatched", extra={**extra, "sop": sent[0] if len(sent) == 1 else f"{len(sent)} instances"})
         if sent and self.on_sent is not None:
             self.on_sent(sent)
+        if records and self.on_recorded is not None:
+            try:
+                self.on_recorded(self.name, records)
+            except Exception:
+                log.exception("on_recorded hook failed", extra={"destination": self.name})
 
 
 class Dispatcher:
@@ -273,6 +285,7 @@ class Dispatcher:
         sender_factory: Callable[[str, Any, str, float], Sender] = build_sender,
         on_sent: Callable[[list[str]], None] | None = None,
         paused: Callable[[str], bool] | None = None,
+        on_recorded: Callable[[str, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.workers: dict[str, DestinationWorker] = {}
         for name, dest in destinations.items():
@@ -281,7 +294,8 @@ class Dispatcher:
             except SenderError as exc:
                 log.error("destination disabled: %s", exc, extra={"destination": name})
                 continue
-            self.workers[name] = DestinationWorker(name, sender, get_conn, settings, on_sent, paused)
+            self.workers[name] = DestinationWorker(name, sender, get_conn, settings, on_sent, paused,
+                                                   on_recorded)
 
     def start(self) -> None:
         for worker in self.workers.values():
