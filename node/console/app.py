@@ -70,7 +70,7 @@ ACTIONS: dict[str, tuple[str, str, str]] = {
 }
 
 _SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
@@ -320,10 +320,12 @@ def console_routes(ctx: Any, store: ConsoleStore, accounts: Accounts) -> list[Ro
             await run_in_threadpool(store.audit, "operator", session.username, f"{action} refused",
                                     form.get("target"), {"reason": f"role {session.role}, needs {role}"})
             return refuse(request, session, 403, f"{label.lower()} needs the role {role}; you are {session.role}")
-        outcome = await run_in_threadpool(_perform, ctx, store, accounts, session, action, form)
-        why, message = outcome
         target = form.get("target") or None
-        detail = {"result": "refused" if why else "done", "reason": why} if why else {"result": "done"}
+        study = await run_in_threadpool(_study_of, store, kind, target or "")  # before: abort changes nothing here
+        why, message = await run_in_threadpool(_perform, ctx, store, accounts, session, action, form)
+        detail = {"result": "refused", "reason": why} if why else {"result": "done"}
+        if study:
+            detail["study"] = study  # the study page's audit list and a search by Study UID find it
         await run_in_threadpool(store.audit, "operator", session.username, action, target, detail)
         if why:
             return refuse(request, session, 409, f"{label}: {why}")
@@ -398,6 +400,14 @@ def _models(ctx: Any) -> list[dict[str, Any]]:
         row["manifest_doc"] = manifest
         out.append(row)
     return out
+
+
+def _study_of(store: ConsoleStore, kind: str, target: str) -> str | None:
+    """The study a job or delivery belongs to (None for other targets)."""
+    if kind in ("job", "delivery") and target.isdigit():
+        row = store.job(int(target)) if kind == "job" else store.delivery(int(target))
+        return row.get("study_uid") if row else None
+    return None
 
 
 def _describe(ctx: Any, store: ConsoleStore, kind: str, target: str) -> str:

@@ -234,8 +234,9 @@ class ConsoleStore:
         conn = self._get_conn()
         if not _table_exists(conn, "deliveries"):
             return None
-        row = conn.execute("SELECT id, job_id, destination, sop_instance_uid, state, last_error FROM deliveries"
-                           " WHERE id=?", (delivery_id,)).fetchone()
+        row = conn.execute("SELECT d.id, d.job_id, d.destination, d.sop_instance_uid, d.state, d.last_error,"
+                           " j.study_uid FROM deliveries d LEFT JOIN jobs j ON j.id = d.job_id WHERE d.id=?",
+                           (delivery_id,)).fetchone()
         return dict(row) if row is not None else None
 
     def studies_of_deliveries(self, delivery_ids: Iterable[int]) -> dict[int, str]:
