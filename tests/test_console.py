@@ -13,14 +13,13 @@ from typing import Iterator
 import pytest
 import requests
 
-from node import db
+from node import state
 from node.config import parse_config
 from node.console.accounts import Accounts
-from node.console.store import CONSOLE_SCHEMA, ConsoleStore
-from node.dispatch.queue import DestinationWorker, add_deliveries
-from node.index import INDEX_SCHEMA
-from node.jobs import JobQueue, LocalConnections
-from node.service import STATE_SCHEMA
+from node.console.store import ConsoleStore
+from node.dispatch.queue import DestinationWorker
+from node.jobs import JobQueue
+from node.state import Connections, add_deliveries
 from node.web.metrics import Metrics
 from node.web.server import HttpServer, WebContext
 
@@ -37,7 +36,7 @@ ADMIN_ACTIONS = ("reload-models", "user-add", "user-remove", "user-password", "u
 
 
 class Node:
-    def __init__(self, server: HttpServer, conns: LocalConnections, ids: dict[str, int], calls: list[str]) -> None:
+    def __init__(self, server: HttpServer, conns: Connections, ids: dict[str, int], calls: list[str]) -> None:
         self.server, self.conns, self.ids, self.calls = server, conns, ids, calls
         self.url = server.url
 
@@ -93,24 +92,22 @@ def _config(tmp_path: Path):
 def users_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A database with the three users (argon2 hashing takes about a second each on a loaded machine)."""
     folder = tmp_path_factory.mktemp("users")
-    conn = db.connect(folder)
-    db.ensure_schema(conn, CONSOLE_SCHEMA)
+    conn = state.connect(folder)
     accounts = Accounts(ConsoleStore(lambda: conn))
     for user, password in PASSWORDS.items():
         accounts.add(user, ROLES[user], password)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    return folder / db.DB_FILENAME
+    return folder / state.DB_FILENAME
 
 
 @pytest.fixture()
 def node(tmp_path: Path, users_db: Path) -> Iterator[Node]:
     config = _config(tmp_path)
     (tmp_path / "var").mkdir(mode=0o700)
-    (tmp_path / "var" / db.DB_FILENAME).write_bytes(users_db.read_bytes())
-    conns = LocalConnections(config.node.storage_dir)
+    (tmp_path / "var" / state.DB_FILENAME).write_bytes(users_db.read_bytes())
+    conns = Connections(config.node.storage_dir)
     conn = conns.get()
-    db.ensure_schema(conn, STATE_SCHEMA + INDEX_SCHEMA + CONSOLE_SCHEMA)
     ids = _seed(conn)
     calls: list[str] = []
     ctx = WebContext(config=config, get_conn=conns.get, metrics=Metrics(conns.get),
@@ -426,7 +423,7 @@ def test_user_cli_add_list_passwd_role_remove(tmp_path: Path) -> None:
     assert _cli(tmp_path, "add", "bob", "--role", "read-only", "--password-stdin", stdin="bob-password-1\n").returncode == 0
     listed = _cli(tmp_path, "list").stdout
     assert re.search(r"alice\s+admin", listed) and re.search(r"bob\s+read-only", listed)
-    conn = db.connect(tmp_path / "var")
+    conn = state.connect(tmp_path / "var")
     accounts = Accounts(ConsoleStore(lambda: conn))
     assert accounts.verify("bob", "bob-password-1") == "read-only"
     assert _cli(tmp_path, "passwd", "bob", "--password-stdin", stdin="bob-password-2\n").returncode == 0
@@ -436,7 +433,7 @@ def test_user_cli_add_list_passwd_role_remove(tmp_path: Path) -> None:
     assert r.returncode == 1 and "last admin" in r.stderr
     assert _cli(tmp_path, "remove", "bob").returncode == 0
     assert accounts.verify("bob", "bob-password-2") is None
-    assert (tmp_path / "var" / db.DB_FILENAME).stat().st_mode & 0o077 == 0
+    assert (tmp_path / "var" / state.DB_FILENAME).stat().st_mode & 0o077 == 0
 
 
 # ---------------------------------------------------------------------------------------------- audit trail
@@ -474,3 +471,24 @@ def test_audit_search_and_csv_json_export(node: Node) -> None:
     assert ",routing,node,routed," in lines[2] and ",receive,MODALITY,received," in lines[3] and len(lines) == 4
     # the export itself is recorded
     assert node.row("SELECT actor FROM audit_events WHERE action='audit export' ORDER BY id DESC")["actor"] == "reader"
+
+
+def test_a_version_1_database_gets_the_console_tables_keeping_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    from node.state.schema import MIGRATIONS, migrate, schema_version
+
+    tmp_path.mkdir(exist_ok=True)
+    plain = sqlite3.connect(tmp_path / state.DB_FILENAME, isolation_level=None)
+    plain.row_factory = sqlite3.Row
+    migrate(plain, MIGRATIONS[:1])
+    job = state.enqueue_job(plain, STUDY, 1, "xa", "syntax", ["pacs"], time.time())
+    plain.close()
+    conn = state.connect(tmp_path)
+    assert schema_version(conn) == 2 == state.SCHEMA_VERSION
+    assert conn.execute("SELECT study_uid FROM jobs WHERE id=?", (job,)).fetchone()[0] == STUDY
+    store = ConsoleStore(lambda: conn)
+    event = store.audit("operator", "op", "retry-job", str(job))
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE audit_events SET actor='x' WHERE id=?", (event,))
+    assert store.list_users() == [] and store.paused_destinations() == {}

@@ -106,23 +106,20 @@ class Accounts:
 
     def set_role(self, username: str, role: str) -> None:
         self.check_role(role)
-        user = self.store.user(username)
-        if user is None:
-            raise AccountError(f"no user {username!r}")
-        if user["role"] == "admin" and role != "admin" and self.store.count_admins() <= 1:
-            raise AccountError(f"{username!r} is the last admin; make another admin first")
-        self.store.set_role(username, role)
+        self._refused(username, self.store.set_role(username, role))
 
     def remove(self, username: str) -> None:
-        user = self.store.user(username)
-        if user is None:
+        self._refused(username, self.store.remove_user(username))
+
+    @staticmethod
+    def _refused(username: str, why: str | None) -> None:
+        if why == "not found":
             raise AccountError(f"no user {username!r}")
-        if user["role"] == "admin" and self.store.count_admins() <= 1:
+        if why == "last admin":
             raise AccountError(f"{username!r} is the last admin; make another admin first")
-        self.store.remove_user(username)
 
     def list(self) -> list[dict]:
-        return self.store.users()
+        return self.store.list_users()
 
     # ------------------------------------------------------------------ login
     def verify(self, username: str, password: str) -> str | None:

@@ -268,9 +268,9 @@ def console_routes(ctx: Any, store: ConsoleStore, accounts: Accounts) -> list[Ro
     @page()
     def audit_page(request: Request, session: Session) -> Response:
         q = request.query_params
+        limit = q.get("limit") or "500"
         query = AuditQuery(text=q.get("q", ""), kind=q.get("kind", ""), since=_day(q.get("since")),
-                           until=_day(q.get("until"), end=True), limit=int(q.get("limit") or 500)
-                           if (q.get("limit") or "500").isdigit() else 500)
+                           until=_day(q.get("until"), end=True), limit=int(limit) if limit.isdigit() else 500)
         fmt = q.get("format", "html")
         if fmt in ("csv", "json"):
             query.limit = 100_000
@@ -438,18 +438,13 @@ def _perform(ctx: Any, store: ConsoleStore, accounts: Accounts, session: Session
         return f"{target!r} is not a number", ""
     if action == "retry-job":
         hook = getattr(ctx, "retry_job", None)
-        if hook is not None:
-            why = hook(int(target))
-        else:
-            from ..jobs import retry_failed_job
-
-            why = retry_failed_job(ctx.get_conn(), int(target))
+        why = hook(int(target)) if hook is not None else store.retry_job(int(target))
         return why, f"job {target} queued again"
     if action == "abort-job":
-        why, _row = store.abort_job(int(target), f"aborted by {session.username} in the console")
+        why = store.abort_job(int(target), f"aborted by {session.username} in the console")
         return why, f"job {target} aborted"
     if action == "retry-delivery":
-        why, _row = store.retry_delivery(int(target))
+        why = store.retry_delivery(int(target))
         if why is None and getattr(ctx, "wake_dispatch", None) is not None:
             ctx.wake_dispatch()
         return why, f"delivery {target} will be sent again now"

@@ -41,16 +41,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _accounts(args: argparse.Namespace):  # -> Accounts
-    from node import db
     from node.cli import config_from_args
+    from node.state import connect
 
     from .accounts import Accounts
     from .store import ConsoleStore
 
     config = config_from_args(args)
-    conn = db.connect(config.node.storage_path)  # creates the folder 0700 and the file 0600 when missing
+    conn = connect(config.node.storage_path)  # creates (0700/0600) or migrates the database
     store = ConsoleStore(lambda: conn)
-    store.ensure_schema()
     return Accounts(store), store
 
 
