@@ -492,3 +492,27 @@ def test_a_version_1_database_gets_the_console_tables_keeping_its_rows(tmp_path:
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         conn.execute("UPDATE audit_events SET actor='x' WHERE id=?", (event,))
     assert store.list_users() == [] and store.paused_destinations() == {}
+
+
+def test_session_cookie_is_secure_under_http_tls(tmp_path: Path, users_db: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from node.web.server import build_app
+
+    (tmp_path / "var").mkdir(mode=0o700)
+    (tmp_path / "var" / state.DB_FILENAME).write_bytes(users_db.read_bytes())
+    config = parse_config({"node": {"storage_dir": str(tmp_path / "var"), "http_port": 0,
+                                    "http_tls": {"certificate": "node.crt", "private_key": "node.key"}}})
+    conns = Connections(config.node.storage_dir)
+    try:
+        client = TestClient(build_app(WebContext(config=config, get_conn=conns.get, metrics=Metrics(conns.get))),
+                            base_url="https://node.example")
+        page = client.get("/console/login")
+        assert "Secure" in page.headers["set-cookie"]  # the login form's token cookie
+        r = client.post("/console/login", data={"csrf": _csrf(page.text), "username": "op",
+                                                 "password": PASSWORDS["op"]}, follow_redirects=False)
+        assert r.status_code == 303
+        session_cookie = [c for c in r.headers.get_list("set-cookie") if c.startswith("cardionode_session=")]
+        assert session_cookie and "Secure" in session_cookie[0] and "HttpOnly" in session_cookie[0]
+    finally:
+        conns.close_all()
