@@ -188,7 +188,7 @@ class CompletionTracker:
             return []
         view = self.load_study(study_uid)
         calling = self.calling_aes_for(study_uid) if self.calling_aes_for else None
-        decisions = self.router.decide(facts_from_study(view, calling))
+        decisions = self.router.decide(facts_from_study(view, calling, self.router.keywords))
         job_ids: list[int] = []
         now = time.time()
         with transaction(self._get_conn()) as conn:
@@ -198,7 +198,8 @@ class CompletionTracker:
                 self._studies.mark_routed(study_uid, "processed" if decisions else "unmatched", now,
                                           [d.name for d in decisions])
                 for d in decisions:
-                    job_id = enqueue_job(conn, study_uid, row["generation"], d.name, d.pipeline, d.destinations, now)
+                    job_id = enqueue_job(conn, study_uid, row["generation"], d.name, d.pipeline, d.destinations, now,
+                                         d.priority)
                     if job_id is not None:
                         job_ids.append(job_id)
         if not routed:  # another thread routed it, or an instance arrived after the check above

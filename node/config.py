@@ -304,6 +304,10 @@ class RouteMatch:
     sop_class: tuple[str, ...] = ()
     series_description: str | None = None
     calling_ae: tuple[str, ...] = ()
+    #: any DICOM keyword -> the value, or a list of values (any of); exact after stripping blanks
+    keywords: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    #: any DICOM keyword -> a Python regex, searched in the value
+    regex: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def validate(self, path: str) -> None:
         if self.series_description is not None:
@@ -311,6 +315,21 @@ class RouteMatch:
                 re.compile(self.series_description)
             except re.error as exc:
                 raise ConfigError(f"{path}.series_description: invalid regex: {exc}") from None
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+        for section, names in (("keywords", self.keywords), ("regex", self.regex)):
+            for keyword in names:
+                tag = tag_for_keyword(keyword)
+                if tag is None:
+                    raise ConfigError(f"{path}.{section}.{keyword}: not a DICOM keyword (e.g. BodyPartExamined, "
+                                      "StudyDescription, Manufacturer, ProtocolName)")
+                if dictionary_VR(tag) == "SQ":
+                    raise ConfigError(f"{path}.{section}.{keyword}: a sequence; only plain values can be matched")
+        for keyword, pattern in self.regex.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"{path}.regex.{keyword}: invalid regex: {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,6 +339,8 @@ class Route:
     destinations: tuple[str, ...] = ()
     name: str | None = None
     quiet_seconds: float | None = None
+    #: jobs of a route with a higher priority are claimed first (e.g. 10 for urgent, 0 routine)
+    priority: int = 0
 
 
 _RAY_ADDRESS_RE = re.compile(r"^(?:ray://)?(?P<host>[A-Za-z0-9_.:\[\]-]+):(?P<port>[0-9]{1,5})$")

@@ -41,7 +41,8 @@ from starlette.routing import Route
 
 from .. import status as queries
 from .accounts import AccountError, Accounts, Session
-from .explain import explain_routes
+from ..routing import Router, facts_from_study
+from ..state import InstanceIndex
 from .store import ROLES, AuditQuery, ConsoleStore
 
 __all__ = ["console_routes", "ACTIONS", "SESSION_COOKIE"]
@@ -132,6 +133,7 @@ def console_routes(ctx: Any, store: ConsoleStore, accounts: Accounts) -> list[Ro
     config = ctx.config
     secure_cookie = config.node.http_tls is not None
     viewer_url = config.console.viewer_url
+    router = Router(config)
 
     def render(request: Request, template: str, session: Session | None, status_code: int = 200,
                **values: Any) -> HTMLResponse:
@@ -244,7 +246,11 @@ def console_routes(ctx: Any, store: ConsoleStore, accounts: Accounts) -> list[Ro
             r["kind"] = _sop_class_name(r.get("sop_class_uid"))
         deliveries = store.deliveries(job_ids)
         viewer = viewer_url.replace("{study_uid}", urllib.parse.quote(uid, safe="")) if viewer_url else None
-        routes = explain_routes(config, counts["series"], study.get("routes") or [])
+        recorded = set(study.get("routes") or [])
+        view = InstanceIndex(ctx.get_conn()).study_view(uid)
+        routes = [{"name": e.name, "pipeline": e.pipeline, "destinations": list(e.destinations),
+                   "priority": e.priority, "matched": e.name in recorded, "would_match_now": e.matches, "why": e.why}
+                  for e in router.explain(facts_from_study(view, None, router.keywords))]
         events = store.search_audit(AuditQuery(text=uid, limit=200))
         return render(request, "study.html", session, study=study, counts=counts, jobs=jobs, results=results,
                       deliveries=deliveries, viewer=viewer, routes=routes, events=events)

@@ -19,12 +19,12 @@ __all__ = ["Jobs", "OwnResults", "enqueue_job"]
 
 
 def enqueue_job(conn: sqlite3.Connection, study_uid: str, generation: int, route_name: str, pipeline: str,
-                destinations: Iterable[str], now: float) -> int | None:
+                destinations: Iterable[str], now: float, priority: int = 0) -> int | None:
     """Insert one queued job inside the caller's transaction; ``None`` if it already exists."""
     cur = conn.execute(
         "INSERT OR IGNORE INTO jobs (study_uid, generation, route_name, pipeline, destinations, state,"
-        " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
-        (study_uid, generation, route_name, pipeline, json.dumps(list(destinations)), now, now),
+        " next_attempt_at, created_at, priority) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+        (study_uid, generation, route_name, pipeline, json.dumps(list(destinations)), now, now, priority),
     )
     return cur.lastrowid if cur.rowcount else None
 
@@ -51,11 +51,12 @@ class Jobs:
         return requeued, failed
 
     def claim(self, now: float) -> sqlite3.Row | None:
-        """Take the oldest due queued job and mark it running (atomic across threads and processes);
-        the row is as it was before the claim (``attempts`` not yet counted)."""
+        """Take the due queued job of the highest priority, the oldest of those, and mark it running (atomic
+        across threads and processes); the row is as it was before the claim (``attempts`` not yet counted)."""
         with transaction(self._conn()) as conn:
             row: sqlite3.Row | None = conn.execute(
-                "SELECT * FROM jobs WHERE state='queued' AND next_attempt_at<=? ORDER BY next_attempt_at, id LIMIT 1",
+                "SELECT * FROM jobs WHERE state='queued' AND next_attempt_at<=?"
+                " ORDER BY priority DESC, next_attempt_at, id LIMIT 1",
                 (now,),
             ).fetchone()
             if row is not None:

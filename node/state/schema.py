@@ -176,10 +176,17 @@ def v2_console_accounts_audit(conn: sqlite3.Connection) -> None:
     )""")
 
 
+def v3_jobs_priority(conn: sqlite3.Connection) -> None:
+    """Jobs carry their route's priority (0 for every existing job); higher ones are claimed first."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+    conn.execute("CREATE INDEX jobs_claim ON jobs (state, priority, next_attempt_at)")
+
+
 #: Every migration, in order: entry ``n - 1`` takes a database to version ``n``.  Append only.
 MIGRATIONS: tuple[Migration, ...] = (
     v1_unversioned_schema,
     v2_console_accounts_audit,
+    v3_jobs_priority,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
