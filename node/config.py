@@ -37,6 +37,9 @@ __all__ = [
     "DispatchSection",
     "RetentionSection",
     "ConsoleSection",
+    "NotificationsSection",
+    "WebhookSection",
+    "NOTIFY_EVENTS",
     "ApiSection",
     "DimseDestination",
     "DicomwebDestination",
@@ -237,6 +240,45 @@ class ConsoleSection:
                 raise ConfigError(f"{path}.viewer_url: needs the placeholder {{study_uid}}")
             if not self.viewer_url.startswith(("http://", "https://", "/")):
                 raise ConfigError(f"{path}.viewer_url: must start with http://, https:// or /")
+
+
+#: What a webhook can be told about (docs/console.md, "Notifications").
+NOTIFY_EVENTS = ("job_failed", "delivery_failed", "disk_low", "model_failed")
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookSection:
+    """One webhook: events are POSTed to ``url`` as JSON (``Authorization: Bearer`` when ``token`` is set)."""
+
+    url: str
+    events: tuple[str, ...] = NOTIFY_EVENTS
+    token: str | None = None
+    verify_tls: bool = True
+
+    def validate(self, path: str) -> None:
+        if not re.match(r"^https?://", self.url):
+            raise ConfigError(f"{path}.url: {self.url!r} must start with http:// or https://")
+        unknown = [e for e in self.events if e not in NOTIFY_EVENTS]
+        if unknown:
+            raise ConfigError(f"{path}.events: unknown event {unknown[0]!r} (known: {', '.join(NOTIFY_EVENTS)})")
+
+
+@dataclasses.dataclass(frozen=True)
+class NotificationsSection:
+    """Webhooks told about failures; each message is retried with backoff up to ``max_attempts``."""
+
+    webhooks: Mapping[str, WebhookSection] = dataclasses.field(default_factory=dict)
+    max_attempts: int = 8
+    backoff_initial_s: float = 5.0
+    backoff_max_s: float = 600.0
+    timeout_s: float = 10.0
+    disk_check_s: float = 60.0
+
+    def validate(self, path: str) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(f"{path}.max_attempts: at least 1")
+        if self.disk_check_s <= 0 or self.timeout_s <= 0:
+            raise ConfigError(f"{path}: disk_check_s and timeout_s must be positive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -466,6 +508,7 @@ class NodeConfig:
     retention: RetentionSection = RetentionSection()
     api: ApiSection = ApiSection()
     console: ConsoleSection = ConsoleSection()
+    notifications: NotificationsSection = NotificationsSection()
     executor: LocalExecutorSection | RayExecutorSection = LocalExecutorSection(type="local")
     destinations: Mapping[str, DimseDestination | DicomwebDestination] = dataclasses.field(default_factory=dict)
     sources: Mapping[str, DimseSource | DicomwebSource] = dataclasses.field(default_factory=dict)

@@ -21,6 +21,7 @@ from tests.fixtures.studies import write_ct_study
 from tests.support.node_proc import ROOT, NodeProcess, node_config
 from tests.support.peers import StoreSCP, free_port, storescu, wait_for
 from tests.support.viewer import BROWSER_DIR, CHROMIUM_BIN
+from tests.support.webhook import Receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -71,11 +72,14 @@ def test_operator_console_in_chromium(tmp_path: Path) -> None:
     study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
     pacs_port = free_port()
     http_port = free_port()
+    hook = Receiver([503])  # the first notification is retried
     config = node_config(tmp_path, {"pacs": {"type": "dimse", "ae_title": "PACS", "host": "127.0.0.1",
                                              "port": pacs_port}},
                          dispatch={"max_attempts": 2, "backoff_initial_s": 0.5, "backoff_max_s": 1.0, "timeout_s": 5},
                          sections={"console": {"viewer_url": "http://127.0.0.1:3000/viewer?StudyInstanceUIDs={study_uid}"},
-                                   "retention": {"keep_audit_days": 30}},
+                                   "retention": {"keep_audit_days": 30},
+                                   "notifications": {"webhooks": {"ops": {"url": hook.url}},
+                                                     "backoff_initial_s": 0.5}},
                          http_port=http_port)
     for name, password, role in list(USERS.values()) + [("ada", "admin-password-12", "admin")]:
         _user_add(config, name, password, role)
@@ -146,7 +150,13 @@ def test_operator_console_in_chromium(tmp_path: Path) -> None:
         refused = admin.get(base + "/console/audit", params={"q": "retry-delivery refused", "format": "json"},
                             timeout=30).json()["events"]
         assert [e["actor"] for e in refused] == ["rita"]  # the POST; the confirm page is a GET, refused unrecorded
+        # the delivery given up was told to the webhook (retried once after a 503) and recorded
+        told = [r["body"] for r in hook.requests if r["body"]["event"] == "delivery_failed"]
+        assert len(told) == 2 and told[0]["id"] == told[1]["id"] and told[0]["subject"] == study
+        assert told[0]["detail"]["destination"] == "pacs" and "cannot associate" in told[0]["detail"]["error"]
+        assert [e["action"] for e in by_action.get("notification sent", [])] == ["notification sent"]
     finally:
+        hook.close()
         scp.stop()
         rc = node.terminate()
     assert rc == 0

@@ -265,6 +265,7 @@ def console_routes(ctx: Any, store: ConsoleStore, accounts: Accounts) -> list[Ro
             d["paused"] = paused.get(d["name"])
         return render(request, "jobs.html", session, jobs=queries.jobs(conn, 300, state), state=state,
                       destinations=destinations, failed_deliveries=store.failed_deliveries(),
+                      notifications=store.recent_notifications(), webhooks=sorted(config.notifications.webhooks),
                       executor=queries.executor(conn, config), job_counts=queries.counts(conn).get("jobs", {}))
 
     @page()

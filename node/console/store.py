@@ -7,7 +7,7 @@ import sqlite3
 import time
 from typing import Any, Callable, Iterable, Mapping
 
-from ..state import AuditEvents, AuditQuery, Deliveries, InstanceIndex, Jobs, Studies, Users
+from ..state import AuditEvents, AuditQuery, Deliveries, InstanceIndex, Jobs, Notifications, Studies, Users
 
 __all__ = ["ROLES", "ConsoleStore", "AuditQuery"]
 
@@ -25,6 +25,7 @@ class ConsoleStore:
         self.jobs = Jobs(get_conn)
         self.deliveries_repo = Deliveries(get_conn)
         self.studies = Studies(get_conn)
+        self.notifications = Notifications(get_conn)
 
     # ------------------------------------------------------------------ users and sessions
     def add_user(self, username: str, role: str, password_hash: str) -> None:
@@ -78,6 +79,9 @@ class ConsoleStore:
 
     def failed_deliveries(self, limit: int = 200) -> list[dict[str, Any]]:
         return self.deliveries_repo.failed_listing(limit)
+
+    def recent_notifications(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self.notifications.recent(limit)
 
     def job(self, job_id: int) -> dict[str, Any] | None:
         row = self.jobs.get(job_id)

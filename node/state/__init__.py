@@ -9,7 +9,8 @@ concern; the rest of the node calls their methods and never writes SQL:
 - :mod:`~node.state.deliveries` -- the dispatch queue (``deliveries``, ``destination_state``,
   ``destination_pause``);
 - :mod:`~node.state.accounts` -- console users and login sessions (``console_users``, ``console_sessions``);
-- :mod:`~node.state.audit` -- the append-only audit trail (``audit_events``).
+- :mod:`~node.state.audit` -- the append-only audit trail (``audit_events``);
+- :mod:`~node.state.notifications` -- webhook messages (``notifications``).
 
 :mod:`~node.state.schema` holds the schema and its numbered migrations
 (``PRAGMA user_version``); :func:`connect` migrates a database when it opens
@@ -24,6 +25,7 @@ from .connection import DB_FILENAME, Connections, check_version, connect, ping, 
 from .deliveries import Deliveries, add_deliveries
 from .instances import InstanceIndex, StudySummary
 from .jobs import Jobs, OwnResults, enqueue_job
+from .notifications import Notifications
 from .schema import SCHEMA_VERSION, SchemaTooNew, schema_version
 from .studies import STUDY_STATES, Studies
 
@@ -32,4 +34,5 @@ __all__ = [
     "SCHEMA_VERSION", "SchemaTooNew", "schema_version",
     "InstanceIndex", "StudySummary", "Studies", "STUDY_STATES", "Jobs", "OwnResults", "enqueue_job",
     "Deliveries", "add_deliveries", "Users", "AuditEvents", "AuditQuery",
+    "Notifications",
 ]

@@ -182,11 +182,30 @@ def v3_jobs_priority(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX jobs_claim ON jobs (state, priority, next_attempt_at)")
 
 
+def v4_notifications(conn: sqlite3.Connection) -> None:
+    """Webhook messages and their delivery state (node.state.notifications)."""
+    conn.execute("""CREATE TABLE notifications (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event TEXT NOT NULL,
+        webhook TEXT NOT NULL,
+        subject TEXT,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        sent_at REAL
+    )""")
+    conn.execute("CREATE INDEX notifications_due ON notifications (state, next_attempt_at)")
+
+
 #: Every migration, in order: entry ``n - 1`` takes a database to version ``n``.  Append only.
 MIGRATIONS: tuple[Migration, ...] = (
     v1_unversioned_schema,
     v2_console_accounts_audit,
     v3_jobs_priority,
+    v4_notifications,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
