@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,8 +51,6 @@ def _user_add(config: Path, name: str, password: str, role: str) -> None:
 
 
 def _login(base: str, name: str, password: str) -> requests.Session:
-    import re
-
     s = requests.Session()
     page = s.get(base + "/console/login", timeout=10).text
     csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
@@ -91,12 +90,9 @@ def test_operator_console_in_chromium(tmp_path: Path) -> None:
         # the PACS is down: the job is done, its delivery fails after 2 attempts
         assert wait_for(lambda: node.status()["studies"][0]["state"] == "failed", 60)
         admin = _login(base, "ada", "admin-password-12")
-        delivery = json.loads(json.dumps(node.status()))  # noqa: keep the status for the failure message
         failed = admin.get(base + "/console/jobs", timeout=10).text
-        import re
-
         ids = re.findall(r'id="retry-delivery-(\d+)"', failed)
-        assert len(ids) == 1, delivery
+        assert len(ids) == 1, node.status()
         scp.start()
         plan = {"base": base, "chromium": CHROMIUM_BIN, "out": str(artefacts), "study": study,
                 "delivery": int(ids[0]),
