@@ -517,3 +517,32 @@ def test_session_cookie_is_secure_under_http_tls(tmp_path: Path, users_db: Path)
         assert session_cookie and "Secure" in session_cookie[0] and "HttpOnly" in session_cookie[0]
     finally:
         conns.close_all()
+
+
+def test_models_page_shows_manifest_training_data_evaluation_disclaimer_and_sha256(tmp_path: Path, users_db: Path) -> None:
+    from pipelines.runtime import ModelStore, bundled_models_dir
+
+    from node.config import ModelsSection
+
+    (tmp_path / "var").mkdir(mode=0o700)
+    (tmp_path / "var" / state.DB_FILENAME).write_bytes(users_db.read_bytes())
+    config = _config(tmp_path)
+    conns = Connections(config.node.storage_dir)
+    models = ModelStore([bundled_models_dir()], ModelsSection(providers=("cpu",), warmup=False))
+    server = HttpServer(config, WebContext(config=config, get_conn=conns.get, metrics=Metrics(conns.get),
+                                           model_store=models))
+    server.start()
+    try:
+        node = Node(server, conns, {}, [])
+        s, _ = login(node, "reader")
+        html = s.get(node.url + "/console/models", timeout=30).text
+        manifest = json.loads((bundled_models_dir() / "calcium-unet2d" / "manifest.json").read_text())
+        assert "calcium-unet2d" in html and manifest["version"] in html and manifest["sha256"] in html
+        assert "Trained on synthetic phantoms, not on patient data" in html
+        assert "heldout_phantom_dice_LAD" in html and "synthetic phantoms" in html  # evaluation, training data
+        assert "Reload models" not in html  # admin only
+        admin, _ = login(node, "boss")
+        assert "Reload models" in admin.get(node.url + "/console/models", timeout=30).text
+    finally:
+        server.stop()
+        conns.close_all()
