@@ -12,13 +12,14 @@ survives a process crash but not necessarily a power cut, and skips one fsync.
 """
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .files import private_dir, touch_private
 
-__all__ = ["DB_FILENAME", "connect", "ensure_schema"]
+__all__ = ["DB_FILENAME", "connect", "ensure_schema", "transaction"]
 
 DB_FILENAME = "cardionode.sqlite3"
 
@@ -52,3 +53,20 @@ def ensure_schema(conn: sqlite3.Connection, statements: Iterable[str]) -> None:
     with conn:
         for sql in statements:
             conn.execute(sql)
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception): one atomic write.
+
+    Connections from :func:`connect` are in autocommit mode (``isolation_level=None``), where
+    ``with conn:`` opens no transaction: each statement inside it commits on its own, and another
+    thread (or a crash) sees the first rows of a "block" without the rest.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -101,7 +101,7 @@ JOBS_INDEXES = ["CREATE INDEX IF NOT EXISTS results_series ON results (series_in
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring an older database to :data:`JOBS_SCHEMA` (add missing columns and their indexes)."""
-    with conn:
+    with db.transaction(conn):
         for table, column, declaration in JOBS_COLUMNS:
             present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             if present and column not in present:
@@ -173,7 +173,7 @@ def retry_failed_job(conn: sqlite3.Connection, job_id: int) -> str | None:
 
     Returns None on success, else why not: ``"not found"`` or ``"state is X"``.
     """
-    with conn:
+    with db.transaction(conn):
         row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
             return "not found"
@@ -249,7 +249,7 @@ class JobQueue:
         """
         conn = self._conns.get()
         now = time.time()
-        with conn:
+        with db.transaction(conn):
             failed = conn.execute(
                 "UPDATE jobs SET state='failed', finished_at=?, error=? WHERE state='running' AND attempts>=?",
                 (now, f"interrupted by node stop/crash {self.settings.max_attempts} times", self.settings.max_attempts),
@@ -302,7 +302,7 @@ class JobQueue:
         now = time.time()
         models = json.dumps([{"name": m.name, "version": m.version, "provider": m.provider} for m in result.models])
         series = {str(ds.SOPInstanceUID): str(ds.get("SeriesInstanceUID", "") or "") or None for ds in result.datasets}
-        with conn:
+        with db.transaction(conn):
             for sop_uid, sop_class, path in files:
                 conn.execute(
                     "INSERT OR REPLACE INTO results (sop_instance_uid, job_id, sop_class_uid, path, created_at,"
@@ -324,7 +324,7 @@ class JobQueue:
         (Ray unreachable), so it waits in the queue like any other job.
         """
         conn = self._conns.get()
-        with conn:
+        with db.transaction(conn):
             conn.execute(
                 "UPDATE jobs SET state='queued', attempts=MAX(attempts-1, 0), next_attempt_at=?, error=?"
                 " WHERE id=? AND state='running'",
@@ -340,7 +340,7 @@ class JobQueue:
         conn = self._conns.get()
         now = time.time()
         retry = transient and job.attempts < self.settings.max_attempts
-        with conn:
+        with db.transaction(conn):
             if retry:
                 delay = backoff_delay(job.attempts, self.settings.backoff_initial_s, self.settings.backoff_max_s)
                 conn.execute(

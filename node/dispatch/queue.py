@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from .. import db
 from ..config import DispatchSection
 from .base import SendOutcome, Sender, SenderError, build_sender
 
@@ -158,7 +159,7 @@ class DestinationWorker:
         present = [r for r in rows if Path(r["path"]).is_file()]
         missing = [r for r in rows if not Path(r["path"]).is_file()]
         if missing:
-            with conn:
+            with db.transaction(conn):
                 for r in missing:
                     conn.execute(
                         "UPDATE deliveries SET state='failed', last_error=? WHERE id=?",
@@ -215,7 +216,7 @@ class DestinationWorker:
         sent: list[str] = []
         errors: list[str] = []
         failed = 0
-        with conn:
+        with db.transaction(conn):
             for row, out in zip(rows, outcomes):
                 attempts = row["attempts"] + 1
                 if out.ok:
