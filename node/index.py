@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 from pipelines.base import InstanceRef, SeriesView, StudyView
 
 from . import db
+from .completeness import HeaderFacts
 
 __all__ = ["INDEX_SCHEMA", "InstanceIndex", "StudySummary"]
 
@@ -39,7 +40,8 @@ INDEX_SCHEMA = [
         size INTEGER NOT NULL,
         calling_ae TEXT NOT NULL DEFAULT '',
         source TEXT NOT NULL DEFAULT '',
-        received_at REAL NOT NULL
+        received_at REAL NOT NULL,
+        header TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid, series_instance_uid)",
     "CREATE INDEX IF NOT EXISTS instances_received ON instances (received_at)",
@@ -48,8 +50,11 @@ INDEX_SCHEMA = [
 _COLUMNS = (
     "sop_instance_uid", "study_instance_uid", "series_instance_uid", "sop_class_uid", "modality",
     "series_description", "series_number", "instance_number", "transfer_syntax_uid", "path", "size",
-    "calling_ae", "source", "received_at",
+    "calling_ae", "source", "received_at", "header",
 )
+#: Columns added after the table first shipped: (column, declaration); added by :meth:`InstanceIndex.__init__`.
+#: ``header``: JSON of the header values completeness reads (node.completeness.HeaderFacts).
+INDEX_COLUMNS = [("header", "TEXT")]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,11 @@ class InstanceIndex:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         db.ensure_schema(conn, INDEX_SCHEMA)
+        present = {row[1] for row in conn.execute("PRAGMA table_info(instances)")}
+        for column, declaration in INDEX_COLUMNS:
+            if column not in present:
+                with conn:
+                    conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {declaration}")
         self.base = _base_dir(conn)
 
     # ------------------------------------------------------------------ paths
@@ -150,6 +160,7 @@ class InstanceIndex:
             "calling_ae": instance.calling_ae or "",
             "source": getattr(instance, "source", "") or "",
             "received_at": float(instance.received_at),
+            "header": extra.get("facts", getattr(instance, "facts", None)),
         }
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
@@ -188,6 +199,12 @@ class InstanceIndex:
             " ORDER BY series_instance_uid, instance_number IS NULL, instance_number, path",
             (study_uid,),
         ).fetchall()
+
+    def study_headers(self, study_uid: str) -> list[HeaderFacts]:
+        """What completeness judges the study's series by: one :class:`HeaderFacts` per instance."""
+        return [HeaderFacts.from_index(r) for r in self.conn.execute(
+            "SELECT series_instance_uid, sop_class_uid, modality, series_description, instance_number, header"
+            " FROM instances WHERE study_instance_uid=? ORDER BY series_instance_uid, instance_number", (study_uid,))]
 
     def get(self, sop_instance_uid: str) -> sqlite3.Row | None:
         return self.conn.execute("SELECT * FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)).fetchone()

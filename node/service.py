@@ -30,6 +30,7 @@ from pipelines.registry import PipelineRegistry, default_registry
 
 from . import db, startup
 from .completion import COMPLETION_SCHEMA, CompletionTracker
+from .completion import migrate as migrate_completion
 from .config import ConfigError, NodeConfig
 from .dispatch.queue import DISPATCH_SCHEMA, Dispatcher
 from .executors import Executor, ExecutorStatus, executor_pipelines, make_executor
@@ -105,6 +106,10 @@ class NodeService:
 
     def load_study(self, study_uid: str) -> StudyView:
         return self._index().study_view(study_uid)
+
+    def load_headers(self, study_uid: str) -> list[Any]:
+        """Indexed header values of the study's instances (study-aware completion)."""
+        return self._index().study_headers(study_uid)
 
     def delete_study(self, study_uid: str) -> None:
         delete = getattr(self.spool, "delete_study", None)
@@ -228,6 +233,7 @@ class NodeService:
         conn = self.conns.get()
         db.ensure_schema(conn, STATE_SCHEMA)
         migrate(conn)
+        migrate_completion(conn)
         with open_private(self.storage_dir / PID_FILE_NAME) as pid_file:
             pid_file.write(f"{os.getpid()}\n".encode("ascii"))
         self._pid_written = True
@@ -252,6 +258,7 @@ class NodeService:
         self.completion = CompletionTracker(
             self.completion_conns.get, self.router, self.load_study, self.scheduler,
             late_arrivals=cfg.node.late_arrivals, on_enqueued=self._study_completed,
+            load_headers=self.load_headers, settle_seconds=cfg.node.settle_seconds,
         )
         self.retention = RetentionSweeper(self.conns.get, cfg.retention, self.delete_study, self.storage_dir)
 
