@@ -24,8 +24,9 @@ __all__ = ["STUDY_STATES", "studies", "jobs", "destinations", "counts", "models"
 
 #: A study's state as users see it, in the order of its life.
 STUDY_STATES = (
-    "waiting",     # receiving: the quiet period has not passed
+    "waiting",     # receiving: the quiet period has not passed (or a route waits for a missing series)
     "unmatched",   # complete, no route matched: stored, nothing to run
+    "incomplete",  # every matching route gave up waiting for a series it needs (routes[].incomplete: give_up)
     "processing",  # a job of the current generation is queued or running (retries included)
     "sending",     # every job done, results waiting to be delivered (retries included)
     "processed",   # every job done and every result delivered
@@ -43,8 +44,12 @@ def _study_state_sql(conn: sqlite3.Connection) -> str:
         return "p.state"
     same_generation = "j.study_uid = p.study_uid AND j.generation = p.generation"
     delivery = f"SELECT 1 FROM deliveries d JOIN jobs j ON d.job_id = j.id WHERE {same_generation} AND d.state"
+    gave_up = ""
+    if "incomplete" in {r[1] for r in conn.execute("PRAGMA table_info(pending_studies)")}:
+        gave_up = (f" WHEN p.incomplete IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobs j WHERE {same_generation})"
+                   " THEN 'incomplete'")
     return (
-        "CASE WHEN p.state != 'processed' THEN p.state"
+        "CASE WHEN p.state != 'processed' THEN p.state" + gave_up +
         f" WHEN EXISTS (SELECT 1 FROM jobs j WHERE {same_generation} AND j.state = 'failed') THEN 'failed'"
         f" WHEN EXISTS (SELECT 1 FROM jobs j WHERE {same_generation} AND j.state IN ('queued', 'running'))"
         " THEN 'processing'"
@@ -98,6 +103,7 @@ def studies(conn: sqlite3.Connection, limit: int = 50, state: str | None = None)
             "late_ignored": r["late_ignored"],
             "processed_at": r["processed_at"],
             "routes": json.loads(r["routes"]) if r["routes"] else [],
+            "incomplete": json.loads(r["incomplete"]) if "incomplete" in r.keys() and r["incomplete"] else None,
         })
     return out
 
