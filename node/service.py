@@ -139,6 +139,7 @@ class NodeService:
 
         self.own_results = OwnResults(self.storage_dir)
         return Spool(self.storage_dir, self.config.node.min_free_mb, on_stored=self._on_stored,
+                     group_commit=self.config.node.group_commit,
                      own_results=self.own_results)
 
     def _study_completed(self) -> None:
