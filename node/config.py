@@ -120,7 +120,7 @@ class NodeSection:
     check_called_ae: bool = True
     tls: TLSSection | None = None
     min_free_mb: int = 1024
-    group_commit: bool = True
+    group_commit: bool = False
     max_pdu: int = 0
     workers: int = 1
     http_host: str = "127.0.0.1"  # loopback unless configured otherwise

@@ -509,7 +509,7 @@ class Spool:
 
     def __init__(self, storage_dir: str | Path, min_free_mb: int = 0,
                  on_stored: Callable[[StoredInstance], None] | None = None, own_results: Any = None,
-                 group_commit: bool = True) -> None:
+                 group_commit: bool = False) -> None:
         self.storage_dir = Path(storage_dir)
         # concurrent stores share their fsyncs (node.fsync.GroupSync); False: each store fsyncs alone
         self.group_sync: GroupSync | None = GroupSync() if group_commit else None

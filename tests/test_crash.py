@@ -110,15 +110,17 @@ def _dataset_bytes(path) -> bytes:
         return fp.read()
 
 
-def test_kill9_under_4_concurrent_senders_keeps_every_acknowledged_instance_byte_identical(tmp_path):
-    """Group commit shares the fsyncs of concurrent associations; a success status still means the
-    instance is on stable storage: kill -9 while 4 storescu send, every acknowledged one is there."""
+@pytest.mark.parametrize("group_commit", [False, True], ids=["fsync-alone", "group-commit"])
+def test_kill9_under_4_concurrent_senders_keeps_every_acknowledged_instance_byte_identical(tmp_path, group_commit):
+    """Whether concurrent associations fsync alone or share the fsyncs (node.group_commit), a success
+    status means the instance is on stable storage: kill -9 while 4 storescu send, every acknowledged
+    one is there."""
     from tests.support import synth
 
     study_uid = pydicom.uid.generate_uid()
     files = synth.ct_series(tmp_path / "study", 160, 128, study_uid=study_uid)
     groups = [files[i::4] for i in range(4)]
-    node = NodeProcess(node_config(tmp_path, {}, quiet=3600.0)).start()
+    node = NodeProcess(node_config(tmp_path, {}, quiet=3600.0, group_commit=group_commit)).start()
     try:
         procs, acked, threads = [], [], []
         for group in groups:
