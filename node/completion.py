@@ -184,8 +184,8 @@ class CompletionTracker:
             elif row["state"] == "waiting":
                 quiet = max(quiet, row["quiet_seconds"])
                 due = max(row["due_at"] or 0.0, now + quiet)
-                if max_wait is not None and _never_queued(row):
-                    due = min(due, row["first_received_at"] + max_wait)
+                if max_wait is not None and _never_queued(row) and row["generation"] == 1:
+                    due = min(due, row["first_received_at"] + max_wait)  # counted from the study's first instance
                 conn.execute(
                     "UPDATE pending_studies SET last_received_at=?, due_at=?, quiet_seconds=?, received=received+1"
                     " WHERE study_uid=?",
@@ -295,6 +295,9 @@ class CompletionTracker:
         aware = self.study_aware and _never_queued(row)
         if early and not aware:
             self._arm(study_uid, row["due_at"])  # an instance arrived after this timer was set
+            return []
+        if early and now < row["last_received_at"] + self.settle_seconds - 0.05:  # still receiving
+            self._arm(study_uid, min(row["due_at"], row["last_received_at"] + self.settle_seconds))
             return []
         view = self.load_study(study_uid)
         calling = self.calling_aes_for(study_uid) if self.calling_aes_for else None
