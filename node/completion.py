@@ -52,50 +52,18 @@ from typing import Any, Callable, Iterable
 from pipelines.base import StudyView
 
 from .completeness import HeaderFacts, route_readiness, series_states
-from .jobs import JobQueue
 from .routing import InstanceFacts, Router, facts_from_study
+from .state import Studies, enqueue_job, transaction
 
-__all__ = ["COMPLETION_SCHEMA", "CompletionTracker", "migrate"]
+__all__ = ["CompletionTracker"]
 
 log = logging.getLogger("cardionode.completion")
-
-COMPLETION_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS pending_studies (
-        study_uid TEXT PRIMARY KEY,
-        state TEXT NOT NULL CHECK (state IN ('waiting', 'processed', 'unmatched')),
-        generation INTEGER NOT NULL DEFAULT 1,
-        first_received_at REAL NOT NULL,
-        last_received_at REAL NOT NULL,
-        due_at REAL,
-        quiet_seconds REAL NOT NULL,
-        received INTEGER NOT NULL DEFAULT 0,
-        late_ignored INTEGER NOT NULL DEFAULT 0,
-        processed_at REAL,
-        routes TEXT,
-        spool_deleted_at REAL,
-        incomplete TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS pending_studies_state ON pending_studies (state, due_at)",
-]
-#: Columns added after the table first shipped: (column, declaration); see :func:`migrate`.
-#: ``incomplete``: JSON {route: [missing requirement names]} of routes given up (``incomplete: give_up``).
-COMPLETION_COLUMNS = [("incomplete", "TEXT")]
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring an older ``pending_studies`` table to :data:`COMPLETION_SCHEMA` (add missing columns)."""
-    with conn:
-        present = {row[1] for row in conn.execute("PRAGMA table_info(pending_studies)")}
-        for column, declaration in COMPLETION_COLUMNS:
-            if present and column not in present:
-                conn.execute(f"ALTER TABLE pending_studies ADD COLUMN {column} {declaration}")
 
 
 def _never_queued(row: sqlite3.Row | None) -> bool:
     """True when no job was ever queued for the study (new, unmatched, or every route given up):
     only such a study completes early or is capped by ``max_wait_seconds``; late arrivals are not."""
     return row is None or not row["routes"] or row["routes"] == "[]"
-
 
 def _attr(obj: Any, *names: str, default: Any = None) -> Any:
     for name in names:
@@ -129,6 +97,7 @@ class CompletionTracker:
         settle_seconds: float = 0.5,
     ) -> None:
         self._get_conn = get_conn
+        self._studies = Studies(get_conn)
         self.router = router
         self.load_study = load_study
         self.scheduler = scheduler
@@ -169,51 +138,30 @@ class CompletionTracker:
         instance, however often instances keep arriving."""
         now = time.time() if now is None else now
         received_at = now if received_at is None else received_at
-        conn = self._get_conn()
         due: float | None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT * FROM pending_studies WHERE study_uid=?", (study_uid,)).fetchone()
+        with transaction(self._get_conn()):
+            row = self._studies.get(study_uid)
             if row is None:
                 due = now + quiet if max_wait is None else min(now + quiet, received_at + max_wait)
-                conn.execute(
-                    "INSERT INTO pending_studies (study_uid, state, generation, first_received_at, last_received_at,"
-                    " due_at, quiet_seconds, received) VALUES (?, 'waiting', 1, ?, ?, ?, ?, 1)",
-                    (study_uid, received_at, received_at, due, quiet),
-                )
+                self._studies.insert_waiting(study_uid, received_at, due, quiet)
             elif row["state"] == "waiting":
                 quiet = max(quiet, row["quiet_seconds"])
                 due = max(row["due_at"] or 0.0, now + quiet)
                 if max_wait is not None and _never_queued(row) and row["generation"] == 1:
                     due = min(due, row["first_received_at"] + max_wait)  # counted from the study's first instance
-                conn.execute(
-                    "UPDATE pending_studies SET last_received_at=?, due_at=?, quiet_seconds=?, received=received+1"
-                    " WHERE study_uid=?",
-                    (max(received_at, row["last_received_at"]), due, quiet, study_uid),
-                )
+                self._studies.extend_wait(study_uid, max(received_at, row["last_received_at"]), due, quiet)
             elif row["state"] == "unmatched" or (
                 row["state"] == "processed" and self.late_arrivals == "reprocess" and not replaced
             ):
                 due = now + quiet
-                conn.execute(
-                    "UPDATE pending_studies SET state='waiting', generation=generation+1, last_received_at=?,"
-                    " due_at=?, quiet_seconds=?, received=1 WHERE study_uid=?",
-                    (received_at, due, quiet, study_uid),
-                )
+                self._studies.reopen(study_uid, received_at, due, quiet)
                 log.info("late arrival: study will be processed again",
                          extra={"study": study_uid, "generation": row["generation"] + 1})
             else:
                 due = None
-                conn.execute(
-                    "UPDATE pending_studies SET last_received_at=?, late_ignored=late_ignored+1 WHERE study_uid=?",
-                    (received_at, study_uid),
-                )
+                self._studies.count_late(study_uid, received_at)
                 log.info("late arrival kept, not reprocessed",
                          extra={"study": study_uid, "policy": self.late_arrivals, "replaced": replaced})
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         if due is not None:
             self._arm(study_uid, due, check=True)
         return due
@@ -240,19 +188,10 @@ class CompletionTracker:
         quiet period after ``now`` (a deadline that passed while the node was down gets a fresh quiet
         period; the new due time is stored)."""
         now = time.time() if now is None else now
-        conn = self._get_conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            rows = conn.execute(
-                "SELECT study_uid, due_at, quiet_seconds FROM pending_studies WHERE state='waiting'"
-            ).fetchall()
+        with transaction(self._get_conn()):
+            rows = self._studies.waiting()
             due = {row["study_uid"]: max(row["due_at"] or 0.0, now + row["quiet_seconds"]) for row in rows}
-            conn.executemany("UPDATE pending_studies SET due_at=? WHERE study_uid=?",
-                             [(t, uid) for uid, t in due.items()])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            self._studies.set_due(due.items())
         overdue = sum(1 for row in rows if (row["due_at"] or 0.0) < now)
         if overdue:
             log.info("studies overdue at start get a fresh quiet period", extra={"count": overdue})
@@ -266,10 +205,9 @@ class CompletionTracker:
         ``studies`` yields (study uid, last received time) from the spool index.
         Returns the number of studies armed.
         """
-        conn = self._get_conn()
         armed = 0
         for uid, last_received in studies:
-            row = conn.execute("SELECT last_received_at, state FROM pending_studies WHERE study_uid=?", (uid,)).fetchone()
+            row = self._studies.get(uid)
             if row is None or (row["state"] != "waiting" and last_received > row["last_received_at"] + 1e-3):
                 self.arrived(uid, self.router.quiet_seconds(InstanceFacts()), received_at=last_received)
                 armed += 1
@@ -286,8 +224,7 @@ class CompletionTracker:
             return []
 
     def _fire(self, study_uid: str) -> list[int]:
-        conn = self._get_conn()
-        row = conn.execute("SELECT * FROM pending_studies WHERE study_uid=?", (study_uid,)).fetchone()
+        row = self._studies.get(study_uid)
         if row is None or row["state"] != "waiting":
             return []
         now = time.time()
@@ -334,31 +271,21 @@ class CompletionTracker:
         job_ids: list[int] = []
         seen = row["received"]
         now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT * FROM pending_studies WHERE study_uid=?", (study_uid,)).fetchone()
-            stale = row is not None and row["state"] == "waiting" and (
-                row["received"] != seen if early else row["due_at"] > now + 0.01)
-            if row is None or row["state"] != "waiting" or stale:
-                conn.execute("COMMIT")
-                if row is not None and row["state"] == "waiting":
-                    self._arm(study_uid, row["due_at"], check=early)
-                return []
-            state = "processed" if decisions or gave_up else "unmatched"
-            conn.execute(
-                "UPDATE pending_studies SET state=?, processed_at=?, due_at=NULL, routes=?, incomplete=?"
-                " WHERE study_uid=?",
-                (state, now, json.dumps([d.name for d in decisions]), json.dumps(gave_up) if gave_up else None,
-                 study_uid),
-            )
-            for d in decisions:
-                job_id = JobQueue.enqueue(conn, study_uid, row["generation"], d.name, d.pipeline, d.destinations, now)
-                if job_id is not None:
-                    job_ids.append(job_id)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with transaction(self._get_conn()) as conn:
+            row = self._studies.get(study_uid)
+            routed = row is not None and row["state"] == "waiting" and (
+                row["received"] == seen if early else row["due_at"] <= now + 0.01)
+            if routed:
+                self._studies.mark_routed(study_uid, "processed" if decisions or gave_up else "unmatched", now,
+                                          [d.name for d in decisions], gave_up or None)
+                for d in decisions:
+                    job_id = enqueue_job(conn, study_uid, row["generation"], d.name, d.pipeline, d.destinations, now)
+                    if job_id is not None:
+                        job_ids.append(job_id)
+        if not routed:  # another thread routed it, or an instance arrived after the check above
+            if row is not None and row["state"] == "waiting":
+                self._arm(study_uid, row["due_at"], check=early)
+            return []
         instances = sum(len(s.instances) for s in view.series)
         if gave_up:
             log.warning("study incomplete; routes given up (recorded, nothing run for them)",
@@ -378,17 +305,14 @@ class CompletionTracker:
     def _after_check(self, study_uid: str, received: int) -> None:
         """An early check found the study not complete: wake again at its due time, or check again
         soon when an instance arrived meanwhile (its own timer may have been replaced by ours)."""
-        row = self._get_conn().execute("SELECT state, due_at, received FROM pending_studies WHERE study_uid=?",
-                                       (study_uid,)).fetchone()
+        row = self._studies.get(study_uid)
         if row is not None and row["state"] == "waiting":
             self._arm(study_uid, row["due_at"], check=row["received"] != received)
 
     def _defer(self, study_uid: str, received: int, until: float) -> None:
         """Quiet period over but a route waits for its series: due again at ``until`` (stored, so a
         restart keeps waiting), unless an instance arrived meanwhile (then its own due time holds)."""
-        conn = self._get_conn()
-        with conn:
-            conn.execute("UPDATE pending_studies SET due_at=MAX(due_at, ?) WHERE study_uid=? AND state='waiting'"
-                         " AND received=?", (until, study_uid, received))
+        with transaction(self._get_conn()):
+            self._studies.defer(study_uid, received, until)
         log.info("quiet period over, waiting for missing series", extra={"study": study_uid, "until": until})
         self._after_check(study_uid, received)

@@ -7,10 +7,9 @@ import dataclasses
 import pytest
 from pydicom.uid import generate_uid
 
-from node import db
 from node.completeness import HeaderFacts, route_readiness, series_state, series_states
 from node.config import ConfigError, SeriesRequirement, parse_config
-from node.index import InstanceIndex
+from node.state import InstanceIndex, connect
 from node.spool import Spool
 from tests.fixtures.studies import write_ct_study, write_mr_series
 from tests.support import synth
@@ -144,7 +143,7 @@ def test_the_spool_indexes_the_header_values_and_recovery_restores_them(tmp_path
     try:
         for f in files:
             spool.store_file(f, "TEST", "dimse")
-        conn = db.connect(tmp_path / "var")
+        conn = connect(tmp_path / "var")
         states = {s.modality: s for s in series_states(InstanceIndex(conn).study_headers(study))}
         assert {m: (s.status, s.rule, s.received) for m, s in states.items()} == {
             "MR": ("complete", "cine", 6), "CT": ("complete", "images-in-acquisition", 2),
@@ -159,16 +158,21 @@ def test_the_spool_indexes_the_header_values_and_recovery_restores_them(tmp_path
         spool.close()
 
 
-def test_an_older_index_gains_the_header_column(tmp_path):
-    conn = db.connect(tmp_path)
-    conn.execute("CREATE TABLE instances (sop_instance_uid TEXT PRIMARY KEY, study_instance_uid TEXT NOT NULL,"
-                 " series_instance_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL, modality TEXT NOT NULL DEFAULT '',"
-                 " series_description TEXT NOT NULL DEFAULT '', series_number INTEGER, instance_number INTEGER,"
-                 " transfer_syntax_uid TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,"
-                 " calling_ae TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT '', received_at REAL NOT NULL)")
-    conn.execute("INSERT INTO instances VALUES ('1.1', '1', '1.2', ?, 'CT', '', 1, 1, '1.2.840.10008.1.2.1',"
-                 " 'spool/x.dcm', 1, '', '', 0)", (CT,))
-    index = InstanceIndex(conn)
+def test_a_database_from_before_gains_the_columns_and_its_series_count_as_unknown(tmp_path):
+    import sqlite3
+    from pathlib import Path
+
+    from node.state import DB_FILENAME, Studies
+
+    plain = sqlite3.connect(tmp_path / DB_FILENAME)
+    plain.executescript((Path(__file__).parent / "fixtures" / "state_schema_v1.sql").read_text())
+    plain.execute("INSERT INTO instances VALUES ('1.1', '1', '1.2', ?, 'CT', '', 1, 1, '1.2.840.10008.1.2.1',"
+                  " 'spool/x.dcm', 1, '', '', 0)", (CT,))
+    plain.commit()
+    plain.close()
+    conn = connect(tmp_path)  # migrates to the current version
     assert "header" in {r[1] for r in conn.execute("PRAGMA table_info(instances)")}
-    assert series_states(index.study_headers("1"))[0].status == "unknown"
+    assert "incomplete" in {r[1] for r in conn.execute("PRAGMA table_info(pending_studies)")}
+    assert series_states(InstanceIndex(conn).study_headers("1"))[0].status == "unknown"
+    assert Studies(lambda: conn).listing(5) == []
     conn.close()

@@ -11,13 +11,10 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.uid import generate_uid
 
-from node import db
-from node.completion import COMPLETION_SCHEMA, CompletionTracker
+from node.completion import CompletionTracker
 from node.config import parse_config
-from node.dispatch.queue import DISPATCH_SCHEMA
-from node.index import InstanceIndex
-from node.jobs import JOBS_SCHEMA, LocalConnections
 from node.routing import Router
+from node.state import Connections, InstanceIndex
 from node.spool import Spool
 from tests.fixtures.studies import write_ct_study, write_mr_series
 
@@ -30,8 +27,7 @@ class Node:
 
     def __init__(self, tmp_path, config: dict, start: bool = True) -> None:
         self.config = parse_config(config)
-        self.conns = LocalConnections(tmp_path / "var", synchronous="NORMAL")
-        db.ensure_schema(self.conns.get(), COMPLETION_SCHEMA + JOBS_SCHEMA + DISPATCH_SCHEMA)
+        self.conns = Connections(tmp_path / "var", synchronous="NORMAL")
         self.scheduler = BackgroundScheduler(timezone="UTC")
         index = lambda: InstanceIndex(self.conns.get())  # noqa: E731
         self.tracker = CompletionTracker(
