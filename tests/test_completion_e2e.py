@@ -3,6 +3,7 @@ pipeline -> dcmtk storescp, with a 60 s quiet period that only a study its heade
 can beat; and kill -9 before the completion check."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -110,5 +111,64 @@ def test_kill9_before_the_completion_check_completes_the_study_once_after_the_re
             assert _srs_for(scp, study) == 1
             jobs = node.status()["jobs"]
             assert [(j["study_uid"], j["state"]) for j in jobs] == [(study, "done")]
+        finally:
+            node.stop_quietly()
+
+
+def _decisions(node: NodeProcess, study: str) -> list[tuple[int, str]]:
+    """(generation, reason) of each 'study complete; jobs queued' line the node logged for ``study``."""
+    out = []
+    for line in node.log_path.read_text().splitlines():
+        if '"study complete; jobs queued"' in line:
+            rec = json.loads(line)
+            if rec.get("study") == study:
+                out.append((rec["generation"], rec["reason"]))
+    return out
+
+
+def test_an_enhanced_ct_at_once_an_unknown_series_after_the_quiet_period_a_late_arrival_and_the_wait_policy(
+        tmp_path):
+    import numpy as np
+
+    from training.synth.dicom import new_study, write_enhanced_ct
+
+    quiet = 4.0
+    enhanced_study = new_study(seed=1801)
+    enhanced = [write_enhanced_ct(np.zeros((6, 16, 16), dtype=np.int16), (3.0, 1.0, 1.0),
+                                  tmp_path / "enhanced" / "ct.dcm", enhanced_study)]
+    plain_study, mr_study = generate_uid(), generate_uid()
+    plain = write_ct_study(tmp_path / "plain", 4, study_uid=plain_study)  # no ImagesInAcquisition: unknown
+    mr, _t2 = _myops(tmp_path / "mr", mr_study, with_t2=False)
+    with StoreSCP(tmp_path / "scp") as scp:
+        path = node_config(tmp_path, {"pacs": {"type": "dimse", "ae_title": "PACS", "host": "127.0.0.1",
+                                               "port": scp.port}}, quiet=quiet, settle_seconds=0.5)
+        cfg = yaml.safe_load(path.read_text())
+        cfg["routes"] = [
+            {"name": "ct", "pipeline": "test-sr", "match": {"modality": "CT"}, "destinations": ["pacs"],
+             "requires": [{"name": "ct", "modality": "CT"}]},
+            {"name": "myops", "pipeline": "test-sr", "match": {"modality": "MR"}, "destinations": ["pacs"],
+             "requires": MYOPS, "incomplete": "wait", "max_wait_seconds": 10},
+        ]
+        path.write_text(yaml.safe_dump(cfg))
+        node = NodeProcess(path).start()
+        try:
+            mr_sent = time.time()
+            assert storescu(node.port, mr).returncode == 0
+            assert storescu(node.port, enhanced).returncode == 0
+            assert storescu(node.port, plain[:3]).returncode == 0
+            uid = enhanced_study.study_instance_uid
+            assert wait_for(lambda: _srs_for(scp, uid) == 1 and _srs_for(scp, plain_study) == 1, 40, 0.1)
+            assert _decisions(node, uid) == [(1, "series complete")]  # one multi-frame object: complete
+            assert _decisions(node, plain_study) == [(1, "quiet period")]  # unknown: the quiet period decides
+            # a late arrival is processed again after a quiet period, as before
+            assert storescu(node.port, plain[3:]).returncode == 0
+            assert wait_for(lambda: _srs_for(scp, plain_study) == 2, 40, 0.1)
+            assert _decisions(node, plain_study) == [(1, "quiet period"), (2, "quiet period")]
+            # the MR study without T2 waited past its quiet period until max_wait, then ran on what was there
+            assert wait_for(lambda: _srs_for(scp, mr_study) == 1, 40, 0.1)
+            assert _decisions(node, mr_study) == [(1, "series missing")]
+            study = next(s for s in node.status()["studies"] if s["study_uid"] == mr_study)
+            assert study["processed_at"] - study["first_received_at"] >= 9.9
+            assert study["processed_at"] - mr_sent >= 9.9 and study["incomplete"] is None
         finally:
             node.stop_quietly()
