@@ -148,6 +148,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{s['study_uid']} {','.join(s['routes'])}")
         if s["error"]:
             print(f"             {s['error'][:110]}")
+        for route, missing in (s.get("incomplete") or {}).items():
+            print(f"             {route}: gave up waiting for {', '.join(missing)}")
     models = data["models"]
     print("\nMODELS")
     if args.no_models:

@@ -110,6 +110,10 @@ class NodeService:
     def load_study(self, study_uid: str) -> StudyView:
         return self._index().study_view(study_uid)
 
+    def load_headers(self, study_uid: str) -> list[Any]:
+        """Indexed header values of the study's instances (study-aware completion)."""
+        return self._index().study_headers(study_uid)
+
     def delete_study(self, study_uid: str) -> None:
         delete = getattr(self.spool, "delete_study", None)
         if delete is not None:
@@ -138,6 +142,7 @@ class NodeService:
 
         self.own_results = OwnResults(self.storage_dir)
         return Spool(self.storage_dir, self.config.node.min_free_mb, on_stored=self._on_stored,
+                     group_commit=self.config.node.group_commit,
                      own_results=self.own_results)
 
     def _study_completed(self) -> None:
@@ -301,6 +306,7 @@ class NodeService:
         self.completion = CompletionTracker(
             self.completion_conns.get, self.router, self.load_study, self.scheduler,
             late_arrivals=cfg.node.late_arrivals, on_enqueued=self._study_completed,
+            load_headers=self.load_headers, settle_seconds=cfg.node.settle_seconds,
             on_routed=self.audit.routed,
         )
         self.retention = RetentionSweeper(self.conns.get, cfg.retention, self.delete_study, self.storage_dir)

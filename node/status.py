@@ -49,6 +49,7 @@ def studies(conn: sqlite3.Connection, limit: int = 50, state: str | None = None)
             "late_ignored": r["late_ignored"],
             "processed_at": r["processed_at"],
             "routes": json.loads(r["routes"]) if r["routes"] else [],
+            "incomplete": json.loads(r["incomplete"]) if r["incomplete"] else None,
         })
     return out
 

@@ -75,8 +75,11 @@ def test_a_database_of_the_unversioned_release_upgrades_in_place_keeping_its_row
 
     conn = connect(tmp_path)
     assert schema_version(conn) == SCHEMA_VERSION
-    assert _dump(conn, columns) == before
-    assert [r[0] for r in conn.execute("SELECT priority FROM jobs")] == [0, 0]  # v3: routine for old jobs
+    assert _dump(conn, columns) == before  # later migrations add columns; the old rows keep their values
+    # v2 appended instances.header and pending_studies.incomplete, NULL in the old rows; v4 jobs.priority, 0
+    assert all(r[0] is None for r in conn.execute("SELECT header FROM instances"))
+    assert all(r[0] is None for r in conn.execute("SELECT incomplete FROM pending_studies"))
+    assert [r[0] for r in conn.execute("SELECT priority FROM jobs")] == [0, 0]
     # the repositories read and write the old rows
     studies = Studies(lambda: conn).listing(10)
     assert [(r["study_uid"], r["study_state"]) for r in studies] == [("1.2.3", "processed")]

@@ -14,6 +14,6 @@ def console_app_routes(ctx: Any) -> list[Route]:
     from .app import console_routes
     from .store import ConsoleStore
 
-    store = ConsoleStore(ctx.get_conn)  # its tables come with the database (node.state.schema, version 2)
+    store = ConsoleStore(ctx.get_conn)  # its tables come with the database (node.state.schema, version 3)
     accounts = Accounts(store, session_hours=ctx.config.console.session_hours)
     return console_routes(ctx, store, accounts)

@@ -139,7 +139,17 @@ def v1_unversioned_schema(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS results_series ON results (series_instance_uid)")
 
 
-def v2_console_accounts_audit(conn: sqlite3.Connection) -> None:
+def v2_study_aware_completion(conn: sqlite3.Connection) -> None:
+    """Study-aware completion (issue 18): ``instances.header`` holds the header values completeness
+    judges a series by (JSON, :class:`node.completeness.HeaderFacts`; NULL for rows from before, which
+    then count as series of unknown completeness: the quiet period applies, as before), and
+    ``pending_studies.incomplete`` the routes given up for missing series (JSON {route: [names]})."""
+    for table, column in (("instances", "header"), ("pending_studies", "incomplete")):
+        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+
+
+def v3_console_accounts_audit(conn: sqlite3.Connection) -> None:
     """The operator console's tables: users, login sessions, the append-only audit trail, and the
     destinations an operator paused (node.state.accounts, node.state.audit, node.state.deliveries)."""
     conn.execute("""CREATE TABLE console_users (
@@ -176,13 +186,13 @@ def v2_console_accounts_audit(conn: sqlite3.Connection) -> None:
     )""")
 
 
-def v3_jobs_priority(conn: sqlite3.Connection) -> None:
+def v4_jobs_priority(conn: sqlite3.Connection) -> None:
     """Jobs carry their route's priority (0 for every existing job); higher ones are claimed first."""
     conn.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
     conn.execute("CREATE INDEX jobs_claim ON jobs (state, priority, next_attempt_at)")
 
 
-def v4_notifications(conn: sqlite3.Connection) -> None:
+def v5_notifications(conn: sqlite3.Connection) -> None:
     """Webhook messages and their delivery state (node.state.notifications)."""
     conn.execute("""CREATE TABLE notifications (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -203,9 +213,10 @@ def v4_notifications(conn: sqlite3.Connection) -> None:
 #: Every migration, in order: entry ``n - 1`` takes a database to version ``n``.  Append only.
 MIGRATIONS: tuple[Migration, ...] = (
     v1_unversioned_schema,
-    v2_console_accounts_audit,
-    v3_jobs_priority,
-    v4_notifications,
+    v2_study_aware_completion,
+    v3_console_accounts_audit,
+    v4_jobs_priority,
+    v5_notifications,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -18,8 +18,9 @@ __all__ = ["STUDY_STATES", "Studies"]
 
 #: A study's state as users see it, in the order of its life.
 STUDY_STATES = (
-    "waiting",     # receiving: the quiet period has not passed
+    "waiting",     # receiving: the quiet period has not passed (or a route waits for a missing series)
     "unmatched",   # complete, no route matched: stored, nothing to run
+    "incomplete",  # every matching route gave up waiting for a series it needs (routes[].incomplete: give_up)
     "processing",  # a job of the current generation is queued or running (retries included)
     "sending",     # every job done, results waiting to be delivered (retries included)
     "processed",   # every job done and every result delivered
@@ -31,6 +32,8 @@ _DELIVERY = f"SELECT 1 FROM deliveries d JOIN jobs j ON d.job_id = j.id WHERE {_
 #: SQL for the derived state of the ``pending_studies`` row ``p`` (see :data:`STUDY_STATES`).
 _DERIVED_STATE = (
     "CASE WHEN p.state != 'processed' THEN p.state"
+    f" WHEN p.incomplete IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobs j WHERE {_SAME_GENERATION})"
+    " THEN 'incomplete'"
     f" WHEN EXISTS (SELECT 1 FROM jobs j WHERE {_SAME_GENERATION} AND j.state = 'failed') THEN 'failed'"
     f" WHEN EXISTS (SELECT 1 FROM jobs j WHERE {_SAME_GENERATION} AND j.state IN ('queued', 'running'))"
     " THEN 'processing'"
@@ -108,12 +111,22 @@ class Studies:
         self._conn().executemany("UPDATE pending_studies SET due_at=? WHERE study_uid=?",
                                  [(t, uid) for uid, t in due])
 
-    def mark_routed(self, study_uid: str, state: str, now: float, routes: list[str]) -> None:
-        """Completion's decision: ``processed`` (jobs queued for ``routes``) or ``unmatched``."""
+    def mark_routed(self, study_uid: str, state: str, now: float, routes: list[str],
+                    incomplete: dict[str, list[str]] | None = None) -> None:
+        """Completion's decision: ``processed`` (jobs queued for ``routes``; ``incomplete``: routes given
+        up and the requirements they missed) or ``unmatched``."""
         self._conn().execute(
-            "UPDATE pending_studies SET state=?, processed_at=?, due_at=NULL, routes=? WHERE study_uid=?",
-            (state, now, json.dumps(routes), study_uid),
+            "UPDATE pending_studies SET state=?, processed_at=?, due_at=NULL, routes=?, incomplete=?"
+            " WHERE study_uid=?",
+            (state, now, json.dumps(routes), json.dumps(incomplete) if incomplete else None, study_uid),
         )
+
+    def defer(self, study_uid: str, received: int, until: float) -> None:
+        """A waiting study waits for a missing series until ``until`` (unless an instance arrived
+        since completion looked at it: ``received`` no longer matches, and its own due time holds)."""
+        self._conn().execute(
+            "UPDATE pending_studies SET due_at=MAX(due_at, ?) WHERE study_uid=? AND state='waiting' AND received=?",
+            (until, study_uid, received))
 
     # ------------------------------------------------------------------ retention
     def delivered(self) -> list[str]:
