@@ -63,6 +63,32 @@ _HEADER_ELEMENTS = {
     (0x0020, 0x0011): "series_number",
     (0x0020, 0x0013): "instance_number",
 }
+# header values completeness judges a series by (node.completeness.HeaderFacts): (group, element) -> name
+_FACT_ELEMENTS = {
+    (0x0028, 0x0008): "frames",
+    (0x0020, 0x0105): "temporal_positions",
+    (0x0018, 0x1090): "cardiac_images",
+    (0x0020, 0x1002): "images_in_acquisition",
+    (0x0020, 0x0012): "acquisition_number",
+    (0x0020, 0x0032): "image_position",
+    (0x0020, 0x1041): "slice_location",
+    (0x0018, 0x0020): "scanning_sequence",
+    (0x0018, 0x0021): "sequence_variant",
+    (0x0018, 0x0024): "sequence_name",
+    (0x0018, 0x9005): "pulse_sequence_name",
+    (0x0020, 0x9161): "concatenation_uid",
+    (0x0020, 0x9162): "concatenation_number",  # US: binary
+    (0x0020, 0x9163): "concatenation_total",  # US: binary
+}
+_FACT_KEYWORDS = {
+    "frames": "NumberOfFrames", "temporal_positions": "NumberOfTemporalPositions",
+    "cardiac_images": "CardiacNumberOfImages", "images_in_acquisition": "ImagesInAcquisition",
+    "acquisition_number": "AcquisitionNumber", "image_position": "ImagePositionPatient",
+    "slice_location": "SliceLocation", "scanning_sequence": "ScanningSequence",
+    "sequence_variant": "SequenceVariant", "sequence_name": "SequenceName",
+    "pulse_sequence_name": "PulseSequenceName", "concatenation_uid": "ConcatenationUID",
+    "concatenation_number": "InConcatenationNumber", "concatenation_total": "InConcatenationTotalNumber",
+}
 _META_LENGTH = (0x0002, 0x0000)  # File Meta Information Group Length: the first element, at byte 132
 _META_ELEMENTS = {(0x0002, 0x0002): "meta_sop_class", (0x0002, 0x0003): "meta_sop_instance",
                   (0x0002, 0x0010): "transfer_syntax"}
@@ -84,6 +110,7 @@ class InstanceHeader:
     series_number: int | None
     instance_number: int | None
     size: int
+    facts: str | None = None  # completeness header values as JSON (node.completeness.HeaderFacts.extra_json)
 
 
 class _Window:
@@ -220,7 +247,7 @@ def _read_deflated(fp: BinaryIO, header: dict[str, Any], start: int) -> dict[str
     """Identifying attributes of a Deflated Explicit VR Little Endian file (pydicom inflates), checked whole."""
     fp.seek(0)
     try:
-        ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS + list(_FACT_KEYWORDS.values()))
     except Exception as exc:  # pydicom raises several types on garbage
         raise MalformedDatasetError(f"unreadable dataset: {type(exc).__name__}: {exc}") from None
     _check_deflated(fp, start)
@@ -231,6 +258,9 @@ def _read_deflated(fp: BinaryIO, header: dict[str, Any], start: int) -> dict[str
             header[key] = str(ds.get(keyword, "") or "")
         header["series_number"] = _int_or_none(ds.get("SeriesNumber"))
         header["instance_number"] = _int_or_none(ds.get("InstanceNumber"))
+        raw = {name: ds.get(keyword) for name, keyword in _FACT_KEYWORDS.items()}
+        header["facts"] = _facts_json({k: (None if v is None else "\\".join(map(str, v)) if isinstance(v, (list, tuple))
+                                           or type(v).__name__ == "MultiValue" else str(v)) for k, v in raw.items()})
     except Exception as exc:
         raise MalformedDatasetError(f"unreadable dataset: {type(exc).__name__}: {exc}") from None
     return header
@@ -267,8 +297,14 @@ def read_header(path: Path) -> InstanceHeader:
             return InstanceHeader(**_read_deflated(fp, header, start))
         implicit = ts == ImplicitVRLittleEndian
         walker = _Walker(window, implicit, little_endian=ts != ExplicitVRBigEndian)
-        _end, tags = walker.dataset(start, implicit, wanted=_HEADER_ELEMENTS)
+        _end, tags = walker.dataset(start, implicit, wanted=_HEADER_ELEMENTS | _FACT_ELEMENTS)
     values = {name: walker.values.get(tag) for tag, name in _HEADER_ELEMENTS.items()}
+    facts = {name: walker.values.get(tag) for tag, name in _FACT_ELEMENTS.items()}
+    endian = ">" if ts == ExplicitVRBigEndian else "<"
+    for name in ("concatenation_number", "concatenation_total"):  # US: binary in every transfer syntax
+        value = facts[name]
+        facts[name] = str(struct.unpack(endian + "H", value[:2])[0]) if value and len(value) >= 2 else None
+    header["facts"] = _facts_json({k: v if isinstance(v, str) or v is None else _text(v) for k, v in facts.items()})
     for name in ("sop_class", "sop_instance", "study", "series", "modality"):
         header[name] = _text(values[name])
     header["series_description"] = _decode_text(values["series_description"], values["charset"])
@@ -278,6 +314,40 @@ def read_header(path: Path) -> InstanceHeader:
     if "Image Storage" in UID(sop_class).name and not tags & _PIXEL_TAGS:
         raise MalformedDatasetError("image dataset without pixel data (truncated?)")
     return InstanceHeader(**header)
+
+
+def _position(value: str | None) -> str | None:
+    """ImagePositionPatient (or SliceLocation) rounded to 0.01 mm: the key of a slice position."""
+    if not value:
+        return None
+    try:
+        return "\\".join(f"{round(float(v), 2):.2f}" for v in value.split("\\"))
+    except ValueError:
+        return None
+
+
+def _facts_json(raw: dict[str, str | None]) -> str | None:
+    """The completeness header values (:class:`node.completeness.HeaderFacts`) as compact JSON."""
+    from .completeness import HeaderFacts
+
+    def num(name: str) -> int | None:
+        text = (raw.get(name) or "").split("\\")[0]
+        return _number(text.encode("ascii", "replace")) if text else None
+
+    def text(name: str) -> str | None:
+        return (raw.get(name) or "").strip(" \x00") or None
+
+    facts = HeaderFacts(
+        series_instance_uid="", frames=num("frames"), temporal_positions=num("temporal_positions"),
+        cardiac_images=num("cardiac_images"), images_in_acquisition=num("images_in_acquisition"),
+        acquisition_number=num("acquisition_number"),
+        position=_position(text("image_position")) or _position(text("slice_location")),
+        scanning_sequence=text("scanning_sequence"), sequence_variant=text("sequence_variant"),
+        sequence_name=text("sequence_name") or text("pulse_sequence_name"),
+        concatenation_uid=text("concatenation_uid"), concatenation_number=num("concatenation_number"),
+        concatenation_total=num("concatenation_total"),
+    )
+    return facts.extra_json()
 
 
 def _decode_text(value: bytes | None, charset: bytes | None) -> str:

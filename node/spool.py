@@ -38,7 +38,7 @@ from pydicom.filewriter import write_file_meta_info
 from . import dicom_header
 from .dicom_header import InstanceHeader
 from .files import DIR_MODE, open_private, private_dir
-from .fsync import fsync_dir, fsync_path
+from .fsync import GroupSync, fsync_dir, fsync_path
 from .state import InstanceIndex, connect
 
 __all__ = [
@@ -148,6 +148,7 @@ class StoredInstance:
     series_description: str = ""
     series_number: int | None = None
     instance_number: int | None = None
+    facts: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +183,11 @@ class Spool:
     """
 
     def __init__(self, storage_dir: str | Path, min_free_mb: int = 0,
-                 on_stored: Callable[[StoredInstance], None] | None = None, own_results: Any = None) -> None:
+                 on_stored: Callable[[StoredInstance], None] | None = None, own_results: Any = None,
+                 group_commit: bool = False) -> None:
         self.storage_dir = Path(storage_dir)
+        # concurrent stores share their fsyncs (node.fsync.GroupSync); False: each store fsyncs alone
+        self.group_sync: GroupSync | None = GroupSync() if group_commit else None
         self.min_free_mb = int(min_free_mb)
         self.root = self.storage_dir / "spool"
         self.incoming = self.root / ".incoming"
@@ -364,6 +368,12 @@ class Spool:
             self._release_queue.put(None)
             releaser.join(timeout=30)
 
+    def _fsync(self, path: Path, directory: bool = False) -> None:
+        if self.group_sync is not None:
+            self.group_sync.sync(path, directory=directory)
+        else:
+            fsync_path(path, directory=directory)
+
     def _require_space(self, incoming_bytes: int = 0) -> None:
         if not self.has_space(incoming_bytes):
             raise OutOfSpaceError(f"less than {self.min_free_mb} MB would stay free on the spool filesystem")
@@ -434,6 +444,7 @@ class Spool:
             series_description=header.series_description,
             series_number=header.series_number,
             instance_number=header.instance_number,
+            facts=header.facts,
         )
 
     def _claim(self, inst: StoredInstance) -> None:
@@ -480,13 +491,13 @@ class Spool:
             raise OwnResultError(inst.sop_instance_uid, inst.series_instance_uid, inst.study_instance_uid)
         self._claim(inst)
         try:
-            fsync_path(tmp)
+            self._fsync(tmp)  # the bytes are on stable storage before they get the instance's name
             dest = inst.path
             self._ensure_dir(dest.parent)
             replaced_copy = self._keep_old_copy(dest)
             existed = replaced_copy is not None or dest.exists()
             os.replace(tmp, dest)
-            fsync_dir(dest.parent)
+            self._fsync(dest.parent, directory=True)  # and the name before the success status
             if replaced_copy is not None:
                 self._release_later(replaced_copy)
             with self._lock:

@@ -51,6 +51,7 @@ def studies(conn: sqlite3.Connection, limit: int = 50, state: str | None = None)
             "late_ignored": r["late_ignored"],
             "processed_at": r["processed_at"],
             "routes": json.loads(r["routes"]) if r["routes"] else [],
+            "incomplete": json.loads(r["incomplete"]) if r["incomplete"] else None,
         })
     return out
 
@@ -65,6 +66,7 @@ def jobs(conn: sqlite3.Connection, limit: int = 50, state: str | None = None,
             "study_uid": r["study_uid"],
             "generation": r["generation"],
             "route": r["route_name"],
+            "priority": r["priority"],
             "pipeline": r["pipeline"],
             "destinations": json.loads(r["destinations"]),
             "state": r["state"],

@@ -65,6 +65,13 @@ def _as_pydicom_reads(path: str | Path) -> dict[str, Any]:
     }
 
 
+def _identifying(header: Any) -> dict[str, Any]:
+    """The header's values but ``facts`` (completeness values, compared in the completion tests)."""
+    values = dict(vars(header))
+    values.pop("facts", None)
+    return values
+
+
 @pytest.mark.parametrize("path", _pydicom_files(), ids=os.path.basename)
 def test_walker_agrees_with_pydicom_on_its_test_files(path: str) -> None:
     name = os.path.basename(path)
@@ -80,7 +87,7 @@ def test_walker_agrees_with_pydicom_on_its_test_files(path: str) -> None:
         with pytest.raises(MalformedDatasetError, match=REFUSED[name]):
             read_header(Path(path))
         return
-    assert vars(read_header(Path(path))) == expected
+    assert _identifying(read_header(Path(path))) == expected
 
 
 def test_the_pydicom_files_are_there() -> None:
@@ -103,7 +110,7 @@ def test_walker_agrees_with_pydicom_on_the_generated_instances(tmp_path: Path) -
     files = _generated(tmp_path)
     assert len(files) >= 6
     for path in files:
-        assert vars(read_header(path)) == _as_pydicom_reads(path), path.name
+        assert _identifying(read_header(path)) == _as_pydicom_reads(path), path.name
 
 
 def test_a_truncated_generated_instance_is_refused(tmp_path: Path) -> None:

@@ -16,10 +16,11 @@ import dataclasses
 import os
 import sqlite3
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 from pipelines.base import InstanceRef, SeriesView, StudyView
 
+from ..completeness import HeaderFacts
 from .connection import transaction
 
 __all__ = ["IndexedInstance", "InstanceIndex", "StudySummary"]
@@ -28,7 +29,7 @@ __all__ = ["IndexedInstance", "InstanceIndex", "StudySummary"]
 _COLUMNS = (
     "sop_instance_uid", "study_instance_uid", "series_instance_uid", "sop_class_uid", "modality",
     "series_description", "series_number", "instance_number", "transfer_syntax_uid", "path", "size",
-    "calling_ae", "source", "received_at",
+    "calling_ae", "source", "received_at", "header",
 )
 
 
@@ -49,6 +50,7 @@ class IndexedInstance(Protocol):
     series_description: str
     series_number: int | None
     instance_number: int | None
+    facts: str | None  # completeness header values as JSON (node.completeness.HeaderFacts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +137,7 @@ class InstanceIndex:
             "calling_ae": instance.calling_ae or "",
             "source": instance.source or "",
             "received_at": float(instance.received_at),
+            "header": instance.facts,
         }
         with transaction(self.conn) as conn:
             old = conn.execute("SELECT path FROM instances WHERE sop_instance_uid=?",
@@ -168,10 +171,25 @@ class InstanceIndex:
             (study_uid,),
         ).fetchall()
 
+    def study_headers(self, study_uid: str) -> list[HeaderFacts]:
+        """What completeness judges the study's series by: one :class:`HeaderFacts` per instance."""
+        return [HeaderFacts.from_index(r) for r in self.conn.execute(
+            "SELECT series_instance_uid, sop_class_uid, modality, series_description, instance_number, header"
+            " FROM instances WHERE study_instance_uid=? ORDER BY series_instance_uid, instance_number", (study_uid,))]
+
     def get(self, sop_instance_uid: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.conn.execute(
             "SELECT * FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)).fetchone()
         return row
+
+    def series_summary(self, study_uid: str) -> list[dict[str, Any]]:
+        """Per series of a study: modality, description, instance count, calling AEs and SOP classes
+        (comma-separated) -- the console's study page and its route explanations."""
+        return [dict(r) for r in self.conn.execute(
+            "SELECT series_instance_uid AS series_uid, MAX(modality) AS modality, MAX(series_description)"
+            " AS description, COUNT(*) AS instances, GROUP_CONCAT(DISTINCT calling_ae) AS calling_aes,"
+            " GROUP_CONCAT(DISTINCT sop_class_uid) AS sop_classes FROM instances WHERE study_instance_uid=?"
+            " GROUP BY series_instance_uid ORDER BY MIN(series_number), series_instance_uid", (study_uid,))]
 
     def study_view(self, study_uid: str) -> StudyView:
         """The study as pipelines see it: series sorted by SeriesNumber (then UID), instances by
