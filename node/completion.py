@@ -53,6 +53,7 @@ from pipelines.base import StudyView
 
 from .completeness import HeaderFacts, route_readiness, series_states
 from .routing import InstanceFacts, Router, facts_from_study
+from .spool import StoredInstance
 from .state import Studies, enqueue_job, transaction
 
 __all__ = ["CompletionTracker"]
@@ -65,12 +66,6 @@ def _never_queued(row: sqlite3.Row | None) -> bool:
     only such a study completes early or is capped by ``max_wait_seconds``; late arrivals are not."""
     return row is None or not row["routes"] or row["routes"] == "[]"
 
-def _attr(obj: Any, *names: str, default: Any = None) -> Any:
-    for name in names:
-        value = getattr(obj, name, None)
-        if value is not None:
-            return value
-    return default
 
 
 class CompletionTracker:
@@ -92,7 +87,6 @@ class CompletionTracker:
         scheduler: Any,
         late_arrivals: str = "reprocess",
         on_enqueued: Callable[[], None] | None = None,
-        calling_aes_for: Callable[[str], dict[str, str]] | None = None,
         load_headers: Callable[[str], list[HeaderFacts]] | None = None,
         settle_seconds: float = 0.5,
         on_routed: Callable[[str, int, list[Any], list[int], int], None] | None = None,
@@ -104,7 +98,6 @@ class CompletionTracker:
         self.scheduler = scheduler
         self.late_arrivals = late_arrivals
         self.on_enqueued = on_enqueued
-        self.calling_aes_for = calling_aes_for
         self.on_routed = on_routed  # (study, generation, decisions, job ids, instances): the audit trail
         self.load_headers = load_headers
         self.settle_seconds = settle_seconds
@@ -114,23 +107,16 @@ class CompletionTracker:
         return self.load_headers is not None and self.router.study_aware
 
     # ------------------------------------------------------------------ arrivals
-    def on_stored(self, instance: Any) -> None:
+    def on_stored(self, instance: StoredInstance) -> None:
         """Spool hook: an instance was durably stored and indexed."""
-        study_uid = str(_attr(instance, "study_instance_uid", "study_uid"))
         facts = InstanceFacts(
-            modality=_attr(instance, "modality"),
-            sop_class_uid=_attr(instance, "sop_class_uid"),
-            series_description=_attr(instance, "series_description"),
-            calling_ae=_attr(instance, "calling_ae"),
+            modality=instance.modality,
+            sop_class_uid=instance.sop_class_uid,
+            series_description=instance.series_description,
+            calling_ae=instance.calling_ae,
         )
-        replaced = bool(_attr(instance, "replaced", default=False))
-        received = _attr(instance, "received_at")
-        now = time.time()
-        if isinstance(received, dt.datetime):
-            received = received.timestamp()
-        self.arrived(study_uid, self.router.quiet_seconds(facts), replaced=replaced, now=now,
-                     received_at=float(received) if isinstance(received, (int, float)) else now,
-                     max_wait=self.router.max_wait_seconds(facts))
+        self.arrived(instance.study_instance_uid, self.router.quiet_seconds(facts), replaced=instance.replaced,
+                     received_at=instance.received_at, max_wait=self.router.max_wait_seconds(facts))
 
     def arrived(self, study_uid: str, quiet: float, replaced: bool = False, now: float | None = None,
                 received_at: float | None = None, max_wait: float | None = None) -> float | None:
@@ -239,8 +225,7 @@ class CompletionTracker:
             self._arm(study_uid, min(row["due_at"], row["last_received_at"] + self.settle_seconds))
             return []
         view = self.load_study(study_uid)
-        calling = self.calling_aes_for(study_uid) if self.calling_aes_for else None
-        decisions = self.router.decide(facts_from_study(view, calling, self.router.keywords))
+        decisions = self.router.decide(facts_from_study(view, self.router.keywords))
         readiness = {}
         any_incomplete = False
         if aware and any(self.router.route(d.index).requires for d in decisions):

@@ -210,23 +210,15 @@ def header_values(path: Any, keywords: Sequence[str]) -> dict[str, str]:
     return {k: _text(ds.get(k)) for k in keywords}
 
 
-def facts_from_study(study: StudyView, calling_aes: dict[str, str] | None = None,
-                     keywords: Sequence[str] = ()) -> list[InstanceFacts]:
-    """Routing facts for every instance of ``study``.
-
-    ``calling_aes`` maps SOP Instance UID -> calling AE title when the index
-    knows it per instance; otherwise each instance is paired with each of the
-    study's calling AE titles (the study matched "by one of its senders").
-    ``keywords``: DICOM keywords whose values are read from the first instance of each series.
-    """
+def facts_from_study(study: StudyView, keywords: Sequence[str] = ()) -> list[InstanceFacts]:
+    """Routing facts for every instance of ``study``, each paired with each of the study's calling AE
+    titles (the study matches "by one of its senders").  ``keywords``: DICOM keywords whose values are
+    read from the first instance of each series."""
     out = []
+    aes: tuple[str | None, ...] = tuple(study.calling_ae_titles) or (None,)
     for series in study.series:
         values = header_values(series.instances[0].path, keywords) if keywords and series.instances else None
         for ref in series.instances:
-            if calling_aes and ref.sop_instance_uid in calling_aes:
-                aes: tuple[str | None, ...] = (calling_aes[ref.sop_instance_uid],)
-            else:
-                aes = tuple(study.calling_ae_titles) or (None,)
             for ae in aes:
                 out.append(
                     InstanceFacts(

@@ -93,7 +93,7 @@ def test_routes_match_any_dicom_keyword_exactly_from_a_list_or_by_regex(tmp_path
     assert router.keywords == ("BodyPartExamined", "Manufacturer", "ProtocolName", "StationName")
     study = _files_study(tmp_path, BodyPartExamined="CHEST", Manufacturer="GE MEDICAL SYSTEMS",
                          ProtocolName="Cardiac ECG-Gated Ca")
-    facts = facts_from_study(study, None, router.keywords)
+    facts = facts_from_study(study, router.keywords)
     assert [d.name for d in router.decide(facts)] == ["heart", "gated"]
     why = {e.name: (e.matches, e.why) for e in router.explain(facts)}
     assert why["siemens"] == (False, "Manufacturer GE MEDICAL SYSTEMS is not SIEMENS")

@@ -250,7 +250,7 @@ def console_routes(ctx: Any, store: ConsoleStore, accounts: Accounts) -> list[Ro
         view = InstanceIndex(ctx.get_conn()).study_view(uid)
         routes = [{"name": e.name, "pipeline": e.pipeline, "destinations": list(e.destinations),
                    "priority": e.priority, "matched": e.name in recorded, "would_match_now": e.matches, "why": e.why}
-                  for e in router.explain(facts_from_study(view, None, router.keywords))]
+                  for e in router.explain(facts_from_study(view, router.keywords))]
         events = store.search_audit(AuditQuery(text=uid, limit=200))
         return render(request, "study.html", session, study=study, counts=counts, jobs=jobs, results=results,
                       deliveries=deliveries, viewer=viewer, routes=routes, events=events)
