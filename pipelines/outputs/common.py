@@ -88,4 +88,7 @@ def keep_flag(text: str, flag: str, limit: int = 64) -> str:
     if not flag:
         return text
     room = limit - _MARKER - len(flag)
-    return (text if len(text) <= room else text[:room].rstrip()) + flag
+    if len(text) > room:
+        cut = text[:room + 1]
+        text = cut.rsplit(" ", 1)[0] if " " in cut else text[:room]
+    return text.rstrip(" -") + flag
