@@ -37,6 +37,7 @@ def test_out_of_range_ct_is_delivered_as_not_assessable(tmp_path):
             node.terminate()
     assert sorted(d.Modality for d in received) == ["OT", "SR"], "no SEG for a study that is not assessable"
     assert st["studies"][0]["state"] == "processed"
+    assert [i["code"] for i in st["jobs"][0]["not_assessable"]] == ["IN-CONTRAST"]  # cardionode status says so
     sr = next(d for d in received if d.Modality == "SR")
     sc = next(d for d in received if d.Modality == "OT")
     why = reasons(sr)
