@@ -121,7 +121,7 @@ def test_in_range_study_is_scored_and_says_what_was_checked(tmp_path, phantom):
     files = _write(phantom, tmp_path / "ct")
     result = _run(files)
     assert result.summary["not_assessable"] == [] and result.summary["agatston_coronary"] > 0
-    assert 0 <= result.summary["low_confidence_fraction"] <= 0.3
+    assert 0 <= result.summary["low_confidence_fraction"] <= 0.18  # the bundled manifest's accepted maximum
     sr = by_modality(result.datasets)["SR"]
     text = " ".join(str(i.get("TextValue", "")) for i in __import__("tests.support.sr_content", fromlist=["walk"]).walk(sr.ContentSequence))
     assert "pixel spacing 1.4 mm: within 1.2-1.6 mm" in text

@@ -1,7 +1,8 @@
 """Output-unusualness scores measured from a model's own output (numpy only).
 
 - :class:`ConfidenceTally`: the fraction of foreground pixels (argmax not background) whose winning
-  class has softmax probability below :data:`LOW_CONFIDENCE` -- on inputs like its training data a
+  class has softmax probability below :data:`LOW_CONFIDENCE` (over at least :data:`MIN_FOREGROUND`
+  pixels) -- on inputs like its training data a
   segmentation model is sure of most of what it paints; on unfamiliar input that fraction rises.
   Segmentation pipelines (calcium, myops) feed it every batch of logits they predict.
 - :func:`ensemble_spread`: the standard deviation of the members' predictions of one quantity
@@ -21,6 +22,9 @@ __all__ = ["LOW_CONFIDENCE", "softmax", "ConfidenceTally", "ensemble_spread"]
 
 #: a foreground pixel whose winning class probability is below this counts as low-confidence
 LOW_CONFIDENCE = 0.5
+#: the fraction's denominator is at least this many pixels: a handful of painted pixels, a few of
+#: them unsure, is no evidence of unfamiliar input (one small plaque would otherwise abstain)
+MIN_FOREGROUND = 100
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -46,10 +50,13 @@ class ConfidenceTally:
     def add_logits(self, logits: np.ndarray, axis: int = 1) -> None:
         self.add(softmax(np.asarray(logits, dtype=np.float32), axis=axis), axis=axis)
 
+    min_foreground: int = MIN_FOREGROUND
+
     @property
     def fraction(self) -> float:
-        """Low-confidence share of the foreground; 0 when nothing was painted (nothing to doubt)."""
-        return self.low / self.foreground if self.foreground else 0.0
+        """Low-confidence pixels over the foreground, or over ``min_foreground`` when less was painted
+        (0 when nothing was: nothing to doubt)."""
+        return self.low / max(self.foreground, self.min_foreground, 1)
 
 
 def ensemble_spread(values: Sequence[float]) -> float:
