@@ -8,10 +8,10 @@ import time
 import pydicom
 import pytest
 
-from tests.calcium_fixtures import dciodvfy_errors, phantom_ct_study
+from tests.calcium_fixtures import phantom_ct_study
 from tests.support.abstention import numbers, reasons
 from tests.support.node_proc import NodeProcess, pipeline_node_config
-from tests.support.peers import StoreSCP, storescu, wait_for
+from tests.support.peers import StoreSCP, dciodvfy_errors, storescu, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
