@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 
@@ -18,6 +17,7 @@ from pipelines.calcium.pipeline import CalciumPipeline
 from pipelines.runtime import ModelStore, bundled_models_dir
 from tests.calcium_fixtures import STUDY_PHANTOM
 from tests.support.abstention import by_modality, numbers, reasons, save_checked
+from tests.support.sr_content import walk
 from training.calcium.phantom import make_phantom
 from training.synth.dicom import new_study, write_ct_series
 
@@ -123,7 +123,7 @@ def test_in_range_study_is_scored_and_says_what_was_checked(tmp_path, phantom):
     assert result.summary["not_assessable"] == [] and result.summary["agatston_coronary"] > 0
     assert 0 <= result.summary["low_confidence_fraction"] <= 0.18  # the bundled manifest's accepted maximum
     sr = by_modality(result.datasets)["SR"]
-    text = " ".join(str(i.get("TextValue", "")) for i in __import__("tests.support.sr_content", fromlist=["walk"]).walk(sr.ContentSequence))
+    text = " ".join(str(i.get("TextValue", "")) for i in walk(sr.ContentSequence))
     assert "pixel spacing 1.4 mm: within 1.2-1.6 mm" in text
 
 

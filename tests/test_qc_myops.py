@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pydicom
-import pytest
 
 from node.config import ModelsSection
 from pipelines.base import PipelineContext, StudyView

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import pytest
 
 from node.config import ModelsSection
 from pipelines.base import PipelineContext, StudyView
@@ -16,6 +15,7 @@ from pipelines.runtime import ModelStore, bundled_models_dir
 from pipelines.syntax.pipeline import SyntaxPipeline
 from tests.support.abstention import by_modality, numbers, reasons, save_checked
 from tests.support.sr_content import groups as sr_groups
+from tests.support.sr_content import walk
 from training.syntax.phantom import make_study
 from training.synth.dicom import new_study, write_xa_cine
 
@@ -100,6 +100,6 @@ def test_one_cine_outside_is_left_out_and_named(tmp_path):
                          new_study(seed=4711), series_number=99, seed=4711)
     result = _run(files + [long])
     assert result.summary["cines_outside_domain"] == 1 and result.summary["syntax_total"] is not None
-    text = " ".join(str(i.get("TextValue", "")) for i in __import__("tests.support.sr_content", fromlist=["walk"]).walk(
+    text = " ".join(str(i.get("TextValue", "")) for i in walk(
         by_modality(result.datasets)["SR"].ContentSequence))
     assert "1 cine(s) outside the models' accepted input ranges not analysed" in text and "number of frames 60" in text
