@@ -115,7 +115,7 @@ def routing_accuracy(probs: np.ndarray, targets: np.ndarray, left_max: float = 0
 
 
 def train_router(train: RouterData, held: RouterData, cfg: CineConfig, widths: Sequence[int], *, epochs: int,
-                 lr: float = 3e-3, batch_size: int = 32, seed: int = 0, deadline: float | None = None,
+                 lr: float = 5e-3, batch_size: int = 32, seed: int = 0, deadline: float | None = None,
                  out: Path | None = None) -> tuple[ArteryClassifier, list[dict[str, float]]]:
     """AdamW with a cosine schedule; the state with the lowest held-out loss is returned (and saved to
     ``out`` as a ``model.*`` state dict, the published classifier layout)."""
@@ -124,7 +124,7 @@ def train_router(train: RouterData, held: RouterData, cfg: CineConfig, widths: S
     model = ArteryClassifier(widths)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = max(1, epochs * math.ceil(len(train.y) / batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     best, best_loss, hist = None, float("inf"), []
     for ep in range(epochs):
         model.train()
@@ -139,7 +139,7 @@ def train_router(train: RouterData, held: RouterData, cfg: CineConfig, widths: S
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss) * len(y)
+            tot += float(loss.detach()) * len(y)
         ev_loss, probs = _eval(model, held, cfg)
         acc = routing_accuracy(probs, held.y)
         hist.append({"epoch": ep + 1, "train_loss": tot / len(train.y), "eval_loss": ev_loss, "eval_routing": acc,
