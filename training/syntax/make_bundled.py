@@ -9,11 +9,11 @@
    (12 left the left backbone under-trained: fold-0 eval left r 0.78 -> 0.83 with 30).  To fit the
    CPU budget (~16 min on 2 shared cores) the stage-1 backbone is shared by the five folds and
    frozen in stage 2; stage 2 (lstm_mean head) and the calibration a, b are per fold, as published.
-3. Artery classifier on the fold-0 cines (soft targets = artery_prob: left 0.02, right 0.98, other 0.5).
+3. The artery router is trained by :func:`router_main` (below), the same as ``--artery-only``.
 4. Held-out phantom metrics (Pearson r, balanced accuracy at > 22, raw and calibrated) with the
    evaluation code; written into every manifest's provenance.
-5. ONNX export: syntax-{left,right}-fold{0..4}, syntax-artery (reduced R3D-18: widths 8/16/16/32,
-   4 frames at 96x96 -- the manifests say so; the pipeline reads frames/size/mean/std from them).
+5. ONNX export: syntax-{left,right}-fold{0..4} (reduced R3D-18: widths 8/16/16/32, 4 frames at
+   96x96 -- the manifests say so; the pipeline reads frames/size/mean/std from them), then the router.
 Every figure is a phantom figure, not clinical accuracy.
 
     python -m training.syntax.make_bundled --artery-only --out pipelines/models [--budget-min 30]
@@ -43,7 +43,7 @@ from .data import fold_path, read_format1, read_format2, read_test, rnn_fold_pat
 from .evaluate import evaluate_studies, format_table, load_side_models, predict_studies
 from .phantom import make_study
 from .phantom_dataset import write_release
-from .train import TrainArgs, fit_calibration, setup_logging, train_backbone, train_classifier, train_head, update_scaling
+from .train import TrainArgs, fit_calibration, setup_logging, train_backbone, train_head, update_scaling
 
 log = logging.getLogger("cardionode.training.syntax")
 
@@ -62,12 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--phantom-size", type=int, default=96)
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--size", type=int, default=96)
-    p.add_argument("--artery-size", type=int, default=32)
     p.add_argument("--widths", type=int, nargs=4, default=(8, 16, 16, 32))
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument("--backbone-epochs", type=int, default=30)
     p.add_argument("--head-epochs", type=int, default=30)
-    p.add_argument("--artery-epochs", type=int, default=4)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-export", action="store_true")
@@ -121,9 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         coeffs = fit_calibration(pred["left"] + pred["right"], [s.syntax for s in ev])
         update_scaling(logdir / "scaling_coeffs.json", k, coeffs)
         log.info("fold %d calibration %s", k, coeffs)
-    art = TrainArgs(**{**base.__dict__, "video_size": (a.artery_size, a.artery_size), "max_epochs": a.artery_epochs,
-                       "use_weighted_sampler": False, "batch_size": 32})
-    art_ckpt, history["artery"] = train_classifier(art, f1_train, f1_eval)
     # held-out phantom evaluation (routing by the phantom truth; the bench measures the whole pipeline)
     from .checkpoints import read_scaling
 
@@ -147,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from export.onnx_export import export_onnx
 
-    from .export import build_artery_export, build_export
+    from .export import build_export
 
     trained_on = (f"synthetic phantoms: {a.train_studies} angiography phantom studies (training.syntax.phantom seeds "
                   f"{TRAIN_SEED0}..{TRAIN_SEED0 + a.train_studies - 1}); held out {a.test_studies} (seeds "
@@ -160,14 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                             options={**common, "frames": str(a.frames), "size": f"{a.size}x{a.size}",
                                      "folds": ",".join(str(k) for k in range(a.folds))})
     specs = build_export(logdir, ns)
-    ns_art = argparse.Namespace(version=VERSION, fp16=False, simplify=False,
-                                options={**common, "frames": str(a.frames), "size": f"{a.artery_size}x{a.artery_size}"})
-    specs += build_artery_export(art_ckpt, ns_art)
     for spec in specs:
         report = export_onnx(spec.module, spec.example_inputs, a.out, version=VERSION, **spec.export_kwargs())
         log.info("exported %s", report.summary())
-    log.info("done in %.0f s", time.perf_counter() - t0)
-    return 0
+    log.info("fold models done in %.0f s; now the artery router", time.perf_counter() - t0)
+    return router_main(a)
 
 
 def router_main(a: argparse.Namespace) -> int:
