@@ -315,7 +315,7 @@ def make_scene(kind: str, seed: int, *, size: int | None = None, frames: int | N
     lao = float(rng.uniform(-60, 100)) if kind != "ventriculogram" else float(rng.uniform(-45, 70))
     cran = float(rng.uniform(-45, 45))
     rot = _rotation(lao, cran, float(rng.uniform(-20, 20)))
-    fov = float(rng.uniform(80, 200) if kind in ("left", "right", "testshot") else rng.uniform(140, 240))
+    fov = float(rng.uniform(80, 170) if kind in ("left", "right", "testshot") else rng.uniform(140, 240))
     px = n / fov
     look = (np.concatenate([v.pts for v in vessels]).mean(0) if vessels else 0.5 * (h.centre + tip)) + rng.normal(0, 8, 3)
     offset = np.array([n / 2, n / 2]) - (look @ rot.T)[:2] * px + rng.uniform(-0.1, 0.1, 2) * n
@@ -325,7 +325,7 @@ def make_scene(kind: str, seed: int, *, size: int | None = None, frames: int | N
                  contrast=float(rng.uniform(0.35, 1.5)), noise=float(rng.uniform(0.005, 0.08)),
                  blur=float(rng.uniform(0.3, 1.2)), gamma=float(rng.uniform(0.7, 1.4)),
                  t_inject=float(rng.uniform(0, min(1.2, 0.3 * T / fps))), speed=float(rng.uniform(100, 400)),
-                 inject_len=float(rng.uniform(1.5, 4.5)), washout=float(rng.uniform(0.3, 1.2)),
+                 inject_len=float(rng.uniform(2.0, 5.0)), washout=float(rng.uniform(0.8, 3.0)),
                  period=float(rng.uniform(0.5, 1.2)), squeeze=float(rng.uniform(0.03, 0.12)), blob_volume=volume,
                  window_low=float(rng.uniform(0.4, 1.2)), catheter_density=float(rng.uniform(0.1, 0.35)))
 
@@ -383,7 +383,7 @@ def render(scene: Scene, indices: Sequence[int]) -> np.ndarray:
         mu = static.copy()
         for k, r in enumerate(bins):
             if iod[k].any():
-                mu += sc.contrast * 0.25 * ndimage.gaussian_filter(iod[k], max(0.5, r * sc.px_per_mm * 0.7 + sc.blur))
+                mu += sc.contrast * 0.8 * ndimage.gaussian_filter(iod[k], max(0.5, r * sc.px_per_mm * 0.7 + sc.blur))
         if sc.blob is not None:
             phase_s = 1 - (0.25 if sc.kind == "ventriculogram" else 0.03) * math.sin(math.pi * min(phase / 0.4, 1.0)) ** 2
             c = sc.blob.mean(0)

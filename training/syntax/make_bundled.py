@@ -70,14 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--artery-only", action="store_true", help="regenerate only syntax-artery (the router)")
-    p.add_argument("--router-train", type=int, default=2400, help="router training clips")
+    p.add_argument("--router-train", type=int, default=2000, help="router training clips")
     p.add_argument("--router-held", type=int, default=300, help="router held-out clips (model selection)")
-    p.add_argument("--router-epochs", type=int, default=7)
+    p.add_argument("--router-epochs", type=int, default=5)
     p.add_argument("--router-frames", type=int, default=4)
     p.add_argument("--router-size", type=int, default=32)
     p.add_argument("--router-widths", type=int, nargs=4, default=(4, 8, 16, 32))
-    p.add_argument("--eval-studies", type=int, default=10, help="studies per family for the manifest's routing figures")
-    p.add_argument("--budget-min", type=float, default=26.0,
+    p.add_argument("--eval-studies", type=int, default=8, help="studies per family for the manifest's routing figures")
+    p.add_argument("--budget-min", type=float, default=20.0,
                    help="wall-time budget of --artery-only (data + training stop when it is spent; evaluation after)")
     a = p.parse_args(argv)
     setup_logging(a.work)
