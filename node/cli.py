@@ -6,6 +6,7 @@
 - ``cardionode process --config ... --study-dir DIR --pipeline NAME [--out DIR]``: run one
   pipeline over DICOM files without the network (pipeline development, tests).
 - ``cardionode sample xa|ct|mr [--out DIR]``: a synthetic phantom study to send to the node.
+- ``cardionode user add|passwd|role|list|remove``: accounts of the operator console (docs/console.md).
 - ``cardionode models list|reload``; with the train extra also ``export``, ``datasets ...`` and the
   training commands each ``training.<area>.cli.register`` adds.
 
@@ -90,17 +91,21 @@ def _fmt_time(t: float | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from . import db, status
+    from . import state, status
 
     use_private_umask()  # opening the database may create its -wal/-shm files
     config = config_from_args(args)
-    db_path = config.node.storage_path / db.DB_FILENAME
+    db_path = config.node.storage_path / state.DB_FILENAME
     if not db_path.exists():
         print(f"error: no node database at {db_path}: has the node run with this config? (a relative "
               "node.storage_dir is relative to the working directory: run status from the folder the node "
               "runs in, or --set node.storage_dir=PATH)", file=sys.stderr)
         return 2
-    conn = db.connect(config.node.storage_path)
+    try:
+        conn = state.connect(config.node.storage_path)
+    except state.SchemaTooNew as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     model_store = None
     if not args.no_models:
         try:
@@ -143,6 +148,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{s['study_uid']} {','.join(s['routes'])}")
         if s["error"]:
             print(f"             {s['error'][:110]}")
+        for route, missing in (s.get("incomplete") or {}).items():
+            print(f"             {route}: gave up waiting for {', '.join(missing)}")
     models = data["models"]
     print("\nMODELS")
     if args.no_models:
@@ -228,6 +235,9 @@ def _mount_optional(subparsers: argparse._SubParsersAction, training: bool = Tru
         samples = None  # type: ignore[assignment]
     if samples is not None:
         samples.register(subparsers)
+    from .console import cli as console_cli  # console accounts (jinja2, argon2-cffi: base install)
+
+    console_cli.register(subparsers)
     if not training:
         return
     missing: list[str] = []
@@ -250,7 +260,7 @@ _TRAIN_EXTRA_CLIS = ("export.cli", "training.datasets.cli", "training.calcium.cl
                      "training.syntax.cli")
 #: Commands of the node itself: they never need the training commands (importing them imports torch:
 #: seconds of start-up for every `serve` or `status` where the train extra is installed).
-NODE_COMMANDS = frozenset({"serve", "status", "process", "pull", "models", "sample"})
+NODE_COMMANDS = frozenset({"serve", "status", "process", "pull", "models", "sample", "user"})
 
 
 def _command_name(argv: Sequence[str]) -> str | None:
