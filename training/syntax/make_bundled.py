@@ -72,12 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--artery-only", action="store_true", help="regenerate only syntax-artery (the router)")
     p.add_argument("--router-train", type=int, default=2000, help="router training clips")
     p.add_argument("--router-held", type=int, default=300, help="router held-out clips (model selection)")
-    p.add_argument("--router-epochs", type=int, default=5)
+    p.add_argument("--router-epochs", type=int, default=14)
+    p.add_argument("--router-batch", type=int, default=16)
     p.add_argument("--router-frames", type=int, default=4)
     p.add_argument("--router-size", type=int, default=32)
     p.add_argument("--router-widths", type=int, nargs=4, default=(4, 8, 16, 32))
-    p.add_argument("--eval-studies", type=int, default=8, help="studies per family for the manifest's routing figures")
-    p.add_argument("--budget-min", type=float, default=20.0,
+    p.add_argument("--eval-studies", type=int, default=6, help="studies per family for the manifest's routing figures")
+    p.add_argument("--budget-min", type=float, default=24.0,
                    help="wall-time budget of --artery-only (data + training stop when it is spent; evaluation after)")
     a = p.parse_args(argv)
     setup_logging(a.work)
@@ -179,7 +180,8 @@ def router_main(a: argparse.Namespace) -> int:
     train = make_router_data(a.router_train, ROUTER_TRAIN_SEED0, cfg, deadline=t0 + 0.45 * a.budget_min * 60)
     log.info("router data: %d train, %d held-out clips (%.0f s)", len(train.y), len(held.y), time.time() - t0)
     ckpt = a.work / "artery_weights" / "router.pt"
-    model, hist = train_router(train, held, cfg, a.router_widths, epochs=a.router_epochs, deadline=deadline, out=ckpt)
+    model, hist = train_router(train, held, cfg, a.router_widths, epochs=a.router_epochs, batch_size=a.router_batch,
+                               deadline=deadline, out=ckpt)
     from .router import _eval
 
     _, probs = _eval(model, held, cfg)
@@ -187,7 +189,8 @@ def router_main(a: argparse.Namespace) -> int:
     metrics: dict = {"training_generator": generator, "train_clips": int(len(train.y)),
                      "heldout_training_family_clip_routing": round(routing_accuracy(probs, held.y), 4),
                      "heldout_training_family_clips": int(len(held.y)),
-                     "training_seconds": round(time.time() - t0, 1), "epochs_run": len(hist)}
+                     "training_seconds": round(time.time() - t0, 1), "epochs_run": len(hist),
+                     "epochs_planned": a.router_epochs, "batch_size": a.router_batch}
     (a.work / "router_history.json").write_text(json.dumps({"history": hist, "metrics": metrics}, indent=1))
     if a.no_export:
         print(json.dumps(metrics, indent=1))
