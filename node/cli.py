@@ -140,6 +140,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("\nRECENT JOBS")
     for j in data["jobs"]:
         err = (j["error"] or "").splitlines()[0][:60] if j["error"] else ""
+        if not err and j.get("not_assessable"):
+            whole = [i for i in j["not_assessable"] if i.get("scope") == "result"]
+            err = ("not assessable: " if whole else "partly not assessable: ") + \
+                "; ".join(i.get("message", "") for i in (whole or j["not_assessable"]))[:90]
         print(f"  #{j['id']:<5} {j['state']:<8} {j['pipeline']:<10} try {j['attempts']} "
               f"{_fmt_time(j['finished_at'] or j['started_at'] or j['created_at'])} {j['study_uid']} {err}")
     print("\nRECENT STUDIES")

@@ -160,7 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = export_onnx(spec.module, spec.example_inputs, a.out, version=VERSION, **spec.export_kwargs())
         log.info("exported %s", report.summary())
     log.info("fold models done in %.0f s; now the artery router", time.perf_counter() - t0)
-    return router_main(a)
+    rc = router_main(a)
+    from .domain import write_all  # accepted input ranges + fold spread calibrated on held-out phantoms
+
+    write_all(a.out)
+    log.info("done in %.0f s", time.perf_counter() - t0)
+    return rc
 
 
 def router_main(a: argparse.Namespace) -> int:
