@@ -73,6 +73,7 @@ def route_family(family: str, studies: int, store: ModelStore, *, seed0: int | N
     left_max, right_min = float(art.get("left_max", 0.10)), float(art.get("right_min", 0.90))
     confusion = np.zeros((3, 3), np.int64)
     secs, gen_secs, misses = [], [], []
+    qc_abstained = 0
     pipe = SyntaxPipeline()
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(studies):
@@ -84,9 +85,14 @@ def route_family(family: str, studies: int, store: ModelStore, *, seed0: int | N
             ctx = PipelineContext(options={}, models=store, work_dir=folder)
             t0 = time.perf_counter()
             try:
-                probs = pipe.run(view, ctx).summary["artery_probabilities"]
+                summary = pipe.run(view, ctx).summary
             except PipelineInputError:  # every cine "other": the pipeline refuses the study
-                probs = {}
+                summary = {}
+            # a study whose cines are all outside the models' accepted input ranges (pipelines.qc) is
+            # "not assessable" before routing: its cines count as not routed ("other")
+            probs = summary.get("artery_probabilities", {})
+            if summary and not probs:
+                qc_abstained += len(pairs)
             secs.append(time.perf_counter() - t0)
             for path, truth in pairs:
                 uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
@@ -104,7 +110,7 @@ def route_family(family: str, studies: int, store: ModelStore, *, seed0: int | N
             "coronary_routed_correctly": round(float(np.trace(confusion[:2, :2]) / max(coronary, 1)), 4),
             "neither_as_other": round(float(confusion[2, 2] / max(confusion[2].sum(), 1)), 4),
             "confusion": {t: {r: int(confusion[a, b]) for b, r in enumerate(ROUTES)} for a, t in enumerate(TRUTHS)},
-            "misses": misses, "pipeline_seconds_per_study": round(float(np.mean(secs)), 2),
+            "not_assessable_before_routing": qc_abstained, "misses": misses, "pipeline_seconds_per_study": round(float(np.mean(secs)), 2),
             "generation_seconds_per_study": round(float(np.mean(gen_secs)), 2)}
 
 
@@ -116,6 +122,8 @@ def format_result(r: dict[str, Any]) -> str:
     for t in TRUTHS:
         c = r["confusion"][t]
         rows.append(f"  {t:<16} {c['left']:>5} {c['right']:>6} {c['other']:>6}")
+    if r["not_assessable_before_routing"]:
+        rows.append(f"  {r['not_assessable_before_routing']} cines not routed: outside the models' accepted input ranges")
     rows.append(f"  pipeline {r['pipeline_seconds_per_study']:.2f} s per study (generation {r['generation_seconds_per_study']:.1f} s)")
     return "\n".join(rows)
 
