@@ -6,6 +6,14 @@ a clip shorter than ``frames`` is repeat-concatenated; ``frames`` consecutive fr
 antialiasing (PIL bilinear on float32, which averages over the source footprint when shrinking);
 the grey frame is repeated into 3 channels normalised with ImageNet mean / std.
 
+Two options a manifest may declare (absent: the reference behaviour above):
+
+- ``clip: "spread"``: ``frames`` frames spread evenly over the whole cine instead of consecutive
+  ones, so that a 15-frame and a 120-frame run (or 7.5 and 30 frames/s) both show the model the
+  contrast arriving and filling the tree (see :func:`spread_indices`).
+- ``intensity: "percentile"``: after sampling, the clip is stretched so that its 1st / 99th
+  percentiles map to 0 / 1, making the model indifferent to window, bit depth and contrast density.
+
 Result: float32 array (3, frames, height, width) -- one view of the model input
 (batch, views, 3, frames, height, width).
 """
@@ -17,11 +25,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-__all__ = ["CineConfig", "PreprocessError", "to_uint8", "clip_indices", "sample_clip", "resize_frames", "preprocess_cine",
-           "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["CineConfig", "PreprocessError", "to_uint8", "clip_indices", "spread_indices", "sample_clip", "resize_frames",
+           "preprocess_cine", "IMAGENET_MEAN", "IMAGENET_STD", "CLIPS", "INTENSITIES"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: temporal sampling: consecutive frames (reference) or spread over the cine
+CLIPS = ("centre", "spread")
+#: intensity scaling after sampling: 1/255 (reference) or the clip's 1-99 percentile stretch
+INTENSITIES = ("1/255", "percentile")
 
 
 class PreprocessError(ValueError):
@@ -37,17 +49,26 @@ class CineConfig:
     width: int = 256
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    clip: str = "centre"
+    intensity: str = "1/255"
 
     def __post_init__(self) -> None:
+        if self.clip not in CLIPS:
+            raise PreprocessError(f"clip must be one of {', '.join(CLIPS)}, got {self.clip!r}")
+        if self.intensity not in INTENSITIES:
+            raise PreprocessError(f"intensity must be one of {', '.join(INTENSITIES)}, got {self.intensity!r}")
         if self.frames < 1 or self.height < 1 or self.width < 1:
             raise PreprocessError(f"frames/height/width must be >= 1, got {self.frames}/{self.height}/{self.width}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise PreprocessError(f"mean/std must be 3 values with std > 0, got {self.mean} / {self.std}")
 
     def to_manifest(self) -> dict[str, Any]:
-        return {"frames": self.frames, "size": [self.height, self.width], "mean": list(self.mean),
-                "std": list(self.std), "channels": 3, "clip": "centre", "scale": "1/255",
-                "resize": "bilinear antialias (PIL)"}
+        out = {"frames": self.frames, "size": [self.height, self.width], "mean": list(self.mean),
+               "std": list(self.std), "channels": 3, "clip": self.clip, "scale": "1/255",
+               "resize": "bilinear antialias (PIL)"}
+        if self.intensity != "1/255":
+            out["intensity"] = self.intensity
+        return out
 
     @classmethod
     def from_manifest(cls, pre: Mapping[str, Any], source: str = "manifest") -> "CineConfig":
@@ -58,7 +79,8 @@ class CineConfig:
                 raise PreprocessError(f"{source}: preprocessing.size must be [height, width], got {size!r}")
             return cls(frames=int(pre["frames"]), height=int(size[0]), width=int(size[1]),
                        mean=tuple(float(v) for v in pre.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
-                       std=tuple(float(v) for v in pre.get("std", IMAGENET_STD)))  # type: ignore[arg-type]
+                       std=tuple(float(v) for v in pre.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
+                       clip=str(pre.get("clip", "centre")), intensity=str(pre.get("intensity", "1/255")))
         except KeyError as exc:
             raise PreprocessError(f"{source}: preprocessing has no key {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -74,11 +96,13 @@ def to_uint8(cine: np.ndarray) -> np.ndarray:
         raise PreprocessError(f"expected a (frames, height, width) cine, got shape {arr.shape}")
     if arr.dtype == np.uint8:
         return arr
-    a = arr.astype(np.float32)
-    peak = float(a.max())
+    return _scale_uint8(arr, float(arr.max()))
+
+
+def _scale_uint8(arr: np.ndarray, peak: float) -> np.ndarray:
     if peak <= 0:
         return np.zeros(arr.shape, np.uint8)
-    return np.clip(np.rint(a * (255.0 / peak)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(arr.astype(np.float32) * np.float32(255.0 / peak)), 0, 255).astype(np.uint8)
 
 
 def clip_indices(n: int, frames: int, start: int | None = None) -> np.ndarray:
@@ -93,6 +117,19 @@ def clip_indices(n: int, frames: int, start: int | None = None) -> np.ndarray:
     if not 0 <= start <= total - frames:
         raise PreprocessError(f"clip start {start} outside 0..{total - frames}")
     return (np.arange(start, start + frames) % n).astype(np.int64)
+
+
+def spread_indices(n: int, frames: int, offset: float | None = None) -> np.ndarray:
+    """``frames`` indices spread evenly over 0..n-1: the centres of ``frames`` equal parts of the cine
+    (``offset`` None = 0.5, the centre of each part; training draws it in [0, 1) to jitter the
+    sampling).  Cines shorter than ``frames`` repeat frames in order."""
+    if n < 1:
+        raise PreprocessError("cine has no frames")
+    off = 0.5 if offset is None else float(offset)
+    if not 0.0 <= off < 1.0 + 1e-9:
+        raise PreprocessError(f"spread offset {off} outside 0..1")
+    idx = np.floor((np.arange(frames) + off) * (n / frames)).astype(np.int64)
+    return np.clip(idx, 0, n - 1)
 
 
 def sample_clip(cine: np.ndarray, frames: int, start: int | None = None) -> np.ndarray:
@@ -111,10 +148,25 @@ def resize_frames(frames01: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-def preprocess_cine(cine: np.ndarray, cfg: CineConfig, start: int | None = None) -> np.ndarray:
-    """One cine (T, H, W) -> float32 (3, frames, height, width), normalised.  ``start`` None = centred clip."""
-    clip = sample_clip(to_uint8(cine), cfg.frames, start).astype(np.float32) / 255.0
+def preprocess_cine(cine: np.ndarray, cfg: CineConfig, start: int | float | None = None) -> np.ndarray:
+    """One cine (T, H, W) -> float32 (3, frames, height, width), normalised.  ``start`` None = centred
+    clip (or evenly spread frames); in training the clip start (``clip`` centre) or the spread offset
+    in [0, 1) (``clip`` spread).  Only the sampled frames are converted, so long 1024-pixel cines
+    cost little beyond their decoding."""
+    arr = np.asarray(cine)
+    if arr.ndim != 3 or min(arr.shape) < 1:
+        raise PreprocessError(f"expected a (frames, height, width) cine, got shape {arr.shape}")
+    if cfg.clip == "spread":
+        idx = spread_indices(arr.shape[0], cfg.frames, None if start is None else float(start))
+    else:
+        idx = clip_indices(arr.shape[0], cfg.frames, None if start is None else int(start))
+    picked = arr[idx]
+    u8 = picked if arr.dtype == np.uint8 else _scale_uint8(picked, float(arr.max()))  # scaled by the cine's peak
+    clip = u8.astype(np.float32) / 255.0
     small = resize_frames(clip, cfg.height, cfg.width)
+    if cfg.intensity == "percentile":
+        lo, hi = np.percentile(small, [1.0, 99.0])
+        small = np.clip((small - lo) / max(float(hi - lo), 1e-3), 0.0, 1.0).astype(np.float32)
     mean = np.asarray(cfg.mean, np.float32)[:, None, None, None]
     std = np.asarray(cfg.std, np.float32)[:, None, None, None]
     return np.ascontiguousarray((small[None] - mean) / std, dtype=np.float32)

@@ -52,7 +52,8 @@ def _size(text: str, key: str) -> tuple[int, int]:
 def cine_config_from(options: Mapping[str, str], frames: int, size: tuple[int, int]) -> CineConfig:
     f = int(options.get("frames", frames))
     h, w = _size(options["size"], "size") if "size" in options else size
-    return CineConfig(frames=f, height=h, width=w)
+    return CineConfig(frames=f, height=h, width=w, clip=options.get("clip", "centre"),
+                      intensity=options.get("intensity", "1/255"))
 
 
 def _record(checkpoint: Path) -> dict[str, Any] | None:

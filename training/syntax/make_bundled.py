@@ -9,12 +9,20 @@
    (12 left the left backbone under-trained: fold-0 eval left r 0.78 -> 0.83 with 30).  To fit the
    CPU budget (~16 min on 2 shared cores) the stage-1 backbone is shared by the five folds and
    frozen in stage 2; stage 2 (lstm_mean head) and the calibration a, b are per fold, as published.
-3. Artery classifier on the fold-0 cines (soft targets = artery_prob: left 0.02, right 0.98, other 0.5).
+3. The artery router is trained by :func:`router_main` (below), the same as ``--artery-only``.
 4. Held-out phantom metrics (Pearson r, balanced accuracy at > 22, raw and calibrated) with the
    evaluation code; written into every manifest's provenance.
-5. ONNX export: syntax-{left,right}-fold{0..4}, syntax-artery (reduced R3D-18: widths 8/16/16/32,
-   4 frames at 96x96 -- the manifests say so; the pipeline reads frames/size/mean/std from them).
+5. ONNX export: syntax-{left,right}-fold{0..4} (reduced R3D-18: widths 8/16/16/32, 4 frames at
+   96x96 -- the manifests say so; the pipeline reads frames/size/mean/std from them), then the router.
 Every figure is a phantom figure, not clinical accuracy.
+
+    python -m training.syntax.make_bundled --artery-only --out pipelines/models [--budget-min 30]
+
+regenerates only the artery router (``syntax-artery``, version ``ROUTER_VERSION``) from the anatomical
+scenes of :mod:`training.syntax.angio` (see :mod:`training.syntax.router`) within a wall-time budget,
+exports it, measures its routing through the real pipeline on held-out studies of the training
+generator and of the independent evaluation generator (bench/phantoms/xa.py), and writes those
+figures, the training generator and its version into the manifest.
 """
 from __future__ import annotations
 
@@ -35,11 +43,13 @@ from .data import fold_path, read_format1, read_format2, read_test, rnn_fold_pat
 from .evaluate import evaluate_studies, format_table, load_side_models, predict_studies
 from .phantom import make_study
 from .phantom_dataset import write_release
-from .train import TrainArgs, fit_calibration, setup_logging, train_backbone, train_classifier, train_head, update_scaling
+from .train import TrainArgs, fit_calibration, setup_logging, train_backbone, train_head, update_scaling
 
 log = logging.getLogger("cardionode.training.syntax")
 
 VERSION = "0.2.0-phantom"
+ROUTER_VERSION = "0.3.0-phantom"
+ROUTER_TRAIN_SEED0, ROUTER_HELD_SEED0 = 200_000, 600_000
 TRAIN_SEED0, TEST_SEED0 = 10_000, 90_000
 
 
@@ -52,17 +62,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--phantom-size", type=int, default=96)
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--size", type=int, default=96)
-    p.add_argument("--artery-size", type=int, default=32)
     p.add_argument("--widths", type=int, nargs=4, default=(8, 16, 16, 32))
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument("--backbone-epochs", type=int, default=30)
     p.add_argument("--head-epochs", type=int, default=30)
-    p.add_argument("--artery-epochs", type=int, default=4)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-export", action="store_true")
+    p.add_argument("--artery-only", action="store_true", help="regenerate only syntax-artery (the router)")
+    p.add_argument("--router-train", type=int, default=2000, help="router training clips")
+    p.add_argument("--router-held", type=int, default=300, help="router held-out clips (model selection)")
+    p.add_argument("--router-epochs", type=int, default=14)
+    p.add_argument("--router-batch", type=int, default=16)
+    p.add_argument("--router-frames", type=int, default=4)
+    p.add_argument("--router-size", type=int, default=32)
+    p.add_argument("--router-widths", type=int, nargs=4, default=(4, 8, 16, 32))
+    p.add_argument("--eval-studies", type=int, default=6, help="studies per family for the manifest's routing figures")
+    p.add_argument("--budget-min", type=float, default=24.0,
+                   help="wall-time budget of --artery-only (data + training stop when it is spent; evaluation after)")
     a = p.parse_args(argv)
     setup_logging(a.work)
+    if a.artery_only:
+        torch.set_num_threads(a.threads)
+        return router_main(a)
     torch.set_num_threads(a.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     t0 = time.perf_counter()
@@ -98,9 +120,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         coeffs = fit_calibration(pred["left"] + pred["right"], [s.syntax for s in ev])
         update_scaling(logdir / "scaling_coeffs.json", k, coeffs)
         log.info("fold %d calibration %s", k, coeffs)
-    art = TrainArgs(**{**base.__dict__, "video_size": (a.artery_size, a.artery_size), "max_epochs": a.artery_epochs,
-                       "use_weighted_sampler": False, "batch_size": 32})
-    art_ckpt, history["artery"] = train_classifier(art, f1_train, f1_eval)
     # held-out phantom evaluation (routing by the phantom truth; the bench measures the whole pipeline)
     from .checkpoints import read_scaling
 
@@ -124,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from export.onnx_export import export_onnx
 
-    from .export import build_artery_export, build_export
+    from .export import build_export
 
     trained_on = (f"synthetic phantoms: {a.train_studies} angiography phantom studies (training.syntax.phantom seeds "
                   f"{TRAIN_SEED0}..{TRAIN_SEED0 + a.train_studies - 1}); held out {a.test_studies} (seeds "
@@ -137,17 +156,98 @@ def main(argv: Sequence[str] | None = None) -> int:
                             options={**common, "frames": str(a.frames), "size": f"{a.size}x{a.size}",
                                      "folds": ",".join(str(k) for k in range(a.folds))})
     specs = build_export(logdir, ns)
-    ns_art = argparse.Namespace(version=VERSION, fp16=False, simplify=False,
-                                options={**common, "frames": str(a.frames), "size": f"{a.artery_size}x{a.artery_size}"})
-    specs += build_artery_export(art_ckpt, ns_art)
     for spec in specs:
         report = export_onnx(spec.module, spec.example_inputs, a.out, version=VERSION, **spec.export_kwargs())
         log.info("exported %s", report.summary())
+    log.info("fold models done in %.0f s; now the artery router", time.perf_counter() - t0)
+    rc = router_main(a)
     from .domain import write_all  # accepted input ranges + fold spread calibrated on held-out phantoms
 
     write_all(a.out)
     log.info("done in %.0f s", time.perf_counter() - t0)
+    return rc
+
+
+def router_main(a: argparse.Namespace) -> int:
+    """``--artery-only``: train, export and evaluate the artery router (see the module doc)."""
+    from pipelines.syntax.preprocess import CineConfig
+
+    from . import angio
+    from .router import make_router_data, routing_accuracy, train_router
+
+    t0 = time.time()
+    deadline = t0 + a.budget_min * 60
+    cfg = CineConfig(frames=a.router_frames, height=a.router_size, width=a.router_size, clip="spread",
+                     intensity="percentile")
+    a.work.mkdir(parents=True, exist_ok=True)
+    # held-out first (small), then training data up to ~45 % of the budget
+    held = make_router_data(a.router_held, ROUTER_HELD_SEED0, cfg)
+    train = make_router_data(a.router_train, ROUTER_TRAIN_SEED0, cfg, deadline=t0 + 0.45 * a.budget_min * 60)
+    log.info("router data: %d train, %d held-out clips (%.0f s)", len(train.y), len(held.y), time.time() - t0)
+    ckpt = a.work / "artery_weights" / "router.pt"
+    model, hist = train_router(train, held, cfg, a.router_widths, epochs=a.router_epochs, batch_size=a.router_batch,
+                               deadline=deadline, out=ckpt)
+    from .router import _eval
+
+    _, probs = _eval(model, held, cfg)
+    generator = f"{angio.GENERATOR} {angio.VERSION}"
+    metrics: dict = {"training_generator": generator, "train_clips": int(len(train.y)),
+                     "heldout_training_family_clip_routing": round(routing_accuracy(probs, held.y), 4),
+                     "heldout_training_family_clips": int(len(held.y)),
+                     "training_seconds": round(time.time() - t0, 1), "epochs_run": len(hist),
+                     "epochs_planned": a.router_epochs, "batch_size": a.router_batch}
+    (a.work / "router_history.json").write_text(json.dumps({"history": hist, "metrics": metrics}, indent=1))
+    if a.no_export:
+        print(json.dumps(metrics, indent=1))
+        return 0
+    from export.onnx_export import export_onnx
+
+    from .export import build_artery_export
+
+    trained_on = (f"synthetic phantoms: {len(train.y)} angiography runs of {generator} (seeds {ROUTER_TRAIN_SEED0}+; "
+                  f"left/right trees at LAO -60..100, cranial -45..45, 12-130 frames, ventriculogram/aortogram/test-shot "
+                  f"negatives) and training.syntax.phantom cines; held out {len(held.y)} (seeds {ROUTER_HELD_SEED0}+)")
+    notes = (f"reduced R3D-18 (widths {'/'.join(map(str, a.router_widths))}), {cfg.frames} frames spread over the cine at "
+             f"{cfg.height}x{cfg.width}, 1-99 percentile stretch; routing figures are phantom figures; NOT clinical weights")
+    ns = argparse.Namespace(version=ROUTER_VERSION, fp16=False, simplify=False,
+                            options={"synthetic": "true", "trained_on": trained_on, "date": dt.date.today().isoformat(),
+                                     "notes": notes, "frames": str(cfg.frames), "size": f"{cfg.height}x{cfg.width}",
+                                     "clip": cfg.clip, "intensity": cfg.intensity})
+    for spec in build_artery_export(ckpt, ns):
+        report = export_onnx(spec.module, spec.example_inputs, a.out, version=ROUTER_VERSION, **spec.export_kwargs())
+        log.info("exported %s", report.summary())
+    metrics.update(evaluate_router(a.out, a.eval_studies, a.threads))
+    write_router_metrics(a.out / "syntax-artery" / "manifest.json", metrics)
+    print(json.dumps(metrics, indent=1))
+    log.info("router done in %.0f s", time.time() - t0)
     return 0
+
+
+def evaluate_router(models: Path, studies: int, threads: int) -> dict:
+    """Routing through the real pipeline on both phantom families (bench/syntax_routing.py)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench.phantoms import xa
+    from bench.syntax_routing import route_family
+    from node.config import ModelsSection
+    from pipelines.runtime import ModelStore
+
+    store = ModelStore([models], ModelsSection(providers=("cpu",), warmup=False, intra_op_threads=threads))
+    out: dict = {"evaluation_generator": f"{xa.GENERATOR} {xa.VERSION}"}
+    for fam in ("training", "evaluation"):
+        r = route_family(fam, studies, store, log=log.info)
+        out[f"routing_{fam}_family"] = {k: r[k] for k in ("studies", "cines", "routing_accuracy", "coronary_routed_correctly",
+                                                           "neither_as_other", "confusion")}
+    return out
+
+
+def write_router_metrics(manifest: Path, metrics: dict) -> None:
+    """Add the routing figures to the manifest's provenance.metrics (other keys are kept)."""
+    data = json.loads(manifest.read_text())
+    prov = data.setdefault("provenance", {})
+    prov["metrics"] = {**prov.get("metrics", {}), **metrics}
+    manifest.write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""SYNTAX cine preprocessing options: frames spread over the cine, percentile stretch, long 1024 cines."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.syntax.preprocess import CineConfig, PreprocessError, preprocess_cine, spread_indices
+
+
+def test_spread_indices_cover_the_whole_cine() -> None:
+    assert spread_indices(120, 4).tolist() == [15, 45, 75, 105]
+    assert spread_indices(15, 4).tolist() == [1, 5, 9, 13]
+    assert spread_indices(3, 4).tolist() == [0, 1, 1, 2]  # shorter than the clip: frames repeat in order
+    assert spread_indices(120, 4, 0.0).tolist() == [0, 30, 60, 90]
+    assert spread_indices(120, 4, 0.999).tolist() == [29, 59, 89, 119]
+    with pytest.raises(PreprocessError):
+        spread_indices(0, 4)
+
+
+def test_manifest_round_trip_and_defaults() -> None:
+    cfg = CineConfig(frames=4, height=48, width=48, clip="spread", intensity="percentile")
+    pre = cfg.to_manifest()
+    assert pre["clip"] == "spread" and pre["intensity"] == "percentile"
+    assert CineConfig.from_manifest(pre) == cfg
+    old = CineConfig.from_manifest({"frames": 4, "size": [96, 96]})  # manifests written before the options
+    assert (old.clip, old.intensity) == ("centre", "1/255")
+    assert "intensity" not in old.to_manifest()
+    with pytest.raises(PreprocessError, match="clip"):
+        CineConfig.from_manifest({"frames": 4, "size": [96, 96], "clip": "random"})
+
+
+def test_spread_clip_sees_contrast_of_short_and_long_runs_alike() -> None:
+    """A run is dark (contrast) only in its second half: 15 or 120 frames, the spread clip sees the same."""
+    cfg = CineConfig(frames=4, height=8, width=8, clip="spread")
+    for n in (15, 120):
+        cine = np.full((n, 32, 32), 200, np.uint8)
+        cine[n // 2:, 10:20, :] = 40
+        x = preprocess_cine(cine, cfg)
+        dark = [bool((x[0, f] < x[0, f].max() - 1).any()) for f in range(4)]
+        assert dark == [False, False, True, True], (n, dark)
+
+
+def test_percentile_stretch_makes_window_and_bit_depth_irrelevant() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (6, 64, 64)).astype(np.uint8)
+    cfg = CineConfig(frames=4, height=16, width=16, clip="spread", intensity="percentile")
+    a = preprocess_cine(base, cfg)
+    washed = (base // 4 + 150).astype(np.uint8)  # low contrast, bright window
+    b = preprocess_cine(washed, cfg)
+    assert np.abs(a - b).max() < 0.15
+    deep = (base.astype(np.uint16) * 16)  # 12-bit storage of the same image
+    np.testing.assert_allclose(preprocess_cine(deep, cfg), a, atol=0.05)
+
+
+def test_long_1024_cine_only_converts_the_sampled_frames() -> None:
+    cine = np.zeros((120, 1024, 1024), np.uint16)
+    cine[:, 400:600, 400:600] = 4095
+    cine[-1] = 0  # the peak is taken over the whole cine, not only the sampled frames
+    x = preprocess_cine(cine, CineConfig(frames=4, height=48, width=48, clip="spread"))
+    assert x.shape == (3, 4, 48, 48) and x.dtype == np.float32
+    mid = x[0, 0, 24, 24] * 0.229 + 0.485
+    assert mid == pytest.approx(1.0, abs=1e-3)
