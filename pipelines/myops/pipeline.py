@@ -1,6 +1,7 @@
 """The ``myops`` pipeline: cardiac MR (bSSFP + LGE + T2w) -> SEG on LGE + SR (TID 1500) + summary image.
 
-1. Pick the three series by keyword rules (:mod:`.options`); a missing one is a recorded input error.
+1. Pick the three series by naming and sequence attributes (:mod:`.series`); a missing one is a
+   recorded input error.
 2. Shared preprocessing (:mod:`.preprocess`): slice correspondence, 1 mm grid in the LGE planes,
    normalisation; first-pass prediction on the unregistered grid gives the myocardial prior
    (:mod:`.inference`); slice-wise affine registration onto LGE guided by it; 128 x 128 ROI.
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.base import ModelInfo, PipelineContext, PipelineInputError, PipelineResult, StudyView
-from pipelines.imaging import Volume, load_volume, match_series
+from pipelines.imaging import Volume, load_volume
 from pipelines.outputs import (
     AlgorithmIdentity,
     MeasurementGroupSpec,
@@ -36,6 +37,7 @@ from .inference import first_pass_prior, model_input, probabilities_to_anchor
 from .options import MyopsOptions, OptionsError
 from .preprocess import CHANNELS, PreprocessConfig, PreprocessError
 from .registration import RegistrationConfig
+from .series import identify_series
 
 __all__ = ["MyopsPipeline", "SEGMENTS", "measure"]
 
@@ -90,7 +92,7 @@ class MyopsPipeline:
         manifest = handle.manifest
         models: list[ModelInfo] = [handle.info]
         cfg = self._config(manifest, opts)
-        series = match_series(study, opts.rules, modalities=("MR",))
+        series = identify_series(study, opts.patterns)
         vols = {seq: load_volume(series[seq]) for seq in CHANNELS}
         lge = vols["lge"]
         context.logger.info("myops: LGE %s, T2w %s, bSSFP %s", *(series[s].series_description for s in ("lge", "t2", "bssfp")))

@@ -36,9 +36,13 @@ CONTRAST = {
 
 #: DICOM naming of each sequence when written as a study (matches the pipeline's default rules)
 SEQUENCE_PROTOCOLS = {
-    "bssfp": dict(series_description="SAX cine TrueFISP", protocol_name="sax_bssfp_cine", sequence_name="*tfi2d1"),
-    "lge": dict(series_description="SAX LGE PSIR", protocol_name="sax_lge_psir", sequence_name="*tfl2d1"),
-    "t2": dict(series_description="SAX T2 STIR", protocol_name="sax_t2_stir", sequence_name="*tse2d1"),
+    "bssfp": dict(series_description="SAX cine TrueFISP", protocol_name="sax_bssfp_cine", sequence_name="*tfi2d1",
+                  scanning_sequence="GR", attributes=dict(SequenceVariant=["SK", "SS"])),
+    "lge": dict(series_description="SAX LGE PSIR", protocol_name="sax_lge_psir", sequence_name="*tfl2d1",
+                scanning_sequence="GR\\IR", attributes=dict(SequenceVariant=["SP", "MP"], InversionTime="300")),
+    "t2": dict(series_description="SAX T2 STIR", protocol_name="sax_t2_stir", sequence_name="*tse2d1",
+               scanning_sequence="SE\\IR", attributes=dict(SequenceVariant="SK", EchoTime="60", RepetitionTime="1800",
+                                                             InversionTime="160", EchoTrainLength="16")),
 }
 
 
