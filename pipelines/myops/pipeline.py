@@ -167,6 +167,8 @@ class MyopsPipeline:
         return PreprocessConfig(
             grid_size=int(pre.get("grid_size", 224)), grid_spacing_mm=float(pre.get("grid_spacing_mm", 1.0)),
             roi_size=roi, registration=RegistrationConfig(enabled=opts.registration, deformable=opts.deformable),
+            percentiles=tuple(float(v) for v in pre.get("percentiles", (0.5, 99.5))),  # type: ignore[arg-type]
+            bias_order=int(pre.get("bias_order", 0)),
         )
 
     @staticmethod
