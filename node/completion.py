@@ -32,31 +32,12 @@ from typing import Any, Callable, Iterable
 
 from pipelines.base import StudyView
 
-from .jobs import JobQueue
 from .routing import InstanceFacts, Router, facts_from_study
+from .state import Studies, enqueue_job, transaction
 
-__all__ = ["COMPLETION_SCHEMA", "CompletionTracker"]
+__all__ = ["CompletionTracker"]
 
 log = logging.getLogger("cardionode.completion")
-
-COMPLETION_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS pending_studies (
-        study_uid TEXT PRIMARY KEY,
-        state TEXT NOT NULL CHECK (state IN ('waiting', 'processed', 'unmatched')),
-        generation INTEGER NOT NULL DEFAULT 1,
-        first_received_at REAL NOT NULL,
-        last_received_at REAL NOT NULL,
-        due_at REAL,
-        quiet_seconds REAL NOT NULL,
-        received INTEGER NOT NULL DEFAULT 0,
-        late_ignored INTEGER NOT NULL DEFAULT 0,
-        processed_at REAL,
-        routes TEXT,
-        spool_deleted_at REAL
-    )""",
-    "CREATE INDEX IF NOT EXISTS pending_studies_state ON pending_studies (state, due_at)",
-]
-
 
 def _attr(obj: Any, *names: str, default: Any = None) -> Any:
     for name in names:
@@ -86,6 +67,7 @@ class CompletionTracker:
         calling_aes_for: Callable[[str], dict[str, str]] | None = None,
     ) -> None:
         self._get_conn = get_conn
+        self._studies = Studies(get_conn)
         self.router = router
         self.load_study = load_study
         self.scheduler = scheduler
@@ -116,49 +98,28 @@ class CompletionTracker:
         """Record one arrival; returns the due time armed, or None when nothing is armed."""
         now = time.time() if now is None else now
         received_at = now if received_at is None else received_at
-        conn = self._get_conn()
         due: float | None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT * FROM pending_studies WHERE study_uid=?", (study_uid,)).fetchone()
+        with transaction(self._get_conn()):
+            row = self._studies.get(study_uid)
             if row is None:
                 due = now + quiet
-                conn.execute(
-                    "INSERT INTO pending_studies (study_uid, state, generation, first_received_at, last_received_at,"
-                    " due_at, quiet_seconds, received) VALUES (?, 'waiting', 1, ?, ?, ?, ?, 1)",
-                    (study_uid, received_at, received_at, due, quiet),
-                )
+                self._studies.insert_waiting(study_uid, received_at, due, quiet)
             elif row["state"] == "waiting":
                 quiet = max(quiet, row["quiet_seconds"])
                 due = max(row["due_at"] or 0.0, now + quiet)
-                conn.execute(
-                    "UPDATE pending_studies SET last_received_at=?, due_at=?, quiet_seconds=?, received=received+1"
-                    " WHERE study_uid=?",
-                    (max(received_at, row["last_received_at"]), due, quiet, study_uid),
-                )
+                self._studies.extend_wait(study_uid, max(received_at, row["last_received_at"]), due, quiet)
             elif row["state"] == "unmatched" or (
                 row["state"] == "processed" and self.late_arrivals == "reprocess" and not replaced
             ):
                 due = now + quiet
-                conn.execute(
-                    "UPDATE pending_studies SET state='waiting', generation=generation+1, last_received_at=?,"
-                    " due_at=?, quiet_seconds=?, received=1 WHERE study_uid=?",
-                    (received_at, due, quiet, study_uid),
-                )
+                self._studies.reopen(study_uid, received_at, due, quiet)
                 log.info("late arrival: study will be processed again",
                          extra={"study": study_uid, "generation": row["generation"] + 1})
             else:
                 due = None
-                conn.execute(
-                    "UPDATE pending_studies SET last_received_at=?, late_ignored=late_ignored+1 WHERE study_uid=?",
-                    (received_at, study_uid),
-                )
+                self._studies.count_late(study_uid, received_at)
                 log.info("late arrival kept, not reprocessed",
                          extra={"study": study_uid, "policy": self.late_arrivals, "replaced": replaced})
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         if due is not None:
             self._arm(study_uid, due)
         return due
@@ -181,19 +142,10 @@ class CompletionTracker:
         quiet period after ``now`` (a deadline that passed while the node was down gets a fresh quiet
         period; the new due time is stored)."""
         now = time.time() if now is None else now
-        conn = self._get_conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            rows = conn.execute(
-                "SELECT study_uid, due_at, quiet_seconds FROM pending_studies WHERE state='waiting'"
-            ).fetchall()
+        with transaction(self._get_conn()):
+            rows = self._studies.waiting()
             due = {row["study_uid"]: max(row["due_at"] or 0.0, now + row["quiet_seconds"]) for row in rows}
-            conn.executemany("UPDATE pending_studies SET due_at=? WHERE study_uid=?",
-                             [(t, uid) for uid, t in due.items()])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            self._studies.set_due(due.items())
         overdue = sum(1 for row in rows if (row["due_at"] or 0.0) < now)
         if overdue:
             log.info("studies overdue at start get a fresh quiet period", extra={"count": overdue})
@@ -207,10 +159,9 @@ class CompletionTracker:
         ``studies`` yields (study uid, last received time) from the spool index.
         Returns the number of studies armed.
         """
-        conn = self._get_conn()
         armed = 0
         for uid, last_received in studies:
-            row = conn.execute("SELECT last_received_at, state FROM pending_studies WHERE study_uid=?", (uid,)).fetchone()
+            row = self._studies.get(uid)
             if row is None or (row["state"] != "waiting" and last_received > row["last_received_at"] + 1e-3):
                 self.arrived(uid, self.router.quiet_seconds(InstanceFacts()), received_at=last_received)
                 armed += 1
@@ -227,8 +178,7 @@ class CompletionTracker:
             return []
 
     def _fire(self, study_uid: str) -> list[int]:
-        conn = self._get_conn()
-        row = conn.execute("SELECT state, due_at FROM pending_studies WHERE study_uid=?", (study_uid,)).fetchone()
+        row = self._studies.get(study_uid)
         if row is None or row["state"] != "waiting":
             return []
         if row["due_at"] > time.time() + 0.01:
@@ -239,27 +189,20 @@ class CompletionTracker:
         decisions = self.router.decide(facts_from_study(view, calling))
         job_ids: list[int] = []
         now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT * FROM pending_studies WHERE study_uid=?", (study_uid,)).fetchone()
-            if row is None or row["state"] != "waiting" or row["due_at"] > now + 0.01:
-                conn.execute("COMMIT")
-                if row is not None and row["state"] == "waiting":
-                    self._arm(study_uid, row["due_at"])
-                return []
-            state = "processed" if decisions else "unmatched"
-            conn.execute(
-                "UPDATE pending_studies SET state=?, processed_at=?, due_at=NULL, routes=? WHERE study_uid=?",
-                (state, now, json.dumps([d.name for d in decisions]), study_uid),
-            )
-            for d in decisions:
-                job_id = JobQueue.enqueue(conn, study_uid, row["generation"], d.name, d.pipeline, d.destinations, now)
-                if job_id is not None:
-                    job_ids.append(job_id)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with transaction(self._get_conn()) as conn:
+            row = self._studies.get(study_uid)
+            routed = row is not None and row["state"] == "waiting" and row["due_at"] <= now + 0.01
+            if routed:
+                self._studies.mark_routed(study_uid, "processed" if decisions else "unmatched", now,
+                                          [d.name for d in decisions])
+                for d in decisions:
+                    job_id = enqueue_job(conn, study_uid, row["generation"], d.name, d.pipeline, d.destinations, now)
+                    if job_id is not None:
+                        job_ids.append(job_id)
+        if not routed:  # another thread routed it, or an instance arrived after the check above
+            if row is not None and row["state"] == "waiting":
+                self._arm(study_uid, row["due_at"])
+            return []
         instances = sum(len(s.instances) for s in view.series)
         if decisions:
             log.info("study complete; jobs queued",

@@ -28,22 +28,22 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pipelines.base import StudyView
 from pipelines.registry import PipelineRegistry, default_registry
 
-from . import db, startup
-from .completion import COMPLETION_SCHEMA, CompletionTracker
+from . import startup
+from .completion import CompletionTracker
 from .config import ConfigError, NodeConfig
-from .dispatch.queue import DISPATCH_SCHEMA, Dispatcher
+from .dispatch.queue import Dispatcher
 from .executors import Executor, ExecutorStatus, executor_pipelines, make_executor
 from .executors.status_file import write_status
 from .files import DIR_MODE, open_private, private_dir
-from .jobs import JOBS_SCHEMA, JobQueue, JobRunner, LocalConnections, OwnResults, migrate
+from .jobs import JobQueue, JobRunner
 from .retention import RetentionSweeper
 from .routing import Router
+from .state import Connections, InstanceIndex, OwnResults
 
-__all__ = ["NodeService", "STATE_SCHEMA", "PID_FILE_NAME"]
+__all__ = ["NodeService", "PID_FILE_NAME"]
 
 log = logging.getLogger("cardionode.service")
 
-STATE_SCHEMA = COMPLETION_SCHEMA + JOBS_SCHEMA + DISPATCH_SCHEMA
 PID_FILE_NAME = "cardionode.pid"  # read by `cardionode models reload` (pipelines.runtime.cli)
 RETENTION_INTERVAL_S = 600.0
 WARMUP_JOIN_S = 120.0
@@ -74,9 +74,9 @@ class NodeService:
                 raise ConfigError(
                     f"executor.pipelines.{name}: unknown pipeline (registered: {', '.join(self.registry.names())})"
                 )
-        self.conns = LocalConnections(self.storage_dir)
+        self.conns = Connections(self.storage_dir)
         # completion state is rebuilt from the spool at start-up (recover + reconcile): no fsync per instance
-        self.completion_conns = LocalConnections(self.storage_dir, synchronous="NORMAL")
+        self.completion_conns = Connections(self.storage_dir, synchronous="NORMAL")
         self.router = Router(config)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.models: Any = None
@@ -98,9 +98,7 @@ class NodeService:
         self._checked_models: Any = None
 
     # ------------------------------------------------------------------ pieces from other areas
-    def _index(self) -> Any:
-        from .index import InstanceIndex
-
+    def _index(self) -> InstanceIndex:
         return InstanceIndex(self.conns.get())
 
     def load_study(self, study_uid: str) -> StudyView:
@@ -225,9 +223,7 @@ class NodeService:
         self.preflight()
         private_dir(self.storage_dir)
         os.chmod(self.storage_dir, DIR_MODE)  # patient data inside: the node's user only
-        conn = self.conns.get()
-        db.ensure_schema(conn, STATE_SCHEMA)
-        migrate(conn)
+        self.conns.get()  # creates or migrates the database (node.state.schema)
         with open_private(self.storage_dir / PID_FILE_NAME) as pid_file:
             pid_file.write(f"{os.getpid()}\n".encode("ascii"))
         self._pid_written = True

@@ -40,10 +40,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-from . import db
+
 from .files import DIR_MODE, open_private, private_dir
 from .fsync import fsync_dir, fsync_path
-from .index import InstanceIndex
+from .state import InstanceIndex, connect
 
 __all__ = [
     "Spool",
@@ -455,8 +455,7 @@ class Spool:
         for d in (self.storage_dir, self.root, self.incoming):
             fsync_dir(d)
             self._durable_dirs.add(d)
-        self._conn = db.connect(self.storage_dir)
-        self._conn.execute("PRAGMA synchronous=NORMAL")  # files are the record; see module docstring
+        self._conn = connect(self.storage_dir, synchronous="NORMAL")  # files are the record; see module docstring
         self._index = InstanceIndex(self._conn)
         self._device = os.stat(self.root).st_dev
 

@@ -12,7 +12,7 @@ from collections import Counter
 import pydicom
 import pytest
 
-from node import db
+from node.state import connect
 from tests.support.node_proc import NodeProcess, node_config
 from tests.support.peers import StoreSCP, storescu, wait_for
 from tests.fixtures.studies import write_ct_study
@@ -29,9 +29,9 @@ def _dest(scp):
 
 
 def _spooled_uids(storage, study_uid) -> set[str]:
-    from node.index import InstanceIndex
+    from node.state import InstanceIndex
 
-    conn = db.connect(storage)
+    conn = connect(storage)
     try:
         out = set()
         for item in InstanceIndex(conn).study_instances(study_uid):
@@ -45,7 +45,7 @@ def _spooled_uids(storage, study_uid) -> set[str]:
 
 
 def _job_states(storage) -> list[str]:
-    conn = db.connect(storage)
+    conn = connect(storage)
     try:
         return [r["state"] for r in conn.execute("SELECT state FROM jobs ORDER BY id")]
     except Exception:

@@ -8,12 +8,13 @@ import pydicom
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from node import db
-from node.completion import COMPLETION_SCHEMA, CompletionTracker
+from node.state import connect
+from node.completion import CompletionTracker
 from node.config import JobsSection, parse_config
-from node.dispatch.queue import DISPATCH_SCHEMA
+
 from node.executors import LocalExecutor
-from node.jobs import JOBS_SCHEMA, JobQueue, JobRunner, LocalConnections
+from node.jobs import JobQueue, JobRunner
+from node.state import Connections
 from node.routing import Router
 from pipelines.base import StudyView
 from pipelines.registry import PipelineRegistry
@@ -23,8 +24,7 @@ from tests.fixtures.studies import write_ct_study
 
 @pytest.fixture()
 def conns(tmp_path):
-    c = LocalConnections(tmp_path)
-    db.ensure_schema(c.get(), JOBS_SCHEMA + DISPATCH_SCHEMA + COMPLETION_SCHEMA)
+    c = Connections(tmp_path)
     yield c
     c.close_all()
 
@@ -189,15 +189,18 @@ def test_late_arrival_with_ignore_policy_is_counted_not_reprocessed(tmp_path, co
 
 
 def test_an_older_database_gains_the_results_series_column(tmp_path):
-    from node.jobs import OwnResults, migrate
+    import sqlite3
 
-    conn = db.connect(tmp_path)
-    conn.execute("CREATE TABLE results (sop_instance_uid TEXT PRIMARY KEY, job_id INTEGER NOT NULL,"
-                 " sop_class_uid TEXT NOT NULL, path TEXT NOT NULL, created_at REAL NOT NULL)")
-    conn.execute("INSERT INTO results VALUES ('1.2.3', 1, '1.2', 'p', 0)")
-    db.ensure_schema(conn, JOBS_SCHEMA)
-    migrate(conn)
-    migrate(conn)  # idempotent
+    from node.state import DB_FILENAME, OwnResults
+
+    old = sqlite3.connect(tmp_path / DB_FILENAME)  # a release from before results.series_instance_uid
+    old.execute("CREATE TABLE results (sop_instance_uid TEXT PRIMARY KEY, job_id INTEGER NOT NULL,"
+                " sop_class_uid TEXT NOT NULL, path TEXT NOT NULL, created_at REAL NOT NULL)")
+    old.execute("INSERT INTO results VALUES ('1.2.3', 1, '1.2', 'p', 0)")
+    old.commit()
+    old.close()
+    connect(tmp_path).close()
+    conn = connect(tmp_path)  # idempotent
     assert "series_instance_uid" in {r[1] for r in conn.execute("PRAGMA table_info(results)")}
     conn.close()
     own = OwnResults(tmp_path)
