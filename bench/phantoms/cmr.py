@@ -215,8 +215,9 @@ def _heart_tissue(a: dict, u: np.ndarray, v: np.ndarray, w: np.ndarray, out: np.
     qa, qb = a["rv_a"] * fr + 1e-3, a["rv_b"] * fr + 1e-3
     q = (pu / qb) ** 2 + (pv / qa) ** 2
     qo = (pu / (qb + a["rv_wall"])) ** 2 + (pv / (qa + a["rv_wall"])) ** 2
-    rv_zone = (w >= 0) & (w <= a["rv_len"]) & (rho >= r_out + 0.5)
-    out[rv_zone & (qo <= 1.0)] = RV_WALL
+    rv_zone = (w >= 0) & (w <= a["rv_len"]) & (rho >= r_out)
+    # the free wall only: along the septum the RV cavity meets the LV myocardium (one shared wall)
+    out[rv_zone & (qo <= 1.0) & (rho >= r_out + a["rv_wall"] + 1.0)] = RV_WALL
     out[rv_zone & (q <= 1.0)] = BLOOD + 100  # marked RV blood, resolved below
     out[cavity] = BLOOD
     for ang, rad in a["pap"]:

@@ -24,14 +24,15 @@ __all__ = ["PhantomCase", "PhantomSpec", "make_phantom", "varied_spec", "SEQUENC
            "GENERATOR", "GENERATOR_VERSION"]
 
 GENERATOR = "training.myops.phantom"
+#: 2.1: ``varied=True`` also draws an RV free wall, papillary muscles and lungs, the RV touching the septum;
 #: 2.0: ``varied=True`` draws acquisition (scale, bias field, matrix, slices, misalignment, noise) and a
 #: wider pathology range per case; 1.0 was the fixed-acquisition generator of myops-unet 0.1.0.
-GENERATOR_VERSION = "2.0"
+GENERATOR_VERSION = "2.1"
 
 # tissue ids used while rendering
-AIR, BODY, MYO, EDEMA, SCAR, LV, RV = range(7)
+AIR, BODY, MYO, EDEMA, SCAR, LV, RV, RV_WALL, PAPILLARY, LUNG = range(10)
 _TISSUE_TO_CLASS = np.array([cls.BACKGROUND, cls.BACKGROUND, cls.MYOCARDIUM, cls.EDEMA, cls.SCAR, cls.LV_POOL,
-                             cls.RV_POOL], dtype=np.uint8)
+                             cls.RV_POOL, cls.BACKGROUND, cls.LV_POOL, cls.BACKGROUND], dtype=np.uint8)
 
 #: mean signal per tissue (air, body, myocardium, edema, scar, LV blood, RV blood)
 CONTRAST = {
@@ -124,7 +125,7 @@ def _anatomy(rng: np.random.Generator, with_scar: bool, wide: bool = False) -> d
         else:
             scar_lo = rng.uniform(-0.1, 0.6) * length
             scar_hi = scar_lo + rng.uniform(0.2, 0.9) * length
-    return dict(
+    a = dict(
         length=length,
         r_endo=rng.uniform(20, 27),
         thick=rng.uniform(7, 11),
@@ -138,13 +139,27 @@ def _anatomy(rng: np.random.Generator, with_scar: bool, wide: bool = False) -> d
         edema_w=(scar_lo - 6.0, scar_hi + 6.0) if with_scar else (1.0, 0.0),
         body=(rng.uniform(120, 150), rng.uniform(95, 120), rng.uniform(-30, 30), rng.uniform(-20, 20)),
     )
+    if wide:  # generator 2.1: an RV free wall, papillary muscles, lungs, the RV touching the septum
+        a["rv_gap"] = float(rng.uniform(0.0, 3.0))
+        a["rv_wall"] = float(rng.uniform(1.5, 4.0)) if rng.uniform() < 0.8 else 0.0
+        a["papillary"] = [(a["theta0"] + np.deg2rad(rng.uniform(-180, 180)), float(rng.uniform(2.0, 4.5)))
+                          for _ in range(int(rng.integers(0, 3)))]
+        a["lungs"] = [(float(rng.uniform(-90, -55)), float(rng.uniform(-20, 20)), float(rng.uniform(25, 45)),
+                       float(rng.uniform(35, 60))),
+                      (float(rng.uniform(55, 90)), float(rng.uniform(-20, 20)), float(rng.uniform(25, 45)),
+                       float(rng.uniform(35, 60)))] if rng.uniform() < 0.6 else []
+    return a
+
 
 
 def _tissue(u: np.ndarray, v: np.ndarray, w: np.ndarray, a: dict) -> np.ndarray:
     """Tissue id at heart coordinates (u, v in-plane mm from the LV axis, w mm from base to apex)."""
     t = np.full(u.shape, AIR, dtype=np.uint8)
     bu, bv, bx, by = a["body"]
-    t[((u - bx) / bu) ** 2 + ((v - by) / bv) ** 2 <= 1.0] = BODY
+    body = ((u - bx) / bu) ** 2 + ((v - by) / bv) ** 2 <= 1.0
+    t[body] = BODY
+    for cx, cy, ax, ay in a.get("lungs", ()):
+        t[body & (((u - cx) / ax) ** 2 + ((v - cy) / ay) ** 2 <= 1.0)] = LUNG
     frac = np.clip(w / a["length"], 0.0, 1.0)
     inside = (w >= 0) & (w <= a["length"])
     r_endo = a["r_endo"] * np.sqrt(np.clip(1.0 - frac ** 2, 0.0, 1.0))
@@ -154,10 +169,18 @@ def _tissue(u: np.ndarray, v: np.ndarray, w: np.ndarray, a: dict) -> np.ndarray:
     ru = u - (a["r_endo"] + a["thick"]) * 0.9 * np.cos(a["rv_angle"])
     rv_ = v - (a["r_endo"] + a["thick"]) * 0.9 * np.sin(a["rv_angle"])
     rv_r = a["rv_radius"] * np.sqrt(np.clip(1.0 - (w / (0.8 * a["length"])) ** 2, 0.0, 1.0))
-    rv_mask = inside & (np.hypot(ru, rv_) < rv_r) & (r > r_epi + 3.0)
+    gap, wall = a.get("rv_gap", 3.0), a.get("rv_wall", 0.0)
+    rv_d = np.hypot(ru, rv_)
+    if wall > 0:  # free wall only: along the septum the LV myocardium is the wall
+        t[inside & (rv_d < rv_r + wall) & (rv_d >= rv_r) & (r > r_epi + gap + wall)] = RV_WALL
+    rv_mask = inside & (rv_d < rv_r) & (r > r_epi + gap)
     t[rv_mask] = RV
     myo = inside & (r >= r_endo) & (r < r_epi)
     t[inside & (r < r_endo)] = LV
+    for ang, rad in a.get("papillary", ()):
+        pu, pv = u - 0.55 * r_endo * np.cos(ang), v - 0.55 * r_endo * np.sin(ang)
+        t[inside & (r < r_endo) & (np.hypot(pu, pv) < rad) & (w > 0.2 * a["length"]) & (w < 0.75 * a["length"])] = \
+            PAPILLARY
     t[myo] = MYO
     dtheta = np.angle(np.exp(1j * (np.arctan2(v, u) - a["theta0"])))
     ew0, ew1 = a["edema_w"]
@@ -207,6 +230,7 @@ def make_phantom(seed: int, spec: PhantomSpec | None = None, *, with_scar: bool 
         vv, uu = np.meshgrid(idx + fov_shift[1], idx + fov_shift[0], indexing="ij")  # (y, x)
         cj = spec.contrast_jitter
         contrast = np.asarray(CONTRAST[seq]) * rng.uniform(1.0 - cj, 1.0 + cj, size=7)
+        contrast = np.concatenate([contrast, [contrast[MYO], contrast[MYO], 2.5 * contrast[AIR]]])  # rv wall, pap., lung
         gain = (float(np.exp(rng.uniform(np.log(spec.gain[0]), np.log(spec.gain[1])))) if spec.gain_log_uniform
                 else float(rng.uniform(*spec.gain)))
         quad = rng.normal(0, 1, size=5) if spec.bias_order >= 2 else None
