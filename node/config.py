@@ -36,6 +36,10 @@ __all__ = [
     "JobsSection",
     "DispatchSection",
     "RetentionSection",
+    "ConsoleSection",
+    "NotificationsSection",
+    "WebhookSection",
+    "NOTIFY_EVENTS",
     "ApiSection",
     "DimseDestination",
     "DicomwebDestination",
@@ -43,6 +47,7 @@ __all__ = [
     "DimseSource",
     "DicomwebSource",
     "RouteMatch",
+    "SeriesRequirement",
     "Route",
     "LocalExecutorSection",
     "RayExecutorSection",
@@ -107,6 +112,7 @@ class NodeSection:
     port: int = 11112
     storage_dir: str = _path_field("./var")
     quiet_seconds: float = 30.0
+    settle_seconds: float = 0.5
     late_arrivals: Literal["reprocess", "ignore"] = "reprocess"
     max_associations: int = 10
     max_pending_per_host: int = 4
@@ -118,6 +124,7 @@ class NodeSection:
     check_called_ae: bool = True
     tls: TLSSection | None = None
     min_free_mb: int = 1024
+    group_commit: bool = False
     max_pdu: int = 0
     workers: int = 1
     http_host: str = "127.0.0.1"  # loopback unless configured otherwise
@@ -136,6 +143,8 @@ class NodeSection:
         _check_port(self.http_port, f"{path}.http_port")
         if self.quiet_seconds < 0:
             raise ConfigError(f"{path}.quiet_seconds: must be >= 0, got {self.quiet_seconds}")
+        if self.settle_seconds < 0:
+            raise ConfigError(f"{path}.settle_seconds: must be >= 0, got {self.settle_seconds}")
         for key in ("max_associations", "max_pending_per_host", "max_pending"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{path}.{key}: must be >= 1, got {getattr(self, key)}")
@@ -205,6 +214,7 @@ class RetentionSection:
     keep_days: float = 7.0
     keep_unmatched_days: float = 7.0
     keep_results_days: float = 30.0
+    keep_audit_days: float = 365.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +225,65 @@ class ApiSection:
     token: str | None = None
     token_file: str | None = _path_field()
     stow_requires_token: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsoleSection:
+    """The operator console on the HTTP port (docs/console.md): sessions last ``session_hours``;
+    ``viewer_url`` opens a study in a viewer, ``{study_uid}`` replaced by its Study Instance UID
+    (e.g. ``https://ohif.example.org/viewer?StudyInstanceUIDs={study_uid}``)."""
+
+    enabled: bool = True
+    session_hours: float = 8.0
+    viewer_url: str | None = None
+
+    def validate(self, path: str) -> None:
+        if not 0 < self.session_hours <= 24 * 30:
+            raise ConfigError(f"{path}.session_hours: {self.session_hours} is not in (0, 720]")
+        if self.viewer_url is not None:
+            if "{study_uid}" not in self.viewer_url:
+                raise ConfigError(f"{path}.viewer_url: needs the placeholder {{study_uid}}")
+            if not self.viewer_url.startswith(("http://", "https://", "/")):
+                raise ConfigError(f"{path}.viewer_url: must start with http://, https:// or /")
+
+
+#: What a webhook can be told about (docs/console.md, "Notifications").
+NOTIFY_EVENTS = ("job_failed", "delivery_failed", "disk_low", "model_failed")
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookSection:
+    """One webhook: events are POSTed to ``url`` as JSON (``Authorization: Bearer`` when ``token`` is set)."""
+
+    url: str
+    events: tuple[str, ...] = NOTIFY_EVENTS
+    token: str | None = None
+    verify_tls: bool = True
+
+    def validate(self, path: str) -> None:
+        if not re.match(r"^https?://", self.url):
+            raise ConfigError(f"{path}.url: {self.url!r} must start with http:// or https://")
+        unknown = [e for e in self.events if e not in NOTIFY_EVENTS]
+        if unknown:
+            raise ConfigError(f"{path}.events: unknown event {unknown[0]!r} (known: {', '.join(NOTIFY_EVENTS)})")
+
+
+@dataclasses.dataclass(frozen=True)
+class NotificationsSection:
+    """Webhooks told about failures; each message is retried with backoff up to ``max_attempts``."""
+
+    webhooks: Mapping[str, WebhookSection] = dataclasses.field(default_factory=dict)
+    max_attempts: int = 8
+    backoff_initial_s: float = 5.0
+    backoff_max_s: float = 600.0
+    timeout_s: float = 10.0
+    disk_check_s: float = 60.0
+
+    def validate(self, path: str) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(f"{path}.max_attempts: at least 1")
+        if self.disk_check_s <= 0 or self.timeout_s <= 0:
+            raise ConfigError(f"{path}: disk_check_s and timeout_s must be positive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,13 +351,60 @@ class RouteMatch:
     sop_class: tuple[str, ...] = ()
     series_description: str | None = None
     calling_ae: tuple[str, ...] = ()
+    #: any DICOM keyword -> the value, or a list of values (any of); exact after stripping blanks
+    keywords: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    #: any DICOM keyword -> a Python regex, searched in the value
+    regex: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def validate(self, path: str) -> None:
-        if self.series_description is not None:
-            try:
-                re.compile(self.series_description)
-            except re.error as exc:
-                raise ConfigError(f"{path}.series_description: invalid regex: {exc}") from None
+        _check_regex(self.series_description, f"{path}.series_description")
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+        for section, names in (("keywords", self.keywords), ("regex", self.regex)):
+            for keyword in names:
+                tag = tag_for_keyword(keyword)
+                if tag is None:
+                    raise ConfigError(f"{path}.{section}.{keyword}: not a DICOM keyword (e.g. BodyPartExamined, "
+                                      "StudyDescription, Manufacturer, ProtocolName)")
+                if dictionary_VR(tag) == "SQ":
+                    raise ConfigError(f"{path}.{section}.{keyword}: a sequence; only plain values can be matched")
+        for keyword, pattern in self.regex.items():
+            _check_regex(pattern, f"{path}.regex.{keyword}")
+
+
+def _check_regex(value: str | None, path: str) -> None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ConfigError(f"{path}: invalid regex: {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesRequirement:
+    """One series a route needs (``routes[].requires``): all given criteria hold for the series,
+    a list means any of; ``min_series`` such series must be there (and complete)."""
+
+    name: str
+    modality: tuple[str, ...] = ()
+    sop_class: tuple[str, ...] = ()
+    series_description: str | None = None
+    scanning_sequence: tuple[str, ...] = ()
+    sequence_variant: tuple[str, ...] = ()
+    sequence_name: str | None = None
+    min_series: int = 1
+
+    def validate(self, path: str) -> None:
+        if not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
+            raise ConfigError(f"{path}.name: {self.name!r} must be a name of letters, digits, '_', '.', '-'")
+        _check_regex(self.series_description, f"{path}.series_description")
+        _check_regex(self.sequence_name, f"{path}.sequence_name")
+        if self.min_series < 1:
+            raise ConfigError(f"{path}.min_series: must be >= 1, got {self.min_series}")
+        if not (self.modality or self.sop_class or self.series_description is not None or self.scanning_sequence
+                or self.sequence_variant or self.sequence_name is not None):
+            raise ConfigError(f"{path}: give at least one of modality, sop_class, series_description, "
+                              "scanning_sequence, sequence_variant, sequence_name")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +414,26 @@ class Route:
     destinations: tuple[str, ...] = ()
     name: str | None = None
     quiet_seconds: float | None = None
+    #: jobs of a route with a higher priority are claimed first (e.g. 10 for urgent, 0 routine)
+    priority: int = 0
+    requires: tuple[SeriesRequirement, ...] = ()
+    max_wait_seconds: float | None = None
+    incomplete: Literal["proceed", "wait", "give_up"] = "proceed"
+
+    def validate(self, path: str) -> None:
+        if self.quiet_seconds is not None and self.quiet_seconds < 0:
+            raise ConfigError(f"{path}.quiet_seconds: must be >= 0, got {self.quiet_seconds}")
+        names = [r.name for r in self.requires]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ConfigError(f"{path}.requires[{i}].name: {name!r} is given twice")
+        if self.max_wait_seconds is not None and not self.max_wait_seconds > 0:
+            raise ConfigError(f"{path}.max_wait_seconds: must be > 0, got {self.max_wait_seconds}")
+        if self.incomplete != "proceed" and not self.requires:
+            raise ConfigError(f"{path}.incomplete: {self.incomplete!r} needs requires (the series the route waits for)")
+        if self.incomplete != "proceed" and self.max_wait_seconds is None:
+            raise ConfigError(f"{path}.max_wait_seconds: required with incomplete: {self.incomplete} "
+                              "(how long the study may wait for the missing series)")
 
 
 _RAY_ADDRESS_RE = re.compile(r"^(?:ray://)?(?P<host>[A-Za-z0-9_.:\[\]-]+):(?P<port>[0-9]{1,5})$")
@@ -422,6 +558,8 @@ class NodeConfig:
     dispatch: DispatchSection = DispatchSection()
     retention: RetentionSection = RetentionSection()
     api: ApiSection = ApiSection()
+    console: ConsoleSection = ConsoleSection()
+    notifications: NotificationsSection = NotificationsSection()
     executor: LocalExecutorSection | RayExecutorSection = LocalExecutorSection(type="local")
     destinations: Mapping[str, DimseDestination | DicomwebDestination] = dataclasses.field(default_factory=dict)
     sources: Mapping[str, DimseSource | DicomwebSource] = dataclasses.field(default_factory=dict)

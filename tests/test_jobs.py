@@ -118,6 +118,27 @@ def test_interrupted_running_job_is_requeued_and_rerun_from_empty_results(tmp_pa
     assert conns.get().execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 2
 
 
+def test_a_job_that_cannot_be_marked_done_leaves_no_result_or_delivery_behind(tmp_path, conns):
+    """complete() is one transaction: results, deliveries and state 'done' commit together or not at all.
+    (In autocommit mode ``with conn:`` committed each statement: the dispatcher sent the results of a run
+    whose job was still 'running'; after kill -9 the job ran again and new SRs went out as well.)"""
+    view, queue, runner = _runner(tmp_path, conns, {})
+    job_id = _enqueue(conns, view.study_instance_uid)
+    conn = conns.get()
+    # the last statement of complete() fails, as a kill -9 just before it would leave it undone
+    conn.execute("CREATE TRIGGER refuse_done BEFORE UPDATE OF state ON jobs WHEN NEW.state='done'"
+                 " BEGIN SELECT RAISE(ABORT, 'refused by test'); END")
+    job = queue.claim()
+    assert runner.run_job(job) == "failed"  # the error is recorded as the job's failure
+    assert conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
+    conn.execute("DROP TRIGGER refuse_done")
+    conn.execute("UPDATE jobs SET state='running' WHERE id=?", (job_id,))
+    assert queue.requeue_interrupted() == (1, 0)
+    assert runner.run_job(queue.claim()) == "done"
+    assert conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 2  # the re-run's only
+
+
 def test_completion_waits_for_quiet_then_enqueues_each_route_once_and_rearms_after_restart_with_fresh_quiet(tmp_path, conns):
     files = write_ct_study(tmp_path / "study", 2)
     view = StudyView.from_files(files)

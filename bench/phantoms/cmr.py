@@ -68,7 +68,7 @@ class EvalSpec:
     transmural: bool | None = None
     intensity: str | None = None  # "12bit" | "0-1000" | "vendor" (one for all series when given)
     coil_shading: float | None = None  # max/min ratio of the coil field over the chest (1 = none)
-    matrix: int | None = None  # LGE matrix (rows; other series drawn around it)
+    matrix: int | None = None  # rows of every series (drawn per series when None; columns drawn)
     slices: int | None = None  # slices in the stack (6-16)
     misregistration_mm: float | None = None  # max in-plane heart shift of bSSFP / T2w per slice
     vendor: str | None = None  # key of VENDORS
@@ -319,10 +319,13 @@ def _draw(rng: np.random.Generator, spec: EvalSpec) -> dict:
                 mis=spec.misregistration_mm if spec.misregistration_mm is not None else float(rng.uniform(1.0, 7.0)))
 
 
-def _series_grid(rng: np.random.Generator, key: str, lge_matrix: int) -> tuple[int, int, float, float]:
-    """(rows, cols, row spacing, col spacing) of one series; FOV 300-400 mm."""
+def _series_grid(rng: np.random.Generator, key: str, lge_matrix: int,
+                 fixed_rows: bool = False) -> tuple[int, int, float, float]:
+    """(rows, cols, row spacing, col spacing) of one series; FOV 300-400 mm; ``fixed_rows``: every
+    series gets the LGE's rows (drawn all the same, so the other draws do not change)."""
     fov = rng.uniform(300, 400)
     rows = lge_matrix if key == "lge" else int(rng.choice([128, 144, 160, 192, 208, 224, 256, 288]))
+    rows = lge_matrix if fixed_rows else rows
     cols = rows if rng.uniform() < 0.6 else int(round(rows * rng.uniform(1.0, 1.33) / 8) * 8)
     px = fov / max(rows, cols)
     return rows, cols, px, px
@@ -415,7 +418,7 @@ def make_study(seed: int, spec: EvalSpec = EvalSpec()) -> EvalStudy:
     lge_rows, lge_cols, lge_px, _ = _series_grid(rng, "lge", d["lge_matrix"])
     grids = {"lge": (lge_rows, lge_cols, lge_px)}
     for key in ("bssfp", "t2"):
-        r_, c_, p_, _ = _series_grid(rng, key, d["lge_matrix"])
+        r_, c_, p_, _ = _series_grid(rng, key, d["lge_matrix"], fixed_rows=spec.matrix is not None)
         grids[key] = (r_, c_, p_)
     stack_centre = heart_centre + rng.uniform(-25, 25) * r_dir + rng.uniform(-25, 25) * c_dir
 

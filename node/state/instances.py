@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from pipelines.base import InstanceRef, SeriesView, StudyView
 
+from ..completeness import HeaderFacts
 from .connection import transaction
 
 __all__ = ["InstanceIndex", "StudySummary"]
@@ -28,7 +29,7 @@ __all__ = ["InstanceIndex", "StudySummary"]
 _COLUMNS = (
     "sop_instance_uid", "study_instance_uid", "series_instance_uid", "sop_class_uid", "modality",
     "series_description", "series_number", "instance_number", "transfer_syntax_uid", "path", "size",
-    "calling_ae", "source", "received_at",
+    "calling_ae", "source", "received_at", "header",
 )
 
 
@@ -129,6 +130,7 @@ class InstanceIndex:
             "calling_ae": instance.calling_ae or "",
             "source": getattr(instance, "source", "") or "",
             "received_at": float(instance.received_at),
+            "header": extra.get("facts", getattr(instance, "facts", None)),
         }
         with transaction(self.conn) as conn:
             old = conn.execute("SELECT path FROM instances WHERE sop_instance_uid=?",
@@ -162,8 +164,23 @@ class InstanceIndex:
             (study_uid,),
         ).fetchall()
 
+    def study_headers(self, study_uid: str) -> list[HeaderFacts]:
+        """What completeness judges the study's series by: one :class:`HeaderFacts` per instance."""
+        return [HeaderFacts.from_index(r) for r in self.conn.execute(
+            "SELECT series_instance_uid, sop_class_uid, modality, series_description, instance_number, header"
+            " FROM instances WHERE study_instance_uid=? ORDER BY series_instance_uid, instance_number", (study_uid,))]
+
     def get(self, sop_instance_uid: str) -> sqlite3.Row | None:
         return self.conn.execute("SELECT * FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)).fetchone()
+
+    def series_summary(self, study_uid: str) -> list[dict[str, Any]]:
+        """Per series of a study: modality, description, instance count, calling AEs and SOP classes
+        (comma-separated) -- the console's study page and its route explanations."""
+        return [dict(r) for r in self.conn.execute(
+            "SELECT series_instance_uid AS series_uid, MAX(modality) AS modality, MAX(series_description)"
+            " AS description, COUNT(*) AS instances, GROUP_CONCAT(DISTINCT calling_ae) AS calling_aes,"
+            " GROUP_CONCAT(DISTINCT sop_class_uid) AS sop_classes FROM instances WHERE study_instance_uid=?"
+            " GROUP BY series_instance_uid ORDER BY MIN(series_number), series_instance_uid", (study_uid,))]
 
     def study_view(self, study_uid: str) -> StudyView:
         """The study as pipelines see it: series sorted by SeriesNumber (then UID), instances by

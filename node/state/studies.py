@@ -12,12 +12,15 @@ import json
 import sqlite3
 from typing import Any, Callable, Iterable
 
+from .connection import transaction
+
 __all__ = ["STUDY_STATES", "Studies"]
 
 #: A study's state as users see it, in the order of its life.
 STUDY_STATES = (
-    "waiting",     # receiving: the quiet period has not passed
+    "waiting",     # receiving: the quiet period has not passed (or a route waits for a missing series)
     "unmatched",   # complete, no route matched: stored, nothing to run
+    "incomplete",  # every matching route gave up waiting for a series it needs (routes[].incomplete: give_up)
     "processing",  # a job of the current generation is queued or running (retries included)
     "sending",     # every job done, results waiting to be delivered (retries included)
     "processed",   # every job done and every result delivered
@@ -29,6 +32,8 @@ _DELIVERY = f"SELECT 1 FROM deliveries d JOIN jobs j ON d.job_id = j.id WHERE {_
 #: SQL for the derived state of the ``pending_studies`` row ``p`` (see :data:`STUDY_STATES`).
 _DERIVED_STATE = (
     "CASE WHEN p.state != 'processed' THEN p.state"
+    f" WHEN p.incomplete IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobs j WHERE {_SAME_GENERATION})"
+    " THEN 'incomplete'"
     f" WHEN EXISTS (SELECT 1 FROM jobs j WHERE {_SAME_GENERATION} AND j.state = 'failed') THEN 'failed'"
     f" WHEN EXISTS (SELECT 1 FROM jobs j WHERE {_SAME_GENERATION} AND j.state IN ('queued', 'running'))"
     " THEN 'processing'"
@@ -106,12 +111,22 @@ class Studies:
         self._conn().executemany("UPDATE pending_studies SET due_at=? WHERE study_uid=?",
                                  [(t, uid) for uid, t in due])
 
-    def mark_routed(self, study_uid: str, state: str, now: float, routes: list[str]) -> None:
-        """Completion's decision: ``processed`` (jobs queued for ``routes``) or ``unmatched``."""
+    def mark_routed(self, study_uid: str, state: str, now: float, routes: list[str],
+                    incomplete: dict[str, list[str]] | None = None) -> None:
+        """Completion's decision: ``processed`` (jobs queued for ``routes``; ``incomplete``: routes given
+        up and the requirements they missed) or ``unmatched``."""
         self._conn().execute(
-            "UPDATE pending_studies SET state=?, processed_at=?, due_at=NULL, routes=? WHERE study_uid=?",
-            (state, now, json.dumps(routes), study_uid),
+            "UPDATE pending_studies SET state=?, processed_at=?, due_at=NULL, routes=?, incomplete=?"
+            " WHERE study_uid=?",
+            (state, now, json.dumps(routes), json.dumps(incomplete) if incomplete else None, study_uid),
         )
+
+    def defer(self, study_uid: str, received: int, until: float) -> None:
+        """A waiting study waits for a missing series until ``until`` (unless an instance arrived
+        since completion looked at it: ``received`` no longer matches, and its own due time holds)."""
+        self._conn().execute(
+            "UPDATE pending_studies SET due_at=MAX(due_at, ?) WHERE study_uid=? AND state='waiting' AND received=?",
+            (until, study_uid, received))
 
     # ------------------------------------------------------------------ retention
     def delivered(self) -> list[str]:
@@ -172,3 +187,33 @@ class Studies:
         """Completion's own states (waiting/processed/unmatched)."""
         return {r["state"]: r["n"] for r in self._conn().execute(
             "SELECT state, COUNT(*) AS n FROM pending_studies GROUP BY state")}
+
+    # ------------------------------------------------------------------ console
+    def make_due_now(self, study_uid: str, now: float) -> str | None:
+        """Force completion: a waiting study's quiet period ends ``now`` (the caller then fires completion);
+        None, else why not."""
+        with transaction(self._conn()) as conn:
+            row = conn.execute("SELECT state FROM pending_studies WHERE study_uid=?", (study_uid,)).fetchone()
+            if row is None:
+                return "not found"
+            if row["state"] != "waiting":
+                return f"state is {row['state']} (only a waiting study can be completed now)"
+            conn.execute("UPDATE pending_studies SET due_at=? WHERE study_uid=? AND state='waiting'", (now, study_uid))
+        return None
+
+    def reopen_now(self, study_uid: str, now: float) -> tuple[str | None, int]:
+        """Reprocess: a completed study becomes waiting as the next generation, due ``now`` (the caller fires
+        completion, which routes it again and queues new jobs). Returns (why not | None, new generation)."""
+        with transaction(self._conn()) as conn:
+            row = conn.execute("SELECT state, generation FROM pending_studies WHERE study_uid=?",
+                               (study_uid,)).fetchone()
+            if row is None:
+                return "not found", 0
+            if row["state"] == "waiting":
+                return "the study is still waiting for its quiet period (use complete now)", int(row["generation"])
+            if conn.execute("SELECT 1 FROM instances WHERE study_instance_uid=? LIMIT 1",
+                            (study_uid,)).fetchone() is None:
+                return "no instances of the study left in the spool (removed per retention)", int(row["generation"])
+            conn.execute("UPDATE pending_studies SET state='waiting', generation=generation+1, due_at=?"
+                         " WHERE study_uid=?", (now, study_uid))
+        return None, int(row["generation"]) + 1

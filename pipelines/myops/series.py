@@ -154,8 +154,12 @@ def score(series: SeriesView, seq: str, patterns: Sequence[str]) -> float:
     return s
 
 
-def identify_series(study: StudyView, patterns: Mapping[str, Sequence[str]]) -> dict[str, SeriesView]:
-    """One series per sequence (``lge``, ``t2``, ``bssfp``), assigned one-to-one by evidence."""
+def identify_series(study: StudyView, patterns: Mapping[str, Sequence[str]], *,
+                    allow_missing: bool = False) -> dict[str, SeriesView]:
+    """One series per sequence (``lge``, ``t2``, ``bssfp``), assigned one-to-one by evidence.
+
+    ``allow_missing``: return what was found when at least one sequence is there (the caller reports
+    the missing ones); with none, or without it, a missing sequence raises."""
     candidates = [s for s in study.series if s.modality.upper() == "MR"]
     scores = {seq: {s.series_instance_uid: score(s, seq, patterns[seq]) for s in candidates} for seq in _SEQUENCES}
     best: tuple | None = None
@@ -172,7 +176,7 @@ def identify_series(study: StudyView, patterns: Mapping[str, Sequence[str]]) -> 
             best = (key, combo)
     chosen = {seq: c for seq, c in zip(_SEQUENCES, best[1]) if c is not None} if best else {}
     missing = [seq for seq in _SEQUENCES if seq not in chosen]
-    if missing:
+    if missing and not (allow_missing and chosen):
         found = "; ".join(
             f"#{s.series_number if s.series_number is not None else '?'} '{series_text(s)}' ({len(s)} images; "
             f"{(evidence(s).describe() if evidence(s) else 'unreadable header')})" for s in candidates) or "no MR series"
