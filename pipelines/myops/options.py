@@ -4,7 +4,10 @@ Keys (all optional):
 
 - ``model``: model name in the model store (default ``myops-unet``).
 - ``series``: ``{lge|t2|bssfp: [regex, ...]}`` patterns searched case-insensitively in
-  SeriesDescription / ProtocolName / SequenceName; replace the defaults per sequence.
+  SeriesDescription / ProtocolName / SequenceName (underscores also read as spaces); replace the
+  defaults per sequence.  They are one kind of evidence: :mod:`.series` also reads the standard
+  sequence attributes (ScanningSequence, SequenceVariant, TE / TR / TI), so anonymised or unusual
+  names still work.
 - ``registration``: true/false (default true); ``deformable``: true/false (default false).
 - ``series_number_base``: first SeriesNumber of the outputs (default 900: SEG 900, SR 901, summary 902).
 - ``summary_image``: true/false, also send a Secondary Capture with the numbers (default true).
@@ -22,9 +25,10 @@ __all__ = ["DEFAULT_PATTERNS", "DEFAULT_RULES", "MyopsOptions", "OptionsError", 
 
 #: Default keyword patterns; word boundaries keep e.g. "DE" from matching inside "mode".
 DEFAULT_PATTERNS: dict[str, tuple[str, ...]] = {
-    "lge": (r"\bLGE\b", r"PSIR", r"\bDE\b", r"delayed", r"late.?gad", r"late.?enh"),
-    "t2": (r"\bT2", r"STIR", r"\bTSE\b"),
-    "bssfp": (r"cine", r"SSFP", r"TrueFISP", r"FIESTA", r"balanced"),
+    "lge": (r"\bLGE\b", r"PSIR", r"\bDE\b", r"\bMDE\b", r"delayed", r"late.?gad", r"late.?enh", r"viability",
+            r"\bIR.?TFE\b"),
+    "t2": (r"\bT2", r"STIR", r"\bTSE\b", r"\bFSE\b", r"black.?blood", r"\bDB\b", r"\bBB\b"),
+    "bssfp": (r"cine", r"SSFP", r"TrueFISP", r"\btrufi\b", r"FIESTA", r"balanced", r"\bs?B.?TFE\b"),
 }
 
 

@@ -1,10 +1,11 @@
 """The ``myops`` pipeline: cardiac MR (bSSFP + LGE + T2w) -> SEG on LGE + SR (TID 1500) + summary image.
 
-1. Pick the three series by keyword rules (:mod:`.options`); a missing one is a recorded input error,
-   unless the model's ``input_domain`` bounds the sequences: then the result is "not assessable".
-   The series are checked against ``input_domain`` (:mod:`pipelines.qc`), and after inference the
-   model's low-confidence foreground and the myocardial volume against ``output_domain``; outside
-   either the SR and summary image say "not assessable" with the reason, without figures or SEG.
+1. Pick the three series by naming and sequence attributes (:mod:`.series`); a missing one is a
+   recorded input error, unless the model's ``input_domain`` bounds the sequences: then the result
+   is "not assessable".  The series are checked against ``input_domain`` (:mod:`pipelines.qc`), and
+   after inference the model's low-confidence foreground and the myocardial volume against
+   ``output_domain``; outside either the SR and summary image say "not assessable" with the reason,
+   without figures or SEG.
 2. Shared preprocessing (:mod:`.preprocess`): slice correspondence, 1 mm grid in the LGE planes,
    normalisation; first-pass prediction on the unregistered grid gives the myocardial prior
    (:mod:`.inference`); slice-wise affine registration onto LGE guided by it; 128 x 128 ROI.
@@ -15,14 +16,13 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
 import numpy as np
 
 from pipelines.base import ModelInfo, PipelineContext, PipelineInputError, PipelineResult, StudyView
-from pipelines.imaging import Volume, load_volume, match_series
+from pipelines.imaging import Volume, load_volume
 from pipelines.outputs import (
     AlgorithmIdentity,
     MeasurementGroupSpec,
@@ -45,6 +45,7 @@ from .inference import first_pass_prior, model_input, probabilities_to_anchor
 from .options import MyopsOptions
 from .preprocess import CHANNELS, PreprocessConfig, PreprocessError
 from .registration import RegistrationConfig
+from .series import identify_series
 
 __all__ = ["MyopsPipeline", "SEGMENTS", "measure"]
 
@@ -161,12 +162,8 @@ class MyopsPipeline:
     def _series(study: StudyView, opts: MyopsOptions, lenient: bool) -> dict:
         """The three series; with ``lenient`` (the model's input_domain bounds the sequences) a missing
         one is left for the sequence check to report as not assessable, as long as some MR series of
-        the rules is there (else the usual input error, naming what the study holds)."""
-        if not lenient:
-            return match_series(study, opts.rules, modalities=("MR",))
-        optional = {k: dataclasses.replace(r, optional=True) for k, r in opts.rules.items()}
-        found = match_series(study, optional, modalities=("MR",))
-        return found or match_series(study, opts.rules, modalities=("MR",))
+        a sequence is there (else the usual input error, naming what the study holds)."""
+        return identify_series(study, opts.patterns, allow_missing=lenient)
 
     def _not_assessable(self, vols: dict[str, Volume], alg: AlgorithmIdentity, opts: MyopsOptions, issues,
                         notes, models: list[ModelInfo], t0: float) -> PipelineResult:
@@ -218,6 +215,8 @@ class MyopsPipeline:
         return PreprocessConfig(
             grid_size=int(pre.get("grid_size", 224)), grid_spacing_mm=float(pre.get("grid_spacing_mm", 1.0)),
             roi_size=roi, registration=RegistrationConfig(enabled=opts.registration, deformable=opts.deformable),
+            percentiles=tuple(float(v) for v in pre.get("percentiles", (0.5, 99.5))),  # type: ignore[arg-type]
+            bias_order=int(pre.get("bias_order", 0)),
         )
 
     @staticmethod

@@ -12,8 +12,12 @@ Steps (the MyoPS380 card's pipeline; deviations are stated):
    is sampled (linear; labels nearest) on a 224 x 224, 1 mm grid lying in the *anchor* (LGE)
    slice plane, centred on the anchor image centre, using patient coordinates.  Prediction on this
    grid therefore maps straight back onto the LGE pixel grid.
-3. Intensities: each sequence's stack is mapped linearly to [0, 255] between its 0.5th and 99.5th
-   percentiles (clipped), robust to a few hot pixels; the card says "linear" without the range.
+3. Intensities: optional shading (bias) correction per slice (``bias_order`` > 0: a low-order
+   polynomial fitted robustly to the log signal of the body pixels, divided out, so coil shading and
+   slice-to-slice gain differences go), then each sequence's stack is mapped linearly to [0, 255]
+   between its 0.5th and 99.5th percentiles (clipped): invariant to the stored-value scale (12-bit,
+   0-1000, a vendor's RescaleSlope) and robust to a few hot pixels; the card says "linear" without the
+   range.  Models whose manifest has no ``bias_order`` were trained without the correction and get none.
 4. Slice-wise 2D affine registration of bSSFP and T2w onto LGE guided by the myocardial prior
    (see :mod:`.registration`); optional B-spline refinement.
 5. ROI crop 128 x 128 centred on the centroid of the myocardial prior over all slices.
@@ -35,7 +39,8 @@ from pipelines.imaging.geometry import index_to_patient, patient_to_index
 from .registration import RegistrationConfig, SliceTransform, register_stack
 
 __all__ = ["PreprocessConfig", "SliceMatch", "GridStack", "match_slices", "build_grid_stack", "normalise",
-           "roi_origin", "register_and_crop", "ModelInput", "CHANNELS", "PreprocessError"]
+           "roi_origin", "register_and_crop", "ModelInput", "CHANNELS", "PreprocessError", "shading_field",
+           "correct_shading"]
 
 #: Input channel order of the network.
 CHANNELS = ("bssfp", "lge", "t2")
@@ -54,6 +59,7 @@ class PreprocessConfig:
     channels: tuple[str, ...] = CHANNELS
     max_slice_distance_mm: float | None = None
     percentiles: tuple[float, float] = (0.5, 99.5)
+    bias_order: int = 0  # polynomial order of the per-slice shading correction (0: none)
     registration: RegistrationConfig = RegistrationConfig()
 
     def to_dict(self) -> dict:
@@ -160,6 +166,45 @@ def normalise(stack: np.ndarray, percentiles: Sequence[float] = (0.5, 99.5)) -> 
     return np.clip((stack - lo) * (255.0 / (hi - lo)), 0.0, 255.0).astype(np.float32)
 
 
+def shading_field(image: np.ndarray, order: int = 2, iterations: int = 3) -> np.ndarray:
+    """Smooth multiplicative field (same shape as the 2D ``image``, mean 1 over the body) that explains
+    its large-scale brightness variation: a polynomial of ``order`` in (x, y) fitted by least squares
+    to log(signal) of the body pixels (above 15 % of the 98th percentile), refitted without the pixels
+    it explains worst (tissue contrast, vessels) so anatomy does not bend the field."""
+    img = np.asarray(image, dtype=np.float64)
+    ref = float(np.percentile(img, 98.0))
+    if order <= 0 or ref <= 0:
+        return np.ones_like(img, dtype=np.float32)
+    body = img > 0.15 * ref
+    if body.sum() < 50:
+        return np.ones_like(img, dtype=np.float32)
+    ny, nx = img.shape
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    x, y = (xx - (nx - 1) / 2.0) / (nx / 2.0), (yy - (ny - 1) / 2.0) / (ny / 2.0)
+    terms = [np.ones_like(x)] + [x ** i * y ** j for n in range(1, order + 1) for i in range(n + 1) for j in [n - i]]
+    basis = np.stack([t.ravel() for t in terms], axis=1)
+    logv = np.log(np.maximum(img, 1e-6 * ref)).ravel()
+    use = body.ravel().copy()
+    coef = np.zeros(basis.shape[1])
+    for _ in range(iterations):
+        coef, *_ = np.linalg.lstsq(basis[use], logv[use], rcond=None)
+        resid = logv - basis @ coef
+        spread = float(np.std(resid[use])) or 1.0
+        use = body.ravel() & (np.abs(resid) < 1.5 * spread)
+        if use.sum() < 50:
+            break
+    fit = (basis @ coef).reshape(ny, nx)
+    fit -= float(fit[body].mean())
+    return np.exp(fit).astype(np.float32)
+
+
+def correct_shading(stack: np.ndarray, order: int) -> np.ndarray:
+    """Every slice of a (n, G, G) stack divided by its :func:`shading_field` (order 0: unchanged)."""
+    if order <= 0:
+        return stack
+    return np.stack([sl / shading_field(sl, order) for sl in stack]).astype(np.float32)
+
+
 def build_grid_stack(volumes: Mapping[str, Volume], cfg: PreprocessConfig = PreprocessConfig()) -> GridStack:
     """Steps 1-3: slice correspondence, 1 mm sampling on the 224 grid, intensity normalisation."""
     missing = [c for c in cfg.channels if c not in volumes]
@@ -174,7 +219,7 @@ def build_grid_stack(volumes: Mapping[str, Volume], cfg: PreprocessConfig = Prep
         vol = volumes[seq]
         raw = np.stack([sample_on_grid(vol, int(k), points[i], order=1)
                         for i, k in enumerate(match.indices[seq])])
-        images[seq] = normalise(raw, cfg.percentiles)
+        images[seq] = normalise(correct_shading(raw, cfg.bias_order), cfg.percentiles)
     return GridStack(images=images, match=match, anchor=cfg.anchor, grid_points=points,
                      anchor_slices=anchor_slices, spacing_mm=cfg.grid_spacing_mm)
 

@@ -3,8 +3,8 @@
     python -m training.myops.domain --model pipelines/models/myops-unet   # re-calibrate, write manifest
 
 Input ranges (:data:`INPUT_DOMAIN`) are what :func:`training.myops.phantom.make_phantom` renders
-for training (:class:`training.myops.phantom.PhantomSpec`): bSSFP, LGE and T2w short-axis stacks,
-pixel spacing 0.89 mm (LGE, T2w) and 1.17 mm (bSSFP), slices 10, 12 and 8 mm.  The output scores
+for training with ``varied=True`` (generator 2.1, :func:`training.myops.phantom.varied_spec`): bSSFP,
+LGE and T2w short-axis stacks, pixel spacing 0.8-2.0 mm, slice thickness 6-14 mm.  The output scores
 (:mod:`pipelines.qc.scores`) are measured by running the pipeline (ONNX Runtime) on make_bundled's
 held-out phantoms (seeds from :data:`CALIBRATION_SEED0`): the accepted low-confidence fraction is at
 most twice the largest value seen there, the myocardial volume between half the smallest and
@@ -22,17 +22,17 @@ from pipelines.runtime.manifest import DomainRange
 
 __all__ = ["INPUT_DOMAIN", "calibrate_output_domain", "main"]
 
-_GEN = "training generator (training.myops.phantom.PhantomSpec)"
+_GEN = "training generator 2.1 (training.myops.phantom.varied_spec)"
 
 INPUT_DOMAIN: dict[str, DomainRange] = {
     "modality": DomainRange(one_of=("MR",), note="cardiac MR phantoms"),
     "sequences": DomainRange(one_of=("bssfp", "lge", "t2"), note="the model's three input channels; all needed"),
-    "pixel_spacing_mm": DomainRange(min=0.85, max=1.2, unit="mm", note=f"{_GEN}: 0.89 mm (LGE, T2w), 1.17 mm (bSSFP)"),
-    "slice_thickness_mm": DomainRange(min=8.0, max=12.0, unit="mm", note=f"{_GEN}: 8 (bSSFP), 10 (LGE), 12 mm (T2w)"),
+    "pixel_spacing_mm": DomainRange(min=0.8, max=2.0, unit="mm", note=f"{_GEN}: 0.8-2.0 mm per sequence"),
+    "slice_thickness_mm": DomainRange(min=6.0, max=14.0, unit="mm", note=f"{_GEN}: 6-14 mm per sequence"),
 }
 
 CALIBRATION_SEED0 = 5000  # make_bundled's held-out phantoms (TEST_SEED0)
-CALIBRATION_CASES = 8
+CALIBRATION_CASES = 6  # make_bundled's held-out cases (--test-cases)
 
 
 def calibrate_output_domain(model_dir: Path, cases: int = CALIBRATION_CASES, seed0: int = CALIBRATION_SEED0
@@ -53,7 +53,7 @@ def calibrate_output_domain(model_dir: Path, cases: int = CALIBRATION_CASES, see
     with tempfile.TemporaryDirectory(prefix="myops-domain-") as tmp:
         for i in range(cases):
             folder = Path(tmp) / str(i)
-            files = write_dicom_study(make_phantom(seed0 + i, with_scar=True), folder, seed=seed0 + i,
+            files = write_dicom_study(make_phantom(seed0 + i, with_scar=True, varied=True), folder, seed=seed0 + i,
                                       study=new_study(seed=seed0 + i))
             res = MyopsPipeline().run(StudyView.from_files(files),
                                       PipelineContext(options=options, models=store, work_dir=folder))

@@ -20,12 +20,19 @@ from scipy import ndimage
 from pipelines.imaging import Volume
 from pipelines.myops import labels as cls
 
-__all__ = ["PhantomCase", "PhantomSpec", "make_phantom", "SEQUENCE_PROTOCOLS", "ground_truth_figures"]
+__all__ = ["PhantomCase", "PhantomSpec", "make_phantom", "varied_spec", "SEQUENCE_PROTOCOLS", "ground_truth_figures",
+           "GENERATOR", "GENERATOR_VERSION"]
+
+GENERATOR = "training.myops.phantom"
+#: 2.1: ``varied=True`` also draws an RV free wall, papillary muscles and lungs, the RV touching the septum;
+#: 2.0: ``varied=True`` draws acquisition (scale, bias field, matrix, slices, misalignment, noise) and a
+#: wider pathology range per case; 1.0 was the fixed-acquisition generator of myops-unet 0.1.0.
+GENERATOR_VERSION = "2.1"
 
 # tissue ids used while rendering
-AIR, BODY, MYO, EDEMA, SCAR, LV, RV = range(7)
+AIR, BODY, MYO, EDEMA, SCAR, LV, RV, RV_WALL, PAPILLARY, LUNG = range(10)
 _TISSUE_TO_CLASS = np.array([cls.BACKGROUND, cls.BACKGROUND, cls.MYOCARDIUM, cls.EDEMA, cls.SCAR, cls.LV_POOL,
-                             cls.RV_POOL], dtype=np.uint8)
+                             cls.RV_POOL, cls.BACKGROUND, cls.LV_POOL, cls.BACKGROUND], dtype=np.uint8)
 
 #: mean signal per tissue (air, body, myocardium, edema, scar, LV blood, RV blood)
 CONTRAST = {
@@ -36,9 +43,13 @@ CONTRAST = {
 
 #: DICOM naming of each sequence when written as a study (matches the pipeline's default rules)
 SEQUENCE_PROTOCOLS = {
-    "bssfp": dict(series_description="SAX cine TrueFISP", protocol_name="sax_bssfp_cine", sequence_name="*tfi2d1"),
-    "lge": dict(series_description="SAX LGE PSIR", protocol_name="sax_lge_psir", sequence_name="*tfl2d1"),
-    "t2": dict(series_description="SAX T2 STIR", protocol_name="sax_t2_stir", sequence_name="*tse2d1"),
+    "bssfp": dict(series_description="SAX cine TrueFISP", protocol_name="sax_bssfp_cine", sequence_name="*tfi2d1",
+                  scanning_sequence="GR", attributes=dict(SequenceVariant=["SK", "SS"])),
+    "lge": dict(series_description="SAX LGE PSIR", protocol_name="sax_lge_psir", sequence_name="*tfl2d1",
+                scanning_sequence="GR\\IR", attributes=dict(SequenceVariant=["SP", "MP"], InversionTime="300")),
+    "t2": dict(series_description="SAX T2 STIR", protocol_name="sax_t2_stir", sequence_name="*tse2d1",
+               scanning_sequence="SE\\IR", attributes=dict(SequenceVariant="SK", EchoTime="60", RepetitionTime="1800",
+                                                             InversionTime="160", EchoTrainLength="16")),
 }
 
 
@@ -53,6 +64,29 @@ class PhantomSpec:
     max_rot_deg: float = 6.0
     max_scale: float = 0.04
     noise: float = 0.04  # gaussian noise as a fraction of the brightest tissue
+    gain: tuple[float, float] = (3.0, 6.0)  # stored value = signal x gain, per sequence
+    gain_log_uniform: bool = False  # draw the gain log-uniformly (wide ranges) instead of uniformly
+    bias: float = 0.15  # amplitude of the multiplicative bias (shading) field
+    bias_order: int = 1  # 1: the smooth cosine field of v1; 2: also a random quadratic log field
+    contrast_jitter: float = 0.15
+
+
+def varied_spec(rng: np.random.Generator) -> PhantomSpec:
+    """Acquisition drawn per case over the axes a real scanner varies: pixel size and matrix
+    (0.8-2.0 mm, 128-288), slice spacing 6-14 mm (about 6-16 slices over the LV), misalignment
+    up to 2-8 mm, stored-value scale over three decades, shading up to about 3.5x, noise 2-6 %."""
+    px, mat, dz = {}, {}, {}
+    for seq in ("bssfp", "lge", "t2"):
+        px[seq] = float(rng.uniform(0.8, 2.0))
+        fov = float(rng.uniform(220, 380))
+        mat[seq] = int(np.clip(round(fov / px[seq] / 8) * 8, 128, 288))
+        dz[seq] = float(rng.uniform(6.0, 14.0))
+    dz["lge"] = float(np.clip(dz["lge"], 6.0, 12.0))
+    lo = float(np.exp(rng.uniform(np.log(0.2), np.log(20.0))))
+    return PhantomSpec(pixel_mm=px, matrix=mat, slice_mm=dz, max_shift_mm=float(rng.uniform(2.0, 8.0)),
+                       max_rot_deg=float(rng.uniform(2.0, 8.0)), max_scale=float(rng.uniform(0.0, 0.06)),
+                       noise=float(rng.uniform(0.02, 0.06)), gain=(lo, lo * 3.0), gain_log_uniform=True, bias=float(rng.uniform(0.1, 0.6)),
+                       bias_order=2, contrast_jitter=0.3)
 
 
 @dataclasses.dataclass
@@ -76,13 +110,22 @@ def _rotation(rng: np.random.Generator, max_tilt_deg: float = 25.0) -> np.ndarra
     return rx @ ry @ rz
 
 
-def _anatomy(rng: np.random.Generator, with_scar: bool) -> dict:
+def _anatomy(rng: np.random.Generator, with_scar: bool, wide: bool = False) -> dict:
     length = rng.uniform(70, 90)
     scar_w = rng.uniform(35, 100)
     margin = rng.uniform(10, 30)
     scar_lo = rng.uniform(0.1, 0.45) * length
     scar_hi = scar_lo + rng.uniform(0.3, 0.5) * length
-    return dict(
+    if wide:  # burden from a few % to about half the myocardium, up to every slice
+        length = rng.uniform(65, 100)
+        scar_w = rng.uniform(15, 220)
+        margin = rng.uniform(5, 45)
+        if rng.uniform() < 0.35:
+            scar_lo, scar_hi = -20.0, length + 20.0
+        else:
+            scar_lo = rng.uniform(-0.1, 0.6) * length
+            scar_hi = scar_lo + rng.uniform(0.2, 0.9) * length
+    a = dict(
         length=length,
         r_endo=rng.uniform(20, 27),
         thick=rng.uniform(7, 11),
@@ -91,18 +134,32 @@ def _anatomy(rng: np.random.Generator, with_scar: bool) -> dict:
         theta0=np.deg2rad(rng.uniform(-180, 180)),
         scar_half=np.deg2rad(scar_w / 2),
         edema_half=np.deg2rad(scar_w / 2 + margin),
-        transmural=rng.uniform(0.35, 1.0),
+        transmural=rng.uniform(0.25, 1.0) if wide else rng.uniform(0.35, 1.0),
         scar_w=(scar_lo, scar_hi) if with_scar else (1.0, 0.0),
         edema_w=(scar_lo - 6.0, scar_hi + 6.0) if with_scar else (1.0, 0.0),
         body=(rng.uniform(120, 150), rng.uniform(95, 120), rng.uniform(-30, 30), rng.uniform(-20, 20)),
     )
+    if wide:  # generator 2.1: an RV free wall, papillary muscles, lungs, the RV touching the septum
+        a["rv_gap"] = float(rng.uniform(0.0, 3.0))
+        a["rv_wall"] = float(rng.uniform(1.5, 4.0)) if rng.uniform() < 0.8 else 0.0
+        a["papillary"] = [(a["theta0"] + np.deg2rad(rng.uniform(-180, 180)), float(rng.uniform(2.0, 4.5)))
+                          for _ in range(int(rng.integers(0, 3)))]
+        a["lungs"] = [(float(rng.uniform(-90, -55)), float(rng.uniform(-20, 20)), float(rng.uniform(25, 45)),
+                       float(rng.uniform(35, 60))),
+                      (float(rng.uniform(55, 90)), float(rng.uniform(-20, 20)), float(rng.uniform(25, 45)),
+                       float(rng.uniform(35, 60)))] if rng.uniform() < 0.6 else []
+    return a
+
 
 
 def _tissue(u: np.ndarray, v: np.ndarray, w: np.ndarray, a: dict) -> np.ndarray:
     """Tissue id at heart coordinates (u, v in-plane mm from the LV axis, w mm from base to apex)."""
     t = np.full(u.shape, AIR, dtype=np.uint8)
     bu, bv, bx, by = a["body"]
-    t[((u - bx) / bu) ** 2 + ((v - by) / bv) ** 2 <= 1.0] = BODY
+    body = ((u - bx) / bu) ** 2 + ((v - by) / bv) ** 2 <= 1.0
+    t[body] = BODY
+    for cx, cy, ax, ay in a.get("lungs", ()):
+        t[body & (((u - cx) / ax) ** 2 + ((v - cy) / ay) ** 2 <= 1.0)] = LUNG
     frac = np.clip(w / a["length"], 0.0, 1.0)
     inside = (w >= 0) & (w <= a["length"])
     r_endo = a["r_endo"] * np.sqrt(np.clip(1.0 - frac ** 2, 0.0, 1.0))
@@ -112,10 +169,18 @@ def _tissue(u: np.ndarray, v: np.ndarray, w: np.ndarray, a: dict) -> np.ndarray:
     ru = u - (a["r_endo"] + a["thick"]) * 0.9 * np.cos(a["rv_angle"])
     rv_ = v - (a["r_endo"] + a["thick"]) * 0.9 * np.sin(a["rv_angle"])
     rv_r = a["rv_radius"] * np.sqrt(np.clip(1.0 - (w / (0.8 * a["length"])) ** 2, 0.0, 1.0))
-    rv_mask = inside & (np.hypot(ru, rv_) < rv_r) & (r > r_epi + 3.0)
+    gap, wall = a.get("rv_gap", 3.0), a.get("rv_wall", 0.0)
+    rv_d = np.hypot(ru, rv_)
+    if wall > 0:  # free wall only: along the septum the LV myocardium is the wall
+        t[inside & (rv_d < rv_r + wall) & (rv_d >= rv_r) & (r > r_epi + gap + wall)] = RV_WALL
+    rv_mask = inside & (rv_d < rv_r) & (r > r_epi + gap)
     t[rv_mask] = RV
     myo = inside & (r >= r_endo) & (r < r_epi)
     t[inside & (r < r_endo)] = LV
+    for ang, rad in a.get("papillary", ()):
+        pu, pv = u - 0.55 * r_endo * np.cos(ang), v - 0.55 * r_endo * np.sin(ang)
+        t[inside & (r < r_endo) & (np.hypot(pu, pv) < rad) & (w > 0.2 * a["length"]) & (w < 0.75 * a["length"])] = \
+            PAPILLARY
     t[myo] = MYO
     dtheta = np.angle(np.exp(1j * (np.arctan2(v, u) - a["theta0"])))
     ew0, ew1 = a["edema_w"]
@@ -138,13 +203,18 @@ def _affine2d(rng: np.random.Generator, spec: PhantomSpec) -> np.ndarray:
     return out
 
 
-def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec(), *, with_scar: bool | None = None,
-                 misalign: bool = True) -> PhantomCase:
-    """Render one phantom case; the same ``seed`` gives the same case."""
+def make_phantom(seed: int, spec: PhantomSpec | None = None, *, with_scar: bool | None = None,
+                 misalign: bool = True, varied: bool = False) -> PhantomCase:
+    """Render one phantom case; the same ``seed`` (and ``varied``) gives the same case.
+
+    ``varied=True`` (generator 2.0) draws the acquisition with :func:`varied_spec` (unless ``spec`` is
+    given) and a wider pathology range; the default is the fixed acquisition of generator 1.0."""
     rng = np.random.default_rng(seed)
+    if spec is None:
+        spec = varied_spec(np.random.default_rng([seed, 2])) if varied else PhantomSpec()
     if with_scar is None:
         with_scar = rng.uniform() > 0.1
-    a = _anatomy(rng, with_scar)
+    a = _anatomy(rng, with_scar, wide=varied)
     frame = _rotation(rng)
     row, col, normal = frame[:, 0], frame[:, 1], frame[:, 2]
     centre = np.array([rng.uniform(-20, 20), rng.uniform(-20, 20), rng.uniform(-20, 20)])
@@ -158,8 +228,12 @@ def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec(), *, with_scar: boo
         fov_shift = rng.uniform(-12, 12, size=2)
         idx = (np.arange(n) - (n - 1) / 2.0) * px
         vv, uu = np.meshgrid(idx + fov_shift[1], idx + fov_shift[0], indexing="ij")  # (y, x)
-        contrast = np.asarray(CONTRAST[seq]) * rng.uniform(0.85, 1.15, size=7)
-        gain = rng.uniform(3.0, 6.0)
+        cj = spec.contrast_jitter
+        contrast = np.asarray(CONTRAST[seq]) * rng.uniform(1.0 - cj, 1.0 + cj, size=7)
+        contrast = np.concatenate([contrast, [contrast[MYO], contrast[MYO], 2.5 * contrast[AIR]]])  # rv wall, pap., lung
+        gain = (float(np.exp(rng.uniform(np.log(spec.gain[0]), np.log(spec.gain[1])))) if spec.gain_log_uniform
+                else float(rng.uniform(*spec.gain)))
+        quad = rng.normal(0, 1, size=5) if spec.bias_order >= 2 else None
         img = np.zeros((nz, n, n), dtype=np.float32)
         lab = np.zeros((nz, n, n), dtype=np.uint8)
         mis[seq] = []
@@ -171,7 +245,11 @@ def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec(), *, with_scar: boo
             sv = A[1, 0] * uu + A[1, 1] * vv + A[1, 2]
             t = _tissue(su, sv, w, a)
             base = contrast[t]
-            bias = 1.0 + 0.15 * np.cos(uu / 70.0 + k) * np.sin(vv / 90.0 + seed)
+            bias = 1.0 + spec.bias * np.cos(uu / 70.0 + k) * np.sin(vv / 90.0 + seed)
+            if quad is not None:  # coil-like shading: a random quadratic log field across the FOV
+                x, y = uu / 150.0, vv / 150.0
+                logf = quad[0] * x + quad[1] * y + 0.5 * (quad[2] * x * x + quad[3] * y * y + quad[4] * x * y)
+                bias = np.clip(bias, 0.2, None) * np.exp(spec.bias * logf)
             texture = ndimage.gaussian_filter(rng.normal(0, 1, size=uu.shape), 4.0) * 0.06 * contrast[BODY]
             sl = ndimage.gaussian_filter(base * bias + np.where(t == BODY, texture, 0.0), 0.7)
             sl = np.abs(sl + rng.normal(0, spec.noise * contrast.max(), size=sl.shape))
@@ -179,6 +257,8 @@ def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec(), *, with_scar: boo
             if seq == "lge":
                 lab[k] = _TISSUE_TO_CLASS[t]
         origin = centre + w0 * normal + (idx[0] + fov_shift[0]) * row + (idx[0] + fov_shift[1]) * col
+        if img.max() > 30000.0:  # stays within int16 when written as NIfTI
+            img *= 30000.0 / float(img.max())
         vol = Volume(array=np.rint(img).astype(np.float32), spacing=(dz, px, px),
                      origin=tuple(float(x) for x in origin), direction=frame.copy(), headers=[], refs=[])
         volumes[seq] = vol

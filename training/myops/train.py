@@ -57,6 +57,7 @@ class TrainConfig:
     jitter: int = 16
     lesion_weight: float = 4.0  # cross-entropy weight of the edema and scar classes (small, rare)
     log_every: int = 25
+    max_seconds: float | None = None  # wall-clock budget of the step loop: stop early (and say so) when spent
 
 
 def prepare_cases(dataset: MyoPSDataset, ids: Sequence[str], cfg: PreprocessConfig,
@@ -190,6 +191,11 @@ def train_model(train: Sequence[PreparedCase], num_classes: int, cfg: TrainConfi
 
     steps = range(start_epoch * per_epoch + 1, cfg.steps + 1)
     for step in progress(steps, len(steps), "train myops", run is not None and run.opts.progress):
+        if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
+            log.warning("training budget of %.0f s spent: stopped before step %d of %d", cfg.max_seconds, step,
+                        cfg.steps)
+            history.append({"step": step - 1, "stopped_early": True, "elapsed_s": round(time.perf_counter() - t0, 1)})
+            break
         xb, yb = sampler.batch()
         x, y = torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device)
         if run is not None:

@@ -336,11 +336,14 @@ def write_mr_series(
     scanning_sequence: str = "GR",
     seed: int | None = None,
     frame_of_reference_uid: str | None = None,
+    attributes: dict | None = None,
 ) -> list[Path]:
     """Write a (z, y, x) non-negative image as a single-frame MR series (unsigned 16-bit).
 
     The series of one study share ``study.frame_of_reference_uid`` (one MR
-    session) unless ``frame_of_reference_uid`` says otherwise.
+    session) unless ``frame_of_reference_uid`` says otherwise.  ``attributes``
+    (keyword -> value) override the sequence attributes written by default
+    (SequenceVariant, EchoTime, RepetitionTime, InversionTime, ...).
     """
     image = np.asarray(image)
     if image.min() < 0 or image.max() > 65535:
@@ -354,7 +357,7 @@ def write_mr_series(
             ProtocolName=protocol_name, SequenceName=sequence_name, ScanningSequence=scanning_sequence,
             SequenceVariant="NONE", ScanOptions="", MRAcquisitionType="2D", EchoTime="1.5",
             RepetitionTime="3.0", EchoTrainLength="1", MagneticFieldStrength="1.5",
-        ),
+        ) | dict(attributes or {}),
         signed=False, bits=16, rescale=None, frame_of_reference_uid=frame_of_reference_uid,
     )
 
