@@ -16,6 +16,7 @@ import datetime as dt
 import dataclasses
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +28,12 @@ from pipelines.myops.preprocess import PreprocessConfig
 from .dataset import MyoPSDataset
 from .labels import MYOPS2020
 from .phantom import make_phantom, write_myops_folder
-from .train import TrainConfig, prepare_cases, save_checkpoint, setup_logging, train_model
+from training.runs.logs import setup_logging
+
+from .checkpoint import save_checkpoint
+from .metrics import evaluate_cases
+from .prepare import prepare_cases
+from .train import TrainConfig, train_model
 
 log = logging.getLogger("cardionode.training.myops")
 
@@ -47,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
-    setup_logging(a.work)
+    setup_logging(a.work, sys.stdout)
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     train_ids = [f"case{i:04d}" for i in range(1, a.train_cases + 1)]
@@ -65,8 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = prepare_cases(ds, test_ids, pre, cache)
     cfg = TrainConfig(steps=a.steps, batch=a.batch, base=a.base, depth=a.depth, seed=0, lr=3e-3)
     model, history = train_model(train, MYOPS2020.num_classes, cfg, pre.roi_size)
-    from .evaluate import evaluate_cases
-
     metrics = evaluate_cases(model, test)
     log.info("held-out phantom Dice: %s", json.dumps(metrics))
     trained_on = (f"synthetic phantoms: {a.train_cases} CMR phantoms (training.myops.phantom seeds "
