@@ -37,16 +37,11 @@ def save_checkpoint(path: Path, model, *, labels: LabelConvention, preprocess: P
 
 def load_checkpoint(path: Path):
     """(model in eval mode, checkpoint dict) from a run folder (its best.pt) or a checkpoint file."""
-    import torch
+    from training.runs.checkpoint import read_checkpoint
 
     from .model import UNet2D
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (give a run folder or its best.pt / last.pt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(path)
     model = UNet2D(**ckpt["model_config"])
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
