@@ -103,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep = export_checkpoint(ckpt, args.out, version=VERSION, trained_on="synthetic phantoms", synthetic=True,
                             metrics=metrics, notes=notes)
     print(rep.summary())
+    from export.domains import write_domains
+
+    from .domain import CALIBRATION_SEEDS, INPUT_DOMAIN, calibrate_output_domain
+    output_domain, _ = calibrate_output_domain(rep.directory, parse_seeds(CALIBRATION_SEEDS))
+    write_domains(rep.directory, input_domain=INPUT_DOMAIN, output_domain=output_domain)
     print(json.dumps({k: report[k] for k in ("dice", "lesion_sensitivity", "lesion_precision", "agatston_icc_2_1",
                                               "agatston_icc_2_1_all_classes", "risk_kappa")}, indent=2))
     print(f"total {time.time() - t0:.0f} s; work dir {work}")
