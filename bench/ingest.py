@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from tests.support import synth  # noqa: E402
+from tests.fixtures.studies import write_ct_study  # noqa: E402
 from tests.support.node_proc import NodeProcess  # noqa: E402
 from tests.support.peers import StoreSCP, free_port, require_binary  # noqa: E402
 
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     work.mkdir(parents=True, exist_ok=True)
-    files = synth.ct_series(work / "study", args.slices, args.size)
+    files = write_ct_study(work / "study", args.slices, size=args.size)
     total = sum(p.stat().st_size for p in files)
     mb = total / 1e6
     print(f"study: {len(files)} CT slices {args.size}x{args.size}, {mb:.1f} MB; work dir {work} "

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.calcium_fixtures import make_coca_folder
+from tests.support.calcium import make_coca_folder
 from training.calcium.coca import CocaDataset, CocaError, read_split_csv
 from training.calcium.stats import table1
 from training.calcium.yolo import convert

@@ -10,14 +10,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.config import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.calcium.labels import CLASSES
 from pipelines.calcium.outputs import score_concept
 from pipelines.calcium.pipeline import CalciumPipeline
-from pipelines.runtime import ModelStore, bundled_models_dir
 from tests.support.peers import dciodvfy_errors
-from tests.calcium_fixtures import phantom_ct_study
+from tests.support.calcium import phantom_ct_study
 from tests.support.sr_content import groups, structure_problems, walk
 
 #: smallest pairwise CIELAB Delta E (1976) between two calcium segment colours
@@ -40,10 +38,9 @@ def test_coronary_score_concept_only_for_coronary_classes():
 
 
 @pytest.mark.parametrize("classes", [(), (8,), (6, 8)], ids=["no-calcium", "one-class", "two-classes"])
-def test_zero_one_two_classes(tmp_path, classes):
+def test_zero_one_two_classes(tmp_path, classes, bundled_models):
     files, _ = phantom_ct_study(tmp_path / "ct", classes=classes)
-    store = ModelStore([bundled_models_dir()], ModelsSection(providers=("cpu",), warmup=False))
-    res = CalciumPipeline().run(StudyView.from_files(files), PipelineContext(options={}, models=store,
+    res = CalciumPipeline().run(StudyView.from_files(files), PipelineContext(options={}, models=bundled_models,
                                                                              work_dir=tmp_path))
     found = {k for k, v in res.summary["per_class"].items() if v["lesions"]}
     assert found == {c.key for c in CLASSES if c.value in classes}  # the model finds what the phantom has

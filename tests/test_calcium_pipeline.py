@@ -7,7 +7,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.config import ModelsSection
 from pipelines.base import PipelineContext, PipelineInputError, StudyView
 from pipelines.calcium.labels import CLASS_BY_VALUE, CLASSES
 from pipelines.calcium.options import CalciumOptions, OptionsError
@@ -15,9 +14,9 @@ from pipelines.calcium.outputs import score_concept
 from pipelines.calcium.pipeline import CalciumPipeline
 from pipelines.calcium.preprocess import PreprocessConfig, prepare_slices
 from pipelines.imaging import load_volume
-from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime import bundled_models_dir
 from tests.support.peers import dciodvfy_errors
-from tests.calcium_fixtures import phantom_ct_study, sr_groups
+from tests.support.calcium import phantom_ct_study, sr_groups
 from tests.support.sr_content import groups as sr_content_groups
 from tests.support.sr_content import structure_problems
 from training.calcium.data import slices_from_volume
@@ -102,12 +101,11 @@ def test_series_choice_and_clear_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def run_result(tmp_path_factory):
+def run_result(tmp_path_factory, bundled_models):
     assert HAS_MODEL, "bundled calcium-unet2d missing (python -m training.calcium.make_bundled --out pipelines/models)"
     tmp = tmp_path_factory.mktemp("calcium-run")
     files, ph = phantom_ct_study(tmp / "ct")
-    store = ModelStore([bundled_models_dir()], ModelsSection(providers=("cpu",), warmup=False))
-    ctx = PipelineContext(options={}, models=store, work_dir=tmp)
+    ctx = PipelineContext(options={}, models=bundled_models, work_dir=tmp)
     result = CalciumPipeline().run(StudyView.from_files(files), ctx)
     return tmp, files, ph, result
 

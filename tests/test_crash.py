@@ -22,10 +22,6 @@ from tests.fixtures.studies import write_ct_study
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _srs(scp):
-    return [ds for ds in scp.received() if ds.Modality == "SR"]
-
-
 def _dest(scp):
     return {"pacs": {"type": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": scp.port}}
 
@@ -88,9 +84,9 @@ def test_kill9_during_transfer_keeps_every_acknowledged_instance_and_processes_o
             node.start()
             # every instance that got a success status is in the spool after the restart
             assert set(acked) <= _spooled_uids(node.storage, study_uid)
-            assert wait_for(lambda: len(_srs(scp)) == 1, 30)
+            assert wait_for(lambda: len(scp.received(modality="SR")) == 1, 30)
             time.sleep(4)  # > quiet period: a second processing would show by now
-            srs = _srs(scp)
+            srs = scp.received(modality="SR")
             assert len(srs) == 1
             saw = int(re.search(r"saw (\d+) instances", str(srs[0].ContentSequence[0].TextValue)).group(1))
             assert saw >= len(acked)
@@ -115,10 +111,8 @@ def test_kill9_under_4_concurrent_senders_keeps_every_acknowledged_instance_byte
     """Whether concurrent associations fsync alone or share the fsyncs (node.group_commit), a success
     status means the instance is on stable storage: kill -9 while 4 storescu send, every acknowledged
     one is there."""
-    from tests.support import synth
-
     study_uid = pydicom.uid.generate_uid()
-    files = synth.ct_series(tmp_path / "study", 160, 128, study_uid=study_uid)
+    files = write_ct_study(tmp_path / "study", 160, study_uid=study_uid, size=128)
     groups = [files[i::4] for i in range(4)]
     node = NodeProcess(node_config(tmp_path, {}, quiet=3600.0, group_commit=group_commit)).start()
     try:
@@ -170,11 +164,11 @@ def test_kill9_during_job_requeues_it_and_dispatches_once(tmp_path):
             assert storescu(node.port, files).returncode == 0
             assert wait_for(lambda: _job_states(node.storage) == ["running"], 30, 0.05)
             node.kill9()
-            assert _srs(scp) == []
+            assert scp.received(modality="SR") == []
             node.start()
-            assert wait_for(lambda: len(_srs(scp)) == 1, 40)
+            assert wait_for(lambda: len(scp.received(modality="SR")) == 1, 40)
             time.sleep(1)
-            assert len(_srs(scp)) == 1
+            assert len(scp.received(modality="SR")) == 1
             jobs = node.status()["jobs"]
             assert [(j["state"], j["attempts"]) for j in jobs] == [("done", 2)]
         finally:
@@ -190,12 +184,12 @@ def test_kill9_during_dispatch_loses_nothing_and_duplicates_at_most_the_instance
             assert storescu(node.port, files).returncode == 0
             assert wait_for(lambda: len(list(scp.out_dir.iterdir())) >= 1, 30, 0.005)
             node.kill9()
-            before = len(_srs(scp))
+            before = len(scp.received(modality="SR"))
             assert before < copies, "dispatch finished before the kill; nothing was tested"
             node.start()
-            assert wait_for(lambda: len({d.SOPInstanceUID for d in _srs(scp)}) == copies, 30)
+            assert wait_for(lambda: len({d.SOPInstanceUID for d in scp.received(modality="SR")}) == copies, 30)
             time.sleep(2)
-            counts = Counter(str(d.SOPInstanceUID) for d in _srs(scp))
+            counts = Counter(str(d.SOPInstanceUID) for d in scp.received(modality="SR"))
             assert len(counts) == copies  # nothing lost
             assert sum(counts.values()) - copies <= 1  # at most the one in flight at the kill is repeated
             st = node.status()

@@ -17,7 +17,7 @@ import pydicom
 import pytest
 import requests
 
-from tests.support import synth
+from tests.fixtures.studies import write_ct_study
 from tests.support.node_proc import ROOT
 from tests.support.peers import echoscu, free_port, storescu, wait_for
 from tests.support.rawdicom import RawAssociation, c_store_command, pdata
@@ -90,7 +90,7 @@ class IngestProcess:
 
 
 def test_c_store_on_a_full_disk_gets_a700_keeps_serving_and_leaves_nothing(small_fs: Path, tmp_path: Path) -> None:
-    files = synth.ct_series(tmp_path / "ct", 3, 512)  # 525 kB each
+    files = write_ct_study(tmp_path / "ct", 3, size=512)  # 525 kB each
     node = IngestProcess(small_fs).start()
     try:
         filler = _fill(small_fs, 300_000)
@@ -128,7 +128,7 @@ def test_c_store_on_a_full_disk_gets_a700_keeps_serving_and_leaves_nothing(small
 def test_stow_on_a_full_disk_gets_failure_reason_a700_and_leaves_nothing(small_fs: Path, tmp_path: Path) -> None:
     from tests.test_stow import HEADERS, Node, _body
 
-    files = synth.ct_series(tmp_path / "ct", 1, 512)
+    files = write_ct_study(tmp_path / "ct", 1, size=512)
     body = _body([("application/dicom", files[0].read_bytes())])
     node = Node(small_fs / "node")
     try:

@@ -15,7 +15,6 @@ from node.dispatch import SenderError, build_sender
 from node.dispatch.queue import Dispatcher
 from node.state import add_deliveries
 from node.jobs import write_result_files
-from node.state import Connections
 from pipelines.base import PipelineContext, PipelineResult, StudyView
 from pipelines.outputs.algorithm import AlgorithmIdentity
 from pipelines.outputs.seg import SegmentSpec, build_segmentation, jpeg2000_encoder_available
@@ -24,13 +23,6 @@ from tests.fixtures.sr_pipeline import SrTestPipeline
 from tests.fixtures.studies import write_ct_study
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture()
-def conns(tmp_path):
-    c = Connections(tmp_path)
-    yield c
-    c.close_all()
 
 
 def _results(tmp_path, n=2):

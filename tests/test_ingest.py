@@ -26,6 +26,7 @@ from node.state import InstanceIndex
 from node.state import OwnResults
 from node.ingest.dimse import DimseServer
 from node.spool import Spool
+from tests.fixtures.studies import write_ct_study
 from tests.support import synth
 from tests.support.peers import echoscu, storescu, wait_for
 from tests.support.rawdicom import RawAssociation
@@ -77,9 +78,9 @@ def study(tmp_path_factory) -> dict[str, list[Path]]:
     """One study: 300-slice 512x512 CT, an XA cine, the XA as JPEG Baseline, a CT slice as JPEG-LS and RLE."""
     root = tmp_path_factory.mktemp("study")
     study_uid = generate_uid()
-    ct = synth.ct_series(root / "ct", 300, 512, study_uid=study_uid)
+    ct = write_ct_study(root / "ct", 300, study_uid=study_uid, size=512)
     xa = synth.xa_cine(root / "xa" / "cine.dcm", frames=30, size=256, study_uid=study_uid)
-    small = synth.ct_series(root / "ct_small", 2, 128, study_uid=study_uid)
+    small = write_ct_study(root / "ct_small", 2, study_uid=study_uid, size=128)
     compressed = [
         synth.compress(xa_src, root / "xa_jpeg" / "cine_jpeg.dcm", "jpeg-baseline")
         for xa_src in [synth.xa_cine(root / "xa_src" / "cine.dcm", frames=10, size=128, study_uid=study_uid)]
@@ -267,7 +268,7 @@ def test_header_walk_reads_identifying_attributes_and_refuses_broken_file_meta(t
 
     spool = Spool(tmp_path / "var", 0)
     try:
-        [src] = synth.ct_series(tmp_path / "ct", 1, 32)
+        [src] = write_ct_study(tmp_path / "ct", 1, size=32)
         ds = pydicom.dcmread(src)
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.SeriesDescription = "Herz fünf"
@@ -335,7 +336,7 @@ def test_network_values_cannot_forge_log_lines_and_invalid_uids_log_once(tmp_pat
     n = Node(tmp_path)
     try:
         forged = "1.2.3\n2026-01-01 00:00:00,000 INFO cardionode.ingest: forged"
-        [src] = synth.ct_series(tmp_path / "ct", 1, 32)
+        [src] = write_ct_study(tmp_path / "ct", 1, size=32)
         ds = pydicom.dcmread(src)
         ds.SOPInstanceUID = forged
         buf = io.BytesIO()
@@ -369,7 +370,7 @@ def split_part10_bytes(raw: bytes) -> tuple[pydicom.Dataset, bytes]:
 def test_sop_instance_uid_reused_under_another_study_is_refused_and_the_original_kept(node: Node, tmp_path: Path,
                                                                                     caplog) -> None:
     caplog.set_level(logging.WARNING, logger="cardionode.ingest")
-    files = synth.ct_series(tmp_path / "ct", 3, 32)
+    files = write_ct_study(tmp_path / "ct", 3, size=32)
     assert storescu(node.port, files).returncode == 0
     study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
     stored = node.index.absolute(node.index.get(str(pydicom.dcmread(files[0]).SOPInstanceUID))["path"])
@@ -395,9 +396,9 @@ def test_own_result_sent_back_by_c_store_is_acknowledged_not_stored(node: Node, 
     """An instance the node produced (recorded in ``results``: by SOP Instance UID or by series) that comes
     back by C-STORE gets Success, is not stored, does not reach completion, and is logged."""
     caplog.set_level(logging.WARNING, logger="cardionode.ingest")
-    files = synth.ct_series(tmp_path / "ct", 3, 32)
+    files = write_ct_study(tmp_path / "ct", 3, size=32)
     by_uid = pydicom.dcmread(files[0])
-    other = synth.ct_series(tmp_path / "other", 1, 32)
+    other = write_ct_study(tmp_path / "other", 1, size=32)
     with node.conn:
         node.conn.execute("INSERT INTO jobs (id, study_uid, route_name, pipeline, state, next_attempt_at, created_at)"
                           " VALUES (1, '1.2.3', 'r', 'p', 'done', 0, 0)")

@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import pydicom
-import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.state import connect
@@ -14,19 +13,11 @@ from node.config import JobsSection, parse_config
 
 from node.executors import LocalExecutor
 from node.jobs import JobQueue, JobRunner
-from node.state import Connections
 from node.routing import Router
 from pipelines.base import StudyView
 from pipelines.registry import PipelineRegistry
 from tests.fixtures import sr_pipeline
 from tests.fixtures.studies import write_ct_study
-
-
-@pytest.fixture()
-def conns(tmp_path):
-    c = Connections(tmp_path)
-    yield c
-    c.close_all()
 
 
 def _runner(tmp_path, conns, options, settings=JobsSection(max_attempts=3, backoff_initial_s=0.01)):

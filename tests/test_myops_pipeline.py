@@ -77,7 +77,8 @@ def tiny_model_dir(tmp_path_factory):
     from training.myops.export import build_export
     from training.myops.labels import MYOPS2020
     from training.myops.model import UNet2D
-    from training.myops.train import TrainConfig, save_checkpoint
+    from training.myops.checkpoint import save_checkpoint
+    from training.myops.train import TrainConfig
 
     out = tmp_path_factory.mktemp("models")
     model = UNet2D(num_classes=6, base=4, depth=2).eval()

@@ -15,7 +15,7 @@ from node.config import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.calcium.pipeline import CalciumPipeline
 from pipelines.runtime import ModelStore, bundled_models_dir
-from tests.calcium_fixtures import STUDY_PHANTOM
+from tests.support.calcium import STUDY_PHANTOM
 from tests.support.abstention import by_modality, numbers, reasons, save_checked
 from tests.support.sr_content import walk
 from training.calcium.phantom import make_phantom

@@ -8,7 +8,7 @@ import time
 import pydicom
 import pytest
 
-from tests.calcium_fixtures import phantom_ct_study
+from tests.support.calcium import phantom_ct_study
 from tests.support.abstention import numbers, reasons
 from tests.support.node_proc import NodeProcess, pipeline_node_config
 from tests.support.peers import StoreSCP, dciodvfy_errors, storescu, wait_for

@@ -71,10 +71,6 @@ def _config(tmp_path: Path, scp: StoreSCP, c: RayCluster, address: str, options:
                        sections=sections)
 
 
-def _srs(scp: StoreSCP) -> list[pydicom.Dataset]:
-    return [ds for ds in scp.received() if ds.Modality == "SR"]
-
-
 def _jobs(storage: Path) -> list[sqlite3.Row]:
     conn = connect(storage)
     try:
@@ -178,9 +174,9 @@ def _send_and_wait_for_run(node: NodeProcess, files: list[Path], pid_file: Path)
 
 def _one_sr(scp: StoreSCP, node: NodeProcess) -> pydicom.Dataset:
     """Wait for the SR at storescp, give a duplicate time to show up, return the only one."""
-    assert wait_for(lambda: len(_srs(scp)) == 1, 120), node.log_path.read_text()[-3000:]
+    assert wait_for(lambda: len(scp.received(modality="SR")) == 1, 120), node.log_path.read_text()[-3000:]
     time.sleep(2)
-    (sr,) = _srs(scp)
+    (sr,) = scp.received(modality="SR")
     return sr
 
 
@@ -213,7 +209,7 @@ def test_cluster_unreachable_jobs_wait_then_run_on_a_worker_node_and_survive_los
             assert wait_for(lambda: _read_pid(pid_file) is not None, 120), node.log_path.read_text()[-3000:]
             os.kill(driver, signal.SIGKILL)  # mid-job: the pipeline sleeps 6 s after writing its pid
             first = _read_pid(pid_file)
-            assert _srs(scp) == [] and _jobs(node.storage)[0]["state"] == "running"
+            assert scp.received(modality="SR") == [] and _jobs(node.storage)[0]["state"] == "running"
             assert wait_for(lambda: not _pid_alive(first), 30), "the dead driver's actor kept running"
             _one_sr(scp, node)
             (job,) = _jobs(node.storage)
@@ -284,7 +280,7 @@ def test_node_killed_mid_job_restarts_and_delivers_once(tmp_path, cluster):
             assert cluster.node_of(first) is not None
             node.kill9()
             assert wait_for(lambda: not _pid_alive(first), 30), "the killed node's job kept running on the cluster"
-            assert _srs(scp) == []
+            assert scp.received(modality="SR") == []
             pid_file.unlink()
             node.start()
             _one_sr(scp, node)

@@ -10,10 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.config import ModelsSection
 from pipelines.base import PipelineContext, PipelineInputError, StudyView
 from pipelines.imaging import load_cine
-from pipelines.runtime import ModelStore, bundled_models_dir
 from pipelines.syntax.ensemble import combine, score_from_output
 from pipelines.syntax.options import OptionsError, SyntaxOptions
 from pipelines.syntax.pipeline import SyntaxPipeline
@@ -129,10 +127,9 @@ def test_same_tensor_from_training_reader_and_pipeline_decoder(tmp_path) -> None
         np.testing.assert_array_equal(preprocess_cine(load_cine(ref), cfg), preprocess_cine(load_video(f), cfg))
 
 
-def test_xa_study_to_sr_and_summary(tmp_path) -> None:
+def test_xa_study_to_sr_and_summary(tmp_path, bundled_models) -> None:
     files, st = xa_study(tmp_path / "xa")
-    store = ModelStore([bundled_models_dir()], ModelsSection(providers=("cpu",), warmup=False))
-    ctx = PipelineContext(options={}, models=store, work_dir=tmp_path)
+    ctx = PipelineContext(options={}, models=bundled_models, work_dir=tmp_path)
     res = SyntaxPipeline().run(StudyView.from_files(files), ctx)
     sr, sc = res.datasets
     assert sr.Modality == "SR" and str(sc.SOPClassUID).startswith("1.2.840.10008.5.1.4.1.1.7")
@@ -162,9 +159,8 @@ def test_xa_study_to_sr_and_summary(tmp_path) -> None:
     assert res.summary["seconds"]["cpu"] > 0
 
 
-def test_unusable_input_is_a_clear_input_error(tmp_path) -> None:
-    store = ModelStore([bundled_models_dir()], ModelsSection(providers=("cpu",), warmup=False))
-    ctx = PipelineContext(options={}, models=store, work_dir=tmp_path)
+def test_unusable_input_is_a_clear_input_error(tmp_path, bundled_models) -> None:
+    ctx = PipelineContext(options={}, models=bundled_models, work_dir=tmp_path)
     ct = write_ct_series(np.zeros((3, 16, 16), np.int16), (3.0, 1.0, 1.0), tmp_path / "ct", new_study(seed=3), seed=3)
     with pytest.raises(PipelineInputError, match=r"no XA series in the study \(it has: CT"):
         SyntaxPipeline().run(StudyView.from_files(ct), ctx)
@@ -174,7 +170,7 @@ def test_unusable_input_is_a_clear_input_error(tmp_path) -> None:
     files, _ = xa_study(tmp_path / "xa", seed=5, jpeg_every=0)
     with pytest.raises(PipelineInputError, match="all classified 'other'"):
         SyntaxPipeline().run(StudyView.from_files(files), PipelineContext(
-            options={"left_max": 0.0, "right_min": 1.0}, models=store, work_dir=tmp_path))
+            options={"left_max": 0.0, "right_min": 1.0}, models=bundled_models, work_dir=tmp_path))
 
 
 def test_side_scores_decide_high_only_when_possible() -> None:
@@ -189,15 +185,15 @@ def test_side_scores_decide_high_only_when_possible() -> None:
     assert low.high is None  # 10 alone: the total may or may not exceed 22
 
 
-def test_study_without_right_cines_is_partly_not_assessed(tmp_path) -> None:
+def test_study_without_right_cines_is_partly_not_assessed(tmp_path, bundled_models) -> None:
     """No right coronary cine in the study: right and total are 'not assessable' with the reason in
     the SR (coded) and on the summary image, never a 0 score."""
     st = make_study(4713, 96, n_right=0, n_other=0)
     ident = new_study(seed=4713)
     files = [write_xa_cine(c.frames, tmp_path / f"{n:02d}.dcm", ident, series_number=n + 1, seed=4713)
              for n, c in enumerate(st.cines)]
-    store = ModelStore([bundled_models_dir()], ModelsSection(providers=("cpu",), warmup=False))
-    res = SyntaxPipeline().run(StudyView.from_files(files), PipelineContext(options={}, models=store, work_dir=tmp_path))
+    res = SyntaxPipeline().run(StudyView.from_files(files), PipelineContext(options={}, models=bundled_models,
+                                                                            work_dir=tmp_path))
     assert res.summary["cines"]["right"] == 0 and res.summary["cines"]["left"] == len(files)
     assert res.summary["syntax_total"] is None and res.summary["syntax_right"] is None
     assert res.summary["syntax_left"] is not None and res.summary["raw"]["right"] is None

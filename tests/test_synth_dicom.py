@@ -28,6 +28,26 @@ def test_ct_series_geometry_and_values(tmp_path: Path) -> None:
     assert dciodvfy_errors(paths[0]) == []
 
 
+def test_ct_series_without_images_in_acquisition_with_tags_named_by_uid(tmp_path: Path) -> None:
+    """What node tests need of the one CT writer: a scanner that omits ImagesInAcquisition, a wrong count
+    set through ``tags`` (written last), files named by SOP Instance UID."""
+    hu = np.zeros((3, 4, 4), dtype=np.int16)
+    plain = write_ct_series(hu, (1, 1, 1), tmp_path / "plain", new_study())
+    assert [p.name for p in plain] == ["CT001_0001.dcm", "CT001_0002.dcm", "CT001_0003.dcm"]
+    assert pydicom.dcmread(plain[0]).ImagesInAcquisition == 3
+    bare = write_ct_series(hu, (1, 1, 1), tmp_path / "bare", new_study(), images_in_acquisition=False,
+                           file_names="uid")
+    for path in bare:
+        ds = pydicom.dcmread(path)
+        assert "ImagesInAcquisition" not in ds and path.name == f"{ds.SOPInstanceUID}.dcm"
+    tagged = write_ct_series(hu, (1, 1, 1), tmp_path / "tagged", new_study(), tags={"ImagesInAcquisition": 2,
+                                                                                       "RescaleIntercept": "-5"})
+    ds = pydicom.dcmread(tagged[2])
+    assert (ds.ImagesInAcquisition, float(ds.RescaleIntercept)) == (2, -5.0)
+    with pytest.raises(ValueError, match="outside the int16 range"):
+        write_ct_series(np.full((2, 2, 2), 40000), (1, 1, 1), tmp_path / "bad", new_study())
+
+
 def test_seeded_uids_are_reproducible(tmp_path: Path) -> None:
     a = write_ct_series(np.zeros((1, 4, 4)), (1, 1, 1), tmp_path / "a", new_study(seed=3), seed=3)
     b = write_ct_series(np.zeros((1, 4, 4)), (1, 1, 1), tmp_path / "b", new_study(seed=3), seed=3)

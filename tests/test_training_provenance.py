@@ -67,7 +67,7 @@ def test_calcium_export_honours_trained_on_and_metrics_file(calcium_run, tmp_pat
 
 def test_myops_empty_vs_empty_is_undefined_not_one() -> None:
     """Before: a held-out case without scar, predicted without scar, reported dice_scar = 1."""
-    from training.myops.evaluate import evaluate_cases
+    from training.myops.metrics import evaluate_cases
     from training.myops.prepare import PreparedCase
 
     label = np.zeros((2, 16, 16), np.uint8)

@@ -33,8 +33,8 @@ def build_studies(root: Path) -> dict[str, dict]:
     from pipelines.calcium.pipeline import CalciumPipeline
     from pipelines.myops.pipeline import MyopsPipeline
     from pipelines.syntax.pipeline import SyntaxPipeline
-    from tests.calcium_fixtures import phantom_ct_study
-    from tests.myops_support import phantom_study
+    from tests.support.calcium import phantom_ct_study
+    from tests.support.myops import phantom_study
     from tests.test_syntax_pipeline import xa_study
 
     out: dict[str, dict] = {}

@@ -306,8 +306,9 @@ class StoreSCP(_Peer):
         """Received files (sorted by name)."""
         return sorted(p for p in self.out_dir.iterdir() if p.is_file())
 
-    def received(self, settle_s: float = 10.0) -> list[pydicom.Dataset]:
-        """Headers (no pixel data) of the received files, sorted by file name.
+    def received(self, settle_s: float = 10.0, *, modality: str | None = None) -> list[pydicom.Dataset]:
+        """Headers (no pixel data) of the received files, sorted by file name; only those of ``modality``
+        when given (``"SR"``: the node's results).
 
         storescp writes each file in place, so a poll can meet one that is still being written: a
         file that does not parse yet and was modified within ``settle_s`` is left out of this
@@ -324,7 +325,7 @@ class StoreSCP(_Peer):
                     continue
                 if not young:
                     raise
-        return out
+        return out if modality is None else [ds for ds in out if ds.get("Modality") == modality]
 
     def clear(self) -> None:
         for p in self.files():

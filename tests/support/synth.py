@@ -1,8 +1,9 @@
 """Synthetic DICOM for ingest tests and the ingest benchmark (pydicom; dcmtk for compression).
 
 Pixel content is cheap noise-free ramps: the point is realistic sizes and
-encodings (512x512 int16 CT slices, multi-frame XA cine, JPEG/JPEG-LS/RLE),
-not image content.
+encodings (multi-frame XA cine, JPEG/JPEG-LS/RLE), not image content.  CT
+series come from :func:`tests.fixtures.studies.write_ct_study` (the one CT
+writer, :func:`training.synth.dicom.write_ct_series`).
 """
 from __future__ import annotations
 
@@ -12,14 +13,13 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     XRayAngiographicImageStorage,
     generate_uid,
 )
 
-__all__ = ["ct_series", "xa_cine", "compress", "base_dataset"]
+__all__ = ["xa_cine", "compress", "base_dataset"]
 
 
 def base_dataset(sop_class: str, study_uid: str, series_uid: str, modality: str,
@@ -55,40 +55,6 @@ def _save(ds: Dataset, path: Path) -> Path:
     implicit = ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     ds.save_as(path, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
     return path
-
-
-def ct_series(out_dir: Path, n: int = 300, size: int = 512, study_uid: str | None = None,
-              transfer_syntax: str = ExplicitVRLittleEndian) -> list[Path]:
-    """``n`` CT slices of ``size`` x ``size`` int16 (512x512: 512 KiB of pixels each)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    study_uid = study_uid or generate_uid()
-    series_uid = generate_uid()
-    ramp = (np.add.outer(np.arange(size), np.arange(size)) % 2048 - 1024).astype(np.int16)
-    paths = []
-    for i in range(n):
-        ds = base_dataset(CTImageStorage, study_uid, series_uid, "CT", transfer_syntax)
-        ds.FrameOfReferenceUID = series_uid
-        ds.SeriesDescription = "synthetic CT"
-        ds.InstanceNumber = n - i  # reversed on purpose: the index must sort by InstanceNumber
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [0.0, 0.0, float(i)]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [0.5, 0.5]
-        ds.SliceThickness = 1.0
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = size
-        ds.Columns = size
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = 0
-        ds.RescaleSlope = 1
-        ds.KVP = 120
-        ds.PixelData = (ramp + i).astype(np.int16).tobytes()
-        paths.append(_save(ds, out_dir / f"{ds.SOPInstanceUID}.dcm"))
-    return paths
 
 
 def xa_cine(path: Path, frames: int = 30, size: int = 256, study_uid: str | None = None) -> Path:

@@ -157,16 +157,11 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
 
 def load_checkpoint(path: Path):
     """(model, preprocessing, checkpoint dict) from best.pt / last.pt / an older model.pt, or a run folder."""
-    import torch
+    from training.runs.checkpoint import read_checkpoint
 
     from .model import UNet2D
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (give a run folder or its best.pt / last.pt)")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = read_checkpoint(path)
     model = UNet2D(**ck["model_config"])
     model.load_state_dict(ck["state_dict"])
     return model.eval(), PreprocessConfig.from_dict(ck["preprocessing"]), ck

@@ -19,7 +19,7 @@ from export.provenance import build_provenance
 from pipelines.myops import labels as cls
 from pipelines.runtime.manifest import LabelSpec
 
-from .train import load_checkpoint
+from .checkpoint import load_checkpoint
 
 __all__ = ["build_export", "label_specs", "code_version", "MODEL_NAME"]
 

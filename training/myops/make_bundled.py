@@ -28,6 +28,7 @@ import datetime as dt
 import dataclasses
 import json
 import logging
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -39,8 +40,13 @@ from pipelines.myops.preprocess import PreprocessConfig
 
 from .dataset import MyoPSDataset
 from .labels import MYOPS2020
+from training.runs.logs import setup_logging
+
+from .checkpoint import save_checkpoint
+from .metrics import evaluate_cases
 from .phantom import GENERATOR, GENERATOR_VERSION, make_phantom, write_myops_folder
-from .train import TrainConfig, prepare_cases, save_checkpoint, setup_logging, train_model
+from .prepare import prepare_cases
+from .train import TrainConfig, train_model
 
 log = logging.getLogger("cardionode.training.myops")
 
@@ -81,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-studies", type=int, default=4,
                    help="held-out DICOM studies per family through the pipeline after export (0: skip)")
     a = p.parse_args(argv)
-    setup_logging(a.work)
+    setup_logging(a.work, sys.stdout)
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     train_ids = [f"case{i:04d}" for i in range(1, a.train_cases + 1)]
@@ -102,8 +108,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                       max_seconds=max(60.0, left))
     model, history = train_model(train, MYOPS2020.num_classes, cfg, pre.roi_size)
     stopped = next((h["step"] for h in history if h.get("stopped_early")), None)
-    from .evaluate import evaluate_cases
-
     metrics = evaluate_cases(model, test)
     log.info("held-out phantom Dice: %s", json.dumps(metrics))
     trained_on = (f"synthetic phantoms: {a.train_cases} CMR phantoms ({GENERATOR} {GENERATOR_VERSION}, varied "
@@ -142,8 +146,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_domains(report.directory, output_domain=calibrate_output_domain(report.directory)[0])
     figures = None
     if a.eval_studies > 0:
-        import sys
-
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         from bench.myops import evaluate_families, record_in_manifest
 

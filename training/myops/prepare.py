@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -9,9 +13,11 @@ from pipelines.myops import labels as cls
 from pipelines.myops.preprocess import (PreprocessConfig, build_grid_stack, label_on_grid, normalise,
                                         register_and_crop)
 
-from .dataset import DatasetError, MyoPSCase
+from .dataset import DatasetError, MyoPSCase, MyoPSDataset
 
-__all__ = ["PreparedCase", "prepare_case", "prepare_prealigned"]
+__all__ = ["PreparedCase", "prepare_case", "prepare_prealigned", "prepare_cases"]
+
+log = logging.getLogger("cardionode.training.myops")
 
 
 @dataclasses.dataclass
@@ -63,3 +69,29 @@ def prepare_prealigned(case: MyoPSCase, cfg: PreprocessConfig = PreprocessConfig
     label = np.ascontiguousarray(case.label.array.astype(np.uint8))
     return PreparedCase(case.case_id, image, label, grid_registered=image, grid_raw=image, grid_label=label,
                         roi_yx=(0, 0))
+
+
+def prepare_cases(dataset: MyoPSDataset, ids: Sequence[str], cfg: PreprocessConfig,
+                  cache: Path | None = None) -> list[PreparedCase]:
+    """Preprocess cases (cached as npz when ``cache`` is given), logging progress."""
+    out = []
+    t0 = time.perf_counter()
+    prealigned = getattr(dataset, "prealigned", False)
+    if cache is not None and prealigned:
+        cache = cache / "prealigned"
+    for i, case_id in enumerate(ids, start=1):
+        path = cache / f"{case_id}.npz" if cache else None
+        if path is not None and path.is_file():
+            z = np.load(path)
+            pc = PreparedCase(case_id, z["image"], z["label"], z["grid_registered"], z["grid_raw"], z["grid_label"],
+                              tuple(int(v) for v in z["roi_yx"]))
+        else:
+            pc = (prepare_prealigned if prealigned else prepare_case)(dataset.load(case_id), cfg)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(path, image=pc.image, label=pc.label, grid_registered=pc.grid_registered,
+                                    grid_raw=pc.grid_raw, grid_label=pc.grid_label, roi_yx=np.asarray(pc.roi_yx))
+        out.append(pc)
+        log.info("prepared %s (%d/%d, %d slices, %.0f s elapsed)", case_id, i, len(ids), pc.image.shape[0],
+                 time.perf_counter() - t0)
+    return out

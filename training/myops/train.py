@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -37,9 +36,10 @@ from training.runs.cli import one_line_errors
 
 from .dataset import DatasetError, MyoPSDataset, split_cases
 from .labels import MYOPS2020, LabelConvention
-from .prepare import PreparedCase, prepare_case, prepare_prealigned
+from .metrics import METHOD, evaluate_cases
+from .prepare import PreparedCase, prepare_cases
 
-__all__ = ["TrainConfig", "prepare_cases", "train_model", "save_checkpoint", "load_checkpoint", "main"]
+__all__ = ["TrainConfig", "train_model", "main"]
 
 log = logging.getLogger("cardionode.training.myops")
 
@@ -58,32 +58,6 @@ class TrainConfig:
     lesion_weight: float = 4.0  # cross-entropy weight of the edema and scar classes (small, rare)
     log_every: int = 25
     max_seconds: float | None = None  # wall-clock budget of the step loop: stop early (and say so) when spent
-
-
-def prepare_cases(dataset: MyoPSDataset, ids: Sequence[str], cfg: PreprocessConfig,
-                  cache: Path | None = None) -> list[PreparedCase]:
-    """Preprocess cases (cached as npz when ``cache`` is given), logging progress."""
-    out = []
-    t0 = time.perf_counter()
-    prealigned = getattr(dataset, "prealigned", False)
-    if cache is not None and prealigned:
-        cache = cache / "prealigned"
-    for i, case_id in enumerate(ids, start=1):
-        path = cache / f"{case_id}.npz" if cache else None
-        if path is not None and path.is_file():
-            z = np.load(path)
-            pc = PreparedCase(case_id, z["image"], z["label"], z["grid_registered"], z["grid_raw"], z["grid_label"],
-                              tuple(int(v) for v in z["roi_yx"]))
-        else:
-            pc = (prepare_prealigned if prealigned else prepare_case)(dataset.load(case_id), cfg)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                np.savez_compressed(path, image=pc.image, label=pc.label, grid_registered=pc.grid_registered,
-                                    grid_raw=pc.grid_raw, grid_label=pc.grid_label, roi_yx=np.asarray(pc.roi_yx))
-        out.append(pc)
-        log.info("prepared %s (%d/%d, %d slices, %.0f s elapsed)", case_id, i, len(ids), pc.image.shape[0],
-                 time.perf_counter() - t0)
-    return out
 
 
 class _Sampler:
@@ -226,8 +200,6 @@ def train_model(train: Sequence[PreparedCase], num_classes: int, cfg: TrainConfi
             metrics = {"train_loss": epoch_loss / max(epoch_n, 1), "lr": opt.param_groups[0]["lr"]}
             if val:
                 metrics["val_loss"] = validation_loss(model, val, weights, num_classes, device)
-                from .evaluate import evaluate_cases
-
                 metrics.update({f"val_{k}": v for k, v in evaluate_cases(model, val, device=device).items()
                                 if k.startswith("dice_") and v is not None})
                 model.train()
@@ -238,47 +210,6 @@ def train_model(train: Sequence[PreparedCase], num_classes: int, cfg: TrainConfi
         model.load_state_dict(run.best_state())
     model.eval()
     return model, history
-
-
-def save_checkpoint(path: Path, model, *, labels: LabelConvention, preprocess: PreprocessConfig,
-                    train_cfg: TrainConfig, split: dict, history: list, metrics: dict | None = None,
-                    trained_on: str = "", synthetic: bool = False) -> Path:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({
-        "state_dict": model.state_dict(), "model_config": model.config,
-        "labels": dataclasses.asdict(labels), "preprocess": preprocess.to_dict(),
-        "train_config": dataclasses.asdict(train_cfg), "split": split, "history": history,
-        "metrics": metrics or {}, "trained_on": trained_on, "synthetic": synthetic,
-    }, path)
-    return path
-
-
-def load_checkpoint(path: Path):
-    """(model in eval mode, checkpoint dict)."""
-    import torch
-
-    from .model import UNet2D
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (give a run folder or its best.pt / last.pt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = UNet2D(**ckpt["model_config"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, ckpt
-
-
-def setup_logging(out: Path | None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(out / "train.log"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", handlers=handlers, force=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,8 +292,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra["model_config"] = _model_config(cases, labels.num_classes, cfg)
         model, history = train_model(cases, labels.num_classes, cfg, pre.roi_size, run=run, val=val,
                                      epoch_steps=a.epoch_steps, extra=extra)
-        from .evaluate import METHOD, evaluate_cases
-
         metrics = evaluate_cases(model, prepare_cases(ds, test_ids, pre, a.cache), device=run.device) if test_ids else {}
         log.info("held-out Dice (best.pt, epoch %s): %s", run.best and run.best["epoch"], json.dumps(metrics))
         run.update_best(metrics={f"heldout_{k}" if k != "cases" else "heldout_cases": v for k, v in metrics.items()},

@@ -11,7 +11,7 @@ import torch
 
 from .errors import NonFiniteError
 
-__all__ = ["nonfinite_tensors", "check_finite", "save_atomic", "capture_rng", "restore_rng"]
+__all__ = ["nonfinite_tensors", "check_finite", "save_atomic", "read_checkpoint", "capture_rng", "restore_rng"]
 
 
 def nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:
@@ -39,6 +39,18 @@ def save_atomic(obj: Any, path: Path) -> Path:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The dict saved in a checkpoint file, on the CPU; ``path`` may be a run folder (its best.pt is read).
+
+    Raises FileNotFoundError naming what to give when there is no such file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found (give a run folder or its best.pt / last.pt)")
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def capture_rng(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -22,20 +22,21 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pipelines.syntax.preprocess import CineConfig, preprocess_cine
+from pipelines.syntax.preprocess import CineConfig
 
 from training.runs.cli import one_line_errors
+from training.runs.logs import setup_logging
 
-from .checkpoints import CheckpointError, build_full_model, full_model_path, load_state, read_scaling
-from .data import StudyRecord, load_video, read_test
-from .model import VARIANTS, SyntaxMultiView
-from .train import invert, setup_logging
+from .checkpoints import CheckpointError, read_scaling
+from .data import read_test
+from .model import VARIANTS
+from .predict import load_side_models, predict_studies
 
 log = logging.getLogger("cardionode.training.syntax")
 
 THRESHOLD = 22.0
 
-__all__ = ["pearson", "balanced_accuracy", "load_side_models", "predict_studies", "evaluate_studies", "format_table", "main"]
+__all__ = ["pearson", "balanced_accuracy", "evaluate_studies", "format_table", "main"]
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
@@ -51,31 +52,6 @@ def balanced_accuracy(pred: Sequence[float], true: Sequence[float], threshold: f
     p, t = np.asarray(pred) > threshold, np.asarray(true) > threshold
     rates = [float((p[t == c] == c).mean()) for c in (True, False) if (t == c).any()]
     return float(np.mean(rates)) if rates else float("nan")
-
-
-def load_side_models(model_dir: Path, side: str, folds: Sequence[int], variant: str) -> list[SyntaxMultiView]:
-    models = []
-    for k in folds:
-        path = full_model_path(Path(model_dir).parent, side, k, variant) if Path(model_dir).name == "full_model_weights" \
-            else Path(model_dir) / full_model_path(Path("."), side, k, variant).name
-        models.append(build_full_model(load_state(path), variant, str(path)))
-    return models
-
-
-@torch.no_grad()
-def predict_studies(model: SyntaxMultiView, studies: Sequence[StudyRecord], side: str, cfg: CineConfig,
-                    device: torch.device | str = "cpu") -> np.ndarray:
-    model.eval().to(device)
-    out = []
-    for s in studies:
-        vids = sorted(s.side(side), key=lambda v: (v.series_uid, v.path.name))
-        if not vids:
-            out.append(0.0)
-            continue
-        x = np.stack([preprocess_cine(load_video(v.path), cfg) for v in vids])
-        y = model(torch.from_numpy(x)[None].to(device)).float().cpu()
-        out.append(float(invert(y[0, 1])))
-    return np.asarray(out)
 
 
 def evaluate_studies(per_fold: dict[int, dict[str, np.ndarray]], truth: np.ndarray,

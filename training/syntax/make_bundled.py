@@ -38,12 +38,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from training.runs.logs import setup_logging
+
 from .checkpoints import backbone_path
 from .data import fold_path, read_format1, read_format2, read_test, rnn_fold_path
-from .evaluate import evaluate_studies, format_table, load_side_models, predict_studies
+from .evaluate import evaluate_studies, format_table
 from .phantom import make_study
 from .phantom_dataset import write_release
-from .train import TrainArgs, fit_calibration, setup_logging, train_backbone, train_head, update_scaling
+from .predict import load_side_models, predict_studies
+from .train import TrainArgs, fit_calibration, train_backbone, train_head, update_scaling
 
 log = logging.getLogger("cardionode.training.syntax")
 

@@ -41,11 +41,13 @@ from training.runs import RunOptions, TrainingRun, resolve_device, resolve_preci
 from training.runs.checkpoint import check_finite, save_atomic
 from training.runs.cli import one_line_errors
 from training.runs.config import add_run_arguments, parse_with_config
+from training.runs.logs import setup_logging
 from training.runs.progress import progress
 from training.runs.schedule import one_cycle
 
 from .data import StudyRecord, VideoRecord, fold_path, load_video, read_format1, read_format2, rnn_fold_path
 from .model import VARIANTS, ArteryClassifier, SyntaxBackbone, SyntaxMultiView
+from .predict import load_side_models, predict_studies
 
 log = logging.getLogger("cardionode.training.syntax")
 
@@ -84,12 +86,6 @@ def syntax_loss(out: torch.Tensor, score: torch.Tensor, pos_weight: float, mse_s
                                                          pos_weight=torch.tensor(pos_weight, device=out.device))
     mse = nn.functional.mse_loss(out[:, 1], torch.log1p(score))
     return bce + mse_scale * mse
-
-
-def invert(reg: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Artery score from the regression output: max(0, exp(x) - 1)."""
-    x = reg.detach().cpu().numpy() if isinstance(reg, torch.Tensor) else np.asarray(reg)
-    return np.maximum(0.0, np.expm1(x.astype(np.float64)))
 
 
 class _CineCache:
@@ -507,14 +503,6 @@ def update_scaling(path: Path, fold: int, coeffs: dict[str, float]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
-def setup_logging(logdir: Path | None = None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if logdir is not None:
-        Path(logdir).mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(Path(logdir) / "train.log"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers, force=True)
-
-
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--dataset-root", type=Path, default=Path("."))
     p.add_argument("--fold", type=int, default=4, choices=range(5))
@@ -588,8 +576,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif ns.stage == "classifier":
         train_classifier(args)
     else:
-        from .evaluate import load_side_models, predict_studies
-
         studies = read_format2(rnn_fold_path(args.dataset_root, args.fold, "eval", args.rnn_folds_dir), args.dataset_root)
         pred = {}
         for side in ("left", "right"):

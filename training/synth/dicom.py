@@ -21,7 +21,7 @@ import dataclasses
 import datetime as _dt
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -38,6 +38,9 @@ from pydicom.uid import (
     generate_uid,
 )
 from pydicom.valuerep import format_number_as_ds
+
+#: how the writers name their files: by InstanceNumber (``CT001_0001.dcm``) or by SOP Instance UID
+FileNames = Literal["instance", "uid"]
 
 __all__ = [
     "StudyIdentity",
@@ -221,8 +224,11 @@ def _slice_series(
     rescale: tuple[float, float] | None,
     order: Sequence[int] | None = None,
     frame_of_reference_uid: str | None = None,
+    images_in_acquisition: bool = True,
+    file_names: FileNames = "instance",
+    tags: Mapping[str, object] | None = None,
 ) -> list[Path]:
-    """Write one file per slice; file i (InstanceNumber i+1) holds z index ``order[i]``."""
+    """Write one file per slice; file i (InstanceNumber i+1) holds z index ``order[i]``; ``tags`` last."""
     if image.ndim != 3:
         raise ValueError(f"expected a (z, y, x) array, got shape {image.shape}")
     row = np.asarray(row_dir, dtype=float)
@@ -244,13 +250,17 @@ def _slice_series(
         pos = origin + k * dz * normal
         _set_plane_geometry(ds, pos, row, col, (dy, dx), slice_thickness if slice_thickness is not None else dz)
         ds.SliceLocation = _ds_str(float(np.dot(pos, normal)))
-        ds.ImagesInAcquisition = image.shape[0]  # as scanners write it: receivers can tell the series is complete
+        if images_in_acquisition:  # as most scanners write it: receivers can tell the series is complete
+            ds.ImagesInAcquisition = image.shape[0]
         for key, value in extra.items():
             setattr(ds, key, value)
         if rescale is not None:
             ds.RescaleSlope, ds.RescaleIntercept = f"{rescale[0]:g}", f"{rescale[1]:g}"
         _set_pixels_mono(ds, image[k], signed=signed, bits=bits)
-        paths.append(_save(ds, out_dir / f"{prefix}{series_number:03d}_{i + 1:04d}.dcm"))
+        for key, value in (tags or {}).items():
+            setattr(ds, key, value)
+        name = f"{sop_uid}.dcm" if file_names == "uid" else f"{prefix}{series_number:03d}_{i + 1:04d}.dcm"
+        paths.append(_save(ds, out_dir / name))
     return paths
 
 
@@ -265,16 +275,23 @@ def _check_order(order: Sequence[int] | None, n: int) -> list[int]:
 
 
 def _stored_ct(hu: np.ndarray, slope: float, intercept: float, unsigned: bool) -> np.ndarray:
-    """HU -> stored values (HU = stored * slope + intercept), int16 or uint16, range-checked."""
+    """HU -> stored values (HU = stored * slope + intercept), int16 or uint16, range-checked.
+
+    Converted one slice at a time, so that a large series (300 x 512 x 512) needs no float64 copy of
+    the whole volume."""
     if slope == 0:
         raise ValueError("rescale_slope must not be 0")
-    stored = np.rint((np.asarray(hu, dtype=np.float64) - intercept) / slope)
+    hu = np.asarray(hu)
     dtype = np.uint16 if unsigned else np.int16
     info = np.iinfo(dtype)
-    if stored.size and (stored.min() < info.min or stored.max() > info.max):
-        what = "HU values" if (slope, intercept) == (1.0, 0.0) else "stored values (HU - intercept) / slope"
-        raise ValueError(f"{what} outside the {np.dtype(dtype).name} range")
-    return stored.astype(dtype)
+    out = np.empty(hu.shape, dtype=dtype)
+    for k in range(hu.shape[0] if hu.ndim else 0):
+        stored = np.rint((hu[k].astype(np.float64) - intercept) / slope)
+        if stored.size and (stored.min() < info.min or stored.max() > info.max):
+            what = "HU values" if (slope, intercept) == (1.0, 0.0) else "stored values (HU - intercept) / slope"
+            raise ValueError(f"{what} outside the {np.dtype(dtype).name} range")
+        out[k] = stored
+    return out
 
 
 def write_ct_series(
@@ -296,6 +313,9 @@ def write_ct_series(
     rescale_intercept: float = 0.0,
     unsigned: bool = False,
     frame_of_reference_uid: str | None = None,
+    images_in_acquisition: bool = True,
+    tags: Mapping[str, object] | None = None,
+    file_names: FileNames = "instance",
 ) -> list[Path]:
     """Write a (z, y, x) HU volume as a single-frame CT series.
 
@@ -305,7 +325,11 @@ def write_ct_series(
     ``rescale_intercept`` / ``unsigned`` give the scanner-style encoding
     (e.g. uint16 with intercept -1024); ``order`` shuffles the files (file i,
     InstanceNumber i+1, holds z index ``order[i]``) so readers must sort by
-    position; ``row_dir`` / ``col_dir`` tilt the plane.
+    position; ``row_dir`` / ``col_dir`` tilt the plane.  ``images_in_acquisition=False`` leaves
+    ImagesInAcquisition out (as some scanners do: the receiver cannot tell when the series is complete);
+    ``tags`` sets further attributes on every slice, last (keyword -> value; e.g. a wrong
+    ImagesInAcquisition); ``file_names="uid"`` names the files ``<SOPInstanceUID>.dcm``, as many archives
+    export them, instead of ``CT<series>_<instance>.dcm``.
     """
     stored = _stored_ct(hu, float(rescale_slope), float(rescale_intercept), unsigned)
     return _slice_series(
@@ -313,9 +337,10 @@ def write_ct_series(
         sop_class=CTImageStorage, modality="CT", series_number=series_number,
         series_description=series_description, origin_xyz=origin_xyz,
         row_dir=row_dir, col_dir=col_dir, slice_thickness=slice_thickness, seed=seed, prefix="CT",
-        extra=dict(KVP="120", ConvolutionKernel=convolution_kernel, RescaleType="HU"),
+        extra=dict(KVP="120", ConvolutionKernel=convolution_kernel, RescaleType="HU"), tags=tags,
         signed=not unsigned, bits=16, rescale=(float(rescale_slope), float(rescale_intercept)),
         order=order, frame_of_reference_uid=frame_of_reference_uid,
+        images_in_acquisition=images_in_acquisition, file_names=file_names,
     )
 
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the myops tests and bench (phantom studies, SR reading, dciodvfy)."""
+"""Helpers shared by the myops tests (phantom studies, SR reading)."""
 from __future__ import annotations
 
 from pathlib import Path
