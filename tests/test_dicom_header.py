@@ -18,7 +18,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.dicom_header import MalformedDatasetError, read_header
 from tests.fixtures.studies import write_ct_study
-from tests.support.synth import compress, ct_series, xa_cine
+from tests.support.synth import compress, xa_cine
 
 #: pydicom test files pydicom reads but the spool refuses, and why (the words the refusal must hold).
 REFUSED = {
@@ -95,10 +95,19 @@ def test_the_pydicom_files_are_there() -> None:
     assert len(files) >= 50 and set(REFUSED) <= files
 
 
+def _reencoded(path: Path, transfer_syntax: str) -> Path:
+    """``path`` rewritten in place in ``transfer_syntax`` (an uncompressed one)."""
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == transfer_syntax
+    return path
+
+
 def _generated(tmp: Path) -> list[Path]:
     files = write_ct_study(tmp / "ct", n=2)
     for ts in (ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):  # big endian: pydicom's MR_small_bigendian
-        files += ct_series(tmp / ts, n=1, size=32, transfer_syntax=ts)
+        files += [_reencoded(path, ts) for path in write_ct_study(tmp / ts, n=1, size=32)]
     files.append(xa_cine(tmp / "xa.dcm", frames=3, size=32))
     for kind in ("jpeg-lossless", "rle"):
         if shutil.which("dcmcjpeg") and shutil.which("dcmcrle"):

@@ -10,7 +10,7 @@ from node.config import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.myops.pipeline import MyopsPipeline
 from pipelines.runtime import ModelStore, bundled_models_dir
-from tests.myops_support import sr_measurements
+from tests.support.myops import sr_measurements
 
 CPU = ModelsSection(providers=("cpu",), intra_op_threads=1)
 
