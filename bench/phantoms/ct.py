@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from pipelines.calcium.agatston import AgatstonResult, agatston
 
-__all__ = ["Plaque", "CtStudy", "generate", "write_dicom", "CORONARY", "GENERATOR", "GENERATOR_VERSION"]
+__all__ = ["Plaque", "CtStudy", "generate", "write_dicom", "agreement_cases", "CORONARY", "GENERATOR", "GENERATOR_VERSION"]
 
 GENERATOR = "bench.phantoms.ct"
 GENERATOR_VERSION = "1.0.0"
@@ -425,3 +425,11 @@ def write_dicom(study: CtStudy, out_dir: str | Path, *, patient_id: str | None =
         pydicom.dcmwrite(path, ds, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def agreement_cases(seeds: Sequence[int]):
+    """(id, hu, truth, bone, None, z positions, spacing yx) per seed for ``training.calcium.agreement``;
+    even seeds calcium-free (no coronary plaque)."""
+    for s in seeds:
+        st = generate(s, calcium_free=s % 2 == 0)
+        yield f"eval-family-{s}", st.hu, st.truth, st.bone, None, st.z_positions(), st.spacing[1:]

@@ -61,21 +61,26 @@ def slices_from_volume(hu: np.ndarray, labels: np.ndarray, z_positions: np.ndarr
 P_PLAIN = 0.25
 
 
-def phantom_case(seed: int) -> Phantom:
+def phantom_case(seed: int, coronary_free: bool = False) -> Phantom:
     """The training/validation phantom of ``seed`` (generator version 2): a quarter plain, the rest widened:
-    matrix 256-512, field of view 300-460 mm, slices 0.5-3 mm, noise 8-25 HU, kernels, habitus, devices."""
+    matrix 256-512, field of view 300-460 mm, slices 0.5-3 mm, noise 8-25 HU, kernels, habitus, devices.
+    ``coronary_free``: plaques only in the aorta and valves (held-out calcium-free cases)."""
     rng = np.random.default_rng(seed + 10_000)
+    classes = None
+    if coronary_free:
+        pick = np.random.default_rng(seed + 20_000)
+        classes = [c for c in (5, 6, 7) if pick.random() < 0.5]
     if rng.random() < P_PLAIN:
         px = float(rng.uniform(1.2, 1.6))
         dz = float(rng.choice([1.5, 2.0, 3.0]))
         nz = int(round(170 / dz))
-        return make_phantom(seed, shape=(nz, 256, 256), spacing=(dz, px, px))
+        return make_phantom(seed, shape=(nz, 256, 256), spacing=(dz, px, px), classes=classes)
     n = int(rng.choice([256, 320, 384, 512], p=[0.4, 0.25, 0.2, 0.15]))
     px = float(rng.uniform(300, 460)) / n
     dz = float(rng.choice([0.5, 0.625, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0]))
     nz = int(min(140, round(float(rng.uniform(150, 220)) / dz)))
     return make_phantom(seed, shape=(nz, n, n), spacing=(dz, px, px), noise_hu=float(rng.uniform(8, 25)),
-                        variation=draw_variation(rng))
+                        variation=draw_variation(rng), classes=classes)
 
 
 def phantom_slices(seeds: Iterable[int], cfg: PreprocessConfig, keep_empty: float = 0.3) -> list[SliceSet]:
@@ -136,3 +141,10 @@ def sample_batch(sets: Sequence[SliceSet], batch: int, crop: int, rng: np.random
         yc = yc + (REGION_IN * s.r[k, y0:y0 + crop, x0:x0 + crop] if s.r is not None else REGION_UNKNOWN)
         ys.append(yc)
     return np.stack(xs), np.stack(ys).astype(np.int64)
+
+
+def agreement_cases(seeds: Iterable[int]):
+    """Held-out training-family cases for :mod:`training.calcium.agreement`: even seeds coronary-free."""
+    for s in seeds:
+        ph = phantom_case(s, coronary_free=s % 2 == 0)
+        yield f"train-family-{s}", ph.hu, ph.labels, None, ph.region, ph.z_positions(), ph.spacing[1:]

@@ -136,7 +136,7 @@ METRICS_METHOD = ("val_loss / val_dice: loss and foreground Dice (mean over the 
 
 
 def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: int, lr: float, base: int,
-          cfg: PreprocessConfig, seed: int, threads: int = 1, extra: dict | None = None,
+          cfg: PreprocessConfig, seed: int, depth: int = 3, threads: int = 1, extra: dict | None = None,
           max_minutes: float | None = None, balance: bool = True,
           focus_boost: dict[int, float] | None = None, val_sets: Sequence[SliceSet] = (),
           epoch_steps: int | None = None, run_opts: RunOptions | None = None, config: dict | None = None,
@@ -151,14 +151,14 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
     opts = run_opts or RunOptions(out=Path(out))
     opts = dataclasses.replace(opts, out=Path(out), monitor="val_loss" if val_sets else "epoch",
                                mode="min" if val_sets else "max")
-    config = dict(config or {"steps": steps, "batch": batch, "crop": crop, "lr": lr, "base": base, "seed": seed,
+    config = dict(config or {"steps": steps, "batch": batch, "crop": crop, "lr": lr, "base": base, "depth": depth, "seed": seed,
                              "threads": threads, "max_minutes": max_minutes, "balance": balance,
                              "focus_boost": focus_boost, "epoch_steps": epoch_steps,
                              "preprocessing": cfg.to_dict()})
     run = TrainingRun(opts, family="calcium", config=config, logger_names=["cardionode.training.calcium"],
                       data=data or {})
     try:
-        return _train(run, sets, steps=steps, batch=batch, crop=crop, lr=lr, base=base, cfg=cfg, seed=seed,
+        return _train(run, sets, steps=steps, batch=batch, crop=crop, lr=lr, base=base, depth=depth, cfg=cfg, seed=seed,
                       threads=threads, extra=extra, max_minutes=max_minutes, balance=balance,
                       focus_boost=focus_boost, val_sets=val_sets, epoch_steps=epoch_steps, rng=rng)
     except BaseException as exc:
@@ -166,7 +166,7 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
         raise
 
 
-def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, cfg, seed, threads, extra, max_minutes, balance,
+def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, depth, cfg, seed, threads, extra, max_minutes, balance,
            focus_boost, val_sets, epoch_steps, rng) -> Path:
     device = run.device
     weights = class_weights(sets) if balance else None
@@ -176,7 +176,8 @@ def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, cfg, seed, t
     if has_region != bool(cfg.region_channel):
         raise RunError(f"preprocessing region_channel={cfg.region_channel} but the training cases "
                        f"{'carry' if has_region else 'carry no'} heart/aorta region")
-    model = UNet2D(in_channels=cfg.channels, n_classes=N_CLASSES + (1 if has_region else 0), base=base).to(device)
+    model = UNet2D(in_channels=cfg.channels, n_classes=N_CLASSES + (1 if has_region else 0), base=base,
+                   depth=depth).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     val_batches = _validation_batches(val_sets, batch, crop, seed) if val_sets else []
     per_epoch = max(1, min(epoch_steps or steps, steps))
