@@ -6,7 +6,7 @@ Training family: ``training.calcium.phantom`` (generator version in :data:`GENER
 ``--train-seeds``.  Evaluation on held-out studies of BOTH families with :mod:`training.calcium.agreement`:
 the training family (seeds ``--heldout-seeds``, even seeds coronary-free) and the independent evaluation
 family ``bench.phantoms.ct`` (seeds ``--eval-seeds``, even seeds calcium-free; never trained on).  CPU only,
-niced, bounded: training stops after ``--max-minutes`` (default 18) and the command warns when the whole
+niced, bounded: training stops after ``--max-minutes`` (default 14) and the command warns when the whole
 run exceeds ``--budget-minutes`` (default 30).  CPU training is not bit-reproducible run to run, so figures
 move a little between regenerations; the manifest records the ones of the exported model, with the
 training generator, its version and the evaluation generator: phantom figures, NOT clinical accuracy.
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--depth", type=int, default=4, help="U-Net poolings (4: wide enough context for the heart)")
-    p.add_argument("--max-minutes", type=float, default=18.0, help="training time cap")
+    p.add_argument("--max-minutes", type=float, default=14.0, help="training time cap")
     p.add_argument("--budget-minutes", type=float, default=30.0, help="warn when the whole run takes longer")
     p.add_argument("--nice", type=int, default=10, help="lower this process's priority by this much")
     args = p.parse_args(argv)
@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sets = phantom_slices(parse_seeds(args.train_seeds), cfg)
         log.info("%d phantoms, %d slices prepared in %.0f s", len(sets), sum(len(s.x) for s in sets), time.time() - t0)
         ckpt = train(sets, work / "run", steps=args.steps, batch=args.batch, crop=args.crop, lr=3e-3, base=8,
-                     depth=args.depth, cfg=cfg, seed=0, max_minutes=args.max_minutes,
+                     depth=args.depth, balanced_ce=True, focus_boost={1: 2.0, 8: 2.0}, cfg=cfg, seed=0,
+                     max_minutes=args.max_minutes,
                      run_opts=RunOptions(work / "run", overwrite=True))
         del sets
     else:

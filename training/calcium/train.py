@@ -65,7 +65,8 @@ def class_weights(sets: Sequence[SliceSet], fg_weight: float = 8.0, n_classes: i
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, fg_weight: float = 8.0,
-                 weights: torch.Tensor | None = None, region_weight: float = 1.0) -> torch.Tensor:
+                 weights: torch.Tensor | None = None, region_weight: float = 1.0,
+                 balanced: bool = False) -> torch.Tensor:
     """Cross-entropy + Dice over background and the 8 classes (channels 0-8); with a 10th channel, plus
     ``region_weight`` x binary cross-entropy of the heart/aorta region on every pixel whose case has one
     (targets encoded by :func:`training.calcium.data.sample_batch`)."""
@@ -80,7 +81,14 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, fg_weight: float = 
         w[0] = 1.0
     else:
         w = weights
-    ce = F.cross_entropy(logits, target, weight=w)
+    if balanced:  # background and calcium pixels carry equal shares of the cross-entropy from the first step
+        px = F.cross_entropy(logits, target, weight=w.to(logits.device), reduction="none")
+        fg = target > 0
+        ce = px[~fg].mean() if (~fg).any() else px.sum() * 0
+        if fg.any():
+            ce = ce + px[fg].sum() / w.to(logits.device)[target[fg]].sum()
+    else:
+        ce = F.cross_entropy(logits, target, weight=w)
     prob = logits.softmax(1)[:, 1:]
     onehot = F.one_hot(target, k).permute(0, 3, 1, 2)[:, 1:].float()
     inter = (prob * onehot).sum((0, 2, 3))
@@ -136,7 +144,7 @@ METRICS_METHOD = ("val_loss / val_dice: loss and foreground Dice (mean over the 
 
 
 def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: int, lr: float, base: int,
-          cfg: PreprocessConfig, seed: int, depth: int = 3, threads: int = 1, extra: dict | None = None,
+          cfg: PreprocessConfig, seed: int, depth: int = 3, balanced_ce: bool = False, threads: int = 1, extra: dict | None = None,
           max_minutes: float | None = None, balance: bool = True,
           focus_boost: dict[int, float] | None = None, val_sets: Sequence[SliceSet] = (),
           epoch_steps: int | None = None, run_opts: RunOptions | None = None, config: dict | None = None,
@@ -151,14 +159,14 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
     opts = run_opts or RunOptions(out=Path(out))
     opts = dataclasses.replace(opts, out=Path(out), monitor="val_loss" if val_sets else "epoch",
                                mode="min" if val_sets else "max")
-    config = dict(config or {"steps": steps, "batch": batch, "crop": crop, "lr": lr, "base": base, "depth": depth, "seed": seed,
+    config = dict(config or {"steps": steps, "batch": batch, "crop": crop, "lr": lr, "base": base, "depth": depth, "balanced_ce": balanced_ce, "seed": seed,
                              "threads": threads, "max_minutes": max_minutes, "balance": balance,
                              "focus_boost": focus_boost, "epoch_steps": epoch_steps,
                              "preprocessing": cfg.to_dict()})
     run = TrainingRun(opts, family="calcium", config=config, logger_names=["cardionode.training.calcium"],
                       data=data or {})
     try:
-        return _train(run, sets, steps=steps, batch=batch, crop=crop, lr=lr, base=base, depth=depth, cfg=cfg, seed=seed,
+        return _train(run, sets, steps=steps, batch=batch, crop=crop, lr=lr, base=base, depth=depth, balanced_ce=balanced_ce, cfg=cfg, seed=seed,
                       threads=threads, extra=extra, max_minutes=max_minutes, balance=balance,
                       focus_boost=focus_boost, val_sets=val_sets, epoch_steps=epoch_steps, rng=rng)
     except BaseException as exc:
@@ -166,7 +174,7 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
         raise
 
 
-def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, depth, cfg, seed, threads, extra, max_minutes, balance,
+def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, depth, balanced_ce, cfg, seed, threads, extra, max_minutes, balance,
            focus_boost, val_sets, epoch_steps, rng) -> Path:
     device = run.device
     weights = class_weights(sets) if balance else None
@@ -209,7 +217,7 @@ def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, depth, cfg, 
             x, y = sample_batch(sets, batch, crop, rng, focus_boost=focus_boost)
             with run.autocast():
                 logits = model(torch.from_numpy(x).to(device))
-            loss = dice_ce_loss(logits.float(), torch.from_numpy(y).to(device), weights=w_dev)
+            loss = dice_ce_loss(logits.float(), torch.from_numpy(y).to(device), weights=w_dev, balanced=balanced_ce)
             run.backward_step(loss, opt, where=f"epoch {epoch} step {step}")
             total += float(loss.detach())
             n += 1

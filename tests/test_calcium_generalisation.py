@@ -1,0 +1,72 @@
+"""Calcium only counts inside the heart: an evaluation-family study (bench.phantoms.ct, a generator the
+model never saw) without calcium but with dense ribs, spine, sternum and calcified costal cartilage goes
+through the real pipeline with the bundled model and scores 0; and the inference keeps labels only inside
+the model's learned heart/aorta region.  Phantom checks, not clinical accuracy."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.phantoms.ct import generate, write_dicom
+from node.config import ModelsSection
+from pipelines.base import PipelineContext, StudyView
+from pipelines.calcium.inference import segment_calcium
+from pipelines.calcium.pipeline import CalciumPipeline
+from pipelines.calcium.preprocess import PreprocessConfig
+from pipelines.runtime import ModelStore, bundled_models_dir
+
+MODEL = bundled_models_dir() / "calcium-unet2d"
+
+
+def test_inference_keeps_calcium_inside_the_learned_region_only():
+    """A model that calls every dense pixel LAD but whose region logit is positive only in a box: nothing
+    outside the box is labelled (before: the region output did not exist and everything counted)."""
+    cfg = PreprocessConfig(region_channel=9)
+    hu = np.full((4, 128, 128), 700, np.int16)  # dense everywhere, like bone
+
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        out = np.full((len(tiles), 10) + tiles.shape[2:], -5.0, np.float32)
+        out[:, 3] = 5.0  # LAD everywhere
+        out[:, 9, 20:40, 20:40] = 5.0  # region: one box on the 2 mm grid
+        return out
+
+    labels = segment_calcium(hu, np.arange(4) * 3.0, (1.0, 1.0), predict, cfg, dilation_px=1)
+    assert labels.any()
+    ys, xs = np.nonzero(labels.any(axis=0))
+    assert ys.min() >= 40 and ys.max() < 80 and xs.min() >= 40 and xs.max() < 80  # 2 mm grid -> 1 mm pixels
+    assert set(np.unique(labels)) == {0, 3}
+    # a model without a region output still works as before (region_channel 0)
+    plain = segment_calcium(hu, np.arange(4) * 3.0, (1.0, 1.0), lambda t: predict(t)[:, :9], PreprocessConfig())
+    assert (plain == 3).all()
+
+
+def test_bundled_model_has_a_region_output_and_records_both_families():
+    manifest = json.loads((MODEL / "manifest.json").read_text())
+    assert manifest["preprocessing"]["region_channel"] == 9 and manifest["outputs"][0]["shape"][1] == 10
+    prov = manifest["provenance"]
+    assert prov["training_data"]["generator"] == "training.calcium.phantom"
+    assert prov["training_data"]["generator_version"]
+    for fam in ("training_family", "evaluation_family"):
+        figs = prov["metrics"][fam]
+        assert figs["cases"] > 0 and "calcium_free_zero_rate" in figs and "kappa" in figs
+
+
+def test_calcium_free_eval_study_with_dense_bone_scores_zero(tmp_path):
+    """Ribs/spine/sternum of 800-1000 HU and calcified costal cartilage (541 HU), noise 12 HU, no calcium at
+    all: coronary 0, category "0", nothing in the SEG.  The 0.1.0 model scored ribs and spine as coronary,
+    aortic and valve calcium on such studies."""
+    study = generate(1, calcium_free=True, matrix=256, slice_mm=3.0, n_slices=48, noise_hu=12.0,
+                     bone_hu=(800.0, 1000.0))
+    assert not study.plaques and study.score.total == 0 and study.acquisition["costal_cartilage_hu"]
+    assert np.count_nonzero(study.hu[study.bone] >= 400) > 10_000  # dense bone is really there
+    files = write_dicom(study, tmp_path / "ct")
+    store = ModelStore([bundled_models_dir()], ModelsSection(providers=("cpu",), warmup=False))
+    result = CalciumPipeline().run(StudyView.from_files(files), PipelineContext(options={}, models=store,
+                                                                                 work_dir=tmp_path))
+    s = result.summary
+    assert s["agatston_coronary"] == 0 and s["risk_category"] == "0", s["per_class"]
+    assert s["agatston_total"] == 0, s["per_class"]
+    seg = next((d for d in result.datasets if d.Modality == "SEG"), None)
+    assert seg is None or int(getattr(seg, "NumberOfFrames", 0)) == 0
