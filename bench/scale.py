@@ -40,12 +40,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node import db  # noqa: E402
-from node.completion import COMPLETION_SCHEMA  # noqa: E402
 from node.config import JobsSection, parse_config  # noqa: E402
-from node.dispatch.queue import DISPATCH_SCHEMA  # noqa: E402
+
 from node.executors import make_executor  # noqa: E402
-from node.jobs import JOBS_SCHEMA, JobQueue, JobRunner, LocalConnections  # noqa: E402
+from node.jobs import JobQueue, JobRunner  # noqa: E402
+from node.state import Connections  # noqa: E402
 from pipelines.base import StudyView  # noqa: E402
 from pipelines.registry import default_registry  # noqa: E402
 from pipelines.runtime import ModelStore  # noqa: E402
@@ -109,8 +108,7 @@ def run_setup(label: str, config: dict[str, Any], views: dict[str, StudyView], p
     cfg = parse_config({**config, "node": {**config.get("node", {}), "storage_dir": str(storage)},
                         "routes": [{"pipeline": pipeline}]})
     storage.mkdir(parents=True)
-    conns = LocalConnections(storage)
-    db.ensure_schema(conns.get(), JOBS_SCHEMA + DISPATCH_SCHEMA + COMPLETION_SCHEMA)
+    conns = Connections(storage)
     registry = default_registry()
     models = ModelStore.from_config(cfg.models) if cfg.executor.type == "local" else None
     executor = make_executor(cfg, registry, models)

@@ -90,17 +90,21 @@ def _fmt_time(t: float | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from . import db, status
+    from . import state, status
 
     use_private_umask()  # opening the database may create its -wal/-shm files
     config = config_from_args(args)
-    db_path = config.node.storage_path / db.DB_FILENAME
+    db_path = config.node.storage_path / state.DB_FILENAME
     if not db_path.exists():
         print(f"error: no node database at {db_path}: has the node run with this config? (a relative "
               "node.storage_dir is relative to the working directory: run status from the folder the node "
               "runs in, or --set node.storage_dir=PATH)", file=sys.stderr)
         return 2
-    conn = db.connect(config.node.storage_path)
+    try:
+        conn = state.connect(config.node.storage_path)
+    except state.SchemaTooNew as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     model_store = None
     if not args.no_models:
         try:
@@ -143,6 +147,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{s['study_uid']} {','.join(s['routes'])}")
         if s["error"]:
             print(f"             {s['error'][:110]}")
+        for route, missing in (s.get("incomplete") or {}).items():
+            print(f"             {route}: gave up waiting for {', '.join(missing)}")
     models = data["models"]
     print("\nMODELS")
     if args.no_models:

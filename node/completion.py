@@ -1,4 +1,5 @@
-"""Study completion: a study is complete after its quiet period with no new instance.
+"""Study completion: a study is complete when its routes have the series they need, or after its
+quiet period with no new instance.
 
 Every stored instance upserts a row in ``pending_studies`` (``due_at = now +
 quiet``) and (re)arms an APScheduler date job for the study.  The row is the
@@ -12,6 +13,24 @@ When the timer fires, one transaction marks the study ``processed`` (or
 ``unmatched``) and enqueues one job per matching route for this
 *generation*; the ``UNIQUE(study, generation, route)`` key on jobs and the
 state check make this exactly-once even across crashes.
+
+Study-aware completion (routes with ``requires``): each arrival also arms a
+check ``node.settle_seconds`` later (pushed out by the next arrival, so it runs
+once per burst).  The check judges every series from its headers
+(:mod:`node.completeness`); when every route the study matches declares
+``requires`` and all of them are met by complete series, and no series of the
+study is known to be incomplete, the study completes at once, in the same
+transaction as after a quiet period.  Otherwise the quiet period applies; when
+it ends and a route still lacks a series, the route's ``incomplete`` policy
+decides: ``proceed`` (run on what is there), ``wait`` (keep waiting, at most
+until ``max_wait_seconds`` after the study's first instance, then proceed) or
+``give_up`` (wait the same, then run nothing for the route and record the
+missing series in ``pending_studies.incomplete``).  ``max_wait_seconds`` also
+caps the quiet period of a study that never stops receiving.  Only a study
+that never had jobs completes early; late arrivals follow the rules below.
+Nothing new is persisted for the early check: it is re-armed by :meth:`rearm`
+after a restart and re-reads the index, so kill -9 at any point leaves either
+the ``waiting`` row (decided again after the restart) or the committed decision.
 
 Late arrivals (an instance for a study already processed): with
 ``node.late_arrivals: reprocess`` the study waits again and, after a new quiet
@@ -32,31 +51,19 @@ from typing import Any, Callable, Iterable
 
 from pipelines.base import StudyView
 
-from .jobs import JobQueue
+from .completeness import HeaderFacts, route_readiness, series_states
 from .routing import InstanceFacts, Router, facts_from_study
+from .state import Studies, enqueue_job, transaction
 
-__all__ = ["COMPLETION_SCHEMA", "CompletionTracker"]
+__all__ = ["CompletionTracker"]
 
 log = logging.getLogger("cardionode.completion")
 
-COMPLETION_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS pending_studies (
-        study_uid TEXT PRIMARY KEY,
-        state TEXT NOT NULL CHECK (state IN ('waiting', 'processed', 'unmatched')),
-        generation INTEGER NOT NULL DEFAULT 1,
-        first_received_at REAL NOT NULL,
-        last_received_at REAL NOT NULL,
-        due_at REAL,
-        quiet_seconds REAL NOT NULL,
-        received INTEGER NOT NULL DEFAULT 0,
-        late_ignored INTEGER NOT NULL DEFAULT 0,
-        processed_at REAL,
-        routes TEXT,
-        spool_deleted_at REAL
-    )""",
-    "CREATE INDEX IF NOT EXISTS pending_studies_state ON pending_studies (state, due_at)",
-]
 
+def _never_queued(row: sqlite3.Row | None) -> bool:
+    """True when no job was ever queued for the study (new, unmatched, or every route given up):
+    only such a study completes early or is capped by ``max_wait_seconds``; late arrivals are not."""
+    return row is None or not row["routes"] or row["routes"] == "[]"
 
 def _attr(obj: Any, *names: str, default: Any = None) -> Any:
     for name in names:
@@ -72,7 +79,9 @@ class CompletionTracker:
     ``get_conn`` returns this thread's DB connection; ``load_study(uid)``
     builds the study view from the spool index; ``scheduler`` is a started or
     not-yet-started APScheduler ``BackgroundScheduler``; ``on_enqueued`` is
-    called after jobs were committed (wakes the job workers).
+    called after jobs were committed (wakes the job workers);
+    ``load_headers(uid)`` gives the indexed header values of the study's
+    instances (study-aware completion; without it only the quiet period applies).
     """
 
     def __init__(
@@ -84,14 +93,23 @@ class CompletionTracker:
         late_arrivals: str = "reprocess",
         on_enqueued: Callable[[], None] | None = None,
         calling_aes_for: Callable[[str], dict[str, str]] | None = None,
+        load_headers: Callable[[str], list[HeaderFacts]] | None = None,
+        settle_seconds: float = 0.5,
     ) -> None:
         self._get_conn = get_conn
+        self._studies = Studies(get_conn)
         self.router = router
         self.load_study = load_study
         self.scheduler = scheduler
         self.late_arrivals = late_arrivals
         self.on_enqueued = on_enqueued
         self.calling_aes_for = calling_aes_for
+        self.load_headers = load_headers
+        self.settle_seconds = settle_seconds
+
+    @property
+    def study_aware(self) -> bool:
+        return self.load_headers is not None and self.router.study_aware
 
     # ------------------------------------------------------------------ arrivals
     def on_stored(self, instance: Any) -> None:
@@ -109,61 +127,50 @@ class CompletionTracker:
         if isinstance(received, dt.datetime):
             received = received.timestamp()
         self.arrived(study_uid, self.router.quiet_seconds(facts), replaced=replaced, now=now,
-                     received_at=float(received) if isinstance(received, (int, float)) else now)
+                     received_at=float(received) if isinstance(received, (int, float)) else now,
+                     max_wait=self.router.max_wait_seconds(facts))
 
     def arrived(self, study_uid: str, quiet: float, replaced: bool = False, now: float | None = None,
-                received_at: float | None = None) -> float | None:
-        """Record one arrival; returns the due time armed, or None when nothing is armed."""
+                received_at: float | None = None, max_wait: float | None = None) -> float | None:
+        """Record one arrival; returns the due time armed, or None when nothing is armed.
+
+        ``max_wait``: a study that never had jobs is due at the latest this long after its first
+        instance, however often instances keep arriving."""
         now = time.time() if now is None else now
         received_at = now if received_at is None else received_at
-        conn = self._get_conn()
         due: float | None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT * FROM pending_studies WHERE study_uid=?", (study_uid,)).fetchone()
+        with transaction(self._get_conn()):
+            row = self._studies.get(study_uid)
             if row is None:
-                due = now + quiet
-                conn.execute(
-                    "INSERT INTO pending_studies (study_uid, state, generation, first_received_at, last_received_at,"
-                    " due_at, quiet_seconds, received) VALUES (?, 'waiting', 1, ?, ?, ?, ?, 1)",
-                    (study_uid, received_at, received_at, due, quiet),
-                )
+                due = now + quiet if max_wait is None else min(now + quiet, received_at + max_wait)
+                self._studies.insert_waiting(study_uid, received_at, due, quiet)
             elif row["state"] == "waiting":
                 quiet = max(quiet, row["quiet_seconds"])
                 due = max(row["due_at"] or 0.0, now + quiet)
-                conn.execute(
-                    "UPDATE pending_studies SET last_received_at=?, due_at=?, quiet_seconds=?, received=received+1"
-                    " WHERE study_uid=?",
-                    (max(received_at, row["last_received_at"]), due, quiet, study_uid),
-                )
+                if max_wait is not None and _never_queued(row) and row["generation"] == 1:
+                    due = min(due, row["first_received_at"] + max_wait)  # counted from the study's first instance
+                self._studies.extend_wait(study_uid, max(received_at, row["last_received_at"]), due, quiet)
             elif row["state"] == "unmatched" or (
                 row["state"] == "processed" and self.late_arrivals == "reprocess" and not replaced
             ):
                 due = now + quiet
-                conn.execute(
-                    "UPDATE pending_studies SET state='waiting', generation=generation+1, last_received_at=?,"
-                    " due_at=?, quiet_seconds=?, received=1 WHERE study_uid=?",
-                    (received_at, due, quiet, study_uid),
-                )
+                self._studies.reopen(study_uid, received_at, due, quiet)
                 log.info("late arrival: study will be processed again",
                          extra={"study": study_uid, "generation": row["generation"] + 1})
             else:
                 due = None
-                conn.execute(
-                    "UPDATE pending_studies SET last_received_at=?, late_ignored=late_ignored+1 WHERE study_uid=?",
-                    (received_at, study_uid),
-                )
+                self._studies.count_late(study_uid, received_at)
                 log.info("late arrival kept, not reprocessed",
                          extra={"study": study_uid, "policy": self.late_arrivals, "replaced": replaced})
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         if due is not None:
-            self._arm(study_uid, due)
+            self._arm(study_uid, due, check=True)
         return due
 
-    def _arm(self, study_uid: str, due: float) -> None:
+    def _arm(self, study_uid: str, due: float, check: bool = False) -> None:
+        """Wake :meth:`fire` at ``due``; with ``check`` (study-aware routes) already
+        ``settle_seconds`` from now, to see whether the study is complete."""
+        if check and self.study_aware:
+            due = min(due, time.time() + self.settle_seconds)
         run_at = dt.datetime.fromtimestamp(max(due, time.time()), tz=dt.timezone.utc)
         self.scheduler.add_job(
             self.fire,
@@ -181,24 +188,15 @@ class CompletionTracker:
         quiet period after ``now`` (a deadline that passed while the node was down gets a fresh quiet
         period; the new due time is stored)."""
         now = time.time() if now is None else now
-        conn = self._get_conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            rows = conn.execute(
-                "SELECT study_uid, due_at, quiet_seconds FROM pending_studies WHERE state='waiting'"
-            ).fetchall()
+        with transaction(self._get_conn()):
+            rows = self._studies.waiting()
             due = {row["study_uid"]: max(row["due_at"] or 0.0, now + row["quiet_seconds"]) for row in rows}
-            conn.executemany("UPDATE pending_studies SET due_at=? WHERE study_uid=?",
-                             [(t, uid) for uid, t in due.items()])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            self._studies.set_due(due.items())
         overdue = sum(1 for row in rows if (row["due_at"] or 0.0) < now)
         if overdue:
             log.info("studies overdue at start get a fresh quiet period", extra={"count": overdue})
         for uid, t in due.items():
-            self._arm(uid, t)
+            self._arm(uid, t, check=True)  # a study its headers say is complete need not wait
         return len(rows)
 
     def reconcile(self, studies: Iterable[tuple[str, float]]) -> int:
@@ -207,10 +205,9 @@ class CompletionTracker:
         ``studies`` yields (study uid, last received time) from the spool index.
         Returns the number of studies armed.
         """
-        conn = self._get_conn()
         armed = 0
         for uid, last_received in studies:
-            row = conn.execute("SELECT last_received_at, state FROM pending_studies WHERE study_uid=?", (uid,)).fetchone()
+            row = self._studies.get(uid)
             if row is None or (row["state"] != "waiting" and last_received > row["last_received_at"] + 1e-3):
                 self.arrived(uid, self.router.quiet_seconds(InstanceFacts()), received_at=last_received)
                 armed += 1
@@ -227,47 +224,95 @@ class CompletionTracker:
             return []
 
     def _fire(self, study_uid: str) -> list[int]:
-        conn = self._get_conn()
-        row = conn.execute("SELECT state, due_at FROM pending_studies WHERE study_uid=?", (study_uid,)).fetchone()
+        row = self._studies.get(study_uid)
         if row is None or row["state"] != "waiting":
             return []
-        if row["due_at"] > time.time() + 0.01:
+        now = time.time()
+        early = row["due_at"] > now + 0.01
+        aware = self.study_aware and _never_queued(row)
+        if early and not aware:
             self._arm(study_uid, row["due_at"])  # an instance arrived after this timer was set
+            return []
+        if early and now < row["last_received_at"] + self.settle_seconds - 0.05:  # still receiving
+            self._arm(study_uid, min(row["due_at"], row["last_received_at"] + self.settle_seconds))
             return []
         view = self.load_study(study_uid)
         calling = self.calling_aes_for(study_uid) if self.calling_aes_for else None
         decisions = self.router.decide(facts_from_study(view, calling))
-        job_ids: list[int] = []
-        now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT * FROM pending_studies WHERE study_uid=?", (study_uid,)).fetchone()
-            if row is None or row["state"] != "waiting" or row["due_at"] > now + 0.01:
-                conn.execute("COMMIT")
-                if row is not None and row["state"] == "waiting":
-                    self._arm(study_uid, row["due_at"])
+        readiness = {}
+        any_incomplete = False
+        if aware and any(self.router.route(d.index).requires for d in decisions):
+            assert self.load_headers is not None
+            series = series_states(self.load_headers(study_uid))
+            any_incomplete = any(s.status == "incomplete" for s in series)
+            readiness = {d.name: route_readiness(self.router.route(d.index).requires, series)
+                         for d in decisions if self.router.route(d.index).requires}
+        gave_up: dict[str, list[str]] = {}
+        if early:
+            if not (decisions and all(d.name in readiness and readiness[d.name].ready for d in decisions)
+                    and not any_incomplete):
+                self._after_check(study_uid, row["received"])
                 return []
-            state = "processed" if decisions else "unmatched"
-            conn.execute(
-                "UPDATE pending_studies SET state=?, processed_at=?, due_at=NULL, routes=? WHERE study_uid=?",
-                (state, now, json.dumps([d.name for d in decisions]), study_uid),
-            )
-            for d in decisions:
-                job_id = JobQueue.enqueue(conn, study_uid, row["generation"], d.name, d.pipeline, d.destinations, now)
-                if job_id is not None:
-                    job_ids.append(job_id)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            reason = "series complete"
+        else:
+            lacking = [d for d in decisions if d.name in readiness and not readiness[d.name].present]
+            waits = [row["first_received_at"] + route.max_wait_seconds for route in
+                     (self.router.route(d.index) for d in lacking)
+                     if route.incomplete != "proceed" and route.max_wait_seconds is not None
+                     and now < row["first_received_at"] + route.max_wait_seconds - 0.01]
+            if waits:  # a route waits for its series (incomplete: wait / give_up) until its max wait
+                self._defer(study_uid, row["received"], min(waits))
+                return []
+            for d in lacking:
+                if self.router.route(d.index).incomplete == "give_up":
+                    gave_up[d.name] = list(readiness[d.name].missing)
+            decisions = [d for d in decisions if d.name not in gave_up]
+            reason = "series missing" if lacking else "quiet period"
+        job_ids: list[int] = []
+        seen = row["received"]
+        now = time.time()
+        with transaction(self._get_conn()) as conn:
+            row = self._studies.get(study_uid)
+            routed = row is not None and row["state"] == "waiting" and (
+                row["received"] == seen if early else row["due_at"] <= now + 0.01)
+            if routed:
+                self._studies.mark_routed(study_uid, "processed" if decisions or gave_up else "unmatched", now,
+                                          [d.name for d in decisions], gave_up or None)
+                for d in decisions:
+                    job_id = enqueue_job(conn, study_uid, row["generation"], d.name, d.pipeline, d.destinations, now)
+                    if job_id is not None:
+                        job_ids.append(job_id)
+        if not routed:  # another thread routed it, or an instance arrived after the check above
+            if row is not None and row["state"] == "waiting":
+                self._arm(study_uid, row["due_at"], check=early)
+            return []
         instances = sum(len(s.instances) for s in view.series)
+        if gave_up:
+            log.warning("study incomplete; routes given up (recorded, nothing run for them)",
+                        extra={"study": study_uid, "generation": row["generation"],
+                               "missing": json.dumps(gave_up), "instances": instances})
         if decisions:
             log.info("study complete; jobs queued",
                      extra={"study": study_uid, "generation": row["generation"], "instances": instances,
-                            "routes": ",".join(d.name for d in decisions), "jobs": len(job_ids)})
-        else:
+                            "routes": ",".join(d.name for d in decisions), "jobs": len(job_ids), "reason": reason})
+        elif not gave_up:
             log.info("study complete; no route matched (kept per retention)",
                      extra={"study": study_uid, "instances": instances})
         if job_ids and self.on_enqueued is not None:
             self.on_enqueued()
         return job_ids
+
+    def _after_check(self, study_uid: str, received: int) -> None:
+        """An early check found the study not complete: wake again at its due time, or check again
+        soon when an instance arrived meanwhile (its own timer may have been replaced by ours)."""
+        row = self._studies.get(study_uid)
+        if row is not None and row["state"] == "waiting":
+            self._arm(study_uid, row["due_at"], check=row["received"] != received)
+
+    def _defer(self, study_uid: str, received: int, until: float) -> None:
+        """Quiet period over but a route waits for its series: due again at ``until`` (stored, so a
+        restart keeps waiting), unless an instance arrived meanwhile (then its own due time holds)."""
+        with transaction(self._get_conn()):
+            self._studies.defer(study_uid, received, until)
+        log.info("quiet period over, waiting for missing series", extra={"study": study_uid, "until": until})
+        self._after_check(study_uid, received)

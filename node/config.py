@@ -43,6 +43,7 @@ __all__ = [
     "DimseSource",
     "DicomwebSource",
     "RouteMatch",
+    "SeriesRequirement",
     "Route",
     "LocalExecutorSection",
     "RayExecutorSection",
@@ -107,6 +108,7 @@ class NodeSection:
     port: int = 11112
     storage_dir: str = _path_field("./var")
     quiet_seconds: float = 30.0
+    settle_seconds: float = 0.5
     late_arrivals: Literal["reprocess", "ignore"] = "reprocess"
     max_associations: int = 10
     max_pending_per_host: int = 4
@@ -118,6 +120,7 @@ class NodeSection:
     check_called_ae: bool = True
     tls: TLSSection | None = None
     min_free_mb: int = 1024
+    group_commit: bool = False
     max_pdu: int = 0
     workers: int = 1
     http_host: str = "127.0.0.1"  # loopback unless configured otherwise
@@ -136,6 +139,8 @@ class NodeSection:
         _check_port(self.http_port, f"{path}.http_port")
         if self.quiet_seconds < 0:
             raise ConfigError(f"{path}.quiet_seconds: must be >= 0, got {self.quiet_seconds}")
+        if self.settle_seconds < 0:
+            raise ConfigError(f"{path}.settle_seconds: must be >= 0, got {self.settle_seconds}")
         for key in ("max_associations", "max_pending_per_host", "max_pending"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{path}.{key}: must be >= 1, got {getattr(self, key)}")
@@ -284,11 +289,42 @@ class RouteMatch:
     calling_ae: tuple[str, ...] = ()
 
     def validate(self, path: str) -> None:
-        if self.series_description is not None:
-            try:
-                re.compile(self.series_description)
-            except re.error as exc:
-                raise ConfigError(f"{path}.series_description: invalid regex: {exc}") from None
+        _check_regex(self.series_description, f"{path}.series_description")
+
+
+def _check_regex(value: str | None, path: str) -> None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ConfigError(f"{path}: invalid regex: {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesRequirement:
+    """One series a route needs (``routes[].requires``): all given criteria hold for the series,
+    a list means any of; ``min_series`` such series must be there (and complete)."""
+
+    name: str
+    modality: tuple[str, ...] = ()
+    sop_class: tuple[str, ...] = ()
+    series_description: str | None = None
+    scanning_sequence: tuple[str, ...] = ()
+    sequence_variant: tuple[str, ...] = ()
+    sequence_name: str | None = None
+    min_series: int = 1
+
+    def validate(self, path: str) -> None:
+        if not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
+            raise ConfigError(f"{path}.name: {self.name!r} must be a name of letters, digits, '_', '.', '-'")
+        _check_regex(self.series_description, f"{path}.series_description")
+        _check_regex(self.sequence_name, f"{path}.sequence_name")
+        if self.min_series < 1:
+            raise ConfigError(f"{path}.min_series: must be >= 1, got {self.min_series}")
+        if not (self.modality or self.sop_class or self.series_description is not None or self.scanning_sequence
+                or self.sequence_variant or self.sequence_name is not None):
+            raise ConfigError(f"{path}: give at least one of modality, sop_class, series_description, "
+                              "scanning_sequence, sequence_variant, sequence_name")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +334,24 @@ class Route:
     destinations: tuple[str, ...] = ()
     name: str | None = None
     quiet_seconds: float | None = None
+    requires: tuple[SeriesRequirement, ...] = ()
+    max_wait_seconds: float | None = None
+    incomplete: Literal["proceed", "wait", "give_up"] = "proceed"
+
+    def validate(self, path: str) -> None:
+        if self.quiet_seconds is not None and self.quiet_seconds < 0:
+            raise ConfigError(f"{path}.quiet_seconds: must be >= 0, got {self.quiet_seconds}")
+        names = [r.name for r in self.requires]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ConfigError(f"{path}.requires[{i}].name: {name!r} is given twice")
+        if self.max_wait_seconds is not None and not self.max_wait_seconds > 0:
+            raise ConfigError(f"{path}.max_wait_seconds: must be > 0, got {self.max_wait_seconds}")
+        if self.incomplete != "proceed" and not self.requires:
+            raise ConfigError(f"{path}.incomplete: {self.incomplete!r} needs requires (the series the route waits for)")
+        if self.incomplete != "proceed" and self.max_wait_seconds is None:
+            raise ConfigError(f"{path}.max_wait_seconds: required with incomplete: {self.incomplete} "
+                              "(how long the study may wait for the missing series)")
 
 
 _RAY_ADDRESS_RE = re.compile(r"^(?:ray://)?(?P<host>[A-Za-z0-9_.:\[\]-]+):(?P<port>[0-9]{1,5})$")

@@ -40,151 +40,21 @@ from pipelines.base import (
     TransientPipelineError,
 )
 
-from . import db
 from .config import JobsSection
 from .files import open_private, private_dir
 from .fsync import fsync_dir
-from .dispatch.queue import add_deliveries
 from .executors.base import Executor, ExecutorUnavailable, JobRequest, RemotePipelineError
+from .state import Connections, Jobs, add_deliveries, enqueue_job, transaction
 
 __all__ = [
-    "JOBS_SCHEMA",
     "Job",
-    "OwnResults",
-    "migrate",
     "JobQueue",
     "JobRunner",
-    "LocalConnections",
     "backoff_delay",
-    "retry_failed_job",
     "write_result_files",
 ]
 
 log = logging.getLogger("cardionode.jobs")
-
-JOBS_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        study_uid TEXT NOT NULL,
-        generation INTEGER NOT NULL DEFAULT 1,
-        route_name TEXT NOT NULL,
-        pipeline TEXT NOT NULL,
-        destinations TEXT NOT NULL DEFAULT '[]',
-        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        error TEXT,
-        pipeline_version TEXT,
-        models TEXT,
-        summary TEXT,
-        created_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL,
-        UNIQUE (study_uid, generation, route_name)
-    )""",
-    "CREATE INDEX IF NOT EXISTS jobs_state_due ON jobs (state, next_attempt_at)",
-    "CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_uid)",
-    """CREATE TABLE IF NOT EXISTS results (
-        sop_instance_uid TEXT PRIMARY KEY,
-        job_id INTEGER NOT NULL REFERENCES jobs (id),
-        sop_class_uid TEXT NOT NULL,
-        path TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        series_instance_uid TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS results_job ON results (job_id)",
-]
-#: Columns added after a table first shipped: (table, column, declaration); see :func:`migrate`.
-JOBS_COLUMNS = [("results", "series_instance_uid", "TEXT")]
-JOBS_INDEXES = ["CREATE INDEX IF NOT EXISTS results_series ON results (series_instance_uid)"]
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring an older database to :data:`JOBS_SCHEMA` (add missing columns and their indexes)."""
-    with conn:
-        for table, column, declaration in JOBS_COLUMNS:
-            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-            if present and column not in present:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-        for sql in JOBS_INDEXES:
-            conn.execute(sql)
-
-
-class OwnResults:
-    """Recognises the node's own results when they come back (a PACS forwarding them, a study
-    retrieved with them): by SOP Instance UID or series of any result a job ever produced.
-
-    Rows of ``results`` are never deleted (retention removes result files only), so the record
-    lasts as long as the database.  One connection, used under a lock by every ingest thread.
-    """
-
-    def __init__(self, storage_dir: str | Path) -> None:
-        self._conn = db.connect(storage_dir, synchronous="NORMAL")
-        self._lock = threading.Lock()
-
-    def contains(self, sop_instance_uid: str, series_instance_uid: str) -> bool:
-        with self._lock:
-            try:
-                row = self._conn.execute(
-                    "SELECT 1 FROM results WHERE sop_instance_uid=? OR series_instance_uid=? LIMIT 1",
-                    (sop_instance_uid, series_instance_uid),
-                ).fetchone()
-            except sqlite3.OperationalError:  # no results table yet
-                return False
-        return row is not None
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-
-class LocalConnections:
-    """One SQLite connection per thread to the node database (sqlite3 connections are not thread-safe)."""
-
-    def __init__(self, storage_dir: str | Path, synchronous: str = "FULL") -> None:
-        self.storage_dir = Path(storage_dir)
-        self.synchronous = synchronous
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-
-    def get(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = db.connect(self.storage_dir, synchronous=self.synchronous)
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
-
-    def close_all(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
-            self._all.clear()
-        self._local = threading.local()
-
-
-def retry_failed_job(conn: sqlite3.Connection, job_id: int) -> str | None:
-    """Put a ``failed`` job back in the queue with a fresh attempt count (operator action).
-
-    Returns None on success, else why not: ``"not found"`` or ``"state is X"``.
-    """
-    with conn:
-        row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if row is None:
-            return "not found"
-        if row["state"] != "failed":
-            return f"state is {row['state']}"
-        conn.execute(
-            "UPDATE jobs SET state='queued', attempts=0, next_attempt_at=?, error=NULL, finished_at=NULL"
-            " WHERE id=? AND state='failed'",
-            (time.time(), job_id),
-        )
-    return None
 
 
 def backoff_delay(attempts: int, initial: float, maximum: float) -> float:
@@ -216,10 +86,12 @@ class Job:
 
 
 class JobQueue:
-    """State transitions of the ``jobs`` table; every method is one short transaction."""
+    """The job queue's policy (attempts, backoff, re-queue at start) over :class:`node.state.Jobs`;
+    every method is one short transaction."""
 
-    def __init__(self, conns: LocalConnections, settings: JobsSection, storage_dir: str | Path) -> None:
+    def __init__(self, conns: Connections, settings: JobsSection, storage_dir: str | Path) -> None:
         self._conns = conns
+        self._jobs = Jobs(conns.get)
         self.settings = settings
         self.results_dir = Path(storage_dir) / "results"
 
@@ -234,87 +106,43 @@ class JobQueue:
         now: float | None = None,
     ) -> int | None:
         """Insert one queued job inside the caller's transaction; ``None`` if it already exists."""
-        now = time.time() if now is None else now
-        cur = conn.execute(
-            "INSERT OR IGNORE INTO jobs (study_uid, generation, route_name, pipeline, destinations, state,"
-            " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
-            (study_uid, generation, route_name, pipeline, json.dumps(list(destinations)), now, now),
-        )
-        return cur.lastrowid if cur.rowcount else None
+        return enqueue_job(conn, study_uid, generation, route_name, pipeline, destinations,
+                           time.time() if now is None else now)
 
     def requeue_interrupted(self) -> tuple[int, int]:
         """On start: ``running`` jobs go back to ``queued`` (or ``failed`` when out of attempts).
 
         Returns (requeued, failed).
         """
-        conn = self._conns.get()
-        now = time.time()
-        with conn:
-            failed = conn.execute(
-                "UPDATE jobs SET state='failed', finished_at=?, error=? WHERE state='running' AND attempts>=?",
-                (now, f"interrupted by node stop/crash {self.settings.max_attempts} times", self.settings.max_attempts),
-            ).rowcount
-            requeued = conn.execute(
-                "UPDATE jobs SET state='queued', next_attempt_at=?, error='interrupted by node stop/crash; re-queued'"
-                " WHERE state='running'",
-                (now,),
-            ).rowcount
-        return requeued, failed
+        return self._jobs.requeue_interrupted(self.settings.max_attempts, time.time())
 
     def claim(self) -> Job | None:
         """Take the oldest due queued job and mark it running (atomic across threads and processes)."""
-        conn = self._conns.get()
-        now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute(
-                "SELECT * FROM jobs WHERE state='queued' AND next_attempt_at<=? ORDER BY next_attempt_at, id LIMIT 1",
-                (now,),
-            ).fetchone()
-            if row is None:
-                conn.execute("COMMIT")
-                return None
-            conn.execute(
-                "UPDATE jobs SET state='running', attempts=attempts+1, started_at=?, finished_at=NULL WHERE id=?",
-                (now, row["id"]),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        row = self._jobs.claim(time.time())
+        if row is None:
+            return None
         job = Job.from_row(row)
         return dataclasses.replace(job, attempts=job.attempts + 1)
 
     def next_due_in(self) -> float | None:
         """Seconds until the next queued job is due (0 if one is due now, None if none queued)."""
-        row = self._conns.get().execute("SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state='queued'").fetchone()
-        if row["t"] is None:
-            return None
-        return max(0.0, row["t"] - time.time())
+        due = self._jobs.next_due_at()
+        return None if due is None else max(0.0, due - time.time())
 
     def complete(self, job: Job, result: PipelineResult, files: list[tuple[str, str, Path]]) -> int:
-        """Mark ``job`` done, record its result files and create one delivery per destination and file.
+        """Mark ``job`` done, record its result files and create one delivery per destination and file,
+        in one transaction.
 
         ``files`` holds (sop instance uid, sop class uid, path) of files already
         on disk.  Returns the number of deliveries created.
         """
-        conn = self._conns.get()
         now = time.time()
-        models = json.dumps([{"name": m.name, "version": m.version, "provider": m.provider} for m in result.models])
+        models = [{"name": m.name, "version": m.version, "provider": m.provider} for m in result.models]
         series = {str(ds.SOPInstanceUID): str(ds.get("SeriesInstanceUID", "") or "") or None for ds in result.datasets}
-        with conn:
-            for sop_uid, sop_class, path in files:
-                conn.execute(
-                    "INSERT OR REPLACE INTO results (sop_instance_uid, job_id, sop_class_uid, path, created_at,"
-                    " series_instance_uid) VALUES (?, ?, ?, ?, ?, ?)",
-                    (sop_uid, job.id, sop_class, str(path), now, series.get(sop_uid)),
-                )
+        with transaction(self._conns.get()) as conn:
+            self._jobs.record_results(job.id, [(uid, cls, p, series.get(uid)) for uid, cls, p in files], now)
             created = add_deliveries(conn, job.id, [(uid, p) for uid, _c, p in files], job.destinations, now)
-            conn.execute(
-                "UPDATE jobs SET state='done', finished_at=?, error=NULL, pipeline_version=?, models=?, summary=?"
-                " WHERE id=?",
-                (now, result.pipeline_version, models, json.dumps(result.summary, default=str), job.id),
-            )
+            self._jobs.mark_done(job.id, now, result.pipeline_version, models, result.summary)
         return created
 
     def release(self, job: Job, reason: str) -> None:
@@ -323,34 +151,21 @@ class JobQueue:
         For failures that are not the job's: the executor could not run it
         (Ray unreachable), so it waits in the queue like any other job.
         """
-        conn = self._conns.get()
-        with conn:
-            conn.execute(
-                "UPDATE jobs SET state='queued', attempts=MAX(attempts-1, 0), next_attempt_at=?, error=?"
-                " WHERE id=? AND state='running'",
-                (time.time(), reason, job.id),
-            )
+        self._jobs.release(job.id, reason, time.time())
 
     def retry(self, job_id: int) -> str | None:
         """Re-queue a ``failed`` job with fresh attempts (operator action); returns why not, or None."""
-        return retry_failed_job(self._conns.get(), job_id)
+        return self._jobs.retry_failed(job_id, time.time())
 
     def fail(self, job: Job, error: str, transient: bool) -> bool:
         """Record a failure; transient ones are re-queued with backoff. Returns True if re-queued."""
-        conn = self._conns.get()
         now = time.time()
         retry = transient and job.attempts < self.settings.max_attempts
-        with conn:
-            if retry:
-                delay = backoff_delay(job.attempts, self.settings.backoff_initial_s, self.settings.backoff_max_s)
-                conn.execute(
-                    "UPDATE jobs SET state='queued', next_attempt_at=?, error=? WHERE id=?",
-                    (now + delay, error, job.id),
-                )
-            else:
-                conn.execute(
-                    "UPDATE jobs SET state='failed', finished_at=?, error=? WHERE id=?", (now, error, job.id)
-                )
+        if retry:
+            delay = backoff_delay(job.attempts, self.settings.backoff_initial_s, self.settings.backoff_max_s)
+            self._jobs.requeue(job.id, now + delay, error)
+        else:
+            self._jobs.mark_failed(job.id, now, error)
         return retry
 
 

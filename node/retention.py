@@ -26,25 +26,13 @@ from pathlib import Path
 from typing import Callable
 
 from .config import RetentionSection
+from .state import Jobs, Studies, transaction
 
 __all__ = ["RetentionSweeper"]
 
 log = logging.getLogger("cardionode.retention")
 
 DAY = 86400.0
-
-_OPEN_WORK = """
-    NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = p.study_uid AND j.state IN ('queued', 'running'))
-    AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN jobs j ON d.job_id = j.id
-                    WHERE j.study_uid = p.study_uid AND d.state = 'pending')
-"""
-
-_ALL_SUCCEEDED = """
-    NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = p.study_uid AND j.state != 'done')
-    AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN jobs j ON d.job_id = j.id
-                    WHERE j.study_uid = p.study_uid AND d.state != 'sent')
-"""
-
 
 class RetentionSweeper:
     """Runs one retention pass at a time; ``delete_study(uid)`` removes a study from the spool and index."""
@@ -57,6 +45,8 @@ class RetentionSweeper:
         storage_dir: str | Path,
     ) -> None:
         self._get_conn = get_conn
+        self._studies = Studies(get_conn)
+        self._jobs = Jobs(get_conn)
         self.settings = settings
         self.delete_study = delete_study
         self.results_dir = Path(storage_dir) / "results"
@@ -65,32 +55,19 @@ class RetentionSweeper:
         """(study uid, reason) of studies to remove from the spool now."""
         now = time.time() if now is None else now
         s = self.settings
-        conn = self._get_conn()
         out: dict[str, str] = {}
         if s.delete_spool_after_success:
-            for r in conn.execute(
-                f"SELECT study_uid FROM pending_studies p WHERE state='processed' AND spool_deleted_at IS NULL"
-                f" AND {_ALL_SUCCEEDED}"
-            ):
-                out[r["study_uid"]] = "processed and delivered"
-        for r in conn.execute(
-            f"SELECT study_uid FROM pending_studies p WHERE state='processed' AND spool_deleted_at IS NULL"
-            f" AND last_received_at < ? AND {_OPEN_WORK}",
-            (now - s.keep_days * DAY,),
-        ):
-            out.setdefault(r["study_uid"], f"older than keep_days={s.keep_days}")
-        for r in conn.execute(
-            "SELECT study_uid FROM pending_studies p WHERE state='unmatched' AND spool_deleted_at IS NULL"
-            " AND last_received_at < ?",
-            (now - s.keep_unmatched_days * DAY,),
-        ):
-            out.setdefault(r["study_uid"], f"unmatched, older than keep_unmatched_days={s.keep_unmatched_days}")
+            for uid in self._studies.delivered():
+                out[uid] = "processed and delivered"
+        for uid in self._studies.processed_before(now - s.keep_days * DAY):
+            out.setdefault(uid, f"older than keep_days={s.keep_days}")
+        for uid in self._studies.unmatched_before(now - s.keep_unmatched_days * DAY):
+            out.setdefault(uid, f"unmatched, older than keep_unmatched_days={s.keep_unmatched_days}")
         return sorted(out.items())
 
     def sweep(self, now: float | None = None) -> dict[str, int]:
         """One pass; returns counts of studies and result folders removed."""
         now = time.time() if now is None else now
-        conn = self._get_conn()
         removed = 0
         for uid, reason in self.candidates(now):
             try:
@@ -98,18 +75,13 @@ class RetentionSweeper:
             except Exception:
                 log.exception("retention: could not delete study", extra={"study": uid})
                 continue
-            with conn:
-                conn.execute("UPDATE pending_studies SET spool_deleted_at=? WHERE study_uid=?", (now, uid))
+            with transaction(self._get_conn()):
+                self._studies.mark_spool_deleted(uid, now)
             removed += 1
             log.info("retention: study removed from spool", extra={"study": uid, "reason": reason})
         results = 0
-        rows = conn.execute(
-            "SELECT id FROM jobs j WHERE state IN ('done', 'failed') AND finished_at < ?"
-            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id AND d.state = 'pending')",
-            (now - self.settings.keep_results_days * DAY,),
-        ).fetchall()
-        for r in rows:
-            folder = self.results_dir / str(r["id"])
+        for job_id in self._jobs.finished_before(now - self.settings.keep_results_days * DAY):
+            folder = self.results_dir / str(job_id)
             if folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
                 results += 1

@@ -311,13 +311,10 @@ def _wait_jobs(conns: Any, job_ids: list[int], timeout_s: float) -> list[dict[st
 
 def cmd_process_study(args: argparse.Namespace, config: NodeConfig) -> int:
     """``cardionode process --study UID --from SOURCE [--wait S]``: retrieve, route, optionally wait."""
-    from . import db
-    from .jobs import LocalConnections, OwnResults, migrate
-    from .service import STATE_SCHEMA
+    from .state import Connections, InstanceIndex, OwnResults
 
-    conns = LocalConnections(config.node.storage_path)
-    db.ensure_schema(conns.get(), STATE_SCHEMA)
-    migrate(conns.get())
+    conns = Connections(config.node.storage_path)
+    conns.get()  # creates or migrates the database
     own_results = OwnResults(config.node.storage_path)
     spool = _open_spool(config, own_results)
     try:
@@ -332,8 +329,6 @@ def cmd_process_study(args: argparse.Namespace, config: NodeConfig) -> int:
         out["jobs"] = []
         out["note"] = "instances went to the running node's DIMSE listener; it routes the study after its quiet period"
     else:
-        from .index import InstanceIndex
-
         job_ids = complete_study_now(config, conns, lambda uid: InstanceIndex(conns.get()).study_view(uid), args.study)
         out["job_ids"] = job_ids
         if not job_ids:

@@ -87,6 +87,25 @@ class Router:
                 out.append(RouteDecision(i, self._config.route_name(i), route.pipeline, tuple(route.destinations)))
         return out
 
+    def route(self, index: int) -> Route:
+        """The configured route ``index`` (a :attr:`RouteDecision.index`)."""
+        return self._config.routes[index]
+
+    @property
+    def study_aware(self) -> bool:
+        """True when a route declares the series it needs (``requires``): completion then checks the
+        study's headers soon after each burst of arrivals instead of only after the quiet period."""
+        return any(route.requires for _i, route, _p in self._routes)
+
+    def max_wait_seconds(self, facts: InstanceFacts) -> float | None:
+        """The longest ``max_wait_seconds`` of the routes an instance with ``facts`` could match (None: none set)."""
+        values = [
+            route.max_wait_seconds
+            for _i, route, pattern in self._routes
+            if route.max_wait_seconds is not None and _matches(route.match, pattern, facts, partial=True)
+        ]
+        return max(values) if values else None
+
     def quiet_seconds(self, facts: InstanceFacts) -> float:
         """Quiet period for a study that just received an instance with ``facts``.
 

@@ -28,22 +28,22 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pipelines.base import StudyView
 from pipelines.registry import PipelineRegistry, default_registry
 
-from . import db, startup
-from .completion import COMPLETION_SCHEMA, CompletionTracker
+from . import startup
+from .completion import CompletionTracker
 from .config import ConfigError, NodeConfig
-from .dispatch.queue import DISPATCH_SCHEMA, Dispatcher
+from .dispatch.queue import Dispatcher
 from .executors import Executor, ExecutorStatus, executor_pipelines, make_executor
 from .executors.status_file import write_status
 from .files import DIR_MODE, open_private, private_dir
-from .jobs import JOBS_SCHEMA, JobQueue, JobRunner, LocalConnections, OwnResults, migrate
+from .jobs import JobQueue, JobRunner
 from .retention import RetentionSweeper
 from .routing import Router
+from .state import Connections, InstanceIndex, OwnResults
 
-__all__ = ["NodeService", "STATE_SCHEMA", "PID_FILE_NAME"]
+__all__ = ["NodeService", "PID_FILE_NAME"]
 
 log = logging.getLogger("cardionode.service")
 
-STATE_SCHEMA = COMPLETION_SCHEMA + JOBS_SCHEMA + DISPATCH_SCHEMA
 PID_FILE_NAME = "cardionode.pid"  # read by `cardionode models reload` (pipelines.runtime.cli)
 RETENTION_INTERVAL_S = 600.0
 WARMUP_JOIN_S = 120.0
@@ -74,9 +74,9 @@ class NodeService:
                 raise ConfigError(
                     f"executor.pipelines.{name}: unknown pipeline (registered: {', '.join(self.registry.names())})"
                 )
-        self.conns = LocalConnections(self.storage_dir)
+        self.conns = Connections(self.storage_dir)
         # completion state is rebuilt from the spool at start-up (recover + reconcile): no fsync per instance
-        self.completion_conns = LocalConnections(self.storage_dir, synchronous="NORMAL")
+        self.completion_conns = Connections(self.storage_dir, synchronous="NORMAL")
         self.router = Router(config)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.models: Any = None
@@ -98,13 +98,15 @@ class NodeService:
         self._checked_models: Any = None
 
     # ------------------------------------------------------------------ pieces from other areas
-    def _index(self) -> Any:
-        from .index import InstanceIndex
-
+    def _index(self) -> InstanceIndex:
         return InstanceIndex(self.conns.get())
 
     def load_study(self, study_uid: str) -> StudyView:
         return self._index().study_view(study_uid)
+
+    def load_headers(self, study_uid: str) -> list[Any]:
+        """Indexed header values of the study's instances (study-aware completion)."""
+        return self._index().study_headers(study_uid)
 
     def delete_study(self, study_uid: str) -> None:
         delete = getattr(self.spool, "delete_study", None)
@@ -134,6 +136,7 @@ class NodeService:
 
         self.own_results = OwnResults(self.storage_dir)
         return Spool(self.storage_dir, self.config.node.min_free_mb, on_stored=self._on_stored,
+                     group_commit=self.config.node.group_commit,
                      own_results=self.own_results)
 
     def _study_completed(self) -> None:
@@ -225,9 +228,7 @@ class NodeService:
         self.preflight()
         private_dir(self.storage_dir)
         os.chmod(self.storage_dir, DIR_MODE)  # patient data inside: the node's user only
-        conn = self.conns.get()
-        db.ensure_schema(conn, STATE_SCHEMA)
-        migrate(conn)
+        self.conns.get()  # creates or migrates the database (node.state.schema)
         with open_private(self.storage_dir / PID_FILE_NAME) as pid_file:
             pid_file.write(f"{os.getpid()}\n".encode("ascii"))
         self._pid_written = True
@@ -252,6 +253,7 @@ class NodeService:
         self.completion = CompletionTracker(
             self.completion_conns.get, self.router, self.load_study, self.scheduler,
             late_arrivals=cfg.node.late_arrivals, on_enqueued=self._study_completed,
+            load_headers=self.load_headers, settle_seconds=cfg.node.settle_seconds,
         )
         self.retention = RetentionSweeper(self.conns.get, cfg.retention, self.delete_study, self.storage_dir)
 

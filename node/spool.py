@@ -40,10 +40,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-from . import db
+
 from .files import DIR_MODE, open_private, private_dir
-from .fsync import fsync_dir, fsync_path
-from .index import InstanceIndex
+from .fsync import GroupSync, fsync_dir, fsync_path
+from .state import InstanceIndex, connect
 
 __all__ = [
     "Spool",
@@ -157,6 +157,7 @@ class StoredInstance:
     series_description: str = ""
     series_number: int | None = None
     instance_number: int | None = None
+    facts: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +196,32 @@ _HEADER_ELEMENTS = {
     (0x0020, 0x0011): "series_number",
     (0x0020, 0x0013): "instance_number",
 }
+# header values completeness judges a series by (node.completeness.HeaderFacts): (group, element) -> name
+_FACT_ELEMENTS = {
+    (0x0028, 0x0008): "frames",
+    (0x0020, 0x0105): "temporal_positions",
+    (0x0018, 0x1090): "cardiac_images",
+    (0x0020, 0x1002): "images_in_acquisition",
+    (0x0020, 0x0012): "acquisition_number",
+    (0x0020, 0x0032): "image_position",
+    (0x0020, 0x1041): "slice_location",
+    (0x0018, 0x0020): "scanning_sequence",
+    (0x0018, 0x0021): "sequence_variant",
+    (0x0018, 0x0024): "sequence_name",
+    (0x0018, 0x9005): "pulse_sequence_name",
+    (0x0020, 0x9161): "concatenation_uid",
+    (0x0020, 0x9162): "concatenation_number",  # US: binary
+    (0x0020, 0x9163): "concatenation_total",  # US: binary
+}
+_FACT_KEYWORDS = {
+    "frames": "NumberOfFrames", "temporal_positions": "NumberOfTemporalPositions",
+    "cardiac_images": "CardiacNumberOfImages", "images_in_acquisition": "ImagesInAcquisition",
+    "acquisition_number": "AcquisitionNumber", "image_position": "ImagePositionPatient",
+    "slice_location": "SliceLocation", "scanning_sequence": "ScanningSequence",
+    "sequence_variant": "SequenceVariant", "sequence_name": "SequenceName",
+    "pulse_sequence_name": "PulseSequenceName", "concatenation_uid": "ConcatenationUID",
+    "concatenation_number": "InConcatenationNumber", "concatenation_total": "InConcatenationTotalNumber",
+}
 _META_LENGTH = (0x0002, 0x0000)  # File Meta Information Group Length: the first element, at byte 132
 _META_ELEMENTS = {(0x0002, 0x0002): "meta_sop_class", (0x0002, 0x0003): "meta_sop_instance",
                   (0x0002, 0x0010): "transfer_syntax"}
@@ -216,6 +243,7 @@ class InstanceHeader:
     series_number: int | None
     instance_number: int | None
     size: int
+    facts: str | None = None  # completeness header values as JSON (node.completeness.HeaderFacts.extra_json)
 
 
 class _Window:
@@ -352,7 +380,7 @@ def _read_deflated(fp: BinaryIO, header: dict[str, Any], start: int) -> dict[str
     """Identifying attributes of a Deflated Explicit VR Little Endian file (pydicom inflates), checked whole."""
     fp.seek(0)
     try:
-        ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS + list(_FACT_KEYWORDS.values()))
     except Exception as exc:  # pydicom raises several types on garbage
         raise InvalidInstanceError(f"unreadable dataset: {type(exc).__name__}: {exc}") from None
     _check_deflated(fp, start)
@@ -363,6 +391,9 @@ def _read_deflated(fp: BinaryIO, header: dict[str, Any], start: int) -> dict[str
             header[key] = str(ds.get(keyword, "") or "")
         header["series_number"] = _int_or_none(ds.get("SeriesNumber"))
         header["instance_number"] = _int_or_none(ds.get("InstanceNumber"))
+        raw = {name: ds.get(keyword) for name, keyword in _FACT_KEYWORDS.items()}
+        header["facts"] = _facts_json({k: (None if v is None else "\\".join(map(str, v)) if isinstance(v, (list, tuple))
+                                           or type(v).__name__ == "MultiValue" else str(v)) for k, v in raw.items()})
     except Exception as exc:
         raise InvalidInstanceError(f"unreadable dataset: {type(exc).__name__}: {exc}") from None
     return header
@@ -399,8 +430,14 @@ def read_header(path: Path) -> InstanceHeader:
             return InstanceHeader(**_read_deflated(fp, header, start))
         implicit = ts == ImplicitVRLittleEndian
         walker = _Walker(window, implicit, little_endian=ts != ExplicitVRBigEndian)
-        _end, tags = walker.dataset(start, implicit, wanted=_HEADER_ELEMENTS)
+        _end, tags = walker.dataset(start, implicit, wanted=_HEADER_ELEMENTS | _FACT_ELEMENTS)
     values = {name: walker.values.get(tag) for tag, name in _HEADER_ELEMENTS.items()}
+    facts = {name: walker.values.get(tag) for tag, name in _FACT_ELEMENTS.items()}
+    endian = ">" if ts == ExplicitVRBigEndian else "<"
+    for name in ("concatenation_number", "concatenation_total"):  # US: binary in every transfer syntax
+        value = facts[name]
+        facts[name] = str(struct.unpack(endian + "H", value[:2])[0]) if value and len(value) >= 2 else None
+    header["facts"] = _facts_json({k: v if isinstance(v, str) or v is None else _text(v) for k, v in facts.items()})
     for name in ("sop_class", "sop_instance", "study", "series", "modality"):
         header[name] = _text(values[name])
     header["series_description"] = _decode_text(values["series_description"], values["charset"])
@@ -410,6 +447,40 @@ def read_header(path: Path) -> InstanceHeader:
     if "Image Storage" in UID(sop_class).name and not tags & _PIXEL_TAGS:
         raise InvalidInstanceError("image dataset without pixel data (truncated?)")
     return InstanceHeader(**header)
+
+
+def _position(value: str | None) -> str | None:
+    """ImagePositionPatient (or SliceLocation) rounded to 0.01 mm: the key of a slice position."""
+    if not value:
+        return None
+    try:
+        return "\\".join(f"{round(float(v), 2):.2f}" for v in value.split("\\"))
+    except ValueError:
+        return None
+
+
+def _facts_json(raw: dict[str, str | None]) -> str | None:
+    """The completeness header values (:class:`node.completeness.HeaderFacts`) as compact JSON."""
+    from .completeness import HeaderFacts
+
+    def num(name: str) -> int | None:
+        text = (raw.get(name) or "").split("\\")[0]
+        return _number(text.encode("ascii", "replace")) if text else None
+
+    def text(name: str) -> str | None:
+        return (raw.get(name) or "").strip(" \x00") or None
+
+    facts = HeaderFacts(
+        series_instance_uid="", frames=num("frames"), temporal_positions=num("temporal_positions"),
+        cardiac_images=num("cardiac_images"), images_in_acquisition=num("images_in_acquisition"),
+        acquisition_number=num("acquisition_number"),
+        position=_position(text("image_position")) or _position(text("slice_location")),
+        scanning_sequence=text("scanning_sequence"), sequence_variant=text("sequence_variant"),
+        sequence_name=text("sequence_name") or text("pulse_sequence_name"),
+        concatenation_uid=text("concatenation_uid"), concatenation_number=num("concatenation_number"),
+        concatenation_total=num("concatenation_total"),
+    )
+    return facts.extra_json()
 
 
 def _decode_text(value: bytes | None, charset: bytes | None) -> str:
@@ -437,8 +508,11 @@ class Spool:
     """
 
     def __init__(self, storage_dir: str | Path, min_free_mb: int = 0,
-                 on_stored: Callable[[StoredInstance], None] | None = None, own_results: Any = None) -> None:
+                 on_stored: Callable[[StoredInstance], None] | None = None, own_results: Any = None,
+                 group_commit: bool = False) -> None:
         self.storage_dir = Path(storage_dir)
+        # concurrent stores share their fsyncs (node.fsync.GroupSync); False: each store fsyncs alone
+        self.group_sync: GroupSync | None = GroupSync() if group_commit else None
         self.min_free_mb = int(min_free_mb)
         self.root = self.storage_dir / "spool"
         self.incoming = self.root / ".incoming"
@@ -455,8 +529,7 @@ class Spool:
         for d in (self.storage_dir, self.root, self.incoming):
             fsync_dir(d)
             self._durable_dirs.add(d)
-        self._conn = db.connect(self.storage_dir)
-        self._conn.execute("PRAGMA synchronous=NORMAL")  # files are the record; see module docstring
+        self._conn = connect(self.storage_dir, synchronous="NORMAL")  # files are the record; see module docstring
         self._index = InstanceIndex(self._conn)
         self._device = os.stat(self.root).st_dev
 
@@ -620,6 +693,12 @@ class Spool:
             self._release_queue.put(None)
             releaser.join(timeout=30)
 
+    def _fsync(self, path: Path, directory: bool = False) -> None:
+        if self.group_sync is not None:
+            self.group_sync.sync(path, directory=directory)
+        else:
+            fsync_path(path, directory=directory)
+
     def _require_space(self, incoming_bytes: int = 0) -> None:
         if not self.has_space(incoming_bytes):
             raise OutOfSpaceError(f"less than {self.min_free_mb} MB would stay free on the spool filesystem")
@@ -690,6 +769,7 @@ class Spool:
             series_description=header.series_description,
             series_number=header.series_number,
             instance_number=header.instance_number,
+            facts=header.facts,
         )
 
     def _claim(self, inst: StoredInstance) -> None:
@@ -736,13 +816,13 @@ class Spool:
             raise OwnResultError(inst.sop_instance_uid, inst.series_instance_uid, inst.study_instance_uid)
         self._claim(inst)
         try:
-            fsync_path(tmp)
+            self._fsync(tmp)  # the bytes are on stable storage before they get the instance's name
             dest = inst.path
             self._ensure_dir(dest.parent)
             replaced_copy = self._keep_old_copy(dest)
             existed = replaced_copy is not None or dest.exists()
             os.replace(tmp, dest)
-            fsync_dir(dest.parent)
+            self._fsync(dest.parent, directory=True)  # and the name before the success status
             if replaced_copy is not None:
                 self._release_later(replaced_copy)
             with self._lock:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .config import NodeConfig, TLSSection
+from .state import DB_FILENAME, SchemaTooNew, check_version
 
 __all__ = [
     "StartupError",
@@ -65,8 +66,6 @@ def check_storage(storage_dir: str | Path) -> None:
     except OSError as exc:
         raise StartupError(f"node.storage_dir: {folder} is not writable ({_reason(exc)}); "
                            f"give this user write access to it or {fix}") from None
-    from .db import DB_FILENAME
-
     database = folder / DB_FILENAME
     if database.exists():
         try:
@@ -75,6 +74,10 @@ def check_storage(storage_dir: str | Path) -> None:
         except OSError as exc:
             raise StartupError(f"node.storage_dir: the node database {database} is not writable ({_reason(exc)}); "
                                f"give this user write access to it or {fix}") from None
+        try:
+            check_version(folder)
+        except SchemaTooNew as exc:
+            raise StartupError(f"node.storage_dir: {exc}") from None
 
 
 # --------------------------------------------------------------------------- TLS and token

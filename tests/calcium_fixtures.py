@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from training.calcium.phantom import Phantom, make_phantom
 from training.datasets.phantoms import COCA_CLASS_TO_FILE as CLASS_TO_FILE  # noqa: F401 - used by tests
@@ -60,8 +59,3 @@ def sr_groups(sr) -> dict[str, dict[str, float | str]]:
     return out
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
-    import subprocess
-
-    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
-    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]

@@ -1,7 +1,6 @@
 """Helpers shared by the myops tests and bench (phantom studies, SR reading, dciodvfy)."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +44,3 @@ def sr_measurements(sr: pydicom.Dataset) -> dict[str, float]:
     return out
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
-    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
-    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]

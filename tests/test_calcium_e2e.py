@@ -9,7 +9,8 @@ import pydicom
 import pytest
 
 from pipelines.calcium.labels import CLASS_BY_VALUE
-from tests.calcium_fixtures import dciodvfy_errors, phantom_ct_study, sr_groups
+from tests.support.peers import dciodvfy_errors
+from tests.calcium_fixtures import phantom_ct_study, sr_groups
 from tests.support.node_proc import NodeProcess, pipeline_node_config
 from tests.support.peers import StoreSCP, storescu, wait_for
 from tests.test_calcium_pipeline import AGATSTON_REL_TOL

@@ -16,7 +16,8 @@ from pipelines.calcium.labels import CLASSES
 from pipelines.calcium.outputs import score_concept
 from pipelines.calcium.pipeline import CalciumPipeline
 from pipelines.runtime import ModelStore, bundled_models_dir
-from tests.calcium_fixtures import dciodvfy_errors, phantom_ct_study
+from tests.support.peers import dciodvfy_errors
+from tests.calcium_fixtures import phantom_ct_study
 from tests.support.sr_content import groups, structure_problems, walk
 
 #: smallest pairwise CIELAB Delta E (1976) between two calcium segment colours

@@ -16,7 +16,8 @@ from pipelines.calcium.pipeline import CalciumPipeline
 from pipelines.calcium.preprocess import PreprocessConfig, prepare_slices
 from pipelines.imaging import load_volume
 from pipelines.runtime import ModelStore, bundled_models_dir
-from tests.calcium_fixtures import dciodvfy_errors, phantom_ct_study, sr_groups
+from tests.support.peers import dciodvfy_errors
+from tests.calcium_fixtures import phantom_ct_study, sr_groups
 from tests.support.sr_content import groups as sr_content_groups
 from tests.support.sr_content import structure_problems
 from training.calcium.data import slices_from_volume

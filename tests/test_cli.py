@@ -10,10 +10,9 @@ from pathlib import Path
 import pydicom
 import yaml
 
-from node import db
-from node.dispatch.queue import add_deliveries
+from node.state import DB_FILENAME, connect
+from node.state import add_deliveries
 from node.jobs import JobQueue
-from node.service import STATE_SCHEMA
 from tests.fixtures.studies import write_ct_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,8 +58,7 @@ def test_status_shows_jobs_and_destination_queue_depth_and_last_error(tmp_path):
     cfg = _config(tmp_path)
     r = _run("status", "--config", str(cfg), "--no-models")
     assert r.returncode == 2 and "no node database" in r.stderr
-    conn = db.connect(tmp_path / "var")
-    db.ensure_schema(conn, STATE_SCHEMA)
+    conn = connect(tmp_path / "var")
     with conn:
         job = JobQueue.enqueue(conn, "1.2.3", 1, "r0", "test-sr", ["pacs"])
         conn.execute("UPDATE jobs SET state='failed', error='input: no CT series' WHERE id=?", (job,))
@@ -103,7 +101,7 @@ def test_serve_with_the_default_config_file_answers_echo_and_stops_on_sigterm(tm
             assert proc.poll() is None, proc.stdout.read()
             assert time.time() < deadline, f"default node did not answer C-ECHO on {dimse_port}"
             time.sleep(0.3)
-        assert (tmp_path / "var" / db.DB_FILENAME).exists()
+        assert (tmp_path / "var" / DB_FILENAME).exists()
         import requests
 
         def healthy() -> bool:

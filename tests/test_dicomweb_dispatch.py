@@ -50,13 +50,14 @@ def test_unreachable_and_wrong_path_are_batch_errors(orthanc: Orthanc, tmp_path:
 
 def test_dispatch_queue_delivers_once_and_retries_when_down(orthanc: Orthanc, tmp_path: Path) -> None:
     """The dicomweb type goes through the same persistent queue: sent once; a down peer is retried."""
-    from node import db
+    from node.state import connect
     from node.config import DispatchSection
     from node.dispatch.base import build_sender
-    from node.dispatch.queue import DISPATCH_SCHEMA, DestinationWorker, add_deliveries
+    from node.dispatch.queue import DestinationWorker
 
-    conn = db.connect(tmp_path)
-    db.ensure_schema(conn, DISPATCH_SCHEMA)
+    from node.state import add_deliveries
+
+    conn = connect(tmp_path)
     paths = write_ct_study(tmp_path / "s", n=2)
     files = [(str(pydicom.dcmread(p).SOPInstanceUID), p) for p in paths]
     settings = DispatchSection(max_attempts=3, backoff_initial_s=0.0, backoff_max_s=0.0, timeout_s=5)

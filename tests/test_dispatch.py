@@ -10,11 +10,12 @@ import pytest
 from pydicom.sr.codedict import codes as sr_codes
 from pydicom.uid import JPEG2000Lossless
 
-from node import db
 from node.config import DimseDestination, DispatchSection
 from node.dispatch.base import SenderError, build_sender
-from node.dispatch.queue import DISPATCH_SCHEMA, Dispatcher, add_deliveries
-from node.jobs import JOBS_SCHEMA, LocalConnections, write_result_files
+from node.dispatch.queue import Dispatcher
+from node.state import add_deliveries
+from node.jobs import write_result_files
+from node.state import Connections
 from pipelines.base import PipelineContext, PipelineResult, StudyView
 from pipelines.outputs.algorithm import AlgorithmIdentity
 from pipelines.outputs.seg import SegmentSpec, build_segmentation, jpeg2000_encoder_available
@@ -27,8 +28,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture()
 def conns(tmp_path):
-    c = LocalConnections(tmp_path)
-    db.ensure_schema(c.get(), JOBS_SCHEMA + DISPATCH_SCHEMA)
+    c = Connections(tmp_path)
     yield c
     c.close_all()
 

@@ -12,13 +12,13 @@ import textwrap
 import pydicom
 import pytest
 
-from node import db
 from node.config import JobsSection, ModelsSection
-from node.dispatch.queue import DISPATCH_SCHEMA
+
 from node.executors import JobRequest, LocalExecutor
 from node.executors.payload import PathMapError, ResultPayload, StudyBundle
 from node.executors.worker import PipelineWorker
-from node.jobs import JOBS_SCHEMA, JobQueue, LocalConnections
+from node.jobs import JobQueue
+from node.state import Connections
 from pipelines.base import StudyView
 from pipelines.registry import PipelineRegistry
 from tests.fixtures import sr_pipeline
@@ -93,9 +93,8 @@ def test_result_payload_round_trip_keeps_the_datasets(study):
 
 
 def test_release_returns_a_claimed_job_without_counting_the_attempt(tmp_path):
-    conns = LocalConnections(tmp_path)
+    conns = Connections(tmp_path)
     try:
-        db.ensure_schema(conns.get(), JOBS_SCHEMA + DISPATCH_SCHEMA)
         queue = JobQueue(conns, JobsSection(), tmp_path)
         with conns.get() as conn:
             job_id = JobQueue.enqueue(conn, "1.2.3", 1, "r", "test-sr", ["a"])

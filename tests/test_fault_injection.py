@@ -20,7 +20,7 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from node import db
+from node.state import connect
 from node.web.multipart import MultipartError, find_parts
 from tests.fixtures.studies import write_ct_study
 from tests.support.node_proc import NodeProcess, node_config
@@ -249,7 +249,7 @@ def _delivered(scp: StoreSCP) -> Counter[str]:
 
 
 def _jobs(storage: Path) -> list[tuple[str, int, str]]:
-    conn = db.connect(storage)
+    conn = connect(storage)
     try:
         return [(r["study_uid"], r["generation"], r["state"]) for r in
                 conn.execute("SELECT study_uid, generation, state FROM jobs ORDER BY id")]
@@ -260,7 +260,7 @@ def _jobs(storage: Path) -> list[tuple[str, int, str]]:
 
 
 def _pending_deliveries(storage: Path) -> int:
-    conn = db.connect(storage)
+    conn = connect(storage)
     try:
         return conn.execute("SELECT COUNT(*) FROM deliveries WHERE state='pending'").fetchone()[0]
     except Exception:
@@ -307,7 +307,7 @@ def test_kill9_at_random_moments_loses_nothing_acknowledged_and_processes_each_s
         finally:
             node.stop_quietly()
         # every acknowledged instance is stored, byte-identical
-        conn = db.connect(node.storage)
+        conn = connect(node.storage)
         try:
             rows = {r["sop_instance_uid"]: r["path"] for r in conn.execute("SELECT sop_instance_uid, path FROM instances")}
             results = [r["sop_instance_uid"] for r in conn.execute("SELECT sop_instance_uid FROM results")]

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pydicom
 
-from node import db
-from node.index import InstanceIndex
+from node.state import connect
+from node.state import InstanceIndex
 from node.spool import Spool
 from tests.fixtures.studies import write_ct_study
 
 
 def _study_paths(storage: Path, study_uid: str) -> list[Path]:
-    conn = db.connect(storage)
+    conn = connect(storage)
     try:
         view = InstanceIndex(conn).study_view(study_uid)
         return [ref.path for series in view for ref in series]
@@ -32,7 +32,7 @@ def test_relative_storage_dir_gives_paths_that_exist_from_any_working_directory(
             spool.store_file(f, calling_ae="MODALITY", source="dimse")
     finally:
         spool.close()
-    conn = db.connect(tmp_path / "var")
+    conn = connect(tmp_path / "var")
     stored = sorted(r["path"] for r in conn.execute("SELECT path FROM instances"))
     conn.close()
     assert all(p.startswith("spool/") for p in stored), stored  # relative to the storage folder
@@ -50,7 +50,7 @@ def test_rows_stored_relative_to_an_old_working_directory_are_repaired_keeping_t
     for f in files:
         spool.store_file(f, calling_ae="MODALITY", source="dimse")
     spool.close()
-    conn = db.connect(storage)
+    conn = connect(storage)
     with conn:  # what the older version wrote for `storage_dir: ./var` started in tmp_path
         conn.execute("UPDATE instances SET path = 'var/' || path")
     conn.close()
@@ -62,7 +62,7 @@ def test_rows_stored_relative_to_an_old_working_directory_are_repaired_keeping_t
     assert (report.indexed, report.dropped_rows) == (0, 0)  # repaired in place, not re-indexed from the files
     paths = _study_paths(storage, study_uid)
     assert len(paths) == 2 and all(p.is_file() for p in paths), paths
-    conn = db.connect(storage)
+    conn = connect(storage)
     rows = conn.execute("SELECT path, calling_ae, source FROM instances").fetchall()
     conn.close()
     assert {(r["calling_ae"], r["source"]) for r in rows} == {("MODALITY", "dimse")}

@@ -20,10 +20,10 @@ from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 
-from node import db
+from node.state import connect
 from node.config import NodeSection
-from node.index import InstanceIndex
-from node.jobs import JOBS_SCHEMA, OwnResults
+from node.state import InstanceIndex
+from node.state import OwnResults
 from node.ingest.dimse import DimseServer
 from node.spool import Spool
 from tests.support import synth
@@ -55,7 +55,7 @@ class Node:
         self.spool.add_listener(self.stored.append)
         self.server = DimseServer(self.node, self.spool).start()
         self.port = self.server.port
-        self.conn = db.connect(self.node.storage_path)
+        self.conn = connect(self.node.storage_path)
         self.index = InstanceIndex(self.conn)
 
     def stop(self) -> None:
@@ -395,7 +395,6 @@ def test_own_result_sent_back_by_c_store_is_acknowledged_not_stored(node: Node, 
     """An instance the node produced (recorded in ``results``: by SOP Instance UID or by series) that comes
     back by C-STORE gets Success, is not stored, does not reach completion, and is logged."""
     caplog.set_level(logging.WARNING, logger="cardionode.ingest")
-    db.ensure_schema(node.conn, JOBS_SCHEMA)
     files = synth.ct_series(tmp_path / "ct", 3, 32)
     by_uid = pydicom.dcmread(files[0])
     other = synth.ct_series(tmp_path / "other", 1, 32)
@@ -414,3 +413,38 @@ def test_own_result_sent_back_by_c_store_is_acknowledged_not_stored(node: Node, 
     returned = [r for r in caplog.records if r.getMessage().startswith("own result sent back")]
     assert sorted(getattr(r, "sop_instance") for r in returned) == sorted(
         [by_uid.SOPInstanceUID, pydicom.dcmread(other[0]).SOPInstanceUID])
+
+
+def test_group_sync_shares_fsyncs_between_threads_and_fails_the_whole_batch(tmp_path: Path) -> None:
+    """node.fsync.GroupSync: concurrent callers need fewer flushes than calls; an fsync that fails
+    fails its caller (never reported as durable)."""
+    import threading
+
+    from node.fsync import GroupSync
+
+    group = GroupSync()
+    files = []
+    for i in range(64):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(os.urandom(64 * 1024))
+        files.append(p)
+    errors: list[BaseException] = []
+
+    def worker(chunk: list[Path]) -> None:
+        try:
+            for p in chunk:
+                group.sync(p)
+                group.sync(tmp_path, directory=True)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(files[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert group.requests == 128 and group.flushes < group.requests
+    with pytest.raises(FileNotFoundError):
+        group.sync(tmp_path / "gone")
+    group.sync(files[0])  # the next batch is not affected

@@ -8,12 +8,13 @@ import pydicom
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from node import db
-from node.completion import COMPLETION_SCHEMA, CompletionTracker
+from node.state import connect
+from node.completion import CompletionTracker
 from node.config import JobsSection, parse_config
-from node.dispatch.queue import DISPATCH_SCHEMA
+
 from node.executors import LocalExecutor
-from node.jobs import JOBS_SCHEMA, JobQueue, JobRunner, LocalConnections
+from node.jobs import JobQueue, JobRunner
+from node.state import Connections
 from node.routing import Router
 from pipelines.base import StudyView
 from pipelines.registry import PipelineRegistry
@@ -23,8 +24,7 @@ from tests.fixtures.studies import write_ct_study
 
 @pytest.fixture()
 def conns(tmp_path):
-    c = LocalConnections(tmp_path)
-    db.ensure_schema(c.get(), JOBS_SCHEMA + DISPATCH_SCHEMA + COMPLETION_SCHEMA)
+    c = Connections(tmp_path)
     yield c
     c.close_all()
 
@@ -118,6 +118,27 @@ def test_interrupted_running_job_is_requeued_and_rerun_from_empty_results(tmp_pa
     assert conns.get().execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 2
 
 
+def test_a_job_that_cannot_be_marked_done_leaves_no_result_or_delivery_behind(tmp_path, conns):
+    """complete() is one transaction: results, deliveries and state 'done' commit together or not at all.
+    (In autocommit mode ``with conn:`` committed each statement: the dispatcher sent the results of a run
+    whose job was still 'running'; after kill -9 the job ran again and new SRs went out as well.)"""
+    view, queue, runner = _runner(tmp_path, conns, {})
+    job_id = _enqueue(conns, view.study_instance_uid)
+    conn = conns.get()
+    # the last statement of complete() fails, as a kill -9 just before it would leave it undone
+    conn.execute("CREATE TRIGGER refuse_done BEFORE UPDATE OF state ON jobs WHEN NEW.state='done'"
+                 " BEGIN SELECT RAISE(ABORT, 'refused by test'); END")
+    job = queue.claim()
+    assert runner.run_job(job) == "failed"  # the error is recorded as the job's failure
+    assert conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
+    conn.execute("DROP TRIGGER refuse_done")
+    conn.execute("UPDATE jobs SET state='running' WHERE id=?", (job_id,))
+    assert queue.requeue_interrupted() == (1, 0)
+    assert runner.run_job(queue.claim()) == "done"
+    assert conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 2  # the re-run's only
+
+
 def test_completion_waits_for_quiet_then_enqueues_each_route_once_and_rearms_after_restart_with_fresh_quiet(tmp_path, conns):
     files = write_ct_study(tmp_path / "study", 2)
     view = StudyView.from_files(files)
@@ -189,15 +210,18 @@ def test_late_arrival_with_ignore_policy_is_counted_not_reprocessed(tmp_path, co
 
 
 def test_an_older_database_gains_the_results_series_column(tmp_path):
-    from node.jobs import OwnResults, migrate
+    import sqlite3
 
-    conn = db.connect(tmp_path)
-    conn.execute("CREATE TABLE results (sop_instance_uid TEXT PRIMARY KEY, job_id INTEGER NOT NULL,"
-                 " sop_class_uid TEXT NOT NULL, path TEXT NOT NULL, created_at REAL NOT NULL)")
-    conn.execute("INSERT INTO results VALUES ('1.2.3', 1, '1.2', 'p', 0)")
-    db.ensure_schema(conn, JOBS_SCHEMA)
-    migrate(conn)
-    migrate(conn)  # idempotent
+    from node.state import DB_FILENAME, OwnResults
+
+    old = sqlite3.connect(tmp_path / DB_FILENAME)  # a release from before results.series_instance_uid
+    old.execute("CREATE TABLE results (sop_instance_uid TEXT PRIMARY KEY, job_id INTEGER NOT NULL,"
+                " sop_class_uid TEXT NOT NULL, path TEXT NOT NULL, created_at REAL NOT NULL)")
+    old.execute("INSERT INTO results VALUES ('1.2.3', 1, '1.2', 'p', 0)")
+    old.commit()
+    old.close()
+    connect(tmp_path).close()
+    conn = connect(tmp_path)  # idempotent
     assert "series_instance_uid" in {r[1] for r in conn.execute("PRAGMA table_info(results)")}
     conn.close()
     own = OwnResults(tmp_path)

@@ -5,18 +5,16 @@ import time
 
 import pytest
 
-from node import db
 from node.config import RetentionSection
-from node.dispatch.queue import add_deliveries
-from node.jobs import JobQueue, LocalConnections
+from node.state import add_deliveries
+from node.jobs import JobQueue
+from node.state import Connections
 from node.retention import DAY, RetentionSweeper
-from node.service import STATE_SCHEMA
 
 
 @pytest.fixture()
 def conn_factory(tmp_path):
-    c = LocalConnections(tmp_path)
-    db.ensure_schema(c.get(), STATE_SCHEMA)
+    c = Connections(tmp_path)
     yield c
     c.close_all()
 

@@ -11,7 +11,8 @@ import pytest
 from pipelines.runtime import bundled_models_dir
 from tests.support.node_proc import NodeProcess, pipeline_node_config
 from tests.support.peers import StoreSCP, echo, storescu, wait_for
-from tests.myops_support import dciodvfy_errors, phantom_study, sr_measurements
+from tests.support.peers import dciodvfy_errors
+from tests.myops_support import phantom_study, sr_measurements
 from tests.test_myops_pipeline import MYO_VOLUME_REL_TOL, SCAR_BURDEN_TOLERANCE_PP  # see there how measured
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -17,7 +17,7 @@ from pipelines.myops.options import MyopsOptions, OptionsError
 from pipelines.myops.pipeline import MyopsPipeline
 from pipelines.myops.preprocess import build_grid_stack, label_on_grid
 from pipelines.runtime import ModelStore, bundled_models_dir
-from tests.myops_support import dciodvfy_errors
+from tests.support.peers import dciodvfy_errors
 from tests.support.sr_content import groups as sr_groups
 from tests.support.sr_content import structure_problems
 from training.myops.metrics import dice

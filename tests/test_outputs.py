@@ -30,7 +30,7 @@ from pipelines.outputs import (
     outline_box,
 )
 from pipelines.outputs import codes as C
-from tests.support.peers import DCIODVFY_BIN, dciodvfy
+from tests.support.peers import DCIODVFY_BIN, dciodvfy_errors
 from tests.support.sr_content import containers, structure_problems
 from tests.support.sr_content import groups as sr_groups
 from training.synth.dicom import new_study, write_ct_series, write_enhanced_ct, write_mr_series, write_xa_cine
@@ -40,8 +40,8 @@ needs_dciodvfy = pytest.mark.skipif(not Path(DCIODVFY_BIN).exists(), reason="dic
 
 def _save_and_validate(ds: Dataset, path: Path) -> Dataset:
     ds.save_as(path, enforce_file_format=True)
-    ok, text = dciodvfy(path)
-    assert ok, text
+    errors = dciodvfy_errors(path)
+    assert errors == [], errors
     return pydicom.dcmread(path)
 
 

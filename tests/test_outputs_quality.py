@@ -16,7 +16,7 @@ from pipelines.outputs import (AlgorithmIdentity, MeasurementGroupSpec, Measurem
                                build_measurement_report, build_segmentation_for_volume, build_summary_image)
 from pipelines.outputs import codes as C
 from pipelines.quality import RESULT
-from tests.support.peers import DCIODVFY_BIN, dciodvfy
+from tests.support.peers import DCIODVFY_BIN, dciodvfy_errors
 from tests.support.sr_content import containers, groups, structure_problems, walk
 from training.synth.dicom import new_study, write_ct_series, write_xa_cine
 
@@ -29,8 +29,8 @@ NO_TOTAL = QualityIssue("PART-MISSING", "the right coronary system is not assess
 
 def _save(ds, path: Path) -> pydicom.Dataset:
     ds.save_as(path, enforce_file_format=True)
-    ok, text = dciodvfy(path)
-    assert ok, text
+    errors = dciodvfy_errors(path)
+    assert errors == [], errors
     return pydicom.dcmread(path)
 
 

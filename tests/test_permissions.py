@@ -18,7 +18,7 @@ import pytest
 import requests
 import yaml
 
-from node import db
+from node.state import connect
 from node.jobs import write_result_files
 from node.spool import Spool
 from pipelines.base import PipelineContext, PipelineResult, StudyView
@@ -57,7 +57,7 @@ def test_library_creates_private_files_under_a_permissive_umask(tmp_path: Path) 
             view = StudyView.from_files(files)
             result = SrTestPipeline().run(view, PipelineContext({}, None, tmp_path))
             write_result_files(PipelineResult(result.datasets, "test-sr", "0"), storage / "results" / "1")
-            conn = db.connect(storage)
+            conn = connect(storage)
             conn.execute("CREATE TABLE t (x)")
             conn.close()
         finally:
@@ -171,12 +171,12 @@ def test_opening_another_connection_keeps_the_locks_of_open_ones(tmp_path: Path)
     descriptor of it drops this process's SQLite locks, and another process closing its last connection
     then takes itself for the last user and deletes the WAL and shared-memory files under the connections
     still open here (seen as a node that stopped seeing jobs queued by ``cardionode process``)."""
-    writer = ("import sys; from node import db; c = db.connect(sys.argv[1]); "
+    writer = ("import sys; from node import state; c = state.connect(sys.argv[1]); "
               "c.execute('INSERT INTO t VALUES (?)', (int(sys.argv[2]),)); c.close()")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    first = db.connect(tmp_path)
+    first = connect(tmp_path)
     first.execute("CREATE TABLE t (x)")
-    second = db.connect(tmp_path)  # e.g. a new worker thread's connection
+    second = connect(tmp_path)  # e.g. a new worker thread's connection
     try:
         subprocess.run([sys.executable, "-c", writer, str(tmp_path), "1"], check=True, env=env, timeout=60)
         assert {p.name for p in tmp_path.iterdir()} >= {"cardionode.sqlite3-wal", "cardionode.sqlite3-shm"}

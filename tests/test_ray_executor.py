@@ -25,7 +25,7 @@ import pytest
 import requests
 import yaml
 
-from node import db
+from node.state import connect
 from node.config import parse_config
 from node.executors import JobRequest, make_executor
 from node.executors.status_file import read_status
@@ -76,7 +76,7 @@ def _srs(scp: StoreSCP) -> list[pydicom.Dataset]:
 
 
 def _jobs(storage: Path) -> list[sqlite3.Row]:
-    conn = db.connect(storage)
+    conn = connect(storage)
     try:
         return conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
     except sqlite3.OperationalError:

@@ -6,11 +6,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node import db
 from node.config import parse_config
-from node.jobs import LocalConnections
+from node.state import Connections
 from node.retrieve import RetrieveError, retrieve_study
-from node.service import STATE_SCHEMA
 from tests.fixtures.studies import write_ct_study
 from tests.support.peers import Orthanc, free_port
 
@@ -35,7 +33,7 @@ def test_retrieve_into_spool(pacs, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     DimseServer has started in the same process (the node, or an earlier test)."""
     from pynetdicom import _config
 
-    from node.index import InstanceIndex
+    from node.state import InstanceIndex
     from node.spool import Spool
 
     monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", chunked)
@@ -50,8 +48,7 @@ def test_retrieve_into_spool(pacs, tmp_path: Path, monkeypatch: pytest.MonkeyPat
                      "retrieve": "move"},
         },
     })
-    conns = LocalConnections(config.node.storage_dir)
-    db.ensure_schema(conns.get(), STATE_SCHEMA)
+    conns = Connections(config.node.storage_dir)
     spool = Spool(config.node.storage_path, 0)
     result = retrieve_study(config, source, study, spool, timeout_s=10)
     assert (result.stored, result.failed) == (2, 0)

@@ -9,10 +9,8 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from node import db
 from node.config import parse_config
-from node.jobs import LocalConnections
-from node.service import STATE_SCHEMA
+from node.state import Connections
 from node.web.metrics import Metrics
 from node.web.server import HttpServer, WebContext
 from tests.fixtures.studies import write_ct_study
@@ -44,8 +42,7 @@ class Node:
                                              "http_port": 0, "max_upload_mb": max_upload_mb, "min_free_mb": 0,
                                              **node},
                                     "api": {"token": TOKEN}})
-        self.conns = LocalConnections(self.config.node.storage_dir)
-        db.ensure_schema(self.conns.get(), STATE_SCHEMA)
+        self.conns = Connections(self.config.node.storage_dir)
         self.spool = Spool(self.config.node.storage_path, 0)
         self.metrics = Metrics(self.conns.get)
         self.server = HttpServer(self.config, WebContext(self.config, self.conns.get, self.metrics, spool=self.spool))
@@ -53,7 +50,7 @@ class Node:
         self.url = self.server.url + "/dicom-web"
 
     def stored_uids(self, study_uid: str) -> set[str]:
-        from node.index import InstanceIndex
+        from node.state import InstanceIndex
 
         try:
             view = InstanceIndex(self.conns.get()).study_view(study_uid)

@@ -11,10 +11,10 @@ import pytest
 import requests
 import yaml
 
-from node import db, status
-from node.dispatch.queue import add_deliveries
+from node import status
+from node.state import connect
+from node.state import add_deliveries
 from node.jobs import JobQueue
-from node.service import STATE_SCHEMA
 from tests.test_quickstart import console_env, require_console
 
 
@@ -38,8 +38,7 @@ def _job(conn, uid: str, state: str, generation: int = 1, error: str | None = No
 
 @pytest.fixture()
 def storage(tmp_path: Path) -> Path:
-    conn = db.connect(tmp_path / "var")
-    db.ensure_schema(conn, STATE_SCHEMA)
+    conn = connect(tmp_path / "var")
     with conn:
         _study(conn, "1.1", age=8)
         _job(conn, "1.1", "failed", error="os error: [Errno 2] No such file or directory: 'var/var/spool/1.1'\n...")
@@ -65,7 +64,7 @@ EXPECTED = {"1.1": "failed", "1.2": "processing", "1.3": "sending", "1.4": "proc
 
 
 def test_state_is_derived_from_jobs_and_deliveries_of_the_current_generation(storage: Path) -> None:
-    conn = db.connect(storage)
+    conn = connect(storage)
     rows = {s["study_uid"]: s for s in status.studies(conn, 100)}
     assert {uid: s["state"] for uid, s in rows.items()} == EXPECTED
     assert rows["1.1"]["completion_state"] == "processed"
@@ -94,13 +93,13 @@ def test_cardionode_status_says_failed_with_the_reason(storage: Path, tmp_path: 
 
 def test_status_api_filters_and_shows_failed_studies(storage: Path) -> None:
     from node.config import parse_config
-    from node.jobs import LocalConnections
+    from node.state import Connections
     from node.web.metrics import Metrics
     from node.web.server import HttpServer, WebContext
 
     config = parse_config({"node": {"storage_dir": str(storage), "http_host": "127.0.0.1", "http_port": 0},
                            "api": {"token": "tok"}})
-    conns = LocalConnections(storage)
+    conns = Connections(storage)
     server = HttpServer(config, WebContext(config=config, get_conn=conns.get, metrics=Metrics(conns.get)))
     server.start()
     try:

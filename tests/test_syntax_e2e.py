@@ -11,7 +11,8 @@ import pytest
 
 from tests.support.node_proc import NodeProcess, pipeline_node_config
 from tests.support.peers import StoreSCP, wait_for
-from tests.test_syntax_pipeline import check_sr, dciodvfy_errors, xa_study
+from tests.support.peers import dciodvfy_errors
+from tests.test_syntax_pipeline import check_sr, xa_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -3,7 +3,6 @@ through the bundled ONNX models into an SR (highdicom read-back, total = left + 
 and a summary image; unusable input gives a clear PipelineInputError."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -25,6 +24,7 @@ from tests.support.sr_content import structure_problems
 from training.syntax.data import load_video
 from training.syntax.phantom import make_study
 from training.synth.dicom import new_study, write_ct_series, write_xa_cine
+from tests.support.peers import dciodvfy_errors
 
 MODELS = ["syntax-artery"] + [f"syntax-{s}-fold{k}" for s in ("left", "right") for k in range(5)]
 
@@ -79,9 +79,6 @@ def sr_texts(sr: pydicom.Dataset) -> list[str]:
     return out
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
-    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
-    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
 
 
 def check_sr(sr: pydicom.Dataset) -> dict[str, dict[str, float | str]]:

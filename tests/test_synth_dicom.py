@@ -2,8 +2,6 @@
 ``sparse``, files that lack the Type 2 attributes real archives often lack)."""
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +9,9 @@ import pydicom
 import pytest
 
 from training.synth.dicom import new_study, write_ct_series, write_enhanced_ct, write_mr_series, write_xa_cine
+from tests.support.peers import dciodvfy_errors
 
 TYPE2 = ("AccessionNumber", "StudyID", "PatientBirthDate", "PatientSex", "ReferringPhysicianName")
-
-
-def _dciodvfy_errors(path: Path) -> list[str]:
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed")
-    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
 def test_ct_series_geometry_and_values(tmp_path: Path) -> None:
@@ -33,7 +25,7 @@ def test_ct_series_geometry_and_values(tmp_path: Path) -> None:
         assert [float(v) for v in ds.ImagePositionPatient] == [10, 20, 30 + 2.5 * k]
         assert [float(v) for v in ds.PixelSpacing] == [0.5, 0.6]
         np.testing.assert_array_equal(ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept), hu[k])
-    assert _dciodvfy_errors(paths[0]) == []
+    assert dciodvfy_errors(paths[0]) == []
 
 
 def test_seeded_uids_are_reproducible(tmp_path: Path) -> None:
@@ -47,7 +39,7 @@ def test_mr_series_is_valid(tmp_path: Path) -> None:
                             series_description="LGE PSIR", protocol_name="LGE", sequence_name="tfl2d1")
     ds = pydicom.dcmread(paths[1])
     assert (ds.Modality, ds.SeriesDescription, ds.ProtocolName) == ("MR", "LGE PSIR", "LGE")
-    assert _dciodvfy_errors(paths[0]) == []
+    assert dciodvfy_errors(paths[0]) == []
 
 
 @pytest.mark.parametrize("jpeg", [False, True])
@@ -64,7 +56,7 @@ def test_xa_cine_roundtrip(tmp_path: Path, jpeg: bool) -> None:
         assert np.abs(decoded.astype(int) - frames).mean() < 8  # lossy, but close
     else:
         np.testing.assert_array_equal(decoded, frames)
-    assert _dciodvfy_errors(path) == []
+    assert dciodvfy_errors(path) == []
 
 
 def test_enhanced_ct_is_valid_and_frames_follow_frame_order(tmp_path: Path) -> None:
@@ -84,7 +76,7 @@ def test_enhanced_ct_is_valid_and_frames_follow_frame_order(tmp_path: Path) -> N
     assert [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in frames] == [30 + 2.0 * k for k in order]
     assert [int(f.FrameContentSequence[0].InStackPositionNumber) for f in frames] == [k + 1 for k in order]
     np.testing.assert_array_equal(ds.pixel_array.astype(int) - 1024, hu[order])
-    assert _dciodvfy_errors(path) == []
+    assert dciodvfy_errors(path) == []
     again = write_enhanced_ct(hu, (2.0, 0.5, 0.6), tmp_path / "again.dcm", new_study(seed=11), seed=11)
     assert pydicom.dcmread(again).SOPInstanceUID == ds.SOPInstanceUID
 
@@ -133,7 +125,7 @@ def test_shuffled_oblique_scanner_encoded_ct_is_valid(tmp_path: Path) -> None:
         assert ds.InstanceNumber == i + 1 and ds.PixelRepresentation == 0
         np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient], k * 3 * normal, atol=1e-9)
         np.testing.assert_allclose(ds.pixel_array * 2.0 - 2048, hu[k])
-    assert _dciodvfy_errors(paths[0]) == []
+    assert dciodvfy_errors(paths[0]) == []
     with pytest.raises(ValueError, match="permutation"):
         write_ct_series(hu, (3, 1, 1), tmp_path / "bad", new_study(), order=[0, 0, 1])
     with pytest.raises(ValueError, match="uint16 range"):
@@ -146,6 +138,6 @@ def test_xa_cine_12_bit(tmp_path: Path) -> None:
     ds = pydicom.dcmread(path)
     assert (ds.BitsAllocated, ds.BitsStored) == (16, 12)
     np.testing.assert_array_equal(ds.pixel_array, frames)
-    assert _dciodvfy_errors(path) == []
+    assert dciodvfy_errors(path) == []
     with pytest.raises(ValueError, match="0..4095"):
         write_xa_cine(frames + 4096, tmp_path / "bad.dcm", new_study())

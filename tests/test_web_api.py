@@ -8,11 +8,10 @@ from typing import Iterator
 import pytest
 import requests
 
-from node import db
 from node.config import parse_config
-from node.dispatch.queue import add_deliveries
-from node.jobs import JobQueue, LocalConnections
-from node.service import STATE_SCHEMA
+from node.state import add_deliveries
+from node.jobs import JobQueue
+from node.state import Connections
 from node.web.metrics import Metrics
 from node.web.server import HttpServer, WebContext
 
@@ -27,16 +26,15 @@ def _config(tmp_path: Path, **api: object):
     })
 
 
-def _serve(config) -> tuple[HttpServer, LocalConnections]:
-    conns = LocalConnections(config.node.storage_dir)
-    db.ensure_schema(conns.get(), STATE_SCHEMA)
+def _serve(config) -> tuple[HttpServer, Connections]:
+    conns = Connections(config.node.storage_dir)
     server = HttpServer(config, WebContext(config=config, get_conn=conns.get, metrics=Metrics(conns.get)))
     server.start()
     return server, conns
 
 
 @pytest.fixture()
-def node_http(tmp_path: Path) -> Iterator[tuple[HttpServer, LocalConnections]]:
+def node_http(tmp_path: Path) -> Iterator[tuple[HttpServer, Connections]]:
     server, conns = _serve(_config(tmp_path, token=TOKEN, stow_requires_token=True))
     yield server, conns
     server.stop()

@@ -26,61 +26,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from ..config import DispatchSection
+from ..state import Deliveries, transaction
 from .base import SendOutcome, Sender, SenderError, build_sender
 
-__all__ = ["DISPATCH_SCHEMA", "add_deliveries", "Dispatcher", "DestinationWorker"]
+__all__ = ["Dispatcher", "DestinationWorker"]
 
 log = logging.getLogger("cardionode.dispatch")
 
-DISPATCH_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS deliveries (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id INTEGER,
-        sop_instance_uid TEXT NOT NULL,
-        destination TEXT NOT NULL,
-        path TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        last_error TEXT,
-        created_at REAL NOT NULL,
-        sent_at REAL,
-        UNIQUE (destination, sop_instance_uid)
-    )""",
-    "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, state, next_attempt_at)",
-    "CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id)",
-    """CREATE TABLE IF NOT EXISTS destination_state (
-        name TEXT PRIMARY KEY,
-        last_attempt_at REAL,
-        last_success_at REAL,
-        last_error TEXT,
-        last_error_at REAL
-    )""",
-]
-
 BATCH_SIZE = 50
-
-
-def add_deliveries(
-    conn: sqlite3.Connection,
-    job_id: int | None,
-    files: Iterable[tuple[str, Path | str]],
-    destinations: Iterable[str],
-    now: float | None = None,
-) -> int:
-    """Create pending deliveries (inside the caller's transaction); existing pairs are left alone."""
-    now = time.time() if now is None else now
-    created = 0
-    destinations = list(destinations)
-    for sop_uid, path in files:
-        for dest in destinations:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO deliveries (job_id, sop_instance_uid, destination, path, state,"
-                " next_attempt_at, created_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                (job_id, sop_uid, dest, str(path), now, now),
-            )
-            created += cur.rowcount
-    return created
 
 
 def _backoff(attempts: int, settings: DispatchSection) -> float:
@@ -101,6 +54,7 @@ class DestinationWorker:
         self.name = name
         self.sender = sender
         self._get_conn = get_conn
+        self._deliveries = Deliveries(get_conn)
         self.settings = settings
         self.on_sent = on_sent
         self._stop = threading.Event()
@@ -139,31 +93,20 @@ class DestinationWorker:
             self._wake.clear()
 
     def _next_due_in(self) -> float:
-        row = self._get_conn().execute(
-            "SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE destination=? AND state='pending'", (self.name,)
-        ).fetchone()
-        return 5.0 if row["t"] is None else row["t"] - time.time()
+        due = self._deliveries.next_due_at(self.name)
+        return 5.0 if due is None else due - time.time()
 
     def run_once(self) -> bool:
         """Send one batch of due deliveries; returns True if there was anything to send."""
-        conn = self._get_conn()
-        now = time.time()
-        rows = conn.execute(
-            "SELECT id, sop_instance_uid, path, attempts FROM deliveries"
-            " WHERE destination=? AND state='pending' AND next_attempt_at<=? ORDER BY id LIMIT ?",
-            (self.name, now, BATCH_SIZE),
-        ).fetchall()
+        rows = self._deliveries.due(self.name, time.time(), BATCH_SIZE)
         if not rows:
             return False
         present = [r for r in rows if Path(r["path"]).is_file()]
         missing = [r for r in rows if not Path(r["path"]).is_file()]
         if missing:
-            with conn:
+            with transaction(self._get_conn()):
                 for r in missing:
-                    conn.execute(
-                        "UPDATE deliveries SET state='failed', last_error=? WHERE id=?",
-                        (f"result file missing: {r['path']}", r["id"]),
-                    )
+                    self._deliveries.mark_failed(r["id"], None, f"result file missing: {r['path']}")
             log.error("result files missing; deliveries failed", extra={"destination": self.name, "count": len(missing)})
         if not present:
             return True
@@ -210,41 +153,25 @@ class DestinationWorker:
         self._record_outcomes(rows, [SendOutcome(Path(r["path"]), ok=False, error=error) for r in rows])
 
     def _record_outcomes(self, rows: list[sqlite3.Row], outcomes: list[SendOutcome]) -> None:
-        conn = self._get_conn()
         now = time.time()
         sent: list[str] = []
         errors: list[str] = []
         failed = 0
-        with conn:
+        with transaction(self._get_conn()):
             for row, out in zip(rows, outcomes):
                 attempts = row["attempts"] + 1
                 if out.ok:
-                    conn.execute(
-                        "UPDATE deliveries SET state='sent', attempts=?, sent_at=?, last_error=NULL WHERE id=?",
-                        (attempts, now, row["id"]),
-                    )
+                    self._deliveries.mark_sent(row["id"], attempts, now)
                     sent.append(row["sop_instance_uid"])
                     continue
                 errors.append(out.error or "failed")
                 if out.permanent or attempts >= self.settings.max_attempts:
                     failed += 1
-                    conn.execute(
-                        "UPDATE deliveries SET state='failed', attempts=?, last_error=? WHERE id=?",
-                        (attempts, out.error, row["id"]),
-                    )
+                    self._deliveries.mark_failed(row["id"], attempts, out.error)
                 else:
-                    conn.execute(
-                        "UPDATE deliveries SET attempts=?, next_attempt_at=?, last_error=? WHERE id=?",
-                        (attempts, now + _backoff(attempts, self.settings), out.error, row["id"]),
-                    )
-            conn.execute(
-                "INSERT INTO destination_state (name, last_attempt_at, last_success_at, last_error, last_error_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET last_attempt_at=excluded.last_attempt_at,"
-                " last_success_at=COALESCE(excluded.last_success_at, last_success_at),"
-                " last_error=COALESCE(excluded.last_error, last_error),"
-                " last_error_at=COALESCE(excluded.last_error_at, last_error_at)",
-                (self.name, now, now if sent else None, errors[0] if errors else None, now if errors else None),
-            )
+                    self._deliveries.schedule_retry(row["id"], attempts, now + _backoff(attempts, self.settings),
+                                                    out.error)
+            self._deliveries.note_attempt(self.name, now, bool(sent), errors[0] if errors else None)
         extra = {"destination": self.name, "sent": len(sent), "retry": len(errors) - failed, "failed": failed}
         if errors:
             extra["error"] = errors[0]

@@ -28,6 +28,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from ..state import Deliveries, Jobs
+
 __all__ = ["Metrics", "JOB_STATES", "CONTENT_TYPE_LATEST"]
 
 log = logging.getLogger("cardionode.metrics")
@@ -40,36 +42,26 @@ class _DbCollector(Collector):
     """Gauges computed from the node database when /metrics is scraped."""
 
     def __init__(self, get_conn: Callable[[], sqlite3.Connection]) -> None:
-        self._get_conn = get_conn
-
-    def _rows(self, sql: str) -> list[sqlite3.Row]:
-        try:
-            return list(self._get_conn().execute(sql).fetchall())
-        except sqlite3.OperationalError:  # table not created yet (component not started)
-            return []
+        self._jobs = Jobs(get_conn)
+        self._deliveries = Deliveries(get_conn)
 
     def collect(self) -> Iterable[Metric]:
         jobs = GaugeMetricFamily("cardionode_jobs", "Pipeline jobs by state", labels=["state"])
-        counts = {state: 0 for state in JOB_STATES}
-        for row in self._rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
-            counts[row["state"]] = row["n"]
+        counts = {**{state: 0 for state in JOB_STATES}, **self._jobs.count_by_state()}
         for state, n in counts.items():
             jobs.add_metric([state], n)
         yield jobs
         queue = GaugeMetricFamily(
             "cardionode_dispatch_queue", "Result deliveries by destination and state", labels=["destination", "state"]
         )
-        for row in self._rows("SELECT destination, state, COUNT(*) AS n FROM deliveries GROUP BY destination, state"):
-            queue.add_metric([row["destination"], row["state"]], row["n"])
+        for destination, state, n in self._deliveries.count_by_destination_and_state():
+            queue.add_metric([destination, state], n)
         yield queue
         failures = CounterMetricFamily(
             "cardionode_dispatch_failures", "Failed delivery attempts by destination", labels=["destination"]
         )
-        for row in self._rows(
-            "SELECT destination, SUM(attempts - CASE WHEN state='sent' THEN 1 ELSE 0 END) AS n"
-            " FROM deliveries GROUP BY destination"
-        ):
-            failures.add_metric([row["destination"]], row["n"] or 0)
+        for destination, n in self._deliveries.failed_attempts_by_destination():
+            failures.add_metric([destination], n)
         yield failures
 
     def describe(self) -> Iterable[Metric]:
@@ -172,12 +164,12 @@ class Metrics:
     def job_hook(self, get_conn: Callable[[], sqlite3.Connection]) -> Callable[[Any, str], None]:
         """A ``(job, state)`` callable for ``JobRunner(on_job_finished=...)``: reads the job's times from the DB."""
 
+        jobs = Jobs(get_conn)
+
         def hook(job: Any, state: str) -> None:
             if state not in ("done", "failed"):
                 return  # re-queued after a transient error: not final
-            row = get_conn().execute(
-                "SELECT pipeline, created_at, started_at, finished_at FROM jobs WHERE id=?", (job.id,)
-            ).fetchone()
+            row = jobs.get(job.id)
             if row is None or row["finished_at"] is None:
                 self.job_finished(job.pipeline, state)
                 return

@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..config import NodeConfig, TLSSection
+from ..state import ping
 from .auth import TokenAuth
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .status_api import status_routes
@@ -66,7 +67,7 @@ class WebContext:
 def _default_readiness(ctx: WebContext) -> dict[str, bool]:
     checks: dict[str, bool] = {}
     try:
-        ctx.get_conn().execute("SELECT 1").fetchone()
+        ping(ctx.get_conn())
         checks["database"] = True
     except sqlite3.Error:
         checks["database"] = False

@@ -12,6 +12,7 @@ The queries are those of :mod:`node.status`, shared with ``cardionode status``.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from starlette.concurrency import run_in_threadpool
@@ -20,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import status as queries
-from ..jobs import retry_failed_job
+from ..state import Jobs
 
 __all__ = ["status_routes"]
 
@@ -68,7 +69,7 @@ def status_routes(ctx: Any, guard: Callable[[Request], Response | None]) -> list
     def one_job(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         conn = ctx.get_conn()
-        row = conn.execute("SELECT study_uid FROM jobs WHERE id=?", (job_id,)).fetchone()
+        row = Jobs(ctx.get_conn).get(job_id)
         if row is not None:
             for job in queries.jobs(conn, _MAX_LIMIT, study_uid=row["study_uid"]):
                 if job["id"] == job_id:
@@ -77,10 +78,10 @@ def status_routes(ctx: Any, guard: Callable[[Request], Response | None]) -> list
 
     def retry_job(request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        if ctx.get_conn().execute("SELECT 1 FROM jobs WHERE id=?", (job_id,)).fetchone() is None:
+        if Jobs(ctx.get_conn).get(job_id) is None:
             return JSONResponse({"error": f"job {job_id} not found"}, status_code=404)
         custom = getattr(ctx, "retry_job", None)
-        why = custom(job_id) if custom is not None else retry_failed_job(ctx.get_conn(), job_id)
+        why = custom(job_id) if custom is not None else Jobs(ctx.get_conn).retry_failed(job_id, time.time())
         if why == "not found":
             return JSONResponse({"error": f"job {job_id} not found"}, status_code=404)
         if why is not None:

@@ -244,6 +244,7 @@ def _slice_series(
         pos = origin + k * dz * normal
         _set_plane_geometry(ds, pos, row, col, (dy, dx), slice_thickness if slice_thickness is not None else dz)
         ds.SliceLocation = _ds_str(float(np.dot(pos, normal)))
+        ds.ImagesInAcquisition = image.shape[0]  # as scanners write it: receivers can tell the series is complete
         for key, value in extra.items():
             setattr(ds, key, value)
         if rescale is not None:

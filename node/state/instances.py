@@ -1,4 +1,4 @@
-"""The spool index: one SQLite row per stored SOP instance, and study views built from it.
+"""Instances repository: the spool index, one SQLite row per stored SOP instance, and study views built from it.
 
 The files under ``<storage_dir>/spool`` are the record; this table is the
 index over them that completion, routing, pipelines and retention query.
@@ -20,35 +20,16 @@ from typing import Any, Iterable, Mapping
 
 from pipelines.base import InstanceRef, SeriesView, StudyView
 
-from . import db
+from ..completeness import HeaderFacts
+from .connection import transaction
 
-__all__ = ["INDEX_SCHEMA", "InstanceIndex", "StudySummary"]
+__all__ = ["InstanceIndex", "StudySummary"]
 
-INDEX_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS instances (
-        sop_instance_uid TEXT PRIMARY KEY,
-        study_instance_uid TEXT NOT NULL,
-        series_instance_uid TEXT NOT NULL,
-        sop_class_uid TEXT NOT NULL,
-        modality TEXT NOT NULL DEFAULT '',
-        series_description TEXT NOT NULL DEFAULT '',
-        series_number INTEGER,
-        instance_number INTEGER,
-        transfer_syntax_uid TEXT NOT NULL,
-        path TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        calling_ae TEXT NOT NULL DEFAULT '',
-        source TEXT NOT NULL DEFAULT '',
-        received_at REAL NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid, series_instance_uid)",
-    "CREATE INDEX IF NOT EXISTS instances_received ON instances (received_at)",
-]
 
 _COLUMNS = (
     "sop_instance_uid", "study_instance_uid", "series_instance_uid", "sop_class_uid", "modality",
     "series_description", "series_number", "instance_number", "transfer_syntax_uid", "path", "size",
-    "calling_ae", "source", "received_at",
+    "calling_ae", "source", "received_at", "header",
 )
 
 
@@ -70,7 +51,7 @@ def _base_dir(conn: sqlite3.Connection) -> Path:
     for row in conn.execute("PRAGMA database_list"):
         if row[1] == "main" and row[2]:
             return Path(row[2]).parent
-    raise ValueError("the spool index needs a file-backed database (node.db.connect)")
+    raise ValueError("the spool index needs a file-backed database (node.state.connect)")
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -85,7 +66,6 @@ class InstanceIndex:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        db.ensure_schema(conn, INDEX_SCHEMA)
         self.base = _base_dir(conn)
 
     # ------------------------------------------------------------------ paths
@@ -122,7 +102,7 @@ class InstanceIndex:
             if len(parts) > 4 and parts[-4] == "spool":
                 fixed.append((Path(*parts[-4:]).as_posix(), r["sop_instance_uid"]))
         if fixed:
-            with self.conn:
+            with transaction(self.conn):
                 self.conn.executemany("UPDATE instances SET path=? WHERE sop_instance_uid=?", fixed)
         return len(fixed)
 
@@ -150,32 +130,27 @@ class InstanceIndex:
             "calling_ae": instance.calling_ae or "",
             "source": getattr(instance, "source", "") or "",
             "received_at": float(instance.received_at),
+            "header": extra.get("facts", getattr(instance, "facts", None)),
         }
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn) as conn:
             old = conn.execute("SELECT path FROM instances WHERE sop_instance_uid=?",
                                (values["sop_instance_uid"],)).fetchone()
             conn.execute(
                 f"INSERT OR REPLACE INTO instances ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
                 [values[c] for c in _COLUMNS],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return None if old is None else self.absolute(old["path"])
 
     def delete_study(self, study_uid: str) -> int:
         """Remove the rows of one study (the files are the caller's: see ``Spool.delete_study``)."""
-        with self.conn:
+        with transaction(self.conn):
             cur = self.conn.execute("DELETE FROM instances WHERE study_instance_uid=?", (study_uid,))
         return cur.rowcount
 
     def delete_paths(self, paths: Iterable[str]) -> int:
         """Remove rows by stored (relative) path; used by recovery for files that vanished."""
         n = 0
-        with self.conn:
+        with transaction(self.conn):
             for p in paths:
                 n += self.conn.execute("DELETE FROM instances WHERE path=?", (p,)).rowcount
         return n
@@ -188,6 +163,12 @@ class InstanceIndex:
             " ORDER BY series_instance_uid, instance_number IS NULL, instance_number, path",
             (study_uid,),
         ).fetchall()
+
+    def study_headers(self, study_uid: str) -> list[HeaderFacts]:
+        """What completeness judges the study's series by: one :class:`HeaderFacts` per instance."""
+        return [HeaderFacts.from_index(r) for r in self.conn.execute(
+            "SELECT series_instance_uid, sop_class_uid, modality, series_description, instance_number, header"
+            " FROM instances WHERE study_instance_uid=? ORDER BY series_instance_uid, instance_number", (study_uid,))]
 
     def get(self, sop_instance_uid: str) -> sqlite3.Row | None:
         return self.conn.execute("SELECT * FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)).fetchone()
