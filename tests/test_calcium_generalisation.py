@@ -70,3 +70,20 @@ def test_calcium_free_eval_study_with_dense_bone_scores_zero(tmp_path):
     assert s["agatston_total"] == 0, s["per_class"]
     seg = next((d for d in result.datasets if d.Modality == "SEG"), None)
     assert seg is None or int(getattr(seg, "NumberOfFrames", 0)) == 0
+
+
+def test_widened_training_phantoms_label_no_bone_or_device():
+    """Training generator 2: stents, clips, sternal wires, a pacing lead, costal cartilage and a table are
+    there and dense, yet background; every calcium label lies inside the heart/aorta region mask."""
+    from training.calcium.phantom import Variation, draw_variation, make_phantom
+
+    for seed in range(3):
+        v = draw_variation(np.random.default_rng(seed))
+        v = Variation(**{**v.__dict__, "stent": 3, "clips": 2, "lead": True, "sternal_wires": True,
+                         "costal_hu": 600.0, "table": True})
+        ph = make_phantom(seed, shape=(40, 320, 320), spacing=(3.0, 1.0, 1.0), variation=v, noise_hu=10.0,
+                          classes=(2, 3, 4, 6, 8))
+        assert np.count_nonzero(ph.devices) > 20 and np.median(ph.hu[ph.devices]) >= 600  # dense, even blurred
+        assert not ph.labels[ph.devices].any()
+        assert ph.labels.any() and not ph.labels[~ph.region].any()
+        assert np.count_nonzero((ph.hu >= 400) & ~ph.region) > 1000  # bone outside, unlabelled

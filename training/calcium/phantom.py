@@ -28,8 +28,9 @@ __all__ = ["Plaque", "Phantom", "Variation", "draw_variation", "make_phantom", "
 
 GENERATOR = "training.calcium.phantom"
 #: 2.0.0: Variation (habitus, FOV, matrix, 0.5-3 mm slices, kernels, tilted heart, costal cartilage, table,
-#: devices) and the heart/aorta region mask
-GENERATOR_VERSION = "2.0.0"
+#: devices) and the heart/aorta region mask.  2.0.1: a plaque label grown by the kernel step no longer
+#: reaches an adjacent stent voxel (labels only; images unchanged)
+GENERATOR_VERSION = "2.0.1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Phantom:
     origin_xyz: tuple[float, float, float]
     plaques: list[Plaque]
     region: np.ndarray | None = None  # (z, y, x) bool: heart + pericardial fat + aorta
+    devices: np.ndarray | None = None  # (z, y, x) bool: stents, clips, wires, leads (widened phantoms)
 
     def z_positions(self) -> np.ndarray:
         return self.origin_xyz[2] + np.arange(self.hu.shape[0]) * self.spacing[0]
@@ -342,14 +344,18 @@ def make_phantom(
             lab = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
             lab[inside & (sub >= 130)] = c
             plaques.append(Plaque(c, tuple(center), radii, value, "ellipsoid"))
+    devices = None
     if v is not None:
-        _devices(hu, labels, v, rng, paths, h, r, body, origin, (dz, dy, dx), zs)
+        devices = _devices(hu, labels, v, rng, paths, h, r, body, origin, (dz, dy, dx), zs)
         _kernel_and_noise(hu, labels, v, noise_hu, rng)
-    return Phantom(hu=hu, labels=labels, spacing=(dz, dy, dx), origin_xyz=origin, plaques=plaques, region=region)
+        labels[devices] = 0  # the one-pixel label growth of the kernel step must not reach metal
+    return Phantom(hu=hu, labels=labels, spacing=(dz, dy, dx), origin_xyz=origin, plaques=plaques, region=region,
+                   devices=devices)
 
 
-def _devices(hu, labels, v: Variation, rng, paths, h, r, body, origin, spacing, zs) -> None:
-    """Stents, clips, sternal wires and a pacing lead: dense metal, labelled background."""
+def _devices(hu, labels, v: Variation, rng, paths, h, r, body, origin, spacing, zs) -> np.ndarray:
+    """Stents, clips, sternal wires and a pacing lead: dense metal, labelled background; returns their mask."""
+    every = np.zeros(hu.shape, bool)
     metal = lambda: float(rng.uniform(1500, 3000))  # noqa: E731
     if v.stent is not None and v.stent in paths:
         p = paths[v.stent]
@@ -358,18 +364,21 @@ def _devices(hu, labels, v: Variation, rng, paths, h, r, body, origin, spacing, 
         if len(seg) >= 2:
             m = _wire(hu, seg, origin, spacing, float(rng.uniform(1.2, 2.0)), metal())
             labels[m] = 0
+            every |= m
     for _ in range(v.clips):
         c = h + np.array([rng.uniform(-1.2, 1.2) * r[0], rng.uniform(-1.3, 0.5) * r[1], rng.uniform(-0.8, 1.2) * r[2]])
         d = rng.normal(0, 1, 3)
         d = d / np.linalg.norm(d) * rng.uniform(2.5, 4.0)
         m = _wire(hu, np.array([c - d, c + d]), origin, spacing, 0.8, metal())
         labels[m] = 0
+        every |= m
     if v.sternal_wires:
         for zc in np.linspace(zs[0], zs[-1], 5)[1:-1] + rng.uniform(-10, 10):
             ang = np.linspace(0, 2 * np.pi, 24)
             loop = np.stack([17 * np.cos(ang), -body[1] + 18 + 8 * np.sin(ang), np.full_like(ang, zc)], 1)
             m = _wire(hu, loop, origin, spacing, 0.7, metal())
             labels[m] = 0
+            every |= m
     if v.lead:
         top = zs[-1] + 10
         ra = h + np.array([-0.7 * r[0], -0.1 * r[1], 0.2 * r[2]])
@@ -377,6 +386,8 @@ def _devices(hu, labels, v: Variation, rng, paths, h, r, body, origin, spacing, 
         path = np.array([[-60.0, -20.0, top], [-25.0, -10.0, h[2] + r[2] + 20], ra, h + np.array([0, -0.3 * r[1], 0]), apex])
         m = _wire(hu, path, origin, spacing, 1.0, metal())
         labels[m] = 0
+        every |= m
+    return every
 
 
 def _kernel_and_noise(hu, labels, v: Variation, noise_hu: float, rng) -> None:
