@@ -6,6 +6,7 @@
 - ``cardionode process --config ... --study-dir DIR --pipeline NAME [--out DIR]``: run one
   pipeline over DICOM files without the network (pipeline development, tests).
 - ``cardionode sample xa|ct|mr [--out DIR]``: a synthetic phantom study to send to the node.
+- ``cardionode user add|passwd|role|list|remove``: accounts of the operator console (docs/console.md).
 - ``cardionode models list|reload``; with the train extra also ``export``, ``datasets ...`` and the
   training commands each ``training.<area>.cli.register`` adds.
 
@@ -139,6 +140,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("\nRECENT JOBS")
     for j in data["jobs"]:
         err = (j["error"] or "").splitlines()[0][:60] if j["error"] else ""
+        if not err and j.get("not_assessable"):
+            whole = [i for i in j["not_assessable"] if i.get("scope") == "result"]
+            err = ("not assessable: " if whole else "partly not assessable: ") + \
+                "; ".join(i.get("message", "") for i in (whole or j["not_assessable"]))[:90]
         print(f"  #{j['id']:<5} {j['state']:<8} {j['pipeline']:<10} try {j['attempts']} "
               f"{_fmt_time(j['finished_at'] or j['started_at'] or j['created_at'])} {j['study_uid']} {err}")
     print("\nRECENT STUDIES")
@@ -234,6 +239,9 @@ def _mount_optional(subparsers: argparse._SubParsersAction, training: bool = Tru
         samples = None  # type: ignore[assignment]
     if samples is not None:
         samples.register(subparsers)
+    from .console import cli as console_cli  # console accounts (jinja2, argon2-cffi: base install)
+
+    console_cli.register(subparsers)
     if not training:
         return
     missing: list[str] = []
@@ -256,7 +264,7 @@ _TRAIN_EXTRA_CLIS = ("export.cli", "training.datasets.cli", "training.calcium.cl
                      "training.syntax.cli")
 #: Commands of the node itself: they never need the training commands (importing them imports torch:
 #: seconds of start-up for every `serve` or `status` where the train extra is installed).
-NODE_COMMANDS = frozenset({"serve", "status", "process", "pull", "models", "sample"})
+NODE_COMMANDS = frozenset({"serve", "status", "process", "pull", "models", "sample", "user"})
 
 
 def _command_name(argv: Sequence[str]) -> str | None:

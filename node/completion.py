@@ -95,6 +95,7 @@ class CompletionTracker:
         calling_aes_for: Callable[[str], dict[str, str]] | None = None,
         load_headers: Callable[[str], list[HeaderFacts]] | None = None,
         settle_seconds: float = 0.5,
+        on_routed: Callable[[str, int, list[Any], list[int], int], None] | None = None,
     ) -> None:
         self._get_conn = get_conn
         self._studies = Studies(get_conn)
@@ -104,6 +105,7 @@ class CompletionTracker:
         self.late_arrivals = late_arrivals
         self.on_enqueued = on_enqueued
         self.calling_aes_for = calling_aes_for
+        self.on_routed = on_routed  # (study, generation, decisions, job ids, instances): the audit trail
         self.load_headers = load_headers
         self.settle_seconds = settle_seconds
 
@@ -238,7 +240,7 @@ class CompletionTracker:
             return []
         view = self.load_study(study_uid)
         calling = self.calling_aes_for(study_uid) if self.calling_aes_for else None
-        decisions = self.router.decide(facts_from_study(view, calling))
+        decisions = self.router.decide(facts_from_study(view, calling, self.router.keywords))
         readiness = {}
         any_incomplete = False
         if aware and any(self.router.route(d.index).requires for d in decisions):
@@ -279,7 +281,8 @@ class CompletionTracker:
                 self._studies.mark_routed(study_uid, "processed" if decisions or gave_up else "unmatched", now,
                                           [d.name for d in decisions], gave_up or None)
                 for d in decisions:
-                    job_id = enqueue_job(conn, study_uid, row["generation"], d.name, d.pipeline, d.destinations, now)
+                    job_id = enqueue_job(conn, study_uid, row["generation"], d.name, d.pipeline, d.destinations, now,
+                                         d.priority)
                     if job_id is not None:
                         job_ids.append(job_id)
         if not routed:  # another thread routed it, or an instance arrived after the check above
@@ -298,6 +301,11 @@ class CompletionTracker:
         elif not gave_up:
             log.info("study complete; no route matched (kept per retention)",
                      extra={"study": study_uid, "instances": instances})
+        if self.on_routed is not None:
+            try:
+                self.on_routed(study_uid, row["generation"], decisions, job_ids, instances)
+            except Exception:
+                log.exception("on_routed hook failed", extra={"study": study_uid})
         if job_ids and self.on_enqueued is not None:
             self.on_enqueued()
         return job_ids

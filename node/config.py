@@ -36,6 +36,10 @@ __all__ = [
     "JobsSection",
     "DispatchSection",
     "RetentionSection",
+    "ConsoleSection",
+    "NotificationsSection",
+    "WebhookSection",
+    "NOTIFY_EVENTS",
     "ApiSection",
     "DimseDestination",
     "DicomwebDestination",
@@ -210,6 +214,7 @@ class RetentionSection:
     keep_days: float = 7.0
     keep_unmatched_days: float = 7.0
     keep_results_days: float = 30.0
+    keep_audit_days: float = 365.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +225,65 @@ class ApiSection:
     token: str | None = None
     token_file: str | None = _path_field()
     stow_requires_token: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsoleSection:
+    """The operator console on the HTTP port (docs/console.md): sessions last ``session_hours``;
+    ``viewer_url`` opens a study in a viewer, ``{study_uid}`` replaced by its Study Instance UID
+    (e.g. ``https://ohif.example.org/viewer?StudyInstanceUIDs={study_uid}``)."""
+
+    enabled: bool = True
+    session_hours: float = 8.0
+    viewer_url: str | None = None
+
+    def validate(self, path: str) -> None:
+        if not 0 < self.session_hours <= 24 * 30:
+            raise ConfigError(f"{path}.session_hours: {self.session_hours} is not in (0, 720]")
+        if self.viewer_url is not None:
+            if "{study_uid}" not in self.viewer_url:
+                raise ConfigError(f"{path}.viewer_url: needs the placeholder {{study_uid}}")
+            if not self.viewer_url.startswith(("http://", "https://", "/")):
+                raise ConfigError(f"{path}.viewer_url: must start with http://, https:// or /")
+
+
+#: What a webhook can be told about (docs/console.md, "Notifications").
+NOTIFY_EVENTS = ("job_failed", "delivery_failed", "disk_low", "model_failed")
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookSection:
+    """One webhook: events are POSTed to ``url`` as JSON (``Authorization: Bearer`` when ``token`` is set)."""
+
+    url: str
+    events: tuple[str, ...] = NOTIFY_EVENTS
+    token: str | None = None
+    verify_tls: bool = True
+
+    def validate(self, path: str) -> None:
+        if not re.match(r"^https?://", self.url):
+            raise ConfigError(f"{path}.url: {self.url!r} must start with http:// or https://")
+        unknown = [e for e in self.events if e not in NOTIFY_EVENTS]
+        if unknown:
+            raise ConfigError(f"{path}.events: unknown event {unknown[0]!r} (known: {', '.join(NOTIFY_EVENTS)})")
+
+
+@dataclasses.dataclass(frozen=True)
+class NotificationsSection:
+    """Webhooks told about failures; each message is retried with backoff up to ``max_attempts``."""
+
+    webhooks: Mapping[str, WebhookSection] = dataclasses.field(default_factory=dict)
+    max_attempts: int = 8
+    backoff_initial_s: float = 5.0
+    backoff_max_s: float = 600.0
+    timeout_s: float = 10.0
+    disk_check_s: float = 60.0
+
+    def validate(self, path: str) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(f"{path}.max_attempts: at least 1")
+        if self.disk_check_s <= 0 or self.timeout_s <= 0:
+            raise ConfigError(f"{path}: disk_check_s and timeout_s must be positive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,9 +351,25 @@ class RouteMatch:
     sop_class: tuple[str, ...] = ()
     series_description: str | None = None
     calling_ae: tuple[str, ...] = ()
+    #: any DICOM keyword -> the value, or a list of values (any of); exact after stripping blanks
+    keywords: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    #: any DICOM keyword -> a Python regex, searched in the value
+    regex: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def validate(self, path: str) -> None:
         _check_regex(self.series_description, f"{path}.series_description")
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+        for section, names in (("keywords", self.keywords), ("regex", self.regex)):
+            for keyword in names:
+                tag = tag_for_keyword(keyword)
+                if tag is None:
+                    raise ConfigError(f"{path}.{section}.{keyword}: not a DICOM keyword (e.g. BodyPartExamined, "
+                                      "StudyDescription, Manufacturer, ProtocolName)")
+                if dictionary_VR(tag) == "SQ":
+                    raise ConfigError(f"{path}.{section}.{keyword}: a sequence; only plain values can be matched")
+        for keyword, pattern in self.regex.items():
+            _check_regex(pattern, f"{path}.regex.{keyword}")
 
 
 def _check_regex(value: str | None, path: str) -> None:
@@ -334,6 +414,8 @@ class Route:
     destinations: tuple[str, ...] = ()
     name: str | None = None
     quiet_seconds: float | None = None
+    #: jobs of a route with a higher priority are claimed first (e.g. 10 for urgent, 0 routine)
+    priority: int = 0
     requires: tuple[SeriesRequirement, ...] = ()
     max_wait_seconds: float | None = None
     incomplete: Literal["proceed", "wait", "give_up"] = "proceed"
@@ -476,6 +558,8 @@ class NodeConfig:
     dispatch: DispatchSection = DispatchSection()
     retention: RetentionSection = RetentionSection()
     api: ApiSection = ApiSection()
+    console: ConsoleSection = ConsoleSection()
+    notifications: NotificationsSection = NotificationsSection()
     executor: LocalExecutorSection | RayExecutorSection = LocalExecutorSection(type="local")
     destinations: Mapping[str, DimseDestination | DicomwebDestination] = dataclasses.field(default_factory=dict)
     sources: Mapping[str, DimseSource | DicomwebSource] = dataclasses.field(default_factory=dict)

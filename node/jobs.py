@@ -104,10 +104,11 @@ class JobQueue:
         pipeline: str,
         destinations: Iterable[str],
         now: float | None = None,
+        priority: int = 0,
     ) -> int | None:
         """Insert one queued job inside the caller's transaction; ``None`` if it already exists."""
         return enqueue_job(conn, study_uid, generation, route_name, pipeline, destinations,
-                           time.time() if now is None else now)
+                           time.time() if now is None else now, priority)
 
     def requeue_interrupted(self) -> tuple[int, int]:
         """On start: ``running`` jobs go back to ``queued`` (or ``failed`` when out of attempts).

@@ -31,7 +31,10 @@ from pipelines.registry import PipelineRegistry, default_registry
 from . import startup
 from .completion import CompletionTracker
 from .config import ConfigError, NodeConfig
+from .console.audit import AuditRecorder
+from .console.store import ConsoleStore
 from .dispatch.queue import Dispatcher
+from .notify import Notifier
 from .executors import Executor, ExecutorStatus, executor_pipelines, make_executor
 from .executors.status_file import write_status
 from .files import DIR_MODE, open_private, private_dir
@@ -90,6 +93,9 @@ class NodeService:
         self.executor: Executor | None = None
         self.dispatcher: Dispatcher | None = None
         self.retention: RetentionSweeper | None = None
+        self.console: ConsoleStore | None = None
+        self.audit: AuditRecorder | None = None
+        self.notifier: Notifier | None = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._warmup_thread: threading.Thread | None = None
@@ -155,7 +161,9 @@ class NodeService:
 
         node = self.config.node
         try:
-            return DimseServer(node, self.spool, metrics=self.metrics).start()
+            return DimseServer(node, self.spool, metrics=self.metrics,
+                               on_association=self.audit.association if self.audit else None,
+                               on_rejected=self.audit.rejected if self.audit else None).start()
         except OSError as exc:  # the port was taken between the start-up check and now
             raise startup.port_error(exc, node.host, node.port, "node.port", "--port") from exc
 
@@ -178,6 +186,9 @@ class NodeService:
         ctx = WebContext(
             config=self.config, get_conn=self.conns.get, metrics=self.metrics, spool=self.spool,
             model_store=self.models, retry_job=self.retry_job, wake_jobs=self.runner.wake,
+            wake_dispatch=self.dispatcher.wake if self.dispatcher is not None else None,
+            complete_study=self.completion.fire if self.completion is not None else None,
+            reload_models=self.reload_models if self.models is not None else None,
         )
         server = HttpServer(self.config, ctx)
         try:
@@ -191,6 +202,44 @@ class NodeService:
             raise startup.StartupError(f"node.http_port: the HTTP port did not start on {node.http_host}:"
                                        f"{node.http_port} ({exc}); change node.http_port or --http-port") from exc
         return server
+
+    def _job_finished_hook(self) -> Any:
+        """``JobRunner(on_job_finished=...)``: /metrics (when there) and the audit trail."""
+        metrics_hook = self.metrics.job_hook(self.conns.get) if self.metrics is not None else None
+        audit, notifier, console = self.audit, self.notifier, self.console
+
+        def finished(job: Any, state: str) -> None:
+            if metrics_hook is not None:
+                metrics_hook(job, state)
+            if audit is not None:
+                audit.job_finished(job, state)
+            if notifier is not None and state == "failed" and console is not None:
+                error = ((console.job(int(job.id)) or {}).get("error") or "").strip().splitlines()
+                notifier.emit("job_failed", job.study_uid, {"job": job.id, "pipeline": job.pipeline,
+                                                            "route": job.route_name, "attempts": job.attempts,
+                                                            "error": error[0][:300] if error else ""})
+        return finished
+
+    def _deliveries_recorded(self, destination: str, records: list[dict[str, Any]]) -> None:
+        """Dispatch outcomes: to the audit trail; a delivery given up also to the webhooks."""
+        assert self.audit is not None and self.console is not None
+        self.audit.deliveries(destination, records)
+        failed = [r for r in records if r["state"] == "failed"]
+        if failed and self.notifier is not None:
+            studies = self.console.studies_of_deliveries([int(r["id"]) for r in failed])
+            for r in failed:
+                self.notifier.emit("delivery_failed", studies.get(int(r["id"])),
+                                   {"destination": destination, "sop_instance_uid": r["sop"], "delivery": r["id"],
+                                    "error": str(r.get("error") or "")[:300]})
+
+    def _check_disk(self) -> None:
+        if self.notifier is None or self.spool is None:
+            return
+        try:
+            has_space = bool(self.spool.has_space())
+        except OSError:
+            has_space = False
+        self.notifier.check_disk(has_space, self.config.node.min_free_mb, str(self.storage_dir))
 
     def _executor_status(self, status: ExecutorStatus) -> None:
         """Keep ``<storage_dir>/executor.json`` current for ``cardionode status`` (another process)."""
@@ -240,7 +289,11 @@ class NodeService:
         if requeued or failed:
             log.warning("jobs interrupted by the last stop/crash", extra={"requeued": requeued, "failed": failed})
 
-        self.dispatcher = Dispatcher(self.conns.get, cfg.destinations, cfg.dispatch, cfg.node.ae_title)
+        self.console = ConsoleStore(self.conns.get)
+        self.audit = AuditRecorder(self.console)
+        self.notifier = Notifier(cfg.notifications, self.conns.get, cfg.node.ae_title, audit=self.console.audit)
+        self.dispatcher = Dispatcher(self.conns.get, cfg.destinations, cfg.dispatch, cfg.node.ae_title,
+                                     paused=self.console.is_paused, on_recorded=self._deliveries_recorded)
         self.executor = make_executor(cfg, self.registry, self.models, on_status=self._executor_status)
         self._executor_status(self.executor.status())
         if self.metrics is not None:
@@ -248,12 +301,13 @@ class NodeService:
         self.runner = JobRunner(
             queue, self.executor, self.load_study, cfg.pipeline_options,
             self.storage_dir / "work", on_results=self.dispatcher.wake,
-            on_job_finished=self.metrics.job_hook(self.conns.get) if self.metrics is not None else None,
+            on_job_finished=self._job_finished_hook(),
         )
         self.completion = CompletionTracker(
             self.completion_conns.get, self.router, self.load_study, self.scheduler,
             late_arrivals=cfg.node.late_arrivals, on_enqueued=self._study_completed,
             load_headers=self.load_headers, settle_seconds=cfg.node.settle_seconds,
+            on_routed=self.audit.routed,
         )
         self.retention = RetentionSweeper(self.conns.get, cfg.retention, self.delete_study, self.storage_dir)
 
@@ -269,6 +323,7 @@ class NodeService:
         self.web = self._start_web()
 
         self.dispatcher.start()
+        self.notifier.start()
         self.executor.start()
         self.runner.start()
         self._workers_started = True
@@ -276,6 +331,9 @@ class NodeService:
                                coalesce=True, max_instances=1)
         self.scheduler.start()
         self.scheduler.add_job(self._sweep, "date", id="retention-start", misfire_grace_time=None)
+        if self.notifier.enabled:
+            self.scheduler.add_job(self._check_disk, "interval", seconds=cfg.notifications.disk_check_s,
+                                   id="disk-check", coalesce=True, max_instances=1)
 
         if (self.models is not None and self.config.models.warmup and hasattr(self.models, "warmup")
                 and self.executor.kind == "local"):  # remote workers load their own models
@@ -308,9 +366,15 @@ class NodeService:
         which provider each model runs on (and one warning names models that fell back)."""
         try:
             outcome = self.models.warmup()
-        except Exception:
+        except Exception as exc:
             log.exception("model warm-up failed; models load on first use")
+            if self.notifier is not None:
+                self.notifier.emit("model_failed", "warm-up", {"error": f"{type(exc).__name__}: {exc}"[:300]})
             return
+        if self.notifier is not None:
+            for name, result in outcome.items():
+                if not str(result).startswith("ok"):
+                    self.notifier.emit("model_failed", name, {"error": str(result)[:300]})
         rows = {r["name"]: r for r in self.models.describe()} if hasattr(self.models, "describe") else {}
         ready = {n: rows[n]["provider"] for n, v in outcome.items() if v.startswith("ok") and n in rows}
         log.info("models ready: %s", ", ".join(f"{n} on {p}" for n, p in ready.items()) or "none",
@@ -332,6 +396,11 @@ class NodeService:
             self.retention.sweep()
         except Exception:
             log.exception("retention sweep failed")
+        if self.audit is not None:
+            try:
+                self.audit.prune(self.config.retention.keep_audit_days)
+            except Exception:
+                log.exception("audit retention failed")
 
     def stop(self, job_grace_s: float = 10.0, dispatch_grace_s: float = 30.0) -> None:
         """Stop accepting, finish in-flight transfers, leave unfinished jobs for re-queueing."""
@@ -353,6 +422,8 @@ class NodeService:
             log.warning("jobs still running at stop; they are re-queued at the next start")
         if self.executor is not None and self._workers_started:
             self.executor.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
         if self.dispatcher is not None and self._workers_started and not self.dispatcher.stop(dispatch_grace_s):
             log.warning("a dispatch batch was still in flight at stop; unsent instances stay pending")
         if self._warmup_thread is not None:

@@ -64,6 +64,7 @@ def jobs(conn: sqlite3.Connection, limit: int = 50, state: str | None = None,
             "study_uid": r["study_uid"],
             "generation": r["generation"],
             "route": r["route_name"],
+            "priority": r["priority"],
             "pipeline": r["pipeline"],
             "destinations": json.loads(r["destinations"]),
             "state": r["state"],
@@ -75,8 +76,20 @@ def jobs(conn: sqlite3.Connection, limit: int = 50, state: str | None = None,
             "created_at": r["created_at"],
             "started_at": r["started_at"],
             "finished_at": r["finished_at"],
+            "not_assessable": _not_assessable(r["summary"]),
         })
     return out
+
+
+def _not_assessable(summary: str | None) -> list[dict[str, str]]:
+    """The quality issues a done job reported (``summary.not_assessable``, pipelines.quality): what the
+    delivered results say could not be assessed, and why."""
+    try:
+        data = json.loads(summary) if summary else {}
+    except ValueError:
+        return []
+    issues = data.get("not_assessable") if isinstance(data, dict) else None
+    return [i for i in issues if isinstance(i, dict)] if isinstance(issues, list) else []
 
 
 def destinations(conn: sqlite3.Connection, config: NodeConfig) -> list[dict[str, Any]]:

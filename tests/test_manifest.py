@@ -24,6 +24,7 @@ def _manifest() -> ModelManifest:
         trt_profile={"image": {"min": [1, 3, 256, 256], "opt": [4, 3, 256, 256], "max": [16, 3, 256, 256]}},
         input_domain={"pixel_spacing_mm": {"min": 0.8, "max": 2.5, "unit": "mm"},
                       "modality": DomainRange(one_of=("MR",))},
+        output_domain={"low_confidence_fraction": {"min": 0.0, "max": 0.3, "note": "2 x the largest on phantoms"}},
     )
 
 
@@ -36,6 +37,8 @@ def test_round_trip(tmp_path: Path) -> None:
     assert back.inputs[0].dynamic_axes == {0: "batch"}
     assert back.provenance.training_data["cases"] == 40
     assert back.input_domain["pixel_spacing_mm"] == DomainRange(min=0.8, max=2.5, unit="mm")
+    assert back.output_domain["low_confidence_fraction"] == DomainRange(min=0.0, max=0.3,
+                                                                        note="2 x the largest on phantoms")
 
 
 def test_domain_range_violation() -> None:
@@ -87,3 +90,27 @@ def test_unreadable(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{")
     with pytest.raises(ManifestError, match="not valid JSON"):
         ModelManifest.load(tmp_path)
+
+
+def test_output_domain_is_validated_like_input_domain(tmp_path: Path) -> None:
+    data = _manifest().to_dict()
+    data["output_domain"]["low_confidence_fraction"]["min"] = 0.5
+    with pytest.raises(ManifestError, match=r"output_domain\.low_confidence_fraction.*above max"):
+        ModelManifest.from_dict(data, "m.json")
+    data["output_domain"]["low_confidence_fraction"] = {"max": 0.3, "comment": "x"}
+    with pytest.raises(ManifestError, match="unknown key.*'comment'"):
+        ModelManifest.from_dict(data, "m.json")
+
+
+def test_bundled_manifests_carry_their_ranges() -> None:
+    """Every bundled model declares the input ranges it was trained for; the ones whose output the
+    pipelines score declare the accepted range of that score, each range saying how it was chosen."""
+    from pipelines.runtime import bundled_models_dir
+
+    root = bundled_models_dir()
+    for d in sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()):
+        m = ModelManifest.load(d)
+        assert m.input_domain and all(r.note for r in m.input_domain.values()), d.name
+        expected = {"calcium-unet2d": {"low_confidence_fraction"}, "myops-unet": {"low_confidence_fraction", "myocardium_ml"},
+                    "syntax-artery": set()}.get(d.name, {"fold_spread"})
+        assert set(m.output_domain) == expected and all(r.note for r in m.output_domain.values()), d.name

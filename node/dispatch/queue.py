@@ -50,6 +50,8 @@ class DestinationWorker:
         get_conn: Callable[[], sqlite3.Connection],
         settings: DispatchSection,
         on_sent: Callable[[list[str]], None] | None = None,
+        paused: Callable[[str], bool] | None = None,
+        on_recorded: Callable[[str, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.name = name
         self.sender = sender
@@ -57,6 +59,8 @@ class DestinationWorker:
         self._deliveries = Deliveries(get_conn)
         self.settings = settings
         self.on_sent = on_sent
+        self.paused = paused  # paused(name) -> True: send nothing (operator paused it in the console)
+        self.on_recorded = on_recorded  # (destination, [{id, sop, state: sent|retry|failed, error}]): audit
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"dispatch-{name}", daemon=True)
@@ -93,11 +97,15 @@ class DestinationWorker:
             self._wake.clear()
 
     def _next_due_in(self) -> float:
+        if self.paused is not None and self.paused(self.name):
+            return 5.0  # resuming wakes the worker
         due = self._deliveries.next_due_at(self.name)
         return 5.0 if due is None else due - time.time()
 
     def run_once(self) -> bool:
         """Send one batch of due deliveries; returns True if there was anything to send."""
+        if self.paused is not None and self.paused(self.name):
+            return False
         rows = self._deliveries.due(self.name, time.time(), BATCH_SIZE)
         if not rows:
             return False
@@ -156,6 +164,7 @@ class DestinationWorker:
         now = time.time()
         sent: list[str] = []
         errors: list[str] = []
+        records: list[dict[str, Any]] = []
         failed = 0
         with transaction(self._get_conn()):
             for row, out in zip(rows, outcomes):
@@ -163,9 +172,13 @@ class DestinationWorker:
                 if out.ok:
                     self._deliveries.mark_sent(row["id"], attempts, now)
                     sent.append(row["sop_instance_uid"])
+                    records.append({"id": row["id"], "sop": row["sop_instance_uid"], "state": "sent", "error": None})
                     continue
                 errors.append(out.error or "failed")
-                if out.permanent or attempts >= self.settings.max_attempts:
+                final = out.permanent or attempts >= self.settings.max_attempts
+                records.append({"id": row["id"], "sop": row["sop_instance_uid"], "state": "failed" if final else "retry",
+                                "error": out.error})
+                if final:
                     failed += 1
                     self._deliveries.mark_failed(row["id"], attempts, out.error)
                 else:
@@ -180,6 +193,11 @@ class DestinationWorker:
             log.info("dispatched", extra={**extra, "sop": sent[0] if len(sent) == 1 else f"{len(sent)} instances"})
         if sent and self.on_sent is not None:
             self.on_sent(sent)
+        if records and self.on_recorded is not None:
+            try:
+                self.on_recorded(self.name, records)
+            except Exception:
+                log.exception("on_recorded hook failed", extra={"destination": self.name})
 
 
 class Dispatcher:
@@ -193,6 +211,8 @@ class Dispatcher:
         calling_ae: str,
         sender_factory: Callable[[str, Any, str, float], Sender] = build_sender,
         on_sent: Callable[[list[str]], None] | None = None,
+        paused: Callable[[str], bool] | None = None,
+        on_recorded: Callable[[str, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.workers: dict[str, DestinationWorker] = {}
         for name, dest in destinations.items():
@@ -201,7 +221,8 @@ class Dispatcher:
             except SenderError as exc:
                 log.error("destination disabled: %s", exc, extra={"destination": name})
                 continue
-            self.workers[name] = DestinationWorker(name, sender, get_conn, settings, on_sent)
+            self.workers[name] = DestinationWorker(name, sender, get_conn, settings, on_sent, paused,
+                                                   on_recorded)
 
     def start(self) -> None:
         for worker in self.workers.values():

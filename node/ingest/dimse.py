@@ -31,7 +31,7 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pynetdicom import AE, _handlers, evt
 from pynetdicom.association import Association
@@ -193,11 +193,19 @@ class DimseServer:
     """
 
     def __init__(self, node: NodeSection, spool: Spool, *, logger: logging.Logger | None = None,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, on_association: Callable[[dict[str, Any]], None] | None = None,
+                 on_rejected: Callable[[str, str, str], None] | None = None) -> None:
         self.node = node
         self.spool = spool
         self.log = logger or log
         self.metrics = metrics
+        # audit trail: on_association(summary) once per association that sent C-STOREs, when it ends
+        # (calling/called AE, address, released/aborted, {study: instances stored}, refused);
+        # on_rejected(calling AE, called AE, address)
+        self.on_association = on_association
+        self.on_rejected = on_rejected
+        self._tally: dict[int, dict[str, Any]] = {}
+        self._tally_lock = threading.Lock()
         self.ae: _NodeAE | None = None
         self._server: Any = None
         self._busy: dict[int, int] = {}  # id(assoc) -> C-STOREs being handled
@@ -230,6 +238,8 @@ class DimseServer:
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_CONN_OPEN, self._handle_conn_open),
             (evt.EVT_REJECTED, self._handle_rejected),
+            (evt.EVT_RELEASED, self._handle_ended),
+            (evt.EVT_ABORTED, self._handle_ended),
         ]
         self._server = self.ae.start_server((self.node.host, self.node.port), block=False,
                                             evt_handlers=handlers, ssl_context=ssl_context)
@@ -298,6 +308,37 @@ class DimseServer:
         self.log.warning("association rejected", extra={"calling_ae": str(req.ae_title).strip(),
                                                         "called_ae": str(event.assoc.acceptor.ae_title).strip(),
                                                         "address": req.address})
+        if self.on_rejected is not None:
+            try:
+                self.on_rejected(str(req.ae_title).strip(), str(event.assoc.acceptor.ae_title).strip(),
+                                 f"{req.address}:{req.port}")
+            except Exception:
+                self.log.exception("on_rejected hook failed")
+
+    def _count(self, assoc: Any, study_uid: str | None) -> None:
+        """Tally one C-STORE of ``assoc``: stored for ``study_uid``, or refused (None)."""
+        if self.on_association is None:
+            return
+        with self._tally_lock:
+            tally = self._tally.setdefault(id(assoc), {"studies": {}, "refused": 0})
+            if study_uid is None:
+                tally["refused"] += 1
+            else:
+                tally["studies"][study_uid] = tally["studies"].get(study_uid, 0) + 1
+
+    def _handle_ended(self, event: Any) -> None:
+        with self._tally_lock:
+            tally = self._tally.pop(id(event.assoc), None)
+        if tally is None or self.on_association is None:
+            return
+        req = event.assoc.requestor
+        try:
+            self.on_association({
+                "calling_ae": str(req.ae_title).strip(), "called_ae": str(event.assoc.acceptor.ae_title).strip(),
+                "address": f"{req.address}:{req.port}",
+                "ended": "aborted" if event.event.name == "EVT_ABORTED" else "released", **tally})
+        except Exception:
+            self.log.exception("on_association hook failed")
 
     def _handle_echo(self, event: Any) -> int:
         return STATUS_SUCCESS
@@ -310,6 +351,7 @@ class DimseServer:
         key = id(event.assoc)
         if sop_class not in STORAGE_SOP_CLASSES or str(event.context.abstract_syntax) != sop_class:
             self._refused(STATUS_SOP_CLASS_NOT_SUPPORTED, "SOP class not supported", sop_class, sop_uid, calling_ae)
+            self._count(event.assoc, None)
             return STATUS_SOP_CLASS_NOT_SUPPORTED
         with self._busy_cond:
             self._busy[key] = self._busy.get(key, 0) + 1
@@ -338,7 +380,9 @@ class DimseServer:
             else:
                 reason = f"{type(exc).__name__}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
                 self._refused(status, reason, sop_class, sop_uid, calling_ae)
+            self._count(event.assoc, None)
             return status
+        self._count(event.assoc, stored.study_instance_uid)
         if self.metrics is not None:
             try:
                 self.metrics.instance_received("dimse", stored.size)

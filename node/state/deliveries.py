@@ -10,7 +10,9 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
+
+from .connection import transaction
 
 __all__ = ["Deliveries", "add_deliveries"]
 
@@ -125,3 +127,65 @@ class Deliveries:
         return [(r["destination"], r["n"] or 0) for r in self._conn().execute(
             "SELECT destination, SUM(attempts - CASE WHEN state='sent' THEN 1 ELSE 0 END) AS n"
             " FROM deliveries GROUP BY destination")]
+
+    # ------------------------------------------------------------------ console
+    def of_jobs(self, job_ids: Iterable[int]) -> list[dict[str, Any]]:
+        """Deliveries of these jobs, oldest first (the study page)."""
+        ids = list(job_ids)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        return [dict(r) for r in self._conn().execute(
+            f"SELECT id, job_id, sop_instance_uid, destination, state, attempts, next_attempt_at, last_error,"
+            f" created_at, sent_at FROM deliveries WHERE job_id IN ({marks}) ORDER BY id", ids)]
+
+    def failed_listing(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Failed deliveries, newest first, with their study."""
+        return [dict(r) for r in self._conn().execute(
+            "SELECT d.id, d.job_id, d.destination, d.sop_instance_uid, d.attempts, d.last_error, j.study_uid"
+            " FROM deliveries d LEFT JOIN jobs j ON j.id = d.job_id WHERE d.state='failed' ORDER BY d.id DESC"
+            " LIMIT ?", (limit,))]
+
+    def get_with_study(self, delivery_id: int) -> dict[str, Any] | None:
+        row = self._conn().execute(
+            "SELECT d.id, d.job_id, d.destination, d.sop_instance_uid, d.state, d.last_error, j.study_uid"
+            " FROM deliveries d LEFT JOIN jobs j ON j.id = d.job_id WHERE d.id=?", (delivery_id,)).fetchone()
+        return dict(row) if row is not None else None
+
+    def studies_of(self, delivery_ids: Iterable[int]) -> dict[int, str]:
+        """{delivery id: Study Instance UID} (the audit trail files deliveries under their study)."""
+        ids = list(delivery_ids)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return {int(r["id"]): r["study_uid"] for r in self._conn().execute(
+            f"SELECT d.id, j.study_uid FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE d.id IN ({marks})", ids)}
+
+    def retry_failed(self, delivery_id: int, now: float) -> str | None:
+        """A ``failed`` delivery back to ``pending``, attempts reset, due ``now``; None, else why not."""
+        with transaction(self._conn()) as conn:
+            row = conn.execute("SELECT state FROM deliveries WHERE id=?", (delivery_id,)).fetchone()
+            if row is None:
+                return "not found"
+            if row["state"] != "failed":
+                return f"state is {row['state']}"
+            conn.execute("UPDATE deliveries SET state='pending', attempts=0, next_attempt_at=? WHERE id=?",
+                         (now, delivery_id))
+        return None
+
+    def pause(self, destination: str, by: str, now: float) -> bool:
+        """The destination's worker sends nothing until :meth:`resume`; False when already paused."""
+        return self._conn().execute("INSERT OR IGNORE INTO destination_pause (name, paused_by, paused_at)"
+                                    " VALUES (?, ?, ?)", (destination, by, now)).rowcount == 1
+
+    def resume(self, destination: str) -> bool:
+        """False when it was not paused."""
+        return self._conn().execute("DELETE FROM destination_pause WHERE name=?", (destination,)).rowcount == 1
+
+    def is_paused(self, destination: str) -> bool:
+        return self._conn().execute("SELECT 1 FROM destination_pause WHERE name=?",
+                                    (destination,)).fetchone() is not None
+
+    def paused(self) -> dict[str, dict[str, Any]]:
+        """{destination: {paused_by, paused_at}}."""
+        return {r["name"]: dict(r) for r in self._conn().execute("SELECT * FROM destination_pause")}

@@ -173,6 +173,15 @@ class InstanceIndex:
     def get(self, sop_instance_uid: str) -> sqlite3.Row | None:
         return self.conn.execute("SELECT * FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)).fetchone()
 
+    def series_summary(self, study_uid: str) -> list[dict[str, Any]]:
+        """Per series of a study: modality, description, instance count, calling AEs and SOP classes
+        (comma-separated) -- the console's study page and its route explanations."""
+        return [dict(r) for r in self.conn.execute(
+            "SELECT series_instance_uid AS series_uid, MAX(modality) AS modality, MAX(series_description)"
+            " AS description, COUNT(*) AS instances, GROUP_CONCAT(DISTINCT calling_ae) AS calling_aes,"
+            " GROUP_CONCAT(DISTINCT sop_class_uid) AS sop_classes FROM instances WHERE study_instance_uid=?"
+            " GROUP BY series_instance_uid ORDER BY MIN(series_number), series_instance_uid", (study_uid,))]
+
     def study_view(self, study_uid: str) -> StudyView:
         """The study as pipelines see it: series sorted by SeriesNumber (then UID), instances by
         InstanceNumber then path.  An unknown study gives a view with no series."""

@@ -19,12 +19,12 @@ __all__ = ["Jobs", "OwnResults", "enqueue_job"]
 
 
 def enqueue_job(conn: sqlite3.Connection, study_uid: str, generation: int, route_name: str, pipeline: str,
-                destinations: Iterable[str], now: float) -> int | None:
+                destinations: Iterable[str], now: float, priority: int = 0) -> int | None:
     """Insert one queued job inside the caller's transaction; ``None`` if it already exists."""
     cur = conn.execute(
         "INSERT OR IGNORE INTO jobs (study_uid, generation, route_name, pipeline, destinations, state,"
-        " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
-        (study_uid, generation, route_name, pipeline, json.dumps(list(destinations)), now, now),
+        " next_attempt_at, created_at, priority) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+        (study_uid, generation, route_name, pipeline, json.dumps(list(destinations)), now, now, priority),
     )
     return cur.lastrowid if cur.rowcount else None
 
@@ -51,11 +51,12 @@ class Jobs:
         return requeued, failed
 
     def claim(self, now: float) -> sqlite3.Row | None:
-        """Take the oldest due queued job and mark it running (atomic across threads and processes);
-        the row is as it was before the claim (``attempts`` not yet counted)."""
+        """Take the due queued job of the highest priority, the oldest of those, and mark it running (atomic
+        across threads and processes); the row is as it was before the claim (``attempts`` not yet counted)."""
         with transaction(self._conn()) as conn:
             row: sqlite3.Row | None = conn.execute(
-                "SELECT * FROM jobs WHERE state='queued' AND next_attempt_at<=? ORDER BY next_attempt_at, id LIMIT 1",
+                "SELECT * FROM jobs WHERE state='queued' AND next_attempt_at<=?"
+                " ORDER BY priority DESC, next_attempt_at, id LIMIT 1",
                 (now,),
             ).fetchone()
             if row is not None:
@@ -122,6 +123,28 @@ class Jobs:
                 (now, job_id),
             )
         return None
+
+    def abort_queued(self, job_id: int, now: float, reason: str) -> str | None:
+        """A ``queued`` job to ``failed`` with ``reason`` (an operator's abort; a running job cannot be
+        stopped mid-run); None on success, else why not."""
+        with transaction(self._conn()) as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                return "not found"
+            if row["state"] != "queued":
+                return f"state is {row['state']} (only a queued job can be aborted)"
+            conn.execute("UPDATE jobs SET state='failed', finished_at=?, error=? WHERE id=? AND state='queued'",
+                         (now, reason, job_id))
+        return None
+
+    def results_of(self, job_ids: Iterable[int]) -> list[dict[str, Any]]:
+        """Result objects of these jobs (the study page)."""
+        ids = list(job_ids)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        return [dict(r) for r in self._conn().execute(
+            f"SELECT * FROM results WHERE job_id IN ({marks}) ORDER BY created_at, sop_instance_uid", ids)]
 
     # ------------------------------------------------------------------ reads
     def get(self, job_id: int) -> sqlite3.Row | None:

@@ -149,10 +149,74 @@ def v2_study_aware_completion(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
 
 
+def v3_console_accounts_audit(conn: sqlite3.Connection) -> None:
+    """The operator console's tables: users, login sessions, the append-only audit trail, and the
+    destinations an operator paused (node.state.accounts, node.state.audit, node.state.deliveries)."""
+    conn.execute("""CREATE TABLE console_users (
+        username TEXT PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('read-only', 'operator', 'admin')),
+        password_hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        password_changed_at REAL NOT NULL
+    )""")
+    conn.execute("""CREATE TABLE console_sessions (
+        token_sha256 TEXT PRIMARY KEY,
+        username TEXT NOT NULL REFERENCES console_users (username) ON DELETE CASCADE,
+        csrf_token TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    )""")
+    conn.execute("CREATE INDEX console_sessions_user ON console_sessions (username)")
+    conn.execute("""CREATE TABLE audit_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT,
+        detail TEXT
+    )""")
+    conn.execute("CREATE INDEX audit_events_at ON audit_events (at)")
+    conn.execute("""CREATE TRIGGER audit_events_append_only BEFORE UPDATE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END""")
+    conn.execute("""CREATE TABLE destination_pause (
+        name TEXT PRIMARY KEY,
+        paused_by TEXT NOT NULL,
+        paused_at REAL NOT NULL
+    )""")
+
+
+def v4_jobs_priority(conn: sqlite3.Connection) -> None:
+    """Jobs carry their route's priority (0 for every existing job); higher ones are claimed first."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+    conn.execute("CREATE INDEX jobs_claim ON jobs (state, priority, next_attempt_at)")
+
+
+def v5_notifications(conn: sqlite3.Connection) -> None:
+    """Webhook messages and their delivery state (node.state.notifications)."""
+    conn.execute("""CREATE TABLE notifications (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event TEXT NOT NULL,
+        webhook TEXT NOT NULL,
+        subject TEXT,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        sent_at REAL
+    )""")
+    conn.execute("CREATE INDEX notifications_due ON notifications (state, next_attempt_at)")
+
+
 #: Every migration, in order: entry ``n - 1`` takes a database to version ``n``.  Append only.
 MIGRATIONS: tuple[Migration, ...] = (
     v1_unversioned_schema,
     v2_study_aware_completion,
+    v3_console_accounts_audit,
+    v4_jobs_priority,
+    v5_notifications,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -12,6 +12,8 @@ import json
 import sqlite3
 from typing import Any, Callable, Iterable
 
+from .connection import transaction
+
 __all__ = ["STUDY_STATES", "Studies"]
 
 #: A study's state as users see it, in the order of its life.
@@ -185,3 +187,33 @@ class Studies:
         """Completion's own states (waiting/processed/unmatched)."""
         return {r["state"]: r["n"] for r in self._conn().execute(
             "SELECT state, COUNT(*) AS n FROM pending_studies GROUP BY state")}
+
+    # ------------------------------------------------------------------ console
+    def make_due_now(self, study_uid: str, now: float) -> str | None:
+        """Force completion: a waiting study's quiet period ends ``now`` (the caller then fires completion);
+        None, else why not."""
+        with transaction(self._conn()) as conn:
+            row = conn.execute("SELECT state FROM pending_studies WHERE study_uid=?", (study_uid,)).fetchone()
+            if row is None:
+                return "not found"
+            if row["state"] != "waiting":
+                return f"state is {row['state']} (only a waiting study can be completed now)"
+            conn.execute("UPDATE pending_studies SET due_at=? WHERE study_uid=? AND state='waiting'", (now, study_uid))
+        return None
+
+    def reopen_now(self, study_uid: str, now: float) -> tuple[str | None, int]:
+        """Reprocess: a completed study becomes waiting as the next generation, due ``now`` (the caller fires
+        completion, which routes it again and queues new jobs). Returns (why not | None, new generation)."""
+        with transaction(self._conn()) as conn:
+            row = conn.execute("SELECT state, generation FROM pending_studies WHERE study_uid=?",
+                               (study_uid,)).fetchone()
+            if row is None:
+                return "not found", 0
+            if row["state"] == "waiting":
+                return "the study is still waiting for its quiet period (use complete now)", int(row["generation"])
+            if conn.execute("SELECT 1 FROM instances WHERE study_instance_uid=? LIMIT 1",
+                            (study_uid,)).fetchone() is None:
+                return "no instances of the study left in the spool (removed per retention)", int(row["generation"])
+            conn.execute("UPDATE pending_studies SET state='waiting', generation=generation+1, due_at=?"
+                         " WHERE study_uid=?", (now, study_uid))
+        return None, int(row["generation"]) + 1

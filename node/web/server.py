@@ -9,8 +9,9 @@ Entry points for the service:
   (useful with ``node.http_port: 0`` in tests).
 
 Authentication: ``Authorization: Bearer <api token>`` for /api/*, /metrics and (unless
-``api.stow_requires_token: false``) STOW-RS; /healthz never.  Any future console goes through
-the same :class:`~node.web.auth.TokenAuth`.
+``api.stow_requires_token: false``) STOW-RS; /healthz never.  The operator console
+(``/console``, :mod:`node.console`, ``console.enabled``) has its own accounts and login sessions;
+it does not open the JSON API to session cookies, nor the console to API tokens.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ class WebContext:
 
     ``get_conn`` returns a DB connection usable in the calling thread.
     ``retry_job(job_id) -> None | reason`` and ``wake_jobs()`` are optional
-    hooks into the job queue; ``readiness()`` returns named checks (True = ok)
+    hooks into the job queue; ``wake_dispatch()``, ``complete_study(uid)`` (run completion for a
+    study that is due) and ``reload_models()`` are the console's hooks into the running node; ``readiness()`` returns named checks (True = ok)
     and defaults to DB + spool space.
     """
 
@@ -60,6 +62,9 @@ class WebContext:
     model_store: Any = None
     retry_job: Callable[[int], str | None] | None = None
     wake_jobs: Callable[[], None] | None = None
+    wake_dispatch: Callable[[], None] | None = None
+    complete_study: Callable[[str], Any] | None = None
+    reload_models: Callable[[], None] | None = None
     readiness: Callable[[], dict[str, bool]] | None = None
     started_at: float = dataclasses.field(default_factory=time.time)
 
@@ -131,6 +136,10 @@ def build_app(ctx: WebContext) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         *status_routes(ctx, auth.deny),
     ]
+    if ctx.config.console.enabled:
+        from ..console import console_app_routes
+
+        routes += console_app_routes(ctx)
     return Starlette(routes=routes)
 
 

@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from pipelines.qc.scores import ConfidenceTally
+
 from .preprocess import PreprocessConfig, coarse_shape, from_tiles, prepare_slices, to_tiles, upsample_labels
 
 __all__ = ["segment_calcium", "TilePredictor"]
@@ -34,9 +36,13 @@ def segment_calcium(
     dilation_px: int = 1,
     slab: int = 16,
     progress: Callable[[int, int], None] | None = None,
+    tally: ConfidenceTally | None = None,
 ) -> np.ndarray:
     """Label map (z, y, x) uint8: class k where the model predicts k (dilated), inside its region (if it
-    has one) and HU >= threshold."""
+    has one) and HU >= threshold.
+
+    ``tally`` (output quality control, :mod:`pipelines.qc.scores`) counts the confident and
+    low-confidence foreground of every coarse slice the model predicted (class logits only)."""
     nz = hu.shape[0]
     out = np.zeros(hu.shape, dtype=np.uint8)
     cy, cx = coarse_shape(hu.shape[1:], spacing_yx, cfg)
@@ -52,6 +58,8 @@ def segment_calcium(
                 raise ValueError(f"model has {logits.shape[1]} outputs; region_channel {cfg.region_channel} missing")
             region = logits[:, cfg.region_channel] > 0
             logits = np.delete(logits, cfg.region_channel, axis=1)
+        if tally is not None:
+            tally.add_logits(logits, axis=1)
         coarse = np.argmax(logits, axis=1).astype(np.uint8)
         for i, k in enumerate(idx):
             lab = coarse[i]

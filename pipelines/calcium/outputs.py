@@ -10,12 +10,14 @@ and aortic calcium and the all-class total have their own (private) concepts.
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from pipelines.base import SeriesView
+from pipelines.quality import QualityIssue
 from pipelines.imaging import Volume
 from pipelines.outputs import (AlgorithmIdentity, BuiltSegmentation, MeasurementGroupSpec, MeasurementSpec,
                                QualitativeSpec, SegmentSpec, build_measurement_report, build_segmentation,
@@ -25,7 +27,7 @@ from .agatston import AgatstonResult
 from .labels import CLASSES, CalciumClass
 from .options import CalciumOptions
 
-__all__ = ["segment_specs", "score_concept", "CalciumOutputs", "build_outputs"]
+__all__ = ["segment_specs", "score_concept", "CalciumOutputs", "build_outputs", "build_not_assessable"]
 
 #: Agatston concept per non-coronary class value (coronary classes: SCT 450360000)
 _NON_CORONARY_SCORE = {"MV": codes.MITRAL_VALVE_CALCIUM_SCORE, "AORTA": codes.THORACIC_AORTA_CALCIUM_SCORE,
@@ -114,12 +116,37 @@ def _groups(vol: Volume, labels: np.ndarray, score: AgatstonResult, seg: BuiltSe
     return groups
 
 
+def _series_line(vol: Volume, series: SeriesView, opts: CalciumOptions) -> str:
+    return (f"Series {series.series_number or ''} '{series.series_description}', {vol.shape[0]} slices of "
+            f"{vol.spacing[0]:.2f} mm (Agatston scaled by increment/3)" if opts.z_rule == "increment" else
+            f"Series {series.series_number or ''} '{series.series_description}'")
+
+
+def build_not_assessable(vol: Volume, alg: AlgorithmIdentity, opts: CalciumOptions, series: SeriesView,
+                         issues: Sequence[QualityIssue], checks: Sequence[str]) -> list[Dataset]:
+    """SR (whole result not assessable, no measurement) and summary image: the study is outside what
+    the model was trained for, or its output is unusual (:mod:`pipelines.qc`).  No SEG."""
+    notes = [f"scored series {series.series_instance_uid} ({series.series_description})",
+             *(f"check: {c}" for c in checks)]
+    datasets = [build_measurement_report(
+        vol.source_datasets, procedure=codes.CT_OF_HEART, groups=[], algorithm=alg,
+        series_number=opts.series_number_sr, series_description="Calcium scores (Agatston)", extra_text=notes,
+        issues=issues)]
+    if opts.summary_image:
+        lines = [_series_line(vol, series, opts), "No calcium score is reported for this study.",
+                 "Checks against the model's accepted ranges:", *checks]
+        datasets.append(build_summary_image(vol.headers[0], "Coronary artery calcium (Agatston)", lines, alg,
+                                            opts.series_number_summary, issues=issues))
+    return datasets
+
+
 def build_outputs(vol: Volume, labels: np.ndarray, score: AgatstonResult, alg: AlgorithmIdentity,
-                  opts: CalciumOptions, series: SeriesView) -> CalciumOutputs:
+                  opts: CalciumOptions, series: SeriesView, checks: Sequence[str] = ()) -> CalciumOutputs:
     """SEG (when any calcium was scored), SR and, unless disabled, the summary image.
 
     ``labels`` holds only scored calcium (lesions that passed the area threshold), class values
-    as in :data:`~pipelines.calcium.labels.CLASSES`."""
+    as in :data:`~pipelines.calcium.labels.CLASSES`; ``checks`` are the input / output checks passed
+    (:mod:`pipelines.qc`), recorded in the SR's notes."""
     coronary = sum(score.per_class[c.value].score for c in CLASSES if c.coronary)
     total = score.total
     category = opts.risk_bounds.name(coronary if opts.risk_basis == "coronary" else total)
@@ -132,6 +159,7 @@ def build_outputs(vol: Volume, labels: np.ndarray, score: AgatstonResult, alg: A
         f"risk category from the {opts.risk_basis} total, bounds {list(opts.risk_bounds.bounds)}",
         f"scored series {series.series_instance_uid} ({series.series_description})",
         "each class with calcium is outlined on its key slice (most calcium); its figures cover the whole scan",
+        *(f"check: {c}" for c in checks),
     ]
     datasets.append(build_measurement_report(
         vol.source_datasets, procedure=codes.CT_OF_HEART, groups=_groups(vol, labels, score, seg, coronary, total,
@@ -139,10 +167,7 @@ def build_outputs(vol: Volume, labels: np.ndarray, score: AgatstonResult, alg: A
         algorithm=alg, series_number=opts.series_number_sr, series_description="Calcium scores (Agatston)",
         referenced_seg=seg.dataset if seg is not None else None, extra_text=extra))
     if opts.summary_image:
-        head = (f"Series {series.series_number or ''} '{series.series_description}', {vol.shape[0]} slices of "
-                f"{vol.spacing[0]:.2f} mm (Agatston scaled by increment/3)" if opts.z_rule == "increment" else
-                f"Series {series.series_number or ''} '{series.series_description}'")
-        lines = [head,
+        lines = [_series_line(vol, series, opts),
                  f"Coronary artery calcium score (Agatston): {coronary:.1f}  -  risk category {category}",
                  f"All 8 classes (coronary, valves, aorta): Agatston {total:.1f}, volume {score.total_volume_mm3:.1f} mm3",
                  ""]

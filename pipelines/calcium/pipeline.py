@@ -1,9 +1,12 @@
 """CT -> coronary calcium: 8-class COCA calcium SEG + Agatston SR (TID 1500) + summary image.
 
-Steps: choose the axial CT series (:mod:`.select`), load it as int16 HU, run the 2.5D U-Net on a
-reduced grid in slabs (:mod:`.inference`), keep voxels >= 130 HU inside each predicted class, score
-per class and in total (:mod:`.agatston`), build outputs with the shared builders
-(:mod:`pipelines.outputs`).  ONNX Runtime only (no torch).
+Steps: choose the axial CT series (:mod:`.select`), load it as int16 HU, check it against the
+model's ``input_domain`` (:mod:`pipelines.qc`), run the 2.5D U-Net on a reduced grid in slabs
+(:mod:`.inference`), check how unusual its output is against ``output_domain``, keep voxels
+>= 130 HU inside each predicted class, score per class and in total (:mod:`.agatston`), build
+outputs with the shared builders (:mod:`pipelines.outputs`).  A study outside either range gets an
+SR and summary image saying "not assessable" with the reason, no score and no SEG; the job still
+succeeds.  ONNX Runtime only (no torch).
 """
 from __future__ import annotations
 
@@ -14,12 +17,15 @@ import numpy as np
 from pipelines.base import PipelineContext, PipelineInputError, PipelineResult, StudyView
 from pipelines.imaging import load_volume
 from pipelines.outputs import AlgorithmIdentity
+from pipelines.qc import check
+from pipelines.qc.inputs import ct_properties
+from pipelines.qc.scores import ConfidenceTally
 
 from .agatston import AgatstonResult, agatston
 from .inference import segment_calcium
 from .labels import CLASSES
 from .options import CalciumOptions
-from .outputs import build_outputs, segment_specs
+from .outputs import build_not_assessable, build_outputs, segment_specs
 from .preprocess import PreprocessConfig
 from .select import select_ct_series
 
@@ -44,6 +50,18 @@ class CalciumPipeline:
         vol = load_volume(series, dtype=np.int16)
         if vol.shape[0] < 2:
             raise PipelineInputError(f"series {series.series_instance_uid}: a single slice cannot be scored")
+        provenance = handle.manifest.provenance
+        alg = AlgorithmIdentity.from_models(self.name, self.version, [handle.info],
+                                            trained_on_phantoms=bool(provenance.synthetic),
+                                            parameters=[("threshold_hu", f"{opts.threshold_hu:g}"),
+                                                        ("model trained on", provenance.trained_on)])
+        model_name = f"{handle.manifest.name} {handle.manifest.version}"
+        inputs = check(ct_properties(vol, series.modality), handle.manifest.input_domain, model=model_name,
+                       kind="input")
+        if not inputs.ok:
+            log.info("calcium: %s not assessable: %s", series.series_instance_uid,
+                     "; ".join(i.message for i in inputs.issues))
+            return self._not_assessable(vol, alg, opts, series, handle, inputs.issues, inputs.notes, t0)
         cfg = PreprocessConfig.from_dict(handle.manifest.preprocessing)
         in_name, out_name = handle.manifest.inputs[0].name, handle.manifest.outputs[0].name
         zpos = np.asarray(vol.origin, float) @ vol.direction[:, 2] + np.arange(vol.shape[0]) * vol.spacing[0]
@@ -53,20 +71,23 @@ class CalciumPipeline:
         def predict(tiles: np.ndarray) -> np.ndarray:
             return handle.run_batched({in_name: tiles})[out_name]
 
+        tally = ConfidenceTally()
         labels = segment_calcium(vol.array, zpos, spacing_yx, predict, cfg, threshold=opts.threshold_hu,
-                                 dilation_px=opts.mask_dilation_px, slab=opts.slab_slices)
+                                 dilation_px=opts.mask_dilation_px, slab=opts.slab_slices, tally=tally)
         t_model = time.perf_counter()
+        outputs = check({"low_confidence_fraction": round(tally.fraction, 4)}, handle.manifest.output_domain,
+                        model=model_name, kind="output")
+        if not outputs.ok:
+            log.info("calcium: %s not assessable: %s", series.series_instance_uid,
+                     "; ".join(i.message for i in outputs.issues))
+            return self._not_assessable(vol, alg, opts, series, handle, outputs.issues,
+                                        inputs.notes + outputs.notes, t0)
         score = agatston(vol.array, labels, spacing_yx, vol.spacing[0], classes=[c.value for c in CLASSES],
                          threshold=opts.threshold_hu, min_area_mm2=opts.min_lesion_area_mm2,
                          connectivity=opts.connectivity, z_rule=opts.z_rule)
         # only voxels that were scored (lesions >= min area) go into the SEG
         labels = self._scored_only(vol.array, labels, score, opts)
-        provenance = handle.manifest.provenance
-        alg = AlgorithmIdentity.from_models(self.name, self.version, [handle.info],
-                                            trained_on_phantoms=bool(provenance.synthetic),
-                                            parameters=[("threshold_hu", f"{opts.threshold_hu:g}"),
-                                                        ("model trained on", provenance.trained_on)])
-        out = build_outputs(vol, labels, score, alg, opts, series)
+        out = build_outputs(vol, labels, score, alg, opts, series, checks=inputs.notes + outputs.notes)
         coronary, total, category = out.coronary, out.total, out.category
         t_out = time.perf_counter()
         log.info("calcium: %s, coronary Agatston %.1f (%s), total %.1f; load %.1fs model %.1fs outputs %.1fs",
@@ -79,6 +100,8 @@ class CalciumPipeline:
                 "agatston_total": round(total, 2),
                 "volume_total_mm3": round(score.total_volume_mm3, 2),
                 "risk_category": category,
+                "not_assessable": [],
+                "low_confidence_fraction": round(tally.fraction, 4),
                 "per_class": {c.key: {"agatston": round(score.per_class[c.value].score, 2),
                                       "volume_mm3": round(score.per_class[c.value].volume_mm3, 2),
                                       "lesions": score.per_class[c.value].n_lesions} for c in CLASSES},
@@ -86,6 +109,16 @@ class CalciumPipeline:
                             "outputs": round(t_out - t_model, 2)},
             },
         )
+
+    def _not_assessable(self, vol, alg, opts: CalciumOptions, series, handle, issues, notes, t0: float) -> PipelineResult:
+        """SR and summary image saying why, no score, no SEG (a whole result that cannot be assessed)."""
+        datasets = build_not_assessable(vol, alg, opts, series, issues, notes)
+        return PipelineResult(
+            datasets=datasets, pipeline_name=self.name, pipeline_version=self.version, models=[handle.info],
+            summary={"series_instance_uid": series.series_instance_uid, "agatston_coronary": None,
+                     "agatston_total": None, "risk_category": None,
+                     "not_assessable": [i.as_dict() for i in issues],
+                     "seconds": {"total": round(time.perf_counter() - t0, 2)}})
 
     @staticmethod
     def _scored_only(hu: np.ndarray, labels: np.ndarray, score: AgatstonResult, opts: CalciumOptions) -> np.ndarray:

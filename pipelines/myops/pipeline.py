@@ -1,6 +1,10 @@
 """The ``myops`` pipeline: cardiac MR (bSSFP + LGE + T2w) -> SEG on LGE + SR (TID 1500) + summary image.
 
-1. Pick the three series by keyword rules (:mod:`.options`); a missing one is a recorded input error.
+1. Pick the three series by keyword rules (:mod:`.options`); a missing one is a recorded input error,
+   unless the model's ``input_domain`` bounds the sequences: then the result is "not assessable".
+   The series are checked against ``input_domain`` (:mod:`pipelines.qc`), and after inference the
+   model's low-confidence foreground and the myocardial volume against ``output_domain``; outside
+   either the SR and summary image say "not assessable" with the reason, without figures or SEG.
 2. Shared preprocessing (:mod:`.preprocess`): slice correspondence, 1 mm grid in the LGE planes,
    normalisation; first-pass prediction on the unregistered grid gives the myocardial prior
    (:mod:`.inference`); slice-wise affine registration onto LGE guided by it; 128 x 128 ROI.
@@ -11,6 +15,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -30,6 +35,10 @@ from pipelines.outputs import (
     key_slice,
     outline_box,
 )
+
+from pipelines.qc import check
+from pipelines.qc.inputs import mr_properties
+from pipelines.qc.scores import ConfidenceTally
 
 from . import labels as cls
 from .inference import first_pass_prior, model_input, probabilities_to_anchor
@@ -90,17 +99,28 @@ class MyopsPipeline:
         manifest = handle.manifest
         models: list[ModelInfo] = [handle.info]
         cfg = self._config(manifest, opts)
-        series = match_series(study, opts.rules, modalities=("MR",))
-        vols = {seq: load_volume(series[seq]) for seq in CHANNELS}
-        lge = vols["lge"]
-        context.logger.info("myops: LGE %s, T2w %s, bSSFP %s", *(series[s].series_description for s in ("lge", "t2", "bssfp")))
-        classes, stack, mi = self.segment(vols, handle, cfg)
-        figures = measure(classes, lge)
         phantom = bool(manifest.provenance.synthetic)
-        rejected = sum(not t.accepted for ts in mi.transforms.values() for t in ts)
         alg = AlgorithmIdentity.from_models(self.name, self.version, models, trained_on_phantoms=phantom,
                                             parameters=[("registration", "affine+bspline" if opts.deformable else
                                                          ("affine" if opts.registration else "off"))])
+        model_name = f"{manifest.name} {manifest.version}"
+        series = self._series(study, opts, lenient="sequences" in manifest.input_domain)
+        vols = {seq: load_volume(series[seq]) for seq in CHANNELS if seq in series}
+        inputs = check(mr_properties(vols, [seq for seq in CHANNELS if seq in series]), manifest.input_domain,
+                       model=model_name, kind="input")
+        if not inputs.ok:
+            return self._not_assessable(vols, alg, opts, inputs.issues, inputs.notes, models, t0)
+        lge = vols["lge"]
+        context.logger.info("myops: LGE %s, T2w %s, bSSFP %s", *(series[s].series_description for s in ("lge", "t2", "bssfp")))
+        tally = ConfidenceTally()
+        classes, stack, mi = self.segment(vols, handle, cfg, tally)
+        figures = measure(classes, lge)
+        outputs = check({"low_confidence_fraction": round(tally.fraction, 4),
+                         "myocardium_ml": round(figures["myocardium_ml"], 1)}, manifest.output_domain,
+                        model=model_name, kind="output")
+        if not outputs.ok:
+            return self._not_assessable(vols, alg, opts, outputs.issues, inputs.notes + outputs.notes, models, t0)
+        rejected = sum(not t.accepted for ts in mi.transforms.values() for t in ts)
         masks = cls.tissue_masks(classes)
         stacked = np.stack([masks[key] for key, _ in SEGMENTS], axis=-1)
         base = opts.series_number_base
@@ -116,6 +136,7 @@ class MyopsPipeline:
         ]
         if rejected:
             notes.append(f"{rejected} slice registrations implausible and replaced by identity")
+        notes += [f"check: {c}" for c in inputs.notes + outputs.notes]
         sr = build_measurement_report(
             lge.source_datasets, procedure=codes.MR_OF_HEART, groups=self._groups(figures, seg, masks, lge), algorithm=alg,
             series_number=base + 1, series_description="Myocardial pathology SR",
@@ -133,14 +154,47 @@ class MyopsPipeline:
             datasets.append(build_summary_image(lge.headers[0], "Myocardial pathology (MyoPS)", lines, alg,
                                                 series_number=base + 2))
         summary = {k: round(v, 3) for k, v in figures.items()}
-        summary.update({"matched_slices": stack.n, "lge_slices": lge.shape[0], "rejected_registrations": rejected,
+        summary.update({"not_assessable": [], "low_confidence_fraction": round(tally.fraction, 4),
+                        "matched_slices": stack.n, "lge_slices": lge.shape[0], "rejected_registrations": rejected,
                         "seconds": round(time.perf_counter() - t0, 2), "segments": sorted(seg.segment_numbers)})
         return PipelineResult(datasets=datasets, pipeline_name=self.name, pipeline_version=self.version,
                               models=models, summary=summary)
 
     @staticmethod
-    def segment(vols: dict[str, Volume], handle: Any, cfg: PreprocessConfig):
-        """Class map on the LGE grid (z, y, x) plus the grid stack and model input used."""
+    def _series(study: StudyView, opts: MyopsOptions, lenient: bool) -> dict:
+        """The three series; with ``lenient`` (the model's input_domain bounds the sequences) a missing
+        one is left for the sequence check to report as not assessable, as long as some MR series of
+        the rules is there (else the usual input error, naming what the study holds)."""
+        if not lenient:
+            return match_series(study, opts.rules, modalities=("MR",))
+        optional = {k: dataclasses.replace(r, optional=True) for k, r in opts.rules.items()}
+        found = match_series(study, optional, modalities=("MR",))
+        return found or match_series(study, opts.rules, modalities=("MR",))
+
+    def _not_assessable(self, vols: dict[str, Volume], alg: AlgorithmIdentity, opts: MyopsOptions, issues,
+                        notes, models: list[ModelInfo], t0: float) -> PipelineResult:
+        """SR and summary image saying why, no figures, no SEG (the whole result cannot be assessed)."""
+        ref = vols.get("lge") or next(iter(vols.values()))
+        base = opts.series_number_base
+        datasets = [build_measurement_report(ref.source_datasets, procedure=codes.MR_OF_HEART, groups=[],
+                                             algorithm=alg, series_number=base + 1,
+                                             series_description="Myocardial pathology SR",
+                                             extra_text=[f"check: {n}" for n in notes], issues=issues)]
+        if opts.summary_image:
+            datasets.append(build_summary_image(ref.headers[0], "Myocardial pathology (MyoPS)",
+                                                ["No volume or burden is reported for this study.",
+                                                 "Checks against the model's accepted ranges:", *notes], alg,
+                                                series_number=base + 2, issues=issues))
+        return PipelineResult(datasets=datasets, pipeline_name=self.name, pipeline_version=self.version,
+                              models=models, summary={"not_assessable": [i.as_dict() for i in issues],
+                                                      "scar_burden_pct": None, "edema_burden_pct": None,
+                                                      "myocardium_ml": None,
+                                                      "seconds": round(time.perf_counter() - t0, 2)})
+
+    @staticmethod
+    def segment(vols: dict[str, Volume], handle: Any, cfg: PreprocessConfig, tally: ConfidenceTally | None = None):
+        """Class map on the LGE grid (z, y, x) plus the grid stack and model input used; ``tally``
+        (:mod:`pipelines.qc.scores`) counts the low-confidence foreground of the final prediction."""
         manifest = handle.manifest
         predict = _Logits(handle, manifest.inputs[0].name, manifest.outputs[0].name)
         try:
@@ -151,6 +205,8 @@ class MyopsPipeline:
         z = logits - logits.max(axis=1, keepdims=True)
         probs = np.exp(z)
         probs /= probs.sum(axis=1, keepdims=True)
+        if tally is not None:
+            tally.add(probs, axis=1)
         classes = probabilities_to_anchor(probs.astype(np.float32), stack, mi.roi_yx, vols[cfg.anchor])
         return classes, stack, mi
 

@@ -75,3 +75,20 @@ def shallow_copy(ds: Dataset) -> Dataset:
 
 def new_uid() -> str:
     return str(hd.UID())
+
+
+#: room left in a 64-character SeriesDescription after the shortest research-use marker
+_MARKER = len(" - NOT FOR CLINICAL USE")
+
+
+def keep_flag(text: str, flag: str, limit: int = 64) -> str:
+    """``text + flag`` cut so that ``flag`` (" - NOT ASSESSABLE") and the research-use marker that
+    :meth:`AlgorithmIdentity.describe` appends both survive the 64-character limit: a PACS list shows
+    "NOT ASSESSABLE" whole, never "NOT ASSESSABL"."""
+    if not flag:
+        return text
+    room = limit - _MARKER - len(flag)
+    if len(text) > room:
+        cut = text[:room + 1]
+        text = cut.rsplit(" ", 1)[0] if " " in cut else text[:room]
+    return text.rstrip(" -") + flag

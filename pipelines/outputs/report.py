@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pipelines.quality import QualityIssue, whole_result_issues
 
 from .algorithm import AlgorithmIdentity
-from .common import MANUFACTURER, fill_type2, new_uid, software_version
+from .common import MANUFACTURER, fill_type2, keep_flag, new_uid, software_version
 
 __all__ = ["render_text_image", "build_summary_image"]
 
@@ -104,7 +104,9 @@ def build_summary_image(
         manufacturer=MANUFACTURER,
         patient_orientation=("L", "P"),
     )
-    sc.SeriesDescription = algorithm.describe(series_description or title)
+    flag = " - NOT ASSESSABLE" if whole_result_issues(issues) else ""
+    base = series_description or (title[: -len(flag)] if flag else title)
+    sc.SeriesDescription = algorithm.describe(keep_flag(base, flag))
     sc.ImageComments = "\n".join([title, *lines, *footer])[:10240]
     # Laterality (Type 2C) is required only for paired body parts: naming the (unpaired) part
     # examined settles the condition, so no empty Laterality is written

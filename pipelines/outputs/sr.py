@@ -30,7 +30,7 @@ from pipelines.quality import QualityIssue, check_scopes, issues_for, whole_resu
 
 from . import codes
 from .algorithm import AlgorithmIdentity
-from .common import MANUFACTURER, fill_type2, new_uid
+from .common import MANUFACTURER, fill_type2, keep_flag, new_uid
 from .regions import RegionSpec
 
 log = logging.getLogger("cardionode.outputs")
@@ -290,10 +290,6 @@ def build_measurement_report(
         performed_procedure_codes=[procedure],
         coding_schemes=[codes.coding_scheme_item()],
     )
-    text = series_description
-    if whole:
-        text = f"{series_description} - NOT ASSESSABLE"
-    elif issues:
-        text = f"{series_description} - partly not assessable"
-    sr.SeriesDescription = algorithm.describe(text)
+    flag = " - NOT ASSESSABLE" if whole else " - partly not assessable" if issues else ""
+    sr.SeriesDescription = algorithm.describe(keep_flag(series_description, flag))
     return sr

@@ -288,12 +288,15 @@ class DomainRange:
     Either a numeric interval (``min`` and/or ``max``, inclusive) or a set of allowed values
     (``one_of``).  Pipelines measure the property on a study and call :meth:`violation`; inputs
     outside the range make the result "not assessable" instead of a confident wrong number.
+    The same type bounds the model's own output-unusualness scores (``output_domain``).
+    ``note``: how the range was chosen (the generator's settings, the phantoms it was calibrated on).
     """
 
     min: float | None = None
     max: float | None = None
     one_of: tuple[str | int | float, ...] = ()
     unit: str = ""
+    note: str = ""
 
     def violation(self, value: Any) -> str | None:
         """None when ``value`` is inside the range, else a short text saying what was expected."""
@@ -326,11 +329,13 @@ class DomainRange:
             out["max"] = self.max
         if self.unit:
             out["unit"] = self.unit
+        if self.note:
+            out["note"] = self.note
         return out
 
     @classmethod
     def from_dict(cls, r: _Reader) -> "DomainRange":
-        r.unknown(("min", "max", "one_of", "unit"))
+        r.unknown(("min", "max", "one_of", "unit", "note"))
         lo = r.get("min", (int, float), None, allow_none=True)
         hi = r.get("max", (int, float), None, allow_none=True)
         one_of = r.get("one_of", list, [])
@@ -342,7 +347,7 @@ class DomainRange:
             r.fail("give one_of or at least one of min, max")
         if lo is not None and hi is not None and lo > hi:
             r.fail(f"min {lo} is above max {hi}")
-        return cls(min=lo, max=hi, one_of=tuple(one_of), unit=r.get("unit", str, ""))
+        return cls(min=lo, max=hi, one_of=tuple(one_of), unit=r.get("unit", str, ""), note=r.get("note", str, ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,6 +389,8 @@ class ModelManifest:
     verification: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: Input properties the model was trained for (see :class:`DomainRange`); empty = not declared.
     input_domain: Mapping[str, DomainRange] = dataclasses.field(default_factory=dict)
+    #: Accepted ranges of the model's output-unusualness scores (``pipelines.qc``); empty = not declared.
+    output_domain: Mapping[str, DomainRange] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Accept lists / plain dicts from callers; store tuples and typed parts.
@@ -398,9 +405,10 @@ class ModelManifest:
         object.__setattr__(self, "trt_profile", prof)
         variants = {k: v if isinstance(v, ModelVariant) else ModelVariant(**v) for k, v in dict(self.variants).items()}
         object.__setattr__(self, "variants", variants)
-        domain = {k: v if isinstance(v, DomainRange) else DomainRange(**{**v, "one_of": tuple(v.get("one_of", ()))})
-                  for k, v in dict(self.input_domain).items()}
-        object.__setattr__(self, "input_domain", domain)
+        for key in ("input_domain", "output_domain"):
+            domain = {k: v if isinstance(v, DomainRange) else DomainRange(**{**v, "one_of": tuple(v.get("one_of", ()))})
+                      for k, v in dict(getattr(self, key)).items()}
+            object.__setattr__(self, key, domain)
         self.validate(f"manifest of {self.name!r}")
 
     # ------------------------------------------------------------------ checks
@@ -500,6 +508,8 @@ class ModelManifest:
             out["verification"] = dict(self.verification)
         if self.input_domain:
             out["input_domain"] = {k: v.to_dict() for k, v in self.input_domain.items()}
+        if self.output_domain:
+            out["output_domain"] = {k: v.to_dict() for k, v in self.output_domain.items()}
         return out
 
     def save(self, path: str | Path) -> Path:
@@ -519,7 +529,7 @@ class ModelManifest:
             (
                 "format_version", "name", "version", "task", "file", "sha256", "opset", "inputs", "outputs",
                 "preprocessing", "labels", "calibration", "provenance", "trt_profile", "variants", "verification",
-                "input_domain",
+                "input_domain", "output_domain",
             )
         )
         fmt = r.get("format_version", int)
@@ -564,13 +574,15 @@ class ModelManifest:
                     max_abs_error=vr.get("max_abs_error", (int, float), None, allow_none=True),
                     max_rel_error=vr.get("max_rel_error", (int, float), None, allow_none=True),
                 )
-        domain: dict[str, DomainRange] = {}
-        dom_r = r.child("input_domain", {})
-        if dom_r is not None:
-            for prop in dom_r.data:
-                pr = dom_r.child(prop)
-                assert pr is not None
-                domain[prop] = DomainRange.from_dict(pr)
+        domains: dict[str, dict[str, DomainRange]] = {}
+        for key in ("input_domain", "output_domain"):
+            domains[key] = {}
+            dom_r = r.child(key, {})
+            if dom_r is not None:
+                for prop in dom_r.data:
+                    pr = dom_r.child(prop)
+                    assert pr is not None
+                    domains[key][prop] = DomainRange.from_dict(pr)
         try:
             return cls(
                 name=r.text("name"),
@@ -589,7 +601,8 @@ class ModelManifest:
                 trt_profile=trt,
                 variants=variants,
                 verification=dict(r.get("verification", dict, {})),
-                input_domain=domain,
+                input_domain=domains["input_domain"],
+                output_domain=domains["output_domain"],
             )
         except ManifestError as exc:
             # __post_init__ names the model; re-raise naming the file instead.

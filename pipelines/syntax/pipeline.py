@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -26,6 +26,9 @@ from pipelines.base import InstanceRef, ModelInfo, PipelineContext, PipelineInpu
 from pipelines.imaging import load_cine
 from pipelines.outputs import (AlgorithmIdentity, MeasurementGroupSpec, MeasurementSpec, QualitativeSpec,
                                build_measurement_report, build_summary_image, codes)
+from pipelines.qc import check
+from pipelines.qc.inputs import xa_properties
+from pipelines.qc.scores import ensemble_spread
 from pipelines.quality import QualityIssue
 
 from .ensemble import SyntaxScores, combine, score_from_output
@@ -69,28 +72,39 @@ class SideScores:
     issues: tuple[QualityIssue, ...]
 
 
-def side_scores(scores: SyntaxScores, cines: dict[str, int], other: int, threshold: float) -> SideScores:
-    """Scores and quality issues from the ensemble and the number of analysed cines per side."""
+def side_scores(scores: SyntaxScores, cines: dict[str, int], other: int, threshold: float,
+                unusual: Mapping[str, QualityIssue] | None = None) -> SideScores:
+    """Scores and quality issues from the ensemble, the number of analysed cines per side, and the
+    sides whose output is unusual (:mod:`pipelines.qc`, e.g. the fold models disagree): a side
+    without a cine or with an unusual output is not assessed, nor then is the total."""
+    unusual = dict(unusual or {})
     missing = [s for s in SIDES if not cines[s]]
-    if not missing:
-        return SideScores(scores.total, scores.left, scores.right, scores.total > threshold, ())
     if len(missing) == 2:
         raise ValueError("no side has a cine: nothing to report")
-    gone = missing[0]
-    kept = next(s for s in SIDES if s != gone)
-    # the ensemble scored the missing side from no cine (0 before calibration): the calibrated
-    # total is then the kept side's score
-    kept_score = scores.total
-    issues = (
+    issues: list[QualityIssue] = [
         QualityIssue("NO-CINE", f"no cine of the {gone} coronary system could be analysed"
                      + (f" ({other} cine(s) excluded as neither left nor right)" if other else ""),
-                     scope=f"SYNTAX {gone} coronary"),
-        QualityIssue("SIDE-MISSING", f"the {gone} coronary system is not assessed, so the total SYNTAX score "
-                     f"is not known (the {kept} system alone scores {kept_score:.1f})", scope="SYNTAX total"),
-    )
+                     scope=f"SYNTAX {gone} coronary") for gone in missing]
+    issues += [dataclasses.replace(unusual[s], scope=f"SYNTAX {s} coronary") for s in SIDES
+               if s in unusual and s not in missing]
+    out = [s for s in SIDES if s in missing or s in unusual]
+    if not out:
+        return SideScores(scores.total, scores.left, scores.right, scores.total > threshold, ())
+    if len(out) == 2:
+        issues.append(QualityIssue("SIDE-MISSING", "neither coronary system could be assessed, so the total "
+                                   "SYNTAX score is not known", scope="SYNTAX total"))
+        return SideScores(None, None, None, None, tuple(issues))
+    gone = out[0]
+    kept = next(s for s in SIDES if s != gone)
+    # a missing side was scored from no cine (0 before calibration): the calibrated total is then the
+    # kept side's score; an unusual side had cines, so the kept side keeps its calibrated share
+    kept_score = scores.total if gone in missing else getattr(scores, kept)
+    issues.append(QualityIssue("SIDE-MISSING", f"the {gone} coronary system is not assessed, so the total SYNTAX "
+                               f"score is not known (the {kept} system alone scores {kept_score:.1f})",
+                               scope="SYNTAX total"))
     high = True if kept_score > threshold else None
     return SideScores(None, kept_score if kept == "left" else None, kept_score if kept == "right" else None,
-                      high, issues)
+                      high, tuple(issues))
 
 
 def _sigmoid(x: float) -> float:
@@ -118,7 +132,12 @@ class SyntaxPipeline:
                 "pipelines.syntax.allow_mixed_versions: true to average them anyway (the SR then lists each fold)")
         cpu0, t0 = time.process_time(), time.perf_counter()
         cines, skipped = self._decode(study, opts)
+        handles = [artery] + [folds[s][k] for s in SIDES for k in opts.folds]
+        cines, outside, domain_issues, checked = self._check_cines(cines, handles)
+        skipped += [f"{c.ref.sop_instance_uid}: {why}" for c, why in outside]
         t_load = time.perf_counter()
+        if not cines:
+            return self._not_assessable(study, handles, [c for c, _ in outside], domain_issues, skipped, opts, t0)
         left_max, right_min = self._thresholds(artery, opts)
         self._classify(cines, artery, left_max, right_min)
         by_side = {s: sorted((c for c in cines if c.artery == s), key=lambda c: (c.ref.series_instance_uid, c.ref.path.name))
@@ -145,7 +164,7 @@ class SyntaxPipeline:
                 calibration[k] = {"a": float(cal["a"]), "b": float(cal["b"])}
         scores = combine(per_fold, calibration if opts.calibrate else None)
         t_model = time.perf_counter()
-        handles = [artery] + [folds[s][k] for s in SIDES for k in opts.folds]
+        unusual, spreads, out_notes = self._check_outputs(scores, by_side, folds, opts)
         infos = [h.info for h in handles]
         phantom = any(bool(h.manifest.provenance.synthetic) for h in handles)
         params = [("artery routing", f"p(right) <= {left_max:g} left, >= {right_min:g} right, else other"),
@@ -155,12 +174,16 @@ class SyntaxPipeline:
             params.append(("mixed-version ensemble", mixed))
         alg = AlgorithmIdentity.from_models(self.name, self.version, self._model_infos(infos), trained_on_phantoms=phantom,
                                             parameters=params)
-        shown = side_scores(scores, {s: len(by_side[s]) for s in SIDES}, len(other), opts.threshold)
+        shown = side_scores(scores, {s: len(by_side[s]) for s in SIDES}, len(other), opts.threshold, unusual)
         high = shown.high
         used = [c for s in SIDES for c in by_side[s]]
         sources = [c.header for c in used + other]
-        notes = self._notes(by_side, other, dropped, skipped, scores, opts)
+        notes = self._notes(by_side, other, dropped, skipped, scores, opts, shown)
         notes.insert(0, "models used: " + "; ".join(f"{m.name} {m.version}" for m in infos))
+        notes += [f"check: {c}" for c in checked + out_notes]
+        if outside:
+            notes.append(f"{len(outside)} cine(s) outside the models' accepted input ranges not analysed: "
+                         + "; ".join(why for _, why in outside[:5]))
         if mixed:
             notes.insert(1, f"mixed-version ensemble (allowed by pipelines.syntax.allow_mixed_versions): {mixed}")
         sr = build_measurement_report(sources, procedure=codes.CORONARY_ARTERIOGRAPHY,
@@ -186,9 +209,11 @@ class SyntaxPipeline:
                 "syntax_total": _round(shown.total), "syntax_left": _round(shown.left),
                 "syntax_right": _round(shown.right), "high": high, "threshold": opts.threshold,
                 "not_assessable": [i.as_dict() for i in shown.issues],
+                "fold_spread": {side: round(v, 3) for side, v in spreads.items()},
+                "cines_outside_domain": len(outside),
                 "calibrated": scores.calibrated,
-                "raw": {"left": round(scores.raw_left, 2) if by_side["left"] else None,
-                        "right": round(scores.raw_right, 2) if by_side["right"] else None,
+                "raw": {"left": round(scores.raw_left, 2) if shown.left is not None else None,
+                        "right": round(scores.raw_right, 2) if shown.right is not None else None,
                         "per_fold": [{"fold": k, "left": round(lv, 3), "right": round(rv, 3)} for k, lv, rv in scores.per_fold]},
                 "cines": {"left": len(by_side["left"]), "right": len(by_side["right"]), "other": len(other),
                           "not_used": len(skipped)},
@@ -197,6 +222,85 @@ class SyntaxPipeline:
                             "outputs": round(t_out - t_model, 2), "cpu": round(cpu, 2)},
             },
         )
+
+    # -- quality control (pipelines.qc) -------------------------------------------------------------
+    @staticmethod
+    def _check_cines(cines: list[Cine], handles: list[Any]):
+        """Each cine against every distinct ``input_domain`` of the models (router and folds all see it).
+
+        Returns the cines inside, (cine, reason) for those outside, one whole-result issue per code
+        (for when no cine is left: the first cine's reason, and how many share it), and the notes."""
+        domains: dict[str, tuple[str, Any]] = {}
+        for h in handles:
+            if h.manifest.input_domain:
+                key = repr(sorted((k, v.to_dict()) for k, v in h.manifest.input_domain.items()))
+                domains.setdefault(key, (f"{h.manifest.name} {h.manifest.version}", h.manifest.input_domain))
+        inside, outside = [], []
+        by_code: dict[str, list[QualityIssue]] = {}
+        notes: list[str] = []
+        for c in cines:
+            found: list[QualityIssue] = []
+            for model, domain in domains.values():
+                outcome = check(xa_properties(c.header, c.frames, c.ref.modality or str(c.header.get("Modality", ""))),
+                                domain, model=model, kind="input", subject=f"cine {c.ref.sop_instance_uid}")
+                found += outcome.issues
+                if not notes:
+                    notes = list(outcome.notes)
+            if found:
+                outside.append((c, "; ".join(i.message for i in found)))
+                for i in found:
+                    by_code.setdefault(i.code, []).append(i)
+            else:
+                inside.append(c)
+        issues = [QualityIssue(code, found[0].message + (f" (as are {len(found) - 1} more cine(s))" if len(found) > 1
+                                                         else "")) for code, found in by_code.items()]
+        return inside, outside, issues, notes
+
+    @staticmethod
+    def _check_outputs(scores: SyntaxScores, by_side: dict[str, list[Cine]], folds: dict[str, dict[int, Any]],
+                       opts: SyntaxOptions):
+        """Spread of the fold models' raw scores per side with cines, against the side's first fold
+        model's ``output_domain`` (the range belongs to the ensemble; every fold manifest carries it)."""
+        unusual: dict[str, QualityIssue] = {}
+        spreads: dict[str, float] = {}
+        notes: list[str] = []
+        for i, side in enumerate(SIDES):
+            if not by_side[side]:
+                continue
+            spreads[side] = ensemble_spread([row[1 + i] for row in scores.per_fold])
+            first = folds[side][opts.folds[0]].manifest
+            outcome = check({"fold_spread": round(spreads[side], 3)}, first.output_domain,
+                            model=f"{opts.model_prefix}-{side} ensemble {first.version}", kind="output")
+            notes += [f"{side}: {n}" for n in outcome.notes]
+            if outcome.issues:
+                unusual[side] = outcome.issues[0]
+        return unusual, spreads, notes
+
+    def _not_assessable(self, study: StudyView, handles: list[Any], cines: list[Cine], issues: list[QualityIssue],
+                        skipped: list[str], opts: SyntaxOptions, t0: float) -> PipelineResult:
+        """No cine within the models' accepted ranges: SR and summary image say why, no score."""
+        infos = [h.info for h in handles]
+        phantom = any(bool(h.manifest.provenance.synthetic) for h in handles)
+        alg = AlgorithmIdentity.from_models(self.name, self.version, self._model_infos(infos),
+                                            trained_on_phantoms=phantom,
+                                            parameters=[("models trained on", handles[0].manifest.provenance.trained_on)])
+        sources = [c.header for c in cines]
+        notes = ["models used: " + "; ".join(f"{m.name} {m.version}" for m in infos),
+                 "not used: " + "; ".join(skipped[:10]) + (f" (+{len(skipped) - 10} more)" if len(skipped) > 10 else "")]
+        datasets = [build_measurement_report(sources, procedure=codes.CORONARY_ARTERIOGRAPHY, groups=[], algorithm=alg,
+                                             series_number=opts.series_number_sr, series_description="SYNTAX score",
+                                             extra_text=notes, issues=issues)]
+        if opts.summary_image:
+            datasets.append(build_summary_image(sources[0], "SYNTAX score (coronary angiography)",
+                                                ["No SYNTAX score is reported for this study.",
+                                                 f"{len(cines)} cine(s) outside the models' accepted input ranges"],
+                                                alg, opts.series_number_summary, issues=issues))
+        return PipelineResult(
+            datasets=datasets, pipeline_name=self.name, pipeline_version=self.version, models=infos,
+            summary={"syntax_total": None, "syntax_left": None, "syntax_right": None, "high": None,
+                     "threshold": opts.threshold, "not_assessable": [i.as_dict() for i in issues],
+                     "cines_outside_domain": len(cines),
+                     "seconds": {"total": round(time.perf_counter() - t0, 2)}})
 
     # -- steps -------------------------------------------------------------------------------------
     @staticmethod
@@ -329,15 +433,17 @@ class SyntaxPipeline:
         return [total, *sides,
                 f"Excluded as other: {len(other)} cines; not used: {len(skipped)} instances",
                 "Calibrated (a*(L+R)+b per fold), shared by raw L:R" if scores.calibrated else "Uncalibrated",
-                "Raw ensemble: " + ", ".join(f"{side} " + (f"{getattr(scores, 'raw_' + side):.1f}" if by_side[side]
+                "Raw ensemble: " + ", ".join(f"{side} " + (f"{getattr(scores, 'raw_' + side):.1f}"
+                                                         if getattr(shown, side) is not None
                                                          else "not assessed") for side in SIDES)]
 
     @staticmethod
     def _notes(by_side: dict[str, list[Cine]], other: list[Cine], dropped: dict[str, list[Cine]], skipped: list[str],
-               scores: SyntaxScores, opts: SyntaxOptions) -> list[str]:
+               scores: SyntaxScores, opts: SyntaxOptions, shown: SideScores) -> list[str]:
         notes = [f"high SYNTAX finding: total > {opts.threshold:g}",
                  f"raw ensemble (mean of {len(scores.per_fold)} folds): "
-                 + ", ".join(f"{side} " + (f"{getattr(scores, 'raw_' + side):.2f}" if by_side[side] else "not assessed")
+                 + ", ".join(f"{side} " + (f"{getattr(scores, 'raw_' + side):.2f}" if getattr(shown, side) is not None
+                                           else "not assessed")
                              for side in SIDES)
                  + ("; calibrated total shared between sides by the raw left:right ratio" if scores.calibrated else "")]
         for side in SIDES:

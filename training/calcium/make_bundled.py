@@ -128,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep = export_checkpoint(ckpt, args.out, version=VERSION, trained_on="synthetic phantoms", synthetic=True,
                             metrics=metrics, notes=notes, training_data=training_data)
     print(rep.summary())
+    from export.domains import write_domains
+
+    from .domain import CALIBRATION_SEEDS, INPUT_DOMAIN, calibrate_output_domain
+    output_domain, _ = calibrate_output_domain(rep.directory, parse_seeds(CALIBRATION_SEEDS))
+    write_domains(rep.directory, input_domain=INPUT_DOMAIN, output_domain=output_domain)
     print(json.dumps(metrics, indent=2))
     total = time.time() - t0
     print(f"training {t_train / 60:.1f} min, total {total / 60:.1f} min; work dir {work}")

@@ -83,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for spec in build_export(ckpt, args):
         report = export_onnx(spec.module, spec.example_inputs, a.out, version=VERSION, **spec.export_kwargs())
         log.info("exported %s", report.summary())
+        # accepted input ranges + output scores calibrated on the held-out phantoms (training/myops/domain.py)
+        from export.domains import write_domains
+
+        from .domain import INPUT_DOMAIN, calibrate_output_domain
+        write_domains(report.directory, input_domain=INPUT_DOMAIN, output_domain={})
+        write_domains(report.directory, output_domain=calibrate_output_domain(report.directory)[0])
     (a.work / "metrics.json").write_text(json.dumps({"metrics": metrics, "history": history,
                                                      "train_config": dataclasses.asdict(cfg),
                                                      "seconds": round(time.perf_counter() - t0, 1)}, indent=2))

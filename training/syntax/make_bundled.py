@@ -143,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for spec in specs:
         report = export_onnx(spec.module, spec.example_inputs, a.out, version=VERSION, **spec.export_kwargs())
         log.info("exported %s", report.summary())
+    from .domain import write_all  # accepted input ranges + fold spread calibrated on held-out phantoms
+
+    write_all(a.out)
     log.info("done in %.0f s", time.perf_counter() - t0)
     return 0
 
