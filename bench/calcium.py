@@ -1,8 +1,16 @@
 """Benchmark the calcium pipeline: time and peak RSS for a 600-slice 512x512 phantom CT, and the
-bundled model's held-out phantom Dice per class.  Prints figures; asserts nothing.
+bundled model's coronary calcium agreement on held-out studies of two phantom families.  Prints
+figures; asserts nothing.
 
-    .venv/bin/python bench/calcium.py                 # 600 x 512 x 512, then held-out phantom Dice
-    .venv/bin/python bench/calcium.py --slices 200 --no-dice
+    .venv/bin/python bench/calcium.py                 # 600 x 512 x 512, then agreement on both families
+    .venv/bin/python bench/calcium.py --slices 200 --no-accuracy
+    .venv/bin/python bench/calcium.py --no-timing --eval-seeds 0-39 --json agreement.json
+
+Agreement (:mod:`training.calcium.agreement`, the ONNX model through the pipeline's own inference and
+Agatston functions): calcium-free studies scored 0 and category "0", mean bias and Bland-Altman limits
+of the coronary score, share within 15 %, Cohen's kappa over the risk categories, calcium voxels on bone.
+Families: held-out phantoms of the training generator (``training.calcium.phantom``) and studies of the
+independent evaluation generator (``bench.phantoms.ct``), which no model is trained on.
 
 The pipeline runs in a fresh child process (``--child``) so that its peak RSS (ru_maxrss) is the
 pipeline's alone: StudyView.from_files + CalciumPipeline.run incl. DICOM reading and SEG/SR building.
@@ -58,13 +66,25 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slices", type=int, default=600)
     p.add_argument("--size", type=int, default=512)
-    p.add_argument("--no-dice", action="store_true")
+    p.add_argument("--no-accuracy", "--no-dice", dest="no_accuracy", action="store_true")
+    p.add_argument("--no-timing", action="store_true")
+    p.add_argument("--heldout-seeds", default="1000-1019", help="held-out training-family phantoms")
+    p.add_argument("--eval-seeds", default="0-19", help="evaluation-family studies (bench.phantoms.ct)")
+    p.add_argument("--json", type=Path, default=None, help="write the agreement report (per case) here")
     p.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(args.child)
         return 0
 
+    if not args.no_timing:
+        timing(args)
+    if not args.no_accuracy:
+        accuracy(args)
+    return 0
+
+
+def timing(args: argparse.Namespace) -> None:
     from training.calcium.phantom import hand_agatston, make_phantom
     from training.synth.dicom import new_study, write_ct_series
 
@@ -82,7 +102,7 @@ def main() -> int:
         out = subprocess.run([sys.executable, __file__, "--child", tmp], capture_output=True, text=True, cwd=ROOT)
         if out.returncode:
             print(out.stderr[-4000:])
-            return 1
+            raise SystemExit(1)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         s = r["summary"]
         print(f"pipeline: {r['run_s']:.1f} s (index {r['index_s']:.1f} s; load {s['seconds']['load']} s, model "
@@ -90,20 +110,28 @@ def main() -> int:
               f"outputs {r['outputs']}")
         print(f"Agatston total {s['agatston_total']:.1f} vs hand-computed {sum(hand.values()):.1f}; coronary "
               f"{s['agatston_coronary']:.1f} ({s['risk_category']})")
-    if not args.no_dice:
-        from pipelines.runtime import bundled_models_dir
-        from training.calcium.evaluate import evaluate_cases, onnx_predictor, phantom_cases
 
-        predict, cfg = onnx_predictor(bundled_models_dir() / "calcium-unet2d")
-        rep = evaluate_cases(phantom_cases(range(1000, 1016)), predict, cfg)
-        print("held-out phantom Dice per class (phantoms 1000-1015, ONNX model, voxels >= 130 HU):")
-        for name, v in rep["dice"].items():
-            sens = rep["lesion_sensitivity"][name]
-            print(f"  {name:26s} Dice {v if v is None else f'{v:.3f}'}  lesion sensitivity "
-                  f"{sens if sens is None else f'{sens:.3f}'}")
-        print(f"  coronary Agatston ICC(2,1) {rep['agatston_icc_2_1']}, risk kappa (0/1-100/101-400/>400) {rep['risk_kappa']}; "
-              f"all-class Agatston ICC(2,1) {rep['agatston_icc_2_1_all_classes']}")
-    return 0
+
+def accuracy(args: argparse.Namespace) -> None:
+    from training.calcium.agreement import TARGETS
+    from training.calcium.evaluate import onnx_predictor
+    from training.calcium.make_bundled import FIGURES, evaluate_both
+    from pipelines.runtime import bundled_models_dir
+
+    model_dir = bundled_models_dir() / "calcium-unet2d"
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    predict, cfg = onnx_predictor(model_dir)
+    reports = evaluate_both(predict, cfg, args.heldout_seeds, args.eval_seeds)
+    print(f"coronary calcium agreement, calcium-unet2d {manifest['version']} (ONNX), PHANTOM FIGURES, not clinical "
+          f"accuracy; targets: calcium-free -> 0 in >= {TARGETS['calcium_free_zero_rate']:.0%}, kappa >= "
+          f"{TARGETS['kappa']}, bone voxels {TARGETS['bone_voxels']}")
+    for fam, rep in reports.items():
+        print(f"  {fam} ({rep['generator']} {rep['generator_version']}, seeds {rep['seeds']}, {rep['seconds']} s):")
+        for k in FIGURES:
+            print(f"    {k:30s} {rep[k]}")
+        print(f"    {'targets_met':30s} {rep['targets_met']}")
+    if args.json:
+        args.json.write_text(json.dumps(reports, indent=2))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ CT slices (HU, any pixel spacing) -> 2.5D model input on a reduced in-plane grid
 4. tiling into fixed ``tile x tile`` patches (static ONNX shape) with ``overlap`` pixels;
    stitching averages the overlapping logits.
 
+The model's outputs are background + 8 class logits and, when ``region_channel`` is set, a heart/aorta
+region logit (:mod:`pipelines.calcium.inference` keeps calcium only inside that region).
+
 Mapping a coarse prediction back to the original grid uses :func:`coarse_index` (nearest,
 consistent with the edge-aligned resampling).
 """
@@ -38,6 +41,9 @@ class PreprocessConfig:
     hu_max: float = 1200.0
     hu_center: float = 200.0
     hu_scale: float = 500.0
+    #: index of the model's heart/aorta region logit (0: the model has none).  Calcium counts only where
+    #: that logit is > 0: the model learns the anatomy, so bone, table and lines outside it never count.
+    region_channel: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "calcium-2.5d", **dataclasses.asdict(self)}

@@ -8,9 +8,9 @@ import numpy as np
 
 from pipelines.calcium.preprocess import PreprocessConfig, coarse_shape, downsample_labels, prepare_slices
 
-from .phantom import Phantom, make_phantom
+from .phantom import Phantom, draw_variation, make_phantom
 
-__all__ = ["SliceSet", "slices_from_volume", "phantom_slices", "sample_batch", "PHANTOM_TRAIN_KW"]
+__all__ = ["SliceSet", "slices_from_volume", "phantom_slices", "sample_batch", "split_target", "PHANTOM_TRAIN_KW"]
 
 #: phantom generator settings for the bundled model (in-plane spacing varies per case)
 PHANTOM_TRAIN_KW = dict(shape=(56, 256, 256))
@@ -20,6 +20,7 @@ PHANTOM_TRAIN_KW = dict(shape=(56, 256, 256))
 class SliceSet:
     x: np.ndarray  # (n, C, H, W) float16 preprocessed
     y: np.ndarray  # (n, H, W) uint8 coarse labels
+    r: np.ndarray | None = None  # (n, H, W) uint8 coarse heart/aorta region (None: not known, e.g. COCA)
     _by_class: dict[int, np.ndarray] | None = None
     _dense: np.ndarray | None = None
 
@@ -40,31 +41,65 @@ class SliceSet:
 
 
 def slices_from_volume(hu: np.ndarray, labels: np.ndarray, z_positions: np.ndarray, spacing_yx: Sequence[float],
-                       cfg: PreprocessConfig, rng: np.random.Generator, keep_empty: float = 0.25) -> SliceSet:
-    """Preprocess the labelled slices (and a share ``keep_empty`` of the others)."""
+                       cfg: PreprocessConfig, rng: np.random.Generator, keep_empty: float = 0.25,
+                       region: np.ndarray | None = None) -> SliceSet:
+    """Preprocess the labelled slices (and a share ``keep_empty`` of the others); ``region`` (bool, like
+    ``labels``) is reduced to the coarse grid the same way."""
     has = labels.reshape(labels.shape[0], -1).any(axis=1)
     idx = [k for k in range(hu.shape[0]) if has[k] or rng.random() < keep_empty]
     ch = coarse_shape(hu.shape[1:], spacing_yx, cfg)
     x = prepare_slices(hu, z_positions, spacing_yx, idx, cfg).astype(np.float16)
     y = np.stack([downsample_labels(labels[k], ch) for k in idx]) if idx else np.zeros((0,) + ch, np.uint8)
-    return SliceSet(x, y)
+    r = None
+    if region is not None:
+        r = np.stack([downsample_labels(region[k].astype(np.uint8), ch) for k in idx]) if idx else \
+            np.zeros((0,) + ch, np.uint8)
+    return SliceSet(x, y, r)
 
 
-def phantom_case(seed: int) -> Phantom:
+#: share of training phantoms drawn from the original (version 1) anatomy; the rest are widened (Variation)
+P_PLAIN = 0.25
+
+
+def phantom_case(seed: int, coronary_free: bool = False) -> Phantom:
+    """The training/validation phantom of ``seed`` (generator version 2): a quarter plain, the rest widened:
+    matrix 256-512, field of view 300-460 mm, slices 0.5-3 mm, noise 8-25 HU, kernels, habitus, devices.
+    ``coronary_free``: plaques only in the aorta and valves (held-out calcium-free cases)."""
     rng = np.random.default_rng(seed + 10_000)
-    px = float(rng.uniform(1.2, 1.6))
-    dz = float(rng.choice([1.5, 2.0, 3.0]))
-    nz = int(round(170 / dz))
-    return make_phantom(seed, shape=(nz, 256, 256), spacing=(dz, px, px))
+    classes = None
+    if coronary_free:
+        pick = np.random.default_rng(seed + 20_000)
+        classes = [c for c in (5, 6, 7) if pick.random() < 0.5]
+    if rng.random() < P_PLAIN:
+        px = float(rng.uniform(1.2, 1.6))
+        dz = float(rng.choice([1.5, 2.0, 3.0]))
+        nz = int(round(170 / dz))
+        return make_phantom(seed, shape=(nz, 256, 256), spacing=(dz, px, px), classes=classes)
+    n = int(rng.choice([256, 320, 384, 512], p=[0.4, 0.25, 0.2, 0.15]))
+    px = float(rng.uniform(300, 460)) / n
+    dz = float(rng.choice([0.5, 0.625, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0]))
+    nz = int(min(140, round(float(rng.uniform(150, 220)) / dz)))
+    return make_phantom(seed, shape=(nz, n, n), spacing=(dz, px, px), noise_hu=float(rng.uniform(8, 25)),
+                        variation=draw_variation(rng), classes=classes)
 
 
-def phantom_slices(seeds: Iterable[int], cfg: PreprocessConfig, keep_empty: float = 0.25) -> list[SliceSet]:
+def phantom_slices(seeds: Iterable[int], cfg: PreprocessConfig, keep_empty: float = 0.3) -> list[SliceSet]:
     out = []
     for s in seeds:
         ph = phantom_case(s)
         out.append(slices_from_volume(ph.hu, ph.labels, ph.z_positions(), ph.spacing[1:], cfg,
-                                      np.random.default_rng(s), keep_empty))
+                                      np.random.default_rng(s), keep_empty, region=ph.region))
     return out
+
+
+#: target encoding of :func:`sample_batch`: class in the low 4 bits, +REGION_IN inside the heart/aorta region,
+#: +REGION_UNKNOWN where the case carries no region (its region loss is masked)
+REGION_IN, REGION_UNKNOWN = 16, 32
+
+
+def split_target(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class, region 0/1, region known) from a :func:`sample_batch` target."""
+    return y & 15, (y & REGION_IN) > 0, (y & REGION_UNKNOWN) == 0
 
 
 def sample_batch(sets: Sequence[SliceSet], batch: int, crop: int, rng: np.random.Generator,
@@ -74,7 +109,8 @@ def sample_batch(sets: Sequence[SliceSet], batch: int, crop: int, rng: np.random
     uniformly among the 8 (class-balanced: small coronary plaques are seen as often as the aorta), or with
     weights ``focus_boost`` {class: weight, others 1} (the bundled model draws PDA and RCA twice as often);
     ``p_hard`` on bone (centre channel >= ``hard_level``, i.e. >= 400 HU with the default window, not
-    labelled) as hard negatives; the rest anywhere.  No flips: left/right carries the anatomy."""
+    labelled) as hard negatives; the rest anywhere.  No flips: left/right carries the anatomy.  Targets carry
+    the region too (:func:`split_target`)."""
     xs, ys = [], []
     present = sorted({c for s in sets for c in range(1, 10) if len(s.coords(c))})
     pw = np.array([(focus_boost or {}).get(c, 1.0) for c in present], dtype=float)
@@ -101,5 +137,14 @@ def sample_batch(sets: Sequence[SliceSet], batch: int, crop: int, rng: np.random
             y0 = int(np.clip(cy - crop // 2 + rng.integers(-j, j + 1), 0, max(0, h - crop)))
             x0 = int(np.clip(cx - crop // 2 + rng.integers(-j, j + 1), 0, max(0, w - crop)))
         xs.append(s.x[k, :, y0:y0 + crop, x0:x0 + crop].astype(np.float32))
-        ys.append(s.y[k, y0:y0 + crop, x0:x0 + crop])
+        yc = s.y[k, y0:y0 + crop, x0:x0 + crop].astype(np.int64)
+        yc = yc + (REGION_IN * s.r[k, y0:y0 + crop, x0:x0 + crop] if s.r is not None else REGION_UNKNOWN)
+        ys.append(yc)
     return np.stack(xs), np.stack(ys).astype(np.int64)
+
+
+def agreement_cases(seeds: Iterable[int]):
+    """Held-out training-family cases for :mod:`training.calcium.agreement`: even seeds coronary-free."""
+    for s in seeds:
+        ph = phantom_case(s, coronary_free=s % 2 == 0)
+        yield f"train-family-{s}", ph.hu, ph.labels, None, ph.region, ph.z_positions(), ph.spacing[1:]

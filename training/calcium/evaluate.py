@@ -101,7 +101,7 @@ def torch_predictor(model, batch: int = 16) -> Callable[[np.ndarray], np.ndarray
         with torch.no_grad():
             for i in range(0, len(tiles), batch):
                 outs.append(model(torch.from_numpy(tiles[i:i + batch])).numpy())
-        return np.concatenate(outs) if outs else np.zeros((0, 9) + tiles.shape[2:], np.float32)
+        return np.concatenate(outs) if outs else np.zeros((0, model.config["n_classes"]) + tiles.shape[2:], np.float32)
 
     return predict
 

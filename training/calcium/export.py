@@ -1,6 +1,7 @@
 """Export a calcium checkpoint to ONNX through the shared export path (export.onnx_export).
 
-Static input (8, 3, 128, 128) float32 -> logits (8, 9, 128, 128): TensorRT-friendly, opset 17.
+Static input (8, 3, 128, 128) float32 -> logits (8, 9 or 10, 128, 128): background + 8 classes (+ the
+heart/aorta region logit of models trained with one, ``preprocessing.region_channel``); TensorRT-friendly, opset 17.
 The manifest carries the preprocessing (pipelines.calcium.preprocess.PreprocessConfig), the 8 COCA
 labels with their SNOMED CT codes, and the provenance given by the caller.
 """
@@ -57,13 +58,16 @@ def checkpoint_record(ck: Mapping[str, Any], path: Path) -> dict[str, Any]:
 
 
 def export_checkpoint(checkpoint: Path, out_dir: Path, *, version: str, trained_on: str, synthetic: bool,
-                      metrics: Mapping[str, Any], notes: str, name: str = MODEL_NAME):
+                      metrics: Mapping[str, Any], notes: str, name: str = MODEL_NAME,
+                      training_data: Mapping[str, Any] | None = None):
     """Export with explicit provenance (make_bundled); the run's own record still decides "generated"."""
     from export.onnx_export import export_onnx
 
     spec = export_spec(checkpoint, version=version, options={
         "trained_on": trained_on, "synthetic": str(synthetic).lower(), "notes": notes})
     prov = dataclasses.replace(spec.provenance, metrics=dict(metrics))
+    if training_data:  # what the caller knows (generator, version) on top of the run's record
+        prov = dataclasses.replace(prov, training_data={**dict(prov.training_data), **dict(training_data)})
     kwargs = spec.export_kwargs()
     kwargs.update(provenance=prov, name=name)
     return export_onnx(spec.module, spec.example_inputs, out_dir, version=version, opset=17, verbose=False, **kwargs)

@@ -31,11 +31,14 @@ from training.runs.cli import one_line_errors
 from training.runs.config import add_run_arguments, parse_with_config
 from training.runs.progress import progress
 
-from .data import SliceSet, phantom_slices, sample_batch, slices_from_volume
+from .data import REGION_IN, REGION_UNKNOWN, SliceSet, phantom_slices, sample_batch, slices_from_volume
 from .evaluate import parse_seeds
 from .model import UNet2D
 
 log = logging.getLogger("cardionode.training.calcium")
+
+#: background + 8 COCA classes; a model with a region output has one channel more (index N_CLASSES)
+N_CLASSES = 9
 
 __all__ = ["train", "lr_at", "class_weights", "dice_ce_loss", "parse_boost", "main", "build_parser"]
 
@@ -62,14 +65,30 @@ def class_weights(sets: Sequence[SliceSet], fg_weight: float = 8.0, n_classes: i
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, fg_weight: float = 8.0,
-                 weights: torch.Tensor | None = None) -> torch.Tensor:
+                 weights: torch.Tensor | None = None, region_weight: float = 1.0,
+                 balanced: bool = False) -> torch.Tensor:
+    """Cross-entropy + Dice over background and the 8 classes (channels 0-8); with a 10th channel, plus
+    ``region_weight`` x binary cross-entropy of the heart/aorta region on every pixel whose case has one
+    (targets encoded by :func:`training.calcium.data.sample_batch`)."""
+    region_logit = logits[:, N_CLASSES] if logits.shape[1] > N_CLASSES else None
+    logits = logits[:, :N_CLASSES]
+    in_region = (target & REGION_IN) > 0
+    known = (target & REGION_UNKNOWN) == 0
+    target = target & 15
     k = logits.shape[1]
     if weights is None:
         w = torch.full((k,), fg_weight)
         w[0] = 1.0
     else:
         w = weights
-    ce = F.cross_entropy(logits, target, weight=w)
+    if balanced:  # background and calcium pixels carry equal shares of the cross-entropy from the first step
+        px = F.cross_entropy(logits, target, weight=w.to(logits.device), reduction="none")
+        fg = target > 0
+        ce = px[~fg].mean() if (~fg).any() else px.sum() * 0
+        if fg.any():
+            ce = ce + px[fg].sum() / w.to(logits.device)[target[fg]].sum()
+    else:
+        ce = F.cross_entropy(logits, target, weight=w)
     prob = logits.softmax(1)[:, 1:]
     onehot = F.one_hot(target, k).permute(0, 3, 1, 2)[:, 1:].float()
     inter = (prob * onehot).sum((0, 2, 3))
@@ -77,7 +96,11 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, fg_weight: float = 
     present = onehot.sum((0, 2, 3)) > 0
     dice = (2 * inter + 1) / (denom + 1)
     dl = (1 - dice[present]).mean() if present.any() else prob.sum() * 0
-    return ce + dl
+    if region_logit is None:
+        return ce + dl
+    kw = known.float()
+    bce = F.binary_cross_entropy_with_logits(region_logit, in_region.float(), weight=kw, reduction="sum")
+    return ce + dl + region_weight * bce / kw.sum().clamp(min=1.0)
 
 
 def lr_at(progress: float, peak: float, warmup: float = 0.05, floor: float = 0.01) -> float:
@@ -104,7 +127,8 @@ def _validate(model, batches, weights, device) -> dict[str, float]:
             xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             logits = model(xt).float()
             total += float(dice_ce_loss(logits, yt, weights=None if weights is None else weights.to(device)))
-            pred = logits.argmax(1).cpu().numpy()
+            pred = logits[:, :N_CLASSES].argmax(1).cpu().numpy()
+            y = y & 15
             for c in range(1, 9):
                 p, g = pred == c, y == c
                 inter[c] += np.count_nonzero(p & g)
@@ -120,7 +144,7 @@ METRICS_METHOD = ("val_loss / val_dice: loss and foreground Dice (mean over the 
 
 
 def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: int, lr: float, base: int,
-          cfg: PreprocessConfig, seed: int, threads: int = 1, extra: dict | None = None,
+          cfg: PreprocessConfig, seed: int, depth: int = 3, balanced_ce: bool = False, threads: int = 1, extra: dict | None = None,
           max_minutes: float | None = None, balance: bool = True,
           focus_boost: dict[int, float] | None = None, val_sets: Sequence[SliceSet] = (),
           epoch_steps: int | None = None, run_opts: RunOptions | None = None, config: dict | None = None,
@@ -135,14 +159,14 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
     opts = run_opts or RunOptions(out=Path(out))
     opts = dataclasses.replace(opts, out=Path(out), monitor="val_loss" if val_sets else "epoch",
                                mode="min" if val_sets else "max")
-    config = dict(config or {"steps": steps, "batch": batch, "crop": crop, "lr": lr, "base": base, "seed": seed,
+    config = dict(config or {"steps": steps, "batch": batch, "crop": crop, "lr": lr, "base": base, "depth": depth, "balanced_ce": balanced_ce, "seed": seed,
                              "threads": threads, "max_minutes": max_minutes, "balance": balance,
                              "focus_boost": focus_boost, "epoch_steps": epoch_steps,
                              "preprocessing": cfg.to_dict()})
     run = TrainingRun(opts, family="calcium", config=config, logger_names=["cardionode.training.calcium"],
                       data=data or {})
     try:
-        return _train(run, sets, steps=steps, batch=batch, crop=crop, lr=lr, base=base, cfg=cfg, seed=seed,
+        return _train(run, sets, steps=steps, batch=batch, crop=crop, lr=lr, base=base, depth=depth, balanced_ce=balanced_ce, cfg=cfg, seed=seed,
                       threads=threads, extra=extra, max_minutes=max_minutes, balance=balance,
                       focus_boost=focus_boost, val_sets=val_sets, epoch_steps=epoch_steps, rng=rng)
     except BaseException as exc:
@@ -150,13 +174,18 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
         raise
 
 
-def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, cfg, seed, threads, extra, max_minutes, balance,
+def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, depth, balanced_ce, cfg, seed, threads, extra, max_minutes, balance,
            focus_boost, val_sets, epoch_steps, rng) -> Path:
     device = run.device
     weights = class_weights(sets) if balance else None
     if weights is not None:
         log.info("cross-entropy class weights %s", [round(float(v), 2) for v in weights])
-    model = UNet2D(in_channels=cfg.channels, n_classes=9, base=base).to(device)
+    has_region = any(s.r is not None for s in sets)
+    if has_region != bool(cfg.region_channel):
+        raise RunError(f"preprocessing region_channel={cfg.region_channel} but the training cases "
+                       f"{'carry' if has_region else 'carry no'} heart/aorta region")
+    model = UNet2D(in_channels=cfg.channels, n_classes=N_CLASSES + (1 if has_region else 0), base=base,
+                   depth=depth).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     val_batches = _validation_batches(val_sets, batch, crop, seed) if val_sets else []
     per_epoch = max(1, min(epoch_steps or steps, steps))
@@ -188,7 +217,7 @@ def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, cfg, seed, t
             x, y = sample_batch(sets, batch, crop, rng, focus_boost=focus_boost)
             with run.autocast():
                 logits = model(torch.from_numpy(x).to(device))
-            loss = dice_ce_loss(logits.float(), torch.from_numpy(y).to(device), weights=w_dev)
+            loss = dice_ce_loss(logits.float(), torch.from_numpy(y).to(device), weights=w_dev, balanced=balanced_ce)
             run.backward_step(loss, opt, where=f"epoch {epoch} step {step}")
             total += float(loss.detach())
             n += 1
@@ -198,6 +227,8 @@ def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, cfg, seed, t
         metrics = {"train_loss": total / n, "lr": opt.param_groups[0]["lr"], "step": done}
         if val_batches:
             metrics.update(_validate(model, val_batches, weights, device))
+        else:
+            metrics["epoch"] = epoch  # the monitored value without validation cases (best.pt = last epoch)
         run.end_epoch(epoch, metrics, model, opt, None, {"sampler": rng}, extra={
             "model_config": model.config, "preprocessing": cfg.to_dict(), "steps": done, "planned_steps": steps,
             "batch": batch, "crop": crop, "lr": lr,
@@ -276,7 +307,8 @@ def run(args: argparse.Namespace) -> int:
     from training.runs import resolve_device, resolve_precision
 
     resolve_precision(args.precision, resolve_device(args.device))
-    cfg = PreprocessConfig(spacing_mm=args.spacing_mm)
+    # phantoms carry the heart/aorta region: the model learns it as channel 9 (COCA cases leave it masked)
+    cfg = PreprocessConfig(spacing_mm=args.spacing_mm, region_channel=N_CLASSES if args.phantoms else 0)
     cases: list[tuple[str, str]] = []  # (source, case id)
     if args.phantoms:
         cases += [("phantoms", str(s)) for s in parse_seeds(args.phantoms)]
