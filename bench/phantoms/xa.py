@@ -38,6 +38,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
+from scipy.interpolate import CubicSpline
 
 __all__ = ["KINDS", "TRUTH", "Acquisition", "XaRun", "sample_acquisition", "render_run", "make_study", "write_run",
            "write_study", "GENERATOR", "VERSION"]
@@ -152,20 +153,19 @@ class _Vessel:
 
 
 def _dense(ctrl: np.ndarray, step: float = 0.5) -> np.ndarray:
-    """Centripetal-free smooth curve through control points (quadratic B-spline-like corner cutting)."""
+    """Points every ``step`` mm along a natural cubic spline through the control points, parametrised
+    by chord length (two points: the straight segment)."""
     p = np.asarray(ctrl, np.float64)
-    for _ in range(3):
-        if len(p) < 3:
-            break
-        q = [p[0]]
-        for a, b in zip(p[:-1], p[1:]):
-            q += [0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b]
-        q.append(p[-1])
-        p = np.asarray(q)
-    seg = np.linalg.norm(np.diff(p, axis=0), axis=1)
-    s = np.concatenate([[0.0], np.cumsum(seg)])
-    t = np.arange(0.0, s[-1] + 1e-9, step)
-    return np.stack([np.interp(t, s, p[:, k]) for k in range(3)], axis=1)
+    keep = np.concatenate([[True], np.linalg.norm(np.diff(p, axis=0), axis=1) > 1e-9])
+    p = p[keep]
+    chord = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))])
+    if len(p) < 2:
+        return p.copy()
+    curve = CubicSpline(chord, p, axis=0, bc_type="natural")
+    fine = curve(np.linspace(0.0, chord[-1], max(2, int(chord[-1] / 0.1) + 1)))
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(fine, axis=0), axis=1))])
+    t = np.arange(0.0, arc[-1] + 1e-9, step)
+    return np.stack([np.interp(t, arc, fine[:, k]) for k in range(3)], axis=1)
 
 
 def _surface_curve(h: _Heart, u: Sequence[float], phi: Sequence[float], start: np.ndarray | None = None) -> np.ndarray:
