@@ -61,9 +61,10 @@ def test_studies_complete_by_their_headers_within_seconds_and_an_incomplete_one_
     with StoreSCP(tmp_path / "scp") as scp:
         node = NodeProcess(_config(tmp_path, scp)).start()
         try:
-            # the MR study without T2 starts its max wait (10 s) now
-            assert storescu(node.port, mr_lacking).returncode == 0
+            # the MR study without T2 starts its max wait (10 s) now; its clock starts with an instance
+            # that arrives after this moment (not after storescu returns, which is later)
             lacking_sent = time.time()
+            assert storescu(node.port, mr_lacking).returncode == 0
             for files, study in ((ct, ct_study), (xa, xa_study)):
                 assert storescu(node.port, files).returncode == 0
                 sent = time.time()
