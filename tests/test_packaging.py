@@ -131,6 +131,9 @@ def test_wheel_ships_bundled_models_and_no_tests(tmp_path: Path) -> None:
     assert not missing, f"bundled model files missing from the wheel: {missing}"
     assert not any(n.startswith("tests/") for n in names)
     assert "node/cli.py" in names and "pipelines/runtime/store.py" in names
+    assert "configschema/__init__.py" in names
+    templates = [p.relative_to(ROOT).as_posix() for p in (ROOT / "node" / "console" / "templates").glob("*.html")]
+    assert templates and not [t for t in templates if t not in names], "console templates missing from the wheel"
 
 
 def test_training_commands_say_which_extra_is_missing() -> None:
