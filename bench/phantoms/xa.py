@@ -44,7 +44,7 @@ __all__ = ["KINDS", "TRUTH", "Acquisition", "XaRun", "sample_acquisition", "rend
            "write_study", "GENERATOR", "VERSION"]
 
 GENERATOR = "bench.phantoms.xa"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 KINDS = ("left", "right", "ventriculogram", "aortogram")
 #: what the artery router must say for each kind of run
 TRUTH = {"left": "left", "right": "right", "ventriculogram": "neither", "aortogram": "neither"}
