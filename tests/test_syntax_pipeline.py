@@ -167,10 +167,24 @@ def test_unusable_input_is_a_clear_input_error(tmp_path, bundled_models) -> None
     single = [write_xa_cine(np.full((1, 32, 32), 100, np.uint8), tmp_path / "xa1.dcm", new_study(seed=4), seed=4)]
     with pytest.raises(PipelineInputError, match="no usable XA cine among 1 instance.*1 frame"):
         SyntaxPipeline().run(StudyView.from_files(single), ctx)
+
+
+def test_a_study_with_no_coronary_cine_is_not_assessable(tmp_path, bundled_models) -> None:
+    """Every cine routed as neither left nor right (forced here by the routing thresholds; in practice a
+    ventriculogram or aortogram only): the job succeeds with an SR and summary image that say why and
+    report no score, instead of failing."""
     files, _ = xa_study(tmp_path / "xa", seed=5, jpeg_every=0)
-    with pytest.raises(PipelineInputError, match="all classified 'other'"):
-        SyntaxPipeline().run(StudyView.from_files(files), PipelineContext(
-            options={"left_max": 0.0, "right_min": 1.0}, models=bundled_models, work_dir=tmp_path))
+    res = SyntaxPipeline().run(StudyView.from_files(files), PipelineContext(
+        options={"left_max": 0.0, "right_min": 1.0}, models=bundled_models, work_dir=tmp_path))
+    assert [i["code"] for i in res.summary["not_assessable"]] == ["NO-CORONARY"]
+    assert (res.summary["syntax_total"], res.summary["syntax_left"], res.summary["syntax_right"]) == (None, None, None)
+    sr, sc = res.datasets
+    text = " ".join(sr_texts(sr))
+    assert "recognised as a left or right coronary injection" in text
+    assert not [g for g in sr_numbers(sr).values() if any(isinstance(v, float) for v in g.values())]
+    for i, ds in enumerate((sr, sc)):
+        ds.save_as(tmp_path / f"out{i}.dcm", enforce_file_format=True)
+        assert dciodvfy_errors(tmp_path / f"out{i}.dcm") == []
 
 
 def test_side_scores_decide_high_only_when_possible() -> None:

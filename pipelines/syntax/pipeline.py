@@ -146,9 +146,13 @@ class SyntaxPipeline:
         dropped = {s: by_side[s][opts.max_views:] for s in SIDES}
         by_side = {s: by_side[s][:opts.max_views] for s in SIDES}
         if not by_side["left"] and not by_side["right"]:
-            raise PipelineInputError(
-                f"no left or right coronary cine: {len(cines)} usable cine(s) all classified 'other' "
-                f"(p(right) {', '.join(f'{c.p_right:.2f}' for c in cines)}; left <= {left_max:g}, right >= {right_min:g})")
+            # e.g. a ventriculogram or aortogram only: nothing to score, which the reader must be told
+            probs = ", ".join(f"{c.p_right:.2f}" for c in cines[:8]) + (", ..." if len(cines) > 8 else "")
+            issue = QualityIssue("NO-CORONARY", f"none of the {len(cines)} analysable cine(s) was recognised as a "
+                                 f"left or right coronary injection (all routed as neither, e.g. a ventriculogram "
+                                 f"or aortogram; p(right) {probs}; left <= {left_max:g}, right >= {right_min:g})")
+            return self._not_assessable(study, handles, cines, [issue], skipped, opts, t0,
+                                        f"{len(cines)} cine(s) routed as neither left nor right coronary")
         per_fold: dict[int, tuple[float, float]] = {}
         calibration: dict[int, dict[str, float]] = {}
         for k in opts.folds:
@@ -277,29 +281,33 @@ class SyntaxPipeline:
         return unusual, spreads, notes
 
     def _not_assessable(self, study: StudyView, handles: list[Any], cines: list[Cine], issues: list[QualityIssue],
-                        skipped: list[str], opts: SyntaxOptions, t0: float) -> PipelineResult:
-        """No cine within the models' accepted ranges: SR and summary image say why, no score."""
+                        skipped: list[str], opts: SyntaxOptions, t0: float,
+                        why: str | None = None) -> PipelineResult:
+        """No cine to score (none within the models' accepted ranges, or none routed to a coronary
+        system): SR and summary image say why, no score; ``why`` is the summary image's reason line."""
         infos = [h.info for h in handles]
         phantom = any(bool(h.manifest.provenance.synthetic) for h in handles)
         alg = AlgorithmIdentity.from_models(self.name, self.version, self._model_infos(infos),
                                             trained_on_phantoms=phantom,
                                             parameters=[("models trained on", handles[0].manifest.provenance.trained_on)])
         sources = [c.header for c in cines]
-        notes = ["models used: " + "; ".join(f"{m.name} {m.version}" for m in infos),
-                 "not used: " + "; ".join(skipped[:10]) + (f" (+{len(skipped) - 10} more)" if len(skipped) > 10 else "")]
+        notes = ["models used: " + "; ".join(f"{m.name} {m.version}" for m in infos)]
+        if skipped:
+            notes.append("not used: " + "; ".join(skipped[:10])
+                         + (f" (+{len(skipped) - 10} more)" if len(skipped) > 10 else ""))
         datasets = [build_measurement_report(sources, procedure=codes.CORONARY_ARTERIOGRAPHY, groups=[], algorithm=alg,
                                              series_number=opts.series_number_sr, series_description="SYNTAX score",
                                              extra_text=notes, issues=issues)]
         if opts.summary_image:
             datasets.append(build_summary_image(sources[0], "SYNTAX score (coronary angiography)",
                                                 ["No SYNTAX score is reported for this study.",
-                                                 f"{len(cines)} cine(s) outside the models' accepted input ranges"],
+                                                 why or f"{len(cines)} cine(s) outside the models' accepted input ranges"],
                                                 alg, opts.series_number_summary, issues=issues))
         return PipelineResult(
             datasets=datasets, pipeline_name=self.name, pipeline_version=self.version, models=infos,
             summary={"syntax_total": None, "syntax_left": None, "syntax_right": None, "high": None,
                      "threshold": opts.threshold, "not_assessable": [i.as_dict() for i in issues],
-                     "cines_outside_domain": len(cines),
+                     "cines_outside_domain": 0 if why else len(cines),
                      "seconds": {"total": round(time.perf_counter() - t0, 2)}})
 
     # -- steps -------------------------------------------------------------------------------------
