@@ -1,14 +1,17 @@
 """The operator console: accounts, sessions, pages and the audit trail (docs/console.md)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from starlette.routing import Route
+
+if TYPE_CHECKING:  # node.web.server mounts the console: a runtime import would be a cycle
+    from ..web.server import WebContext
 
 __all__ = ["console_app_routes"]
 
 
-def console_app_routes(ctx: Any) -> list[Route]:
+def console_app_routes(ctx: WebContext) -> list[Route]:
     """The console's routes for the HTTP port's context (tables created if missing)."""
     from .accounts import Accounts
     from .app import console_routes

@@ -31,7 +31,7 @@ import logging
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
@@ -44,6 +44,9 @@ from .accounts import AccountError, Accounts, Session
 from ..routing import Router, facts_from_study
 from ..state import InstanceIndex
 from .store import ROLES, AuditQuery, ConsoleStore
+
+if TYPE_CHECKING:  # node.web.server mounts the console: a runtime import would be a cycle
+    from ..web.server import WebContext
 
 __all__ = ["console_routes", "ACTIONS", "SESSION_COOKIE"]
 
@@ -123,7 +126,7 @@ def _safe_next(target: str | None) -> str:
     return "/console/studies"
 
 
-def console_routes(ctx: Any, store: ConsoleStore, accounts: Accounts) -> list[Route]:
+def console_routes(ctx: WebContext, store: ConsoleStore, accounts: Accounts) -> list[Route]:
     """The console's routes; ``ctx`` is the HTTP port's :class:`~node.web.server.WebContext`."""
     env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
@@ -387,9 +390,9 @@ def _csv(events: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _models(ctx: Any) -> list[dict[str, Any]]:
+def _models(ctx: WebContext) -> list[dict[str, Any]]:
     """What the model store says, with each model's manifest (training data, evaluation, disclaimer)."""
-    store = getattr(ctx, "model_store", None)
+    store = ctx.model_store
     described = queries.models(store) or []
     if isinstance(described, dict):
         described = [dict(v, name=k) for k, v in described.items()]
@@ -417,7 +420,7 @@ def _study_of(store: ConsoleStore, kind: str, target: str) -> str | None:
     return None
 
 
-def _describe(ctx: Any, store: ConsoleStore, kind: str, target: str) -> str:
+def _describe(ctx: WebContext, store: ConsoleStore, kind: str, target: str) -> str:
     """One line saying what the confirmed action will act on."""
     if kind == "job" and target.isdigit():
         row = store.job(int(target))
@@ -437,22 +440,21 @@ def _describe(ctx: Any, store: ConsoleStore, kind: str, target: str) -> str:
     return f"{kind} {target}".strip()
 
 
-def _perform(ctx: Any, store: ConsoleStore, accounts: Accounts, session: Session, action: str,
+def _perform(ctx: WebContext, store: ConsoleStore, accounts: Accounts, session: Session, action: str,
              form: dict[str, str]) -> tuple[str | None, str]:
     """Carry out one confirmed action: (why it was refused | None, what was done)."""
     target = (form.get("target") or "").strip()
     if action in ("retry-job", "abort-job", "retry-delivery") and not target.isdigit():
         return f"{target!r} is not a number", ""
     if action == "retry-job":
-        hook = getattr(ctx, "retry_job", None)
-        why = hook(int(target)) if hook is not None else store.retry_job(int(target))
+        why = ctx.retry_job(int(target)) if ctx.retry_job is not None else store.retry_job(int(target))
         return why, f"job {target} queued again"
     if action == "abort-job":
         why = store.abort_job(int(target), f"aborted by {session.username} in the console")
         return why, f"job {target} aborted"
     if action == "retry-delivery":
         why = store.retry_delivery(int(target))
-        if why is None and getattr(ctx, "wake_dispatch", None) is not None:
+        if why is None and ctx.wake_dispatch is not None:
             ctx.wake_dispatch()
         return why, f"delivery {target} will be sent again now"
     if action in ("pause-destination", "resume-destination"):
@@ -462,30 +464,27 @@ def _perform(ctx: Any, store: ConsoleStore, accounts: Accounts, session: Session
             changed = store.pause_destination(target, session.username)
             return (None if changed else "already paused"), f"destination {target} paused"
         changed = store.resume_destination(target)
-        if changed and getattr(ctx, "wake_dispatch", None) is not None:
+        if changed and ctx.wake_dispatch is not None:
             ctx.wake_dispatch()
         return (None if changed else "not paused"), f"destination {target} resumed"
     if action == "complete-study":
-        hook = getattr(ctx, "complete_study", None)
-        if hook is None:
+        if ctx.complete_study is None:
             return "completion is not running in this process", ""
         why = store.make_due_now(target)
         if why is None:
-            hook(target)
+            ctx.complete_study(target)
         return why, f"study {target} completed now"
     if action == "reprocess-study":
-        hook = getattr(ctx, "complete_study", None)
-        if hook is None:
+        if ctx.complete_study is None:
             return "completion is not running in this process", ""
         why, generation = store.reopen_study(target)
         if why is None:
-            hook(target)
+            ctx.complete_study(target)
         return why, f"study {target} routed again as generation {generation}"
     if action == "reload-models":
-        hook = getattr(ctx, "reload_models", None)
-        if hook is None:
+        if ctx.reload_models is None:
             return "no model store in this process", ""
-        hook()
+        ctx.reload_models()
         return None, "models reloaded"
     try:
         if action == "user-add":
