@@ -244,9 +244,9 @@ class SyntaxPipeline:
         notes: list[str] = []
         for c in cines:
             found: list[QualityIssue] = []
+            props = xa_properties(c.header, c.frames, c.ref.modality or str(c.header.get("Modality", "")))
             for model, domain in domains.values():
-                outcome = check(xa_properties(c.header, c.frames, c.ref.modality or str(c.header.get("Modality", ""))),
-                                domain, model=model, kind="input", subject=f"cine {c.ref.sop_instance_uid}")
+                outcome = check(props, domain, model=model, kind="input", subject=f"cine {c.ref.sop_instance_uid}")
                 found += outcome.issues
                 if not notes:
                     notes = list(outcome.notes)
