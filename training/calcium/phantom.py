@@ -29,8 +29,10 @@ __all__ = ["Plaque", "Phantom", "Variation", "draw_variation", "make_phantom", "
 GENERATOR = "training.calcium.phantom"
 #: 2.0.0: Variation (habitus, FOV, matrix, 0.5-3 mm slices, kernels, tilted heart, costal cartilage, table,
 #: devices) and the heart/aorta region mask.  2.0.1: a plaque label grown by the kernel step no longer
-#: reaches an adjacent stent voxel (labels only; images unchanged)
-GENERATOR_VERSION = "2.0.1"
+#: reaches an adjacent stent voxel (labels only; images unchanged).  2.1.0: bone right next to the region
+#: (descending aorta against the vertebral body, heart against the sternum and costal cartilage); the region
+#: covers the whole aortic wall plaque (6 mm more around both aortas) and never a bone voxel
+GENERATOR_VERSION = "2.1.0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +100,8 @@ class Variation:
     sternal_wires: bool = False
     lead: bool = False
     plaque_max_hu: float = 900.0
+    desc_aorta_mm: tuple[float, float] = (33.0, -27.0)  # descending aorta centre relative to the spine (x, y)
+    heart_ant: float = 0.2  # heart centre at this share of the trunk's half depth in front of the centre
 
 
 def draw_variation(rng: np.random.Generator) -> Variation:
@@ -114,7 +118,14 @@ def draw_variation(rng: np.random.Generator) -> Variation:
         stent=int(rng.choice([2, 3, 4, 8])) if rng.random() < 0.25 else None,
         clips=int(rng.integers(1, 5)) if rng.random() < 0.2 else 0, sternal_wires=bool(rng.random() < 0.15),
         lead=bool(rng.random() < 0.2), plaque_max_hu=float(u(900, 1300)),
+        desc_aorta_mm=_polar(float(u(36, 48)), float(u(15, 60))), heart_ant=float(u(0.12, 0.45)),
     )
+
+
+def _polar(dist: float, angle_deg: float) -> tuple[float, float]:
+    """(x, y) at ``dist`` mm, ``angle_deg`` from the patient's left towards anterior."""
+    a = np.deg2rad(angle_deg)
+    return float(dist * np.cos(a)), float(-dist * np.sin(a))
 
 
 def _surface(h, r, phi_deg, zrel, out_mm=3.0, rot_deg=0.0):
@@ -197,7 +208,8 @@ def make_phantom(
         half_fov = np.array([(nx - 1) * dx / 2, (ny - 1) * dy / 2])
         body = np.minimum(body, half_fov - np.array([4.0, 24.0 if v.table else 4.0]))
         body = np.maximum(body, r[:2] + np.array([55.0, 45.0]))
-        h[1] = -body[1] * rng.uniform(0.12, 0.3)
+        # anterior heart up to its pericardial fat against the sternum (bone right next to the region)
+        h[1] = -max(min(body[1] * v.heart_ant, body[1] - max(24.0, v.fat_mm + 10.0) - r[1] - 8.0), body[1] * 0.1)
     fat_mm = 12.0 if v is None else v.fat_mm
     rot = 0.0 if v is None else v.heart_rot_deg
     root = h + np.array([-0.15 * r[0], -0.1 * r[1], 0.72 * r[2]])
@@ -205,7 +217,7 @@ def make_phantom(
     desc_xy = np.array([rng.uniform(32, 40), rng.uniform(36, 44)])
     spine_xy = np.array([0.0, body[1] * 0.62])
     if v is not None:
-        desc_xy = spine_xy + np.array([rng.uniform(28, 38), -rng.uniform(22, 32)])
+        desc_xy = spine_xy + np.array(v.desc_aorta_mm)  # up to against the vertebral body
     mv = h + np.array([0.3 * r[0], 0.15 * r[1], 0.35 * r[2]])
     rib_phase = rng.uniform(0, 25)
     spine_hu, rib_hu, sternum_hu = (650.0, 700.0, 520.0) if v is None else v.bone_hu
@@ -241,9 +253,10 @@ def make_phantom(
             region[k] |= (Xh / (r[0] * s + 6)) ** 2 + (Yh / (r[1] * s + 6)) ** 2 <= 1
         if z >= root[2] - 5:
             sl[(X - asc_xy[0]) ** 2 + (Y - asc_xy[1]) ** 2 <= 14 ** 2] = 40
-            region[k] |= (X - asc_xy[0]) ** 2 + (Y - asc_xy[1]) ** 2 <= 17 ** 2
+            region[k] |= (X - asc_xy[0]) ** 2 + (Y - asc_xy[1]) ** 2 <= 20 ** 2  # wall plaques reach 18 mm
         sl[(X - desc_xy[0]) ** 2 + (Y - desc_xy[1]) ** 2 <= 12 ** 2] = 40
-        region[k] |= (X - desc_xy[0]) ** 2 + (Y - desc_xy[1]) ** 2 <= 15 ** 2
+        region[k] |= (X - desc_xy[0]) ** 2 + (Y - desc_xy[1]) ** 2 <= 18 ** 2  # wall plaques reach 16 mm
+        before = sl.copy()
         d_sp = (X - spine_xy[0]) ** 2 + (Y - spine_xy[1]) ** 2
         sl[d_sp <= 19 ** 2] = spine_hu  # cortical bone
         sl[d_sp <= 15 ** 2] = 250  # cancellous
@@ -265,6 +278,7 @@ def make_phantom(
                 cc = shell & (zr < v.rib_height) & (Y < -body[1] * 0.55) & (np.abs(X) > 16)
                 sl[cc] = v.costal_hu
         sl[(np.abs(X) < 14) & (np.abs(Y + body[1] - 18) < 6)] = sternum_hu  # sternum
+        region[k] &= sl == before  # bone drawn over the region is never region
         if v is None:
             hu[k] = np.clip(np.rint(sl + rng.normal(0, noise_hu, sl.shape)), -1024, 3000)
         else:
