@@ -6,8 +6,8 @@ Training family: ``training.calcium.phantom`` (generator version in :data:`GENER
 ``--train-seeds``.  Evaluation on held-out studies of BOTH families with :mod:`training.calcium.agreement`:
 the training family (seeds ``--heldout-seeds``, even seeds coronary-free) and the independent evaluation
 family ``bench.phantoms.ct`` (seeds ``--eval-seeds``, even seeds calcium-free; never trained on).  CPU only,
-niced, bounded: training stops after ``--max-minutes`` (default 14) and the command warns when the whole
-run exceeds ``--budget-minutes`` (default 30).  CPU training is not bit-reproducible run to run, so figures
+niced, bounded: training stops after ``--max-minutes`` (default 28) and the command warns when the whole
+run exceeds ``--budget-minutes`` (default 60).  CPU training is not bit-reproducible run to run, so figures
 move a little between regenerations; the manifest records the ones of the exported model, with the
 training generator, its version and the evaluation generator: phantom figures, NOT clinical accuracy.
 ``--checkpoint`` skips training and evaluates/exports an existing run.
@@ -78,10 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-seeds", default="0-19", help="evaluation-family studies (bench.phantoms.ct)")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--crop", type=int, default=96,
+                   help="crop side on the 2 mm grid (96: 192 mm, enough context to tell the heart from the chest wall)")
     p.add_argument("--depth", type=int, default=4, help="U-Net poolings (4: wide enough context for the heart)")
-    p.add_argument("--max-minutes", type=float, default=14.0, help="training time cap")
-    p.add_argument("--budget-minutes", type=float, default=30.0, help="warn when the whole run takes longer")
+    p.add_argument("--max-minutes", type=float, default=28.0, help="training time cap")
+    p.add_argument("--budget-minutes", type=float, default=60.0, help="warn when the whole run takes longer")
     p.add_argument("--nice", type=int, default=10, help="lower this process's priority by this much")
     args = p.parse_args(argv)
     if args.nice:
@@ -115,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "seeds": rep["seeds"], **{k: rep[k] for k in FIGURES}, "targets_met": rep["targets_met"]}
     n_params = sum(p.numel() for p in model.parameters())
     notes = (f"2.5D U-Net (base 8, {model.config['depth']} poolings, {n_params} parameters) with 9 class outputs "
-             f"and a heart/aorta region output (calcium counts only inside it) on a reduced {cfg.spacing_mm} mm "
+             f"and a heart/aorta region output (a dense structure counts as calcium only when at least half of it lies "
+             f"inside that region) on a reduced {cfg.spacing_mm} mm "
              f"in-plane grid, 3 slices {cfg.context_mm} mm apart; {ck['steps']} of {ck['planned_steps']} steps "
              f"(batch {ck['batch']}, crops {ck['crop']}) in {ck['train_seconds']:.0f} s on CPU. Trained on synthetic "
              f"chest-CT phantoms ({GENERATOR} {GENERATOR_VERSION}, seeds {args.train_seeds}); evaluated on held-out "

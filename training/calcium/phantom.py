@@ -14,7 +14,10 @@ which no calcium counts.
 habitus and field of view, matrix 256-512, slices 0.5-3 mm, reconstruction kernels (blur/sharpen),
 noise, a tilted heart with jittered coronary courses, rib slope and density, spine and sternum of
 400-1000 HU, calcified costal cartilage, a patient table, and devices (coronary stents, surgical
-clips, sternal wires, pacing leads).  Bone, table and devices are labelled background.
+clips, sternal wires, pacing leads).  Bone, table and devices are labelled background.  Bone is put
+right next to the region on purpose (heart against the sternum, descending aorta against the vertebra,
+ribs inside a muscular chest wall against the lungs): the region has to be learned from anatomy, not
+from distance to bone.
 """
 from __future__ import annotations
 
@@ -31,7 +34,9 @@ GENERATOR = "training.calcium.phantom"
 #: devices) and the heart/aorta region mask.  2.0.1: a plaque label grown by the kernel step no longer
 #: reaches an adjacent stent voxel (labels only; images unchanged).  2.1.0: bone right next to the region
 #: (descending aorta against the vertebral body, heart against the sternum and costal cartilage); the region
-#: covers the whole aortic wall plaque (6 mm more around both aortas) and never a bone voxel
+#: covers the whole aortic wall plaque (6 mm more around both aortas) and never a bone voxel; a muscular chest
+#: wall between fat and lungs (60 %) with the ribs inside it against the lungs (65 %), as in patients (before:
+#: ribs only in the subcutaneous fat, so a model never saw bone next to lung and soft tissue outside the heart)
 GENERATOR_VERSION = "2.1.0"
 
 
@@ -102,6 +107,9 @@ class Variation:
     plaque_max_hu: float = 900.0
     desc_aorta_mm: tuple[float, float] = (33.0, -27.0)  # descending aorta centre relative to the spine (x, y)
     heart_ant: float = 0.2  # heart centre at this share of the trunk's half depth in front of the centre
+    chest_wall_mm: float = 0.0  # muscle between the subcutaneous fat and the lungs (0: lungs reach the fat)
+    ribs_on_lung: bool = False  # ribs in the chest wall against the lungs (else in the subcutaneous layer)
+    rib_thick_mm: float = 8.0  # in-plane thickness of a rib (ribs_on_lung)
 
 
 def draw_variation(rng: np.random.Generator) -> Variation:
@@ -119,6 +127,8 @@ def draw_variation(rng: np.random.Generator) -> Variation:
         clips=int(rng.integers(1, 5)) if rng.random() < 0.2 else 0, sternal_wires=bool(rng.random() < 0.15),
         lead=bool(rng.random() < 0.2), plaque_max_hu=float(u(900, 1300)),
         desc_aorta_mm=_polar(float(u(36, 48)), float(u(15, 60))), heart_ant=float(u(0.12, 0.45)),
+        chest_wall_mm=float(u(4, 22)) if rng.random() < 0.6 else 0.0, ribs_on_lung=bool(rng.random() < 0.65),
+        rib_thick_mm=float(u(6, 12)),
     )
 
 
@@ -224,6 +234,11 @@ def make_phantom(
     cos_r, sin_r = np.cos(np.deg2rad(-rot)), np.sin(np.deg2rad(-rot))
     Xh, Yh = cos_r * (X - h[0]) - sin_r * (Y - h[1]), sin_r * (X - h[0]) + cos_r * (Y - h[1])  # heart frame
 
+    lung_ax = np.array([body[0] * 0.38, body[1] * 0.7])
+    if v is not None and v.chest_wall_mm:  # a muscular chest wall between the fat and the lungs
+        lung_ax = np.maximum(np.minimum(lung_ax, [body[0] * 0.55 - fat_mm - v.chest_wall_mm,
+                                                  body[1] - 5 - fat_mm - v.chest_wall_mm]), lung_ax * 0.6)
+    lung_axes = [tuple(lung_ax)] * 2
     hu = np.empty(shape, dtype=np.int16)
     region = np.zeros(shape, dtype=bool)
     for k, z in enumerate(zs):
@@ -236,8 +251,8 @@ def make_phantom(
         sl[e <= 1] = -100  # subcutaneous fat
         e_in = (X / (body[0] - fat_mm)) ** 2 + (Y / (body[1] - fat_mm)) ** 2
         sl[e_in <= 1] = 40  # muscle / mediastinum
-        for side in (-1, 1):
-            lung = ((X - side * body[0] * 0.45) / (body[0] * 0.38)) ** 2 + ((Y - 5) / (body[1] * 0.7)) ** 2
+        for side, (lx, ly) in zip((-1, 1), lung_axes):
+            lung = ((X - side * body[0] * 0.45) / lx) ** 2 + ((Y - 5) / ly) ** 2
             sl[lung <= 1] = -850
         zrel = (z - h[2]) / r[2]
         if abs(zrel) < 1:
@@ -270,6 +285,13 @@ def make_phantom(
                 sl[(X - spine_xy[0] - side * 17) ** 2 + (Y - spine_xy[1] - 20) ** 2 <= 6 ** 2] = spine_hu * 0.85
             shell = ((X / (body[0] - fat_mm + 1)) ** 2 + (Y / (body[1] - fat_mm + 1)) ** 2 > 1) & \
                 ((X / (body[0] - fat_mm + 10)) ** 2 + (Y / (body[1] - fat_mm + 10)) ** 2 <= 1)
+            if v.ribs_on_lung:  # around the outer side of each lung, inside the chest wall
+                shell = np.zeros_like(shell)
+                for side in (-1, 1):
+                    cx, (lx, ly) = side * body[0] * 0.45, lung_ax
+                    e1 = ((X - cx) / (lx + 1)) ** 2 + ((Y - 5) / (ly + 1)) ** 2
+                    e2 = ((X - cx) / (lx + 1 + v.rib_thick_mm)) ** 2 + ((Y - 5) / (ly + 1 + v.rib_thick_mm)) ** 2
+                    shell |= (e1 > 1) & (e2 <= 1) & ((X - cx) * side > -0.3 * lx)
             zr = (z + rib_phase + v.rib_slope * (body[1] - Y)) % v.rib_period
             rib = shell & (zr < v.rib_height) & (Y < body[1] * 0.55)
             sl[rib] = rib_hu
