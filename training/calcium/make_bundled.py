@@ -29,7 +29,7 @@ from training.runs import RunOptions
 
 from .agreement import TARGETS, evaluate_family
 from .data import agreement_cases, phantom_slices
-from .evaluate import load_checkpoint, parse_seeds, torch_predictor
+from .evaluate import load_checkpoint, onnx_predictor, parse_seeds, torch_predictor
 from .export import export_checkpoint
 from .phantom import GENERATOR, GENERATOR_VERSION
 from .train import N_CLASSES, train
@@ -50,18 +50,44 @@ def mean_dice(dice: dict[str, float | None]) -> float:
     return float(sum(vals) / len(vals)) if vals else 0.0
 
 
-def evaluate_both(predict, cfg: PreprocessConfig, heldout: str, eval_seeds: str) -> dict[str, dict]:
-    """Agreement on held-out studies of the training family and of the evaluation family."""
+def _family_report(family: str, model: tuple[str, str], seeds: str) -> dict:
+    """Agreement on one family (runs in a worker process: its own predictor, one thread)."""
     from bench.phantoms.ct import GENERATOR as EVAL_GEN, GENERATOR_VERSION as EVAL_VER, agreement_cases as eval_cases
 
+    kind, path = model
+    if kind == "onnx":
+        predict, cfg = onnx_predictor(Path(path), threads=1)
+    else:
+        import torch
+
+        torch.set_num_threads(1)
+        net, cfg, _ = load_checkpoint(Path(path))
+        predict = torch_predictor(net)
+    if family == "training_family":
+        cases, gen, ver = agreement_cases(parse_seeds(seeds)), GENERATOR, GENERATOR_VERSION
+    else:
+        cases, gen, ver = eval_cases(parse_seeds(seeds)), EVAL_GEN, EVAL_VER
+    t = time.time()
+    rep = evaluate_family(cases, predict, cfg, log=lambda m: log.info("%s %s", family, m))
+    rep.update(generator=gen, generator_version=ver, seeds=seeds, seconds=round(time.time() - t, 1))
+    return rep
+
+
+def evaluate_both(model: tuple[str, str | Path], heldout: str, eval_seeds: str, workers: int = 2) -> dict[str, dict]:
+    """Agreement on held-out studies of the training family and of the evaluation family.  ``model``:
+    ("torch", checkpoint) or ("onnx", model directory); the two families run in ``workers`` processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = (("training_family", heldout), ("evaluation_family", eval_seeds))
+    spec = (model[0], str(model[1]))
+    if workers <= 1:
+        reports = [_family_report(fam, spec, seeds) for fam, seeds in jobs]
+    else:
+        with ProcessPoolExecutor(min(workers, len(jobs))) as ex:
+            futures = [ex.submit(_family_report, fam, spec, seeds) for fam, seeds in jobs]
+            reports = [f.result() for f in futures]
     out = {}
-    for fam, cases, gen, ver, seeds in (("training_family", agreement_cases(parse_seeds(heldout)), GENERATOR,
-                                         GENERATOR_VERSION, heldout),
-                                        ("evaluation_family", eval_cases(parse_seeds(eval_seeds)), EVAL_GEN, EVAL_VER,
-                                         eval_seeds)):
-        t = time.time()
-        rep = evaluate_family(cases, predict, cfg, log=log.info)
-        rep.update(generator=gen, generator_version=ver, seeds=seeds, seconds=round(time.time() - t, 1))
+    for (fam, _), rep in zip(jobs, reports):
         out[fam] = rep
         log.info("%s: %s", fam, json.dumps({k: rep[k] for k in FIGURES}))
     return out
@@ -83,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--depth", type=int, default=4, help="U-Net poolings (4: wide enough context for the heart)")
     p.add_argument("--max-minutes", type=float, default=28.0, help="training time cap")
     p.add_argument("--budget-minutes", type=float, default=60.0, help="warn when the whole run takes longer")
+    p.add_argument("--workers", type=int, default=2, help="evaluate the two families in this many processes")
     p.add_argument("--nice", type=int, default=10, help="lower this process's priority by this much")
     args = p.parse_args(argv)
     if args.nice:
@@ -104,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ckpt = args.checkpoint
     model, cfg, ck = load_checkpoint(ckpt)
     t_train = time.time() - t0
-    reports = evaluate_both(torch_predictor(model), cfg, args.heldout_seeds, args.eval_seeds)
+    reports = evaluate_both(("torch", ckpt), args.heldout_seeds, args.eval_seeds, workers=args.workers)
     (work / "agreement.json").write_text(json.dumps(reports, indent=2))
     from bench.phantoms.ct import GENERATOR as EVAL_GEN, GENERATOR_VERSION as EVAL_VER
 
