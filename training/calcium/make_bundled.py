@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--train-seeds", default="0-63")
     p.add_argument("--heldout-seeds", default="1000-1019", help="held-out training-family phantoms")
     p.add_argument("--eval-seeds", default="0-19", help="evaluation-family studies (bench.phantoms.ct)")
-    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--steps", type=int, default=8000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=96,
                    help="crop side on the 2 mm grid (96: 192 mm, enough context to tell the heart from the chest wall)")
