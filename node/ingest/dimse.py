@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -118,6 +119,7 @@ class _NodeAE(AE):
         self._policy = policy
         self._guard = guard
         self._limits = limits
+        self.listen_socket: socket.socket | None = None  # accept on this one instead of binding
 
     @property
     def active_associations(self) -> list[Association]:
@@ -128,7 +130,8 @@ class _NodeAE(AE):
                     ssl_context: ssl.SSLContext | None = None, evt_handlers: Any = None,
                     server_class: Any = None, **kwargs: Any) -> Any:
         return super().make_server(address, ae_title, contexts, ssl_context, evt_handlers,
-                                   server_class=GuardedServer, guard=self._guard, limits=self._limits)
+                                   server_class=GuardedServer, guard=self._guard, limits=self._limits,
+                                   listen_socket=self.listen_socket)
 
     @property  # type: ignore[override]
     def require_calling_aet(self) -> list[str]:
@@ -181,14 +184,17 @@ def build_storage_ae(node: NodeSection, spool: Spool, logger: logging.Logger | N
 class DimseServer:
     """C-ECHO / C-STORE SCP in front of a :class:`Spool`; ``start()`` / ``stop(graceful)``.
 
-    ``port`` is the bound port (``node.port`` 0 picks a free one).  ``metrics``
+    ``port`` is the bound port (``node.port`` 0 picks a free one).  ``listen_socket`` (optional):
+    accept on this listening socket, shared with other ingest processes, instead of binding one.  ``metrics``
     (optional) gets ``instance_received("dimse", nbytes)`` per stored instance.
     """
 
     def __init__(self, node: NodeSection, spool: Spool, *, logger: logging.Logger | None = None,
                  metrics: Any = None, on_association: Callable[[dict[str, Any]], None] | None = None,
-                 on_rejected: Callable[[str, str, str], None] | None = None) -> None:
+                 on_rejected: Callable[[str, str, str], None] | None = None,
+                 listen_socket: socket.socket | None = None) -> None:
         self.node = node
+        self.listen_socket = listen_socket  # shared with other ingest processes (node.ingest.workers)
         self.spool = spool
         self.log = logger or log
         self.metrics = metrics
@@ -225,6 +231,7 @@ class DimseServer:
         # Stream datasets to a file in the spool instead of memory (process-wide pynetdicom setting).
         stream_datasets_to_spool()
         self.ae = build_storage_ae(self.node, self.spool, self.log)
+        self.ae.listen_socket = self.listen_socket
         ssl_context = build_ssl_context(self.node.tls) if self.node.tls is not None else None
         handlers = [
             (evt.EVT_C_ECHO, self._handle_echo),

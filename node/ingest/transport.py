@@ -444,16 +444,39 @@ class _GuardedRequestHandler(RequestHandler):
 
 class GuardedServer(ThreadedAssociationServer):
     """pynetdicom's threaded association server with admission at accept time and the TLS handshake
-    in the connection's thread (see the module docstring)."""
+    in the connection's thread (see the module docstring).
 
-    def __init__(self, *args: Any, guard: ConnectionGuard, limits: Limits, **kwargs: Any) -> None:
+    ``listen_socket``: accept on this listening socket (shared with other ingest processes,
+    :mod:`node.ingest.workers`) instead of binding one.  It is used non-blocking: every process
+    sharing it wakes for a connection and those that lose the race get ``EAGAIN``.
+    """
+
+    def __init__(self, *args: Any, guard: ConnectionGuard, limits: Limits,
+                 listen_socket: socket.socket | None = None, **kwargs: Any) -> None:
         self.guard = guard
         self.limits = limits
+        self._shared_socket = listen_socket
         kwargs.pop("request_handler", None)
         super().__init__(*args, request_handler=_GuardedRequestHandler, **kwargs)
 
+    def server_bind(self) -> None:
+        if self._shared_socket is None:
+            super().server_bind()
+            return
+        cast(socket.socket, self.socket).close()  # the one socketserver made; never bound
+        self.socket = self._shared_socket
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self._shared_socket is None:  # a shared socket is listening already
+            super().server_activate()
+
     def get_request(self) -> tuple[socket.socket, Any]:
-        return cast(socket.socket, self.socket).accept()  # no TLS handshake in the accept loop
+        conn, address = cast(socket.socket, self.socket).accept()  # no TLS handshake in the accept loop
+        if self._shared_socket is not None:
+            conn.setblocking(True)  # as pynetdicom's blocking listener hands it on
+        return conn, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
         ticket = self.guard.admit(str(client_address[0]))
