@@ -169,6 +169,7 @@ def start_node(work: Path, name: str, group_commit: bool = False, processes: int
         "node": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": free_port(), "storage_dir": str(folder / "var"),
                  "quiet_seconds": 3600, "http_host": "127.0.0.1", "http_port": free_port(), "log_format": "json",
                  "group_commit": group_commit, "ingest_processes": processes},
+        "models": {"warmup": False},  # the model warm-up would compete with the first round for the CPUs
         "routes": [],
     }
     path = folder / "node.yaml"
