@@ -16,9 +16,14 @@ alternately, to
   ingest processes accept on the one port (``processes-N``);
 * with ``--group-commit``, the same node with ``node.group_commit: true`` (the fsyncs of concurrent
   associations shared);
-* with ``--strategies`` and several senders, the durability strategies alone (no DICOM, threads
-  writing the same files): fsync alone, group commit, group commit of the directory fsync only, one
+* with several senders, the durability work alone (a thread per sender writing its share of the
+  files: write, fsync, rename, directory fsync; no DICOM, no network); with ``--strategies`` also
+  the other durability strategies: group commit, group commit of the directory fsync only, one
   journal synced per batch.
+
+The CPU seconds every node's processes used during each send are read from ``/proc`` (all its
+processes together, and the busiest one: with several ingest processes the work no longer has to
+fit on one core).
 
 With ``TCP_NODELAY=1`` in the dcmtk processes' environment (dcmtk's fastest setting; ``--untuned``
 adds the same without it): one sender, then ``--senders`` storescu processes at once, each with a
@@ -177,6 +182,23 @@ def start_node(work: Path, name: str, group_commit: bool = False, processes: int
     return NodeProcess(path).start()
 
 
+def process_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) so far of ``pid`` and of its children, by process id (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            out[p] = (int(fields[11]) + int(fields[12])) / tick
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def measure(label: str, rounds: int, targets: list[tuple[str, Callable[[], float]]]) -> dict[str, float]:
     """Median seconds per target; the order alternates every round so neither always goes first."""
     times: dict[str, list[float]] = {name: [] for name, _ in targets}
@@ -218,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.processes:
         nodes[f"processes-{n}"] = start_node(work, f"processes-{n}", processes=n)
     results: list[tuple[str, int, dict[str, float]]] = []
+    cpu: dict[tuple[int, int], list[tuple[float, float]]] = {}  # (senders, node port) -> (all, busiest process)
     try:
         for tuned in (True, False) if args.untuned else (True,):
             env = dict(os.environ)
@@ -240,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
                         return seconds
 
                     def to_node(node: NodeProcess, groups: list[list[Path]]) -> float:
+                        assert node.proc is not None
+                        before = process_cpu(node.proc.pid)
                         seconds = send(node.port, NODE_AE, groups, env)
+                        after = process_cpu(node.proc.pid)
+                        used = [after[p] - before.get(p, 0.0) for p in after]
+                        cpu.setdefault((len(groups), node.port), []).append((sum(used), max(used)))
                         stored = sum(1 for _ in (node.storage / "spool").rglob("*.dcm"))
                         if stored != len(files):
                             raise RuntimeError(f"the node spool has {stored} of {len(files)} files")
@@ -252,10 +280,10 @@ def main(argv: list[str] | None = None) -> int:
                     targets += [(name, lambda g=groups, n=node: to_node(n, g)) for name, node in nodes.items()]
                     if tuned and senders == 1:  # the durability floor, measured under the same load
                         targets.append(("fsync", lambda: durable_writes(files, work / "floor")))
-                    if tuned and senders > 1 and args.strategies:  # the durability strategies alone
+                    if tuned and senders > 1:  # the durability work alone, a thread per sender (+ strategies)
+                        modes = ("alone", "group", "group-dir", "journal") if args.strategies else ("alone",)
                         targets += [(f"durable-{mode}", lambda m=mode, n=senders: concurrent_durable_writes(
-                            files, work / f"durable-{m}", n, m)) for mode in ("alone", "group", "group-dir",
-                                                                              "journal")]
+                            files, work / f"durable-{m}", n, m)) for mode in modes]
                     results.append((label, senders, measure(label, args.rounds, targets)))
     finally:
         rcs = [node.terminate() for node in nodes.values()]
@@ -270,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         scp_name = "storescp --fork" if senders > 1 else "storescp"
         print(f"| {label}, vs {scp_name} | {t['storescp']:.2f} ({mb / t['storescp']:.0f}) | " + " | ".join(
             f"{t[n]:.2f} ({mb / t[n]:.0f}) | {t['storescp'] / t[n]:.2f}" for n in nodes) + " |")
+    print("\nCPU seconds of each node per send (median over the rounds of every setting with that many "
+          "senders; all its processes / the busiest one):")
+    for senders in sorted({k[0] for k in cpu}):
+        print(f"  {senders} sender(s): " + ", ".join(
+            f"{name} {statistics.median(c[0] for c in cpu[(senders, node.port)]):.2f} / "
+            f"{statistics.median(c[1] for c in cpu[(senders, node.port)]):.2f}"
+            for name, node in nodes.items() if (senders, node.port) in cpu))
     for label, senders, t in results:
         if "fsync" in t:
             floor = t["storescp"] + t["fsync"]
@@ -282,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         elif senders > 1:
             print(f"\n{label}, x storescp --fork (target >= 0.5): " + ", ".join(
                 f"{n} {t['storescp'] / t[n]:.2f}" for n in nodes))
-            if "durable-alone" in t:
+            print(f"  the durability work alone ({senders} threads, each a sender's share: write, fsync, rename, "
+                  f"directory fsync; no DICOM, no network): {t['durable-alone']:.2f} s")
+            if "durable-group" in t:
                 print(f"  durability alone, {senders} threads, no DICOM: each fsyncs alone {t['durable-alone']:.2f} s, "
                       f"group commit {t['durable-group']:.2f} s, directory fsync shared {t['durable-group-dir']:.2f} s, "
                       f"one journal synced per batch {t['durable-journal']:.2f} s (filing into the spool afterwards "
