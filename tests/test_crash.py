@@ -162,6 +162,30 @@ def _ingest_pids(node_pid: int) -> list[int]:
     return sorted(pids)
 
 
+def _connections_served(pid: int, port: int) -> int:
+    """Established TCP connections to ``port`` held by process ``pid`` (Linux /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if int(local.rsplit(":", 1)[1], 16) == port and state == "01" and inode in inodes:
+                count += 1
+    return count
+
+
 @pytest.mark.parametrize("settings", [{}, {"group_commit": True}, {"ingest_processes": 2}],
                          ids=["fsync-alone", "group-commit", "ingest-processes-2"])
 def test_kill9_under_4_concurrent_senders_keeps_every_acknowledged_instance_byte_identical(tmp_path, settings):
@@ -204,7 +228,10 @@ def test_kill9_of_one_ingest_process_restarts_it_loses_nothing_and_the_study_com
             acked: list[str] = []
             procs, threads = _send_4(node.port, [files[i::4] for i in range(4)], acked)
             assert wait_for(lambda: len(acked) >= 40, 120, 0.005)
-            os.kill(workers[0], signal.SIGKILL)
+            # whichever process was free accepted each association: kill one that serves some
+            victim = max(workers, key=lambda pid: _connections_served(pid, node.port))
+            survivor = next(pid for pid in workers if pid != victim)
+            os.kill(victim, signal.SIGKILL)
             for proc in procs:
                 proc.wait(120)
             for t in threads:
@@ -216,7 +243,7 @@ def test_kill9_of_one_ingest_process_restarts_it_loses_nothing_and_the_study_com
             _assert_acked_stored(node.storage, study_uid, files, acked)
             assert wait_for(lambda: len(_ingest_pids(node.proc.pid)) == 2, 30), "ingest process not restarted"
             restarted = _ingest_pids(node.proc.pid)
-            assert workers[0] not in restarted and workers[1] in restarted
+            assert victim not in restarted and survivor in restarted
             assert wait_for(lambda: len(scp.received(modality="SR")) == 1, 40)
             time.sleep(7)  # > quiet period: a second processing would show by now
             srs = scp.received(modality="SR")
