@@ -262,7 +262,7 @@ class CompletionTracker:
             row = self._studies.get(study_uid)
             routed = row is not None and row["state"] == "waiting" and (
                 row["received"] == seen if early else row["due_at"] <= now + 0.01)
-            if routed:
+            if routed and row is not None:
                 self._studies.mark_routed(study_uid, "processed" if decisions or gave_up else "unmatched", now,
                                           [d.name for d in decisions], gave_up or None)
                 for d in decisions:
@@ -270,7 +270,7 @@ class CompletionTracker:
                                          d.priority)
                     if job_id is not None:
                         job_ids.append(job_id)
-        if not routed:  # another thread routed it, or an instance arrived after the check above
+        if not routed or row is None:  # another thread routed it, or an instance arrived after the check above
             if row is not None and row["state"] == "waiting":
                 self._arm(study_uid, row["due_at"], check=early)
             return []

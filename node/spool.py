@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
@@ -40,6 +40,9 @@ from .dicom_header import InstanceHeader
 from .files import DIR_MODE, open_private, private_dir
 from .fsync import GroupSync, fsync_dir, fsync_path
 from .state import InstanceIndex, connect
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead
 
 __all__ = [
     "Spool",
@@ -225,7 +228,7 @@ class Spool:
         return (self.root / check_uid(study_uid, "StudyInstanceUID") / check_uid(series_uid, "SeriesInstanceUID")
                 / f"{check_uid(sop_uid, 'SOPInstanceUID')}.dcm")
 
-    def store_stream(self, file_meta: Dataset, dataset_stream: BinaryIO | bytes, *, calling_ae: str,
+    def store_stream(self, file_meta: Dataset, dataset_stream: SupportsRead[bytes] | bytes, *, calling_ae: str,
                      source: str, expect_sop_class: str | None = None,
                      expect_sop_instance: str | None = None) -> StoredInstance:
         """Store File Meta + the encoded dataset bytes (copied in chunks, never decoded)."""
@@ -235,7 +238,8 @@ class Spool:
             meta = FileMetaDataset(file_meta)
             with open_private(tmp, exclusive=True) as f:
                 f.write(b"\x00" * 128 + b"DICM")
-                write_file_meta_info(f, meta, enforce_standard=True)
+                # pydicom annotates DicomIO but documents any file-like and only calls write()
+                write_file_meta_info(f, meta, enforce_standard=True)  # type: ignore[arg-type]
                 if isinstance(dataset_stream, (bytes, bytearray, memoryview)):
                     f.write(dataset_stream)
                 else:

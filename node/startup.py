@@ -104,8 +104,8 @@ def check_tls(tls: TLSSection | None, key: str, server: bool = True) -> None:
     """Every file of one TLS section exists, is readable and loads as PEM (certificate matches key)."""
     if tls is None:
         return
-    for attr in ("certificate", "private_key", "ca_certificates"):
-        path = getattr(tls, attr)
+    for attr, path in (("certificate", tls.certificate), ("private_key", tls.private_key),
+                       ("ca_certificates", tls.ca_certificates)):
         if path:
             _check_readable(path, f"{key}.{attr}")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)

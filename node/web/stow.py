@@ -25,7 +25,7 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, cast
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -38,7 +38,9 @@ from ..files import private_dir
 from ..ingest.admission import is_accepted, own_result_returned
 from ..logging_setup import clean
 from ..spool import TEMP_SUFFIX, OwnResultError, Spool, SpoolError, is_out_of_space
-from .multipart import MediaTypeError, MultipartError, Part, PartReader, find_parts, parse_content_type, stow_boundary
+from .multipart import (
+    ByteStream, MediaTypeError, MultipartError, Part, PartReader, find_parts, parse_content_type, stow_boundary,
+)
 
 __all__ = [
     "StowHandler",
@@ -133,7 +135,7 @@ class StowResult:
 # --------------------------------------------------------------------------- part parsing
 
 
-def read_part_meta(reader: BinaryIO) -> tuple[FileMetaDataset, int]:
+def read_part_meta(reader: ByteStream) -> tuple[FileMetaDataset, int]:
     """File Meta Information of a part and the offset where its dataset starts.
 
     Accepts a 128-byte preamble + "DICM", "DICM" without preamble, or a stream
@@ -150,7 +152,8 @@ def read_part_meta(reader: BinaryIO) -> tuple[FileMetaDataset, int]:
         raise NotDicomPart("not a DICOM Part 10 stream (no preamble/DICM prefix and no File Meta Information)")
     reader.seek(meta_at)
     try:
-        meta = pydicom.filereader._read_file_meta_info(reader)  # pydicom 3: reads group 0002 only
+        # pydicom 3: reads group 0002 only, with read/seek/tell (annotated BinaryIO)
+        meta = pydicom.filereader._read_file_meta_info(cast(BinaryIO, reader))
     except Exception as exc:  # pydicom raises several types on garbage
         raise NotDicomPart(f"unreadable File Meta Information: {exc}") from None
     for keyword in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID"):
