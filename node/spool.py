@@ -39,7 +39,7 @@ from . import dicom_header
 from .dicom_header import InstanceHeader
 from .files import DIR_MODE, open_private, private_dir
 from .fsync import GroupSync, fsync_dir, fsync_path
-from .state import InstanceIndex, connect
+from .state import InstanceIndex, OwnResults, connect
 
 if TYPE_CHECKING:
     from _typeshed import SupportsRead
@@ -180,13 +180,13 @@ class Spool:
     ``on_stored`` listeners run after the file is durable and the row committed,
     before the caller answers success; an exception in a listener is logged and
     does not undo the store (``Spool.recover`` + completion reconcile cover crashes).
-    ``own_results`` (``contains(sop_uid, series_uid) -> bool``, e.g.
-    :class:`node.jobs.OwnResults`) recognises the node's own results: they raise
+    ``own_results`` (:class:`node.state.OwnResults`) recognises the node's own results: they raise
     :class:`OwnResultError` instead of being stored.
     """
 
     def __init__(self, storage_dir: str | Path, min_free_mb: int = 0,
-                 on_stored: Callable[[StoredInstance], None] | None = None, own_results: Any = None,
+                 on_stored: Callable[[StoredInstance], None] | None = None,
+                 own_results: OwnResults | None = None,
                  group_commit: bool = False) -> None:
         self.storage_dir = Path(storage_dir)
         # concurrent stores share their fsyncs (node.fsync.GroupSync); False: each store fsyncs alone

@@ -87,7 +87,7 @@ class _Actor:
 
     spec: PipelineSpec
     index: int
-    handle: Any
+    handle: Any  # ray's ActorHandle: its stubs do not type actor method calls (handle.run.remote)
     created_at: float
     ready: bool = False
     inflight: int = 0
@@ -128,7 +128,7 @@ class Driver:
         self._stop = threading.Event()
         self._lost = ""
         self._last_state: DriverState | None = None
-        self._remote_cls: Any = None
+        self._remote_cls: Any = None  # ray.remote(...)(RayPipelineWorker); see _Actor.handle
 
     # ------------------------------------------------------------------ messages
     def send(self, msg: object) -> None:
