@@ -228,7 +228,8 @@ def check_models(config: NodeConfig, routed_pipelines: Iterable[str]) -> ModelSt
     problems = store.verify()
     if problems:
         name, message = problems[0]
-        more = f" ({len(problems) - 1} more unusable: {', '.join(n for n, _ in problems[1:])})" if len(problems) > 1 else ""
+        others = ", ".join(n for n, _ in problems[1:])
+        more = f" ({len(problems) - 1} more unusable: {others})" if len(problems) > 1 else ""
         raise StartupError(f"no usable model {name!r}: {message}{more}")
     if not store.names():
         dirs = ", ".join(str(d) for d in store.model_dirs) or "no models folder (the package has no bundled models)"

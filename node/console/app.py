@@ -284,8 +284,8 @@ def console_routes(ctx: WebContext, store: ConsoleStore, accounts: Accounts) -> 
         if fmt in ("csv", "json"):
             query.limit = 100_000
             events = store.search_audit(query)
-            store.audit("operator", session.username, "audit export",
-                        None, {"format": fmt, "query": q.get("q", ""), "kind": q.get("kind", ""), "events": len(events)})
+            store.audit("operator", session.username, "audit export", None,
+                        {"format": fmt, "query": q.get("q", ""), "kind": q.get("kind", ""), "events": len(events)})
             name = f"cardionode-audit-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.{fmt}"
             headers = {**_SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'}
             if fmt == "json":
