@@ -16,7 +16,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Container
 
 import pydicom
 from pydicom.charset import convert_encodings, decode_bytes
@@ -152,7 +152,7 @@ class _Walker:
                                        " more bytes")
         return at + length
 
-    def dataset(self, at: int, implicit: bool, in_item: bool = False, wanted: Any = (),
+    def dataset(self, at: int, implicit: bool, in_item: bool = False, wanted: Container[tuple[int, int]] = (),
                 stop_group: int | None = None) -> tuple[int, set[tuple[int, int]]]:
         """Walk elements from ``at`` to the end of the file (top level) or to the item delimiter
         (``in_item``); returns the position after it and the tags seen at this level.  Values of
