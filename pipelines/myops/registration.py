@@ -75,12 +75,13 @@ def register_slice(fixed: np.ndarray, moving: np.ndarray, mask: np.ndarray | Non
     centre = np.array([(fixed.shape[1] - 1) / 2.0, (fixed.shape[0] - 1) / 2.0]) * spacing
     reg = sitk.ImageRegistrationMethod()
     reg.SetNumberOfThreads(cfg.threads)
+    fixed_mask = None
     if mask is not None and mask.any():
         it = max(1, int(round(cfg.mask_dilation_mm / spacing)))
         dil = ndimage.binary_dilation(mask, iterations=it)
-        m = sitk.GetImageFromArray(dil.astype(np.uint8))
-        m.SetSpacing((spacing, spacing))
-        reg.SetMetricFixedMask(m)
+        fixed_mask = sitk.GetImageFromArray(dil.astype(np.uint8))
+        fixed_mask.SetSpacing((spacing, spacing))
+        reg.SetMetricFixedMask(fixed_mask)
         cy, cx = ndimage.center_of_mass(mask)
         centre = np.array([cx, cy]) * spacing
     tx = sitk.AffineTransform(2)
@@ -108,14 +109,16 @@ def register_slice(fixed: np.ndarray, moving: np.ndarray, mask: np.ndarray | Non
     result = SliceTransform(mat, trans, np.asarray(tx.GetCenter(), dtype=float))
     final = tx
     if cfg.deformable:
-        final = _bspline_refine(f_img, m_img, tx, reg, cfg)
+        final = _bspline_refine(f_img, m_img, tx, fixed_mask, cfg)
         result = dataclasses.replace(result, deformable=final is not tx)
     out = sitk.Resample(m_img, f_img, final, sitk.sitkLinear, 0.0)
     return sitk.GetArrayFromImage(out).astype(np.float32), result
 
 
-def _bspline_refine(f_img, m_img, affine, affine_reg, cfg: RegistrationConfig):
-    """Coarse B-spline on top of the affine (same metric and mask); the affine alone on failure."""
+def _bspline_refine(f_img, m_img, affine, fixed_mask, cfg: RegistrationConfig):
+    """Coarse B-spline on top of the affine (same metric and mask); the affine alone on failure.
+
+    The mask is handed over explicitly: SimpleITK's ImageRegistrationMethod has no getter for it."""
     import SimpleITK as sitk
 
     bs = sitk.BSplineTransformInitializer(f_img, [cfg.bspline_mesh, cfg.bspline_mesh])
@@ -123,12 +126,8 @@ def _bspline_refine(f_img, m_img, affine, affine_reg, cfg: RegistrationConfig):
     reg.SetNumberOfThreads(cfg.threads)
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=cfg.histogram_bins)
     reg.SetMetricSamplingStrategy(reg.NONE)
-    try:
-        mask = affine_reg.GetMetricFixedMask()
-        if mask is not None:
-            reg.SetMetricFixedMask(mask)
-    except (AttributeError, RuntimeError):
-        pass
+    if fixed_mask is not None:
+        reg.SetMetricFixedMask(fixed_mask)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=30)
     reg.SetMovingInitialTransform(affine)
