@@ -69,7 +69,8 @@ def onnxruntime_distributions() -> list[str]:
     """
     found: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
-        name = (dist.metadata.get("Name") or "").strip()
+        # typeshed declares PackageMetadata.get() from Python 3.12 on; the object is an email.message.Message
+        name = (dist.metadata.get("Name") or "").strip()  # type: ignore[attr-defined]
         if not name or name.lower() in found:
             continue
         files = dist.files or []
@@ -124,8 +125,8 @@ def trt_profile_strings(manifest: ModelManifest) -> dict[str, str]:
         return {}
     out: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
     for name, prof in manifest.trt_profile.items():
-        for part in out:
-            dims = "x".join(str(d) for d in getattr(prof, part))
+        for part, shape in (("min", prof.min), ("opt", prof.opt), ("max", prof.max)):
+            dims = "x".join(str(d) for d in shape)
             out[part].append(f"{name}:{dims}")
     return {f"trt_profile_{part}_shapes": ",".join(items) for part, items in out.items()}
 

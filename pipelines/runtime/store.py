@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -33,7 +33,7 @@ from pipelines.base import ModelInfo
 from .manifest import ManifestError, ModelManifest, TensorSpec, sha256_file
 from .providers import describe_chain, provider_chain, session_options, short_provider_name
 
-__all__ = ["ModelError", "ModelHandle", "ModelStore", "bundled_models_dir"]
+__all__ = ["ModelError", "ModelHandle", "ModelStore", "StoreSettings", "bundled_models_dir"]
 
 log = logging.getLogger("cardionode.models")
 
@@ -60,11 +60,32 @@ def bundled_models_dir() -> Path | None:
     else:  # namespace package: a MultiplexedPath over several roots
         import pipelines
 
-        candidates.extend(Path(p) / "models" for p in getattr(pipelines, "__path__", []))
+        candidates.extend(Path(p) / "models" for p in pipelines.__path__)
     for cand in candidates:
         if cand.is_dir():
             return cand
     return None
+
+
+class StoreSettings(Protocol):
+    """What the store reads from its settings: the node's ``models`` section (``node.config.ModelsSection``)."""
+
+    @property
+    def dir(self) -> str | None: ...
+    @property
+    def providers(self) -> Sequence[str]: ...
+    @property
+    def intra_op_threads(self) -> int: ...
+    @property
+    def inter_op_threads(self) -> int: ...
+    @property
+    def graph_optimization(self) -> str: ...
+    @property
+    def tensorrt_fp16(self) -> bool: ...
+    @property
+    def tensorrt_cache_dir(self) -> str | None: ...
+    @property
+    def warmup(self) -> bool: ...
 
 
 # --------------------------------------------------------------------------- internal records
@@ -242,8 +263,9 @@ def _fmt_pre(pre: Mapping[str, Any]) -> str:
 class ModelStore:
     """All models the node can use; one shared session per (name, version, sha256). Thread-safe."""
 
-    def __init__(self, model_dirs: Sequence[str | Path], settings: Any, *, available_providers: Sequence[str] | None = None) -> None:
-        """``model_dirs`` in increasing precedence; ``settings`` is a :class:`node.config.ModelsSection`."""
+    def __init__(self, model_dirs: Sequence[str | Path], settings: StoreSettings, *,
+                 available_providers: Sequence[str] | None = None) -> None:
+        """``model_dirs`` in increasing precedence; ``settings`` is usually a ``node.config.ModelsSection``."""
         self.model_dirs = [Path(d) for d in model_dirs]
         self.settings = settings
         self._available = available_providers
@@ -255,7 +277,7 @@ class ModelStore:
         self._entries = self._scan()
 
     @classmethod
-    def from_config(cls, models: Any) -> "ModelStore":
+    def from_config(cls, models: StoreSettings) -> "ModelStore":
         """Bundled models, overridden/extended by ``models.dir`` when configured."""
         dirs: list[Path] = []
         bundled = bundled_models_dir()
@@ -504,7 +526,7 @@ class ModelStore:
         for name in names if names is not None else self.names():
             try:
                 handle = self.acquire(name)
-                seconds = handle.warmup() if getattr(self.settings, "warmup", True) else 0.0
+                seconds = handle.warmup() if self.settings.warmup else 0.0
                 results[name] = f"ok ({short_provider_name(handle.provider)}, {seconds * 1000:.0f} ms)"
             except ModelError as exc:
                 results[name] = str(exc)
