@@ -20,7 +20,7 @@ from pipelines.base import SeriesView
 from pipelines.quality import QualityIssue
 from pipelines.imaging import Volume
 from pipelines.outputs import (AlgorithmIdentity, BuiltSegmentation, MeasurementGroupSpec, MeasurementSpec,
-                               QualitativeSpec, SegmentSpec, build_measurement_report, build_segmentation,
+                               QualitativeSpec, RegionSpec, SegmentSpec, build_measurement_report, build_segmentation,
                                build_summary_image, codes, key_slice, outline_box)
 
 from .agatston import AgatstonResult
@@ -66,7 +66,7 @@ def _seg(vol: Volume, labels: np.ndarray, alg: AlgorithmIdentity, opts: CalciumO
                               series_description="Calcium by class (COCA 8 classes)")
 
 
-def _region(vol: Volume, mask: np.ndarray):
+def _region(vol: Volume, mask: np.ndarray) -> RegionSpec | None:
     k = key_slice(mask)
     if k is None:
         return None
