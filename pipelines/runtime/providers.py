@@ -102,7 +102,7 @@ def describe_build(preferred: Sequence[str], available: Sequence[str] | None = N
     """One line: the onnxruntime build, the providers it has, and what the models will run on."""
     have = list(available_providers() if available is None else available)
     dists = onnxruntime_distributions()
-    build = ", ".join(dists) if dists else f"onnxruntime {getattr(ort, '__version__', '?')}"
+    build = ", ".join(dists) if dists else f"onnxruntime {ort.__version__}"
     plan = planned_providers(preferred, have)
     missing = [p for p in preferred if PROVIDER_NAMES[p] not in have]
     text = (f"{build}: providers in this build: {', '.join(short_provider_name(p) for p in have)}; "
