@@ -169,11 +169,13 @@ def build_outputs(vol: Volume, labels: np.ndarray, score: AgatstonResult, alg: A
     if opts.summary_image:
         lines = [_series_line(vol, series, opts),
                  f"Coronary artery calcium score (Agatston): {coronary:.1f}  -  risk category {category}",
-                 f"All 8 classes (coronary, valves, aorta): Agatston {total:.1f}, volume {score.total_volume_mm3:.1f} mm3",
+                 f"All 8 classes (coronary, valves, aorta): Agatston {total:.1f}, "
+                 f"volume {score.total_volume_mm3:.1f} mm3",
                  ""]
         for c in CLASSES:
             cs = score.per_class[c.value]
-            lines.append(f"{c.name}: Agatston {cs.score:.1f}, volume {cs.volume_mm3:.1f} mm3, {cs.n_lesions} lesion{'' if cs.n_lesions == 1 else 's'}")
+            lines.append(f"{c.name}: Agatston {cs.score:.1f}, volume {cs.volume_mm3:.1f} mm3, "
+                         f"{cs.n_lesions} lesion{'' if cs.n_lesions == 1 else 's'}")
         datasets.append(build_summary_image(vol.headers[0], "Coronary artery calcium (Agatston)", lines, alg,
                                             opts.series_number_summary))
     return CalciumOutputs(datasets=datasets, coronary=coronary, total=total, category=category)

@@ -40,7 +40,8 @@ def series_problem(series: SeriesView, rules: SeriesOptions) -> str | None:
         return "ImageType LOCALIZER"
     if rules.require_axial:
         iop = hdr.get("ImageOrientationPatient")
-        if iop is None and "PerFrameFunctionalGroupsSequence" not in hdr and "SharedFunctionalGroupsSequence" not in hdr:
+        enhanced = "PerFrameFunctionalGroupsSequence" in hdr or "SharedFunctionalGroupsSequence" in hdr
+        if iop is None and not enhanced:
             return "no ImageOrientationPatient"
         if iop is not None:
             o = np.asarray([float(v) for v in iop])

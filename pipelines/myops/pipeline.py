@@ -113,7 +113,8 @@ class MyopsPipeline:
         if not inputs.ok:
             return self._not_assessable(vols, alg, opts, inputs.issues, inputs.notes, models, t0)
         lge = vols["lge"]
-        context.logger.info("myops: LGE %s, T2w %s, bSSFP %s", *(series[s].series_description for s in ("lge", "t2", "bssfp")))
+        context.logger.info("myops: LGE %s, T2w %s, bSSFP %s",
+                            *(series[s].series_description for s in ("lge", "t2", "bssfp")))
         tally = ConfidenceTally()
         classes, stack, mi = self.segment(vols, handle, cfg, tally)
         figures = measure(classes, lge)
@@ -140,7 +141,8 @@ class MyopsPipeline:
             notes.append(f"{rejected} slice registrations implausible and replaced by identity")
         notes += [f"check: {c}" for c in inputs.notes + outputs.notes]
         sr = build_measurement_report(
-            lge.source_datasets, procedure=codes.MR_OF_HEART, groups=self._groups(figures, seg, masks, lge), algorithm=alg,
+            lge.source_datasets, procedure=codes.MR_OF_HEART, groups=self._groups(figures, seg, masks, lge),
+            algorithm=alg,
             series_number=base + 1, series_description="Myocardial pathology SR",
             referenced_seg=seg.dataset, extra_text=notes,
         )

@@ -249,7 +249,8 @@ def build_measurement_report(
         raise ValueError("an SR needs at least one measurement group or a whole-result quality issue")
     filled = fill_type2(sources)
     alg = dataclasses.replace(
-        algorithm, parameters=tuple(algorithm.parameters) + tuple((f"note {i + 1}", t) for i, t in enumerate(extra_text))
+        algorithm,
+        parameters=tuple(algorithm.parameters) + tuple((f"note {i + 1}", t) for i, t in enumerate(extra_text)),
     )
     group_alg = alg.to_sr(full=False)
     use_library = len(filled) <= IMAGE_LIBRARY_MAX if image_library is None else image_library
@@ -280,7 +281,8 @@ def build_measurement_report(
         root.ContentSequence.append(_container(codes.DERIVED_IMAGING_MEASUREMENTS, alg.to_sr(),
                                                [i for b in derived for i in b]))
     if whole:
-        root.ContentSequence.append(_container(codes.QUALITATIVE_EVALUATIONS, alg.to_sr(), _not_assessable_items(whole)))
+        root.ContentSequence.append(_container(codes.QUALITATIVE_EVALUATIONS, alg.to_sr(),
+                                               _not_assessable_items(whole)))
     for item in _walk([root]):
         if item.get("ValueType") == "CONTAINER":
             item.ContinuityOfContent = "SEPARATE"

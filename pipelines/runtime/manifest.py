@@ -94,7 +94,8 @@ class _Reader:
             self.fail(f"expected {names}, got {value!r}", self.sub(name))
         return value
 
-    def text(self, name: str, default: str | EllipsisType = ..., pattern: re.Pattern[str] | None = None, what: str = "") -> str:
+    def text(self, name: str, default: str | EllipsisType = ..., pattern: re.Pattern[str] | None = None,
+             what: str = "") -> str:
         value: str = self.get(name, str, default)
         if default is not ... and value is default:
             return value
@@ -219,7 +220,9 @@ class LabelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Provenance:
-    """Where the weights come from. Say ``trained_on="synthetic phantoms"``, ``synthetic=True`` when that is the truth."""
+    """Where the weights come from.
+
+    Say ``trained_on="synthetic phantoms"``, ``synthetic=True`` when that is the truth."""
 
     trained_on: str
     synthetic: bool
@@ -233,7 +236,8 @@ class Provenance:
 
     def summary(self) -> str:
         """One line for ``models list`` and for ModelInfo.provenance."""
-        text = f"{self.trained_on}{' (synthetic)' if self.synthetic and 'synthetic' not in self.trained_on.lower() else ''}"
+        flag = " (synthetic)" if self.synthetic and "synthetic" not in self.trained_on.lower() else ""
+        text = f"{self.trained_on}{flag}"
         text += f", {self.date}, code {self.code_version}"
         if self.metrics:
             shown = []

@@ -3,8 +3,8 @@
 The config lists providers in order of preference (``tensorrt``, ``cuda``,
 ``cpu``).  A provider that this onnxruntime build does not have is skipped
 (:func:`describe_build` says so once, at start-up, for all models); CPU is
-always appended last so that a session can always be created.  TensorRT gets fp16, an engine cache directory per model version and
-an explicit optimisation profile built from the manifest's ``trt_profile``
+always appended last so that a session can always be created.  TensorRT gets fp16, an engine cache
+directory per model version and an explicit optimisation profile built from the manifest's ``trt_profile``
 (min/opt/max shapes for inputs with dynamic axes), so engines are built once
 and reused across restarts.
 """

@@ -358,7 +358,8 @@ class ModelStore:
                 log.warning("model %r: session with %s failed (%s); trying the next provider",
                             entry.name, describe_chain(sub), str(exc).splitlines()[0] if str(exc) else exc)
         if session is None:
-            raise ModelError(entry.name, f"ONNX Runtime cannot load {path}: {last_exc} — {self._fix_export(entry.name)}")
+            raise ModelError(entry.name,
+                             f"ONNX Runtime cannot load {path}: {last_exc} — {self._fix_export(entry.name)}")
         provider = session.get_providers()[0]
         self._check_declared(entry.name, manifest, session, path)
         log.debug("model %r version %s loaded from %s on %s (requested %s)", manifest.name, manifest.version,
@@ -498,7 +499,8 @@ class ModelStore:
                 old, new = old_entries.get(name), new_entries.get(name)
                 old_v = old.manifest.version if old and old.manifest and not old.error else None
                 new_v = new.manifest.version if new and new.manifest and not new.error else None
-                if (old.key if old else None) != (new.key if new else None) or bool(old and old.error) != bool(new and new.error):
+                key_changed = (old.key if old else None) != (new.key if new else None)
+                if key_changed or bool(old and old.error) != bool(new and new.error):
                     changes[name] = (old_v, new_v)
             self._entries = new_entries
             live = {e.key for e in new_entries.values() if e.key}

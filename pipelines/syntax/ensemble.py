@@ -55,7 +55,8 @@ def _pick(side: str, left: float, right: float) -> float:
     raise ValueError(f"side must be 'left' or 'right', got {side!r}")
 
 
-def combine(per_fold: Mapping[int, tuple[float, float]], calibration: Mapping[int, Mapping[str, float]] | None) -> SyntaxScores:
+def combine(per_fold: Mapping[int, tuple[float, float]],
+            calibration: Mapping[int, Mapping[str, float]] | None) -> SyntaxScores:
     """``per_fold``: fold -> (L_k, R_k); ``calibration``: fold -> {"a", "b"} or None for raw."""
     if not per_fold:
         raise ValueError("no fold outputs to combine")

@@ -133,8 +133,9 @@ class SyntaxPipeline:
         log = context.logger
         # acquire at the start: the versions stay fixed for this job
         artery: ModelHandle = context.models.acquire(opts.artery_model)
-        folds: dict[str, dict[int, ModelHandle]] = {side: {k: context.models.acquire(f"{opts.model_prefix}-{side}-fold{k}") for k in opts.folds}
-                 for side in SIDES}
+        folds: dict[str, dict[int, ModelHandle]] = {
+            side: {k: context.models.acquire(f"{opts.model_prefix}-{side}-fold{k}") for k in opts.folds}
+            for side in SIDES}
         mixed = self._mixed_versions(folds)
         if mixed and not opts.allow_mixed_versions:
             raise PipelineInputError(
@@ -150,7 +151,8 @@ class SyntaxPipeline:
             return self._not_assessable(study, handles, [c for c, _ in outside], domain_issues, skipped, opts, t0)
         left_max, right_min = self._thresholds(artery, opts)
         self._classify(cines, artery, left_max, right_min)
-        by_side = {s: sorted((c for c in cines if c.artery == s), key=lambda c: (c.ref.series_instance_uid, c.ref.path.name))
+        by_side = {s: sorted((c for c in cines if c.artery == s),
+                             key=lambda c: (c.ref.series_instance_uid, c.ref.path.name))
                    for s in SIDES}
         other = [c for c in cines if c.artery == "other"]
         dropped = {s: by_side[s][opts.max_views:] for s in SIDES}
@@ -186,8 +188,8 @@ class SyntaxPipeline:
                   ("models trained on", artery.manifest.provenance.trained_on)]
         if mixed:
             params.append(("mixed-version ensemble", mixed))
-        alg = AlgorithmIdentity.from_models(self.name, self.version, self._model_infos(infos), trained_on_phantoms=phantom,
-                                            parameters=params)
+        alg = AlgorithmIdentity.from_models(self.name, self.version, self._model_infos(infos),
+                                            trained_on_phantoms=phantom, parameters=params)
         shown = side_scores(scores, {s: len(by_side[s]) for s in SIDES}, len(other), opts.threshold, unusual)
         high = shown.high
         used = [c for s in SIDES for c in by_side[s]]
@@ -228,7 +230,8 @@ class SyntaxPipeline:
                 "calibrated": scores.calibrated,
                 "raw": {"left": round(scores.raw_left, 2) if shown.left is not None else None,
                         "right": round(scores.raw_right, 2) if shown.right is not None else None,
-                        "per_fold": [{"fold": k, "left": round(lv, 3), "right": round(rv, 3)} for k, lv, rv in scores.per_fold]},
+                        "per_fold": [{"fold": k, "left": round(lv, 3), "right": round(rv, 3)}
+                                     for k, lv, rv in scores.per_fold]},
                 "cines": {"left": len(by_side["left"]), "right": len(by_side["right"]), "other": len(other),
                           "not_used": len(skipped)},
                 "artery_probabilities": {c.ref.sop_instance_uid: round(c.p_right, 4) for c in cines},
@@ -292,8 +295,8 @@ class SyntaxPipeline:
                 unusual[side] = outcome.issues[0]
         return unusual, spreads, notes
 
-    def _not_assessable(self, study: StudyView, handles: list[ModelHandle], cines: list[Cine], issues: list[QualityIssue],
-                        skipped: list[str], opts: SyntaxOptions, t0: float,
+    def _not_assessable(self, study: StudyView, handles: list[ModelHandle], cines: list[Cine],
+                        issues: list[QualityIssue], skipped: list[str], opts: SyntaxOptions, t0: float,
                         why: str | None = None) -> PipelineResult:
         """No cine to score (none within the models' accepted ranges, or none routed to a coronary
         system): SR and summary image say why, no score; ``why`` is the summary image's reason line."""
@@ -301,7 +304,8 @@ class SyntaxPipeline:
         phantom = any(bool(h.manifest.provenance.synthetic) for h in handles)
         alg = AlgorithmIdentity.from_models(self.name, self.version, self._model_infos(infos),
                                             trained_on_phantoms=phantom,
-                                            parameters=[("models trained on", handles[0].manifest.provenance.trained_on)])
+                                            parameters=[("models trained on",
+                                                         handles[0].manifest.provenance.trained_on)])
         sources = [c.header for c in cines]
         notes = ["models used: " + "; ".join(f"{m.name} {m.version}" for m in infos)]
         if skipped:
@@ -313,7 +317,8 @@ class SyntaxPipeline:
         if opts.summary_image:
             datasets.append(build_summary_image(sources[0], "SYNTAX score (coronary angiography)",
                                                 ["No SYNTAX score is reported for this study.",
-                                                 why or f"{len(cines)} cine(s) outside the models' accepted input ranges"],
+                                                 why or f"{len(cines)} cine(s) outside the models' accepted "
+                                                        "input ranges"],
                                                 alg, opts.series_number_summary, issues=issues))
         return PipelineResult(
             datasets=datasets, pipeline_name=self.name, pipeline_version=self.version, models=infos,
@@ -327,7 +332,8 @@ class SyntaxPipeline:
     def _decode(study: StudyView, opts: SyntaxOptions) -> tuple[list[Cine], list[str]]:
         series = study.by_modality(*opts.modalities)
         if not series:
-            have = ", ".join(sorted({f"{s.modality or '?'} '{s.series_description}'" for s in study.series})) or "nothing"
+            have = (", ".join(sorted({f"{s.modality or '?'} '{s.series_description}'" for s in study.series}))
+                    or "nothing")
             raise PipelineInputError(f"no {'/'.join(opts.modalities)} series in the study (it has: {have})")
         cines, skipped = [], []
         for s in series:
@@ -382,7 +388,8 @@ class SyntaxPipeline:
 
     @staticmethod
     def _mixed_versions(folds: dict[str, dict[int, ModelHandle]]) -> str:
-        """'' when every fold model has the same version, else e.g. 'fold 0 0.3.0-hosp; folds 1, 2, 3, 4 0.2.0-phantom'."""
+        """'' when every fold model has the same version,
+        else e.g. 'fold 0 0.3.0-hosp; folds 1, 2, 3, 4 0.2.0-phantom'."""
         by_version: dict[str, list[str]] = {}
         for side in SIDES:
             for k, h in folds[side].items():
@@ -467,14 +474,16 @@ class SyntaxPipeline:
                  + ("; calibrated total shared between sides by the raw left:right ratio" if scores.calibrated else "")]
         for side in SIDES:
             if by_side[side]:
-                notes.append(f"{side} coronary cines: " + ", ".join(f"{c.ref.sop_instance_uid} (p_right {c.p_right:.2f})"
-                                                                  for c in by_side[side]))
+                notes.append(f"{side} coronary cines: "
+                             + ", ".join(f"{c.ref.sop_instance_uid} (p_right {c.p_right:.2f})" for c in by_side[side]))
             if dropped[side]:
                 notes.append(f"{side}: {len(dropped[side])} cine(s) beyond max_views {opts.max_views} not used")
         if other:
-            notes.append("excluded as other: " + ", ".join(f"{c.ref.sop_instance_uid} (p_right {c.p_right:.2f})" for c in other))
+            notes.append("excluded as other: "
+                         + ", ".join(f"{c.ref.sop_instance_uid} (p_right {c.p_right:.2f})" for c in other))
         if skipped:
-            notes.append("not used: " + "; ".join(skipped[:10]) + (f" (+{len(skipped) - 10} more)" if len(skipped) > 10 else ""))
+            notes.append("not used: " + "; ".join(skipped[:10])
+                         + (f" (+{len(skipped) - 10} more)" if len(skipped) > 10 else ""))
         return notes
 
 

@@ -26,8 +26,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-__all__ = ["CineConfig", "PreprocessError", "to_uint8", "clip_indices", "spread_indices", "sample_clip", "resize_frames",
-           "preprocess_cine", "IMAGENET_MEAN", "IMAGENET_STD", "CLIPS", "INTENSITIES"]
+__all__ = ["CineConfig", "PreprocessError", "to_uint8", "clip_indices", "spread_indices", "sample_clip",
+           "resize_frames", "preprocess_cine", "IMAGENET_MEAN", "IMAGENET_STD", "CLIPS", "INTENSITIES"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
