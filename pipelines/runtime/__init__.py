@@ -1,6 +1,6 @@
 """Model runtime: manifests, the shared ONNX Runtime model store, and the ``models`` CLI.
 
-Pipelines use ``context.models.acquire(name)`` -> :class:`ModelHandle` and
+Pipelines use ``context.acquire(name)`` -> :class:`ModelHandle` and
 ``handle.run({...})``; see docs/models.md.
 """
 from .manifest import LabelSpec, ManifestError, ModelManifest, Provenance, TensorSpec, sha256_file
