@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 def child(folder: Path) -> None:
     import logging
 
-    from node.config import ModelsSection
+    from pipelines.runtime.settings import ModelsSection
     from pipelines.base import PipelineContext, StudyView
     from pipelines.calcium.pipeline import CalciumPipeline
     from pipelines.runtime import ModelStore, bundled_models_dir

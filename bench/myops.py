@@ -143,7 +143,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def evaluate_families(models_dir: Path, studies: int, *, verbose: bool = True) -> dict:
     """Figures of both families (see the module docstring) for the model in ``models_dir``."""
-    from node.config import ModelsSection
+    from pipelines.runtime.settings import ModelsSection
     from pipelines.runtime import ModelStore
 
     from bench.phantoms.cmr import GENERATOR as EVAL_GENERATOR, GENERATOR_VERSION as EVAL_VERSION

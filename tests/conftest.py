@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from node.config import ModelsSection
+from pipelines.runtime.settings import ModelsSection
 from node.state import Connections
 from pipelines.runtime import ModelStore, bundled_models_dir
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench.phantoms.ct import generate, write_dicom
-from node.config import ModelsSection
+from pipelines.runtime.settings import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.calcium.inference import segment_calcium
 from pipelines.calcium.pipeline import CalciumPipeline

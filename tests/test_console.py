@@ -522,7 +522,7 @@ def test_session_cookie_is_secure_under_http_tls(tmp_path: Path, users_db: Path)
 def test_models_page_shows_manifest_training_data_evaluation_disclaimer_and_sha256(tmp_path: Path, users_db: Path) -> None:
     from pipelines.runtime import ModelStore, bundled_models_dir
 
-    from node.config import ModelsSection
+    from pipelines.runtime.settings import ModelsSection
 
     (tmp_path / "var").mkdir(mode=0o700)
     (tmp_path / "var" / state.DB_FILENAME).write_bytes(users_db.read_bytes())

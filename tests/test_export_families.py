@@ -16,7 +16,7 @@ from torch import nn
 
 from export.onnx_export import ExportVerificationError, export_onnx
 from export.verify import compare_outputs
-from node.config import ModelsSection
+from pipelines.runtime.settings import ModelsSection
 from pipelines.runtime import ModelManifest, ModelStore, Provenance
 
 PROV = Provenance(trained_on="synthetic phantoms", synthetic=True, date="2026-11-24", code_version="test",

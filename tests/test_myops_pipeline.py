@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.config import ModelsSection
+from pipelines.runtime.settings import ModelsSection
 from pipelines.base import PipelineContext, PipelineInputError, StudyView
 from pipelines.myops import labels as cls
 from pipelines.myops.inference import probabilities_to_anchor

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from node.config import ModelsSection
+from pipelines.runtime.settings import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.runtime import ModelStore, bundled_models_dir
 from pipelines.syntax.pipeline import SyntaxPipeline

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from export.onnx_export import export_onnx
-from node.config import ModelsSection
+from pipelines.runtime.settings import ModelsSection
 from pipelines.base import PipelineResult
 from pipelines.runtime import ModelError, ModelManifest, ModelStore, Provenance
 from pipelines.runtime.providers import describe_build, provider_chain

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from export.cli import main as export_main
-from node.config import ModelsSection
+from pipelines.runtime.settings import ModelsSection
 from pipelines.base import PipelineContext, PipelineInputError, StudyView
 from pipelines.runtime import ModelStore, bundled_models_dir
 from pipelines.syntax.pipeline import SyntaxPipeline

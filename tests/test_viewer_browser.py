@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.config import ModelsSection
+from pipelines.runtime.settings import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.runtime import ModelStore, bundled_models_dir
 from tests.support.viewer import ViewerStack, missing_parts

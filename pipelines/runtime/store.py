@@ -32,6 +32,7 @@ from pipelines.base import ModelInfo
 
 from .manifest import ManifestError, ModelManifest, TensorSpec, sha256_file
 from .providers import describe_chain, provider_chain, session_options, short_provider_name
+from .settings import ModelsSection
 
 __all__ = ["ModelError", "ModelHandle", "ModelStore", "bundled_models_dir"]
 
@@ -242,8 +243,9 @@ def _fmt_pre(pre: Mapping[str, Any]) -> str:
 class ModelStore:
     """All models the node can use; one shared session per (name, version, sha256). Thread-safe."""
 
-    def __init__(self, model_dirs: Sequence[str | Path], settings: Any, *, available_providers: Sequence[str] | None = None) -> None:
-        """``model_dirs`` in increasing precedence; ``settings`` is a :class:`node.config.ModelsSection`."""
+    def __init__(self, model_dirs: Sequence[str | Path], settings: ModelsSection, *,
+                 available_providers: Sequence[str] | None = None) -> None:
+        """``model_dirs`` in increasing precedence; ``settings``: the ``models:`` configuration section."""
         self.model_dirs = [Path(d) for d in model_dirs]
         self.settings = settings
         self._available = available_providers
@@ -255,7 +257,7 @@ class ModelStore:
         self._entries = self._scan()
 
     @classmethod
-    def from_config(cls, models: Any) -> "ModelStore":
+    def from_config(cls, models: ModelsSection) -> "ModelStore":
         """Bundled models, overridden/extended by ``models.dir`` when configured."""
         dirs: list[Path] = []
         bundled = bundled_models_dir()
