@@ -85,8 +85,8 @@ def main() -> int:
 
 
 def timing(args: argparse.Namespace) -> None:
+    from synth.dicom import new_study, write_ct_series
     from training.calcium.phantom import hand_agatston, make_phantom
-    from training.synth.dicom import new_study, write_ct_series
 
     with tempfile.TemporaryDirectory(prefix="bench-calcium-") as tmp:
         dz, px = 0.5, 0.7 * 512 / args.size

@@ -27,9 +27,9 @@ from pipelines.runtime.settings import ModelsSection  # noqa: E402
 from pipelines.base import PipelineContext, PipelineInputError, StudyView  # noqa: E402
 from pipelines.runtime import ModelStore, bundled_models_dir  # noqa: E402
 from pipelines.syntax.pipeline import SyntaxPipeline  # noqa: E402
+from synth.dicom import new_study, write_xa_cine  # noqa: E402
 from training.syntax.evaluate import THRESHOLD, balanced_accuracy, pearson  # noqa: E402
 from training.syntax.phantom import make_study  # noqa: E402
-from training.synth.dicom import new_study, write_xa_cine  # noqa: E402
 
 SEED0 = 95_000
 

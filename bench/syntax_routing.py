@@ -6,7 +6,7 @@ For each study the whole pipeline runs (StudyView.from_files -> decode -> artery
 ensemble -> SR), and each cine's routing (left / right / other) is compared with its truth:
 
 - ``training`` family: held-out runs of the training generator (training.syntax.angio, seeds
-  700000+ never used by make_bundled), written with training.synth.dicom.
+  700000+ never used by make_bundled), written with synth.dicom.
 - ``evaluation`` family: bench.phantoms.xa, a generator that shares no code with training/ (its own
   anatomy, acquisition model and DICOM writer; 15-120 frames, 512 / 1024 matrices).
 
@@ -40,8 +40,8 @@ TRAIN_SEED0, EVAL_SEED0 = 700_000, 800_000
 
 def _training_study(seed: int, folder: Path) -> list[tuple[Path, str]]:
     """Held-out study of the training generator: 2-4 left, 1-3 right, sometimes negatives."""
+    from synth.dicom import new_study, write_xa_cine
     from training.syntax import angio
-    from training.synth.dicom import new_study, write_xa_cine
 
     rng = np.random.default_rng([seed, 5])
     kinds = ["left"] * int(rng.integers(2, 5)) + ["right"] * int(rng.integers(1, 4))

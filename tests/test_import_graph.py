@@ -5,6 +5,8 @@
 - The model store's settings (``ModelsSection``) live with the store in ``pipelines/runtime/settings.py``:
   benchmarks, training and export tools build a store without importing the node for it, and the
   settings module imports nothing heavy, so that loading the node's configuration never loads onnxruntime.
+- ``synth/`` (the synthetic DICOM writers tests, benchmarks, training and ``cardionode sample`` share)
+  imports neither torch nor ``training/``: it is part of the base install.
 - ``training/`` has no import circle: a training command and its evaluation share a third module
   instead of importing each other (imports inside functions count: they are circles all the same).
 """
@@ -100,6 +102,17 @@ def test_pipelines_never_import_the_node() -> None:
     offenders = {
         module_name(path): sorted(m for m in imported_modules(path) if m == "node" or m.startswith("node."))
         for path in sorted((ROOT / "pipelines").rglob("*.py"))
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_dicom_synthesiser_needs_neither_torch_nor_training() -> None:
+    files = sorted((ROOT / "synth").rglob("*.py"))
+    assert any(p.name == "dicom.py" for p in files)  # the walk found the files
+    forbidden = ("torch", "torchvision", "training")
+    offenders = {
+        module_name(path): sorted(m for m in imported_modules(path) if m.split(".")[0] in forbidden)
+        for path in files
     }
     assert {k: v for k, v in offenders.items() if v} == {}
 

@@ -17,11 +17,11 @@ from pipelines.syntax.options import OptionsError, SyntaxOptions
 from pipelines.syntax.pipeline import SyntaxPipeline
 from pipelines.syntax.preprocess import CineConfig, preprocess_cine
 from pipelines.syntax.pipeline import side_scores
+from synth.dicom import new_study, write_ct_series, write_xa_cine
 from tests.support.sr_content import groups as sr_content_groups
 from tests.support.sr_content import structure_problems
 from training.syntax.data import load_video
 from training.syntax.phantom import make_study
-from training.synth.dicom import new_study, write_ct_series, write_xa_cine
 from tests.support.peers import dciodvfy_errors
 
 MODELS = ["syntax-artery"] + [f"syntax-{s}-fold{k}" for s in ("left", "right") for k in range(5)]

@@ -2,7 +2,7 @@
 
 Used by ``bench/syntax_routing.py`` and the routing tests to measure whether the bundled artery
 classifier generalises; never used for training.  It shares no geometry, intensity or DICOM code with
-``training/syntax`` or ``training/synth``.  Figures on these runs are phantom figures.
+``training/syntax`` or ``synth/``.  Figures on these runs are phantom figures.
 
 Model (all lengths in mm, patient coordinates x = left, y = posterior, z = head):
 

@@ -43,7 +43,7 @@ def calibrate_output_domain(model_dir: Path, cases: int = CALIBRATION_CASES, see
     from pipelines.base import PipelineContext, StudyView
     from pipelines.myops.pipeline import MyopsPipeline
     from pipelines.runtime import ModelStore
-    from training.synth.dicom import new_study
+    from synth.dicom import new_study
 
     from .phantom import make_phantom, write_dicom_study
 

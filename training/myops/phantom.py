@@ -309,7 +309,7 @@ def write_dicom_study(case: PhantomCase, out_dir, *, seed: int, sequences: Seque
     """Write the phantom's sequences as one MR study (one series each); returns all file paths."""
     from pathlib import Path
 
-    from training.synth.dicom import new_study, write_mr_series
+    from synth.dicom import new_study, write_mr_series
 
     study = study or new_study(seed=seed)
     paths = []

@@ -43,7 +43,7 @@ def calibrate_output_domain(models_dir: Path, studies: int = CALIBRATION_STUDIES
     from pipelines.base import PipelineContext, StudyView
     from pipelines.runtime import ModelStore
     from pipelines.syntax.pipeline import SyntaxPipeline
-    from training.synth.dicom import new_study, write_xa_cine
+    from synth.dicom import new_study, write_xa_cine
 
     from .phantom import make_study
 
