@@ -88,8 +88,9 @@ def main() -> int:
     print(f"  Pearson r   raw {pearson(r_, t):.3f}   calibrated {pearson(c_, t):.3f}")
     print(f"  BalAcc >{THRESHOLD:g} raw {balanced_accuracy(r_, t):.3f}   calibrated {balanced_accuracy(c_, t):.3f}")
     print(f"  artery routing (default thresholds) matches the phantom kind for {correct}/{routed} cines")
-    print(f"pipeline per study ({np.mean(ncines):.1f} cines of 96x96 x 14-32 frames, CPU ONNX Runtime, {a.threads} threads): "
-          f"wall {np.mean(secs):.2f} s (median {np.median(secs):.2f}, max {np.max(secs):.2f}), CPU {np.mean(cpus):.2f} s")
+    print(f"pipeline per study ({np.mean(ncines):.1f} cines of 96x96 x 14-32 frames, CPU ONNX Runtime, "
+          f"{a.threads} threads): wall {np.mean(secs):.2f} s (median {np.median(secs):.2f}, "
+          f"max {np.max(secs):.2f}), CPU {np.mean(cpus):.2f} s")
     return 0
 
 

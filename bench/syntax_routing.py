@@ -110,21 +110,25 @@ def route_family(family: str, studies: int, store: ModelStore, *, seed0: int | N
             "coronary_routed_correctly": round(float(np.trace(confusion[:2, :2]) / max(coronary, 1)), 4),
             "neither_as_other": round(float(confusion[2, 2] / max(confusion[2].sum(), 1)), 4),
             "confusion": {t: {r: int(confusion[a, b]) for b, r in enumerate(ROUTES)} for a, t in enumerate(TRUTHS)},
-            "not_assessable_before_routing": qc_abstained, "misses": misses, "pipeline_seconds_per_study": round(float(np.mean(secs)), 2),
+            "not_assessable_before_routing": qc_abstained, "misses": misses,
+            "pipeline_seconds_per_study": round(float(np.mean(secs)), 2),
             "generation_seconds_per_study": round(float(np.mean(gen_secs)), 2)}
 
 
 def format_result(r: dict[str, Any]) -> str:
     rows = [f"{r['family']} family: {r['studies']} studies, {r['cines']} cines -- routed to the right artery / "
             f"'other' for non-coronary runs: {100 * r['routing_accuracy']:.1f} % (target >= 98 %); coronary cines "
-            f"{100 * r['coronary_routed_correctly']:.1f} %, ventriculogram/aortogram as other {100 * r['neither_as_other']:.1f} %",
+            f"{100 * r['coronary_routed_correctly']:.1f} %, "
+            f"ventriculogram/aortogram as other {100 * r['neither_as_other']:.1f} %",
             "  truth \\ routed    left  right  other"]
     for t in TRUTHS:
         c = r["confusion"][t]
         rows.append(f"  {t:<16} {c['left']:>5} {c['right']:>6} {c['other']:>6}")
     if r["not_assessable_before_routing"]:
-        rows.append(f"  {r['not_assessable_before_routing']} cines not routed: outside the models' accepted input ranges")
-    rows.append(f"  pipeline {r['pipeline_seconds_per_study']:.2f} s per study (generation {r['generation_seconds_per_study']:.1f} s)")
+        rows.append(f"  {r['not_assessable_before_routing']} cines not routed: "
+                    "outside the models' accepted input ranges")
+    rows.append(f"  pipeline {r['pipeline_seconds_per_study']:.2f} s per study "
+                f"(generation {r['generation_seconds_per_study']:.1f} s)")
     return "\n".join(rows)
 
 
@@ -141,7 +145,8 @@ def main() -> int:
     m = store.manifest("syntax-artery")
     print(f"syntax-artery {m.version}: {m.provenance.trained_on}")
     print("phantom figures (generated studies), not clinical accuracy")
-    results = [route_family(f, a.studies, store) for f in (("training", "evaluation") if a.family == "both" else (a.family,))]
+    families = ("training", "evaluation") if a.family == "both" else (a.family,)
+    results = [route_family(f, a.studies, store) for f in families]
     for r in results:
         print(format_result(r))
         for miss in r["misses"][:20]:

@@ -144,7 +144,8 @@ def test_pipeline_outputs_and_scores(run_result):
             assert CLASS_BY_VALUE[c.value].name in segs
     coronary_hand = sum(v for k, v in hand.items() if CLASS_BY_VALUE[k].coronary)
     assert groups["Calcium total coronary"]["450360000"] == pytest.approx(coronary_hand, rel=AGATSTON_REL_TOL)
-    assert groups["Calcium total all classes"]["ALL-CA-SCORE"] == pytest.approx(sum(hand.values()), rel=AGATSTON_REL_TOL)
+    assert groups["Calcium total all classes"]["ALL-CA-SCORE"] == pytest.approx(sum(hand.values()),
+                                                                               rel=AGATSTON_REL_TOL)
     assert result.summary["risk_category"] == CalciumOptions().risk_bounds.name(result.summary["agatston_coronary"])
     assert groups["Calcium total coronary"]["CAC-RISK"] == f"CAC-{result.summary['risk_category']}"
     # structure viewers rely on: each class with calcium drawn on its key slice, the rest location-less

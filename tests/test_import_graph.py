@@ -125,7 +125,8 @@ def names_imported_from(path: Path, module: str) -> set[str]:
 
 
 def test_model_settings_are_taken_from_the_model_store_not_the_node() -> None:
-    files = [p for package in ("bench", "training", "export", "pipelines") for p in sorted((ROOT / package).rglob("*.py"))]
+    files = [p for package in ("bench", "training", "export", "pipelines")
+             for p in sorted((ROOT / package).rglob("*.py"))]
     assert any(p.name == "inference.py" for p in files)  # the walk found the files
     offenders = [str(p.relative_to(ROOT)) for p in files if "ModelsSection" in names_imported_from(p, "node.config")]
     assert offenders == []

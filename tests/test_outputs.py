@@ -398,7 +398,8 @@ def test_myops_sr_references_overlapping_segments(tmp_path: Path) -> None:
                              measurements=[MeasurementSpec(C.VOLUME, myo_ml, C.ML)], region=region(0)),
         MeasurementGroupSpec("scar", C.SCAR_TISSUE, C.LEFT_VENTRICLE, referenced_segment=seg.ref("Scar"),
                              measurements=[MeasurementSpec(C.VOLUME, scar_ml, C.ML),
-                                           MeasurementSpec(C.MYOCARDIAL_SCAR_FRACTION, 100 * scar_ml / myo_ml, C.PERCENT)],
+                                           MeasurementSpec(C.MYOCARDIAL_SCAR_FRACTION, 100 * scar_ml / myo_ml,
+                                                           C.PERCENT)],
                              region=region(1)),
     ]
     sr = build_measurement_report(vol.source_datasets, procedure=C.MR_OF_HEART, groups=groups, algorithm=ALG,
@@ -407,7 +408,8 @@ def test_myops_sr_references_overlapping_segments(tmp_path: Path) -> None:
     _save_and_validate(sr, tmp_path / "sr.dcm")
     back = hd.sr.srread(tmp_path / "sr.dcm")
     assert structure_problems(back) == []
-    got = {g.tracking_identifier: (g.tracking_uid, [(m.name.value, m.value, m.unit.value) for m in g.get_measurements()])
+    got = {g.tracking_identifier: (g.tracking_uid,
+                                   [(m.name.value, m.value, m.unit.value) for m in g.get_measurements()])
            for g in back.content.get_planar_roi_measurement_groups()}
     uids = {str(s.SegmentLabel): str(s.TrackingUID) for s in seg.dataset.SegmentSequence}
     assert got == {
@@ -416,4 +418,5 @@ def test_myops_sr_references_overlapping_segments(tmp_path: Path) -> None:
                                 ("SCAR-FRACTION", pytest.approx(100 * scar_ml / myo_ml), "%")]),
     }
     scar_region = sr_groups(back)["scar"].region
-    assert scar_region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == vol.headers[1].SOPInstanceUID
+    referenced = scar_region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert referenced == vol.headers[1].SOPInstanceUID

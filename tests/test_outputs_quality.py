@@ -109,7 +109,8 @@ def test_whole_result_not_assessable(tmp_path: Path) -> None:
     assert "NOT ASSESSABLE" in back.SeriesDescription
     assert structure_problems(back) == []
     sc = _save(build_summary_image(xa[0], "SYNTAX score", [], ALG, 951, issues=[issue]), tmp_path / "sc.dcm")
-    assert sc.ImageComments.splitlines()[:2] == ["SYNTAX score - NOT ASSESSABLE", "NOT ASSESSABLE: no usable cine in the study"]
+    assert sc.ImageComments.splitlines()[:2] == ["SYNTAX score - NOT ASSESSABLE",
+                                                 "NOT ASSESSABLE: no usable cine in the study"]
 
 
 @needs_dciodvfy
