@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT))
 def child(folder: Path) -> None:
     import logging
 
-    from pipelines.runtime.settings import ModelsSection
     from pipelines.base import PipelineContext, StudyView
     from pipelines.calcium.pipeline import CalciumPipeline
     from pipelines.runtime import ModelStore, bundled_models_dir
+    from pipelines.runtime.settings import ModelsSection
 
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()

@@ -24,8 +24,8 @@ import torch  # noqa: E402
 from torchvision.models.video import r3d_18  # noqa: E402
 
 from export.onnx_export import export_onnx  # noqa: E402
-from pipelines.runtime.settings import ModelsSection  # noqa: E402
 from pipelines.runtime import ModelStore, Provenance  # noqa: E402
+from pipelines.runtime.settings import ModelsSection  # noqa: E402
 
 
 def _time(fn, runs: int, warmup: int = 2) -> list[float]:

@@ -144,8 +144,8 @@ def summarise(rows: list[dict]) -> dict:
 
 def evaluate_families(models_dir: Path, studies: int, *, verbose: bool = True) -> dict:
     """Figures of both families (see the module docstring) for the model in ``models_dir``."""
-    from pipelines.runtime.settings import ModelsSection
     from pipelines.runtime import ModelStore
+    from pipelines.runtime.settings import ModelsSection
 
     from bench.phantoms.cmr import GENERATOR as EVAL_GENERATOR, GENERATOR_VERSION as EVAL_VERSION
     from training.myops.phantom import GENERATOR, GENERATOR_VERSION

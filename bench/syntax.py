@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.runtime.settings import ModelsSection  # noqa: E402
 from pipelines.base import PipelineContext, PipelineInputError, StudyView  # noqa: E402
 from pipelines.runtime import ModelStore, bundled_models_dir  # noqa: E402
+from pipelines.runtime.settings import ModelsSection  # noqa: E402
 from pipelines.syntax.pipeline import SyntaxPipeline  # noqa: E402
 from synth.dicom import new_study, write_xa_cine  # noqa: E402
 from training.syntax.evaluate import THRESHOLD, balanced_accuracy, pearson  # noqa: E402

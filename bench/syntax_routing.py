@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.runtime.settings import ModelsSection  # noqa: E402
 from pipelines.base import PipelineContext, PipelineInputError, StudyView  # noqa: E402
 from pipelines.runtime import ModelStore, bundled_models_dir  # noqa: E402
+from pipelines.runtime.settings import ModelsSection  # noqa: E402
 from pipelines.syntax.pipeline import SyntaxPipeline  # noqa: E402
 
 TRUTHS = ("left", "right", "neither")

@@ -7,9 +7,9 @@ from typing import Iterator
 
 import pytest
 
-from pipelines.runtime.settings import ModelsSection
 from node.state import Connections
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
 
 
 @pytest.fixture()

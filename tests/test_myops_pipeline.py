@@ -9,7 +9,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipelines.runtime.settings import ModelsSection
 from pipelines.base import PipelineContext, PipelineInputError, StudyView
 from pipelines.myops import labels as cls
 from pipelines.myops.inference import probabilities_to_anchor
@@ -17,6 +16,7 @@ from pipelines.myops.options import MyopsOptions, OptionsError
 from pipelines.myops.pipeline import MyopsPipeline
 from pipelines.myops.preprocess import build_grid_stack, label_on_grid
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
 from tests.support.peers import dciodvfy_errors
 from tests.support.sr_content import groups as sr_groups
 from tests.support.sr_content import structure_problems

@@ -74,8 +74,8 @@ def test_builtin_pipelines_and_bundled_models_load_without_the_train_extra() -> 
     proc = _run_blocked(
         """
         import json
-        from pipelines.runtime.settings import ModelsSection
         from pipelines.registry import default_registry
+        from pipelines.runtime.settings import ModelsSection
         from pipelines.runtime.store import ModelStore
         registry = default_registry()
         for name in ("syntax", "calcium", "myops"):

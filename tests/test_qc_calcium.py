@@ -11,10 +11,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pipelines.runtime.settings import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.calcium.pipeline import CalciumPipeline
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
 from synth.dicom import new_study, write_ct_series
 from tests.support.calcium import STUDY_PHANTOM
 from tests.support.abstention import by_modality, numbers, reasons, save_checked

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from pipelines.runtime.settings import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
 from pipelines.syntax.pipeline import SyntaxPipeline
 from synth.dicom import new_study, write_xa_cine
 from tests.support.abstention import by_modality, numbers, reasons, save_checked

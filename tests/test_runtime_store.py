@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from export.onnx_export import export_onnx
-from pipelines.runtime.settings import ModelsSection
 from pipelines.base import PipelineResult
 from pipelines.runtime import ModelError, ModelManifest, ModelStore, Provenance
 from pipelines.runtime.providers import describe_build, provider_chain
+from pipelines.runtime.settings import ModelsSection
 
 PROV = Provenance(trained_on="synthetic phantoms", synthetic=True, date="2026-11-24", code_version="test",
                   metrics={}, notes="")

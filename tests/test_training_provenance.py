@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from export.cli import main as export_main
-from pipelines.runtime.settings import ModelsSection
 from pipelines.base import PipelineContext, PipelineInputError, StudyView
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
 from pipelines.syntax.pipeline import SyntaxPipeline
 from tests.test_syntax_pipeline import sr_texts, xa_study
 from training.datasets.phantoms import write_coca_folder

@@ -15,9 +15,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pipelines.runtime.settings import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
 from tests.support.viewer import ViewerStack, missing_parts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
