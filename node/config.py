@@ -131,12 +131,15 @@ class NodeSection:
             raise ConfigError(f"{path}.quiet_seconds: must be >= 0, got {self.quiet_seconds}")
         if self.settle_seconds < 0:
             raise ConfigError(f"{path}.settle_seconds: must be >= 0, got {self.settle_seconds}")
-        for key in ("max_associations", "max_pending_per_host", "max_pending"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{path}.{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("association_timeout_s", "pdu_timeout_s", "idle_timeout_s", "http_body_timeout_s"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{path}.{key}: must be > 0 seconds, got {getattr(self, key)}")
+        for key, count in (("max_associations", self.max_associations),
+                           ("max_pending_per_host", self.max_pending_per_host), ("max_pending", self.max_pending)):
+            if count < 1:
+                raise ConfigError(f"{path}.{key}: must be >= 1, got {count}")
+        for key, seconds in (("association_timeout_s", self.association_timeout_s),
+                             ("pdu_timeout_s", self.pdu_timeout_s), ("idle_timeout_s", self.idle_timeout_s),
+                             ("http_body_timeout_s", self.http_body_timeout_s)):
+            if not seconds > 0:
+                raise ConfigError(f"{path}.{key}: must be > 0 seconds, got {seconds}")
         if self.workers < 1:
             raise ConfigError(f"{path}.workers: must be >= 1, got {self.workers}")
         if self.min_free_mb < 0:
@@ -450,8 +453,7 @@ class RayEmbeddedSection:
     resources: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def validate(self, path: str) -> None:
-        for key in ("num_cpus", "num_gpus"):
-            value = getattr(self, key)
+        for key, value in (("num_cpus", self.num_cpus), ("num_gpus", self.num_gpus)):
             if value is not None and value < 0:
                 raise ConfigError(f"{path}.{key}: must be >= 0, got {value}")
         if self.object_store_mb is not None and self.object_store_mb < 80:

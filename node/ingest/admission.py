@@ -9,9 +9,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..spool import OwnResultError
+
+if TYPE_CHECKING:
+    from ..web.metrics import Metrics
 
 __all__ = ["STORAGE_SOP_CLASSES", "TRANSFER_SYNTAXES", "is_accepted", "own_result_returned"]
 
@@ -44,7 +47,7 @@ def is_accepted(sop_class_uid: str) -> bool:
     return str(sop_class_uid).strip().rstrip("\x00") in STORAGE_SOP_CLASSES
 
 
-def own_result_returned(logger: logging.Logger, metrics: Any, own: OwnResultError, *, source: str,
+def own_result_returned(logger: logging.Logger, metrics: Metrics | None, own: OwnResultError, *, source: str,
                         calling_ae: str) -> None:
     """Record one of the node's own results sent back to it (answered as stored, not stored, not
     processed): a warning naming it and the sender, and ``cardionode_own_results_returned_total``."""

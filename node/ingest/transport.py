@@ -52,10 +52,14 @@ from typing import Any, cast
 
 import pynetdicom
 from pynetdicom import _config, _handlers, dimse_messages, evt
+from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.events import EventHandlerType
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
@@ -117,7 +121,7 @@ def drop_unnegotiated(assoc: Association) -> None:
         except OSError:
             pass
     assoc.dul.kill_dul()
-    assoc.dul.to_user_queue.put(None)
+    assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]  # receive_pdu() returns None as for an empty queue
 
 
 _MAX_PDU_UNADVERTISED = 256 << 20  # node.max_pdu 0: we advertise no limit, but do not buffer more than this
@@ -138,7 +142,7 @@ class Limits:
         return self.max_pdu + 1024 if self.max_pdu else _MAX_PDU_UNADVERTISED
 
 
-class _WakingQueue(queue.Queue):
+class _WakingQueue(queue.Queue[Any]):
     """The DUL's outgoing-primitive queue: a put also wakes the DUL thread waiting in ``select``."""
 
     def __init__(self, wake: socket.socket) -> None:
@@ -275,7 +279,7 @@ def _dataset_file(*args: Any, **kwargs: Any) -> Any:
     return tempfile.NamedTemporaryFile(*args, **kwargs)
 
 
-def streamed_file(request: Any) -> IncomingFile | None:
+def streamed_file(request: C_STORE) -> IncomingFile | None:
     """The :class:`IncomingFile` pynetdicom streamed a C-STORE request's dataset into (None: it was not
     streamed by the listener's DUL thread, e.g. a C-GET sub-operation)."""
     streamed = getattr(request, "_dataset_file", None)  # pynetdicom 3.0 keeps it on the request
@@ -360,7 +364,8 @@ class GuardedDUL(DULServiceProvider):
         else:
             self.event_queue.put("Evt17")
         if negotiating:
-            self.to_user_queue.put(None)  # end the association thread's wait for the A-ASSOCIATE-RQ now
+            # end the association thread's wait for the A-ASSOCIATE-RQ now (receive_pdu() returns None as when empty)
+            self.to_user_queue.put(None)  # type: ignore[arg-type]
 
     def _drop(self, reason: str, negotiating: bool) -> None:
         """Close a connection that broke a limit: A-ABORT first when established, then the socket;
@@ -446,11 +451,14 @@ class GuardedServer(ThreadedAssociationServer):
     """pynetdicom's threaded association server with admission at accept time and the TLS handshake
     in the connection's thread (see the module docstring)."""
 
-    def __init__(self, *args: Any, guard: ConnectionGuard, limits: Limits, **kwargs: Any) -> None:
+    def __init__(self, ae: ApplicationEntity, address: tuple[str, int] | tuple[str, int, int, int], ae_title: str,
+                 contexts: list[PresentationContext], ssl_context: ssl.SSLContext | None = None,
+                 evt_handlers: list[EventHandlerType] | None = None, *, guard: ConnectionGuard,
+                 limits: Limits) -> None:
         self.guard = guard
         self.limits = limits
-        kwargs.pop("request_handler", None)
-        super().__init__(*args, request_handler=_GuardedRequestHandler, **kwargs)
+        super().__init__(ae, address, ae_title, contexts, ssl_context, evt_handlers,
+                         request_handler=_GuardedRequestHandler)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         return cast(socket.socket, self.socket).accept()  # no TLS handshake in the accept loop
