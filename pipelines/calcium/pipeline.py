@@ -46,7 +46,7 @@ class CalciumPipeline:
 
     def run(self, study: StudyView, context: PipelineContext) -> PipelineResult:
         opts = CalciumOptions.parse(context.options)
-        handle: ModelHandle = context.models.acquire(opts.model)  # at the start: the version stays fixed for this job
+        handle: ModelHandle = context.acquire(opts.model)  # at the start: the version stays fixed for this job
         log = context.logger
         t0 = time.perf_counter()
         series = select_ct_series(study, opts.series)

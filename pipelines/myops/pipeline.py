@@ -97,7 +97,7 @@ class MyopsPipeline:
     def run(self, study: StudyView, context: PipelineContext) -> PipelineResult:
         t0 = time.perf_counter()
         opts = MyopsOptions.parse(context.options)  # OptionsError is a PipelineInputError
-        handle: ModelHandle = context.models.acquire(opts.model)
+        handle: ModelHandle = context.acquire(opts.model)
         manifest = handle.manifest
         models: list[ModelInfo] = [handle.info]
         cfg = self._config(manifest, opts)

@@ -1,6 +1,6 @@
 """Model runtime: manifests, the shared ONNX Runtime model store, its settings, and the ``models`` CLI.
 
-Pipelines use ``context.models.acquire(name)`` -> :class:`ModelHandle` and
+Pipelines use ``context.acquire(name)`` -> :class:`ModelHandle` and
 ``handle.run({...})``; see docs/models.md.
 
 The store and its handles (which need onnxruntime) are imported on first use,

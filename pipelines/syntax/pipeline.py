@@ -132,9 +132,9 @@ class SyntaxPipeline:
         opts = SyntaxOptions.parse(context.options)
         log = context.logger
         # acquire at the start: the versions stay fixed for this job
-        artery: ModelHandle = context.models.acquire(opts.artery_model)
+        artery: ModelHandle = context.acquire(opts.artery_model)
         folds: dict[str, dict[int, ModelHandle]] = {
-            side: {k: context.models.acquire(f"{opts.model_prefix}-{side}-fold{k}") for k in opts.folds}
+            side: {k: context.acquire(f"{opts.model_prefix}-{side}-fold{k}") for k in opts.folds}
             for side in SIDES}
         mixed = self._mixed_versions(folds)
         if mixed and not opts.allow_mixed_versions:
