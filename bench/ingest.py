@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"with group commit {t['storescp'] / t['cardionode-group']:.2f} x")
             if "durable-alone" in t:
                 print(f"  durability alone, {senders} threads, no DICOM: each fsyncs alone {t['durable-alone']:.2f} s, "
-                      f"group commit {t['durable-group']:.2f} s, directory fsync shared {t['durable-group-dir']:.2f} s, "
+                      f"group commit {t['durable-group']:.2f} s, "
+                      f"directory fsync shared {t['durable-group-dir']:.2f} s, "
                       f"one journal synced per batch {t['durable-journal']:.2f} s (filing into the spool afterwards "
                       "not counted)")
     return 0
