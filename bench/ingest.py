@@ -321,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"directory fsync; no DICOM, no network): {t['durable-alone']:.2f} s")
             if "durable-group" in t:
                 print(f"  durability alone, {senders} threads, no DICOM: each fsyncs alone {t['durable-alone']:.2f} s, "
-                      f"group commit {t['durable-group']:.2f} s, directory fsync shared {t['durable-group-dir']:.2f} s, "
+                      f"group commit {t['durable-group']:.2f} s, "
+                      f"directory fsync shared {t['durable-group-dir']:.2f} s, "
                       f"one journal synced per batch {t['durable-journal']:.2f} s (filing into the spool afterwards "
                       "not counted)")
     return 0

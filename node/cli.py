@@ -179,7 +179,7 @@ def cmd_process(args: argparse.Namespace) -> int:
 def _mount_optional(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], training: bool = True) -> None:
     # imported when the parser is built: the node service, retrieval and phantom modules are not needed
     # to print one line for a bad flag
-    from training.synth import samples  # phantom sample studies: numpy/scipy/pydicom only, part of the base install
+    from training.datasets import samples  # phantom sample studies: numpy/scipy/pydicom only, part of the base install
 
     from . import models_command, retrieve
 

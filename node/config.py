@@ -25,6 +25,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from configschema import ConfigError, build, path_field, resolve_path
+from pipelines.runtime.settings import ModelsSection
 
 __all__ = [
     "ConfigError",
@@ -156,26 +157,6 @@ class NodeSection:
     @property
     def storage_path(self) -> Path:
         return Path(self.storage_dir)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelsSection:
-    """Where models come from and how ONNX Runtime runs them."""
-
-    dir: str | None = path_field()
-    providers: tuple[Literal["tensorrt", "cuda", "cpu"], ...] = ("tensorrt", "cuda", "cpu")
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
-    tensorrt_fp16: bool = True
-    tensorrt_cache_dir: str | None = path_field()
-    warmup: bool = True
-
-    def validate(self, path: str) -> None:
-        if not self.providers:
-            raise ConfigError(f"{path}.providers: list at least one of tensorrt, cuda, cpu")
-        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
-            raise ConfigError(f"{path}: thread counts must be >= 0 (0 = ONNX Runtime default)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""ruff over the whole tree and strict mypy over node/, configschema and pipelines/ (pyproject.toml holds both
+"""ruff over the whole tree and strict mypy over node/, configschema, pipelines/ and synth/ (pyproject.toml holds both
 configurations; node/ruff.toml adds the line length there).
 Both come with the test extra (setup.cfg); without them the test skips and says how to install them."""
 from __future__ import annotations
@@ -29,5 +29,5 @@ def test_the_node_the_config_loader_and_the_pipelines_are_strictly_typed() -> No
     # the listed paths are reported; modules they import from elsewhere (training/) are read, not reported
     r = _run("mypy", "--no-incremental", "--cache-dir", "/dev/null", "--follow-imports=silent",
              "node",
-             "configschema", "pipelines")
+             "configschema", "pipelines", "synth")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -230,7 +230,7 @@ class Provenance:
     code_version: str
     metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     notes: str = ""
-    #: What the model was trained on, machine-readable: e.g. ``{"generator": "training.synth.ct",
+    #: What the model was trained on, machine-readable: e.g. ``{"generator": "training.calcium.phantom",
     #: "generator_version": "2", "layout": "COCA", "cases": 400, "generated": true}``.
     training_data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 

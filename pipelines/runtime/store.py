@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -32,8 +32,9 @@ from pipelines.base import ModelInfo
 
 from .manifest import ManifestError, ModelManifest, TensorSpec, sha256_file
 from .providers import describe_chain, provider_chain, session_options, short_provider_name
+from .settings import ModelsSection
 
-__all__ = ["ModelError", "ModelHandle", "ModelStore", "StoreSettings", "bundled_models_dir"]
+__all__ = ["ModelError", "ModelHandle", "ModelStore", "bundled_models_dir"]
 
 log = logging.getLogger("cardionode.models")
 
@@ -65,27 +66,6 @@ def bundled_models_dir() -> Path | None:
         if cand.is_dir():
             return cand
     return None
-
-
-class StoreSettings(Protocol):
-    """What the store reads from its settings: the node's ``models`` section (``node.config.ModelsSection``)."""
-
-    @property
-    def dir(self) -> str | None: ...
-    @property
-    def providers(self) -> Sequence[str]: ...
-    @property
-    def intra_op_threads(self) -> int: ...
-    @property
-    def inter_op_threads(self) -> int: ...
-    @property
-    def graph_optimization(self) -> str: ...
-    @property
-    def tensorrt_fp16(self) -> bool: ...
-    @property
-    def tensorrt_cache_dir(self) -> str | None: ...
-    @property
-    def warmup(self) -> bool: ...
 
 
 # --------------------------------------------------------------------------- internal records
@@ -263,9 +243,9 @@ def _fmt_pre(pre: Mapping[str, Any]) -> str:
 class ModelStore:
     """All models the node can use; one shared session per (name, version, sha256). Thread-safe."""
 
-    def __init__(self, model_dirs: Sequence[str | Path], settings: StoreSettings, *,
+    def __init__(self, model_dirs: Sequence[str | Path], settings: ModelsSection, *,
                  available_providers: Sequence[str] | None = None) -> None:
-        """``model_dirs`` in increasing precedence; ``settings`` is usually a ``node.config.ModelsSection``."""
+        """``model_dirs`` in increasing precedence; ``settings``: the ``models:`` configuration section."""
         self.model_dirs = [Path(d) for d in model_dirs]
         self.settings = settings
         self._available = available_providers
@@ -277,7 +257,7 @@ class ModelStore:
         self._entries = self._scan()
 
     @classmethod
-    def from_config(cls, models: StoreSettings) -> "ModelStore":
+    def from_config(cls, models: ModelsSection) -> "ModelStore":
         """Bundled models, overridden/extended by ``models.dir`` when configured."""
         dirs: list[Path] = []
         bundled = bundled_models_dir()
