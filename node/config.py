@@ -111,6 +111,7 @@ class NodeSection:
     tls: TLSSection | None = None
     min_free_mb: int = 1024
     group_commit: bool = False
+    ingest_processes: int = 1
     max_pdu: int = 0
     workers: int = 1
     http_host: str = "127.0.0.1"  # loopback unless configured otherwise
@@ -142,6 +143,8 @@ class NodeSection:
                 raise ConfigError(f"{path}.{key}: must be > 0 seconds, got {seconds}")
         if self.workers < 1:
             raise ConfigError(f"{path}.workers: must be >= 1, got {self.workers}")
+        if self.ingest_processes < 1:
+            raise ConfigError(f"{path}.ingest_processes: must be >= 1, got {self.ingest_processes}")
         if self.min_free_mb < 0:
             raise ConfigError(f"{path}.min_free_mb: must be >= 0, got {self.min_free_mb}")
         if self.http_enabled and self.port and self.port == self.http_port:

@@ -44,6 +44,8 @@ from .executors import Executor, ExecutorStatus, executor_pipelines, make_execut
 from .executors.status_file import write_status
 from .files import DIR_MODE, open_private, private_dir
 from .ingest.dimse import DimseServer
+from .ingest.worker import instance_from_event
+from .ingest.workers import IngestWorkers
 from .jobs import Job, JobQueue, JobRunner
 from .retention import RetentionSweeper
 from .routing import Router
@@ -104,7 +106,7 @@ class NodeService:
         self.models: ModelStore | None = None
         self.spool: Spool | None = None
         self.own_results: OwnResults | None = None
-        self.dimse: DimseServer | None = None
+        self.dimse: DimseServer | IngestWorkers | None = None
         self.web: HttpServer | None = None
         self.metrics = Metrics(self.conns.get)
         self.completion: CompletionTracker | None = None
@@ -160,16 +162,32 @@ class NodeService:
         assert self.completion is not None
         self.completion.on_stored(instance)
 
-    def _start_dimse(self) -> DimseServer:
-        """DIMSE listener into the spool; every stored instance counts in /metrics (source "dimse")."""
+    def _start_dimse(self) -> DimseServer | IngestWorkers:
+        """DIMSE listener into the spool; every stored instance counts in /metrics (source "dimse").
+
+        ``node.ingest_processes`` > 1: that many ingest processes share the port
+        (:mod:`node.ingest.workers`); their instances reach completion, /metrics and the audit
+        trail here, through their events."""
         assert self.spool is not None
         node = self.config.node
+        audit = self.audit
         try:
+            if node.ingest_processes > 1:
+                handlers: dict[str, Callable[..., None]] = {
+                    "stored": lambda fields: self._on_stored(instance_from_event(fields)),
+                    "instance_received": self.metrics.instance_received,
+                    "own_result_returned": self.metrics.own_result_returned,
+                    "association": audit.association if audit else (lambda *_: None),
+                    "rejected": audit.rejected if audit else (lambda *_: None),
+                }
+                return IngestWorkers(node, node.ingest_processes, handlers, on_restart=self._reconcile).start()
             return DimseServer(node, self.spool, metrics=self.metrics,
-                               on_association=self.audit.association if self.audit else None,
-                               on_rejected=self.audit.rejected if self.audit else None).start()
+                               on_association=audit.association if audit else None,
+                               on_rejected=audit.rejected if audit else None).start()
         except OSError as exc:  # the port was taken between the start-up check and now
             raise startup.port_error(exc, node.host, node.port, "node.port", "--port") from exc
+        except RuntimeError as exc:  # an ingest process did not start
+            raise startup.StartupError(f"node.ingest_processes: {exc}") from exc
 
     def _start_web(self) -> HttpServer | None:
         if not self.config.node.http_enabled:

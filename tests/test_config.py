@@ -59,6 +59,7 @@ def test_empty_routes_are_valid() -> None:
         ({"node": {"ae_title": "WAY_TOO_LONG_AE_TITLE"}}, "node.ae_title"),
         ({"node": {"log_format": "xml"}}, "node.log_format: 'xml' is not allowed"),
         ({"node": {"late_arrivals": "drop"}}, "node.late_arrivals"),
+        ({"node": {"ingest_processes": 0}}, "node.ingest_processes: must be >= 1"),
         ({"destinations": {"a": {"type": "ftp"}}}, "destinations.a.type: 'ftp' is not allowed"),
         ({"destinations": {"a": {"type": "dimse", "ae_title": "X", "host": "h"}}},
          "destinations.a.port: required key is missing"),

@@ -26,11 +26,12 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import Any, Callable, cast
 
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
@@ -42,15 +43,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from ..config import NodeSection, TLSSection
 from ..spool import OutOfSpaceError, OwnResultError, Spool, SpoolError, StoredInstance, is_out_of_space
-from .admission import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, own_result_returned
+from .admission import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, IngestMetrics, own_result_returned
 from .guard import ConnectionGuard
 from .policy import CallerPolicy
 from .transport import (
     GuardedServer, Limits, drop_unnegotiated, quiet_pdu_logging, stream_datasets_to_spool, streamed_file,
 )
-
-if TYPE_CHECKING:
-    from ..web.metrics import Metrics
 
 __all__ = [
     "STORAGE_SOP_CLASSES",
@@ -127,6 +125,7 @@ class _NodeAE(AE):
         super().__init__(ae_title=ae_title)  # sets require_calling_aet = [] (an open policy): undone below
         self._policy = policy
         guard.policy = policy
+        self.listen_socket: socket.socket | None = None  # accept on this one instead of binding
 
     @property
     def active_associations(self) -> list[Association]:
@@ -138,7 +137,8 @@ class _NodeAE(AE):
                     evt_handlers: list[EventHandlerType] | None = None, server_class: object = None,
                     **kwargs: Any) -> ThreadedAssociationServer:
         return super().make_server(address, ae_title, contexts, ssl_context, evt_handlers,
-                                   server_class=GuardedServer, guard=self._guard, limits=self._limits)
+                                   server_class=GuardedServer, guard=self._guard, limits=self._limits,
+                                   listen_socket=self.listen_socket)
 
     @property
     def require_calling_aet(self) -> list[str]:
@@ -189,14 +189,17 @@ def build_storage_ae(node: NodeSection, spool: Spool, logger: logging.Logger | N
 class DimseServer:
     """C-ECHO / C-STORE SCP in front of a :class:`Spool`; ``start()`` / ``stop(graceful)``.
 
-    ``port`` is the bound port (``node.port`` 0 picks a free one).  ``metrics``
+    ``port`` is the bound port (``node.port`` 0 picks a free one).  ``listen_socket`` (optional):
+    accept on this listening socket, shared with other ingest processes, instead of binding one.  ``metrics``
     (optional) gets ``instance_received("dimse", nbytes)`` per stored instance.
     """
 
     def __init__(self, node: NodeSection, spool: Spool, *, logger: logging.Logger | None = None,
-                 metrics: Metrics | None = None, on_association: Callable[[dict[str, Any]], None] | None = None,
-                 on_rejected: Callable[[str, str, str], None] | None = None) -> None:
+                 metrics: IngestMetrics | None = None, on_association: Callable[[dict[str, Any]], None] | None = None,
+                 on_rejected: Callable[[str, str, str], None] | None = None,
+                 listen_socket: socket.socket | None = None) -> None:
         self.node = node
+        self.listen_socket = listen_socket  # shared with other ingest processes (node.ingest.workers)
         self.spool = spool
         self.log = logger or log
         self.metrics = metrics
@@ -233,6 +236,7 @@ class DimseServer:
         # Stream datasets to a file in the spool instead of memory (process-wide pynetdicom setting).
         stream_datasets_to_spool()
         self.ae = build_storage_ae(self.node, self.spool, self.log)
+        self.ae.listen_socket = self.listen_socket
         ssl_context = build_ssl_context(self.node.tls) if self.node.tls is not None else None
         handlers: list[EventHandlerType] = [
             (evt.EVT_C_ECHO, self._handle_echo),
