@@ -23,10 +23,11 @@ import dataclasses
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
-__all__ = ["CineConfig", "PreprocessError", "to_uint8", "clip_indices", "spread_indices", "sample_clip", "resize_frames",
-           "preprocess_cine", "IMAGENET_MEAN", "IMAGENET_STD", "CLIPS", "INTENSITIES"]
+__all__ = ["CineConfig", "PreprocessError", "to_uint8", "clip_indices", "spread_indices", "sample_clip",
+           "resize_frames", "preprocess_cine", "IMAGENET_MEAN", "IMAGENET_STD", "CLIPS", "INTENSITIES"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,8 +48,8 @@ class CineConfig:
     frames: int = 32
     height: int = 256
     width: int = 256
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN  # 3 values (checked in __post_init__)
+    std: tuple[float, ...] = IMAGENET_STD
     clip: str = "centre"
     intensity: str = "1/255"
 
@@ -78,8 +79,8 @@ class CineConfig:
             if not isinstance(size, Sequence) or len(size) != 2:
                 raise PreprocessError(f"{source}: preprocessing.size must be [height, width], got {size!r}")
             return cls(frames=int(pre["frames"]), height=int(size[0]), width=int(size[1]),
-                       mean=tuple(float(v) for v in pre.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
-                       std=tuple(float(v) for v in pre.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
+                       mean=tuple(float(v) for v in pre.get("mean", IMAGENET_MEAN)),
+                       std=tuple(float(v) for v in pre.get("std", IMAGENET_STD)),
                        clip=str(pre.get("clip", "centre")), intensity=str(pre.get("intensity", "1/255")))
         except KeyError as exc:
             raise PreprocessError(f"{source}: preprocessing has no key {exc.args[0]!r}") from None
@@ -99,13 +100,14 @@ def to_uint8(cine: np.ndarray) -> np.ndarray:
     return _scale_uint8(arr, float(arr.max()))
 
 
-def _scale_uint8(arr: np.ndarray, peak: float) -> np.ndarray:
+def _scale_uint8(arr: np.ndarray, peak: float) -> npt.NDArray[np.uint8]:
     if peak <= 0:
         return np.zeros(arr.shape, np.uint8)
-    return np.clip(np.rint(arr.astype(np.float32) * np.float32(255.0 / peak)), 0, 255).astype(np.uint8)
+    scaled: npt.NDArray[np.float32] = np.clip(np.rint(arr.astype(np.float32) * np.float32(255.0 / peak)), 0, 255)
+    return scaled.astype(np.uint8)
 
 
-def clip_indices(n: int, frames: int, start: int | None = None) -> np.ndarray:
+def clip_indices(n: int, frames: int, start: int | None = None) -> npt.NDArray[np.int64]:
     """Frame indices of the clip: repeat-concatenate a short cine (0..n-1, 0..n-1, ...) then take
     ``frames`` consecutive ones from ``start`` (None = centred)."""
     if n < 1:
@@ -119,7 +121,7 @@ def clip_indices(n: int, frames: int, start: int | None = None) -> np.ndarray:
     return (np.arange(start, start + frames) % n).astype(np.int64)
 
 
-def spread_indices(n: int, frames: int, offset: float | None = None) -> np.ndarray:
+def spread_indices(n: int, frames: int, offset: float | None = None) -> npt.NDArray[np.int64]:
     """``frames`` indices spread evenly over 0..n-1: the centres of ``frames`` equal parts of the cine
     (``offset`` None = 0.5, the centre of each part; training draws it in [0, 1) to jitter the
     sampling).  Cines shorter than ``frames`` repeat frames in order."""
@@ -129,12 +131,14 @@ def spread_indices(n: int, frames: int, offset: float | None = None) -> np.ndarr
     if not 0.0 <= off < 1.0 + 1e-9:
         raise PreprocessError(f"spread offset {off} outside 0..1")
     idx = np.floor((np.arange(frames) + off) * (n / frames)).astype(np.int64)
-    return np.clip(idx, 0, n - 1)
+    clipped: npt.NDArray[np.int64] = np.clip(idx, 0, n - 1)
+    return clipped
 
 
 def sample_clip(cine: np.ndarray, frames: int, start: int | None = None) -> np.ndarray:
     """``frames`` frames of the cine (see :func:`clip_indices`)."""
-    return cine[clip_indices(cine.shape[0], frames, start)]
+    clip: np.ndarray = cine[clip_indices(cine.shape[0], frames, start)]
+    return clip
 
 
 def resize_frames(frames01: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -144,7 +148,7 @@ def resize_frames(frames01: np.ndarray, height: int, width: int) -> np.ndarray:
     out = np.empty((frames01.shape[0], height, width), np.float32)
     for i, f in enumerate(frames01):
         img = Image.fromarray(np.ascontiguousarray(f, dtype=np.float32), mode="F")
-        out[i] = np.asarray(img.resize((width, height), Image.BILINEAR), dtype=np.float32)
+        out[i] = np.asarray(img.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
     return out
 
 
