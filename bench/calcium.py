@@ -70,6 +70,7 @@ def main() -> int:
     p.add_argument("--no-timing", action="store_true")
     p.add_argument("--heldout-seeds", default="1000-1019", help="held-out training-family phantoms")
     p.add_argument("--eval-seeds", default="0-19", help="evaluation-family studies (bench.phantoms.ct)")
+    p.add_argument("--workers", type=int, default=2, help="evaluate the two families in this many processes")
     p.add_argument("--json", type=Path, default=None, help="write the agreement report (per case) here")
     p.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -114,14 +115,12 @@ def timing(args: argparse.Namespace) -> None:
 
 def accuracy(args: argparse.Namespace) -> None:
     from training.calcium.agreement import TARGETS
-    from training.calcium.evaluate import onnx_predictor
     from training.calcium.make_bundled import FIGURES, evaluate_both
     from pipelines.runtime import bundled_models_dir
 
     model_dir = bundled_models_dir() / "calcium-unet2d"
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    predict, cfg = onnx_predictor(model_dir)
-    reports = evaluate_both(predict, cfg, args.heldout_seeds, args.eval_seeds)
+    reports = evaluate_both(("onnx", model_dir), args.heldout_seeds, args.eval_seeds, workers=args.workers)
     print(f"coronary calcium agreement, calcium-unet2d {manifest['version']} (ONNX), PHANTOM FIGURES, not clinical "
           f"accuracy; targets: calcium-free -> 0 in >= {TARGETS['calcium_free_zero_rate']:.0%}, kappa >= "
           f"{TARGETS['kappa']}, bone voxels {TARGETS['bone_voxels']}")

@@ -2,11 +2,15 @@
 
 The same function serves the pipeline (ONNX Runtime handle) and the evaluation CLI (ONNX or torch):
 slabs of slices are preprocessed (:mod:`pipelines.calcium.preprocess`), tiled, predicted, stitched,
-arg-maxed on the coarse grid, optionally dilated by ``dilation_px`` coarse pixels, restricted to the
-model's heart/aorta region when it has one (``PreprocessConfig.region_channel``: an anatomical output
-the model learns, so ribs, spine, table and devices outside the region never count), mapped back to
-the original grid and intersected with ``HU >= threshold``.  Memory: the HU volume plus one uint8
-label map plus one slab.
+arg-maxed on the coarse grid, optionally dilated by ``dilation_px`` coarse pixels, mapped back to the
+original grid and intersected with ``HU >= threshold``.  When the model has a heart/aorta region output
+(``PreprocessConfig.region_channel``: an anatomical output the model learns), calcium is decided per
+dense structure, not per pixel (:func:`keep_inside_region`): every in-plane connected structure of
+``HU >= threshold`` counts only when at least :data:`REGION_MIN_INSIDE` of it lies inside the region,
+and then as a whole.  A rib, the sternum, costal cartilage, a vertebra, the table or a lead that
+merely touches the region's edge is mostly outside it and never counts (clipping at the edge kept
+the part of a rib or vertebra the region overlapped), and a plaque at the region's edge is not cut.
+Memory: the HU volume plus one uint8 label map plus one slab.
 """
 from __future__ import annotations
 
@@ -20,7 +24,11 @@ from pipelines.qc.scores import ConfidenceTally
 
 from .preprocess import PreprocessConfig, coarse_shape, from_tiles, prepare_slices, to_tiles, upsample_labels
 
-__all__ = ["segment_calcium", "TilePredictor"]
+__all__ = ["segment_calcium", "keep_inside_region", "TilePredictor", "REGION_MIN_INSIDE"]
+
+#: a dense structure counts when at least this share of its pixels lies inside the model's region
+REGION_MIN_INSIDE = 0.5
+_EIGHT = np.ones((3, 3), bool)
 
 #: (T, C, tile, tile) float32 -> (T, K, tile, tile) logits
 TilePredictor = Callable[[np.ndarray], np.ndarray]
@@ -69,11 +77,26 @@ def segment_calcium(
             if dilation_px > 0:
                 grown = ndimage.grey_dilation(lab, size=(2 * dilation_px + 1,) * 2)
                 lab = np.where(lab > 0, lab, grown)
-            if region is not None:
-                lab = np.where(region[i], lab, 0).astype(np.uint8)
             fine = upsample_labels(lab, hu.shape[1:])
-            fine[hu[k] < threshold] = 0
+            dense = hu[k] >= threshold
+            fine[~dense] = 0
+            if region is not None and fine.any():
+                fine = keep_inside_region(fine, dense, upsample_labels(region[i], hu.shape[1:]))
             out[k] = fine
         if progress is not None:
             progress(idx[-1] + 1, nz)
     return out
+
+
+def keep_inside_region(labels: np.ndarray, dense: np.ndarray, region: np.ndarray,
+                       min_inside: float = REGION_MIN_INSIDE) -> np.ndarray:
+    """``labels`` (one slice, 0 = none) kept only on the 8-connected structures of ``dense`` of which at
+    least ``min_inside`` of the pixels lie in ``region``; those keep all their labelled pixels."""
+    comps, n = ndimage.label(dense, structure=_EIGHT)
+    if n == 0:
+        return np.zeros_like(labels)
+    inside = np.bincount(comps[region], minlength=n + 1)
+    total = np.bincount(comps.ravel(), minlength=n + 1)
+    keep = inside >= min_inside * total
+    keep[0] = False
+    return np.where(keep[comps], labels, 0).astype(labels.dtype)

@@ -106,12 +106,13 @@ def torch_predictor(model, batch: int = 16) -> Callable[[np.ndarray], np.ndarray
     return predict
 
 
-def onnx_predictor(model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], PreprocessConfig]:
-    """A predictor from an exported model directory (model.onnx + manifest.json), through the runtime."""
+def onnx_predictor(model_dir: Path, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], PreprocessConfig]:
+    """A predictor from an exported model directory (model.onnx + manifest.json), through the runtime;
+    ``threads``: ONNX Runtime intra-op threads (0: its default)."""
     from pipelines.runtime import ModelStore
     from pipelines.runtime.settings import ModelsSection
 
-    store = ModelStore([model_dir.parent], ModelsSection(providers=("cpu",), warmup=False))
+    store = ModelStore([model_dir.parent], ModelsSection(providers=("cpu",), warmup=False, intra_op_threads=threads))
     handle = store.acquire(model_dir.name)
     in_name, out_name = handle.manifest.inputs[0].name, handle.manifest.outputs[0].name
     cfg = PreprocessConfig.from_dict(handle.manifest.preprocessing)

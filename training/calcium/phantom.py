@@ -14,7 +14,10 @@ which no calcium counts.
 habitus and field of view, matrix 256-512, slices 0.5-3 mm, reconstruction kernels (blur/sharpen),
 noise, a tilted heart with jittered coronary courses, rib slope and density, spine and sternum of
 400-1000 HU, calcified costal cartilage, a patient table, and devices (coronary stents, surgical
-clips, sternal wires, pacing leads).  Bone, table and devices are labelled background.
+clips, sternal wires, pacing leads).  Bone, table and devices are labelled background.  Bone is put
+right next to the region on purpose (heart against the sternum, descending aorta against the vertebra,
+ribs inside a muscular chest wall against the lungs): the region has to be learned from anatomy, not
+from distance to bone.
 """
 from __future__ import annotations
 
@@ -29,8 +32,12 @@ __all__ = ["Plaque", "Phantom", "Variation", "draw_variation", "make_phantom", "
 GENERATOR = "training.calcium.phantom"
 #: 2.0.0: Variation (habitus, FOV, matrix, 0.5-3 mm slices, kernels, tilted heart, costal cartilage, table,
 #: devices) and the heart/aorta region mask.  2.0.1: a plaque label grown by the kernel step no longer
-#: reaches an adjacent stent voxel (labels only; images unchanged)
-GENERATOR_VERSION = "2.0.1"
+#: reaches an adjacent stent voxel (labels only; images unchanged).  2.1.0: bone right next to the region
+#: (descending aorta against the vertebral body, heart against the sternum and costal cartilage); the region
+#: covers the whole aortic wall plaque (6 mm more around both aortas) and never a bone voxel; a muscular chest
+#: wall between fat and lungs (60 %) with the ribs inside it against the lungs (65 %), as in patients (before:
+#: ribs only in the subcutaneous fat, so a model never saw bone next to lung and soft tissue outside the heart)
+GENERATOR_VERSION = "2.1.0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +105,11 @@ class Variation:
     sternal_wires: bool = False
     lead: bool = False
     plaque_max_hu: float = 900.0
+    desc_aorta_mm: tuple[float, float] = (33.0, -27.0)  # descending aorta centre relative to the spine (x, y)
+    heart_ant: float = 0.2  # heart centre at this share of the trunk's half depth in front of the centre
+    chest_wall_mm: float = 0.0  # muscle between the subcutaneous fat and the lungs (0: lungs reach the fat)
+    ribs_on_lung: bool = False  # ribs in the chest wall against the lungs (else in the subcutaneous layer)
+    rib_thick_mm: float = 8.0  # in-plane thickness of a rib (ribs_on_lung)
 
 
 def draw_variation(rng: np.random.Generator) -> Variation:
@@ -114,7 +126,16 @@ def draw_variation(rng: np.random.Generator) -> Variation:
         stent=int(rng.choice([2, 3, 4, 8])) if rng.random() < 0.25 else None,
         clips=int(rng.integers(1, 5)) if rng.random() < 0.2 else 0, sternal_wires=bool(rng.random() < 0.15),
         lead=bool(rng.random() < 0.2), plaque_max_hu=float(u(900, 1300)),
+        desc_aorta_mm=_polar(float(u(36, 48)), float(u(15, 60))), heart_ant=float(u(0.12, 0.45)),
+        chest_wall_mm=float(u(4, 22)) if rng.random() < 0.6 else 0.0, ribs_on_lung=bool(rng.random() < 0.65),
+        rib_thick_mm=float(u(6, 12)),
     )
+
+
+def _polar(dist: float, angle_deg: float) -> tuple[float, float]:
+    """(x, y) at ``dist`` mm, ``angle_deg`` from the patient's left towards anterior."""
+    a = np.deg2rad(angle_deg)
+    return float(dist * np.cos(a)), float(-dist * np.sin(a))
 
 
 def _surface(h, r, phi_deg, zrel, out_mm=3.0, rot_deg=0.0):
@@ -197,7 +218,8 @@ def make_phantom(
         half_fov = np.array([(nx - 1) * dx / 2, (ny - 1) * dy / 2])
         body = np.minimum(body, half_fov - np.array([4.0, 24.0 if v.table else 4.0]))
         body = np.maximum(body, r[:2] + np.array([55.0, 45.0]))
-        h[1] = -body[1] * rng.uniform(0.12, 0.3)
+        # anterior heart up to its pericardial fat against the sternum (bone right next to the region)
+        h[1] = -max(min(body[1] * v.heart_ant, body[1] - max(24.0, v.fat_mm + 10.0) - r[1] - 8.0), body[1] * 0.1)
     fat_mm = 12.0 if v is None else v.fat_mm
     rot = 0.0 if v is None else v.heart_rot_deg
     root = h + np.array([-0.15 * r[0], -0.1 * r[1], 0.72 * r[2]])
@@ -205,13 +227,18 @@ def make_phantom(
     desc_xy = np.array([rng.uniform(32, 40), rng.uniform(36, 44)])
     spine_xy = np.array([0.0, body[1] * 0.62])
     if v is not None:
-        desc_xy = spine_xy + np.array([rng.uniform(28, 38), -rng.uniform(22, 32)])
+        desc_xy = spine_xy + np.array(v.desc_aorta_mm)  # up to against the vertebral body
     mv = h + np.array([0.3 * r[0], 0.15 * r[1], 0.35 * r[2]])
     rib_phase = rng.uniform(0, 25)
     spine_hu, rib_hu, sternum_hu = (650.0, 700.0, 520.0) if v is None else v.bone_hu
     cos_r, sin_r = np.cos(np.deg2rad(-rot)), np.sin(np.deg2rad(-rot))
     Xh, Yh = cos_r * (X - h[0]) - sin_r * (Y - h[1]), sin_r * (X - h[0]) + cos_r * (Y - h[1])  # heart frame
 
+    lung_ax = np.array([body[0] * 0.38, body[1] * 0.7])
+    if v is not None and v.chest_wall_mm:  # a muscular chest wall between the fat and the lungs
+        lung_ax = np.maximum(np.minimum(lung_ax, [body[0] * 0.55 - fat_mm - v.chest_wall_mm,
+                                                  body[1] - 5 - fat_mm - v.chest_wall_mm]), lung_ax * 0.6)
+    lung_axes = [tuple(lung_ax)] * 2
     hu = np.empty(shape, dtype=np.int16)
     region = np.zeros(shape, dtype=bool)
     for k, z in enumerate(zs):
@@ -224,8 +251,8 @@ def make_phantom(
         sl[e <= 1] = -100  # subcutaneous fat
         e_in = (X / (body[0] - fat_mm)) ** 2 + (Y / (body[1] - fat_mm)) ** 2
         sl[e_in <= 1] = 40  # muscle / mediastinum
-        for side in (-1, 1):
-            lung = ((X - side * body[0] * 0.45) / (body[0] * 0.38)) ** 2 + ((Y - 5) / (body[1] * 0.7)) ** 2
+        for side, (lx, ly) in zip((-1, 1), lung_axes):
+            lung = ((X - side * body[0] * 0.45) / lx) ** 2 + ((Y - 5) / ly) ** 2
             sl[lung <= 1] = -850
         zrel = (z - h[2]) / r[2]
         if abs(zrel) < 1:
@@ -241,9 +268,10 @@ def make_phantom(
             region[k] |= (Xh / (r[0] * s + 6)) ** 2 + (Yh / (r[1] * s + 6)) ** 2 <= 1
         if z >= root[2] - 5:
             sl[(X - asc_xy[0]) ** 2 + (Y - asc_xy[1]) ** 2 <= 14 ** 2] = 40
-            region[k] |= (X - asc_xy[0]) ** 2 + (Y - asc_xy[1]) ** 2 <= 17 ** 2
+            region[k] |= (X - asc_xy[0]) ** 2 + (Y - asc_xy[1]) ** 2 <= 20 ** 2  # wall plaques reach 18 mm
         sl[(X - desc_xy[0]) ** 2 + (Y - desc_xy[1]) ** 2 <= 12 ** 2] = 40
-        region[k] |= (X - desc_xy[0]) ** 2 + (Y - desc_xy[1]) ** 2 <= 15 ** 2
+        region[k] |= (X - desc_xy[0]) ** 2 + (Y - desc_xy[1]) ** 2 <= 18 ** 2  # wall plaques reach 16 mm
+        before = sl.copy()
         d_sp = (X - spine_xy[0]) ** 2 + (Y - spine_xy[1]) ** 2
         sl[d_sp <= 19 ** 2] = spine_hu  # cortical bone
         sl[d_sp <= 15 ** 2] = 250  # cancellous
@@ -257,6 +285,13 @@ def make_phantom(
                 sl[(X - spine_xy[0] - side * 17) ** 2 + (Y - spine_xy[1] - 20) ** 2 <= 6 ** 2] = spine_hu * 0.85
             shell = ((X / (body[0] - fat_mm + 1)) ** 2 + (Y / (body[1] - fat_mm + 1)) ** 2 > 1) & \
                 ((X / (body[0] - fat_mm + 10)) ** 2 + (Y / (body[1] - fat_mm + 10)) ** 2 <= 1)
+            if v.ribs_on_lung:  # around the outer side of each lung, inside the chest wall
+                shell = np.zeros_like(shell)
+                for side in (-1, 1):
+                    cx, (lx, ly) = side * body[0] * 0.45, lung_ax
+                    e1 = ((X - cx) / (lx + 1)) ** 2 + ((Y - 5) / (ly + 1)) ** 2
+                    e2 = ((X - cx) / (lx + 1 + v.rib_thick_mm)) ** 2 + ((Y - 5) / (ly + 1 + v.rib_thick_mm)) ** 2
+                    shell |= (e1 > 1) & (e2 <= 1) & ((X - cx) * side > -0.3 * lx)
             zr = (z + rib_phase + v.rib_slope * (body[1] - Y)) % v.rib_period
             rib = shell & (zr < v.rib_height) & (Y < body[1] * 0.55)
             sl[rib] = rib_hu
@@ -265,6 +300,7 @@ def make_phantom(
                 cc = shell & (zr < v.rib_height) & (Y < -body[1] * 0.55) & (np.abs(X) > 16)
                 sl[cc] = v.costal_hu
         sl[(np.abs(X) < 14) & (np.abs(Y + body[1] - 18) < 6)] = sternum_hu  # sternum
+        region[k] &= sl == before  # bone drawn over the region is never region
         if v is None:
             hu[k] = np.clip(np.rint(sl + rng.normal(0, noise_hu, sl.shape)), -1024, 3000)
         else:
