@@ -78,8 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--router-epochs", type=int, default=14)
     p.add_argument("--router-batch", type=int, default=16)
     p.add_argument("--router-frames", type=int, default=4)
-    p.add_argument("--router-size", type=int, default=32)
-    p.add_argument("--router-widths", type=int, nargs=4, default=(4, 8, 16, 32))
+    p.add_argument("--router-samples", type=int, default=16,
+                   help="frames read per cine; the clip is their running minimum projection (preprocessing clip: minip)")
+    p.add_argument("--router-size", type=int, default=96)
+    p.add_argument("--router-tophat", type=int, default=11, help="black top-hat square in pixels (0: no filter)")
+    p.add_argument("--router-widths", type=int, nargs=4, default=(16, 32, 64, 128))
     p.add_argument("--eval-studies", type=int, default=6, help="studies per family for the manifest's routing figures")
     p.add_argument("--budget-min", type=float, default=24.0,
                    help="wall-time budget of --artery-only (data + training stop when it is spent; evaluation after)")
@@ -180,8 +183,9 @@ def router_main(a: argparse.Namespace) -> int:
 
     t0 = time.time()
     deadline = t0 + a.budget_min * 60
-    cfg = CineConfig(frames=a.router_frames, height=a.router_size, width=a.router_size, clip="spread",
-                     intensity="percentile")
+    cfg = CineConfig(frames=a.router_frames, height=a.router_size, width=a.router_size, clip="minip",
+                     samples=a.router_samples, intensity="percentile", filter="tophat" if a.router_tophat else "none",
+                     tophat_px=a.router_tophat)
     a.work.mkdir(parents=True, exist_ok=True)
     # held-out first (small), then training data up to ~45 % of the budget
     held = make_router_data(a.router_held, ROUTER_HELD_SEED0, cfg)
@@ -208,17 +212,27 @@ def router_main(a: argparse.Namespace) -> int:
     from .export import build_artery_export
 
     trained_on = (f"synthetic phantoms: {len(train.y)} angiography runs of {generator} (seeds {ROUTER_TRAIN_SEED0}+; "
-                  f"left/right trees at LAO -60..100, cranial -45..45, 12-130 frames, ventriculogram/aortogram/test-shot "
-                  f"negatives) and training.syntax.phantom cines; held out {len(held.y)} (seeds {ROUTER_HELD_SEED0}+)")
-    notes = (f"reduced R3D-18 (widths {'/'.join(map(str, a.router_widths))}), {cfg.frames} frames spread over the cine at "
-             f"{cfg.height}x{cfg.width}, 1-99 percentile stretch; routing figures are phantom figures; NOT clinical weights")
+                  f"left/right trees at LAO -60..100, cranial -45..45, field of view 80-260 mm, 12-130 frames, "
+                  f"rendered at 128-256 px; ventriculogram/aortogram/test-shot negatives) and training.syntax.phantom "
+                  f"cines; held out {len(held.y)} (seeds {ROUTER_HELD_SEED0}+)")
+    filt = f", black top-hat {cfg.tophat_px} px" if cfg.filter == "tophat" else ""
+    notes = (f"reduced R3D-18 (torchvision r3d_18 topology, widths {'/'.join(map(str, a.router_widths))} instead of "
+             f"64/128/256/512), {cfg.frames} frames at {cfg.height}x{cfg.width}: running minimum-intensity projection "
+             f"of {cfg.n_samples} frames spread over the cine{filt}, 1-99 percentile stretch, ImageNet mean/std; "
+             "routing figures are phantom figures; NOT clinical weights")
     ns = argparse.Namespace(version=ROUTER_VERSION, fp16=False, simplify=False,
                             options={"synthetic": "true", "trained_on": trained_on, "date": dt.date.today().isoformat(),
                                      "notes": notes, "frames": str(cfg.frames), "size": f"{cfg.height}x{cfg.width}",
-                                     "clip": cfg.clip, "intensity": cfg.intensity})
+                                     "clip": cfg.clip, "intensity": cfg.intensity, "samples": str(cfg.samples),
+                                     "filter": cfg.filter, "tophat_px": str(cfg.tophat_px)})
     for spec in build_artery_export(ckpt, ns):
         report = export_onnx(spec.module, spec.example_inputs, a.out, version=ROUTER_VERSION, **spec.export_kwargs())
         log.info("exported %s", report.summary())
+    from export.domains import write_domains
+
+    from .domain import ROUTER_INPUT_DOMAIN
+
+    write_domains(a.out / "syntax-artery", input_domain=ROUTER_INPUT_DOMAIN, output_domain={})
     metrics.update(evaluate_router(a.out, a.eval_studies, a.threads))
     write_router_metrics(a.out / "syntax-artery" / "manifest.json", metrics)
     print(json.dumps(metrics, indent=1))
