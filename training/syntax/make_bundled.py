@@ -16,13 +16,16 @@
    96x96 -- the manifests say so; the pipeline reads frames/size/mean/std from them), then the router.
 Every figure is a phantom figure, not clinical accuracy.
 
-    python -m training.syntax.make_bundled --artery-only --out pipelines/models [--budget-min 30]
+    python -m training.syntax.make_bundled --artery-only --out pipelines/models --eval-studies 4
 
 regenerates only the artery router (``syntax-artery``, version ``ROUTER_VERSION``) from the anatomical
-scenes of :mod:`training.syntax.angio` (see :mod:`training.syntax.router`) within a wall-time budget,
-exports it, measures its routing through the real pipeline on held-out studies of the training
-generator and of the independent evaluation generator (bench/phantoms/xa.py), and writes those
-figures, the training generator and its version into the manifest.
+scenes of :mod:`training.syntax.angio` (see :mod:`training.syntax.router`) within a wall-time budget
+(``--budget-min``, default 36), exports it with its preprocessing (``clip: minip`` over
+``--router-samples`` frames, ``filter: tophat``, percentile stretch; the pipeline applies the same),
+writes its accepted input ranges (:data:`training.syntax.domain.ROUTER_INPUT_DOMAIN`), measures its
+routing through the real pipeline on held-out studies of the training generator and of the
+independent evaluation generator (bench/phantoms/xa.py), and writes those figures, the training
+generator and its version into the manifest.
 """
 from __future__ import annotations
 
@@ -73,18 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--artery-only", action="store_true", help="regenerate only syntax-artery (the router)")
-    p.add_argument("--router-train", type=int, default=2000, help="router training clips")
+    p.add_argument("--router-train", type=int, default=2500, help="router training clips")
     p.add_argument("--router-held", type=int, default=300, help="router held-out clips (model selection)")
-    p.add_argument("--router-epochs", type=int, default=14)
-    p.add_argument("--router-batch", type=int, default=16)
-    p.add_argument("--router-frames", type=int, default=4)
+    p.add_argument("--router-epochs", type=int, default=7)
+    p.add_argument("--router-batch", type=int, default=32)
+    p.add_argument("--router-frames", type=int, default=2)
     p.add_argument("--router-samples", type=int, default=16,
                    help="frames read per cine; the clip is their running minimum projection (preprocessing clip: minip)")
-    p.add_argument("--router-size", type=int, default=96)
-    p.add_argument("--router-tophat", type=int, default=11, help="black top-hat square in pixels (0: no filter)")
-    p.add_argument("--router-widths", type=int, nargs=4, default=(16, 32, 64, 128))
+    p.add_argument("--router-size", type=int, default=64)
+    p.add_argument("--router-tophat", type=int, default=7, help="black top-hat square in pixels (0: no filter)")
+    p.add_argument("--router-widths", type=int, nargs=4, default=(8, 16, 32, 64))
     p.add_argument("--eval-studies", type=int, default=6, help="studies per family for the manifest's routing figures")
-    p.add_argument("--budget-min", type=float, default=24.0,
+    p.add_argument("--budget-min", type=float, default=36.0,
                    help="wall-time budget of --artery-only (data + training stop when it is spent; evaluation after)")
     a = p.parse_args(argv)
     setup_logging(a.work)
@@ -255,7 +258,7 @@ def evaluate_router(models: Path, studies: int, threads: int) -> dict:
     for fam in ("training", "evaluation"):
         r = route_family(fam, studies, store, log=log.info)
         out[f"routing_{fam}_family"] = {k: r[k] for k in ("studies", "cines", "routing_accuracy", "coronary_routed_correctly",
-                                                           "neither_as_other", "confusion")}
+                                                           "neither_as_other", "left_right_separation", "confusion")}
     return out
 
 
