@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT))
 def child(folder: Path) -> None:
     import logging
 
-    from node.config import ModelsSection
     from pipelines.base import PipelineContext, StudyView
     from pipelines.calcium.pipeline import CalciumPipeline
     from pipelines.runtime import ModelStore, bundled_models_dir
+    from pipelines.runtime.settings import ModelsSection
 
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()
@@ -85,8 +85,8 @@ def main() -> int:
 
 
 def timing(args: argparse.Namespace) -> None:
+    from synth.dicom import new_study, write_ct_series
     from training.calcium.phantom import hand_agatston, make_phantom
-    from training.synth.dicom import new_study, write_ct_series
 
     with tempfile.TemporaryDirectory(prefix="bench-calcium-") as tmp:
         dz, px = 0.5, 0.7 * 512 / args.size

@@ -24,8 +24,8 @@ import torch  # noqa: E402
 from torchvision.models.video import r3d_18  # noqa: E402
 
 from export.onnx_export import export_onnx  # noqa: E402
-from node.config import ModelsSection  # noqa: E402
 from pipelines.runtime import ModelStore, Provenance  # noqa: E402
+from pipelines.runtime.settings import ModelsSection  # noqa: E402
 
 
 def _time(fn, runs: int, warmup: int = 2) -> list[float]:
@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.threads} thread(s), {args.runs} timed runs after 2 warm-up runs")
     print(f"export + verify: {export_s:.1f} s; {report.comparison.summary()}")
     print(f"max |ORT - torch| on the timed input: {float(np.abs(got - ref).max()):.3e}")
-    print(f"torch eager CPU : median {t_med * 1000:8.1f} ms  (min {min(torch_times) * 1000:.1f}, max {max(torch_times) * 1000:.1f})")
-    print(f"ORT CPU ({handle.info.provider})   : median {o_med * 1000:8.1f} ms  (min {min(ort_times) * 1000:.1f}, max {max(ort_times) * 1000:.1f})")
+    print(f"torch eager CPU : median {t_med * 1000:8.1f} ms  "
+          f"(min {min(torch_times) * 1000:.1f}, max {max(torch_times) * 1000:.1f})")
+    print(f"ORT CPU ({handle.info.provider})   : median {o_med * 1000:8.1f} ms  "
+          f"(min {min(ort_times) * 1000:.1f}, max {max(ort_times) * 1000:.1f})")
     print(f"ratio torch/ORT : {t_med / o_med:.2f}x")
     return 0
 

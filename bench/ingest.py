@@ -1,6 +1,7 @@
 """Ingest throughput: dcmtk storescu -> dcmtk storescp (files on disk) vs storescu -> CardioNode.
 
-    python bench/ingest.py [--slices 300] [--size 512] [--rounds 3] [--senders 4] [--untuned] [--work DIR]
+    python bench/ingest.py [--slices 300] [--size 512] [--rounds 3] [--senders 4] [--processes 2 ...]
+                           [--group-commit] [--strategies] [--untuned] [--work DIR]
 
 One synthetic CT series (300 x 512x512 int16 slices: about 158 MB) is sent, in the same run and
 alternately, to
@@ -10,11 +11,19 @@ alternately, to
 * CardioNode (``python -m node serve``, the whole node, ``routes: []``, quiet period one hour so no
   processing runs during the measurement): every instance is written to a temporary file, fsynced,
   renamed, its directory fsynced and its index row committed before the success status goes out,
-  each association fsyncing on its own (the default);
-* the same node with ``node.group_commit: true`` (the fsyncs of concurrent associations shared), to
-  show what the group commit changes;
-* with several senders, the durability strategies alone (no DICOM, threads writing the same files):
-  fsync alone, group commit, group commit of the directory fsync only, one journal synced per batch.
+  each association fsyncing on its own, one ingest process (the defaults);
+* the same node with ``node.ingest_processes`` set to each of ``--processes`` (default 2): that many
+  ingest processes accept on the one port (``processes-N``);
+* with ``--group-commit``, the same node with ``node.group_commit: true`` (the fsyncs of concurrent
+  associations shared);
+* with several senders, the durability work alone (a thread per sender writing its share of the
+  files: write, fsync, rename, directory fsync; no DICOM, no network); with ``--strategies`` also
+  the other durability strategies: group commit, group commit of the directory fsync only, one
+  journal synced per batch.
+
+The CPU seconds every node's processes used during each send are read from ``/proc`` (all its
+processes together, and the busiest one: with several ingest processes the work no longer has to
+fit on one core).
 
 With ``TCP_NODELAY=1`` in the dcmtk processes' environment (dcmtk's fastest setting; ``--untuned``
 adds the same without it): one sender, then ``--senders`` storescu processes at once, each with a
@@ -158,18 +167,36 @@ def concurrent_durable_writes(files: Sequence[Path], folder: Path, threads: int,
     return elapsed
 
 
-def start_node(work: Path, name: str, group_commit: bool) -> NodeProcess:
+def start_node(work: Path, name: str, group_commit: bool = False, processes: int = 1) -> NodeProcess:
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {
         "node": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": free_port(), "storage_dir": str(folder / "var"),
                  "quiet_seconds": 3600, "http_host": "127.0.0.1", "http_port": free_port(), "log_format": "json",
-                 "group_commit": group_commit},
+                 "group_commit": group_commit, "ingest_processes": processes},
+        "models": {"warmup": False},  # the model warm-up would compete with the first round for the CPUs
         "routes": [],
     }
     path = folder / "node.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return NodeProcess(path).start()
+
+
+def process_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) so far of ``pid`` and of its children, by process id (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            out[p] = (int(fields[11]) + int(fields[12])) / tick
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def measure(label: str, rounds: int, targets: list[tuple[str, Callable[[], float]]]) -> dict[str, float]:
@@ -190,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--senders", type=int, default=4)
+    ap.add_argument("--processes", type=int, nargs="*", default=[2],
+                    help="also a node with node.ingest_processes set to each of these (default: 2)")
+    ap.add_argument("--group-commit", action="store_true", help="also a node with node.group_commit: true")
+    ap.add_argument("--strategies", action="store_true",
+                    help="with several senders, also the durability strategies alone (threads, no DICOM)")
     ap.add_argument("--untuned", action="store_true", help="also measure without TCP_NODELAY (dcmtk's default)")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temp folder, removed)")
     args = ap.parse_args(argv)
@@ -202,8 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"study: {len(files)} CT slices {args.size}x{args.size}, {mb:.1f} MB; work dir {work} "
           f"({shutil.disk_usage(work).free / 1e9:.0f} GB free); {platform.node()}, {os.cpu_count()} CPUs", flush=True)
 
-    nodes = {"cardionode": start_node(work, "alone", False), "cardionode-group": start_node(work, "group", True)}
+    nodes = {"cardionode": start_node(work, "alone")}
+    if args.group_commit:
+        nodes["group-commit"] = start_node(work, "group", group_commit=True)
+    for n in args.processes:
+        nodes[f"processes-{n}"] = start_node(work, f"processes-{n}", processes=n)
     results: list[tuple[str, int, dict[str, float]]] = []
+    cpu: dict[tuple[int, int], list[tuple[float, float]]] = {}  # (senders, node port) -> (all, busiest process)
     try:
         for tuned in (True, False) if args.untuned else (True,):
             env = dict(os.environ)
@@ -226,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
                         return seconds
 
                     def to_node(node: NodeProcess, groups: list[list[Path]]) -> float:
+                        assert node.proc is not None
+                        before = process_cpu(node.proc.pid)
                         seconds = send(node.port, NODE_AE, groups, env)
+                        after = process_cpu(node.proc.pid)
+                        used = [after[p] - before.get(p, 0.0) for p in after]
+                        cpu.setdefault((len(groups), node.port), []).append((sum(used), max(used)))
                         stored = sum(1 for _ in (node.storage / "spool").rglob("*.dcm"))
                         if stored != len(files):
                             raise RuntimeError(f"the node spool has {stored} of {len(files)} files")
@@ -238,10 +280,10 @@ def main(argv: list[str] | None = None) -> int:
                     targets += [(name, lambda g=groups, n=node: to_node(n, g)) for name, node in nodes.items()]
                     if tuned and senders == 1:  # the durability floor, measured under the same load
                         targets.append(("fsync", lambda: durable_writes(files, work / "floor")))
-                    if tuned and senders > 1:  # the durability strategies alone, with as many threads
+                    if tuned and senders > 1:  # the durability work alone, a thread per sender (+ strategies)
+                        modes = ("alone", "group", "group-dir", "journal") if args.strategies else ("alone",)
                         targets += [(f"durable-{mode}", lambda m=mode, n=senders: concurrent_durable_writes(
-                            files, work / f"durable-{m}", n, m)) for mode in ("alone", "group", "group-dir",
-                                                                              "journal")]
+                            files, work / f"durable-{m}", n, m)) for mode in modes]
                     results.append((label, senders, measure(label, args.rounds, targets)))
     finally:
         rcs = [node.terminate() for node in nodes.values()]
@@ -250,14 +292,19 @@ def main(argv: list[str] | None = None) -> int:
     if any(rcs):
         print(f"warning: node exit codes {rcs}", file=sys.stderr)
 
-    print("\n| setting | storescp s (MB/s) | CardioNode s (MB/s) | ratio | with group commit s (MB/s) | ratio |")
-    print("|---|---|---|---|---|---|")
+    print("\n| setting | storescp s (MB/s) | " + " | ".join(f"{n} s (MB/s) | ratio" for n in nodes) + " |")
+    print("|---|---|" + "---|---|" * len(nodes))
     for label, senders, t in results:
         scp_name = "storescp --fork" if senders > 1 else "storescp"
-        print(f"| {label}, vs {scp_name} | {t['storescp']:.2f} ({mb / t['storescp']:.0f}) | "
-              f"{t['cardionode']:.2f} ({mb / t['cardionode']:.0f}) | {t['storescp'] / t['cardionode']:.2f} | "
-              f"{t['cardionode-group']:.2f} ({mb / t['cardionode-group']:.0f}) | "
-              f"{t['storescp'] / t['cardionode-group']:.2f} |")
+        print(f"| {label}, vs {scp_name} | {t['storescp']:.2f} ({mb / t['storescp']:.0f}) | " + " | ".join(
+            f"{t[n]:.2f} ({mb / t[n]:.0f}) | {t['storescp'] / t[n]:.2f}" for n in nodes) + " |")
+    print("\nCPU seconds of each node per send (median over the rounds of every setting with that many "
+          "senders; all its processes / the busiest one):")
+    for senders in sorted({k[0] for k in cpu}):
+        print(f"  {senders} sender(s): " + ", ".join(
+            f"{name} {statistics.median(c[0] for c in cpu[(senders, node.port)]):.2f} / "
+            f"{statistics.median(c[1] for c in cpu[(senders, node.port)]):.2f}"
+            for name, node in nodes.items() if (senders, node.port) in cpu))
     for label, senders, t in results:
         if "fsync" in t:
             floor = t["storescp"] + t["fsync"]
@@ -265,15 +312,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"{t['fsync']:.2f} s ({t['fsync'] / len(files) * 1e3:.1f} ms per instance); storescp + that = "
                   f"{floor:.2f} s: a receiver that fsyncs every instance before answering reaches at most "
                   f"{t['storescp'] / floor:.2f} x storescp with one sender.\n"
-                  f"  1 sender, CardioNode / floor: {t['cardionode'] / floor:.2f} (target <= 1.10; "
-                  f"{t['cardionode'] - floor:+.2f} s); with group commit / floor: "
-                  f"{t['cardionode-group'] / floor:.2f}")
+                  f"  1 sender / floor (target <= 1.10): " + ", ".join(
+                      f"{n} {t[n] / floor:.2f} ({t[n] - floor:+.2f} s)" for n in nodes))
         elif senders > 1:
-            print(f"\n{label}: CardioNode at {t['storescp'] / t['cardionode']:.2f} x storescp --fork (target >= 0.5); "
-                  f"with group commit {t['storescp'] / t['cardionode-group']:.2f} x")
-            if "durable-alone" in t:
+            print(f"\n{label}, x storescp --fork (target >= 0.5): " + ", ".join(
+                f"{n} {t['storescp'] / t[n]:.2f}" for n in nodes))
+            print(f"  the durability work alone ({senders} threads, each a sender's share: write, fsync, rename, "
+                  f"directory fsync; no DICOM, no network): {t['durable-alone']:.2f} s")
+            if "durable-group" in t:
                 print(f"  durability alone, {senders} threads, no DICOM: each fsyncs alone {t['durable-alone']:.2f} s, "
-                      f"group commit {t['durable-group']:.2f} s, directory fsync shared {t['durable-group-dir']:.2f} s, "
+                      f"group commit {t['durable-group']:.2f} s, "
+                      f"directory fsync shared {t['durable-group-dir']:.2f} s, "
                       f"one journal synced per batch {t['durable-journal']:.2f} s (filing into the spool afterwards "
                       "not counted)")
     return 0

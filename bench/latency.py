@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from training.synth.samples import write_sample  # noqa: E402
+from training.datasets.samples import write_sample  # noqa: E402
 from tests.support.node_proc import NodeProcess  # noqa: E402
 from tests.support.peers import StoreSCP, free_port, storescu  # noqa: E402
 

@@ -112,7 +112,8 @@ def run_family(family: str, studies: int, store: Any, *, verbose: bool = True) -
             rows.append(row)
             if verbose:
                 print(f"  {family} seed {seed}: {seconds:5.1f} s, {row['analysed_slices']} LGE slices analysed; "
-                      f"scar {row['scar_pct']:.1f} % (truth {row['scar_pct_truth']:.1f}), edema {row['edema_pct']:.1f} % "
+                      f"scar {row['scar_pct']:.1f} % (truth {row['scar_pct_truth']:.1f}), "
+                      f"edema {row['edema_pct']:.1f} % "
                       f"(truth {row['edema_pct_truth']:.1f}); Dice myo {row['dice_myocardium'] or 0:.3f} "
                       f"edema {row['dice_edema'] or 0:.3f} scar {row['dice_scar'] or 0:.3f}"
                       + (f"  [{desc['vendor']}, {desc['intensity']['lge']}, coil {desc['coil']}]" if desc else ""),
@@ -143,8 +144,8 @@ def summarise(rows: list[dict]) -> dict:
 
 def evaluate_families(models_dir: Path, studies: int, *, verbose: bool = True) -> dict:
     """Figures of both families (see the module docstring) for the model in ``models_dir``."""
-    from node.config import ModelsSection
     from pipelines.runtime import ModelStore
+    from pipelines.runtime.settings import ModelsSection
 
     from bench.phantoms.cmr import GENERATOR as EVAL_GENERATOR, GENERATOR_VERSION as EVAL_VERSION
     from training.myops.phantom import GENERATOR, GENERATOR_VERSION

@@ -48,8 +48,8 @@ from node.state import Connections  # noqa: E402
 from pipelines.base import StudyView  # noqa: E402
 from pipelines.registry import default_registry  # noqa: E402
 from pipelines.runtime import ModelStore  # noqa: E402
+from synth.dicom import new_study, write_xa_cine  # noqa: E402
 from training.syntax.phantom import make_study  # noqa: E402
-from training.synth.dicom import new_study, write_xa_cine  # noqa: E402
 
 SEED0 = 97_000
 

@@ -23,13 +23,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.config import ModelsSection  # noqa: E402
 from pipelines.base import PipelineContext, PipelineInputError, StudyView  # noqa: E402
 from pipelines.runtime import ModelStore, bundled_models_dir  # noqa: E402
+from pipelines.runtime.settings import ModelsSection  # noqa: E402
 from pipelines.syntax.pipeline import SyntaxPipeline  # noqa: E402
+from synth.dicom import new_study, write_xa_cine  # noqa: E402
 from training.syntax.evaluate import THRESHOLD, balanced_accuracy, pearson  # noqa: E402
 from training.syntax.phantom import make_study  # noqa: E402
-from training.synth.dicom import new_study, write_xa_cine  # noqa: E402
 
 SEED0 = 95_000
 
@@ -88,8 +88,9 @@ def main() -> int:
     print(f"  Pearson r   raw {pearson(r_, t):.3f}   calibrated {pearson(c_, t):.3f}")
     print(f"  BalAcc >{THRESHOLD:g} raw {balanced_accuracy(r_, t):.3f}   calibrated {balanced_accuracy(c_, t):.3f}")
     print(f"  artery routing (default thresholds) matches the phantom kind for {correct}/{routed} cines")
-    print(f"pipeline per study ({np.mean(ncines):.1f} cines of 96x96 x 14-32 frames, CPU ONNX Runtime, {a.threads} threads): "
-          f"wall {np.mean(secs):.2f} s (median {np.median(secs):.2f}, max {np.max(secs):.2f}), CPU {np.mean(cpus):.2f} s")
+    print(f"pipeline per study ({np.mean(ncines):.1f} cines of 96x96 x 14-32 frames, CPU ONNX Runtime, "
+          f"{a.threads} threads): wall {np.mean(secs):.2f} s (median {np.median(secs):.2f}, "
+          f"max {np.max(secs):.2f}), CPU {np.mean(cpus):.2f} s")
     return 0
 
 

@@ -6,7 +6,7 @@ For each study the whole pipeline runs (StudyView.from_files -> decode -> artery
 ensemble -> SR), and each cine's routing (left / right / other) is compared with its truth:
 
 - ``training`` family: held-out runs of the training generator (training.syntax.angio, seeds
-  700000+ never used by make_bundled), written with training.synth.dicom.
+  700000+ never used by make_bundled), written with synth.dicom.
 - ``evaluation`` family: bench.phantoms.xa, a generator that shares no code with training/ (its own
   anatomy, acquisition model and DICOM writer; 15-120 frames, 512 / 1024 matrices).
 
@@ -30,9 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.config import ModelsSection  # noqa: E402
 from pipelines.base import PipelineContext, PipelineInputError, StudyView  # noqa: E402
 from pipelines.runtime import ModelStore, bundled_models_dir  # noqa: E402
+from pipelines.runtime.settings import ModelsSection  # noqa: E402
 from pipelines.syntax.pipeline import SyntaxPipeline  # noqa: E402
 
 TRUTHS = ("left", "right", "neither")
@@ -42,8 +42,8 @@ TRAIN_SEED0, EVAL_SEED0 = 700_000, 800_000
 
 def _training_study(seed: int, folder: Path) -> list[tuple[Path, str]]:
     """Held-out study of the training generator: 2-4 left, 1-3 right, sometimes negatives."""
+    from synth.dicom import new_study, write_xa_cine
     from training.syntax import angio
-    from training.synth.dicom import new_study, write_xa_cine
 
     rng = np.random.default_rng([seed, 5])
     kinds = ["left"] * int(rng.integers(2, 5)) + ["right"] * int(rng.integers(1, 4))
@@ -116,7 +116,8 @@ def route_family(family: str, studies: int, store: ModelStore, *, seed0: int | N
             "neither_as_other": round(float(confusion[2, 2] / max(confusion[2].sum(), 1)), 4),
             "left_right_separation": _separation(p_by_truth["left"], p_by_truth["right"]),
             "confusion": {t: {r: int(confusion[a, b]) for b, r in enumerate(ROUTES)} for a, t in enumerate(TRUTHS)},
-            "not_assessable_before_routing": qc_abstained, "misses": misses, "pipeline_seconds_per_study": round(float(np.mean(secs)), 2),
+            "not_assessable_before_routing": qc_abstained, "misses": misses,
+            "pipeline_seconds_per_study": round(float(np.mean(secs)), 2),
             "generation_seconds_per_study": round(float(np.mean(gen_secs)), 2)}
 
 
@@ -131,15 +132,18 @@ def _separation(left: list[float], right: list[float]) -> float | None:
 def format_result(r: dict[str, Any]) -> str:
     rows = [f"{r['family']} family: {r['studies']} studies, {r['cines']} cines -- routed to the right artery / "
             f"'other' for non-coronary runs: {100 * r['routing_accuracy']:.1f} % (target >= 98 %); coronary cines "
-            f"{100 * r['coronary_routed_correctly']:.1f} %, ventriculogram/aortogram as other {100 * r['neither_as_other']:.1f} %",
+            f"{100 * r['coronary_routed_correctly']:.1f} %, "
+            f"ventriculogram/aortogram as other {100 * r['neither_as_other']:.1f} %",
             f"  left/right separation of p(right), whatever the thresholds: {r['left_right_separation']}",
             "  truth \\ routed    left  right  other"]
     for t in TRUTHS:
         c = r["confusion"][t]
         rows.append(f"  {t:<16} {c['left']:>5} {c['right']:>6} {c['other']:>6}")
     if r["not_assessable_before_routing"]:
-        rows.append(f"  {r['not_assessable_before_routing']} cines not routed: outside the models' accepted input ranges")
-    rows.append(f"  pipeline {r['pipeline_seconds_per_study']:.2f} s per study (generation {r['generation_seconds_per_study']:.1f} s)")
+        rows.append(f"  {r['not_assessable_before_routing']} cines not routed: "
+                    "outside the models' accepted input ranges")
+    rows.append(f"  pipeline {r['pipeline_seconds_per_study']:.2f} s per study "
+                f"(generation {r['generation_seconds_per_study']:.1f} s)")
     return "\n".join(rows)
 
 
@@ -156,7 +160,8 @@ def main() -> int:
     m = store.manifest("syntax-artery")
     print(f"syntax-artery {m.version}: {m.provenance.trained_on}")
     print("phantom figures (generated studies), not clinical accuracy")
-    results = [route_family(f, a.studies, store) for f in (("training", "evaluation") if a.family == "both" else (a.family,))]
+    families = ("training", "evaluation") if a.family == "both" else (a.family,)
+    results = [route_family(f, a.studies, store) for f in families]
     for r in results:
         print(format_result(r))
         for miss in r["misses"][:20]:

@@ -122,7 +122,8 @@ def _tensor_specs(names: Sequence[str], tensors: Sequence[torch.Tensor],
     return tuple(specs)
 
 
-def _default_trt_profile(specs: Sequence[TensorSpec], input_sets: Sequence[Sequence[torch.Tensor]]) -> dict[str, TrtProfile]:
+def _default_trt_profile(specs: Sequence[TensorSpec],
+                         input_sets: Sequence[Sequence[torch.Tensor]]) -> dict[str, TrtProfile]:
     """min 1 / opt = example / max = largest seen, for each dynamic axis (fixed axes as they are)."""
     prof: dict[str, TrtProfile] = {}
     for i, spec in enumerate(specs):
@@ -240,7 +241,8 @@ def export_onnx(
     unknown = set(dynamic_axes) - set(input_names) - set(output_names)
     if unknown:
         raise ExportError(f"{name}: dynamic_axes names unknown tensors {sorted(unknown)}")
-    input_sets = [example_inputs] + [tuple(c) if not isinstance(c, torch.Tensor) else (c,) for c in (check_inputs or [])]
+    input_sets = [example_inputs] + [tuple(c) if not isinstance(c, torch.Tensor) else (c,)
+                                     for c in (check_inputs or [])]
 
     model = model.eval()
     with torch.no_grad():
@@ -311,9 +313,11 @@ def export_onnx(
             onnx.checker.check_model(str(fp16_path), full_check=True)
             fp16_cmp = Comparison.empty(fp16_atol, fp16_rtol)
             for inp, ref in zip(input_sets, references):
-                # ORT 1.32's level-'all' (layout) optimiser crashes on fp16 Conv graphs on x86 CPU: verify at 'extended'.
+                # ORT 1.32's level-'all' (layout) optimiser crashes on fp16 Conv graphs on x86 CPU:
+                # verify at 'extended'.
                 got = _ort_run(fp16_path, input_names, inp, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
-                fp16_cmp = fp16_cmp.merge(compare_outputs(output_names, [_np(r) for r in ref], got, fp16_atol, fp16_rtol))
+                fp16_cmp = fp16_cmp.merge(compare_outputs(output_names, [_np(r) for r in ref], got,
+                                                          fp16_atol, fp16_rtol))
             if verbose:
                 print(f"[export] {name} {version} fp16: ONNX Runtime vs torch fp32: {fp16_cmp.summary()}")
             if not fp16_cmp.ok:

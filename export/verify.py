@@ -71,7 +71,8 @@ def compare_outputs(names: Sequence[str], reference: Sequence[np.ndarray], actua
         over = diff > atol + rtol * np.abs(ref)
         if over.any():
             idx = np.unravel_index(int(np.argmax(diff - (atol + rtol * np.abs(ref)))), ref.shape)
-            failures.append(f"{name}: {int(over.sum())}/{ref.size} elements over tolerance, worst at {tuple(int(i) for i in idx)} "
+            failures.append(f"{name}: {int(over.sum())}/{ref.size} elements over tolerance, "
+                            f"worst at {tuple(int(i) for i in idx)} "
                             f"(onnx {got[idx]:.6g} vs torch {ref[idx]:.6g})")
     return Comparison(atol=atol, rtol=rtol, max_abs=max_abs, max_rel=max_rel, ok=not failures,
                       failures=tuple(failures), compared=len(names))

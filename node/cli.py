@@ -89,7 +89,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     waiting = f"; {ex['queued_jobs']} job(s) waiting" if not ex["available"] and ex["queued_jobs"] else ""
     print(f"executor: {ex['type']}{where}: {ex['state']}{since}: {ex['detail']}{waiting}")
     for g in ex.get("groups", []):
-        hosts = ", ".join(f"{w.get('host') or '?'} pid {w.get('pid') or '?'}" for w in g.get("workers", []) if w.get("ready"))
+        hosts = ", ".join(f"{w.get('host') or '?'} pid {w.get('pid') or '?'}"
+                          for w in g.get("workers", []) if w.get("ready"))
         print(f"  {g['pipeline']}: {g['ready']}/{g['configured']} workers ready" + (f" ({hosts})" if hosts else ""))
     print("\nDESTINATION          TYPE     QUEUE  SENT   FAILED LAST SUCCESS         LAST ERROR")
     for d in data["destinations"]:
@@ -178,7 +179,7 @@ def cmd_process(args: argparse.Namespace) -> int:
 def _mount_optional(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], training: bool = True) -> None:
     # imported when the parser is built: the node service, retrieval and phantom modules are not needed
     # to print one line for a bad flag
-    from training.synth import samples  # phantom sample studies: numpy/scipy/pydicom only, part of the base install
+    from training.datasets import samples  # phantom sample studies: numpy/scipy/pydicom only, part of the base install
 
     from . import models_command, retrieve
 
@@ -201,7 +202,8 @@ def _mount_optional(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     if missing:
         for command in ("export", "datasets"):
             if command not in subparsers.choices:
-                p = subparsers.add_parser(command, help=f"{command} (needs the train extra: pip install 'cardionode[train]')")
+                p = subparsers.add_parser(command,
+                                          help=f"{command} (needs the train extra: pip install 'cardionode[train]')")
                 p.add_argument("rest", nargs=argparse.REMAINDER)
                 p.set_defaults(func=_needs_train_extra(command, missing))
 

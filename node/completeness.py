@@ -24,7 +24,10 @@ import dataclasses
 import json
 import re
 from collections import defaultdict
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from .config import SeriesRequirement
 
 __all__ = [
     "HeaderFacts",
@@ -196,7 +199,7 @@ def series_states(instances: Iterable[HeaderFacts]) -> list[SeriesState]:
     return [series_state(items) for items in groups.values()]
 
 
-def requirement_matches(req: Any, series: SeriesState) -> bool:
+def requirement_matches(req: SeriesRequirement, series: SeriesState) -> bool:
     """True when ``series`` is one ``req`` (a :class:`node.config.SeriesRequirement`) asks for.
 
     Lists mean any of; ``scanning_sequence`` / ``sequence_variant`` values match when the series

@@ -47,12 +47,14 @@ import json
 import logging
 import sqlite3
 import time
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
+
+from apscheduler.schedulers.base import BaseScheduler
 
 from pipelines.base import StudyView
 
 from .completeness import HeaderFacts, route_readiness, series_states
-from .routing import InstanceFacts, Router, facts_from_study
+from .routing import InstanceFacts, RouteDecision, Router, facts_from_study
 from .spool import StoredInstance
 from .state import Studies, enqueue_job, transaction
 
@@ -84,12 +86,12 @@ class CompletionTracker:
         get_conn: Callable[[], sqlite3.Connection],
         router: Router,
         load_study: Callable[[str], StudyView],
-        scheduler: Any,
+        scheduler: BaseScheduler,
         late_arrivals: str = "reprocess",
         on_enqueued: Callable[[], None] | None = None,
         load_headers: Callable[[str], list[HeaderFacts]] | None = None,
         settle_seconds: float = 0.5,
-        on_routed: Callable[[str, int, list[Any], list[int], int], None] | None = None,
+        on_routed: Callable[[str, int, list[RouteDecision], list[int], int], None] | None = None,
     ) -> None:
         self._get_conn = get_conn
         self._studies = Studies(get_conn)
@@ -262,7 +264,7 @@ class CompletionTracker:
             row = self._studies.get(study_uid)
             routed = row is not None and row["state"] == "waiting" and (
                 row["received"] == seen if early else row["due_at"] <= now + 0.01)
-            if routed:
+            if routed and row is not None:
                 self._studies.mark_routed(study_uid, "processed" if decisions or gave_up else "unmatched", now,
                                           [d.name for d in decisions], gave_up or None)
                 for d in decisions:
@@ -270,7 +272,7 @@ class CompletionTracker:
                                          d.priority)
                     if job_id is not None:
                         job_ids.append(job_id)
-        if not routed:  # another thread routed it, or an instance arrived after the check above
+        if not routed or row is None:  # another thread routed it, or an instance arrived after the check above
             if row is not None and row["state"] == "waiting":
                 self._arm(study_uid, row["due_at"], check=early)
             return []

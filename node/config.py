@@ -25,6 +25,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from configschema import ConfigError, build, path_field, resolve_path
+from pipelines.runtime.settings import ModelsSection
 
 __all__ = [
     "ConfigError",
@@ -110,6 +111,7 @@ class NodeSection:
     tls: TLSSection | None = None
     min_free_mb: int = 1024
     group_commit: bool = False
+    ingest_processes: int = 1
     max_pdu: int = 0
     workers: int = 1
     http_host: str = "127.0.0.1"  # loopback unless configured otherwise
@@ -130,14 +132,19 @@ class NodeSection:
             raise ConfigError(f"{path}.quiet_seconds: must be >= 0, got {self.quiet_seconds}")
         if self.settle_seconds < 0:
             raise ConfigError(f"{path}.settle_seconds: must be >= 0, got {self.settle_seconds}")
-        for key in ("max_associations", "max_pending_per_host", "max_pending"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{path}.{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("association_timeout_s", "pdu_timeout_s", "idle_timeout_s", "http_body_timeout_s"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{path}.{key}: must be > 0 seconds, got {getattr(self, key)}")
+        for key, count in (("max_associations", self.max_associations),
+                           ("max_pending_per_host", self.max_pending_per_host), ("max_pending", self.max_pending)):
+            if count < 1:
+                raise ConfigError(f"{path}.{key}: must be >= 1, got {count}")
+        for key, seconds in (("association_timeout_s", self.association_timeout_s),
+                             ("pdu_timeout_s", self.pdu_timeout_s), ("idle_timeout_s", self.idle_timeout_s),
+                             ("http_body_timeout_s", self.http_body_timeout_s)):
+            if not seconds > 0:
+                raise ConfigError(f"{path}.{key}: must be > 0 seconds, got {seconds}")
         if self.workers < 1:
             raise ConfigError(f"{path}.workers: must be >= 1, got {self.workers}")
+        if self.ingest_processes < 1:
+            raise ConfigError(f"{path}.ingest_processes: must be >= 1, got {self.ingest_processes}")
         if self.min_free_mb < 0:
             raise ConfigError(f"{path}.min_free_mb: must be >= 0, got {self.min_free_mb}")
         if self.http_enabled and self.port and self.port == self.http_port:
@@ -150,26 +157,6 @@ class NodeSection:
     @property
     def storage_path(self) -> Path:
         return Path(self.storage_dir)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelsSection:
-    """Where models come from and how ONNX Runtime runs them."""
-
-    dir: str | None = path_field()
-    providers: tuple[Literal["tensorrt", "cuda", "cpu"], ...] = ("tensorrt", "cuda", "cpu")
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
-    tensorrt_fp16: bool = True
-    tensorrt_cache_dir: str | None = path_field()
-    warmup: bool = True
-
-    def validate(self, path: str) -> None:
-        if not self.providers:
-            raise ConfigError(f"{path}.providers: list at least one of tensorrt, cuda, cpu")
-        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
-            raise ConfigError(f"{path}: thread counts must be >= 0 (0 = ONNX Runtime default)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -469,8 +456,7 @@ class RayEmbeddedSection:
     resources: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def validate(self, path: str) -> None:
-        for key in ("num_cpus", "num_gpus"):
-            value = getattr(self, key)
+        for key, value in (("num_cpus", self.num_cpus), ("num_gpus", self.num_gpus)):
             if value is not None and value < 0:
                 raise ConfigError(f"{path}.{key}: must be >= 0, got {value}")
         if self.object_store_mb is not None and self.object_store_mb < 80:

@@ -16,7 +16,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Container
 
 import pydicom
 from pydicom.charset import convert_encodings, decode_bytes
@@ -152,7 +152,7 @@ class _Walker:
                                        " more bytes")
         return at + length
 
-    def dataset(self, at: int, implicit: bool, in_item: bool = False, wanted: Any = (),
+    def dataset(self, at: int, implicit: bool, in_item: bool = False, wanted: Container[tuple[int, int]] = (),
                 stop_group: int | None = None) -> tuple[int, set[tuple[int, int]]]:
         """Walk elements from ``at`` to the end of the file (top level) or to the item delimiter
         (``in_item``); returns the position after it and the tags seen at this level.  Values of
@@ -299,12 +299,13 @@ def read_header(path: Path) -> InstanceHeader:
         walker = _Walker(window, implicit, little_endian=ts != ExplicitVRBigEndian)
         _end, tags = walker.dataset(start, implicit, wanted=_HEADER_ELEMENTS | _FACT_ELEMENTS)
     values = {name: walker.values.get(tag) for tag, name in _HEADER_ELEMENTS.items()}
-    facts = {name: walker.values.get(tag) for tag, name in _FACT_ELEMENTS.items()}
+    raw_facts = {name: walker.values.get(tag) for tag, name in _FACT_ELEMENTS.items()}
+    facts: dict[str, str | None] = {k: None if v is None else _text(v) for k, v in raw_facts.items()}
     endian = ">" if ts == ExplicitVRBigEndian else "<"
     for name in ("concatenation_number", "concatenation_total"):  # US: binary in every transfer syntax
-        value = facts[name]
+        value = raw_facts[name]
         facts[name] = str(struct.unpack(endian + "H", value[:2])[0]) if value and len(value) >= 2 else None
-    header["facts"] = _facts_json({k: v if isinstance(v, str) or v is None else _text(v) for k, v in facts.items()})
+    header["facts"] = _facts_json(facts)
     for name in ("sop_class", "sop_instance", "study", "series", "modality"):
         header[name] = _text(values[name])
     header["series_description"] = _decode_text(values["series_description"], values["charset"])

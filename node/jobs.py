@@ -213,7 +213,7 @@ class JobRunner:
         queue: JobQueue,
         executor: Executor,
         load_study: Callable[[str], StudyView],
-        options_for: Callable[[str], Any],
+        options_for: Callable[[str], Mapping[str, Any]],
         work_root: Path,
         on_results: Callable[[], None] | None = None,
         on_job_finished: Callable[[Job, str], None] | None = None,

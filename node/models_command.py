@@ -7,8 +7,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
-
 from pipelines.runtime.providers import (
     available_providers,
     describe_build,
@@ -17,13 +15,14 @@ from pipelines.runtime.providers import (
 )
 from pipelines.runtime.store import ModelError, ModelStore
 
+from .config import NodeConfig
 from .config_args import add_config_arguments, config_from_args
 from .service import PID_FILE_NAME  # one definition: the node writes the file, `models reload` reads it
 
 __all__ = ["register", "cmd_list", "cmd_reload", "PID_FILE_NAME", "read_pid"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add ``models list [--json] [--no-load]`` and ``models reload`` to the node's CLI."""
     p = subparsers.add_parser("models", help="list installed models; make the running node reload them")
     sub = p.add_subparsers(dest="models_command", required=True)
@@ -39,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace) -> NodeConfig:
     return config_from_args(args)
 
 
@@ -50,7 +49,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     conflict = onnxruntime_conflict()
     store = ModelStore.from_config(config.models)
     if not args.no_load:
-        store.warmup() if config.models.warmup else [_try(store, n) for n in store.names()]
+        if config.models.warmup:
+            store.warmup()
+        else:
+            for name in store.names():
+                _try(store, name)
     rows = store.describe()
     if args.json:
         print(json.dumps({
@@ -77,8 +80,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 1 if conflict or any(r["status"] != "ok" for r in rows) else 0
 
 
-def _try(store: Any, name: str) -> None:
-
+def _try(store: ModelStore, name: str) -> None:
     try:
         store.acquire(name)
     except ModelError:

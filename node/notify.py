@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import sqlite3
 import threading
 import time
 from typing import Any, Callable, Mapping
@@ -34,8 +35,9 @@ log = logging.getLogger("cardionode.notify")
 class Notifier:
     """Webhook messages for ``settings.webhooks``; ``audit(kind, actor, action, subject, detail)`` records outcomes."""
 
-    def __init__(self, settings: NotificationsSection, get_conn: Any, ae_title: str,
-                 audit: Callable[..., Any] | None = None, session: requests.Session | None = None) -> None:
+    def __init__(self, settings: NotificationsSection, get_conn: Callable[[], sqlite3.Connection], ae_title: str,
+                 audit: Callable[[str, str, str, str | None, Mapping[str, Any] | None], object] | None = None,
+                 session: requests.Session | None = None) -> None:
         self.settings = settings
         self.repo = Notifications(get_conn)
         self.ae_title = ae_title

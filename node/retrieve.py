@@ -31,9 +31,10 @@ import logging
 import socket
 import sys
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
 from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_STORE
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -48,7 +49,14 @@ from pydicom.uid import (
 )
 
 from .config import DicomwebSource, DimseSource, NodeConfig
-from .spool import OwnResultError
+from .spool import OwnResultError, Spool, StoredInstance
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+    from pipelines.base import StudyView
+
+    from .state import Connections, OwnResults
 
 __all__ = [
     "RetrieveError",
@@ -90,7 +98,7 @@ class RetrieveResult:
         return dataclasses.asdict(self)
 
 
-def store_dataset(spool: Any, ds: Dataset, calling_ae: str, source: str = "retrieve") -> Any:
+def store_dataset(spool: Spool, ds: Dataset, calling_ae: str, source: str = "retrieve") -> StoredInstance:
     """Encode a retrieved dataset as Part 10 and store it like a received instance."""
     from .web.stow import read_part_meta
 
@@ -105,7 +113,7 @@ def store_dataset(spool: Any, ds: Dataset, calling_ae: str, source: str = "retri
 # --------------------------------------------------------------------------- WADO-RS
 
 
-def _retrieve_wado(name: str, src: DicomwebSource, study_uid: str, spool: Any, timeout_s: float,
+def _retrieve_wado(name: str, src: DicomwebSource, study_uid: str, spool: Spool, timeout_s: float,
                    on_stored: Callable[[int], None] | None) -> RetrieveResult:
     import requests
 
@@ -140,12 +148,12 @@ def _retrieve_wado(name: str, src: DicomwebSource, study_uid: str, spool: Any, t
 # --------------------------------------------------------------------------- DIMSE
 
 
-def _store_handler(spool: Any, calling_ae: str, result: RetrieveResult,
-                   on_stored: Callable[[int], None] | None) -> Callable[[Any], int]:
+def _store_handler(spool: Spool, calling_ae: str, result: RetrieveResult,
+                   on_stored: Callable[[int], None] | None) -> Callable[[Event], int]:
     """EVT_C_STORE handler for C-GET / C-MOVE sub-operations: same storing and statuses as the listener."""
     from .ingest.dimse import store_event, status_for_error
 
-    def handle(event: Any) -> int:
+    def handle(event: Event) -> int:
         try:
             stored = store_event(spool, event, calling_ae=calling_ae, source="retrieve")
         except OwnResultError:
@@ -153,9 +161,10 @@ def _store_handler(spool: Any, calling_ae: str, result: RetrieveResult,
             return 0x0000
         except Exception as exc:
             result.failed += 1
-            result.errors.append(f"{event.request.AffectedSOPInstanceUID}: {exc}")
-            log.warning("retrieved instance refused", extra={"sop_instance": str(event.request.AffectedSOPInstanceUID),
-                                                             "source": calling_ae, "error": str(exc)})
+            sop_uid = str(cast(C_STORE, event.request).AffectedSOPInstanceUID)  # EVT_C_STORE's request
+            result.errors.append(f"{sop_uid}: {exc}")
+            log.warning("retrieved instance refused", extra={"sop_instance": sop_uid, "source": calling_ae,
+                                                             "error": str(exc)})
             return status_for_error(exc)
         result.stored += 1
         if on_stored is not None:
@@ -195,10 +204,12 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _retrieve_dimse(name: str, src: DimseSource, study_uid: str, spool: Any, config: NodeConfig,
+def _retrieve_dimse(name: str, src: DimseSource, study_uid: str, spool: Spool, config: NodeConfig,
                     timeout_s: float, on_stored: Callable[[int], None] | None) -> RetrieveResult:
     from pynetdicom import AE, StoragePresentationContexts, build_role, evt
-    from pynetdicom.sop_class import (
+    from pynetdicom.events import EventHandlerType
+    from pynetdicom.pdu_primitives import _UI
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import, not in the stubs
         StudyRootQueryRetrieveInformationModelGet,
         StudyRootQueryRetrieveInformationModelMove,
     )
@@ -212,19 +223,20 @@ def _retrieve_dimse(name: str, src: DimseSource, study_uid: str, spool: Any, con
     scp = None
     if src.retrieve == "get":
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        storage = [cx.abstract_syntax for cx in StoragePresentationContexts][:127]
-        roles = []
+        storage = [cx.abstract_syntax for cx in StoragePresentationContexts if cx.abstract_syntax][:127]
+        roles: list[_UI] = []
         for uid in storage:
             ae.add_requested_context(uid, _STORE_SYNTAXES)
             roles.append(build_role(uid, scp_role=True))
-        handlers = [(evt.EVT_C_STORE, handler)]
+        handlers: list[EventHandlerType] = [(evt.EVT_C_STORE, handler)]
         assoc = ae.associate(src.host, src.port, ae_title=src.ae_title, ext_neg=roles, evt_handlers=handlers)
     else:
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
         host, port = config.node.host, config.node.port
         if _port_free(host, port):
             for cx in StoragePresentationContexts:
-                ae.add_supported_context(cx.abstract_syntax, _STORE_SYNTAXES)
+                if cx.abstract_syntax:  # always set on pynetdicom's prebuilt contexts
+                    ae.add_supported_context(cx.abstract_syntax, _STORE_SYNTAXES)
             ae.require_called_aet = True
             scp = ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, handler)])
         else:
@@ -260,7 +272,7 @@ def _retrieve_dimse(name: str, src: DimseSource, study_uid: str, spool: Any, con
 # --------------------------------------------------------------------------- entry points
 
 
-def retrieve_study(config: NodeConfig, source_name: str, study_uid: str, spool: Any, timeout_s: float = 60.0,
+def retrieve_study(config: NodeConfig, source_name: str, study_uid: str, spool: Spool, timeout_s: float = 60.0,
                    on_stored: Callable[[int], None] | None = None) -> RetrieveResult:
     """Retrieve every instance of ``study_uid`` from ``sources[source_name]`` into ``spool``."""
     src = config.sources.get(source_name)
@@ -279,7 +291,8 @@ def retrieve_study(config: NodeConfig, source_name: str, study_uid: str, spool: 
     return result
 
 
-def complete_study_now(config: NodeConfig, conns: Any, load_study: Callable[[str], Any], study_uid: str) -> list[int]:
+def complete_study_now(config: NodeConfig, conns: Connections, load_study: Callable[[str], StudyView],
+                       study_uid: str) -> list[int]:
     """Route the (now complete) study at once and enqueue its jobs; returns the new job ids."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -292,13 +305,11 @@ def complete_study_now(config: NodeConfig, conns: Any, load_study: Callable[[str
     return tracker.fire(study_uid)
 
 
-def _open_spool(config: NodeConfig, own_results: Any = None) -> Any:
-    from .spool import Spool
-
+def _open_spool(config: NodeConfig, own_results: OwnResults | None = None) -> Spool:
     return Spool(config.node.storage_path, config.node.min_free_mb, own_results=own_results)
 
 
-def _wait_jobs(conns: Any, job_ids: list[int], timeout_s: float) -> list[dict[str, Any]]:
+def _wait_jobs(conns: Connections, job_ids: list[int], timeout_s: float) -> list[dict[str, Any]]:
     from . import status
 
     deadline = time.monotonic() + timeout_s

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from pipelines.base import StudyView
@@ -199,7 +200,7 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def header_values(path: Any, keywords: Sequence[str]) -> dict[str, str]:
+def header_values(path: str | Path, keywords: Sequence[str]) -> dict[str, str]:
     """The values of ``keywords`` in one file's header (absent or unreadable: empty string)."""
     import pydicom
 

@@ -21,7 +21,8 @@ import logging
 import os
 import signal
 import threading
-from typing import Any
+from types import FrameType
+from typing import Any, Callable
 
 import onnxruntime
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -32,8 +33,9 @@ from pipelines.runtime import ModelStore
 from pipelines.runtime.providers import describe_build, planned_providers
 
 from . import startup
+from .completeness import HeaderFacts
 from .completion import CompletionTracker
-from .config import ConfigError, NodeConfig
+from .config import ConfigError, DimseDestination, NodeConfig
 from .console.audit import AuditRecorder
 from .console.store import ConsoleStore
 from .dispatch.queue import Dispatcher
@@ -42,7 +44,9 @@ from .executors import Executor, ExecutorStatus, executor_pipelines, make_execut
 from .executors.status_file import write_status
 from .files import DIR_MODE, open_private, private_dir
 from .ingest.dimse import DimseServer
-from .jobs import JobQueue, JobRunner
+from .ingest.worker import instance_from_event
+from .ingest.workers import IngestWorkers
+from .jobs import Job, JobQueue, JobRunner
 from .retention import RetentionSweeper
 from .routing import Router
 from .spool import Spool, StoredInstance
@@ -102,7 +106,7 @@ class NodeService:
         self.models: ModelStore | None = None
         self.spool: Spool | None = None
         self.own_results: OwnResults | None = None
-        self.dimse: DimseServer | None = None
+        self.dimse: DimseServer | IngestWorkers | None = None
         self.web: HttpServer | None = None
         self.metrics = Metrics(self.conns.get)
         self.completion: CompletionTracker | None = None
@@ -127,7 +131,7 @@ class NodeService:
     def load_study(self, study_uid: str) -> StudyView:
         return self._index().study_view(study_uid)
 
-    def load_headers(self, study_uid: str) -> list[Any]:
+    def load_headers(self, study_uid: str) -> list[HeaderFacts]:
         """Indexed header values of the study's instances (study-aware completion)."""
         return self._index().study_headers(study_uid)
 
@@ -158,16 +162,32 @@ class NodeService:
         assert self.completion is not None
         self.completion.on_stored(instance)
 
-    def _start_dimse(self) -> DimseServer:
-        """DIMSE listener into the spool; every stored instance counts in /metrics (source "dimse")."""
+    def _start_dimse(self) -> DimseServer | IngestWorkers:
+        """DIMSE listener into the spool; every stored instance counts in /metrics (source "dimse").
+
+        ``node.ingest_processes`` > 1: that many ingest processes share the port
+        (:mod:`node.ingest.workers`); their instances reach completion, /metrics and the audit
+        trail here, through their events."""
         assert self.spool is not None
         node = self.config.node
+        audit = self.audit
         try:
+            if node.ingest_processes > 1:
+                handlers: dict[str, Callable[..., None]] = {
+                    "stored": lambda fields: self._on_stored(instance_from_event(fields)),
+                    "instance_received": self.metrics.instance_received,
+                    "own_result_returned": self.metrics.own_result_returned,
+                    "association": audit.association if audit else (lambda *_: None),
+                    "rejected": audit.rejected if audit else (lambda *_: None),
+                }
+                return IngestWorkers(node, node.ingest_processes, handlers, on_restart=self._reconcile).start()
             return DimseServer(node, self.spool, metrics=self.metrics,
-                               on_association=self.audit.association if self.audit else None,
-                               on_rejected=self.audit.rejected if self.audit else None).start()
+                               on_association=audit.association if audit else None,
+                               on_rejected=audit.rejected if audit else None).start()
         except OSError as exc:  # the port was taken between the start-up check and now
             raise startup.port_error(exc, node.host, node.port, "node.port", "--port") from exc
+        except RuntimeError as exc:  # an ingest process did not start
+            raise startup.StartupError(f"node.ingest_processes: {exc}") from exc
 
     def _start_web(self) -> HttpServer | None:
         if not self.config.node.http_enabled:
@@ -193,12 +213,12 @@ class NodeService:
                                        f"{node.http_port} ({exc}); change node.http_port or --http-port") from exc
         return server
 
-    def _job_finished_hook(self) -> Any:
+    def _job_finished_hook(self) -> Callable[[Job, str], None]:
         """``JobRunner(on_job_finished=...)``: /metrics and the audit trail."""
         metrics_hook = self.metrics.job_hook(self.conns.get)
         audit, notifier, console = self.audit, self.notifier, self.console
 
-        def finished(job: Any, state: str) -> None:
+        def finished(job: Job, state: str) -> None:
             metrics_hook(job, state)
             if audit is not None:
                 audit.job_finished(job, state)
@@ -255,7 +275,8 @@ class NodeService:
         startup.check_tls(cfg.node.tls, "node.tls")
         startup.check_tls(cfg.node.http_tls, "node.http_tls")
         for name, dest in cfg.destinations.items():
-            startup.check_tls(getattr(dest, "tls", None), f"destinations.{name}.tls", server=False)
+            if isinstance(dest, DimseDestination):  # DICOMweb destinations take https URLs, no tls section
+                startup.check_tls(dest.tls, f"destinations.{name}.tls", server=False)
         if cfg.node.http_enabled:
             startup.check_token_file(cfg)
         self._checked_models = startup.check_models(cfg, [r.pipeline for r in cfg.routes])
@@ -431,11 +452,11 @@ class NodeService:
         stop_requested = threading.Event()
         reload_requested = threading.Event()
 
-        def _term(signum: int, _frame: Any) -> None:
+        def _term(signum: int, _frame: FrameType | None) -> None:
             log.info("signal received", extra={"signal": signal.Signals(signum).name})
             stop_requested.set()
 
-        def _hup(_signum: int, _frame: Any) -> None:
+        def _hup(_signum: int, _frame: FrameType | None) -> None:
             reload_requested.set()
 
         signal.signal(signal.SIGTERM, _term)

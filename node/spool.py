@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
@@ -39,7 +39,10 @@ from . import dicom_header
 from .dicom_header import InstanceHeader
 from .files import DIR_MODE, open_private, private_dir
 from .fsync import GroupSync, fsync_dir, fsync_path
-from .state import InstanceIndex, connect
+from .state import InstanceIndex, OwnResults, connect
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead
 
 __all__ = [
     "Spool",
@@ -177,13 +180,13 @@ class Spool:
     ``on_stored`` listeners run after the file is durable and the row committed,
     before the caller answers success; an exception in a listener is logged and
     does not undo the store (``Spool.recover`` + completion reconcile cover crashes).
-    ``own_results`` (``contains(sop_uid, series_uid) -> bool``, e.g.
-    :class:`node.jobs.OwnResults`) recognises the node's own results: they raise
+    ``own_results`` (:class:`node.state.OwnResults`) recognises the node's own results: they raise
     :class:`OwnResultError` instead of being stored.
     """
 
     def __init__(self, storage_dir: str | Path, min_free_mb: int = 0,
-                 on_stored: Callable[[StoredInstance], None] | None = None, own_results: Any = None,
+                 on_stored: Callable[[StoredInstance], None] | None = None,
+                 own_results: OwnResults | None = None,
                  group_commit: bool = False) -> None:
         self.storage_dir = Path(storage_dir)
         # concurrent stores share their fsyncs (node.fsync.GroupSync); False: each store fsyncs alone
@@ -225,7 +228,7 @@ class Spool:
         return (self.root / check_uid(study_uid, "StudyInstanceUID") / check_uid(series_uid, "SeriesInstanceUID")
                 / f"{check_uid(sop_uid, 'SOPInstanceUID')}.dcm")
 
-    def store_stream(self, file_meta: Dataset, dataset_stream: BinaryIO | bytes, *, calling_ae: str,
+    def store_stream(self, file_meta: Dataset, dataset_stream: SupportsRead[bytes] | bytes, *, calling_ae: str,
                      source: str, expect_sop_class: str | None = None,
                      expect_sop_instance: str | None = None) -> StoredInstance:
         """Store File Meta + the encoded dataset bytes (copied in chunks, never decoded)."""
@@ -235,7 +238,8 @@ class Spool:
             meta = FileMetaDataset(file_meta)
             with open_private(tmp, exclusive=True) as f:
                 f.write(b"\x00" * 128 + b"DICM")
-                write_file_meta_info(f, meta, enforce_standard=True)
+                # pydicom annotates DicomIO but documents any file-like and only calls write()
+                write_file_meta_info(f, meta, enforce_standard=True)  # type: ignore[arg-type]
                 if isinstance(dataset_stream, (bytes, bytearray, memoryview)):
                     f.write(dataset_stream)
                 else:

@@ -104,8 +104,8 @@ def check_tls(tls: TLSSection | None, key: str, server: bool = True) -> None:
     """Every file of one TLS section exists, is readable and loads as PEM (certificate matches key)."""
     if tls is None:
         return
-    for attr in ("certificate", "private_key", "ca_certificates"):
-        path = getattr(tls, attr)
+    for attr, path in (("certificate", tls.certificate), ("private_key", tls.private_key),
+                       ("ca_certificates", tls.ca_certificates)):
         if path:
             _check_readable(path, f"{key}.{attr}")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
@@ -228,7 +228,8 @@ def check_models(config: NodeConfig, routed_pipelines: Iterable[str]) -> ModelSt
     problems = store.verify()
     if problems:
         name, message = problems[0]
-        more = f" ({len(problems) - 1} more unusable: {', '.join(n for n, _ in problems[1:])})" if len(problems) > 1 else ""
+        others = ", ".join(n for n, _ in problems[1:])
+        more = f" ({len(problems) - 1} more unusable: {others})" if len(problems) > 1 else ""
         raise StartupError(f"no usable model {name!r}: {message}{more}")
     if not store.names():
         dirs = ", ".join(str(d) for d in store.model_dirs) or "no models folder (the package has no bundled models)"

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipelines.runtime import ModelStore
 
-from .config import NodeConfig
+from .config import DimseDestination, NodeConfig
 from .executors.status_file import read_status
 from .state import STUDY_STATES, Deliveries, Jobs, Studies
 
@@ -103,7 +103,7 @@ def destinations(conn: sqlite3.Connection, config: NodeConfig) -> list[dict[str,
         counts = {"pending": 0, "sent": 0, "failed": 0, **deliveries.count_by_state(name)}
         due_now = deliveries.count_due(name, now)
         st = deliveries.destination_state(name)
-        address = (f"{dest.ae_title}@{dest.host}:{dest.port}" if dest.type == "dimse" else getattr(dest, "url", ""))
+        address = (f"{dest.ae_title}@{dest.host}:{dest.port}" if isinstance(dest, DimseDestination) else dest.url)
         out.append({
             "name": name,
             "type": dest.type,

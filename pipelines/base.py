@@ -19,16 +19,20 @@ import dataclasses
 import logging
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import pydicom
 from pydicom.dataset import Dataset
+
+if TYPE_CHECKING:  # the store imports this module; its handle type is needed for annotations only
+    from pipelines.runtime.store import ModelHandle
 
 __all__ = [
     "InstanceRef",
     "SeriesView",
     "StudyView",
     "ModelInfo",
+    "ModelSource",
     "PipelineContext",
     "PipelineResult",
     "Pipeline",
@@ -173,20 +177,33 @@ class ModelInfo:
     provider: str = ""
 
 
+class ModelSource(Protocol):
+    """Where a pipeline gets its models: the node's :class:`pipelines.runtime.ModelStore`, or a test's own."""
+
+    def acquire(self, name: str) -> ModelHandle: ...
+
+
 @dataclasses.dataclass
 class PipelineContext:
     """What a pipeline may use besides the study: its options, models, scratch space, logger.
 
     ``models`` is the node's shared :class:`pipelines.runtime.ModelStore` (or
-    any object with the same ``acquire(name)`` method); the handles a pipeline
-    acquires at the start of a job stay valid for the whole job even if a new
-    model version is installed meanwhile.
+    any :class:`ModelSource`), ``None`` on a node started without models; the
+    handles a pipeline acquires at the start of a job stay valid for the whole
+    job even if a new model version is installed meanwhile.
     """
 
     options: Mapping[str, Any]
-    models: Any
+    models: ModelSource | None
     work_dir: Path
     logger: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("cardionode.pipeline"))
+
+    def acquire(self, name: str) -> ModelHandle:
+        """The handle of model ``name`` from :attr:`models`; a pipeline that needs a model on a node without
+        a model store fails with a message that says so (a configuration error, not a property of the study)."""
+        if self.models is None:
+            raise RuntimeError(f"model {name!r} is needed but this node has no model store (models: section)")
+        return self.models.acquire(name)
 
 
 @dataclasses.dataclass

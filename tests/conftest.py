@@ -7,9 +7,9 @@ from typing import Iterator
 
 import pytest
 
-from node.config import ModelsSection
 from node.state import Connections
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
 
 
 @pytest.fixture()

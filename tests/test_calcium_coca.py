@@ -57,7 +57,8 @@ def _expected_boxes(ph, per_class):
         cls = p.label - 1 if per_class else 0
         for z in range(z0, z1):
             out.setdefault(z, []).append(
-                f"{cls} {(x0 + x1) / 2 / cols:.6f} {(y0 + y1) / 2 / rows:.6f} {(x1 - x0) / cols:.6f} {(y1 - y0) / rows:.6f}")
+                f"{cls} {(x0 + x1) / 2 / cols:.6f} {(y0 + y1) / 2 / rows:.6f} "
+                f"{(x1 - x0) / cols:.6f} {(y1 - y0) / rows:.6f}")
     return out
 
 
@@ -65,7 +66,8 @@ def _expected_boxes(ph, per_class):
 def test_yolo_conversion_matches_hand_boxes(coca, tmp_path, per_class):
     root, phantoms = coca
     rep = convert(root, tmp_path / "yolo", per_class=per_class, labels_only=True)  # the published script's layout
-    assert rep.exams == {"train": 2, "test": 1} and rep.files == sum(CocaDataset(root).segmentation(e).labels.shape[0] for e in EXAMS)
+    assert rep.exams == {"train": 2, "test": 1}
+    assert rep.files == sum(CocaDataset(root).segmentation(e).labels.shape[0] for e in EXAMS)
     ph = phantoms["9"]
     files = sorted((tmp_path / "yolo" / "train_labels").glob("9_*.txt"))
     assert len(files) == ph.labels.shape[0]  # one file per slice, empty ones included
@@ -83,8 +85,9 @@ def test_stats_table1(coca):
     by = {r.category: r for r in rows}
     total = sum(len(ph.plaques) for ph in phantoms.values())
     for name, cls in [("Thoracic Aorta", 6), ("Right Coronary", 8)]:
-        vols = [(p.index_box[1] - p.index_box[0]) * (p.index_box[3] - p.index_box[2]) * (p.index_box[5] - p.index_box[4])
-                * float(np.prod(ph.spacing)) for ph in phantoms.values() for p in ph.plaques if p.label == cls]
+        vols = [(p.index_box[1] - p.index_box[0]) * (p.index_box[3] - p.index_box[2])
+                * (p.index_box[5] - p.index_box[4]) * float(np.prod(ph.spacing))
+                for ph in phantoms.values() for p in ph.plaques if p.label == cls]
         pats = sum(1 for ph in phantoms.values() if any(p.label == cls for p in ph.plaques))
         r = by[name]
         assert r.segmentations == len(vols) and r.patients == pats

@@ -25,7 +25,8 @@ def test_ct_in_seg_and_sr_out(tmp_path):
     study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
     # a plain storescp accepts uncompressed syntaxes only: the node sends the JPEG 2000 SEG decoded
     with StoreSCP(tmp_path / "scp") as scp:
-        node = NodeProcess(pipeline_node_config(tmp_path, "calcium", "CT", scp.port, {"risk_bounds": [0, 10, 100, 400]})).start()
+        config = pipeline_node_config(tmp_path, "calcium", "CT", scp.port, {"risk_bounds": [0, 10, 100, 400]})
+        node = NodeProcess(config).start()
         try:
             assert storescu(node.port, files).returncode == 0
             assert wait_for(lambda: {"SEG", "SR"} <= {d.Modality for d in scp.received()}, 120, interval=1.0), \
@@ -42,5 +43,6 @@ def test_ct_in_seg_and_sr_out(tmp_path):
     groups = sr_groups(sr)
     coronary = sum(v for k, v in hand.items() if CLASS_BY_VALUE[k].coronary)
     assert groups["Calcium total coronary"]["450360000"] == pytest.approx(coronary, rel=AGATSTON_REL_TOL)
-    assert groups["Calcium total all classes"]["ALL-CA-SCORE"] == pytest.approx(sum(hand.values()), rel=AGATSTON_REL_TOL)
+    assert groups["Calcium total all classes"]["ALL-CA-SCORE"] == pytest.approx(sum(hand.values()),
+                                                                               rel=AGATSTON_REL_TOL)
     assert "phantom" in str(seg.ContentDescription).lower()

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from bench.phantoms.ct import generate, write_dicom
-from node.config import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.calcium.inference import segment_calcium
 from pipelines.calcium.pipeline import CalciumPipeline
 from pipelines.calcium.preprocess import PreprocessConfig
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
 
 MODEL = bundled_models_dir() / "calcium-unet2d"
 

@@ -15,13 +15,13 @@ from pipelines.calcium.pipeline import CalciumPipeline
 from pipelines.calcium.preprocess import PreprocessConfig, prepare_slices
 from pipelines.imaging import load_volume
 from pipelines.runtime import bundled_models_dir
+from synth.dicom import new_study, write_ct_series
 from tests.support.peers import dciodvfy_errors
 from tests.support.calcium import phantom_ct_study, sr_groups
 from tests.support.sr_content import groups as sr_content_groups
 from tests.support.sr_content import structure_problems
 from training.calcium.data import slices_from_volume
 from training.calcium.phantom import hand_agatston, make_phantom
-from training.synth.dicom import new_study, write_ct_series
 
 #: |pipeline - hand-computed| Agatston, relative to the hand value (phantom figure, not clinical accuracy):
 #: totals (coronary, all classes) and each coronary class
@@ -144,7 +144,8 @@ def test_pipeline_outputs_and_scores(run_result):
             assert CLASS_BY_VALUE[c.value].name in segs
     coronary_hand = sum(v for k, v in hand.items() if CLASS_BY_VALUE[k].coronary)
     assert groups["Calcium total coronary"]["450360000"] == pytest.approx(coronary_hand, rel=AGATSTON_REL_TOL)
-    assert groups["Calcium total all classes"]["ALL-CA-SCORE"] == pytest.approx(sum(hand.values()), rel=AGATSTON_REL_TOL)
+    assert groups["Calcium total all classes"]["ALL-CA-SCORE"] == pytest.approx(sum(hand.values()),
+                                                                               rel=AGATSTON_REL_TOL)
     assert result.summary["risk_category"] == CalciumOptions().risk_bounds.name(result.summary["agatston_coronary"])
     assert groups["Calcium total coronary"]["CAC-RISK"] == f"CAC-{result.summary['risk_category']}"
     # structure viewers rely on: each class with calcium drawn on its key slice, the rest location-less

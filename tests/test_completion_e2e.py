@@ -131,7 +131,7 @@ def test_an_enhanced_ct_at_once_an_unknown_series_after_the_quiet_period_a_late_
         tmp_path):
     import numpy as np
 
-    from training.synth.dicom import new_study, write_enhanced_ct
+    from synth.dicom import new_study, write_enhanced_ct
 
     quiet = 4.0
     enhanced_study = new_study(seed=1801)

@@ -182,7 +182,8 @@ def test_login_cookie_is_httponly_strict_and_passwords_are_argon2(node: Node) ->
                data={"csrf": _csrf(page.text), "username": "op", "password": PASSWORDS["op"]})
     assert r.status_code == 303
     cookie = r.headers["set-cookie"]
-    session_cookie = [c for c in cookie.split(", cardionode") if "cardionode_session=" in c or c.startswith("_session=")]
+    session_cookie = [c for c in cookie.split(", cardionode")
+                      if "cardionode_session=" in c or c.startswith("_session=")]
     assert session_cookie and "HttpOnly" in session_cookie[0] and "SameSite=strict" in session_cookie[0]
     assert "Secure" not in session_cookie[0]  # plain HTTP here; under node.http_tls it is Secure (see below)
     stored = node.row("SELECT password_hash FROM console_users WHERE username='op'")["password_hash"]
@@ -320,10 +321,11 @@ def test_operator_actions_do_what_they_say_and_are_recorded(node: Node) -> None:
         "state": "waiting", "generation": 2}
     assert node.calls == ["wake_dispatch", f"complete {WAITING}", f"complete {STUDY}"]
     assert _act(node, s, csrf, "resume-destination", "pacs").status_code == 200
-    done = [(r["actor"], r["action"], r["subject"], json.loads(r["detail"])["result"]) for r in node.conns.get().execute(
-        "SELECT * FROM audit_events WHERE kind='operator' ORDER BY id")]
+    done = [(r["actor"], r["action"], r["subject"], json.loads(r["detail"])["result"])
+            for r in node.conns.get().execute("SELECT * FROM audit_events WHERE kind='operator' ORDER BY id")]
     assert done == [("op", "retry-job", str(ids["failed"]), "done"), ("op", "retry-job", str(ids["done"]), "refused"),
-                    ("op", "abort-job", str(ids["queued"]), "done"), ("op", "retry-delivery", str(ids["delivery"]), "done"),
+                    ("op", "abort-job", str(ids["queued"]), "done"),
+                    ("op", "retry-delivery", str(ids["delivery"]), "done"),
                     ("op", "pause-destination", "pacs", "done"), ("op", "pause-destination", "nowhere", "refused"),
                     ("op", "complete-study", WAITING, "done"), ("op", "complete-study", STUDY, "refused"),
                     ("op", "reprocess-study", STUDY, "done"), ("op", "resume-destination", "pacs", "done")]
@@ -356,9 +358,11 @@ def test_admin_adds_a_user_who_can_log_in_and_cannot_remove_the_last_admin(node:
                data={"csrf": csrf, "target": "newop", "role": "operator", "password": "a-long-password"})
     assert r.status_code == 200
     login(node, "newop", "a-long-password")
-    r = s.post(node.url + "/console/actions/user-role", timeout=10, data={"csrf": csrf, "target": "boss", "role": "operator"})
+    r = s.post(node.url + "/console/actions/user-role", timeout=10,
+               data={"csrf": csrf, "target": "boss", "role": "operator"})
     assert r.status_code == 409 and "last admin" in r.text
-    audit = node.row("SELECT detail FROM audit_events WHERE action='user-add' AND subject='newop' AND detail LIKE '%done%'")
+    audit = node.row("SELECT detail FROM audit_events "
+                     "WHERE action='user-add' AND subject='newop' AND detail LIKE '%done%'")
     assert audit and "a-long-password" not in audit["detail"]
 
 
@@ -420,7 +424,8 @@ def test_user_cli_add_list_passwd_role_remove(tmp_path: Path) -> None:
     assert r.returncode == 1 and "too short" in r.stderr
     r = _cli(tmp_path, "add", "bob", "--role", "read-only")  # no terminal, no --password-stdin
     assert r.returncode == 1 and "--password-stdin" in r.stderr
-    assert _cli(tmp_path, "add", "bob", "--role", "read-only", "--password-stdin", stdin="bob-password-1\n").returncode == 0
+    added = _cli(tmp_path, "add", "bob", "--role", "read-only", "--password-stdin", stdin="bob-password-1\n")
+    assert added.returncode == 0
     listed = _cli(tmp_path, "list").stdout
     assert re.search(r"alice\s+admin", listed) and re.search(r"bob\s+read-only", listed)
     conn = state.connect(tmp_path / "var")
@@ -519,10 +524,11 @@ def test_session_cookie_is_secure_under_http_tls(tmp_path: Path, users_db: Path)
         conns.close_all()
 
 
-def test_models_page_shows_manifest_training_data_evaluation_disclaimer_and_sha256(tmp_path: Path, users_db: Path) -> None:
+def test_models_page_shows_manifest_training_data_evaluation_disclaimer_and_sha256(tmp_path: Path,
+                                                                                    users_db: Path) -> None:
     from pipelines.runtime import ModelStore, bundled_models_dir
 
-    from node.config import ModelsSection
+    from pipelines.runtime.settings import ModelsSection
 
     (tmp_path / "var").mkdir(mode=0o700)
     (tmp_path / "var" / state.DB_FILENAME).write_bytes(users_db.read_bytes())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -106,36 +107,99 @@ def _dataset_bytes(path) -> bytes:
         return fp.read()
 
 
-@pytest.mark.parametrize("group_commit", [False, True], ids=["fsync-alone", "group-commit"])
-def test_kill9_under_4_concurrent_senders_keeps_every_acknowledged_instance_byte_identical(tmp_path, group_commit):
-    """Whether concurrent associations fsync alone or share the fsyncs (node.group_commit), a success
-    status means the instance is on stable storage: kill -9 while 4 storescu send, every acknowledged
-    one is there."""
+def _send_4(port: int, groups: list[list], acked: list[str]) -> tuple[list[subprocess.Popen], list[threading.Thread]]:
+    """One ``storescu -v`` per group, started at once; the SOP Instance UIDs answered with success
+    are appended to ``acked`` as the responses arrive."""
+    procs, threads = [], []
+    for group in groups:
+        proc = subprocess.Popen(
+            ["storescu", "-v", "-aet", "MODALITY", "-aec", "CARDIONODE", "127.0.0.1", str(port),
+             *map(str, group)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "TCP_NODELAY": "1"})
+        procs.append(proc)
+
+        def reader(proc=proc) -> None:
+            current = None
+            for line in proc.stdout:
+                m = re.search(r"Sending file: .*/([0-9.]+)\.dcm", line)
+                if m:
+                    current = m.group(1)
+                elif "Received Store Response (Success)" in line and current:
+                    acked.append(current)
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        threads.append(t)
+    return procs, threads
+
+
+def _assert_acked_stored(storage, study_uid: str, files, acked: list[str]) -> None:
+    """Every acknowledged instance is in the spool, its dataset bytes identical to what was sent."""
+    by_uid = {p.stem: p for p in (storage / "spool" / study_uid).rglob("*.dcm")}
+    source = {p.stem: p for p in files}
+    missing = [uid for uid in acked if uid not in by_uid]
+    assert not missing, f"{len(missing)} acknowledged instances missing after kill -9"
+    for uid in acked:
+        assert _dataset_bytes(by_uid[uid]) == _dataset_bytes(source[uid]), uid
+
+
+def _ingest_pids(node_pid: int) -> list[int]:
+    """Process ids of the node's ingest processes (its children running node.ingest.worker)."""
+    pids = []
+    for task in os.listdir(f"/proc/{node_pid}/task"):
+        try:
+            with open(f"/proc/{node_pid}/task/{task}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+        for child in children:
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as f:
+                    if b"node.ingest.worker" in f.read():
+                        pids.append(child)
+            except OSError:
+                pass
+    return sorted(pids)
+
+
+def _connections_served(pid: int, port: int) -> int:
+    """Established TCP connections to ``port`` held by process ``pid`` (Linux /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if int(local.rsplit(":", 1)[1], 16) == port and state == "01" and inode in inodes:
+                count += 1
+    return count
+
+
+@pytest.mark.parametrize("settings", [{}, {"group_commit": True}, {"ingest_processes": 2}],
+                         ids=["fsync-alone", "group-commit", "ingest-processes-2"])
+def test_kill9_under_4_concurrent_senders_keeps_every_acknowledged_instance_byte_identical(tmp_path, settings):
+    """Whether concurrent associations fsync alone or share the fsyncs (node.group_commit), and whether
+    one process or several receive them (node.ingest_processes), a success status means the instance
+    is on stable storage: kill -9 of the node while 4 storescu send, every acknowledged one is there
+    (and the ingest processes end with the node: the restart can bind the port)."""
     study_uid = pydicom.uid.generate_uid()
     files = write_ct_study(tmp_path / "study", 160, study_uid=study_uid, size=128)
     groups = [files[i::4] for i in range(4)]
-    node = NodeProcess(node_config(tmp_path, {}, quiet=3600.0, group_commit=group_commit)).start()
+    node = NodeProcess(node_config(tmp_path, {}, quiet=3600.0, **settings)).start()
     try:
-        procs, acked, threads = [], [], []
-        for group in groups:
-            proc = subprocess.Popen(
-                ["storescu", "-v", "-aet", "MODALITY", "-aec", "CARDIONODE", "127.0.0.1", str(node.port),
-                 *map(str, group)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                env={**os.environ, "TCP_NODELAY": "1"})
-            procs.append(proc)
-
-            def reader(proc=proc) -> None:
-                current = None
-                for line in proc.stdout:
-                    m = re.search(r"Sending file: .*/([0-9.]+)\.dcm", line)
-                    if m:
-                        current = m.group(1)
-                    elif "Received Store Response (Success)" in line and current:
-                        acked.append(current)
-
-            t = threading.Thread(target=reader, daemon=True)
-            t.start()
-            threads.append(t)
+        acked: list[str] = []
+        procs, threads = _send_4(node.port, groups, acked)
         assert wait_for(lambda: len(acked) >= 40, 120, 0.005)
         node.kill9()
         for proc in procs:
@@ -143,17 +207,52 @@ def test_kill9_under_4_concurrent_senders_keeps_every_acknowledged_instance_byte
         for t in threads:
             t.join(10)
         assert 40 <= len(acked) < len(files), f"transfer was not interrupted ({len(acked)} acked)"
-        spool = node.storage / "spool" / study_uid
-        by_uid = {p.stem: p for p in spool.rglob("*.dcm")}
-        source = {p.stem: p for p in files}
-        missing = [uid for uid in acked if uid not in by_uid]
-        assert not missing, f"{len(missing)} acknowledged instances missing after kill -9"
-        for uid in acked:
-            assert _dataset_bytes(by_uid[uid]) == _dataset_bytes(source[uid]), uid
+        _assert_acked_stored(node.storage, study_uid, files, acked)
         node.start()  # recovery indexes what the crash left unindexed; the acknowledged ones are all there
         assert set(acked) <= _spooled_uids(node.storage, study_uid)
     finally:
         node.stop_quietly()
+
+
+def test_kill9_of_one_ingest_process_restarts_it_loses_nothing_and_the_study_completes_once(tmp_path):
+    """node.ingest_processes: 2, 4 storescu sending: kill -9 of one ingest process.  Every instance
+    acknowledged before is in the spool, byte-identical; the process is started again; the
+    instances not acknowledged are sent again and the study is processed once, with all of them."""
+    study_uid = pydicom.uid.generate_uid()
+    files = write_ct_study(tmp_path / "study", 160, study_uid=study_uid, size=128)
+    with StoreSCP(tmp_path / "scp") as scp:
+        node = NodeProcess(node_config(tmp_path, _dest(scp), quiet=6.0, ingest_processes=2)).start()
+        try:
+            workers = _ingest_pids(node.proc.pid)
+            assert len(workers) == 2
+            acked: list[str] = []
+            procs, threads = _send_4(node.port, [files[i::4] for i in range(4)], acked)
+            assert wait_for(lambda: len(acked) >= 40, 120, 0.005)
+            # whichever process was free accepted each association: kill one that serves some
+            victim = max(workers, key=lambda pid: _connections_served(pid, node.port))
+            survivor = next(pid for pid in workers if pid != victim)
+            os.kill(victim, signal.SIGKILL)
+            for proc in procs:
+                proc.wait(120)
+            for t in threads:
+                t.join(10)
+            rest = [f for f in files if f.stem not in set(acked)]
+            assert rest, "the kill cut no association off; nothing was tested"
+            # sent again within the quiet period (the associations the killed process served were cut off)
+            assert storescu(node.port, rest, env={**os.environ, "TCP_NODELAY": "1"}).returncode == 0
+            _assert_acked_stored(node.storage, study_uid, files, acked)
+            assert wait_for(lambda: len(_ingest_pids(node.proc.pid)) == 2, 30), "ingest process not restarted"
+            restarted = _ingest_pids(node.proc.pid)
+            assert victim not in restarted and survivor in restarted
+            assert wait_for(lambda: len(scp.received(modality="SR")) == 1, 40)
+            time.sleep(7)  # > quiet period: a second processing would show by now
+            srs = scp.received(modality="SR")
+            assert len(srs) == 1
+            assert f"saw {len(files)} instances" in str(srs[0].ContentSequence[0].TextValue)
+            assert [j["state"] for j in node.status()["jobs"]] == ["done"]
+            assert node.terminate() == 0
+        finally:
+            node.stop_quietly()
 
 
 def test_kill9_during_job_requeues_it_and_dispatches_once(tmp_path):

@@ -163,7 +163,8 @@ def test_dimse_ingest_counts_in_metrics(env: dict[str, Any], tmp_path: Path) -> 
     """Instances received by C-STORE count in /metrics (source="dimse") with their spooled bytes."""
     paths = write_ct_study(tmp_path / "s", n=2)
     study = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
-    count, nbytes = 'cardionode_instances_received_total{source="dimse"}', 'cardionode_received_bytes_total{source="dimse"}'
+    count = 'cardionode_instances_received_total{source="dimse"}'
+    nbytes = 'cardionode_received_bytes_total{source="dimse"}'
     before = {"count": _metric(env, count), "bytes": _metric(env, nbytes),
               "completed": _metric(env, "cardionode_studies_completed_total")}
     r = storescu(env["service"].dimse.port, paths, calling_ae="MODALITY")

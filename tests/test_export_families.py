@@ -16,8 +16,8 @@ from torch import nn
 
 from export.onnx_export import ExportVerificationError, export_onnx
 from export.verify import compare_outputs
-from node.config import ModelsSection
 from pipelines.runtime import ModelManifest, ModelStore, Provenance
+from pipelines.runtime.settings import ModelsSection
 
 PROV = Provenance(trained_on="synthetic phantoms", synthetic=True, date="2026-11-24", code_version="test",
                   metrics={"note": "untrained stand-in"}, notes="test model")

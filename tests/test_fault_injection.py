@@ -309,7 +309,8 @@ def test_kill9_at_random_moments_loses_nothing_acknowledged_and_processes_each_s
         # every acknowledged instance is stored, byte-identical
         conn = connect(node.storage)
         try:
-            rows = {r["sop_instance_uid"]: r["path"] for r in conn.execute("SELECT sop_instance_uid, path FROM instances")}
+            rows = {r["sop_instance_uid"]: r["path"]
+                    for r in conn.execute("SELECT sop_instance_uid, path FROM instances")}
             results = [r["sop_instance_uid"] for r in conn.execute("SELECT sop_instance_uid FROM results")]
         finally:
             conn.close()

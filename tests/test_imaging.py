@@ -23,7 +23,7 @@ from pipelines.imaging import (
     resample_like,
     slice_positions,
 )
-from training.synth.dicom import new_study, write_ct_series, write_enhanced_ct, write_mr_series, write_xa_cine
+from synth.dicom import new_study, write_ct_series, write_enhanced_ct, write_mr_series, write_xa_cine
 
 RNG = np.random.default_rng(7)
 

@@ -2,12 +2,19 @@
 
 - ``pipelines/`` never imports ``node/``: pipelines run inside the node, in a worker or under Ray, and
   are tested without it; the node depends on the pipeline contract, not the other way round.
+- The model store's settings (``ModelsSection``) live with the store in ``pipelines/runtime/settings.py``:
+  benchmarks, training and export tools build a store without importing the node for it, and the
+  settings module imports nothing heavy, so that loading the node's configuration never loads onnxruntime.
+- ``synth/`` (the synthetic DICOM writers tests, benchmarks, training and ``cardionode sample`` share)
+  imports neither torch nor ``training/``: it is part of the base install.
 - ``training/`` has no import circle: a training command and its evaluation share a third module
   instead of importing each other (imports inside functions count: they are circles all the same).
 """
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +104,40 @@ def test_pipelines_never_import_the_node() -> None:
         for path in sorted((ROOT / "pipelines").rglob("*.py"))
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_dicom_synthesiser_needs_neither_torch_nor_training() -> None:
+    files = sorted((ROOT / "synth").rglob("*.py"))
+    assert any(p.name == "dicom.py" for p in files)  # the walk found the files
+    forbidden = ("torch", "torchvision", "training")
+    offenders = {
+        module_name(path): sorted(m for m in imported_modules(path) if m.split(".")[0] in forbidden)
+        for path in files
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def names_imported_from(path: Path, module: str) -> set[str]:
+    """The names ``path`` takes with ``from <module> import ...``, at any depth of the file."""
+    return {alias.name for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == module
+            for alias in node.names}
+
+
+def test_model_settings_are_taken_from_the_model_store_not_the_node() -> None:
+    files = [p for package in ("bench", "training", "export", "pipelines")
+             for p in sorted((ROOT / package).rglob("*.py"))]
+    assert any(p.name == "inference.py" for p in files)  # the walk found the files
+    offenders = [str(p.relative_to(ROOT)) for p in files if "ModelsSection" in names_imported_from(p, "node.config")]
+    assert offenders == []
+
+
+def test_loading_the_configuration_does_not_load_onnxruntime() -> None:
+    code = ("import sys, node.config, pipelines.runtime.settings; "
+            "print(sorted(m for m in ('onnxruntime', 'torch') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_training_has_no_import_circle() -> None:

@@ -449,3 +449,32 @@ def test_group_sync_shares_fsyncs_between_threads_and_fails_the_whole_batch(tmp_
     with pytest.raises(FileNotFoundError):
         group.sync(tmp_path / "gone")
     group.sync(files[0])  # the next batch is not affected
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xC210, 0x0111, 0xB000])
+@pytest.mark.parametrize("sop_class", ["1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4.1"])
+def test_c_store_rsp_command_set_is_pynetdicoms_encoding(status: int, sop_class: str) -> None:
+    """The listener encodes a plain C-STORE-RSP itself (node.ingest.transport.store_rsp_command_set):
+    byte for byte what pynetdicom's own encoding gives, for odd and even UID lengths; a response with
+    an Error Comment, and a request, are left to pynetdicom."""
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dsutils import encode
+
+    from node.ingest.transport import store_rsp_command_set
+
+    for sop_instance in ("1.2.3.4", "1.2.826.0.1.3680043.8.498.10225957900123640307577356353037057335"):
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = 65535
+        rsp.AffectedSOPClassUID = sop_class
+        rsp.AffectedSOPInstanceUID = sop_instance
+        rsp.Status = status
+        message = C_STORE_RSP()
+        message.primitive_to_message(rsp)
+        assert store_rsp_command_set(rsp) == encode(message.command_set, True, True)
+        rsp.ErrorComment = "refused"
+        assert store_rsp_command_set(rsp) is None
+    req = C_STORE()
+    req.MessageID = 1
+    req.AffectedSOPClassUID = sop_class
+    req.AffectedSOPInstanceUID = "1.2.3"
+    assert store_rsp_command_set(req) is None

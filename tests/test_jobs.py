@@ -130,12 +130,14 @@ def test_a_job_that_cannot_be_marked_done_leaves_no_result_or_delivery_behind(tm
     assert conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 2  # the re-run's only
 
 
-def test_completion_waits_for_quiet_then_enqueues_each_route_once_and_rearms_after_restart_with_fresh_quiet(tmp_path, conns):
+def test_completion_waits_for_quiet_then_enqueues_each_route_once_and_rearms_after_restart_with_fresh_quiet(
+        tmp_path, conns):
     files = write_ct_study(tmp_path / "study", 2)
     view = StudyView.from_files(files)
     config = parse_config({
         "node": {"quiet_seconds": 0.4},
-        "routes": [{"pipeline": "test-sr", "match": {"modality": "CT"}}, {"pipeline": "x", "match": {"modality": "CT"}}],
+        "routes": [{"pipeline": "test-sr", "match": {"modality": "CT"}},
+                   {"pipeline": "x", "match": {"modality": "CT"}}],
     })
     sched = BackgroundScheduler(timezone="UTC")
     sched.start()
@@ -170,13 +172,16 @@ def test_completion_waits_for_quiet_then_enqueues_each_route_once_and_rearms_aft
     tracker2 = CompletionTracker(conns.get, Router(config), lambda u: view, sched2)
     restarted = time.time()
     assert tracker2.rearm() == 1
-    assert conn.execute("SELECT due_at FROM pending_studies WHERE study_uid=?", (other,)).fetchone()[0] >= restarted + 0.8
+    assert conn.execute("SELECT due_at FROM pending_studies WHERE study_uid=?",
+                        (other,)).fetchone()[0] >= restarted + 0.8
     sched2.start()
     try:
         time.sleep(0.5)
-        assert conn.execute("SELECT state FROM pending_studies WHERE study_uid=?", (other,)).fetchone()["state"] == "waiting"
+        assert conn.execute("SELECT state FROM pending_studies WHERE study_uid=?",
+                            (other,)).fetchone()["state"] == "waiting"
         deadline = time.time() + 5
-        while conn.execute("SELECT state FROM pending_studies WHERE study_uid=?", (other,)).fetchone()["state"] == "waiting":
+        while conn.execute("SELECT state FROM pending_studies WHERE study_uid=?",
+                           (other,)).fetchone()["state"] == "waiting":
             assert time.time() < deadline
             time.sleep(0.02)
         assert time.time() - restarted >= 0.8

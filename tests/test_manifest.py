@@ -61,7 +61,8 @@ def test_domain_range_violation() -> None:
         (lambda d: d["labels"][1]["code"].pop("scheme"), "labels[1].code.scheme", "missing"),
         (lambda d: d["provenance"].update(date="yesterday"), "provenance.date", "ISO date"),
         (lambda d: d["provenance"].update(synthetic="yes"), "provenance.synthetic", "expected bool"),
-        (lambda d: d["trt_profile"]["image"].update(max=[16, 3, 128, 256]), "trt_profile.image.max[2]", "fixed input dimension"),
+        (lambda d: d["trt_profile"]["image"].update(max=[16, 3, 128, 256]), "trt_profile.image.max[2]",
+         "fixed input dimension"),
         (lambda d: d["trt_profile"]["image"].update(min=[8, 3, 256, 256]), "trt_profile.image", "min <= opt <= max"),
         (lambda d: d.update(format_version=2), "format_version", "not supported"),
         (lambda d: d.update(name="Bad Name"), "name", "lower-case"),
@@ -111,6 +112,7 @@ def test_bundled_manifests_carry_their_ranges() -> None:
     for d in sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()):
         m = ModelManifest.load(d)
         assert m.input_domain and all(r.note for r in m.input_domain.values()), d.name
-        expected = {"calcium-unet2d": {"low_confidence_fraction"}, "myops-unet": {"low_confidence_fraction", "myocardium_ml"},
+        expected = {"calcium-unet2d": {"low_confidence_fraction"},
+                    "myops-unet": {"low_confidence_fraction", "myocardium_ml"},
                     "syntax-artery": set()}.get(d.name, {"fold_spread"})
         assert set(m.output_domain) == expected and all(r.note for r in m.output_domain.values()), d.name

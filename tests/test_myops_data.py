@@ -9,7 +9,13 @@ from pipelines.imaging import load_volume, match_series
 from pipelines.myops import labels as cls
 from pipelines.myops.inference import model_input
 from pipelines.myops.options import DEFAULT_RULES
-from pipelines.myops.preprocess import PreprocessConfig, build_grid_stack, label_on_grid, match_slices, register_and_crop
+from pipelines.myops.preprocess import (
+    PreprocessConfig,
+    build_grid_stack,
+    label_on_grid,
+    match_slices,
+    register_and_crop,
+)
 from pipelines.myops.registration import RegistrationConfig, SliceTransform
 from training.myops.dataset import DatasetError, MyoPSDataset, split_cases
 from training.myops.labels import MYOPS2020, LabelConvention, LabelValueError
@@ -137,6 +143,7 @@ def test_training_and_pipeline_make_the_same_tensor(tmp_path, release, phantom):
     train_mi = register_and_crop(st, gt_prior(st), cfg)
     assert mi.roi_yx == train_mi.roi_yx
     for seq in ("bssfp", "t2"):
-        diffs = [np.abs(a.translation - b.translation).max() for a, b in zip(mi.transforms[seq], train_mi.transforms[seq])]
+        diffs = [np.abs(a.translation - b.translation).max()
+                 for a, b in zip(mi.transforms[seq], train_mi.transforms[seq])]
         assert np.mean(np.asarray(diffs) < 0.05) >= 0.6, diffs
     assert np.abs(mi.tensor - prepared.image).mean() < 3.0

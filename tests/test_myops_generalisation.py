@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from bench.phantoms.cmr import EvalSpec, make_study, write_study
-from node.config import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.myops.pipeline import MyopsPipeline
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
 from tests.support.myops import sr_measurements
 
 CPU = ModelsSection(providers=("cpu",), intra_op_threads=1)

@@ -9,7 +9,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.config import ModelsSection
 from pipelines.base import PipelineContext, PipelineInputError, StudyView
 from pipelines.myops import labels as cls
 from pipelines.myops.inference import probabilities_to_anchor
@@ -17,6 +16,7 @@ from pipelines.myops.options import MyopsOptions, OptionsError
 from pipelines.myops.pipeline import MyopsPipeline
 from pipelines.myops.preprocess import build_grid_stack, label_on_grid
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
 from tests.support.peers import dciodvfy_errors
 from tests.support.sr_content import groups as sr_groups
 from tests.support.sr_content import structure_problems
@@ -83,8 +83,10 @@ def tiny_model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
     model = UNet2D(num_classes=6, base=4, depth=2).eval()
     ckpt = save_checkpoint(out / "ckpt.pt", model, labels=MYOPS2020, preprocess=PreprocessConfig(),
-                           train_cfg=TrainConfig(steps=1), split={"mode": "every5th", "seed": 0, "train": [], "test": []},
-                           history=[], metrics={"dice_scar": 0.5}, trained_on="synthetic phantoms (test)", synthetic=True)
+                           train_cfg=TrainConfig(steps=1),
+                           split={"mode": "every5th", "seed": 0, "train": [], "test": []},
+                           history=[], metrics={"dice_scar": 0.5}, trained_on="synthetic phantoms (test)",
+                           synthetic=True)
     specs = build_export(ckpt, argparse.Namespace(version="0.0.1-test", options={}))
     assert len(specs) == 1
     export_onnx(specs[0].module, specs[0].example_inputs, out, version="0.0.1-test", verbose=False,

@@ -21,7 +21,8 @@ def test_sr_arrives_exactly_once_at_storescp_and_orthanc(tmp_path):
     files = write_ct_study(tmp_path / "study", 3)
     first = pydicom.dcmread(files[0])
     study_uid, patient = first.StudyInstanceUID, (str(first.PatientName), str(first.PatientID))
-    with StoreSCP(tmp_path / "scp") as scp, Orthanc(tmp_path / "orthanc", extra_config={"DicomCheckCalledAet": True}) as orthanc:
+    with (StoreSCP(tmp_path / "scp") as scp,
+          Orthanc(tmp_path / "orthanc", extra_config={"DicomCheckCalledAet": True}) as orthanc):
         cfg = node_config(tmp_path, {
             "scp": {"type": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": scp.port},
             "orthanc": {"type": "dimse", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port},

@@ -59,7 +59,8 @@ def test_two_onnxruntime_distributions_side_by_side_are_refused(tmp_path: Path) 
     r = _run(tmp_path, "models", "list", "--config", str(SHIPPED), "--no-load", env=env)
     assert r.returncode == 1
     errors = r.stderr.strip().splitlines()
-    assert len(errors) == 1 and errors[0].startswith(f"error: {cpu} and onnxruntime-gpu 1.22.0 are installed side by side")
+    assert len(errors) == 1
+    assert errors[0].startswith(f"error: {cpu} and onnxruntime-gpu 1.22.0 are installed side by side")
     assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu" in errors[0]
 
     r = _run(tmp_path, "serve", "--config", str(SHIPPED), "--port", str(free_port()), "--http-port", str(free_port()),

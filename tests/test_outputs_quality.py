@@ -16,9 +16,9 @@ from pipelines.outputs import (AlgorithmIdentity, MeasurementGroupSpec, Measurem
                                build_measurement_report, build_segmentation_for_volume, build_summary_image)
 from pipelines.outputs import codes as C
 from pipelines.quality import RESULT
+from synth.dicom import new_study, write_ct_series, write_xa_cine
 from tests.support.peers import DCIODVFY_BIN, dciodvfy_errors
 from tests.support.sr_content import containers, groups, structure_problems, walk
-from training.synth.dicom import new_study, write_ct_series, write_xa_cine
 
 needs_dciodvfy = pytest.mark.skipif(not Path(DCIODVFY_BIN).exists(), reason="dicom3tools dciodvfy not installed")
 ALG = AlgorithmIdentity.from_models("syntax", "0.2.0", [ModelInfo("m", "1", "phantoms")], trained_on_phantoms=True)
@@ -109,7 +109,8 @@ def test_whole_result_not_assessable(tmp_path: Path) -> None:
     assert "NOT ASSESSABLE" in back.SeriesDescription
     assert structure_problems(back) == []
     sc = _save(build_summary_image(xa[0], "SYNTAX score", [], ALG, 951, issues=[issue]), tmp_path / "sc.dcm")
-    assert sc.ImageComments.splitlines()[:2] == ["SYNTAX score - NOT ASSESSABLE", "NOT ASSESSABLE: no usable cine in the study"]
+    assert sc.ImageComments.splitlines()[:2] == ["SYNTAX score - NOT ASSESSABLE",
+                                                 "NOT ASSESSABLE: no usable cine in the study"]
 
 
 @needs_dciodvfy

@@ -34,7 +34,7 @@ _BLOCKER = textwrap.dedent(
 
 def _serving_modules() -> list[str]:
     mods = []
-    for package in ("node", "pipelines"):
+    for package in ("node", "pipelines", "synth"):
         for path in sorted((ROOT / package).rglob("*.py")):
             rel = path.relative_to(ROOT).with_suffix("")
             parts = list(rel.parts)
@@ -74,8 +74,8 @@ def test_builtin_pipelines_and_bundled_models_load_without_the_train_extra() -> 
     proc = _run_blocked(
         """
         import json
-        from node.config import ModelsSection
         from pipelines.registry import default_registry
+        from pipelines.runtime.settings import ModelsSection
         from pipelines.runtime.store import ModelStore
         registry = default_registry()
         for name in ("syntax", "calcium", "myops"):
@@ -105,16 +105,20 @@ def test_cli_help_runs_without_the_train_extra() -> None:
 
 
 def test_sample_studies_are_written_without_the_train_extra(tmp_path: Path) -> None:
-    """The README's first study (`cardionode sample xa`) must work on the base install."""
+    """The README's first study (`cardionode sample xa`), and the CT and MR ones, must work on the base install."""
     proc = _run_blocked(
         f"""
         import sys
         from node.cli import main
-        sys.exit(main(["sample", "xa", "--out", {str(tmp_path / "xa")!r}]))
+        for kind in ("xa", "ct", "mr"):
+            if main(["sample", kind, "--out", {str(tmp_path)!r} + "/" + kind]) != 0:
+                sys.exit(f"cardionode sample {{kind}} failed")
         """
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(list((tmp_path / "xa").glob("*.dcm"))) >= 2
+    assert len(list((tmp_path / "ct").glob("*.dcm"))) >= 2
+    assert list((tmp_path / "mr").rglob("*.dcm"))
 
 
 def test_wheel_ships_bundled_models_and_no_tests(tmp_path: Path) -> None:
@@ -131,7 +135,7 @@ def test_wheel_ships_bundled_models_and_no_tests(tmp_path: Path) -> None:
     assert not missing, f"bundled model files missing from the wheel: {missing}"
     assert not any(n.startswith("tests/") for n in names)
     assert "node/cli.py" in names and "pipelines/runtime/store.py" in names
-    assert "configschema/__init__.py" in names
+    assert "configschema/__init__.py" in names and "synth/dicom.py" in names
     templates = [p.relative_to(ROOT).as_posix() for p in (ROOT / "node" / "console" / "templates").glob("*.html")]
     assert templates and not [t for t in templates if t not in names], "console templates missing from the wheel"
 

@@ -1,5 +1,5 @@
 """Calcium abstains outside its model's ranges (pipelines.qc): one test per issue code, each from phantom
-CT DICOM written by training.synth through the real pipeline and the bundled ONNX model.  The SR and
+CT DICOM written by synth.dicom through the real pipeline and the bundled ONNX model.  The SR and
 summary image say "not assessable" with the reason naming the value and the accepted range; no score
 is reported and no SEG is written; the run still returns a result."""
 from __future__ import annotations
@@ -11,15 +11,15 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.config import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.calcium.pipeline import CalciumPipeline
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
+from synth.dicom import new_study, write_ct_series
 from tests.support.calcium import STUDY_PHANTOM
 from tests.support.abstention import by_modality, numbers, reasons, save_checked
 from tests.support.sr_content import walk
 from training.calcium.phantom import make_phantom
-from training.synth.dicom import new_study, write_ct_series
 
 MODEL = "calcium-unet2d"
 

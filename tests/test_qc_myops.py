@@ -1,5 +1,5 @@
 """MyoPS abstains outside its model's ranges (pipelines.qc): one test per issue code, phantom CMR
-studies written by training.myops.phantom / training.synth through the real pipeline and the bundled
+studies written by training.myops.phantom / synth.dicom through the real pipeline and the bundled
 ONNX model.  The SR and summary image say "not assessable" with the reason; no volume or burden and
 no SEG; the run still returns a result."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pydicom
 from pipelines.base import PipelineContext, StudyView
 from pipelines.myops.pipeline import MyopsPipeline
 from pipelines.runtime import ModelStore
+from synth.dicom import new_study
 from tests.support.abstention import by_modality, numbers, reasons, save_checked
 from training.myops.phantom import PhantomSpec, make_phantom, write_dicom_study
-from training.synth.dicom import new_study
 
 SEED = 7003
 

@@ -1,5 +1,5 @@
 """SYNTAX abstains outside its models' ranges (pipelines.qc): one test per issue code, phantom XA cines
-written by training.synth through the real pipeline and the bundled ONNX models."""
+written by synth.dicom through the real pipeline and the bundled ONNX models."""
 from __future__ import annotations
 
 import json
@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from node.config import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
 from pipelines.syntax.pipeline import SyntaxPipeline
+from synth.dicom import new_study, write_xa_cine
 from tests.support.abstention import by_modality, numbers, reasons, save_checked
 from tests.support.sr_content import groups as sr_groups
 from tests.support.sr_content import walk
 from training.syntax.phantom import make_study
-from training.synth.dicom import new_study, write_xa_cine
 
 
 def _study(out: Path, seed: int = 4711, frames=lambda f: f):

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from export.onnx_export import export_onnx
-from node.config import ModelsSection
 from pipelines.base import PipelineResult
 from pipelines.runtime import ModelError, ModelManifest, ModelStore, Provenance
 from pipelines.runtime.providers import describe_build, provider_chain
+from pipelines.runtime.settings import ModelsSection
 
 PROV = Provenance(trained_on="synthetic phantoms", synthetic=True, date="2026-11-24", code_version="test",
                   metrics={}, notes="")
@@ -95,7 +95,8 @@ def test_missing_onnx_file_and_bad_manifest(models_dir: Path, tmp_path: Path) ->
     store = ModelStore([models_dir], CPU)
     with pytest.raises(ModelError, match=r"model 'seg': .*model.onnx is missing"):
         store.acquire("seg")
-    with pytest.raises(ModelError, match=r"model 'other': invalid manifest: .*other/manifest.json: key '\w+': missing \(required\)"):
+    with pytest.raises(ModelError, match=r"model 'other': invalid manifest: "
+                                         r".*other/manifest.json: key '\w+': missing \(required\)"):
         store.acquire("other")
 
 
@@ -272,7 +273,8 @@ def test_models_reload_cli_sends_sighup(models_dir: Path, tmp_path: Path) -> Non
     marker = tmp_path / "got-hup"
     node = subprocess.Popen([sys.executable, "-c",
                              "import signal, time, pathlib, sys\n"
-                             f"signal.signal(signal.SIGHUP, lambda *a: pathlib.Path({str(marker)!r}).write_text('hup'))\n"
+                             "signal.signal(signal.SIGHUP, "
+                             f"lambda *a: pathlib.Path({str(marker)!r}).write_text('hup'))\n"
                              "print('ready', flush=True)\n"
                              "time.sleep(30)\n"], stdout=subprocess.PIPE, text=True)
     try:

@@ -9,7 +9,7 @@ import pydicom
 from node.config import load_config
 from node.routing import InstanceFacts, Router
 from tests.test_quickstart import SHIPPED
-from training.synth.samples import SAMPLES, write_sample
+from training.datasets.samples import SAMPLES, write_sample
 
 
 def test_each_sample_is_its_own_phantom_study_and_is_routed_to_its_pipeline(tmp_path: Path) -> None:

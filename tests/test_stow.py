@@ -1,4 +1,5 @@
-"""STOW-RS ingest over HTTP (uvicorn) into a real Spool: response dataset, status codes, nothing stored from failures."""
+"""STOW-RS ingest over HTTP (uvicorn) into a real Spool: response dataset, status codes, nothing stored from
+failures."""
 from __future__ import annotations
 
 from pathlib import Path

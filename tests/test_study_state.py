@@ -68,7 +68,8 @@ def test_state_is_derived_from_jobs_and_deliveries_of_the_current_generation(sto
     rows = {s["study_uid"]: s for s in status.studies(conn, 100)}
     assert {uid: s["state"] for uid, s in rows.items()} == EXPECTED
     assert rows["1.1"]["completion_state"] == "processed"
-    assert rows["1.1"]["error"] == "job syntax failed: os error: [Errno 2] No such file or directory: 'var/var/spool/1.1'"
+    assert rows["1.1"]["error"] == ("job syntax failed: os error: [Errno 2] No such file or directory: "
+                                    "'var/var/spool/1.1'")
     assert rows["1.5"]["error"] == "not delivered to pacs: pacs: association rejected"
     assert rows["1.4"]["error"] is None
     assert [s["study_uid"] for s in status.studies(conn, 100, state="failed")] == ["1.5", "1.1"]

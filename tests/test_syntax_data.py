@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.syntax.data import DatasetError, fold_path, load_video, read_format1, read_format2, read_test, rnn_fold_path
+from training.syntax.data import (
+    DatasetError,
+    fold_path,
+    load_video,
+    read_format1,
+    read_format2,
+    read_test,
+    rnn_fold_path,
+)
 from training.syntax.phantom import make_study
 from training.syntax.phantom_dataset import write_release
 
@@ -26,7 +34,8 @@ def test_format1_records_paths_and_cines(release) -> None:
     root, train, _ = release
     recs = read_format1(fold_path(root, 0, "train"), root)
     # fold 0 train = studies 1 and 3 (study i is in eval of fold i % 2)
-    assert {r.study_uid for r in recs} == {json.loads((root / "rnn_folds/rnn_fold0_train.json").read_text())[j]["study_uid"] for j in range(2)}
+    fold0 = json.loads((root / "rnn_folds/rnn_fold0_train.json").read_text())
+    assert {r.study_uid for r in recs} == {fold0[j]["study_uid"] for j in range(2)}
     assert len(recs) == len(train[1].cines) + len(train[3].cines)
     for r in recs:
         assert r.path.is_file() and r.path.is_absolute()
@@ -47,7 +56,8 @@ def test_format2_groups_and_test_format(release) -> None:
     studies = read_format2(rnn_fold_path(root, 0, "eval"), root)
     assert len(studies) == 2
     s0 = studies[0]
-    assert len(s0.videos_left) == 2 and len(s0.videos_right) == 1 and len(s0.videos_other) == 1  # study 0 has an 'other'
+    # study 0 has an 'other'
+    assert len(s0.videos_left) == 2 and len(s0.videos_right) == 1 and len(s0.videos_other) == 1
     assert len(s0.videos) == 4 and s0.syntax == pytest.approx(train[0].syntax)
     assert all(v.artery == 1 for v in s0.videos_right)
     tests = read_test(root / "test_phantom.json", root)

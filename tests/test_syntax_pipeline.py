@@ -17,11 +17,11 @@ from pipelines.syntax.options import OptionsError, SyntaxOptions
 from pipelines.syntax.pipeline import SyntaxPipeline
 from pipelines.syntax.preprocess import CineConfig, preprocess_cine
 from pipelines.syntax.pipeline import side_scores
+from synth.dicom import new_study, write_ct_series, write_xa_cine
 from tests.support.sr_content import groups as sr_content_groups
 from tests.support.sr_content import structure_problems
 from training.syntax.data import load_video
 from training.syntax.phantom import make_study
-from training.synth.dicom import new_study, write_ct_series, write_xa_cine
 from tests.support.peers import dciodvfy_errors
 
 MODELS = ["syntax-artery"] + [f"syntax-{s}-fold{k}" for s in ("left", "right") for k in range(5)]
@@ -46,7 +46,8 @@ def sr_numbers(sr: pydicom.Dataset) -> dict[str, dict[str, float | str]]:
         for it in items:
             code = str(it.ConceptNameCodeSequence[0].CodeValue) if "ConceptNameCodeSequence" in it else ""
             if it.get("ValueType") == "CONTAINER" and code == "125007":
-                tid = next(str(c.TextValue) for c in it.ContentSequence if str(c.ConceptNameCodeSequence[0].CodeValue) == "112039")
+                tid = next(str(c.TextValue) for c in it.ContentSequence
+                           if str(c.ConceptNameCodeSequence[0].CodeValue) == "112039")
                 out[tid] = {}
                 walk(it.ContentSequence, out[tid])
                 continue
@@ -82,7 +83,8 @@ def sr_texts(sr: pydicom.Dataset) -> list[str]:
 def check_sr(sr: pydicom.Dataset) -> dict[str, dict[str, float | str]]:
     """The assertions shared with the node e2e test: numbers present, total = left + right, finding."""
     g = sr_numbers(sr)
-    total, left, right = g["SYNTAX total"]["SYNTAX"], g["SYNTAX left coronary"]["SYNTAX-L"], g["SYNTAX right coronary"]["SYNTAX-R"]
+    total = g["SYNTAX total"]["SYNTAX"]
+    left, right = g["SYNTAX left coronary"]["SYNTAX-L"], g["SYNTAX right coronary"]["SYNTAX-R"]
     assert total == pytest.approx(left + right, abs=2e-3)
     assert min(total, left, right) >= 0
     assert g["SYNTAX total"]["SYNTAX-HIGH"] == ("373066001" if total > 22 else "373067005")
@@ -96,7 +98,8 @@ def test_options_name_the_key() -> None:
     o = SyntaxOptions.from_mapping({})
     assert o.folds == (0, 1, 2, 3, 4) and o.threshold == 22.0 and o.calibrate
     for raw, key in [({"treshold": 1}, "pipelines.syntax.treshold"), ({"folds": []}, "pipelines.syntax.folds"),
-                     ({"left_max": 1.5}, "pipelines.syntax.left_max"), ({"calibrate": "yes"}, "pipelines.syntax.calibrate"),
+                     ({"left_max": 1.5}, "pipelines.syntax.left_max"),
+                     ({"calibrate": "yes"}, "pipelines.syntax.calibrate"),
                      ({"max_views": 0}, "pipelines.syntax.max_views")]:
         with pytest.raises(OptionsError, match=key.replace(".", r"\.")):
             SyntaxOptions.from_mapping(raw)
@@ -143,7 +146,8 @@ def test_xa_study_to_sr_and_summary(tmp_path, bundled_models) -> None:
     groups = sr_content_groups(back)
     assert sorted(groups) == ["SYNTAX left coronary", "SYNTAX right coronary", "SYNTAX total"]
     assert {g.container for g in groups.values()} == {"126011"} and structure_problems(back) == []
-    assert groups["SYNTAX total"].units["SYNTAX"] == "{points}" and groups["SYNTAX total"].units["CINES-USED"] == "{cines}"
+    units = groups["SYNTAX total"].units
+    assert units["SYNTAX"] == "{points}" and units["CINES-USED"] == "{cines}"
     g = check_sr(pydicom.dcmread(paths[0]))
     assert g["SYNTAX total"]["SYNTAX"] == pytest.approx(res.summary["syntax_total"], abs=0.01)
     c = res.summary["cines"]
@@ -230,4 +234,5 @@ def test_study_without_right_cines_is_partly_not_assessed(tmp_path, bundled_mode
     assert "Right coronary: not assessed (0 cines)" in sc.ImageComments
     assert "right 0.0" not in sc.ImageComments and "right not assessed" in sc.ImageComments  # raw line too
     assert not [t for t in sr_texts(sr) if "right 0.00" in t]
-    assert "NOT ASSESSABLE - SYNTAX right coronary not assessable: no cine of the right coronary system" in sc.ImageComments
+    assert ("NOT ASSESSABLE - SYNTAX right coronary not assessable: no cine of the right coronary system"
+            in sc.ImageComments)

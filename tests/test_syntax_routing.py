@@ -10,9 +10,9 @@ import pydicom
 import pytest
 
 from bench.phantoms import xa
-from node.config import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
 from pipelines.syntax.pipeline import SyntaxPipeline
 
 #: The bundled router (syntax-artery 0.3.0-phantom, trained by ``make_bundled --artery-only`` on

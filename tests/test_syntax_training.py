@@ -48,12 +48,15 @@ def test_one_epoch_per_stage_writes_published_layout(trained) -> None:
     root, logdir, _ = trained
     state = torch.load(logdir / "full_model_weights/LeftBinSyntax_R3D_fold00_lstm_mean_post_best.pt", weights_only=True)
     assert not any(k.startswith("model.fc.") for k in state)  # fc = Identity in the multi-view model
-    assert {"lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0", "lstm.weight_hr_l0"} <= set(state)
+    assert {"lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0",
+            "lstm.weight_hr_l0"} <= set(state)
     assert tuple(state["lstm.weight_hr_l0"].shape) == (2, 4)
     bb = torch.load(logdir / "backbone_weights/RightBinSyntax_R3D_full_fold00.pt", weights_only=True)
     assert tuple(bb["model.fc.weight"].shape) == (2, WIDTHS[3])
-    assert json.loads((logdir / "scaling_coeffs.json").read_text()) == {"fold0": {"a": pytest.approx(2.0), "b": pytest.approx(0.0, abs=1e-9)}}
-    assert len(read_format1(fold_path(root, 0, "train"), root)) > 0 and len(read_format2(rnn_fold_path(root, 0, "eval"), root)) == 2
+    assert json.loads((logdir / "scaling_coeffs.json").read_text()) == {
+        "fold0": {"a": pytest.approx(2.0), "b": pytest.approx(0.0, abs=1e-9)}}
+    assert len(read_format1(fold_path(root, 0, "train"), root)) > 0
+    assert len(read_format2(rnn_fold_path(root, 0, "eval"), root)) == 2
 
 
 def test_weighted_sampler_balances_score_intervals() -> None:
@@ -103,8 +106,9 @@ def test_export_onnx_matches_torch(trained, tmp_path) -> None:
                                      "trained_on": "4 tiny phantom studies"})
     specs = build_export(logdir, ns)
     assert [s.name for s in specs] == ["syntax-left-fold0", "syntax-right-fold0"]
-    specs += build_artery_export(logdir, argparse.Namespace(version="0.0.1-test", fp16=False, simplify=False,
-                                                            options={"frames": "4", "size": "32x32", "synthetic": "true"}))
+    artery_args = argparse.Namespace(version="0.0.1-test", fp16=False, simplify=False,
+                                     options={"frames": "4", "size": "32x32", "synthetic": "true"})
+    specs += build_artery_export(logdir, artery_args)
     out = tmp_path / "models"
     for spec in specs:
         report = export_onnx(spec.module, spec.example_inputs, out, version="0.0.1-test", **spec.export_kwargs())

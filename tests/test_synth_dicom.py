@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from training.synth.dicom import new_study, write_ct_series, write_enhanced_ct, write_mr_series, write_xa_cine
+from synth.dicom import new_study, write_ct_series, write_enhanced_ct, write_mr_series, write_xa_cine
 from tests.support.peers import dciodvfy_errors
 
 TYPE2 = ("AccessionNumber", "StudyID", "PatientBirthDate", "PatientSex", "ReferringPhysicianName")

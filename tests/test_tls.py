@@ -50,7 +50,8 @@ def tls_node(tmp_path: Path, pki: dict[str, Path]):
     node.stop()
 
 
-def _dcmtk(tool: str, port: int, pki: dict[str, Path], *files: Path, client_cert: bool = True) -> subprocess.CompletedProcess:
+def _dcmtk(tool: str, port: int, pki: dict[str, Path], *files: Path,
+           client_cert: bool = True) -> subprocess.CompletedProcess:
     tls = ["+tls", str(pki["client_key"]), str(pki["client_pem"])] if client_cert else ["+tla"]
     cmd = [require_binary(tool), *tls, "+cf", str(pki["ca_pem"]), "-aec", "CARDIONODE", "127.0.0.1", str(port),
            *map(str, files)]

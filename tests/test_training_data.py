@@ -123,7 +123,8 @@ def test_myops_incomplete_cases_are_refused_before_any_work(myops_raw, tmp_path)
     broken = tmp_path / "no-lge"
     shutil.copytree(myops_raw, broken)
     (broken / "Raw_data" / "LGE" / "case0002.nii.gz").unlink()
-    with pytest.raises(DatasetError, match=r"case0002: missing .*LGE/case0002\.nii\.gz \(the case has bSSFP, T2w, label\)"):
+    with pytest.raises(DatasetError,
+                       match=r"case0002: missing .*LGE/case0002\.nii\.gz \(the case has bSSFP, T2w, label\)"):
         MyoPSDataset(broken)
     broken = tmp_path / "no-label"
     shutil.copytree(myops_raw, broken)
@@ -141,7 +142,8 @@ def test_myops_wrong_label_values_name_case_and_file(myops_raw, tmp_path):
     data[data == 2221] = 3  # another convention's scar value
     nib.save(nib.Nifti1Image(data, img.affine), str(path))
     ds = MyoPSDataset(broken)
-    with pytest.raises(DatasetError, match=r"case0002: .*case0002_gt\.nii\.gz: label values \[3\] not in the convention"):
+    with pytest.raises(DatasetError,
+                       match=r"case0002: .*case0002_gt\.nii\.gz: label values \[3\] not in the convention"):
         ds.check()
 
 

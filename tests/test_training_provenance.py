@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from export.cli import main as export_main
-from node.config import ModelsSection
 from pipelines.base import PipelineContext, PipelineInputError, StudyView
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
 from pipelines.syntax.pipeline import SyntaxPipeline
 from tests.test_syntax_pipeline import sr_texts, xa_study
 from training.datasets.phantoms import write_coca_folder
@@ -57,7 +57,8 @@ def test_calcium_export_of_generated_data_is_synthetic(calcium_run, tmp_path, ca
 def test_calcium_export_honours_trained_on_and_metrics_file(calcium_run, tmp_path) -> None:
     (tmp_path / "eval.json").write_text(json.dumps({"dice": {"Right Coronary": 0.5}, "cases": 3,
                                                     "per_case": [{"case": "x"}], "method": "as evaluate says"}))
-    assert export_main(["export", "calcium", "--checkpoint", str(calcium_run), "--out", str(tmp_path / "m"), "--version", "1",
+    assert export_main(["export", "calcium", "--checkpoint", str(calcium_run), "--out", str(tmp_path / "m"),
+                        "--version", "1",
                         "--option", "trained_on=COCA test folder", "--option", f"metrics_file={tmp_path / 'eval.json'}",
                         "--option", "notes=hello"]) == 0
     prov = _manifest(tmp_path / "m", "calcium-unet2d")["provenance"]

@@ -154,7 +154,8 @@ def test_run_folder_config_resume_and_quiet_logs(coca, tmp_path, capsys) -> None
     k = _cli("-c", code, "--config", str(out / "config.yaml"), "--out", str(killed))
     assert k.returncode == -9, k.stderr
     assert len((killed / "metrics.csv").read_text().splitlines()) == 3
-    res = _cli("-m", "training.calcium.train", "--config", str(killed / "config.yaml"), "--out", str(killed), "--resume")
+    res = _cli("-m", "training.calcium.train", "--config", str(killed / "config.yaml"), "--out", str(killed),
+               "--resume")
     assert res.returncode == 0, res.stderr
     assert len((killed / "metrics.csv").read_text().splitlines()) == 4
     assert _states_equal(out / "last.pt", killed / "last.pt") and _states_equal(out / "best.pt", killed / "best.pt")

@@ -15,9 +15,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.config import ModelsSection
 from pipelines.base import PipelineContext, StudyView
 from pipelines.runtime import ModelStore, bundled_models_dir
+from pipelines.runtime.settings import ModelsSection
 from tests.support.viewer import ViewerStack, missing_parts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -101,7 +101,8 @@ def _plan(studies: dict[str, dict]) -> dict:
                  "expected_sr": labels, "expected_text": [] if labels else _text_lines(sr)}
         if "SEG" in by_mod:
             seg = by_mod["SEG"]
-            entry["seg"] = {"label": str(seg.SeriesDescription), "segments": [str(x.SegmentLabel) for x in seg.SegmentSequence]}
+            entry["seg"] = {"label": str(seg.SeriesDescription),
+                            "segments": [str(x.SegmentLabel) for x in seg.SegmentSequence]}
         plan.append(entry)
     return {"studies": plan}
 

@@ -112,7 +112,8 @@ VENDORS: dict[str, dict[str, dict]] = {
     "siemens": {
         "bssfp": dict(SeriesDescription="sa_cine_trufi_retro_iPAT", ProtocolName="sa_cine_trufi",
                       SequenceName="*tfi2d1_12", ScanningSequence="GR", SequenceVariant=["SK", "SS"],
-                      ScanOptions="", EchoTime=1.2, RepetitionTime=2.8, FlipAngle=55, ImageType=["ORIGINAL", "PRIMARY", "M", "RETRO", "NORM", "DIS2D"]),
+                      ScanOptions="", EchoTime=1.2, RepetitionTime=2.8, FlipAngle=55,
+                      ImageType=["ORIGINAL", "PRIMARY", "M", "RETRO", "NORM", "DIS2D"]),
         "lge": dict(SeriesDescription="de_tfl_psir_sax_MAG", ProtocolName="de_tfl_psir_sax",
                     SequenceName="*tfl2d1r", ScanningSequence=["GR", "IR"], SequenceVariant=["SK", "SP", "MP"],
                     ScanOptions="IR", EchoTime=1.6, RepetitionTime=3.9, InversionTime=300, FlipAngle=20,
@@ -166,7 +167,8 @@ def _anatomy(rng: np.random.Generator, spec: EvalSpec) -> dict:
     r0 = rng.uniform(19, 28)  # basal endocardial radius (mean)
     territory = rng.choice(["anterior", "lateral", "inferior"])
     sept = np.deg2rad(rng.uniform(150, 210))  # septum direction in the heart frame
-    centre_angle = {"anterior": sept - np.deg2rad(70), "lateral": sept + np.pi, "inferior": sept + np.deg2rad(75)}[territory]
+    centre_angle = {"anterior": sept - np.deg2rad(70), "lateral": sept + np.pi,
+                    "inferior": sept + np.deg2rad(75)}[territory]
     every = spec.scar_every_slice if spec.scar_every_slice is not None else bool(rng.uniform() < 0.4)
     transmural = spec.transmural if spec.transmural is not None else bool(rng.uniform() < 0.5)
     lo = 0.0 if every else rng.uniform(0.05, 0.45) * length
@@ -229,7 +231,8 @@ def _heart_tissue(a: dict, u: np.ndarray, v: np.ndarray, w: np.ndarray, out: np.
         dth = np.abs(np.angle(np.exp(1j * (theta - a["scar_centre"]))))
         lo, hi = a["scar_range"]
         depth = (rho - r_in) / np.maximum(r_out - r_in, 1e-6)
-        edema = myo & (dth <= a["scar_half"] + a["edema_margin"]) & (w >= lo - a["edema_ext"]) & (w <= hi + a["edema_ext"])
+        edema = (myo & (dth <= a["scar_half"] + a["edema_margin"])
+                 & (w >= lo - a["edema_ext"]) & (w <= hi + a["edema_ext"]))
         scar = myo & (dth <= a["scar_half"]) & (w >= lo) & (w <= hi) & (depth <= a["scar_depth"])
         out[edema] = EDEMA
         out[scar & edema] = SCAR_EDEMA
@@ -594,7 +597,8 @@ def write_study(study: EvalStudy, out_dir: str | Path, *, extras: bool = True) -
                 ds.TriggerTime, ds.CardiacNumberOfImages = "0", 25
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
             ds.Rows, ds.Columns = int(s.stored.shape[1]), int(s.stored.shape[2])
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, s.bits_stored, s.bits_stored - 1, 0
+            ds.BitsAllocated, ds.BitsStored = 16, s.bits_stored
+            ds.HighBit, ds.PixelRepresentation = s.bits_stored - 1, 0
             if s.slope != 1.0 or s.intercept != 0.0:
                 ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = _ds(s.slope), _ds(s.intercept), "US"
             ds.PixelData = np.ascontiguousarray(s.stored[k].astype("<u2")).tobytes()
@@ -630,7 +634,8 @@ def write_study(study: EvalStudy, out_dir: str | Path, *, extras: bool = True) -
         ds.TriggerTime, ds.CardiacNumberOfImages = "0", 25
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.Rows, ds.Columns = int(bss.stored.shape[1]), int(bss.stored.shape[2])
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bss.bits_stored, bss.bits_stored - 1, 0
+        ds.BitsAllocated, ds.BitsStored = 16, bss.bits_stored
+        ds.HighBit, ds.PixelRepresentation = bss.bits_stored - 1, 0
         ds.PixelData = np.ascontiguousarray(bss.stored[len(bss.stored) // 2].astype("<u2")).tobytes()
         write(ds, out_dir / "lax" / "IM0001.dcm")
     return paths

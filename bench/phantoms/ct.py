@@ -37,7 +37,8 @@ from scipy import ndimage
 
 from pipelines.calcium.agatston import AgatstonResult, agatston
 
-__all__ = ["Plaque", "CtStudy", "generate", "write_dicom", "agreement_cases", "CORONARY", "GENERATOR", "GENERATOR_VERSION"]
+__all__ = ["Plaque", "CtStudy", "generate", "write_dicom", "agreement_cases", "CORONARY", "GENERATOR",
+           "GENERATOR_VERSION"]
 
 GENERATOR = "bench.phantoms.ct"
 GENERATOR_VERSION = "1.0.0"

@@ -2,7 +2,7 @@
 
 Used by ``bench/syntax_routing.py`` and the routing tests to measure whether the bundled artery
 classifier generalises; never used for training.  It shares no geometry, intensity or DICOM code with
-``training/syntax`` or ``training/synth``.  Figures on these runs are phantom figures.
+``training/syntax`` or ``synth/``.  Figures on these runs are phantom figures.
 
 Model (all lengths in mm, patient coordinates x = left, y = posterior, z = head):
 
@@ -134,7 +134,8 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def _heart(rng: np.random.Generator) -> _Heart:
-    axis = _unit(np.array([0.62 + rng.uniform(-0.12, 0.12), -0.45 + rng.uniform(-0.1, 0.1), -0.62 + rng.uniform(-0.12, 0.12)]))
+    axis = _unit(np.array([0.62 + rng.uniform(-0.12, 0.12), -0.45 + rng.uniform(-0.1, 0.1),
+                           -0.62 + rng.uniform(-0.12, 0.12)]))
     ant = np.array([0.0, -1.0, 0.0])
     e_ant = _unit(ant - ant.dot(axis) * axis)
     e_right = np.cross(axis, e_ant)
@@ -218,8 +219,8 @@ def _left_tree(h: _Heart, rng: np.random.Generator, stenoses: list) -> tuple[lis
     u_av = g(-0.72, -0.55)
     ostium = h.surface(np.array([u_av - 0.22]), np.array([g(-0.75, -0.45)]), lift=9.0)[0]
     bif = h.surface(np.array([u_av]), np.array([g(-0.3, -0.1)]))[0]
-    lm = _vessel("LM", _dense(np.stack([ostium, 0.5 * (ostium + bif) + rng.normal(0, 1.0, 3), bif])), g(2.0, 2.5), g(1.9, 2.2),
-                 0.0, rng, stenoses, 0.12)
+    lm = _vessel("LM", _dense(np.stack([ostium, 0.5 * (ostium + bif) + rng.normal(0, 1.0, 3), bif])),
+                 g(2.0, 2.5), g(1.9, 2.2), 0.0, rng, stenoses, 0.12)
     out = [lm]
     uu = np.linspace(u_av, g(0.92, 0.99), 7)
     lad_pts = _surface_curve(h, uu, g(-0.15, 0.1) + np.cumsum(rng.normal(0, 0.05, 7)), start=bif)
@@ -328,7 +329,8 @@ def _smooth_field(rng: np.random.Generator, n: int, scale: float) -> np.ndarray:
     f = np.zeros((n, n), np.float32)
     for _ in range(6):
         kx, ky = rng.normal(0, scale, 2)
-        f += np.cos(2 * np.pi * (kx * xx + ky * yy) + rng.uniform(0, 2 * np.pi)).astype(np.float32) * float(rng.uniform(0.3, 1))
+        f += (np.cos(2 * np.pi * (kx * xx + ky * yy) + rng.uniform(0, 2 * np.pi)).astype(np.float32)
+              * float(rng.uniform(0.3, 1)))
     f -= f.min()
     return f / max(float(f.max()), 1e-6)
 
@@ -469,7 +471,8 @@ def render_run(acq: Acquisition) -> XaRun:
         if dy or dx:
             mu = np.roll(mu, (dy, dx), axis=(0, 1))
         intensity = np.exp(-mu)
-        intensity *= 1 + acq.noise * rng.standard_normal((n, n), dtype=np.float32) / np.sqrt(np.maximum(intensity, 0.02) / 0.3)
+        intensity *= 1 + (acq.noise * rng.standard_normal((n, n), dtype=np.float32)
+                          / np.sqrt(np.maximum(intensity, 0.02) / 0.3))
         logs[t] = np.log(np.maximum(intensity, 1e-4))
     # display mapping: log, vessels dark, window from a subsample, the stored bit depth; then the matrix
     lo, hi = np.percentile(logs[:, ::4, ::4], [0.5, 99.5])
@@ -513,8 +516,9 @@ def _lv_chord(h: _Heart, proj: _Projector, n: int, scale: float) -> np.ndarray:
 
 # -- studies and DICOM -------------------------------------------------------------------------------
 
-def make_study(seed: int, *, n_left: int | None = None, n_right: int | None = None, negatives: Sequence[str] | None = None,
-               frames: Sequence[int] | None = None, matrix: int | None = None) -> list[Acquisition]:
+def make_study(seed: int, *, n_left: int | None = None, n_right: int | None = None,
+               negatives: Sequence[str] | None = None, frames: Sequence[int] | None = None,
+               matrix: int | None = None) -> list[Acquisition]:
     """The runs of one study: 2-5 left, 1-3 right, sometimes a ventriculogram and/or an aortogram."""
     rng = np.random.default_rng([seed, 4242])
     nl = int(rng.integers(2, 6)) if n_left is None else n_left
@@ -561,7 +565,8 @@ def write_run(run: XaRun, path: str | Path, study_key: str, series_number: int) 
     ds.PatientBirthDate, ds.PatientSex = "", "O"
     ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = "", study_key[:16], ""
     ds.SeriesNumber, ds.InstanceNumber = int(series_number), 1
-    ds.SeriesDescription = {"left": "LCA", "right": "RCA", "ventriculogram": "LV", "aortogram": "AO"}[acq.kind] + f" {series_number}"
+    short = {"left": "LCA", "right": "RCA", "ventriculogram": "LV", "aortogram": "AO"}[acq.kind]
+    ds.SeriesDescription = f"{short} {series_number}"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "SINGLE PLANE"]
     ds.KVP = f"{70 + (acq.seed % 30)}"
     ds.PositionerPrimaryAngle = f"{acq.lao:.1f}"

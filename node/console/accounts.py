@@ -14,6 +14,7 @@ import hmac
 import re
 import secrets
 import time
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -118,7 +119,7 @@ class Accounts:
         if why == "last admin":
             raise AccountError(f"{username!r} is the last admin; make another admin first")
 
-    def list(self) -> list[dict]:
+    def list(self) -> list[dict[str, Any]]:
         return self.store.list_users()
 
     # ------------------------------------------------------------------ login

@@ -96,7 +96,7 @@ def _fmt_left(t: float | None) -> str:
     return "due now" if left <= 0 else f"{left:.0f} s"
 
 
-class _Form(dict):
+class _Form(dict[str, str]):
     """A urlencoded form body (one value per name, the first one)."""
 
 
@@ -194,9 +194,8 @@ def console_routes(ctx: WebContext, store: ConsoleStore, accounts: Accounts) -> 
         if role is None:
             await run_in_threadpool(store.audit, "login", username or "(empty)", "login refused", None,
                                     {"client": client})
-            response = render(request, "login.html", None, status_code=401, csrf=cookie,
-                              next=_safe_next(form.get("next")), error="wrong user name or password")
-            return response
+            return render(request, "login.html", None, status_code=401, csrf=cookie,
+                          next=_safe_next(form.get("next")), error="wrong user name or password")
         token, session = await run_in_threadpool(accounts.open_session, username)
         await run_in_threadpool(store.audit, "login", username, "login", None, {"client": client, "role": role})
         response = RedirectResponse(_safe_next(form.get("next")), status_code=303, headers=_SECURITY_HEADERS)
@@ -285,8 +284,8 @@ def console_routes(ctx: WebContext, store: ConsoleStore, accounts: Accounts) -> 
         if fmt in ("csv", "json"):
             query.limit = 100_000
             events = store.search_audit(query)
-            store.audit("operator", session.username, "audit export",
-                        None, {"format": fmt, "query": q.get("q", ""), "kind": q.get("kind", ""), "events": len(events)})
+            store.audit("operator", session.username, "audit export", None,
+                        {"format": fmt, "query": q.get("q", ""), "kind": q.get("kind", ""), "events": len(events)})
             name = f"cardionode-audit-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.{fmt}"
             headers = {**_SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'}
             if fmt == "json":

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from .store import ConsoleStore
+
+if TYPE_CHECKING:
+    from ..jobs import Job
+    from ..routing import RouteDecision
 
 __all__ = ["AuditRecorder"]
 
@@ -58,18 +62,18 @@ class AuditRecorder:
             self._write("receive", client or "(stow)", "received", uid,
                         {"association": f"STOW-RS from {client}", "instances": count, "source": "stow"})
 
-    def routed(self, study_uid: str, generation: int, routes: Sequence[Any], jobs: Sequence[int],
+    def routed(self, study_uid: str, generation: int, routes: Sequence[RouteDecision], jobs: Sequence[int],
                instances: int) -> None:
         if routes:
             self._write("routing", "node", "routed", study_uid,
                         {"generation": generation, "instances": instances,
-                         "routes": ",".join(getattr(r, "name", str(r)) for r in routes),
-                         "pipelines": ",".join(getattr(r, "pipeline", "") for r in routes),
+                         "routes": ",".join(r.name for r in routes),
+                         "pipelines": ",".join(r.pipeline for r in routes),
                          "jobs": ",".join(str(j) for j in jobs)})
         else:
             self._write("routing", "node", "unmatched", study_uid, {"generation": generation, "instances": instances})
 
-    def job_finished(self, job: Any, state: str) -> None:
+    def job_finished(self, job: Job, state: str) -> None:
         row = self.store.job(int(job.id)) or {}
         error = (row.get("error") or "").strip().splitlines()
         detail = {"job": job.id, "pipeline": job.pipeline, "attempt": job.attempts, "route": job.route_name}

@@ -9,11 +9,16 @@ import argparse
 import getpass
 import sys
 import time
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from .accounts import Accounts
+    from .store import ConsoleStore
 
 __all__ = ["register"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     from node.cli import add_config_arguments
 
     from .store import ROLES
@@ -40,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _accounts(args: argparse.Namespace):  # -> Accounts
+def _accounts(args: argparse.Namespace) -> tuple[Accounts, ConsoleStore]:
     from node.cli import config_from_args
     from node.state import connect
 
@@ -67,7 +72,7 @@ def _password(args: argparse.Namespace) -> str:
     return first
 
 
-def _run(fn) -> int:  # one line on failure, as the node's other commands
+def _run(fn: Callable[[], None]) -> int:  # one line on failure, as the node's other commands
     from .accounts import AccountError
 
     try:

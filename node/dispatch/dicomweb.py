@@ -20,6 +20,7 @@ import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
 
+from ..config import AuthSection, DicomwebDestination
 from .base import OutcomeCallback, SendOutcome, SenderError
 
 __all__ = ["DicomwebSender", "make_session", "make_client", "PERMANENT_FAILURE_REASONS"]
@@ -45,7 +46,7 @@ class _BearerAuth(requests.auth.AuthBase):
         return r
 
 
-def make_session(auth: Any, verify_tls: bool) -> requests.Session:
+def make_session(auth: AuthSection | None, verify_tls: bool) -> requests.Session:
     """A requests session with the configured auth (none | basic | bearer) and TLS verification."""
     session = requests.Session()
     session.verify = verify_tls
@@ -57,7 +58,7 @@ def make_session(auth: Any, verify_tls: bool) -> requests.Session:
 
 
 def make_client(
-    url: str, auth: Any, verify_tls: bool, timeout_s: float, session: requests.Session | None = None
+    url: str, auth: AuthSection | None, verify_tls: bool, timeout_s: float, session: requests.Session | None = None
 ) -> DICOMwebClient:
     """dicomweb-client for ``url`` with our session and without its own retry loop."""
     session = session if session is not None else make_session(auth, verify_tls)
@@ -101,7 +102,7 @@ def _outcomes_from_response(
 class DicomwebSender:
     """STOW-RS result files to a DICOMweb destination (base URL, auth, TLS verification)."""
 
-    def __init__(self, name: str, destination: Any, calling_ae: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, name: str, destination: DicomwebDestination, calling_ae: str, timeout_s: float = 30.0) -> None:
         self.name = name
         self.destination = destination
         self.calling_ae = calling_ae

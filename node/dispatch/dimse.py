@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import ssl
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import pydicom
 from pydicom.pixels.utils import pack_bits
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
 
+from ..config import DimseDestination, TLSSection
 from .base import OutcomeCallback, SendOutcome, SenderError
 
 __all__ = ["DimseSender", "SUCCESS_STATUSES", "PERMANENT_STATUSES", "permanent_reason"]
@@ -39,7 +41,7 @@ def permanent_reason(status: int) -> str | None:
     return PERMANENT_STATUSES.get(status)
 
 
-def _tls_args(tls: Any, host: str) -> tuple[ssl.SSLContext, str] | None:
+def _tls_args(tls: TLSSection | None, host: str) -> tuple[ssl.SSLContext, str] | None:
     if tls is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_certificates)
@@ -70,7 +72,7 @@ def _uncompressed(path: Path) -> pydicom.Dataset:
 class DimseSender:
     """C-STORE result files to a DIMSE destination (AE title, host, port, optional TLS)."""
 
-    def __init__(self, name: str, destination: Any, calling_ae: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, name: str, destination: DimseDestination, calling_ae: str, timeout_s: float = 30.0) -> None:
         self.name = name
         self.destination = destination
         self.calling_ae = calling_ae
@@ -116,7 +118,8 @@ class DimseSender:
                 return refused
             if assoc.is_rejected:
                 raise SenderError(f"{self.name}: association rejected by {dest.ae_title}@{dest.host}:{dest.port}")
-            raise SenderError(f"{self.name}: cannot associate with {dest.ae_title}@{dest.host}:{dest.port} (down, unreachable or timed out)")
+            raise SenderError(f"{self.name}: cannot associate with {dest.ae_title}@{dest.host}:{dest.port} "
+                              "(down, unreachable or timed out)")
         outcomes: list[SendOutcome] = []
 
         def record(outcome: SendOutcome) -> None:
@@ -166,7 +169,7 @@ class DimseSender:
         return outcomes
 
 
-def _no_context_accepted(assoc: Any) -> bool:
+def _no_context_accepted(assoc: Association) -> bool:
     """The peer accepted the association but none of its presentation contexts (pynetdicom then
     aborts it): retrying the same SOP classes cannot succeed."""
     primitive = assoc.acceptor.primitive

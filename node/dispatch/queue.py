@@ -116,7 +116,8 @@ class DestinationWorker:
             with transaction(self._get_conn()):
                 for r in missing:
                     self._deliveries.mark_failed(r["id"], None, f"result file missing: {r['path']}")
-            log.error("result files missing; deliveries failed", extra={"destination": self.name, "count": len(missing)})
+            log.error("result files missing; deliveries failed",
+                      extra={"destination": self.name, "count": len(missing)})
         if not present:
             return True
         paths = [Path(r["path"]) for r in present]
@@ -167,8 +168,8 @@ class DestinationWorker:
                     continue
                 errors.append(out.error or "failed")
                 final = out.permanent or attempts >= self.settings.max_attempts
-                records.append({"id": row["id"], "sop": row["sop_instance_uid"], "state": "failed" if final else "retry",
-                                "error": out.error})
+                records.append({"id": row["id"], "sop": row["sop_instance_uid"],
+                                "state": "failed" if final else "retry", "error": out.error})
                 if final:
                     failed += 1
                     self._deliveries.mark_failed(row["id"], attempts, out.error)

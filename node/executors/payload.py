@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pydicom
 
@@ -77,7 +77,7 @@ class StudyBundle:
         return _map_instances(self.study, write)
 
 
-def _map_instances(study: StudyView, fn: Any) -> StudyView:
+def _map_instances(study: StudyView, fn: Callable[[InstanceRef], InstanceRef]) -> StudyView:
     """The same study with ``fn(ref)`` for every instance, series and order kept."""
     series = tuple(
         SeriesView(

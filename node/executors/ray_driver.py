@@ -72,8 +72,10 @@ class RayPipelineWorker(PipelineWorker):
         kwargs["node_info"] = {"ray_node_id": ctx.get_node_id()}
         super().__init__(*args, **kwargs)
 
-    @ray.method(concurrency_group="health")  # answered while a job runs (Ray Client has no per-call option)
-    def info(self) -> dict[str, Any]:
+    # answered while a job runs (Ray Client has no per-call option); ray's stub types the decorated
+    # method as a remote method only, but called in the actor it is this plain method
+    @ray.method(concurrency_group="health")
+    def info(self) -> dict[str, Any]:  # type: ignore[override]
         info = super().info()
         info["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
         return info
@@ -85,7 +87,7 @@ class _Actor:
 
     spec: PipelineSpec
     index: int
-    handle: Any
+    handle: Any  # ray's ActorHandle: its stubs do not type actor method calls (handle.run.remote)
     created_at: float
     ready: bool = False
     inflight: int = 0
@@ -126,7 +128,7 @@ class Driver:
         self._stop = threading.Event()
         self._lost = ""
         self._last_state: DriverState | None = None
-        self._remote_cls: Any = None
+        self._remote_cls: Any = None  # ray.remote(...)(RayPipelineWorker); see _Actor.handle
 
     # ------------------------------------------------------------------ messages
     def send(self, msg: object) -> None:
@@ -166,7 +168,9 @@ class Driver:
             self._report(False, "unavailable", f"cannot connect to Ray ({where}): {_first_line(exc)}")
             return 3
         try:
-            self._remote_cls = ray.remote(concurrency_groups={"health": 1})(RayPipelineWorker)
+            # ray's overloads leave out concurrency_groups, which ray.remote takes for actor classes
+            self._remote_cls = ray.remote(concurrency_groups={"health": 1})(  # type: ignore[call-overload]
+                RayPipelineWorker)
             for spec in s.pipelines:
                 self._actors[spec.name] = [self._new_actor(spec, i) for i in range(spec.actors)]
             self._report(True, "connected", f"connected to Ray ({where}); namespace {s.namespace}")

@@ -9,11 +9,20 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Protocol
 
 from ..spool import OwnResultError
 
-__all__ = ["STORAGE_SOP_CLASSES", "TRANSFER_SYNTAXES", "is_accepted", "own_result_returned"]
+__all__ = ["STORAGE_SOP_CLASSES", "TRANSFER_SYNTAXES", "IngestMetrics", "is_accepted", "own_result_returned"]
+
+
+class IngestMetrics(Protocol):
+    """What ingest counts: :class:`node.web.metrics.Metrics` in the node's process, the events to
+    the main process in an ingest process (:class:`node.ingest.worker.EventWriter`)."""
+
+    def instance_received(self, source: str, nbytes: int) -> None: ...
+
+    def own_result_returned(self, source: str) -> None: ...
 
 STORAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.12.1": "X-Ray Angiographic Image Storage",
@@ -44,7 +53,7 @@ def is_accepted(sop_class_uid: str) -> bool:
     return str(sop_class_uid).strip().rstrip("\x00") in STORAGE_SOP_CLASSES
 
 
-def own_result_returned(logger: logging.Logger, metrics: Any, own: OwnResultError, *, source: str,
+def own_result_returned(logger: logging.Logger, metrics: IngestMetrics | None, own: OwnResultError, *, source: str,
                         calling_ae: str) -> None:
     """Record one of the node's own results sent back to it (answered as stored, not stored, not
     processed): a warning naming it and the sender, and ``cardionode_own_results_returned_total``."""

@@ -26,19 +26,24 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import, not in the stubs
+from pynetdicom.transport import ThreadedAssociationServer
 
 from ..config import NodeSection, TLSSection
 from ..spool import OutOfSpaceError, OwnResultError, Spool, SpoolError, StoredInstance, is_out_of_space
-from .admission import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, own_result_returned
+from .admission import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, IngestMetrics, own_result_returned
 from .guard import ConnectionGuard
 from .policy import CallerPolicy
 from .transport import (
@@ -64,7 +69,7 @@ STATUS_PROCESSING_FAILURE = 0xC211
 _NO_CALLER = "\\"  # never a valid AE title: nobody matches
 
 
-def store_event(spool: Spool, event: Any, *, calling_ae: str, source: str) -> StoredInstance:
+def store_event(spool: Spool, event: Event, *, calling_ae: str, source: str) -> StoredInstance:
     """Store the dataset of an ``EVT_C_STORE`` as received, checked against the request's UIDs.
 
     Works whether pynetdicom streamed the dataset to a temporary file
@@ -72,7 +77,7 @@ def store_event(spool: Spool, event: Any, *, calling_ae: str, source: str) -> St
     has started) or kept it in memory.  Used by the listener and by C-GET /
     C-MOVE retrieval (``node.retrieve``), so both follow the same rules.
     """
-    req = event.request
+    req = cast(C_STORE, event.request)  # an EVT_C_STORE's; pynetdicom types it as any DIMSE request
     expect = {"expect_sop_class": str(req.AffectedSOPClassUID),
               "expect_sop_instance": str(req.AffectedSOPInstanceUID)}
     try:
@@ -114,23 +119,28 @@ class _NodeAE(AE):
     """
 
     def __init__(self, ae_title: str, policy: CallerPolicy, guard: ConnectionGuard, limits: Limits) -> None:
-        super().__init__(ae_title=ae_title)
         self._policy = policy
         self._guard = guard
         self._limits = limits
+        super().__init__(ae_title=ae_title)  # sets require_calling_aet = [] (an open policy): undone below
+        self._policy = policy
+        guard.policy = policy
+        self.listen_socket: socket.socket | None = None  # accept on this one instead of binding
 
     @property
     def active_associations(self) -> list[Association]:
         return [a for a in super().active_associations
                 if not (a.is_acceptor and a.requestor.primitive is None)]
 
-    def make_server(self, address: Any, ae_title: str | None = None, contexts: Any = None,
-                    ssl_context: ssl.SSLContext | None = None, evt_handlers: Any = None,
-                    server_class: Any = None, **kwargs: Any) -> Any:
+    def make_server(self, address: tuple[str, int] | tuple[str, int, int, int], ae_title: str | None = None,
+                    contexts: list[PresentationContext] | None = None, ssl_context: ssl.SSLContext | None = None,
+                    evt_handlers: list[EventHandlerType] | None = None, server_class: object = None,
+                    **kwargs: Any) -> ThreadedAssociationServer:
         return super().make_server(address, ae_title, contexts, ssl_context, evt_handlers,
-                                   server_class=GuardedServer, guard=self._guard, limits=self._limits)
+                                   server_class=GuardedServer, guard=self._guard, limits=self._limits,
+                                   listen_socket=self.listen_socket)
 
-    @property  # type: ignore[override]
+    @property
     def require_calling_aet(self) -> list[str]:
         if self._policy.open:
             return []
@@ -142,9 +152,7 @@ class _NodeAE(AE):
     def require_calling_aet(self, ae_titles: list[str]) -> None:  # pynetdicom's AE.__init__ sets []
         policy = CallerPolicy.from_config(ae_titles)
         self._policy = policy
-        guard = getattr(self, "_guard", None)
-        if guard is not None:
-            guard.policy = policy
+        self._guard.policy = policy
 
 
 def build_ssl_context(tls: TLSSection) -> ssl.SSLContext:
@@ -159,7 +167,7 @@ def build_ssl_context(tls: TLSSection) -> ssl.SSLContext:
     return ctx
 
 
-def build_storage_ae(node: NodeSection, spool: Spool, logger: logging.Logger | None = None) -> AE:
+def build_storage_ae(node: NodeSection, spool: Spool, logger: logging.Logger | None = None) -> _NodeAE:
     """The acceptor AE: contexts, AE-title checks, connection guard, association limit, PDU size and
     timeouts (handlers are bound when the server starts)."""
     policy = CallerPolicy.from_config(node.allowed_callers)
@@ -181,14 +189,17 @@ def build_storage_ae(node: NodeSection, spool: Spool, logger: logging.Logger | N
 class DimseServer:
     """C-ECHO / C-STORE SCP in front of a :class:`Spool`; ``start()`` / ``stop(graceful)``.
 
-    ``port`` is the bound port (``node.port`` 0 picks a free one).  ``metrics``
+    ``port`` is the bound port (``node.port`` 0 picks a free one).  ``listen_socket`` (optional):
+    accept on this listening socket, shared with other ingest processes, instead of binding one.  ``metrics``
     (optional) gets ``instance_received("dimse", nbytes)`` per stored instance.
     """
 
     def __init__(self, node: NodeSection, spool: Spool, *, logger: logging.Logger | None = None,
-                 metrics: Any = None, on_association: Callable[[dict[str, Any]], None] | None = None,
-                 on_rejected: Callable[[str, str, str], None] | None = None) -> None:
+                 metrics: IngestMetrics | None = None, on_association: Callable[[dict[str, Any]], None] | None = None,
+                 on_rejected: Callable[[str, str, str], None] | None = None,
+                 listen_socket: socket.socket | None = None) -> None:
         self.node = node
+        self.listen_socket = listen_socket  # shared with other ingest processes (node.ingest.workers)
         self.spool = spool
         self.log = logger or log
         self.metrics = metrics
@@ -200,7 +211,7 @@ class DimseServer:
         self._tally: dict[int, dict[str, Any]] = {}
         self._tally_lock = threading.Lock()
         self.ae: _NodeAE | None = None
-        self._server: Any = None
+        self._server: ThreadedAssociationServer | None = None
         self._busy: dict[int, int] = {}  # id(assoc) -> C-STOREs being handled
         self._busy_cond = threading.Condition()
         self._stopping = False
@@ -225,8 +236,9 @@ class DimseServer:
         # Stream datasets to a file in the spool instead of memory (process-wide pynetdicom setting).
         stream_datasets_to_spool()
         self.ae = build_storage_ae(self.node, self.spool, self.log)
+        self.ae.listen_socket = self.listen_socket
         ssl_context = build_ssl_context(self.node.tls) if self.node.tls is not None else None
-        handlers = [
+        handlers: list[EventHandlerType] = [
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_CONN_OPEN, self._handle_conn_open),
@@ -236,6 +248,8 @@ class DimseServer:
         ]
         self._server = self.ae.start_server((self.node.host, self.node.port), block=False,
                                             evt_handlers=handlers, ssl_context=ssl_context)
+        if self._server is None:  # pynetdicom returns None only when block=True
+            raise RuntimeError("pynetdicom returned no server for a non-blocking start")
         self.log.info("DIMSE listener started", extra={"ae_title": self.node.ae_title, "host": self.node.host,
                                                        "port": self.port, "tls": ssl_context is not None})
         return self
@@ -280,10 +294,10 @@ class DimseServer:
         self.stop()
 
     # ------------------------------------------------------------------ handlers
-    def _handle_conn_open(self, event: Any) -> None:
+    def _handle_conn_open(self, event: Event) -> None:
         quiet_pdu_logging(event.assoc)
 
-    def _handle_rejected(self, event: Any) -> None:
+    def _handle_rejected(self, event: Event) -> None:
         req = event.assoc.requestor
         self.log.warning("association rejected", extra={"calling_ae": str(req.ae_title).strip(),
                                                         "called_ae": str(event.assoc.acceptor.ae_title).strip(),
@@ -295,7 +309,7 @@ class DimseServer:
             except Exception:
                 self.log.exception("on_rejected hook failed")
 
-    def _count(self, assoc: Any, study_uid: str | None) -> None:
+    def _count(self, assoc: Association, study_uid: str | None) -> None:
         """Tally one C-STORE of ``assoc``: stored for ``study_uid``, or refused (None)."""
         if self.on_association is None:
             return
@@ -306,7 +320,7 @@ class DimseServer:
             else:
                 tally["studies"][study_uid] = tally["studies"].get(study_uid, 0) + 1
 
-    def _handle_ended(self, event: Any) -> None:
+    def _handle_ended(self, event: Event) -> None:
         with self._tally_lock:
             tally = self._tally.pop(id(event.assoc), None)
         if tally is None or self.on_association is None:
@@ -320,11 +334,11 @@ class DimseServer:
         except Exception:
             self.log.exception("on_association hook failed")
 
-    def _handle_echo(self, event: Any) -> int:
+    def _handle_echo(self, event: Event) -> int:
         return STATUS_SUCCESS
 
-    def _handle_store(self, event: Any) -> int:
-        req = event.request
+    def _handle_store(self, event: Event) -> int:
+        req = cast(C_STORE, event.request)  # EVT_C_STORE; pynetdicom types it as any DIMSE request
         sop_class = str(req.AffectedSOPClassUID)
         sop_uid = str(req.AffectedSOPInstanceUID)
         calling_ae = str(event.assoc.requestor.ae_title).strip()
@@ -344,7 +358,7 @@ class DimseServer:
                     del self._busy[key]
                 self._busy_cond.notify_all()
 
-    def _store(self, event: Any, sop_class: str, sop_uid: str, calling_ae: str) -> int:
+    def _store(self, event: Event, sop_class: str, sop_uid: str, calling_ae: str) -> int:
         try:
             if not self.spool.has_space():
                 raise OutOfSpaceError(f"less than {self.spool.min_free_mb} MB free in the spool")

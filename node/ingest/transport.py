@@ -10,6 +10,8 @@ thread, then runs an ``Association`` thread and a DUL thread per connection.  Re
 * **socket** (:class:`WaitingSocket`): the DUL thread waits in ``select`` for data *or* an outgoing
   primitive instead of pynetdicom's check-then-sleep-1-ms loop; sends time out
   (``node.pdu_timeout_s``) instead of blocking on a peer that does not read;
+* **association thread** (:class:`WaitingAssociation`): waits for the next DIMSE message, release
+  or abort instead of pynetdicom's sleep-1-ms-then-check loop;
 * **PDU reading** (:class:`GuardedDUL`): a started PDU must be complete within
   ``node.pdu_timeout_s``, the A-ASSOCIATE-RQ within ``node.association_timeout_s`` of the accept
   and 1 MiB; pynetdicom blocked in ``recv()`` forever on half a PDU, and the association slot and
@@ -21,7 +23,9 @@ thread, then runs an ``Association`` thread and a DUL thread per connection.  Re
   C-STORE handler (0xA700) instead of killing the DUL thread ("peer aborted"), and a partial file
   is removed when its association ends;
 * **DIMSE decoding** (:class:`GuardedDIMSE`): a P-DATA that does not decode into a DIMSE message
-  aborts the association cleanly instead of ending the DUL thread with an exception.
+  aborts the association cleanly instead of ending the DUL thread with an exception; a plain
+  C-STORE-RSP is encoded directly (:func:`store_rsp_command_set`) instead of through a pydicom
+  ``Dataset``.
 
 * **logging** (:func:`quiet_pdu_logging`): pynetdicom's standard PDU/DIMSE log handlers are unbound
   when their output would be dropped (they format every message whatever the log level);
@@ -52,10 +56,15 @@ from typing import Any, cast
 
 import pynetdicom
 from pynetdicom import _config, _handlers, dimse_messages, evt
+from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.events import EventHandlerType
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
@@ -63,10 +72,11 @@ from ..logging_setup import clean
 from ..spool import TEMP_SUFFIX
 from .guard import ConnectionGuard, Ticket
 
-__all__ = ["Limits", "GuardedServer", "GuardedDUL", "GuardedDIMSE", "WaitingSocket", "IncomingFile",
-           "stream_datasets_to_spool"]
+__all__ = ["Limits", "GuardedServer", "GuardedDUL", "GuardedDIMSE", "WaitingSocket", "WaitingAssociation",
+           "IncomingFile", "store_rsp_command_set", "stream_datasets_to_spool"]
 
 log = logging.getLogger("cardionode.ingest")
+_assoc_log = logging.getLogger("pynetdicom.association")  # the lines pynetdicom's own reactor logs
 
 _POLL_S = 0.005  # longest wait in select: data and outgoing primitives wake it; timers are checked this often
 _MAX_ASSOCIATE_RQ = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts x 20 transfer syntaxes is < 64 KiB
@@ -117,7 +127,7 @@ def drop_unnegotiated(assoc: Association) -> None:
         except OSError:
             pass
     assoc.dul.kill_dul()
-    assoc.dul.to_user_queue.put(None)
+    assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]  # receive_pdu() returns None as for an empty queue
 
 
 _MAX_PDU_UNADVERTISED = 256 << 20  # node.max_pdu 0: we advertise no limit, but do not buffer more than this
@@ -138,7 +148,7 @@ class Limits:
         return self.max_pdu + 1024 if self.max_pdu else _MAX_PDU_UNADVERTISED
 
 
-class _WakingQueue(queue.Queue):
+class _WakingQueue(queue.Queue[Any]):
     """The DUL's outgoing-primitive queue: a put also wakes the DUL thread waiting in ``select``."""
 
     def __init__(self, wake: socket.socket) -> None:
@@ -151,6 +161,84 @@ class _WakingQueue(queue.Queue):
             self._wake.send(b"\0")
         except OSError:  # connection closed (pair closed) or the wake buffer is full: the DUL polls anyway
             pass
+
+
+class _SignallingQueue(queue.Queue[Any]):
+    """A queue whose ``put`` also sets ``event``: what the association thread waits on."""
+
+    def __init__(self, event: threading.Event) -> None:
+        super().__init__()
+        self._event = event
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._event.set()
+
+
+class WaitingAssociation(Association):
+    """pynetdicom's acceptor association whose thread waits for the next DIMSE message or DUL
+    primitive (release, abort) instead of sleeping 1 ms between checks.
+
+    pynetdicom's reactor sleeps ``time.sleep(0.001)`` (1.2-1.6 ms on a loaded VM) before every look
+    at its message queue: a C-STORE whose last PDU was decoded waited 0.4-0.8 ms on average before
+    its handler ran, and an idle association woke about 700 times a second.  Here the DIMSE message
+    queue and the DUL's primitive queue set :attr:`wakeup` (:func:`harden`), the loop waits on it (at
+    most :data:`_POLL_S`, so the idle and DUL-liveness checks still run), and is otherwise the loop of
+    pynetdicom 3.0's ``Association._run_reactor``.
+    """
+
+    wakeup: threading.Event
+
+    def _run_reactor(self) -> None:
+        self._is_paused = False
+        while not self._kill:
+            self.wakeup.wait(_POLL_S)
+            self.wakeup.clear()  # a put after this sets it again; one before is seen by get_msg below
+
+            self._is_paused = True  # pynetdicom's pause checkpoint (send_* from the acceptor's handlers)
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                _assoc_log.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                log_msg = "Association Aborted"
+                if self.acse.is_aborted("a-p-abort"):
+                    log_msg += " (A-P-ABORT)"
+                _assoc_log.info(log_msg)
+                self.dul.receive_pdu(wait=False)  # EVT_ASCE_RECV for subscribers
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                _assoc_log.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
 
 
 class WaitingSocket(AssociationSocket):
@@ -275,7 +363,7 @@ def _dataset_file(*args: Any, **kwargs: Any) -> Any:
     return tempfile.NamedTemporaryFile(*args, **kwargs)
 
 
-def streamed_file(request: Any) -> IncomingFile | None:
+def streamed_file(request: C_STORE) -> IncomingFile | None:
     """The :class:`IncomingFile` pynetdicom streamed a C-STORE request's dataset into (None: it was not
     streamed by the listener's DUL thread, e.g. a C-GET sub-operation)."""
     streamed = getattr(request, "_dataset_file", None)  # pynetdicom 3.0 keeps it on the request
@@ -360,7 +448,8 @@ class GuardedDUL(DULServiceProvider):
         else:
             self.event_queue.put("Evt17")
         if negotiating:
-            self.to_user_queue.put(None)  # end the association thread's wait for the A-ASSOCIATE-RQ now
+            # end the association thread's wait for the A-ASSOCIATE-RQ now (receive_pdu() returns None as when empty)
+            self.to_user_queue.put(None)  # type: ignore[arg-type]
 
     def _drop(self, reason: str, negotiating: bool) -> None:
         """Close a connection that broke a limit: A-ABORT first when established, then the socket;
@@ -380,11 +469,65 @@ class GuardedDUL(DULServiceProvider):
         self._closed_by_peer(negotiating)
 
 
+def _ui_element(element: int, value: str) -> bytes:
+    """One command-group UI element, Implicit VR Little Endian, padded to even length with NUL."""
+    data = value.encode("ascii")
+    if len(data) % 2:
+        data += b"\0"
+    return struct.pack("<HHI", 0x0000, element, len(data)) + data
+
+
+def store_rsp_command_set(primitive: Any) -> bytes | None:
+    """The encoded command set of a plain C-STORE-RSP (Implicit VR Little Endian, PS3.7 9.3.1.2),
+    or None when ``primitive`` is anything else (a request, another service, a response carrying
+    an Offending Element or Error Comment, a missing UID): pynetdicom encodes those.
+
+    pynetdicom builds a pydicom ``Dataset`` for every response and encodes it, about 1-2 ms of CPU
+    per C-STORE on the dev VM; these are the same bytes in microseconds
+    (``tests/test_ingest.py::test_c_store_rsp_command_set_is_pynetdicoms_encoding``).
+    """
+    if not isinstance(primitive, C_STORE) or primitive.MessageIDBeingRespondedTo is None:
+        return None
+    if primitive.OffendingElement is not None or primitive.ErrorComment is not None:
+        return None
+    sop_class, sop_instance, status = (primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID,
+                                       primitive.Status)
+    if not sop_class or not sop_instance or status is None:
+        return None
+    body = b"".join((
+        _ui_element(0x0002, str(sop_class)),                                        # Affected SOP Class UID
+        struct.pack("<HHIH", 0x0000, 0x0100, 2, 0x8001),                            # Command Field: C-STORE-RSP
+        struct.pack("<HHIH", 0x0000, 0x0120, 2, int(primitive.MessageIDBeingRespondedTo)),
+        struct.pack("<HHIH", 0x0000, 0x0800, 2, 0x0101),                            # no data set
+        struct.pack("<HHIH", 0x0000, 0x0900, 2, int(status)),
+        _ui_element(0x1000, str(sop_instance)),                                     # Affected SOP Instance UID
+    ))
+    return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body                # Command Group Length
+
+
 class GuardedDIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider whose message decoding cannot kill the DUL thread: a P-DATA that
-    does not decode into a DIMSE message (random command set bytes, a command without CommandField)
-    raised inside pynetdicom's state machine, which logged a traceback and ended the DUL thread
-    without an A-ABORT.  Here it is one log line and a clean abort (Evt19: A-ABORT to the peer)."""
+    """pynetdicom's DIMSE provider whose message decoding cannot kill the DUL thread, and which
+    encodes a plain C-STORE-RSP itself.
+
+    * A P-DATA that does not decode into a DIMSE message (random command set bytes, a command
+      without CommandField) raised inside pynetdicom's state machine, which logged a traceback and
+      ended the DUL thread without an A-ABORT.  Here it is one log line and a clean abort (Evt19:
+      A-ABORT to the peer).
+    * :meth:`send_msg`: a C-STORE-RSP without optional elements goes out as one P-DATA built from
+      :func:`store_rsp_command_set` when it fits the peer's maximum PDU and nothing is bound to
+      ``EVT_DIMSE_SENT`` (which is given pynetdicom's message object); otherwise pynetdicom encodes it.
+    """
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        encoded = store_rsp_command_set(primitive)
+        max_pdu = self.maximum_pdu_size
+        if (encoded is None or (max_pdu and len(encoded) + 6 > max_pdu)
+                or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+            super().send_msg(primitive, context_id)
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))  # command, last fragment
+        self.dul.send_pdu(pdata)
 
     def receive_primitive(self, primitive: Any) -> None:
         try:
@@ -423,6 +566,12 @@ def harden(assoc: Association, limits: Limits, ticket: Ticket | None) -> None:
     guarded.limits, guarded.ticket = limits, ticket
     guarded._target = make_target(guarded.run_reactor)  # type: ignore[attr-defined]  # Thread bound the base's
     dul.to_provider_queue = _WakingQueue(wake_w)
+    if type(assoc) is Association and assoc.is_acceptor:
+        wakeup = threading.Event()
+        assoc.__class__ = WaitingAssociation
+        cast(WaitingAssociation, assoc).wakeup = wakeup
+        assoc.dimse.msg_queue = _SignallingQueue(wakeup)
+        dul.to_user_queue = _SignallingQueue(wakeup)
     dul._run_loop_delay = 0.0  # ready() does the waiting
     assoc.dimse.__class__ = GuardedDIMSE
 
@@ -444,16 +593,41 @@ class _GuardedRequestHandler(RequestHandler):
 
 class GuardedServer(ThreadedAssociationServer):
     """pynetdicom's threaded association server with admission at accept time and the TLS handshake
-    in the connection's thread (see the module docstring)."""
+    in the connection's thread (see the module docstring).
 
-    def __init__(self, *args: Any, guard: ConnectionGuard, limits: Limits, **kwargs: Any) -> None:
+    ``listen_socket``: accept on this listening socket (shared with other ingest processes,
+    :mod:`node.ingest.workers`) instead of binding one.  It is used non-blocking: every process
+    sharing it wakes for a connection and those that lose the race get ``EAGAIN``.
+    """
+
+    def __init__(self, ae: ApplicationEntity, address: tuple[str, int] | tuple[str, int, int, int], ae_title: str,
+                 contexts: list[PresentationContext], ssl_context: ssl.SSLContext | None = None,
+                 evt_handlers: list[EventHandlerType] | None = None, *, guard: ConnectionGuard,
+                 limits: Limits, listen_socket: socket.socket | None = None) -> None:
         self.guard = guard
         self.limits = limits
-        kwargs.pop("request_handler", None)
-        super().__init__(*args, request_handler=_GuardedRequestHandler, **kwargs)
+        self._shared_socket = listen_socket
+        super().__init__(ae, address, ae_title, contexts, ssl_context, evt_handlers,
+                         request_handler=_GuardedRequestHandler)
+
+    def server_bind(self) -> None:
+        if self._shared_socket is None:
+            super().server_bind()
+            return
+        cast(socket.socket, self.socket).close()  # the one socketserver made; never bound
+        self.socket = self._shared_socket
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self._shared_socket is None:  # a shared socket is listening already
+            super().server_activate()
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        return cast(socket.socket, self.socket).accept()  # no TLS handshake in the accept loop
+        conn, address = cast(socket.socket, self.socket).accept()  # no TLS handshake in the accept loop
+        if self._shared_socket is not None:
+            conn.setblocking(True)  # as pynetdicom's blocking listener hands it on
+        return conn, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
         ticket = self.guard.admit(str(client_address[0]))

@@ -57,7 +57,8 @@ class AuditEvents:
         if query.until is not None:
             where.append("at<?")
             args.append(query.until)
-        sql = "SELECT * FROM audit_events" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+        sql = ("SELECT * FROM audit_events" + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY id DESC LIMIT ?")
         args.append(max(1, min(int(query.limit), 100_000)))
         out = []
         for r in self._conn().execute(sql, args).fetchall():

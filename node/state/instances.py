@@ -34,23 +34,39 @@ _COLUMNS = (
 
 
 class IndexedInstance(Protocol):
-    """What the index records of a stored instance (:class:`node.spool.StoredInstance`)."""
+    """What the index records of a stored instance (:class:`node.spool.StoredInstance`); read-only, as
+    the frozen dataclass is."""
 
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_class_uid: str
-    modality: str
-    transfer_syntax_uid: str
-    path: Path
-    size: int
-    calling_ae: str
-    received_at: float
-    source: str
-    series_description: str
-    series_number: int | None
-    instance_number: int | None
-    facts: str | None  # completeness header values as JSON (node.completeness.HeaderFacts)
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def study_instance_uid(self) -> str: ...
+    @property
+    def series_instance_uid(self) -> str: ...
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def modality(self) -> str: ...
+    @property
+    def transfer_syntax_uid(self) -> str: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def calling_ae(self) -> str: ...
+    @property
+    def received_at(self) -> float: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def series_description(self) -> str: ...
+    @property
+    def series_number(self) -> int | None: ...
+    @property
+    def instance_number(self) -> int | None: ...
+    @property
+    def facts(self) -> str | None: ...  # completeness header values as JSON (node.completeness.HeaderFacts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .connection import connect, transaction
 
@@ -82,7 +82,7 @@ class Jobs:
             )
 
     def mark_done(self, job_id: int, now: float, pipeline_version: str, models: list[dict[str, Any]],
-                  summary: Any) -> None:
+                  summary: Mapping[str, Any]) -> None:
         """In the caller's transaction, with the job's results and deliveries."""
         self._conn().execute(
             "UPDATE jobs SET state='done', finished_at=?, error=NULL, pipeline_version=?, models=?, summary=?"
@@ -164,7 +164,8 @@ class Jobs:
         return self._conn().execute(sql, [*args, limit]).fetchall()
 
     def count_by_state(self) -> dict[str, int]:
-        return {r["state"]: r["n"] for r in self._conn().execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+        rows = self._conn().execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        return {r["state"]: r["n"] for r in rows}
 
     def finished_before(self, cutoff: float) -> list[int]:
         """Ids of done/failed jobs finished before ``cutoff`` with no pending delivery (retention)."""

@@ -168,7 +168,8 @@ class Studies:
         """Why a failed study's results did not come out: the failed job's error or the delivery's."""
         conn = self._conn()
         row = conn.execute(
-            "SELECT pipeline, error FROM jobs WHERE study_uid=? AND generation=? AND state='failed' ORDER BY id LIMIT 1",
+            "SELECT pipeline, error FROM jobs WHERE study_uid=? AND generation=? AND state='failed'"
+            " ORDER BY id LIMIT 1",
             (study_uid, generation)).fetchone()
         if row is not None:
             first = (row["error"] or "").strip().splitlines()

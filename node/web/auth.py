@@ -57,7 +57,8 @@ class TokenAuth:
         """None when the request may go on, else the 401 response to send."""
         if self.is_valid(request):
             return None
-        detail = "invalid or missing bearer token" if self._token is not None else "no API token configured on this node"
+        detail = ("invalid or missing bearer token" if self._token is not None
+                  else "no API token configured on this node")
         return JSONResponse(
             {"error": "unauthorized", "detail": detail},
             status_code=401,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,6 +29,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from ..state import Deliveries, Jobs
+
+if TYPE_CHECKING:
+    from ..executors import ExecutorStatus
+    from ..jobs import Job
 
 __all__ = ["Metrics", "JOB_STATES", "CONTENT_TYPE_LATEST"]
 
@@ -71,7 +75,7 @@ class _DbCollector(Collector):
 class _ExecutorCollector(Collector):
     """Gauges from the executor's current status (``ExecutorStatus``) when /metrics is scraped."""
 
-    def __init__(self, status: Callable[[], Any]) -> None:
+    def __init__(self, status: Callable[[], ExecutorStatus]) -> None:
         self._status = status
 
     def collect(self) -> Iterable[Metric]:
@@ -105,7 +109,8 @@ class Metrics:
         self.instances = Counter(
             "cardionode_instances_received", "SOP instances stored in the spool", ["source"], registry=r
         )
-        self.bytes = Counter("cardionode_received_bytes", "Bytes of instances stored in the spool", ["source"], registry=r)
+        self.bytes = Counter("cardionode_received_bytes", "Bytes of instances stored in the spool", ["source"],
+                             registry=r)
         self.studies = Counter(
             "cardionode_studies_completed", "Studies completed (quiet period over) and routed to jobs", registry=r
         )
@@ -147,26 +152,27 @@ class Metrics:
     def study_completed(self, n: int = 1) -> None:
         self.studies.inc(n)
 
-    def job_finished(self, pipeline: str, state: str, latency_s: float | None = None, run_s: float | None = None) -> None:
+    def job_finished(self, pipeline: str, state: str, latency_s: float | None = None,
+                     run_s: float | None = None) -> None:
         self.jobs_finished.labels(pipeline=pipeline, state=state).inc()
         if latency_s is not None:
             self.job_latency.labels(pipeline=pipeline).observe(max(0.0, latency_s))
         if run_s is not None:
             self.job_run.labels(pipeline=pipeline).observe(max(0.0, run_s))
 
-    def watch_executor(self, status: Callable[[], Any]) -> None:
+    def watch_executor(self, status: Callable[[], ExecutorStatus]) -> None:
         """Export the executor's state; ``status()`` returns a :class:`node.executors.ExecutorStatus`."""
         self.registry.register(_ExecutorCollector(status))
 
     def stow_request(self, status: int) -> None:
         self.stow_requests.labels(status=str(status)).inc()
 
-    def job_hook(self, get_conn: Callable[[], sqlite3.Connection]) -> Callable[[Any, str], None]:
+    def job_hook(self, get_conn: Callable[[], sqlite3.Connection]) -> Callable[[Job, str], None]:
         """A ``(job, state)`` callable for ``JobRunner(on_job_finished=...)``: reads the job's times from the DB."""
 
         jobs = Jobs(get_conn)
 
-        def hook(job: Any, state: str) -> None:
+        def hook(job: Job, state: str) -> None:
             if state not in ("done", "failed"):
                 return  # re-queued after a transient error: not final
             row = jobs.get(job.id)

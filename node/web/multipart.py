@@ -15,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 import io
 from email.message import Message
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 __all__ = [
     "MultipartError",
     "MediaTypeError",
     "Part",
+    "ByteStream",
     "PartReader",
     "parse_content_type",
     "stow_boundary",
@@ -185,10 +186,20 @@ def find_parts(fh: BinaryIO, boundary: str) -> list[Part]:
     return parts
 
 
+class ByteStream(Protocol):
+    """What a part is read from: an open binary file, or a :class:`PartReader` (a part within a part)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+
 class PartReader(io.RawIOBase):
     """A read-only, seekable view of bytes [start, end) of an open file (offsets relative to start)."""
 
-    def __init__(self, fh: BinaryIO, start: int, end: int) -> None:
+    def __init__(self, fh: ByteStream, start: int, end: int) -> None:
         super().__init__()
         self._fh = fh
         self._start = start

@@ -23,7 +23,7 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import uvicorn
 from starlette.applications import Starlette
@@ -33,11 +33,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..config import NodeConfig, TLSSection
+from ..spool import Spool
 from ..state import ping
 from .auth import TokenAuth
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .status_api import status_routes
 from .stow import StowHandler
+
+if TYPE_CHECKING:
+    from pipelines.runtime import ModelStore
 
 __all__ = ["WebContext", "build_app", "HttpServer"]
 
@@ -51,19 +55,19 @@ class WebContext:
     ``get_conn`` returns a DB connection usable in the calling thread.
     ``retry_job(job_id) -> None | reason`` and ``wake_jobs()`` are optional
     hooks into the job queue; ``wake_dispatch()``, ``complete_study(uid)`` (run completion for a
-    study that is due) and ``reload_models()`` are the console's hooks into the running node; ``readiness()`` returns named checks (True = ok)
-    and defaults to DB + spool space.
+    study that is due) and ``reload_models()`` are the console's hooks into the running node;
+    ``readiness()`` returns named checks (True = ok) and defaults to DB + spool space.
     """
 
     config: NodeConfig
     get_conn: Callable[[], sqlite3.Connection]
     metrics: Metrics
-    spool: Any = None
-    model_store: Any = None
+    spool: Spool | None = None
+    model_store: ModelStore | None = None
     retry_job: Callable[[int], str | None] | None = None
     wake_jobs: Callable[[], None] | None = None
     wake_dispatch: Callable[[], None] | None = None
-    complete_study: Callable[[str], Any] | None = None
+    complete_study: Callable[[str], list[int]] | None = None
     reload_models: Callable[[], None] | None = None
     readiness: Callable[[], dict[str, bool]] | None = None
     started_at: float = dataclasses.field(default_factory=time.time)

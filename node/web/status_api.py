@@ -13,7 +13,7 @@ The queries are those of :mod:`node.status`, shared with ``cardionode status``.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -22,6 +22,9 @@ from starlette.routing import Route
 
 from .. import status as queries
 from ..state import Jobs
+
+if TYPE_CHECKING:
+    from .server import WebContext
 
 __all__ = ["status_routes"]
 
@@ -35,7 +38,7 @@ def _limit(request: Request) -> int:
         return 50
 
 
-def status_routes(ctx: Any, guard: Callable[[Request], Response | None]) -> list[Route]:
+def status_routes(ctx: WebContext, guard: Callable[[Request], Response | None]) -> list[Route]:
     """Routes of the status API; ``guard(request)`` returns a 401 response or None."""
 
     def protected(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:

@@ -25,7 +25,7 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import BinaryIO, Callable, cast
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -38,7 +38,10 @@ from ..files import private_dir
 from ..ingest.admission import is_accepted, own_result_returned
 from ..logging_setup import clean
 from ..spool import TEMP_SUFFIX, OwnResultError, Spool, SpoolError, is_out_of_space
-from .multipart import MediaTypeError, MultipartError, Part, PartReader, find_parts, parse_content_type, stow_boundary
+from .metrics import Metrics
+from .multipart import (
+    ByteStream, MediaTypeError, MultipartError, Part, PartReader, find_parts, parse_content_type, stow_boundary,
+)
 
 __all__ = [
     "StowHandler",
@@ -133,7 +136,7 @@ class StowResult:
 # --------------------------------------------------------------------------- part parsing
 
 
-def read_part_meta(reader: BinaryIO) -> tuple[FileMetaDataset, int]:
+def read_part_meta(reader: ByteStream) -> tuple[FileMetaDataset, int]:
     """File Meta Information of a part and the offset where its dataset starts.
 
     Accepts a 128-byte preamble + "DICM", "DICM" without preamble, or a stream
@@ -150,7 +153,8 @@ def read_part_meta(reader: BinaryIO) -> tuple[FileMetaDataset, int]:
         raise NotDicomPart("not a DICOM Part 10 stream (no preamble/DICM prefix and no File Meta Information)")
     reader.seek(meta_at)
     try:
-        meta = pydicom.filereader._read_file_meta_info(reader)  # pydicom 3: reads group 0002 only
+        # pydicom 3: reads group 0002 only, with read/seek/tell (annotated BinaryIO)
+        meta = pydicom.filereader._read_file_meta_info(cast(BinaryIO, reader))
     except Exception as exc:  # pydicom raises several types on garbage
         raise NotDicomPart(f"unreadable File Meta Information: {exc}") from None
     for keyword in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID"):
@@ -195,12 +199,12 @@ def _reason_for_store_error(exc: BaseException) -> int:
 def store_parts(
     body: BinaryIO,
     parts: list[Part],
-    spool: Any,
+    spool: Spool,
     *,
     study_uid: str | None,
     calling_ae: str,
     on_stored: Callable[[PartOutcome], None] | None = None,
-    metrics: Any = None,
+    metrics: Metrics | None = None,
 ) -> StowResult:
     """Validate and store each part; a failed part leaves nothing in the spool."""
     outcomes: list[PartOutcome] = []
@@ -212,7 +216,7 @@ def store_parts(
 
 
 def _store_one(body: BinaryIO, part: Part, spool: Spool, *, study_uid: str | None, calling_ae: str,
-               metrics: Any = None) -> PartOutcome:
+               metrics: Metrics | None = None) -> PartOutcome:
     reader = PartReader(body, part.start, part.end)
     mime, _params = parse_content_type(part.content_type) if part.content_type else ("application/dicom", {})
     if mime != "application/dicom":
@@ -298,7 +302,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 class StowHandler:
     """The STOW-RS endpoint bound to one spool, size limit and metrics object."""
 
-    def __init__(self, spool: Any, max_upload_bytes: int, tmp_dir: Path, metrics: Any = None,
+    def __init__(self, spool: Spool | None, max_upload_bytes: int, tmp_dir: Path, metrics: Metrics | None = None,
                  calling_ae: str = "STOW", body_timeout_s: float | None = 30.0) -> None:
         self.spool = spool
         self.max_upload_bytes = max_upload_bytes
@@ -331,9 +335,10 @@ class StowHandler:
                                   {"Connection": "close"})
             except ValueError:
                 return _error(400, "invalid Content-Length")
-        if self.spool is None:
+        spool = self.spool
+        if spool is None:
             return _error(503, "spool not available")
-        if not self.spool.has_space():
+        if not spool.has_space():
             return _error(503, "out of storage space (node.min_free_mb)", {"Retry-After": "60"})
         private_dir(self.tmp_dir)
         fd, tmp_name = tempfile.mkstemp(prefix="stow-", suffix=TEMP_SUFFIX, dir=self.tmp_dir)
@@ -352,7 +357,7 @@ class StowHandler:
                 except OSError as exc:
                     return _error(503, f"cannot buffer the request body: {exc.strerror}", {"Retry-After": "60"})
                 try:
-                    result = await run_in_threadpool(self._process, body, boundary, study_uid)
+                    result = await run_in_threadpool(self._process, spool, body, boundary, study_uid)
                 except MultipartError as exc:
                     return _error(400, str(exc))
         finally:
@@ -366,10 +371,10 @@ class StowHandler:
         })
         return JSONResponse(result.dataset().to_json_dict(), status_code=result.http_status, media_type=DICOM_JSON)
 
-    def _process(self, body: BinaryIO, boundary: str, study_uid: str | None) -> StowResult:
+    def _process(self, spool: Spool, body: BinaryIO, boundary: str, study_uid: str | None) -> StowResult:
         parts = find_parts(body, boundary)
         on_stored = None
         if self.metrics is not None:
             on_stored = lambda o: self.metrics.instance_received("stow", o.nbytes)  # noqa: E731
-        return store_parts(body, parts, self.spool, study_uid=study_uid, calling_ae=self.calling_ae,
+        return store_parts(body, parts, spool, study_uid=study_uid, calling_ae=self.calling_ae,
                            on_stored=on_stored, metrics=self.metrics)

@@ -26,6 +26,7 @@ import dataclasses
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 __all__ = [
@@ -99,11 +100,12 @@ class AgatstonResult:
         return float(sum(c.volume_mm3 for c in self.per_class.values()))
 
 
-def _structure(connectivity: int) -> np.ndarray:
+def _structure(connectivity: int) -> npt.NDArray[np.bool_]:
     if connectivity == 8:
         return np.ones((3, 3), dtype=bool)
     if connectivity == 4:
-        return ndimage.generate_binary_structure(2, 1)
+        cross: npt.NDArray[np.bool_] = ndimage.generate_binary_structure(2, 1)
+        return cross
     raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
 
 
@@ -207,7 +209,9 @@ class RiskScheme:
         try:
             if isinstance(value, Mapping):
                 return cls(tuple(value["bounds"]), tuple(value.get("names", ())))
-            return cls(tuple(value))  # type: ignore[arg-type]
+            if not isinstance(value, Iterable):
+                raise TypeError(f"'{type(value).__name__}' object is not iterable")
+            return cls(tuple(value))
         except (TypeError, KeyError, ValueError) as exc:
             raise ValueError(f"{key}: {exc}") from exc
 

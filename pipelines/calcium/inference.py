@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 from pipelines.qc.scores import ConfidenceTally
@@ -27,7 +28,7 @@ TilePredictor = Callable[[np.ndarray], np.ndarray]
 
 def segment_calcium(
     hu: np.ndarray,
-    z_positions: Sequence[float],
+    z_positions: npt.ArrayLike,
     spacing_yx: Sequence[float],
     predict: TilePredictor,
     cfg: PreprocessConfig,

@@ -25,17 +25,18 @@ class SeriesOptions:
     require_axial: bool = True
 
     def validate(self, path: str) -> None:
-        for key in ("include", "exclude"):
-            for pattern in getattr(self, key):
+        for key, patterns in (("include", self.include), ("exclude", self.exclude)):
+            for pattern in patterns:
                 try:
                     re.compile(pattern)
                 except re.error as exc:
                     raise OptionsError(f"{path}.{key}: invalid regular expression {pattern!r}: {exc}") from None
         if self.min_slices < 1:
             raise OptionsError(f"{path}.min_slices: expected a positive integer, got {self.min_slices}")
-        for key in ("max_thickness_mm", "min_thickness_mm", "prefer_thickness_mm"):
-            if getattr(self, key) < 0:
-                raise OptionsError(f"{path}.{key}: expected a non-negative number, got {getattr(self, key)}")
+        for key, mm in (("max_thickness_mm", self.max_thickness_mm), ("min_thickness_mm", self.min_thickness_mm),
+                        ("prefer_thickness_mm", self.prefer_thickness_mm)):
+            if mm < 0:
+                raise OptionsError(f"{path}.{key}: expected a non-negative number, got {mm}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +66,10 @@ class CalciumOptions:
     def validate(self, path: str) -> None:
         if not self.model:
             raise OptionsError(f"{path}.model: expected a non-empty string, got {self.model!r}")
-        for key in ("mask_dilation_px", "series_number_seg", "series_number_sr", "series_number_summary"):
-            if getattr(self, key) < 0:
-                raise OptionsError(f"{path}.{key}: expected a non-negative integer, got {getattr(self, key)}")
+        for key, n in (("mask_dilation_px", self.mask_dilation_px), ("series_number_seg", self.series_number_seg),
+                       ("series_number_sr", self.series_number_sr),
+                       ("series_number_summary", self.series_number_summary)):
+            if n < 0:
+                raise OptionsError(f"{path}.{key}: expected a non-negative integer, got {n}")
         if self.slab_slices < 1:
             raise OptionsError(f"{path}.slab_slices: must be >= 1, got {self.slab_slices}")

@@ -20,7 +20,7 @@ from pipelines.base import SeriesView
 from pipelines.quality import QualityIssue
 from pipelines.imaging import Volume
 from pipelines.outputs import (AlgorithmIdentity, BuiltSegmentation, MeasurementGroupSpec, MeasurementSpec,
-                               QualitativeSpec, SegmentSpec, build_measurement_report, build_segmentation,
+                               QualitativeSpec, RegionSpec, SegmentSpec, build_measurement_report, build_segmentation,
                                build_summary_image, codes, key_slice, outline_box)
 
 from .agatston import AgatstonResult
@@ -66,7 +66,7 @@ def _seg(vol: Volume, labels: np.ndarray, alg: AlgorithmIdentity, opts: CalciumO
                               series_description="Calcium by class (COCA 8 classes)")
 
 
-def _region(vol: Volume, mask: np.ndarray):
+def _region(vol: Volume, mask: np.ndarray) -> RegionSpec | None:
     k = key_slice(mask)
     if k is None:
         return None
@@ -169,11 +169,13 @@ def build_outputs(vol: Volume, labels: np.ndarray, score: AgatstonResult, alg: A
     if opts.summary_image:
         lines = [_series_line(vol, series, opts),
                  f"Coronary artery calcium score (Agatston): {coronary:.1f}  -  risk category {category}",
-                 f"All 8 classes (coronary, valves, aorta): Agatston {total:.1f}, volume {score.total_volume_mm3:.1f} mm3",
+                 f"All 8 classes (coronary, valves, aorta): Agatston {total:.1f}, "
+                 f"volume {score.total_volume_mm3:.1f} mm3",
                  ""]
         for c in CLASSES:
             cs = score.per_class[c.value]
-            lines.append(f"{c.name}: Agatston {cs.score:.1f}, volume {cs.volume_mm3:.1f} mm3, {cs.n_lesions} lesion{'' if cs.n_lesions == 1 else 's'}")
+            lines.append(f"{c.name}: Agatston {cs.score:.1f}, volume {cs.volume_mm3:.1f} mm3, "
+                         f"{cs.n_lesions} lesion{'' if cs.n_lesions == 1 else 's'}")
         datasets.append(build_summary_image(vol.headers[0], "Coronary artery calcium (Agatston)", lines, alg,
                                             opts.series_number_summary))
     return CalciumOutputs(datasets=datasets, coronary=coronary, total=total, category=category)

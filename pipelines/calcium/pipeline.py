@@ -11,15 +11,18 @@ succeeds.  ONNX Runtime only (no torch).
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 import numpy as np
 
-from pipelines.base import PipelineContext, PipelineInputError, PipelineResult, StudyView
-from pipelines.imaging import load_volume
+from pipelines.base import PipelineContext, PipelineInputError, PipelineResult, SeriesView, StudyView
+from pipelines.imaging import Volume, load_volume
 from pipelines.outputs import AlgorithmIdentity
 from pipelines.qc import check
 from pipelines.qc.inputs import ct_properties
 from pipelines.qc.scores import ConfidenceTally
+from pipelines.quality import QualityIssue
+from pipelines.runtime import ModelHandle
 
 from .agatston import AgatstonResult, agatston
 from .inference import segment_calcium
@@ -43,7 +46,7 @@ class CalciumPipeline:
 
     def run(self, study: StudyView, context: PipelineContext) -> PipelineResult:
         opts = CalciumOptions.parse(context.options)
-        handle = context.models.acquire(opts.model)  # at the start: the version stays fixed for this job
+        handle: ModelHandle = context.acquire(opts.model)  # at the start: the version stays fixed for this job
         log = context.logger
         t0 = time.perf_counter()
         series = select_ct_series(study, opts.series)
@@ -110,7 +113,9 @@ class CalciumPipeline:
             },
         )
 
-    def _not_assessable(self, vol, alg, opts: CalciumOptions, series, handle, issues, notes, t0: float) -> PipelineResult:
+    def _not_assessable(self, vol: Volume, alg: AlgorithmIdentity, opts: CalciumOptions, series: SeriesView,
+                        handle: ModelHandle, issues: Sequence[QualityIssue], notes: Sequence[str],
+                        t0: float) -> PipelineResult:
         """SR and summary image saying why, no score, no SEG (a whole result that cannot be assessed)."""
         datasets = build_not_assessable(vol, alg, opts, series, issues, notes)
         return PipelineResult(

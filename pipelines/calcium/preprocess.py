@@ -23,6 +23,7 @@ import dataclasses
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 __all__ = ["PreprocessConfig", "context_indices", "max_footprint", "resample_slice", "normalize", "prepare_slices",
@@ -69,7 +70,8 @@ def context_indices(z_positions: np.ndarray, k: int, cfg: PreprocessConfig) -> l
 
 
 def coarse_shape(shape_yx: Sequence[int], spacing_yx: Sequence[float], cfg: PreprocessConfig) -> tuple[int, int]:
-    return tuple(max(1, int(round(n * s / cfg.spacing_mm))) for n, s in zip(shape_yx, spacing_yx))  # type: ignore[return-value]
+    ny, nx = (max(1, int(round(n * s / cfg.spacing_mm))) for n, s in zip(shape_yx, spacing_yx))
+    return ny, nx
 
 
 def max_footprint(ratio: float) -> int:
@@ -88,7 +90,7 @@ def max_footprint(ratio: float) -> int:
     return 2 * (int(np.floor(ratio / 2)) + 1) + 1
 
 
-def resample_slice(img: np.ndarray, spacing_yx: Sequence[float], cfg: PreprocessConfig) -> np.ndarray:
+def resample_slice(img: np.ndarray, spacing_yx: Sequence[float], cfg: PreprocessConfig) -> npt.NDArray[np.float32]:
     """One slice (HU) -> float32 on the coarse grid (max-filtered, then linear, edge-aligned)."""
     out_shape = coarse_shape(img.shape, spacing_yx, cfg)
     foot = [max_footprint(n / o) for n, o in zip(img.shape, out_shape)]
@@ -97,7 +99,7 @@ def resample_slice(img: np.ndarray, spacing_yx: Sequence[float], cfg: Preprocess
         src = ndimage.maximum_filter(img, size=foot, mode="nearest")
     src = src.astype(np.float32, copy=False)
     zoom = [o / n for o, n in zip(out_shape, img.shape)]
-    out = ndimage.zoom(src, zoom, order=1, mode="nearest", grid_mode=True)
+    out: npt.NDArray[np.float32] = ndimage.zoom(src, zoom, order=1, mode="nearest", grid_mode=True)
     if out.shape != tuple(out_shape):  # zoom rounding guard
         out = out[: out_shape[0], : out_shape[1]]
         out = np.pad(out, [(0, out_shape[0] - out.shape[0]), (0, out_shape[1] - out.shape[1])], mode="edge")

@@ -40,7 +40,8 @@ def series_problem(series: SeriesView, rules: SeriesOptions) -> str | None:
         return "ImageType LOCALIZER"
     if rules.require_axial:
         iop = hdr.get("ImageOrientationPatient")
-        if iop is None and "PerFrameFunctionalGroupsSequence" not in hdr and "SharedFunctionalGroupsSequence" not in hdr:
+        enhanced = "PerFrameFunctionalGroupsSequence" in hdr or "SharedFunctionalGroupsSequence" in hdr
+        if iop is None and not enhanced:
             return "no ImageOrientationPatient"
         if iop is not None:
             o = np.asarray([float(v) for v in iop])
@@ -60,10 +61,10 @@ def select_ct_series(study: StudyView, rules: SeriesOptions) -> SeriesView:
         why = series_problem(s, rules)
         (rejected.append(f"{describe_series(s)}: {why}") if why else ok.append(s))
     if not ok:
-        raise PipelineInputError(
-            "no CT series fits the calcium scoring rules (pipelines.calcium.series): " + "; ".join(rejected or ["study is empty"]))
+        raise PipelineInputError("no CT series fits the calcium scoring rules (pipelines.calcium.series): "
+                                 + "; ".join(rejected or ["study is empty"]))
 
-    def key(s: SeriesView):
+    def key(s: SeriesView) -> tuple[float, int, int]:
         t = _thickness(s)
         return (abs((t if t is not None else rules.prefer_thickness_mm) - rules.prefer_thickness_mm), -len(s),
                 -(s.series_number or 0))

@@ -8,13 +8,14 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from .volume import Volume
 
 __all__ = ["slice_positions", "index_to_patient", "patient_to_index", "nearest_slice_index", "resample_like"]
 
 
-def _affine(vol: Volume) -> np.ndarray:
+def _affine(vol: Volume) -> npt.NDArray[np.float64]:
     """4x4 matrix mapping (x, y, z) *index* (column, row, slice) to patient xyz."""
     dz, dy, dx = vol.spacing
     m = np.eye(4)
@@ -23,26 +24,28 @@ def _affine(vol: Volume) -> np.ndarray:
     return m
 
 
-def slice_positions(vol: Volume) -> np.ndarray:
+def slice_positions(vol: Volume) -> npt.NDArray[np.float64]:
     """(n_slices, 3) patient xyz of each slice's first voxel centre (ImagePositionPatient), array order."""
     k = np.arange(vol.array.shape[0], dtype=float)
     normal = np.asarray(vol.direction, dtype=float)[:, 2]
-    return np.asarray(vol.origin, dtype=float)[None, :] + k[:, None] * vol.spacing[0] * normal[None, :]
+    positions: npt.NDArray[np.float64] = (np.asarray(vol.origin, dtype=float)[None, :]
+                                          + k[:, None] * vol.spacing[0] * normal[None, :])
+    return positions
 
 
-def index_to_patient(vol: Volume, zyx: Sequence[float] | np.ndarray) -> np.ndarray:
+def index_to_patient(vol: Volume, zyx: Sequence[float] | np.ndarray) -> npt.NDArray[np.float64]:
     """Patient xyz of (z, y, x) indices; accepts (3,) or (n, 3)."""
     idx = np.atleast_2d(np.asarray(zyx, dtype=float))[:, ::-1]  # -> (x, y, z) index
     hom = np.c_[idx, np.ones(len(idx))]
-    out = (hom @ _affine(vol).T)[:, :3]
+    out: npt.NDArray[np.float64] = (hom @ _affine(vol).T)[:, :3]
     return out[0] if np.ndim(zyx) == 1 else out
 
 
-def patient_to_index(vol: Volume, xyz: Sequence[float] | np.ndarray) -> np.ndarray:
+def patient_to_index(vol: Volume, xyz: Sequence[float] | np.ndarray) -> npt.NDArray[np.float64]:
     """Continuous (z, y, x) indices of patient points; accepts (3,) or (n, 3)."""
     pts = np.atleast_2d(np.asarray(xyz, dtype=float))
     hom = np.c_[pts, np.ones(len(pts))]
-    idx = (hom @ np.linalg.inv(_affine(vol)).T)[:, :3][:, ::-1]
+    idx: npt.NDArray[np.float64] = (hom @ np.linalg.inv(_affine(vol)).T)[:, :3][:, ::-1]
     return idx[0] if np.ndim(xyz) == 1 else idx
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import pydicom
 import pydicom.pixels
 from pydicom.dataset import Dataset
@@ -43,14 +44,14 @@ class Volume:
     array: np.ndarray  # (z, y, x)
     spacing: tuple[float, float, float]  # (z, y, x) mm
     origin: tuple[float, float, float]  # xyz patient position of the first slice's first voxel centre
-    direction: np.ndarray  # 3x3, columns = row dir, col dir, slice normal
+    direction: npt.NDArray[np.float64]  # 3x3, columns = row dir, col dir, slice normal
     headers: list[Dataset]  # one per slice in array order, header-only
     refs: list[InstanceRef]
     frame_numbers: list[int | None] = dataclasses.field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.array.shape)  # type: ignore[return-value]
+        return tuple(self.array.shape)
 
     @property
     def voxel_volume_mm3(self) -> float:
@@ -107,7 +108,7 @@ class Volume:
         return cls(
             array=arr,
             spacing=(float(sz), float(sy), float(sx)),
-            origin=tuple(float(v) for v in img.GetOrigin()),  # type: ignore[arg-type]
+            origin=_xyz(img.GetOrigin()),
             direction=direction,
             headers=list(like.headers) if same else [],
             refs=list(like.refs) if same else [],
@@ -128,8 +129,8 @@ class FrameInfo:
     ref: InstanceRef
     header: Dataset
     frame_index: int | None  # 0-based index in a multi-frame instance, None for single-frame
-    position: np.ndarray  # xyz
-    orientation: np.ndarray  # 6 direction cosines
+    position: npt.NDArray[np.float64]  # xyz
+    orientation: npt.NDArray[np.float64]  # 6 direction cosines
     pixel_spacing: tuple[float, float]  # (row spacing, column spacing)
     rows: int
     cols: int
@@ -138,7 +139,12 @@ class FrameInfo:
     thickness: float | None
 
 
-def _floats(value: Any, n: int, what: str, ref: InstanceRef) -> np.ndarray:
+def _xyz(values: Iterable[float]) -> tuple[float, float, float]:
+    x, y, z = (float(v) for v in values)
+    return x, y, z
+
+
+def _floats(value: Any, n: int, what: str, ref: InstanceRef) -> npt.NDArray[np.float64]:
     try:
         arr = np.asarray([float(v) for v in value], dtype=float)
     except (TypeError, ValueError) as exc:
@@ -148,7 +154,7 @@ def _floats(value: Any, n: int, what: str, ref: InstanceRef) -> np.ndarray:
     return arr
 
 
-def _group_attr(groups: Sequence[Dataset], seq: str, attr: str) -> Any:
+def _group_attr(groups: Sequence[Dataset | None], seq: str, attr: str) -> Any:
     """First value of ``attr`` inside functional group ``seq`` among ``groups`` (per-frame first)."""
     for g in groups:
         if g is None or seq not in g:
@@ -186,7 +192,7 @@ def _frames_of(ref: InstanceRef, ds: Dataset) -> list[FrameInfo]:
                     frame_index=i,
                     position=_floats(ipp, 3, "ImagePositionPatient", ref),
                     orientation=_floats(iop, 6, "ImageOrientationPatient", ref),
-                    pixel_spacing=tuple(_floats(ps, 2, "PixelSpacing", ref)),  # type: ignore[arg-type]
+                    pixel_spacing=tuple(_floats(ps, 2, "PixelSpacing", ref)),
                     rows=rows,
                     cols=cols,
                     slope=float(slope) if slope not in (None, "") else 1.0,
@@ -213,7 +219,7 @@ def _frames_of(ref: InstanceRef, ds: Dataset) -> list[FrameInfo]:
             frame_index=None,
             position=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", ref),
             orientation=_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", ref),
-            pixel_spacing=tuple(_floats(ds.PixelSpacing, 2, "PixelSpacing", ref)),  # type: ignore[arg-type]
+            pixel_spacing=tuple(_floats(ds.PixelSpacing, 2, "PixelSpacing", ref)),
             rows=rows,
             cols=cols,
             slope=float(slope) if slope not in (None, "") else 1.0,
@@ -223,14 +229,15 @@ def _frames_of(ref: InstanceRef, ds: Dataset) -> list[FrameInfo]:
     ]
 
 
-def slice_normal(orientation: Sequence[float]) -> np.ndarray:
+def slice_normal(orientation: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Unit normal (row x col) of an ImageOrientationPatient."""
     o = np.asarray(orientation, dtype=float)
     n = np.cross(o[:3], o[3:])
     norm = np.linalg.norm(n)
     if norm < 1e-6:
         raise PipelineInputError(f"degenerate ImageOrientationPatient {list(o)}")
-    return n / norm
+    unit: npt.NDArray[np.float64] = n / norm
+    return unit
 
 
 def _sorted_frames(frames: list[FrameInfo], label: str) -> tuple[list[FrameInfo], np.ndarray]:
@@ -313,7 +320,7 @@ def load_volume(series: SeriesView, *, dtype: Any = np.float32, rescale: bool = 
     return Volume(
         array=array,
         spacing=(dz, float(first.pixel_spacing[0]), float(first.pixel_spacing[1])),
-        origin=tuple(float(v) for v in first.position),  # type: ignore[arg-type]
+        origin=_xyz(first.position),
         direction=direction,
         headers=[f.header for f in frames],
         refs=[f.ref for f in frames],

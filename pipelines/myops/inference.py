@@ -36,7 +36,8 @@ def model_input(volumes: Mapping[str, Volume], cfg: PreprocessConfig,
 def _softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     z = logits - logits.max(axis=axis, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+    probs: np.ndarray = e / e.sum(axis=axis, keepdims=True)
+    return probs
 
 
 def tile_predict(images: np.ndarray, predict: Predictor, roi: int) -> np.ndarray:

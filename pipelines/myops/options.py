@@ -66,7 +66,8 @@ class MyopsOptions:
         if not self.model.strip():
             raise OptionsError(f"{path}.model: expected a model name, got {self.model!r}")
         if not 1 <= self.series_number_base <= 99990:
-            raise OptionsError(f"{path}.series_number_base: expected an integer 1..99990, got {self.series_number_base}")
+            raise OptionsError(f"{path}.series_number_base: expected an integer 1..99990, "
+                               f"got {self.series_number_base}")
         for name, patterns in self.series.items():
             if name not in DEFAULT_PATTERNS:
                 raise OptionsError(f"{path}.series.{name}: unknown sequence (allowed: {', '.join(DEFAULT_PATTERNS)})")

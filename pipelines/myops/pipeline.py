@@ -17,16 +17,18 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from pipelines.base import ModelInfo, PipelineContext, PipelineInputError, PipelineResult, StudyView
+from pipelines.base import ModelInfo, PipelineContext, PipelineInputError, PipelineResult, SeriesView, StudyView
 from pipelines.imaging import Volume, load_volume
 from pipelines.outputs import (
     AlgorithmIdentity,
+    BuiltSegmentation,
     MeasurementGroupSpec,
     MeasurementSpec,
+    RegionSpec,
     SegmentSpec,
     build_measurement_report,
     build_segmentation_for_volume,
@@ -39,11 +41,13 @@ from pipelines.outputs import (
 from pipelines.qc import check
 from pipelines.qc.inputs import mr_properties
 from pipelines.qc.scores import ConfidenceTally
+from pipelines.quality import QualityIssue
+from pipelines.runtime import ModelHandle, ModelManifest
 
 from . import labels as cls
 from .inference import first_pass_prior, model_input, probabilities_to_anchor
 from .options import MyopsOptions
-from .preprocess import CHANNELS, PreprocessConfig, PreprocessError
+from .preprocess import CHANNELS, GridStack, ModelInput, PreprocessConfig, PreprocessError
 from .registration import RegistrationConfig
 from .series import identify_series
 
@@ -63,7 +67,7 @@ SEGMENTS: tuple[tuple[str, SegmentSpec], ...] = (
 class _Logits:
     """Predictor callable over the model handle (batched, logits out)."""
 
-    def __init__(self, handle: Any, input_name: str, output_name: str) -> None:
+    def __init__(self, handle: ModelHandle, input_name: str, output_name: str) -> None:
         self.handle, self.input_name, self.output_name = handle, input_name, output_name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -93,7 +97,7 @@ class MyopsPipeline:
     def run(self, study: StudyView, context: PipelineContext) -> PipelineResult:
         t0 = time.perf_counter()
         opts = MyopsOptions.parse(context.options)  # OptionsError is a PipelineInputError
-        handle = context.models.acquire(opts.model)
+        handle: ModelHandle = context.acquire(opts.model)
         manifest = handle.manifest
         models: list[ModelInfo] = [handle.info]
         cfg = self._config(manifest, opts)
@@ -109,7 +113,8 @@ class MyopsPipeline:
         if not inputs.ok:
             return self._not_assessable(vols, alg, opts, inputs.issues, inputs.notes, models, t0)
         lge = vols["lge"]
-        context.logger.info("myops: LGE %s, T2w %s, bSSFP %s", *(series[s].series_description for s in ("lge", "t2", "bssfp")))
+        context.logger.info("myops: LGE %s, T2w %s, bSSFP %s",
+                            *(series[s].series_description for s in ("lge", "t2", "bssfp")))
         tally = ConfidenceTally()
         classes, stack, mi = self.segment(vols, handle, cfg, tally)
         figures = measure(classes, lge)
@@ -136,7 +141,8 @@ class MyopsPipeline:
             notes.append(f"{rejected} slice registrations implausible and replaced by identity")
         notes += [f"check: {c}" for c in inputs.notes + outputs.notes]
         sr = build_measurement_report(
-            lge.source_datasets, procedure=codes.MR_OF_HEART, groups=self._groups(figures, seg, masks, lge), algorithm=alg,
+            lge.source_datasets, procedure=codes.MR_OF_HEART, groups=self._groups(figures, seg, masks, lge),
+            algorithm=alg,
             series_number=base + 1, series_description="Myocardial pathology SR",
             referenced_seg=seg.dataset, extra_text=notes,
         )
@@ -151,7 +157,7 @@ class MyopsPipeline:
             ]
             datasets.append(build_summary_image(lge.headers[0], "Myocardial pathology (MyoPS)", lines, alg,
                                                 series_number=base + 2))
-        summary = {k: round(v, 3) for k, v in figures.items()}
+        summary: dict[str, Any] = {k: round(v, 3) for k, v in figures.items()}
         summary.update({"not_assessable": [], "low_confidence_fraction": round(tally.fraction, 4),
                         "matched_slices": stack.n, "lge_slices": lge.shape[0], "rejected_registrations": rejected,
                         "seconds": round(time.perf_counter() - t0, 2), "segments": sorted(seg.segment_numbers)})
@@ -159,14 +165,15 @@ class MyopsPipeline:
                               models=models, summary=summary)
 
     @staticmethod
-    def _series(study: StudyView, opts: MyopsOptions, lenient: bool) -> dict:
+    def _series(study: StudyView, opts: MyopsOptions, lenient: bool) -> dict[str, SeriesView]:
         """The three series; with ``lenient`` (the model's input_domain bounds the sequences) a missing
         one is left for the sequence check to report as not assessable, as long as some MR series of
         a sequence is there (else the usual input error, naming what the study holds)."""
         return identify_series(study, opts.patterns, allow_missing=lenient)
 
-    def _not_assessable(self, vols: dict[str, Volume], alg: AlgorithmIdentity, opts: MyopsOptions, issues,
-                        notes, models: list[ModelInfo], t0: float) -> PipelineResult:
+    def _not_assessable(self, vols: dict[str, Volume], alg: AlgorithmIdentity, opts: MyopsOptions,
+                        issues: Sequence[QualityIssue], notes: Sequence[str], models: list[ModelInfo],
+                        t0: float) -> PipelineResult:
         """SR and summary image saying why, no figures, no SEG (the whole result cannot be assessed)."""
         ref = vols.get("lge") or next(iter(vols.values()))
         base = opts.series_number_base
@@ -186,7 +193,8 @@ class MyopsPipeline:
                                                       "seconds": round(time.perf_counter() - t0, 2)})
 
     @staticmethod
-    def segment(vols: dict[str, Volume], handle: Any, cfg: PreprocessConfig, tally: ConfidenceTally | None = None):
+    def segment(vols: dict[str, Volume], handle: ModelHandle, cfg: PreprocessConfig,
+                tally: ConfidenceTally | None = None) -> tuple[np.ndarray, GridStack, ModelInput]:
         """Class map on the LGE grid (z, y, x) plus the grid stack and model input used; ``tally``
         (:mod:`pipelines.qc.scores`) counts the low-confidence foreground of the final prediction."""
         manifest = handle.manifest
@@ -205,27 +213,29 @@ class MyopsPipeline:
         return classes, stack, mi
 
     @staticmethod
-    def _config(manifest: Any, opts: MyopsOptions) -> PreprocessConfig:
+    def _config(manifest: ModelManifest, opts: MyopsOptions) -> PreprocessConfig:
         spec = manifest.inputs[0]
         if len(spec.shape) != 4 or spec.shape[1] != len(CHANNELS) or not isinstance(spec.shape[2], int):
             raise PipelineInputError(f"myops: model {manifest.name} input {spec.name} has shape {list(spec.shape)}, "
                                      f"expected (N, {len(CHANNELS)}, R, R) with a fixed R")
         pre = manifest.preprocessing or {}
         roi = int(spec.shape[2])
+        lo, hi = (float(v) for v in pre.get("percentiles", (0.5, 99.5)))
         return PreprocessConfig(
             grid_size=int(pre.get("grid_size", 224)), grid_spacing_mm=float(pre.get("grid_spacing_mm", 1.0)),
             roi_size=roi, registration=RegistrationConfig(enabled=opts.registration, deformable=opts.deformable),
-            percentiles=tuple(float(v) for v in pre.get("percentiles", (0.5, 99.5))),  # type: ignore[arg-type]
+            percentiles=(lo, hi),
             bias_order=int(pre.get("bias_order", 0)),
         )
 
     @staticmethod
-    def _groups(f: dict[str, float], seg, masks: dict[str, np.ndarray], lge: Volume) -> list[MeasurementGroupSpec]:
+    def _groups(f: dict[str, float], seg: BuiltSegmentation, masks: dict[str, np.ndarray],
+                lge: Volume) -> list[MeasurementGroupSpec]:
         """One group per tissue, drawn on its key LGE slice (TID 1410); a tissue with no voxel has
         no location and is reported with zeros under Derived Imaging Measurements."""
         vol = codes.VOLUME
 
-        def region(key: str):
+        def region(key: str) -> RegionSpec | None:
             k = key_slice(masks[key])
             if k is None:
                 return None

@@ -28,9 +28,10 @@ prediction of the same model on the unregistered 224 x 224 grid (see :mod:`.infe
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 from pipelines.imaging import Volume
@@ -62,7 +63,7 @@ class PreprocessConfig:
     bias_order: int = 0  # polynomial order of the per-slice shading correction (0: none)
     registration: RegistrationConfig = RegistrationConfig()
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["channels"] = list(self.channels)
         d["percentiles"] = list(self.percentiles)
@@ -141,29 +142,33 @@ class GridStack:
         return int(self.anchor_slices.shape[0])
 
 
-def _grid_points(vol: Volume, k: int, size: int, spacing: float) -> np.ndarray:
+def _grid_points(vol: Volume, k: int, size: int, spacing: float) -> npt.NDArray[np.float64]:
     nz, ny, nx = vol.array.shape
     centre = index_to_patient(vol, (float(k), (ny - 1) / 2.0, (nx - 1) / 2.0))
     row, col = np.asarray(vol.direction, dtype=float)[:, 0], np.asarray(vol.direction, dtype=float)[:, 1]
     off = (np.arange(size) - (size - 1) / 2.0) * spacing
-    return centre[None, None, :] + off[None, :, None] * row[None, None, :] + off[:, None, None] * col[None, None, :]
+    points: npt.NDArray[np.float64] = (centre[None, None, :] + off[None, :, None] * row[None, None, :]
+                                       + off[:, None, None] * col[None, None, :])
+    return points
 
 
-def sample_on_grid(vol: Volume, k: int, points: np.ndarray, *, order: int) -> np.ndarray:
+def sample_on_grid(vol: Volume, k: int, points: np.ndarray, *, order: int) -> npt.NDArray[np.float32]:
     """Sample slice ``k`` of ``vol`` at patient ``points`` (G, G, 3), projected into the slice plane."""
     g = points.shape[0]
     idx = patient_to_index(vol, points.reshape(-1, 3))
     yx = idx[:, 1:].T.reshape(2, g, g)
-    return ndimage.map_coordinates(np.asarray(vol.array[k], dtype=np.float32), yx, order=order, mode="constant",
-                                   cval=0.0).astype(np.float32)
+    sampled: npt.NDArray[np.float32] = ndimage.map_coordinates(np.asarray(vol.array[k], dtype=np.float32), yx,
+                                                               order=order, mode="constant", cval=0.0)
+    return sampled.astype(np.float32)
 
 
-def normalise(stack: np.ndarray, percentiles: Sequence[float] = (0.5, 99.5)) -> np.ndarray:
+def normalise(stack: np.ndarray, percentiles: Sequence[float] = (0.5, 99.5)) -> npt.NDArray[np.float32]:
     """Linear map of the stack's [p_lo, p_hi] percentile range to [0, 255], clipped."""
     lo, hi = np.percentile(stack, percentiles)
     if hi - lo < 1e-6:
         return np.zeros_like(stack, dtype=np.float32)
-    return np.clip((stack - lo) * (255.0 / (hi - lo)), 0.0, 255.0).astype(np.float32)
+    scaled: np.ndarray = np.clip((stack - lo) * (255.0 / (hi - lo)), 0.0, 255.0)
+    return scaled.astype(np.float32)
 
 
 def shading_field(image: np.ndarray, order: int = 2, iterations: int = 3) -> np.ndarray:

@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
+
+if TYPE_CHECKING:  # SimpleITK is imported lazily: not every pipeline needs it
+    import SimpleITK as sitk
 
 __all__ = ["RegistrationConfig", "SliceTransform", "register_slice", "register_stack"]
 
@@ -40,23 +45,23 @@ class RegistrationConfig:
 class SliceTransform:
     """Maps anchor-grid points (x, y mm, grid origin at pixel (0, 0)) to the moving slice's points."""
 
-    matrix: np.ndarray  # 2x2
-    translation: np.ndarray  # 2
-    centre: np.ndarray  # 2
+    matrix: npt.NDArray[np.float64]  # 2x2
+    translation: npt.NDArray[np.float64]  # 2
+    centre: npt.NDArray[np.float64]  # 2
     accepted: bool = True
     deformable: bool = False
 
-    def apply(self, xy: np.ndarray) -> np.ndarray:
+    def apply(self, xy: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Affine part applied to (n, 2) points: A (p - c) + c + t."""
-        xy = np.asarray(xy, dtype=float)
-        return (xy - self.centre) @ self.matrix.T + self.centre + self.translation
+        points = np.asarray(xy, dtype=np.float64)
+        return (points - self.centre) @ self.matrix.T + self.centre + self.translation
 
     @classmethod
     def identity(cls, accepted: bool = True) -> "SliceTransform":
         return cls(np.eye(2), np.zeros(2), np.zeros(2), accepted=accepted)
 
 
-def _image(arr: np.ndarray, spacing: float):
+def _image(arr: npt.NDArray[np.generic], spacing: float) -> sitk.Image:
     import SimpleITK as sitk
 
     img = sitk.GetImageFromArray(np.ascontiguousarray(arr, dtype=np.float32))
@@ -64,8 +69,9 @@ def _image(arr: np.ndarray, spacing: float):
     return img
 
 
-def register_slice(fixed: np.ndarray, moving: np.ndarray, mask: np.ndarray | None, spacing: float,
-                   cfg: RegistrationConfig = RegistrationConfig()) -> tuple[np.ndarray, SliceTransform]:
+def register_slice(fixed: npt.NDArray[np.floating], moving: npt.NDArray[np.floating],
+                   mask: npt.NDArray[np.bool_] | None, spacing: float,
+                   cfg: RegistrationConfig = RegistrationConfig()) -> tuple[npt.NDArray[np.float32], SliceTransform]:
     """Register one moving slice onto the fixed slice; returns (moving resampled on fixed, transform)."""
     import SimpleITK as sitk
 
@@ -75,12 +81,13 @@ def register_slice(fixed: np.ndarray, moving: np.ndarray, mask: np.ndarray | Non
     centre = np.array([(fixed.shape[1] - 1) / 2.0, (fixed.shape[0] - 1) / 2.0]) * spacing
     reg = sitk.ImageRegistrationMethod()
     reg.SetNumberOfThreads(cfg.threads)
+    fixed_mask: sitk.Image | None = None
     if mask is not None and mask.any():
         it = max(1, int(round(cfg.mask_dilation_mm / spacing)))
         dil = ndimage.binary_dilation(mask, iterations=it)
-        m = sitk.GetImageFromArray(dil.astype(np.uint8))
-        m.SetSpacing((spacing, spacing))
-        reg.SetMetricFixedMask(m)
+        fixed_mask = sitk.GetImageFromArray(dil.astype(np.uint8))
+        fixed_mask.SetSpacing((spacing, spacing))
+        reg.SetMetricFixedMask(fixed_mask)
         cy, cx = ndimage.center_of_mass(mask)
         centre = np.array([cx, cy]) * spacing
     tx = sitk.AffineTransform(2)
@@ -106,16 +113,19 @@ def register_slice(fixed: np.ndarray, moving: np.ndarray, mask: np.ndarray | Non
         log.warning("implausible affine (det %.3f, shift %.1f mm); identity used", det, float(np.linalg.norm(trans)))
         return moving.astype(np.float32), SliceTransform.identity(accepted=False)
     result = SliceTransform(mat, trans, np.asarray(tx.GetCenter(), dtype=float))
-    final = tx
+    final: sitk.Transform = tx
     if cfg.deformable:
-        final = _bspline_refine(f_img, m_img, tx, reg, cfg)
+        final = _bspline_refine(f_img, m_img, tx, fixed_mask, cfg)
         result = dataclasses.replace(result, deformable=final is not tx)
     out = sitk.Resample(m_img, f_img, final, sitk.sitkLinear, 0.0)
     return sitk.GetArrayFromImage(out).astype(np.float32), result
 
 
-def _bspline_refine(f_img, m_img, affine, affine_reg, cfg: RegistrationConfig):
-    """Coarse B-spline on top of the affine (same metric and mask); the affine alone on failure."""
+def _bspline_refine(f_img: sitk.Image, m_img: sitk.Image, affine: sitk.AffineTransform,
+                    fixed_mask: sitk.Image | None, cfg: RegistrationConfig) -> sitk.Transform:
+    """Coarse B-spline on top of the affine (same metric and mask); the affine alone on failure.
+
+    The mask is handed over explicitly: SimpleITK's ImageRegistrationMethod has no getter for it."""
     import SimpleITK as sitk
 
     bs = sitk.BSplineTransformInitializer(f_img, [cfg.bspline_mesh, cfg.bspline_mesh])
@@ -123,12 +133,8 @@ def _bspline_refine(f_img, m_img, affine, affine_reg, cfg: RegistrationConfig):
     reg.SetNumberOfThreads(cfg.threads)
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=cfg.histogram_bins)
     reg.SetMetricSamplingStrategy(reg.NONE)
-    try:
-        mask = affine_reg.GetMetricFixedMask()
-        if mask is not None:
-            reg.SetMetricFixedMask(mask)
-    except (AttributeError, RuntimeError):
-        pass
+    if fixed_mask is not None:
+        reg.SetMetricFixedMask(fixed_mask)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=30)
     reg.SetMovingInitialTransform(affine)
@@ -141,11 +147,12 @@ def _bspline_refine(f_img, m_img, affine, affine_reg, cfg: RegistrationConfig):
     return sitk.CompositeTransform([affine, bs])
 
 
-def register_stack(fixed: np.ndarray, moving: np.ndarray, prior: np.ndarray, spacing: float,
-                   cfg: RegistrationConfig = RegistrationConfig()) -> tuple[np.ndarray, list[SliceTransform]]:
+def register_stack(fixed: npt.NDArray[np.floating], moving: npt.NDArray[np.floating], prior: npt.NDArray[np.bool_],
+                   spacing: float, cfg: RegistrationConfig = RegistrationConfig()
+                   ) -> tuple[npt.NDArray[np.float32], list[SliceTransform]]:
     """Register every slice of ``moving`` (n, G, G) onto ``fixed``; a slice whose prior is empty uses
     the union of the prior over all slices as its mask."""
-    union = prior.any(axis=0)
+    union = np.any(prior, axis=0)
     out = np.empty_like(moving, dtype=np.float32)
     transforms = []
     for i in range(fixed.shape[0]):

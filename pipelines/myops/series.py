@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from pipelines.base import PipelineInputError, SeriesView, StudyView
 from pipelines.imaging.select import series_text
@@ -39,7 +40,7 @@ _TAG_SCORE = 6.0
 _SEQUENCES = ("lge", "t2", "bssfp")
 
 
-def _multi(value) -> set[str]:
+def _multi(value: Any) -> set[str]:
     if value is None or value == "":
         return set()
     if isinstance(value, str):
@@ -50,7 +51,7 @@ def _multi(value) -> set[str]:
         return {str(value).strip().upper()}
 
 
-def _float(value) -> float | None:
+def _float(value: Any) -> float | None:
     try:
         f = float(value)
     except (TypeError, ValueError):
@@ -61,7 +62,7 @@ def _float(value) -> float | None:
 class SequenceEvidence:
     """What the standard sequence attributes of one series say (None: attribute absent)."""
 
-    def __init__(self, header) -> None:
+    def __init__(self, header: Dataset) -> None:
         self.scanning = _multi(header.get("ScanningSequence"))
         self.variant = _multi(header.get("SequenceVariant"))
         self.options = _multi(header.get("ScanOptions"))
@@ -162,8 +163,8 @@ def identify_series(study: StudyView, patterns: Mapping[str, Sequence[str]], *,
     the missing ones); with none, or without it, a missing sequence raises."""
     candidates = [s for s in study.series if s.modality.upper() == "MR"]
     scores = {seq: {s.series_instance_uid: score(s, seq, patterns[seq]) for s in candidates} for seq in _SEQUENCES}
-    best: tuple | None = None
-    options = [None, *candidates]
+    best: tuple[tuple[int, float, int, int], tuple[SeriesView | None, ...]] | None = None
+    options: list[SeriesView | None] = [None, *candidates]
     for combo in itertools.product(options, repeat=len(_SEQUENCES)):
         picked = [c for c in combo if c is not None]
         if len({c.series_instance_uid for c in picked}) != len(picked):
@@ -179,7 +180,7 @@ def identify_series(study: StudyView, patterns: Mapping[str, Sequence[str]], *,
     if missing and not (allow_missing and chosen):
         found = "; ".join(
             f"#{s.series_number if s.series_number is not None else '?'} '{series_text(s)}' ({len(s)} images; "
-            f"{(evidence(s).describe() if evidence(s) else 'unreadable header')})" for s in candidates) or "no MR series"
+            f"{ev.describe() if (ev := evidence(s)) else 'unreadable header'})" for s in candidates) or "no MR series"
         wanted = ", ".join(f"{m} (patterns {list(patterns[m])} or its sequence attributes)" for m in missing)
         raise PipelineInputError(f"missing series: {wanted}. Study has: {found}")
     return chosen

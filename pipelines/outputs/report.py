@@ -113,5 +113,6 @@ def build_summary_image(
     sc.BodyPartExamined = str(source.get("BodyPartExamined") or "HEART")[:16]
     sc.BurnedInAnnotation = "NO"  # text is results only, no patient identifiers
     sc.ManufacturerModelName = algorithm.name[:64]
-    sc.SoftwareVersions = [software_version(), algorithm.version]
+    # pydicom annotates SoftwareVersions as str | tuple[str]; the element is LO with VM 1-n and takes a list
+    sc.SoftwareVersions = [software_version(), algorithm.version]  # type: ignore[assignment]
     return sc

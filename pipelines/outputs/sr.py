@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TypedDict
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -95,6 +95,8 @@ def _segment_tracking_uid(seg: Dataset, number: int) -> str | None:
 
 
 def _measurement(m: MeasurementSpec) -> hd.sr.Measurement:
+    if m.value is None:
+        raise ValueError(f"measurement {m.name.meaning!r} has no value")
     value = m.value if isinstance(m.value, int) and not isinstance(m.value, bool) else float(m.value)
     item = hd.sr.Measurement(
         name=m.name,
@@ -125,8 +127,20 @@ def _not_assessable_items(issues: Sequence[QualityIssue]) -> list[hd.sr.ContentI
     return items
 
 
-def _group(spec: MeasurementGroupSpec, algorithm_id: hd.sr.AlgorithmIdentification,
-           issues: Sequence[QualityIssue]):
+class _GroupArgs(TypedDict):
+    """What TID 1410 and TID 1501 measurement groups have in common (highdicom keyword arguments)."""
+
+    tracking_identifier: hd.sr.TrackingIdentifier
+    finding_type: Code
+    finding_category: Code | None
+    finding_sites: list[hd.sr.FindingSite] | None
+    algorithm_id: hd.sr.AlgorithmIdentification
+    measurements: list[hd.sr.Measurement] | None
+    qualitative_evaluations: list[hd.sr.QualitativeEvaluation] | None
+
+
+def _group(spec: MeasurementGroupSpec, algorithm_id: hd.sr.AlgorithmIdentification, issues: Sequence[QualityIssue],
+           ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations:
     unmeasured = [m.name.meaning for m in spec.measurements if m.value is None]
     if unmeasured and not issues:
         raise ValueError(f"group {spec.tracking_id!r}: {unmeasured} without a value, but no quality issue says why")
@@ -137,9 +151,10 @@ def _group(spec: MeasurementGroupSpec, algorithm_id: hd.sr.AlgorithmIdentificati
     if spec.referenced_segment is not None:
         uid = uid or _segment_tracking_uid(*spec.referenced_segment)
     tracking = hd.sr.TrackingIdentifier(uid=uid or new_uid(), identifier=spec.tracking_id)
-    common = dict(tracking_identifier=tracking, finding_type=spec.finding, finding_category=spec.finding_category,
-                  finding_sites=sites, algorithm_id=algorithm_id, measurements=measurements or None,
-                  qualitative_evaluations=qualitative or None)
+    common = _GroupArgs(tracking_identifier=tracking, finding_type=spec.finding,
+                        finding_category=spec.finding_category, finding_sites=sites, algorithm_id=algorithm_id,
+                        measurements=measurements or None, qualitative_evaluations=qualitative or None)
+    group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
     if spec.region is not None:
         r = spec.region
         source = hd.sr.SourceImageForRegion.from_source_image(
@@ -168,7 +183,8 @@ def _library_datasets(sources: Sequence[Dataset]) -> list[Dataset]:
     return ok
 
 
-def _container(name: Code, algorithm_id: hd.sr.AlgorithmIdentification, items) -> hd.sr.ContainerContentItem:
+def _container(name: Code, algorithm_id: hd.sr.AlgorithmIdentification,
+               items: Iterable[hd.sr.ContentItem]) -> hd.sr.ContainerContentItem:
     c = hd.sr.ContainerContentItem(name=name, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
                                    is_content_continuous=False)
     c.ContentSequence = hd.sr.ContentSequence()
@@ -177,7 +193,7 @@ def _container(name: Code, algorithm_id: hd.sr.AlgorithmIdentification, items) -
     return c
 
 
-def _walk(items) -> Iterator[Dataset]:
+def _walk(items: Iterable[Dataset]) -> Iterator[Dataset]:
     for item in items:
         yield item
         if "ContentSequence" in item:
@@ -233,7 +249,8 @@ def build_measurement_report(
         raise ValueError("an SR needs at least one measurement group or a whole-result quality issue")
     filled = fill_type2(sources)
     alg = dataclasses.replace(
-        algorithm, parameters=tuple(algorithm.parameters) + tuple((f"note {i + 1}", t) for i, t in enumerate(extra_text))
+        algorithm,
+        parameters=tuple(algorithm.parameters) + tuple((f"note {i + 1}", t) for i, t in enumerate(extra_text)),
     )
     group_alg = alg.to_sr(full=False)
     use_library = len(filled) <= IMAGE_LIBRARY_MAX if image_library is None else image_library
@@ -264,7 +281,8 @@ def build_measurement_report(
         root.ContentSequence.append(_container(codes.DERIVED_IMAGING_MEASUREMENTS, alg.to_sr(),
                                                [i for b in derived for i in b]))
     if whole:
-        root.ContentSequence.append(_container(codes.QUALITATIVE_EVALUATIONS, alg.to_sr(), _not_assessable_items(whole)))
+        root.ContentSequence.append(_container(codes.QUALITATIVE_EVALUATIONS, alg.to_sr(),
+                                               _not_assessable_items(whole)))
     for item in _walk([root]):
         if item.get("ValueType") == "CONTAINER":
             item.ContinuityOfContent = "SEPARATE"

@@ -30,7 +30,8 @@ MIN_FOREGROUND = 100
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     z = logits - logits.max(axis=axis, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+    probs: np.ndarray = e / e.sum(axis=axis, keepdims=True)
+    return probs
 
 
 @dataclasses.dataclass

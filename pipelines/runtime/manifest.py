@@ -18,7 +18,8 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from types import EllipsisType
+from typing import Any, Mapping, NoReturn, Sequence
 
 __all__ = [
     "FORMAT_VERSION",
@@ -70,9 +71,9 @@ class _Reader:
         self.key = key
         if not isinstance(data, Mapping):
             self.fail(f"expected an object, got {type(data).__name__}")
-        self.data = data
+        self.data: Mapping[str, Any] = data
 
-    def fail(self, message: str, key: str | None = None) -> None:
+    def fail(self, message: str, key: str | None = None) -> NoReturn:
         where = key if key is not None else self.key
         raise ManifestError(f"{self.source}: key '{where or '<root>'}': {message}")
 
@@ -93,9 +94,10 @@ class _Reader:
             self.fail(f"expected {names}, got {value!r}", self.sub(name))
         return value
 
-    def text(self, name: str, default: Any = ..., pattern: re.Pattern[str] | None = None, what: str = "") -> str:
-        value = self.get(name, str, default)
-        if value is default and default is not ...:
+    def text(self, name: str, default: str | EllipsisType = ..., pattern: re.Pattern[str] | None = None,
+             what: str = "") -> str:
+        value: str = self.get(name, str, default)
+        if default is not ... and value is default:
             return value
         if not value.strip():
             self.fail("must not be empty", self.sub(name))
@@ -218,7 +220,9 @@ class LabelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Provenance:
-    """Where the weights come from. Say ``trained_on="synthetic phantoms"``, ``synthetic=True`` when that is the truth."""
+    """Where the weights come from.
+
+    Say ``trained_on="synthetic phantoms"``, ``synthetic=True`` when that is the truth."""
 
     trained_on: str
     synthetic: bool
@@ -226,13 +230,14 @@ class Provenance:
     code_version: str
     metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     notes: str = ""
-    #: What the model was trained on, machine-readable: e.g. ``{"generator": "training.synth.ct",
+    #: What the model was trained on, machine-readable: e.g. ``{"generator": "training.calcium.phantom",
     #: "generator_version": "2", "layout": "COCA", "cases": 400, "generated": true}``.
     training_data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
         """One line for ``models list`` and for ModelInfo.provenance."""
-        text = f"{self.trained_on}{' (synthetic)' if self.synthetic and 'synthetic' not in self.trained_on.lower() else ''}"
+        flag = " (synthetic)" if self.synthetic and "synthetic" not in self.trained_on.lower() else ""
+        text = f"{self.trained_on}{flag}"
         text += f", {self.date}, code {self.code_version}"
         if self.metrics:
             shown = []
@@ -405,9 +410,9 @@ class ModelManifest:
         object.__setattr__(self, "trt_profile", prof)
         variants = {k: v if isinstance(v, ModelVariant) else ModelVariant(**v) for k, v in dict(self.variants).items()}
         object.__setattr__(self, "variants", variants)
-        for key in ("input_domain", "output_domain"):
+        for key, raw in (("input_domain", self.input_domain), ("output_domain", self.output_domain)):
             domain = {k: v if isinstance(v, DomainRange) else DomainRange(**{**v, "one_of": tuple(v.get("one_of", ()))})
-                      for k, v in dict(getattr(self, key)).items()}
+                      for k, v in dict(raw).items()}
             object.__setattr__(self, key, domain)
         self.validate(f"manifest of {self.name!r}")
 
@@ -450,8 +455,7 @@ class ModelManifest:
             if inp not in by_name:
                 fail(key, f"no input called {inp!r} (inputs: {', '.join(by_name)})")
             shape = by_name[inp].shape
-            for part in ("min", "opt", "max"):
-                dims = getattr(prof, part)
+            for part, dims in (("min", prof.min), ("opt", prof.opt), ("max", prof.max)):
                 if len(dims) != len(shape):
                     fail(f"{key}.{part}", f"has {len(dims)} dimensions, input has {len(shape)}")
                 for ax, (d, s) in enumerate(zip(dims, shape)):

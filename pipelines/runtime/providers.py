@@ -3,8 +3,8 @@
 The config lists providers in order of preference (``tensorrt``, ``cuda``,
 ``cpu``).  A provider that this onnxruntime build does not have is skipped
 (:func:`describe_build` says so once, at start-up, for all models); CPU is
-always appended last so that a session can always be created.  TensorRT gets fp16, an engine cache directory per model version and
-an explicit optimisation profile built from the manifest's ``trt_profile``
+always appended last so that a session can always be created.  TensorRT gets fp16, an engine cache
+directory per model version and an explicit optimisation profile built from the manifest's ``trt_profile``
 (min/opt/max shapes for inputs with dynamic axes), so engines are built once
 and reused across restarts.
 """
@@ -69,7 +69,8 @@ def onnxruntime_distributions() -> list[str]:
     """
     found: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
-        name = (dist.metadata.get("Name") or "").strip()
+        # typeshed declares PackageMetadata.get() from Python 3.12 on; the object is an email.message.Message
+        name = (dist.metadata.get("Name") or "").strip()  # type: ignore[attr-defined]
         if not name or name.lower() in found:
             continue
         files = dist.files or []
@@ -101,7 +102,7 @@ def describe_build(preferred: Sequence[str], available: Sequence[str] | None = N
     """One line: the onnxruntime build, the providers it has, and what the models will run on."""
     have = list(available_providers() if available is None else available)
     dists = onnxruntime_distributions()
-    build = ", ".join(dists) if dists else f"onnxruntime {getattr(ort, '__version__', '?')}"
+    build = ", ".join(dists) if dists else f"onnxruntime {ort.__version__}"
     plan = planned_providers(preferred, have)
     missing = [p for p in preferred if PROVIDER_NAMES[p] not in have]
     text = (f"{build}: providers in this build: {', '.join(short_provider_name(p) for p in have)}; "
@@ -124,8 +125,8 @@ def trt_profile_strings(manifest: ModelManifest) -> dict[str, str]:
         return {}
     out: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
     for name, prof in manifest.trt_profile.items():
-        for part in out:
-            dims = "x".join(str(d) for d in getattr(prof, part))
+        for part, shape in (("min", prof.min), ("opt", prof.opt), ("max", prof.max)):
+            dims = "x".join(str(d) for d in shape)
             out[part].append(f"{name}:{dims}")
     return {f"trt_profile_{part}_shapes": ",".join(items) for part, items in out.items()}
 

@@ -32,6 +32,7 @@ from pipelines.base import ModelInfo
 
 from .manifest import ManifestError, ModelManifest, TensorSpec, sha256_file
 from .providers import describe_chain, provider_chain, session_options, short_provider_name
+from .settings import ModelsSection
 
 __all__ = ["ModelError", "ModelHandle", "ModelStore", "bundled_models_dir"]
 
@@ -60,7 +61,7 @@ def bundled_models_dir() -> Path | None:
     else:  # namespace package: a MultiplexedPath over several roots
         import pipelines
 
-        candidates.extend(Path(p) / "models" for p in getattr(pipelines, "__path__", []))
+        candidates.extend(Path(p) / "models" for p in pipelines.__path__)
     for cand in candidates:
         if cand.is_dir():
             return cand
@@ -242,8 +243,9 @@ def _fmt_pre(pre: Mapping[str, Any]) -> str:
 class ModelStore:
     """All models the node can use; one shared session per (name, version, sha256). Thread-safe."""
 
-    def __init__(self, model_dirs: Sequence[str | Path], settings: Any, *, available_providers: Sequence[str] | None = None) -> None:
-        """``model_dirs`` in increasing precedence; ``settings`` is a :class:`node.config.ModelsSection`."""
+    def __init__(self, model_dirs: Sequence[str | Path], settings: ModelsSection, *,
+                 available_providers: Sequence[str] | None = None) -> None:
+        """``model_dirs`` in increasing precedence; ``settings``: the ``models:`` configuration section."""
         self.model_dirs = [Path(d) for d in model_dirs]
         self.settings = settings
         self._available = available_providers
@@ -255,7 +257,7 @@ class ModelStore:
         self._entries = self._scan()
 
     @classmethod
-    def from_config(cls, models: Any) -> "ModelStore":
+    def from_config(cls, models: ModelsSection) -> "ModelStore":
         """Bundled models, overridden/extended by ``models.dir`` when configured."""
         dirs: list[Path] = []
         bundled = bundled_models_dir()
@@ -336,7 +338,8 @@ class ModelStore:
                 log.warning("model %r: session with %s failed (%s); trying the next provider",
                             entry.name, describe_chain(sub), str(exc).splitlines()[0] if str(exc) else exc)
         if session is None:
-            raise ModelError(entry.name, f"ONNX Runtime cannot load {path}: {last_exc} — {self._fix_export(entry.name)}")
+            raise ModelError(entry.name,
+                             f"ONNX Runtime cannot load {path}: {last_exc} — {self._fix_export(entry.name)}")
         provider = session.get_providers()[0]
         self._check_declared(entry.name, manifest, session, path)
         log.debug("model %r version %s loaded from %s on %s (requested %s)", manifest.name, manifest.version,
@@ -476,7 +479,8 @@ class ModelStore:
                 old, new = old_entries.get(name), new_entries.get(name)
                 old_v = old.manifest.version if old and old.manifest and not old.error else None
                 new_v = new.manifest.version if new and new.manifest and not new.error else None
-                if (old.key if old else None) != (new.key if new else None) or bool(old and old.error) != bool(new and new.error):
+                key_changed = (old.key if old else None) != (new.key if new else None)
+                if key_changed or bool(old and old.error) != bool(new and new.error):
                     changes[name] = (old_v, new_v)
             self._entries = new_entries
             live = {e.key for e in new_entries.values() if e.key}
@@ -504,7 +508,7 @@ class ModelStore:
         for name in names if names is not None else self.names():
             try:
                 handle = self.acquire(name)
-                seconds = handle.warmup() if getattr(self.settings, "warmup", True) else 0.0
+                seconds = handle.warmup() if self.settings.warmup else 0.0
                 results[name] = f"ok ({short_provider_name(handle.provider)}, {seconds * 1000:.0f} ms)"
             except ModelError as exc:
                 results[name] = str(exc)

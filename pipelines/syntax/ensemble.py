@@ -38,8 +38,25 @@ class SyntaxScores:
     def raw_total(self) -> float:
         return self.raw_left + self.raw_right
 
+    def side(self, side: str) -> float:
+        """The calibrated score of the ``left`` or ``right`` coronary system."""
+        return _pick(side, self.left, self.right)
 
-def combine(per_fold: Mapping[int, tuple[float, float]], calibration: Mapping[int, Mapping[str, float]] | None) -> SyntaxScores:
+    def raw(self, side: str) -> float:
+        """The raw ensemble score of the ``left`` or ``right`` coronary system."""
+        return _pick(side, self.raw_left, self.raw_right)
+
+
+def _pick(side: str, left: float, right: float) -> float:
+    if side == "left":
+        return left
+    if side == "right":
+        return right
+    raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+
+
+def combine(per_fold: Mapping[int, tuple[float, float]],
+            calibration: Mapping[int, Mapping[str, float]] | None) -> SyntaxScores:
     """``per_fold``: fold -> (L_k, R_k); ``calibration``: fold -> {"a", "b"} or None for raw."""
     if not per_fold:
         raise ValueError("no fold outputs to combine")

@@ -48,18 +48,19 @@ class SyntaxOptions:
     from_mapping = parse
 
     def validate(self, path: str) -> None:
-        for key in ("model_prefix", "artery_model"):
-            if not getattr(self, key):
-                raise OptionsError(f"{path}.{key}: expected a non-empty string, got {getattr(self, key)!r}")
+        for key, name in (("model_prefix", self.model_prefix), ("artery_model", self.artery_model)):
+            if not name:
+                raise OptionsError(f"{path}.{key}: expected a non-empty string, got {name!r}")
         if not self.folds or any(k < 0 for k in self.folds):
             raise OptionsError(f"{path}.folds: expected a non-empty list of fold numbers, got {list(self.folds)}")
         if not self.modalities or not all(self.modalities):
             raise OptionsError(f"{path}.modalities: expected a list of modalities, got {list(self.modalities)}")
-        for key in ("max_views", "min_frames", "series_number_sr", "series_number_summary"):
-            if getattr(self, key) < 1:
-                raise OptionsError(f"{path}.{key}: expected a positive integer, got {getattr(self, key)}")
-        for key in ("left_max", "right_min"):
-            v = getattr(self, key)
+        for key, n in (("max_views", self.max_views), ("min_frames", self.min_frames),
+                       ("series_number_sr", self.series_number_sr),
+                       ("series_number_summary", self.series_number_summary)):
+            if n < 1:
+                raise OptionsError(f"{path}.{key}: expected a positive integer, got {n}")
+        for key, v in (("left_max", self.left_max), ("right_min", self.right_min)):
             if v is not None and not 0.0 <= v <= 1.0:
                 raise OptionsError(f"{path}.{key}: must lie in 0..1, got {v}")
         if self.left_max is not None and self.right_min is not None and self.left_max >= self.right_min:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -32,6 +32,8 @@ from pipelines.qc import check
 from pipelines.qc.inputs import xa_properties
 from pipelines.qc.scores import ensemble_spread
 from pipelines.quality import QualityIssue
+from pipelines.runtime import ModelHandle
+from pipelines.runtime.manifest import DomainRange
 
 from .ensemble import SyntaxScores, combine, score_from_output
 from .options import SyntaxOptions
@@ -73,6 +75,14 @@ class SideScores:
     high: bool | None
     issues: tuple[QualityIssue, ...]
 
+    def side(self, side: str) -> float | None:
+        """The score of the ``left`` or ``right`` coronary system (None: not assessed)."""
+        if side == "left":
+            return self.left
+        if side == "right":
+            return self.right
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+
 
 def side_scores(scores: SyntaxScores, cines: dict[str, int], other: int, threshold: float,
                 unusual: Mapping[str, QualityIssue] | None = None) -> SideScores:
@@ -100,7 +110,7 @@ def side_scores(scores: SyntaxScores, cines: dict[str, int], other: int, thresho
     kept = next(s for s in SIDES if s != gone)
     # a missing side was scored from no cine (0 before calibration): the calibrated total is then the
     # kept side's score; an unusual side had cines, so the kept side keeps its calibrated share
-    kept_score = scores.total if gone in missing else getattr(scores, kept)
+    kept_score = scores.total if gone in missing else scores.side(kept)
     issues.append(QualityIssue("SIDE-MISSING", f"the {gone} coronary system is not assessed, so the total SYNTAX "
                                f"score is not known (the {kept} system alone scores {kept_score:.1f})",
                                scope="SYNTAX total"))
@@ -124,9 +134,10 @@ class SyntaxPipeline:
         opts = SyntaxOptions.parse(context.options)
         log = context.logger
         # acquire at the start: the versions stay fixed for this job
-        artery = context.models.acquire(opts.artery_model)
-        folds = {side: {k: context.models.acquire(f"{opts.model_prefix}-{side}-fold{k}") for k in opts.folds}
-                 for side in SIDES}
+        artery: ModelHandle = context.acquire(opts.artery_model)
+        folds: dict[str, dict[int, ModelHandle]] = {
+            side: {k: context.acquire(f"{opts.model_prefix}-{side}-fold{k}") for k in opts.folds}
+            for side in SIDES}
         mixed = self._mixed_versions(folds)
         if mixed and not opts.allow_mixed_versions:
             raise PipelineInputError(
@@ -145,7 +156,8 @@ class SyntaxPipeline:
         left_max, right_min = self._thresholds(artery, opts)
         self._classify(cines, artery, left_max, right_min)
         probabilities = {c.ref.sop_instance_uid: round(c.p_right, 4) for c in cines}
-        by_side = {s: sorted((c for c in cines if c.artery == s), key=lambda c: (c.ref.series_instance_uid, c.ref.path.name))
+        by_side = {s: sorted((c for c in cines if c.artery == s),
+                             key=lambda c: (c.ref.series_instance_uid, c.ref.path.name))
                    for s in SIDES}
         other = [c for c in cines if c.artery == "other"]
         if not by_side["left"] and not by_side["right"]:
@@ -192,8 +204,8 @@ class SyntaxPipeline:
                   ("models trained on", artery.manifest.provenance.trained_on)]
         if mixed:
             params.append(("mixed-version ensemble", mixed))
-        alg = AlgorithmIdentity.from_models(self.name, self.version, self._model_infos(infos), trained_on_phantoms=phantom,
-                                            parameters=params)
+        alg = AlgorithmIdentity.from_models(self.name, self.version, self._model_infos(infos),
+                                            trained_on_phantoms=phantom, parameters=params)
         shown = side_scores(scores, {s: len(by_side[s]) for s in SIDES}, len(other), opts.threshold, unusual)
         high = shown.high
         used = [c for s in SIDES for c in by_side[s]]
@@ -234,7 +246,8 @@ class SyntaxPipeline:
                 "calibrated": scores.calibrated,
                 "raw": {"left": round(scores.raw_left, 2) if shown.left is not None else None,
                         "right": round(scores.raw_right, 2) if shown.right is not None else None,
-                        "per_fold": [{"fold": k, "left": round(lv, 3), "right": round(rv, 3)} for k, lv, rv in scores.per_fold]},
+                        "per_fold": [{"fold": k, "left": round(lv, 3), "right": round(rv, 3)}
+                                     for k, lv, rv in scores.per_fold]},
                 "cines": {"left": len(by_side["left"]), "right": len(by_side["right"]), "other": len(other),
                           "not_used": len(skipped)},
                 "artery_probabilities": probabilities,
@@ -245,17 +258,19 @@ class SyntaxPipeline:
 
     # -- quality control (pipelines.qc) -------------------------------------------------------------
     @staticmethod
-    def _check_cines(cines: list[Cine], handles: list[Any]):
-        """Each cine against every distinct ``input_domain`` of the models (router and folds all see it).
+    def _check_cines(cines: list[Cine], handles: list[ModelHandle]
+                     ) -> tuple[list[Cine], list[tuple[Cine, str]], list[QualityIssue], list[str]]:
+        """Each cine against every distinct ``input_domain`` of ``handles`` (the router, or one side's folds).
 
         Returns the cines inside, (cine, reason) for those outside, one whole-result issue per code
         (for when no cine is left: the first cine's reason, and how many share it), and the notes."""
-        domains: dict[str, tuple[str, Any]] = {}
+        domains: dict[str, tuple[str, Mapping[str, DomainRange]]] = {}
         for h in handles:
             if h.manifest.input_domain:
                 key = repr(sorted((k, v.to_dict()) for k, v in h.manifest.input_domain.items()))
                 domains.setdefault(key, (f"{h.manifest.name} {h.manifest.version}", h.manifest.input_domain))
-        inside, outside = [], []
+        inside: list[Cine] = []
+        outside: list[tuple[Cine, str]] = []
         by_code: dict[str, list[QualityIssue]] = {}
         notes: list[str] = []
         for c in cines:
@@ -277,8 +292,8 @@ class SyntaxPipeline:
         return inside, outside, issues, notes
 
     @staticmethod
-    def _check_outputs(scores: SyntaxScores, by_side: dict[str, list[Cine]], folds: dict[str, dict[int, Any]],
-                       opts: SyntaxOptions):
+    def _check_outputs(scores: SyntaxScores, by_side: dict[str, list[Cine]], folds: dict[str, dict[int, ModelHandle]],
+                       opts: SyntaxOptions) -> tuple[dict[str, QualityIssue], dict[str, float], list[str]]:
         """Spread of the fold models' raw scores per side with cines, against the side's first fold
         model's ``output_domain`` (the range belongs to the ensemble; every fold manifest carries it)."""
         unusual: dict[str, QualityIssue] = {}
@@ -296,9 +311,9 @@ class SyntaxPipeline:
                 unusual[side] = outcome.issues[0]
         return unusual, spreads, notes
 
-    def _not_assessable(self, study: StudyView, handles: list[Any], cines: list[Cine], issues: list[QualityIssue],
-                        skipped: list[str], opts: SyntaxOptions, t0: float, why: str | None = None,
-                        probabilities: dict[str, float] | None = None) -> PipelineResult:
+    def _not_assessable(self, study: StudyView, handles: list[ModelHandle], cines: list[Cine],
+                        issues: list[QualityIssue], skipped: list[str], opts: SyntaxOptions, t0: float,
+                        why: str | None = None, probabilities: dict[str, float] | None = None) -> PipelineResult:
         """No cine to score (none within the models' accepted ranges, or none routed to a coronary
         system): SR and summary image say why, no score; ``why`` is the summary image's reason line;
         ``probabilities``: p(right) per routed cine (SOP Instance UID), when routing took place."""
@@ -306,7 +321,8 @@ class SyntaxPipeline:
         phantom = any(bool(h.manifest.provenance.synthetic) for h in handles)
         alg = AlgorithmIdentity.from_models(self.name, self.version, self._model_infos(infos),
                                             trained_on_phantoms=phantom,
-                                            parameters=[("models trained on", handles[0].manifest.provenance.trained_on)])
+                                            parameters=[("models trained on",
+                                                         handles[0].manifest.provenance.trained_on)])
         sources = [c.header for c in cines]
         notes = ["models used: " + "; ".join(f"{m.name} {m.version}" for m in infos)]
         if skipped:
@@ -318,7 +334,8 @@ class SyntaxPipeline:
         if opts.summary_image:
             datasets.append(build_summary_image(sources[0], "SYNTAX score (coronary angiography)",
                                                 ["No SYNTAX score is reported for this study.",
-                                                 why or f"{len(cines)} cine(s) outside the models' accepted input ranges"],
+                                                 why or f"{len(cines)} cine(s) outside the models' accepted "
+                                                        "input ranges"],
                                                 alg, opts.series_number_summary, issues=issues))
         return PipelineResult(
             datasets=datasets, pipeline_name=self.name, pipeline_version=self.version, models=infos,
@@ -333,7 +350,8 @@ class SyntaxPipeline:
     def _decode(study: StudyView, opts: SyntaxOptions) -> tuple[list[Cine], list[str]]:
         series = study.by_modality(*opts.modalities)
         if not series:
-            have = ", ".join(sorted({f"{s.modality or '?'} '{s.series_description}'" for s in study.series})) or "nothing"
+            have = (", ".join(sorted({f"{s.modality or '?'} '{s.series_description}'" for s in study.series}))
+                    or "nothing")
             raise PipelineInputError(f"no {'/'.join(opts.modalities)} series in the study (it has: {have})")
         cines, skipped = [], []
         for s in series:
@@ -354,7 +372,7 @@ class SyntaxPipeline:
         return cines, skipped
 
     @staticmethod
-    def _thresholds(artery: Any, opts: SyntaxOptions) -> tuple[float, float]:
+    def _thresholds(artery: ModelHandle, opts: SyntaxOptions) -> tuple[float, float]:
         pre = artery.manifest.preprocessing
         lo = opts.left_max if opts.left_max is not None else float(pre.get("left_max", 0.10))
         hi = opts.right_min if opts.right_min is not None else float(pre.get("right_min", 0.90))
@@ -363,13 +381,13 @@ class SyntaxPipeline:
         return lo, hi
 
     @staticmethod
-    def _config(handle: Any) -> CineConfig:
+    def _config(handle: ModelHandle) -> CineConfig:
         try:
             return CineConfig.from_manifest(handle.manifest.preprocessing, f"model {handle.name}")
         except PreprocessError as exc:
             raise PipelineInputError(str(exc)) from exc
 
-    def _classify(self, cines: list[Cine], handle: Any, left_max: float, right_min: float) -> None:
+    def _classify(self, cines: list[Cine], handle: ModelHandle, left_max: float, right_min: float) -> None:
         cfg = self._config(handle)
         x = np.stack([preprocess_cine(c.frames, cfg) for c in cines])
         name_in, name_out = handle.manifest.inputs[0].name, handle.manifest.outputs[0].name
@@ -378,7 +396,7 @@ class SyntaxPipeline:
             c.p_right = _sigmoid(z)
             c.artery = "left" if c.p_right <= left_max else "right" if c.p_right >= right_min else "other"
 
-    def _side_score(self, handle: Any, views: list[Cine]) -> float:
+    def _side_score(self, handle: ModelHandle, views: list[Cine]) -> float:
         if not views:
             return 0.0
         cfg = self._config(handle)
@@ -387,8 +405,9 @@ class SyntaxPipeline:
         return score_from_output(float(np.asarray(out).reshape(-1)[1]))
 
     @staticmethod
-    def _mixed_versions(folds: dict[str, dict[int, Any]]) -> str:
-        """'' when every fold model has the same version, else e.g. 'fold 0 0.3.0-hosp; folds 1, 2, 3, 4 0.2.0-phantom'."""
+    def _mixed_versions(folds: dict[str, dict[int, ModelHandle]]) -> str:
+        """'' when every fold model has the same version,
+        else e.g. 'fold 0 0.3.0-hosp; folds 1, 2, 3, 4 0.2.0-phantom'."""
         by_version: dict[str, list[str]] = {}
         for side in SIDES:
             for k, h in folds[side].items():
@@ -437,7 +456,7 @@ class SyntaxPipeline:
                 tracking_id=f"SYNTAX {side} coronary",
                 finding=codes.CORONARY_ARTERY_DISEASE_COMPLEXITY,
                 finding_site=SITES[side],
-                measurements=[MeasurementSpec(SIDE_CODES[side], _round(getattr(shown, side), 3), codes.POINTS),
+                measurements=[MeasurementSpec(SIDE_CODES[side], _round(shown.side(side), 3), codes.POINTS),
                               MeasurementSpec(CINES_USED, len(by_side[side]), codes.CINES)],
             ))
         return groups
@@ -453,14 +472,13 @@ class SyntaxPipeline:
             total = f"SYNTAX score (total): not assessed, but > {opts.threshold:g} (high) from one system alone"
         else:
             total = f"SYNTAX score (total): not assessed; > {opts.threshold:g} cannot be decided"
-        sides = [f"{side.capitalize()} coronary: " + (f"{getattr(shown, side):.1f}" if getattr(shown, side) is not None
+        sides = [f"{side.capitalize()} coronary: " + (f"{score:.1f}" if (score := shown.side(side)) is not None
                                                      else "not assessed") + f" ({len(by_side[side])} cines)"
                  for side in SIDES]
         return [total, *sides,
                 f"Excluded as other: {len(other)} cines; not used: {len(skipped)} instances",
                 "Calibrated (a*(L+R)+b per fold), shared by raw L:R" if scores.calibrated else "Uncalibrated",
-                "Raw ensemble: " + ", ".join(f"{side} " + (f"{getattr(scores, 'raw_' + side):.1f}"
-                                                         if getattr(shown, side) is not None
+                "Raw ensemble: " + ", ".join(f"{side} " + (f"{scores.raw(side):.1f}" if shown.side(side) is not None
                                                          else "not assessed") for side in SIDES)]
 
     @staticmethod
@@ -468,20 +486,22 @@ class SyntaxPipeline:
                scores: SyntaxScores, opts: SyntaxOptions, shown: SideScores) -> list[str]:
         notes = [f"high SYNTAX finding: total > {opts.threshold:g}",
                  f"raw ensemble (mean of {len(scores.per_fold)} folds): "
-                 + ", ".join(f"{side} " + (f"{getattr(scores, 'raw_' + side):.2f}" if getattr(shown, side) is not None
+                 + ", ".join(f"{side} " + (f"{scores.raw(side):.2f}" if shown.side(side) is not None
                                            else "not assessed")
                              for side in SIDES)
                  + ("; calibrated total shared between sides by the raw left:right ratio" if scores.calibrated else "")]
         for side in SIDES:
             if by_side[side]:
-                notes.append(f"{side} coronary cines: " + ", ".join(f"{c.ref.sop_instance_uid} (p_right {c.p_right:.2f})"
-                                                                  for c in by_side[side]))
+                notes.append(f"{side} coronary cines: "
+                             + ", ".join(f"{c.ref.sop_instance_uid} (p_right {c.p_right:.2f})" for c in by_side[side]))
             if dropped[side]:
                 notes.append(f"{side}: {len(dropped[side])} cine(s) beyond max_views {opts.max_views} not used")
         if other:
-            notes.append("excluded as other: " + ", ".join(f"{c.ref.sop_instance_uid} (p_right {c.p_right:.2f})" for c in other))
+            notes.append("excluded as other: "
+                         + ", ".join(f"{c.ref.sop_instance_uid} (p_right {c.p_right:.2f})" for c in other))
         if skipped:
-            notes.append("not used: " + "; ".join(skipped[:10]) + (f" (+{len(skipped) - 10} more)" if len(skipped) > 10 else ""))
+            notes.append("not used: " + "; ".join(skipped[:10])
+                         + (f" (+{len(skipped) - 10} more)" if len(skipped) > 10 else ""))
         return notes
 
 

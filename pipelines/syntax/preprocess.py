@@ -31,11 +31,12 @@ import dataclasses
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
-__all__ = ["CineConfig", "PreprocessError", "to_uint8", "clip_indices", "spread_indices", "sample_clip", "resize_frames",
-           "read_indices", "preprocess_frames", "black_tophat", "preprocess_cine", "IMAGENET_MEAN", "IMAGENET_STD",
-           "CLIPS", "INTENSITIES", "FILTERS"]
+__all__ = ["CineConfig", "PreprocessError", "to_uint8", "clip_indices", "spread_indices", "sample_clip",
+           "resize_frames", "read_indices", "preprocess_frames", "black_tophat", "preprocess_cine", "IMAGENET_MEAN",
+           "IMAGENET_STD", "CLIPS", "INTENSITIES", "FILTERS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,8 +59,8 @@ class CineConfig:
     frames: int = 32
     height: int = 256
     width: int = 256
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN  # 3 values (checked in __post_init__)
+    std: tuple[float, ...] = IMAGENET_STD
     clip: str = "centre"
     intensity: str = "1/255"
     samples: int = 0  # clip "minip": frames read from the cine (0: ``frames``)
@@ -107,8 +108,8 @@ class CineConfig:
             if not isinstance(size, Sequence) or len(size) != 2:
                 raise PreprocessError(f"{source}: preprocessing.size must be [height, width], got {size!r}")
             return cls(frames=int(pre["frames"]), height=int(size[0]), width=int(size[1]),
-                       mean=tuple(float(v) for v in pre.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
-                       std=tuple(float(v) for v in pre.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
+                       mean=tuple(float(v) for v in pre.get("mean", IMAGENET_MEAN)),
+                       std=tuple(float(v) for v in pre.get("std", IMAGENET_STD)),
                        clip=str(pre.get("clip", "centre")), intensity=str(pre.get("intensity", "1/255")),
                        samples=int(pre.get("samples", 0)), filter=str(pre.get("filter", "none")),
                        tophat_px=int(pre.get("tophat_px", 0)))
@@ -130,13 +131,14 @@ def to_uint8(cine: np.ndarray) -> np.ndarray:
     return _scale_uint8(arr, float(arr.max()))
 
 
-def _scale_uint8(arr: np.ndarray, peak: float) -> np.ndarray:
+def _scale_uint8(arr: np.ndarray, peak: float) -> npt.NDArray[np.uint8]:
     if peak <= 0:
         return np.zeros(arr.shape, np.uint8)
-    return np.clip(np.rint(arr.astype(np.float32) * np.float32(255.0 / peak)), 0, 255).astype(np.uint8)
+    scaled: npt.NDArray[np.float32] = np.clip(np.rint(arr.astype(np.float32) * np.float32(255.0 / peak)), 0, 255)
+    return scaled.astype(np.uint8)
 
 
-def clip_indices(n: int, frames: int, start: int | None = None) -> np.ndarray:
+def clip_indices(n: int, frames: int, start: int | None = None) -> npt.NDArray[np.int64]:
     """Frame indices of the clip: repeat-concatenate a short cine (0..n-1, 0..n-1, ...) then take
     ``frames`` consecutive ones from ``start`` (None = centred)."""
     if n < 1:
@@ -150,7 +152,7 @@ def clip_indices(n: int, frames: int, start: int | None = None) -> np.ndarray:
     return (np.arange(start, start + frames) % n).astype(np.int64)
 
 
-def spread_indices(n: int, frames: int, offset: float | None = None) -> np.ndarray:
+def spread_indices(n: int, frames: int, offset: float | None = None) -> npt.NDArray[np.int64]:
     """``frames`` indices spread evenly over 0..n-1: the centres of ``frames`` equal parts of the cine
     (``offset`` None = 0.5, the centre of each part; training draws it in [0, 1) to jitter the
     sampling).  Cines shorter than ``frames`` repeat frames in order."""
@@ -160,12 +162,14 @@ def spread_indices(n: int, frames: int, offset: float | None = None) -> np.ndarr
     if not 0.0 <= off < 1.0 + 1e-9:
         raise PreprocessError(f"spread offset {off} outside 0..1")
     idx = np.floor((np.arange(frames) + off) * (n / frames)).astype(np.int64)
-    return np.clip(idx, 0, n - 1)
+    clipped: npt.NDArray[np.int64] = np.clip(idx, 0, n - 1)
+    return clipped
 
 
 def sample_clip(cine: np.ndarray, frames: int, start: int | None = None) -> np.ndarray:
     """``frames`` frames of the cine (see :func:`clip_indices`)."""
-    return cine[clip_indices(cine.shape[0], frames, start)]
+    clip: np.ndarray = cine[clip_indices(cine.shape[0], frames, start)]
+    return clip
 
 
 def resize_frames(frames01: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -175,18 +179,18 @@ def resize_frames(frames01: np.ndarray, height: int, width: int) -> np.ndarray:
     out = np.empty((frames01.shape[0], height, width), np.float32)
     for i, f in enumerate(frames01):
         img = Image.fromarray(np.ascontiguousarray(f, dtype=np.float32), mode="F")
-        out[i] = np.asarray(img.resize((width, height), Image.BILINEAR), dtype=np.float32)
+        out[i] = np.asarray(img.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
     return out
 
 
-def read_indices(n: int, cfg: CineConfig, start: int | float | None = None) -> np.ndarray:
+def read_indices(n: int, cfg: CineConfig, start: int | float | None = None) -> npt.NDArray[np.int64]:
     """Indices of the frames a clip reads from an ``n``-frame cine (``start``: see :func:`preprocess_cine`)."""
     if cfg.clip in ("spread", "minip"):
         return spread_indices(n, cfg.n_samples, None if start is None else float(start))
     return clip_indices(n, cfg.frames, None if start is None else int(start))
 
 
-def _window_reduce(a: np.ndarray, k: int, fn) -> np.ndarray:
+def _window_reduce(a: npt.NDArray[np.float32], k: int, fn: np.ufunc) -> npt.NDArray[np.float32]:
     """``fn`` (np.minimum / np.maximum) over a k x k square centred on each pixel of (..., H, W), edges replicated."""
     lo, hi = (k - 1) // 2, k // 2
     for axis in (-2, -1):
@@ -194,14 +198,14 @@ def _window_reduce(a: np.ndarray, k: int, fn) -> np.ndarray:
         pad[axis] = (lo, hi)
         p = np.pad(a, pad, mode="edge")
         n = a.shape[axis]
-        out = np.take(p, range(0, n), axis=axis)
+        out: npt.NDArray[np.float32] = np.take(p, range(0, n), axis=axis)
         for d in range(1, k):
             out = fn(out, np.take(p, range(d, d + n), axis=axis))
         a = out
     return a
 
 
-def black_tophat(frames: np.ndarray, k: int) -> np.ndarray:
+def black_tophat(frames: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.float32]:
     """Grey closing with a k x k square minus the frames (T, H, W): dark structures thinner than k pixels."""
     closing = _window_reduce(_window_reduce(frames, k, np.maximum), k, np.minimum)
     return (closing - frames).astype(np.float32)

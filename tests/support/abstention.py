@@ -20,7 +20,8 @@ def reasons(sr: pydicom.Dataset) -> dict[str, str]:
         if item.get("ValueType") == "CODE" and name == "NA-REASON":
             last = str(item.ConceptCodeSequence[0].CodeValue)
             out[last] = str(item.ConceptCodeSequence[0].CodeMeaning)
-        elif item.get("ValueType") == "TEXT" and last is not None and out[last] and str(item.TextValue).startswith(out[last]):
+        elif (item.get("ValueType") == "TEXT" and last is not None and out[last]
+              and str(item.TextValue).startswith(out[last])):
             out[last] = str(item.TextValue)
     return out
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
+from synth.dicom import new_study, write_ct_series
 from training.calcium.phantom import Phantom, make_phantom
 from training.datasets.phantoms import COCA_CLASS_TO_FILE as CLASS_TO_FILE  # noqa: F401 - used by tests
 from training.datasets.phantoms import COCA_FILE_SEGMENTS as FILE_SEGMENTS  # noqa: F401
 from training.datasets.phantoms import COCA_SMALL, write_coca_folder, write_nrrd  # noqa: F401
-from training.synth.dicom import new_study, write_ct_series
 
 SMALL = COCA_SMALL
 

@@ -7,8 +7,8 @@ import numpy as np
 import pydicom
 
 from pipelines.myops.preprocess import build_grid_stack
+from synth.dicom import new_study
 from training.myops.phantom import ground_truth_figures, make_phantom, write_dicom_study
-from training.synth.dicom import new_study
 
 
 def phantom_study(out: Path, seed: int, sequences=("bssfp", "lge", "t2")):

@@ -3,7 +3,7 @@
 Pixel content is cheap noise-free ramps: the point is realistic sizes and
 encodings (multi-frame XA cine, JPEG/JPEG-LS/RLE), not image content.  CT
 series come from :func:`tests.fixtures.studies.write_ct_study` (the one CT
-writer, :func:`training.synth.dicom.write_ct_series`).
+writer, :func:`synth.dicom.write_ct_series`).
 """
 from __future__ import annotations
 

@@ -108,8 +108,8 @@ def torch_predictor(model, batch: int = 16) -> Callable[[np.ndarray], np.ndarray
 
 def onnx_predictor(model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], PreprocessConfig]:
     """A predictor from an exported model directory (model.onnx + manifest.json), through the runtime."""
-    from node.config import ModelsSection
     from pipelines.runtime import ModelStore
+    from pipelines.runtime.settings import ModelsSection
 
     store = ModelStore([model_dir.parent], ModelsSection(providers=("cpu",), warmup=False))
     handle = store.acquire(model_dir.name)

@@ -50,8 +50,8 @@ def _dataset_json(root: Path, channels: dict[str, str], labels: dict[str, int], 
         write_marker(root, generator=str(found[1].get("generator")), layout=f"nnU-Net v2 ({root.name})", cases=n_train)
 
 
-def export_coca(src: Path, out: Path, *, dataset_id: int = 501, name: str = "COCACalcium", dicom_dir: Path | None = None,
-                exam_map: Path | None = None, aliases: dict | None = None) -> Path:
+def export_coca(src: Path, out: Path, *, dataset_id: int = 501, name: str = "COCACalcium",
+                dicom_dir: Path | None = None, exam_map: Path | None = None, aliases: dict | None = None) -> Path:
     from pipelines.calcium.labels import CLASSES
     from training.calcium.coca import CocaDataset, CocaError
     from training.myops.dataset import volume_to_nifti
@@ -98,7 +98,8 @@ def export_myops(src: Path, out: Path, *, dataset_id: int = 502, name: str = "My
         case = ds.load(case_id)
         pc = (prepare_prealigned if prealigned else prepare_case)(case, cfg)
         dz = float(case.volumes["lge"].spacing[0])
-        grid = Volume(array=np.zeros(pc.label.shape, np.float32), spacing=(dz, cfg.grid_spacing_mm, cfg.grid_spacing_mm),
+        grid = Volume(array=np.zeros(pc.label.shape, np.float32),
+                      spacing=(dz, cfg.grid_spacing_mm, cfg.grid_spacing_mm),
                       origin=(0.0, 0.0, 0.0), direction=np.eye(3), headers=[], refs=[])
         part = "Tr" if case_id in train_ids else "Ts"
         for c in range(pc.image.shape[1]):
@@ -109,7 +110,8 @@ def export_myops(src: Path, out: Path, *, dataset_id: int = 502, name: str = "My
     names = ["background", "normal myocardium", "edema", "scar", "LV blood pool", "RV blood pool"]
     _dataset_json(root, {str(i): s for i, s in enumerate(cfg.channels)},
                   {names[i]: i for i in range(conv.num_classes)}, len(train_ids), Path(src),
-                  f"MyoPS380 cases after CardioNode's {'intensity normalisation' if prealigned else 'matching, registration and ROI crop'}"
+                  "MyoPS380 cases after CardioNode's "
+                  f"{'intensity normalisation' if prealigned else 'matching, registration and ROI crop'}"
                   f"; split {split}: {len(train_ids)} train / {len(test_ids)} test")
     return root
 
@@ -139,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             root = export_myops(a.src, a.out, dataset_id=a.dataset_id or 502, name=a.name or "MyoPS380",
                                 prealigned=a.prealigned, split=a.split, labels_json=a.labels)
         info = json.loads((root / "dataset.json").read_text())
-        print(f"wrote {root}: {info['numTraining']} training cases, {len(list((root / 'imagesTs').glob('*_0000.nii.gz')))} "
-              f"test cases, labels {info['labels']}")
+        n_test = len(list((root / 'imagesTs').glob('*_0000.nii.gz')))
+        print(f"wrote {root}: {info['numTraining']} training cases, {n_test} test cases, labels {info['labels']}")
         return 0
 
     return run()

@@ -56,8 +56,8 @@ def write_coca_folder(root: Path, exams: Mapping[str, str], *, seed0: int = 100,
     """``exams``: id -> 'train' | 'test'.  Writes nrrd/<id>.nrrd, dicom/<id>/*.dcm, train_test_split.csv and
     the marker; returns {id: Phantom}.  ``crop_exam``'s NRRD is cropped to the labelled extent (origin moved),
     as Slicer may write it."""
+    from synth.dicom import new_study, write_ct_series
     from training.calcium.phantom import make_phantom
-    from training.synth.dicom import new_study, write_ct_series
 
     root = Path(root)
     (root / "nrrd").mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,8 @@ def write_coca_folder(root: Path, exams: Mapping[str, str], *, seed0: int = 100,
     lines = ["patient_id,split"] + [f"{e},{s}" for e, s in exams.items()]
     (root / "train_test_split.csv").write_text("\n".join(lines) + "\n")
     write_marker(root, generator="training.calcium.phantom", layout="COCA_Segmentations", cases=len(exams),
-                 details={"seeds": [seed0 + n for n in range(len(exams))], "phantom": {k: str(v) for k, v in kw.items()}})
+                 details={"seeds": [seed0 + n for n in range(len(exams))],
+                          "phantom": {k: str(v) for k, v in kw.items()}})
     return phantoms
 
 

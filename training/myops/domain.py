@@ -39,11 +39,11 @@ def calibrate_output_domain(model_dir: Path, cases: int = CALIBRATION_CASES, see
                             ) -> tuple[dict[str, DomainRange], dict[str, list[float]]]:
     """Run the pipeline on held-out phantom studies; accepted ranges of the output scores."""
     from export.domains import upper_bound
-    from node.config import ModelsSection
     from pipelines.base import PipelineContext, StudyView
     from pipelines.myops.pipeline import MyopsPipeline
     from pipelines.runtime import ModelStore
-    from training.synth.dicom import new_study
+    from pipelines.runtime.settings import ModelsSection
+    from synth.dicom import new_study
 
     from .phantom import make_phantom, write_dicom_study
 

@@ -58,7 +58,8 @@ def build_export(checkpoint: Path, args: argparse.Namespace) -> list[ExportSpec]
     cfg = ckpt["model_config"]
     roi = int(ckpt["preprocess"]["roi_size"])
     example = torch.rand(2, cfg["in_channels"], roi, roi) * 255.0
-    check = [(torch.rand(1, cfg["in_channels"], roi, roi) * 255.0,), (torch.rand(5, cfg["in_channels"], roi, roi) * 255.0,)]
+    check = [(torch.rand(1, cfg["in_channels"], roi, roi) * 255.0,),
+             (torch.rand(5, cfg["in_channels"], roi, roi) * 255.0,)]
     split = ckpt.get("split") or {}
     synthetic_default = bool(ckpt.get("synthetic"))
     record = _record(ckpt, Path(checkpoint))

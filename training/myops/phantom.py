@@ -85,7 +85,8 @@ def varied_spec(rng: np.random.Generator) -> PhantomSpec:
     lo = float(np.exp(rng.uniform(np.log(0.2), np.log(20.0))))
     return PhantomSpec(pixel_mm=px, matrix=mat, slice_mm=dz, max_shift_mm=float(rng.uniform(2.0, 8.0)),
                        max_rot_deg=float(rng.uniform(2.0, 8.0)), max_scale=float(rng.uniform(0.0, 0.06)),
-                       noise=float(rng.uniform(0.02, 0.06)), gain=(lo, lo * 3.0), gain_log_uniform=True, bias=float(rng.uniform(0.1, 0.6)),
+                       noise=float(rng.uniform(0.02, 0.06)), gain=(lo, lo * 3.0), gain_log_uniform=True,
+                       bias=float(rng.uniform(0.1, 0.6)),
                        bias_order=2, contrast_jitter=0.3)
 
 
@@ -230,7 +231,8 @@ def make_phantom(seed: int, spec: PhantomSpec | None = None, *, with_scar: bool 
         vv, uu = np.meshgrid(idx + fov_shift[1], idx + fov_shift[0], indexing="ij")  # (y, x)
         cj = spec.contrast_jitter
         contrast = np.asarray(CONTRAST[seq]) * rng.uniform(1.0 - cj, 1.0 + cj, size=7)
-        contrast = np.concatenate([contrast, [contrast[MYO], contrast[MYO], 2.5 * contrast[AIR]]])  # rv wall, pap., lung
+        # rv wall, papillary muscles, lung
+        contrast = np.concatenate([contrast, [contrast[MYO], contrast[MYO], 2.5 * contrast[AIR]]])
         gain = (float(np.exp(rng.uniform(np.log(spec.gain[0]), np.log(spec.gain[1])))) if spec.gain_log_uniform
                 else float(rng.uniform(*spec.gain)))
         quad = rng.normal(0, 1, size=5) if spec.bias_order >= 2 else None
@@ -309,7 +311,7 @@ def write_dicom_study(case: PhantomCase, out_dir, *, seed: int, sequences: Seque
     """Write the phantom's sequences as one MR study (one series each); returns all file paths."""
     from pathlib import Path
 
-    from training.synth.dicom import new_study, write_mr_series
+    from synth.dicom import new_study, write_mr_series
 
     study = study or new_study(seed=seed)
     paths = []

@@ -292,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra["model_config"] = _model_config(cases, labels.num_classes, cfg)
         model, history = train_model(cases, labels.num_classes, cfg, pre.roi_size, run=run, val=val,
                                      epoch_steps=a.epoch_steps, extra=extra)
-        metrics = evaluate_cases(model, prepare_cases(ds, test_ids, pre, a.cache), device=run.device) if test_ids else {}
+        metrics = (evaluate_cases(model, prepare_cases(ds, test_ids, pre, a.cache), device=run.device)
+                   if test_ids else {})
         log.info("held-out Dice (best.pt, epoch %s): %s", run.best and run.best["epoch"], json.dumps(metrics))
         run.update_best(metrics={f"heldout_{k}" if k != "cases" else "heldout_cases": v for k, v in metrics.items()},
                         metrics_method=METHOD + " Held-out split: " + a.split + ".")

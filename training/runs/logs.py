@@ -18,4 +18,5 @@ def setup_logging(logdir: Path | None = None, stream: TextIO | None = None) -> N
     if logdir is not None:
         Path(logdir).mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(Path(logdir) / "train.log"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers, force=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers,
+                        force=True)

@@ -51,11 +51,11 @@ def calibrate_output_domain(models_dir: Path, studies: int = CALIBRATION_STUDIES
                             seed0: int = CALIBRATION_SEED0) -> tuple[dict[str, DomainRange], list[float]]:
     """Run the pipeline on held-out phantom studies; the accepted range of the fold spread."""
     from export.domains import upper_bound
-    from node.config import ModelsSection
     from pipelines.base import PipelineContext, StudyView
     from pipelines.runtime import ModelStore
+    from pipelines.runtime.settings import ModelsSection
     from pipelines.syntax.pipeline import SyntaxPipeline
-    from training.synth.dicom import new_study, write_xa_cine
+    from synth.dicom import new_study, write_xa_cine
 
     from .phantom import make_study
 

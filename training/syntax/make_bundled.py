@@ -250,8 +250,8 @@ def evaluate_router(models: Path, studies: int, threads: int) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from bench.phantoms import xa
     from bench.syntax_routing import route_family
-    from node.config import ModelsSection
     from pipelines.runtime import ModelStore
+    from pipelines.runtime.settings import ModelsSection
 
     store = ModelStore([models], ModelsSection(providers=("cpu",), warmup=False, intra_op_threads=threads))
     out: dict = {"evaluation_generator": f"{xa.GENERATOR} {xa.VERSION}"}

@@ -2,7 +2,7 @@
 
 Layout written under ``root``::
 
-    dicom/<study>/<n>.dcm                 multi-frame XA (training.synth.dicom.write_xa_cine)
+    dicom/<study>/<n>.dcm                 multi-frame XA (synth.dicom.write_xa_cine)
     folds/fold{k}_{train,eval}.json       Format 1, one record per left/right cine
     rnn_folds/rnn_fold{k}_{train,eval}.json  Format 2, one record per study
     test_phantom.json                     test format (mean_syntax, expert0..5) for the held-out studies
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import pydicom
 
-from training.synth.dicom import new_study, write_xa_cine
+from synth.dicom import new_study, write_xa_cine
 
 from .phantom import PhantomStudy
 

@@ -21,7 +21,7 @@ import dataclasses
 import datetime as _dt
 import random
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -168,7 +168,7 @@ def _file_meta(ds: Dataset, transfer_syntax: str) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     meta.ImplementationClassUID = _IMPLEMENTATION_UID
     meta.ImplementationVersionName = _IMPLEMENTATION_NAME
     return meta
@@ -218,7 +218,7 @@ def _slice_series(
     slice_thickness: float | None,
     seed: int | None,
     prefix: str,
-    extra: dict,
+    extra: dict[str, Any],
     signed: bool,
     bits: int,
     rescale: tuple[float, float] | None,
@@ -361,7 +361,7 @@ def write_mr_series(
     scanning_sequence: str = "GR",
     seed: int | None = None,
     frame_of_reference_uid: str | None = None,
-    attributes: dict | None = None,
+    attributes: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write a (z, y, x) non-negative image as a single-frame MR series (unsigned 16-bit).
 

@@ -5,8 +5,9 @@ phantoms, written as DICOM by the same generators the bundled models were
 trained on (``training.syntax.phantom``, ``training.calcium.phantom``,
 ``training.myops.phantom``): not patient data, and whatever the node reports on
 them is a phantom result.  Every file says so in its patient name
-(``PHANTOM^...``) and study description.  Only numpy, scipy and pydicom are
-needed, so this works on the base install (no torch).
+(``PHANTOM^...``) and study description.  The files are written by
+:mod:`synth.dicom`.  Only numpy, scipy and pydicom are needed, so this works on
+the base install (no torch, no train extra).
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def _uid_seed(kind: str, seed: int) -> int:
 
 
 def _xa(out: Path, seed: int) -> list[Path]:
+    from synth.dicom import new_study, write_xa_cine
     from training.syntax.phantom import make_study
-    from training.synth.dicom import new_study, write_xa_cine
 
     st = make_study(seed, 96)
     uid_seed = _uid_seed("xa", seed)
@@ -36,8 +37,8 @@ def _xa(out: Path, seed: int) -> list[Path]:
 
 
 def _ct(out: Path, seed: int) -> list[Path]:
+    from synth.dicom import new_study, write_ct_series
     from training.calcium.phantom import make_phantom
-    from training.synth.dicom import new_study, write_ct_series
 
     ph = make_phantom(seed, shape=(56, 256, 256), spacing=(3.0, 1.4, 1.4), plaque_shape="box", noise_hu=10.0)
     uid_seed = _uid_seed("ct", seed)
@@ -46,8 +47,8 @@ def _ct(out: Path, seed: int) -> list[Path]:
 
 
 def _mr(out: Path, seed: int) -> list[Path]:
+    from synth.dicom import new_study
     from training.myops.phantom import make_phantom, write_dicom_study
-    from training.synth.dicom import new_study
 
     case = make_phantom(seed, with_scar=True)
     uid_seed = _uid_seed("mr", seed)
