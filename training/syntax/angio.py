@@ -11,13 +11,15 @@ the tree's topology rather than one drawing.
   septals, LCX around the left ring with 0-3 marginals; sometimes a ramus.  Right system: RCA around
   the right ring (a C in LAO), acute marginals, conus branch, then PDA towards the apex and a
   posterolateral branch (dominance varies: short or long RCA).
-- Projection: LAO -60..100, cranial -45..45, in-plane roll, field of view 80-220 mm, pan.
+- Projection: LAO -60..100, cranial -45..45, in-plane roll, field of view 80-260 mm for coronary
+  runs (1.1.0: was 80-170, so that a tree may fill the frame or sit small in a wide field), pan.
 - Rendering (different from the evaluation generator on purpose): centreline points splatted into
   three calibre bins and blurred with a Gaussian per bin; contrast arrives after a delay and travels
   down the tree by path length, washes out; cardiac contraction; lesions thin a vessel and an
   occlusion stops the flow.
 - Scene: smooth tissue texture, spine, diaphragm dome, lungs, table edge, ribs, sternal wires or clips,
-  collimator shutters, catheter from the frame edge to the ostium, quantum noise, blur, gamma.
+  collimator shutters, catheter from the frame edge to the ostium (1.1.0: from faint to as dark as
+  the vessels), quantum noise, blur, gamma; contrast density 0.2-1.5 (1.1.0: was 0.35-1.5).
 - Negatives (router target "neither"): left ventriculogram (opacified beating LV, pigtail),
   aortogram (opacified root/ascending aorta/arch), and test shots (catheter, no contrast).
 
@@ -36,7 +38,7 @@ from scipy import ndimage
 __all__ = ["GENERATOR", "VERSION", "KINDS", "ROUTER_TARGET", "Scene", "make_scene", "render", "render_all"]
 
 GENERATOR = "training.syntax.angio"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 KINDS = ("left", "right", "ventriculogram", "aortogram", "testshot")
 #: soft target of the artery classifier: p(right); negatives sit between the routing thresholds
 ROUTER_TARGET = {"left": 0.02, "right": 0.98, "ventriculogram": 0.5, "aortogram": 0.5, "testshot": 0.5}
@@ -315,19 +317,19 @@ def make_scene(kind: str, seed: int, *, size: int | None = None, frames: int | N
     lao = float(rng.uniform(-60, 100)) if kind != "ventriculogram" else float(rng.uniform(-45, 70))
     cran = float(rng.uniform(-45, 45))
     rot = _rotation(lao, cran, float(rng.uniform(-20, 20)))
-    fov = float(rng.uniform(80, 170) if kind in ("left", "right", "testshot") else rng.uniform(140, 240))
+    fov = float(rng.uniform(80, 260) if kind in ("left", "right", "testshot") else rng.uniform(140, 260))
     px = n / fov
     look = (np.concatenate([v.pts for v in vessels]).mean(0) if vessels else 0.5 * (h.centre + tip)) + rng.normal(0, 8, 3)
     offset = np.array([n / 2, n / 2]) - (look @ rot.T)[:2] * px + rng.uniform(-0.1, 0.1, 2) * n
     cath_px = (cath3d @ rot.T)[:, :2] * px + offset
     return Scene(kind=kind, frames=T, fps=fps, size=n, seed=int(seed), vessels=vessels, blob=blob, blob_dist=blob_dist,
                  catheter=cath_px, centre=h.centre, rot=rot, px_per_mm=px, offset=offset, background=_background(rng, n),
-                 contrast=float(rng.uniform(0.35, 1.5)), noise=float(rng.uniform(0.005, 0.08)),
+                 contrast=float(rng.uniform(0.2, 1.5)), noise=float(rng.uniform(0.005, 0.08)),
                  blur=float(rng.uniform(0.3, 1.2)), gamma=float(rng.uniform(0.7, 1.4)),
                  t_inject=float(rng.uniform(0, min(1.2, 0.3 * T / fps))), speed=float(rng.uniform(100, 400)),
                  inject_len=float(rng.uniform(2.0, 5.0)), washout=float(rng.uniform(0.8, 3.0)),
                  period=float(rng.uniform(0.5, 1.2)), squeeze=float(rng.uniform(0.03, 0.12)), blob_volume=volume,
-                 window_low=float(rng.uniform(0.4, 1.2)), catheter_density=float(rng.uniform(0.1, 0.35)))
+                 window_low=float(rng.uniform(0.4, 1.2)), catheter_density=float(rng.uniform(0.1, 0.9)))
 
 
 def _splat(img: np.ndarray, xy: np.ndarray, w: np.ndarray) -> None:
