@@ -240,4 +240,5 @@ def preprocess_cine(cine: np.ndarray, cfg: CineConfig, start: int | float | None
     if arr.ndim != 3 or min(arr.shape) < 1:
         raise PreprocessError(f"expected a (frames, height, width) cine, got shape {arr.shape}")
     picked = arr[read_indices(arr.shape[0], cfg, start)]
-    return preprocess_frames(picked, cfg, None if arr.dtype == np.uint8 else float(arr.max()))  # scaled by the cine's peak
+    # scaled by the cine's peak
+    return preprocess_frames(picked, cfg, None if arr.dtype == np.uint8 else float(arr.max()))

@@ -1,4 +1,4 @@
-"""The SYNTAX models' accepted ranges: cine inputs from the phantom generator, fold spread calibrated on held-out phantoms.
+"""SYNTAX models' accepted ranges: cine inputs from the phantom generator, fold spread calibrated on held-out phantoms.
 
     python -m training.syntax.domain --models pipelines/models    # re-calibrate, write the 11 manifests
 
@@ -7,11 +7,12 @@ model's manifest): :func:`training.syntax.phantom.make_study` cines of 96 x 96 p
 frames, written as XA.  :data:`ROUTER_INPUT_DOMAIN` (the artery router's manifest, checked before
 routing; the fold models' ranges are checked after it, per side): the router's training scenes
 (:mod:`training.syntax.angio`, 12-130 frames, rendered at 128-256 px, and the 96 px phantom cines)
-and the evaluation runs it is measured on (bench/phantoms/xa: 15-120 frames, 512 / 1024 px).  The output score ``fold_spread`` (:mod:`pipelines.qc.scores`:
-standard deviation of the 5 fold models' raw scores of one coronary system, SYNTAX points) is
-measured by running the pipeline (ONNX Runtime) on held-out phantom studies (seeds from
-:data:`CALIBRATION_SEED0`, never trained on); the accepted maximum is twice the largest value seen
-there.  It is written into every fold manifest (the range belongs to the ensemble).
+and the evaluation runs it is measured on (bench/phantoms/xa: 15-120 frames, 512 / 1024 px).  The
+output score ``fold_spread`` (:mod:`pipelines.qc.scores`: standard deviation of the 5 fold models'
+raw scores of one coronary system, SYNTAX points) is measured by running the pipeline (ONNX Runtime)
+on held-out phantom studies (seeds from :data:`CALIBRATION_SEED0`, never trained on); the accepted
+maximum is twice the largest value seen there.  It is written into every fold manifest (the range
+belongs to the ensemble).
 """
 from __future__ import annotations
 

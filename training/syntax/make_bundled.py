@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--router-batch", type=int, default=32)
     p.add_argument("--router-frames", type=int, default=2)
     p.add_argument("--router-samples", type=int, default=16,
-                   help="frames read per cine; the clip is their running minimum projection (preprocessing clip: minip)")
+                   help="frames read per cine; the clip is their running minimum projection "
+                        "(preprocessing clip: minip)")
     p.add_argument("--router-size", type=int, default=64)
     p.add_argument("--router-tophat", type=int, default=7, help="black top-hat square in pixels (0: no filter)")
     p.add_argument("--router-widths", type=int, nargs=4, default=(8, 16, 32, 64))
@@ -124,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "freeze_backbone": True, "batch_size": 8, "lr": 1e-2, "variant": "lstm_mean"})
             _, history[f"head_{side}_fold{k}"] = train_head(args, tr, ev)
         cfg = base.cine_config
-        pred = {side: predict_studies(load_side_models(logdir / "full_model_weights", side, [k], "lstm_mean")[0], ev, side, cfg)
+        pred = {side: predict_studies(load_side_models(logdir / "full_model_weights", side, [k], "lstm_mean")[0],
+                                      ev, side, cfg)
                 for side in ("left", "right")}
         coeffs = fit_calibration(pred["left"] + pred["right"], [s.syntax for s in ev])
         update_scaling(logdir / "scaling_coeffs.json", k, coeffs)
@@ -137,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_fold = {k: {side: predict_studies(load_side_models(logdir / "full_model_weights", side, [k], "lstm_mean")[0],
                                           test, side, base.cine_config) for side in ("left", "right")}
                 for k in range(a.folds)}
-    res = evaluate_studies(per_fold, np.asarray([s.syntax for s in test]), scaling, np.asarray([s.experts for s in test]))
+    res = evaluate_studies(per_fold, np.asarray([s.syntax for s in test]), scaling,
+                           np.asarray([s.experts for s in test]))
     print(format_table(f"held-out phantoms (n={len(test)})", res))
     ens = res["rows"]["ensemble"]
     metrics = {"heldout_phantom_pearson_r": round(ens["pearson_r"], 4),
@@ -145,8 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                "heldout_phantom_pearson_r_calibrated": round(ens["pearson_r_calibrated"], 4),
                "heldout_phantom_balanced_accuracy_gt22_calibrated": round(ens["balanced_accuracy_calibrated"], 4),
                "heldout_phantom_studies": len(test)}
-    (a.work / "metrics.json").write_text(json.dumps({"metrics": metrics, "evaluation": {k: v for k, v in res.items() if k not in ("truth",)},
-                                                     "history": history, "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
+    (a.work / "metrics.json").write_text(json.dumps(
+        {"metrics": metrics, "evaluation": {k: v for k, v in res.items() if k not in ("truth",)},
+         "history": history, "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
     (a.work / "provenance_metrics.json").write_text(json.dumps(metrics))
     if a.no_export:
         return 0
@@ -159,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{TEST_SEED0}..{TEST_SEED0 + a.test_studies - 1})")
     notes = (f"reduced R3D-18 (widths {'/'.join(map(str, a.widths))}), {a.frames} frames at {a.size}x{a.size}; "
              "stage-1 backbone shared by the folds (CPU budget); NOT clinical weights")
-    common = {"synthetic": "true", "trained_on": trained_on, "date": dt.date.today().isoformat(), "metrics_file": str(a.work / "provenance_metrics.json"),
+    common = {"synthetic": "true", "trained_on": trained_on, "date": dt.date.today().isoformat(),
+              "metrics_file": str(a.work / "provenance_metrics.json"),
               "notes": notes}
     ns = argparse.Namespace(version=VERSION, fp16=False, simplify=False,
                             options={**common, "frames": str(a.frames), "size": f"{a.size}x{a.size}",
@@ -257,8 +262,9 @@ def evaluate_router(models: Path, studies: int, threads: int) -> dict:
     out: dict = {"evaluation_generator": f"{xa.GENERATOR} {xa.VERSION}"}
     for fam in ("training", "evaluation"):
         r = route_family(fam, studies, store, log=log.info)
-        out[f"routing_{fam}_family"] = {k: r[k] for k in ("studies", "cines", "routing_accuracy", "coronary_routed_correctly",
-                                                           "neither_as_other", "left_right_separation", "confusion")}
+        out[f"routing_{fam}_family"] = {k: r[k] for k in ("studies", "cines", "routing_accuracy",
+                                                           "coronary_routed_correctly", "neither_as_other",
+                                                           "left_right_separation", "confusion")}
     return out
 
 
