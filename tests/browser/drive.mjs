@@ -45,10 +45,15 @@ async function waitText(page, text, timeout) {
   }
 }
 
-async function openSeries(page, label) {
+// the study browser fills in its thumbnails one series at a time (slowly on a loaded machine): wait for this one
+async function openSeries(page, label, timeout = 60000) {
   await dismissTour(page);
-  const el = await leafWithText(page, label);
-  if (!el) throw new Error(`no series thumbnail '${label}'`);
+  let el = await leafWithText(page, label);
+  for (const end = Date.now() + timeout; !el && Date.now() < end;) {
+    await sleep(500);
+    el = await leafWithText(page, label);
+  }
+  if (!el) throw new Error(`no series thumbnail '${label}' within ${timeout / 1000} s`);
   await el.click({ count: 2 });
 }
 
