@@ -84,3 +84,22 @@ def test_widened_training_phantoms_label_no_bone_or_device():
         assert not ph.labels[ph.devices].any()
         assert ph.labels.any() and not ph.labels[~ph.region].any()
         assert np.count_nonzero((ph.hu >= 400) & ~ph.region) > 1000  # bone outside, unlabelled
+
+
+def test_widened_training_phantoms_outline_the_great_vessels_with_fat():
+    """Generator 2.2: mediastinal fat around both aortas gives the region an image cue above the heart.  The fat
+    changes only pixels inside the heart/aorta region, to the fat's HU, and never a label; without it (and in
+    the plain anatomy) the vessels are 40 HU in a 40 HU mediastinum."""
+    from training.calcium.phantom import Variation, draw_variation, make_phantom
+
+    v = draw_variation(np.random.default_rng(4))
+    v = Variation(**{**v.__dict__, "kernel_px": 0.0, "sharpen": 0.0, "periaortic_fat_hu": -100.0})
+    kw = dict(shape=(48, 256, 256), spacing=(3.0, 1.4, 1.4), noise_hu=0.0, classes=(6,))
+    fat = make_phantom(7, variation=Variation(**{**v.__dict__, "periaortic_fat_mm": 6.0}), **kw)
+    none = make_phantom(7, variation=Variation(**{**v.__dict__, "periaortic_fat_mm": 0.0}), **kw)
+    changed = fat.hu != none.hu
+    assert np.count_nonzero(changed) > 5000  # rings on every slice
+    assert np.all(fat.hu[changed] == -100) and np.all(none.hu[changed] == 40)
+    assert fat.region[changed].all()
+    np.testing.assert_array_equal(fat.labels, none.labels)
+    np.testing.assert_array_equal(fat.region, none.region)
