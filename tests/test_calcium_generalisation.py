@@ -46,8 +46,8 @@ def test_inference_keeps_calcium_inside_the_learned_region_only():
 
 
 @pytest.mark.xfail(strict=True, reason="target not met by the bundled model yet (docs/calcium.md, 'What is missing'): "
-                   "the bundled 0.1.0 scores this study coronary 7472; the unbundled 2.1.0 candidate scores it "
-                   "coronary 0 but thoracic aorta 7.8 with one bone voxel; strict: fails once a model meets it")
+                   "the bundled 0.2.0 scores this study coronary 7.8 (one false LCX lesion, no bone), 0.1.0 scored "
+                   "it coronary 7472; strict: fails once a model meets it")
 def test_calcium_free_eval_study_with_dense_bone_scores_zero(tmp_path):
     """Ribs/spine/sternum of 800-1000 HU and calcified costal cartilage (541 HU), noise 12 HU, no calcium at
     all: coronary 0, category "0", nothing in the SEG.  The 0.1.0 model scored ribs and spine as coronary,
