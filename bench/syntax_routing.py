@@ -11,7 +11,9 @@ ensemble -> SR), and each cine's routing (left / right / other) is compared with
   anatomy, acquisition model and DICOM writer; 15-120 frames, 512 / 1024 matrices).
 
 Target: at least 98 % of the cines routed to their artery, "other" only for ventriculograms and
-aortograms.  Prints the accuracy and the confusion matrix per family, and the seconds per study.
+aortograms.  Prints the accuracy and the confusion matrix per family, and the seconds per study; also
+the left/right separation of p(right) whatever the thresholds (the share of (left, right) cine pairs in
+which the right cine has the higher p(right): 1.0 = perfectly ordered, 0.5 = chance).
 """
 from __future__ import annotations
 
@@ -73,6 +75,7 @@ def route_family(family: str, studies: int, store: ModelStore, *, seed0: int | N
     left_max, right_min = float(art.get("left_max", 0.10)), float(art.get("right_min", 0.90))
     confusion = np.zeros((3, 3), np.int64)
     secs, gen_secs, misses = [], [], []
+    p_by_truth: dict[str, list[float]] = {"left": [], "right": []}
     qc_abstained = 0
     pipe = SyntaxPipeline()
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,6 +100,8 @@ def route_family(family: str, studies: int, store: ModelStore, *, seed0: int | N
             for path, truth in pairs:
                 uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
                 pr = probs.get(uid)
+                if pr is not None and truth in p_by_truth:
+                    p_by_truth[truth].append(float(pr))
                 got = "other" if pr is None else "left" if pr <= left_max else "right" if pr >= right_min else "other"
                 confusion[TRUTHS.index(truth), ROUTES.index(got)] += 1
                 if ROUTES.index(got) != TRUTHS.index(truth):
@@ -109,10 +114,19 @@ def route_family(family: str, studies: int, store: ModelStore, *, seed0: int | N
     return {"family": family, "studies": studies, "cines": total, "routing_accuracy": round(correct / max(total, 1), 4),
             "coronary_routed_correctly": round(float(np.trace(confusion[:2, :2]) / max(coronary, 1)), 4),
             "neither_as_other": round(float(confusion[2, 2] / max(confusion[2].sum(), 1)), 4),
+            "left_right_separation": _separation(p_by_truth["left"], p_by_truth["right"]),
             "confusion": {t: {r: int(confusion[a, b]) for b, r in enumerate(ROUTES)} for a, t in enumerate(TRUTHS)},
             "not_assessable_before_routing": qc_abstained, "misses": misses,
             "pipeline_seconds_per_study": round(float(np.mean(secs)), 2),
             "generation_seconds_per_study": round(float(np.mean(gen_secs)), 2)}
+
+
+def _separation(left: list[float], right: list[float]) -> float | None:
+    """Share of (left, right) pairs whose right cine has the higher p(right) (ties count half); None without both."""
+    if not left or not right:
+        return None
+    lv, rv = np.asarray(left)[None, :], np.asarray(right)[:, None]
+    return round(float(((rv > lv).sum() + 0.5 * (rv == lv).sum()) / (lv.size * rv.size)), 4)
 
 
 def format_result(r: dict[str, Any]) -> str:
@@ -120,6 +134,7 @@ def format_result(r: dict[str, Any]) -> str:
             f"'other' for non-coronary runs: {100 * r['routing_accuracy']:.1f} % (target >= 98 %); coronary cines "
             f"{100 * r['coronary_routed_correctly']:.1f} %, "
             f"ventriculogram/aortogram as other {100 * r['neither_as_other']:.1f} %",
+            f"  left/right separation of p(right), whatever the thresholds: {r['left_right_separation']}",
             "  truth \\ routed    left  right  other"]
     for t in TRUTHS:
         c = r["confusion"][t]

@@ -95,11 +95,12 @@ def test_fold_models_disagree(tmp_path):
 
 
 def test_one_cine_outside_is_left_out_and_named(tmp_path):
+    """A cine longer than the router accepts (checked before routing) is not analysed and is named."""
     files = _study(tmp_path / "xa")
-    long = write_xa_cine(np.zeros((60, 96, 96), np.uint8) + 80, tmp_path / "xa" / "99.dcm",
+    long = write_xa_cine(np.zeros((150, 96, 96), np.uint8) + 80, tmp_path / "xa" / "99.dcm",
                          new_study(seed=4711), series_number=99, seed=4711)
     result = _run(files + [long])
     assert result.summary["cines_outside_domain"] == 1 and result.summary["syntax_total"] is not None
     text = " ".join(str(i.get("TextValue", "")) for i in walk(
         by_modality(result.datasets)["SR"].ContentSequence))
-    assert "1 cine(s) outside the models' accepted input ranges not analysed" in text and "number of frames 60" in text
+    assert "1 cine(s) outside the models' accepted input ranges not analysed" in text and "number of frames 150" in text

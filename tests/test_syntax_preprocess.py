@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.syntax.preprocess import CineConfig, PreprocessError, preprocess_cine, spread_indices
+from pipelines.syntax.preprocess import (IMAGENET_MEAN, IMAGENET_STD, CineConfig, PreprocessError, preprocess_cine,
+                                       spread_indices)
 
 
 def test_spread_indices_cover_the_whole_cine() -> None:
@@ -60,3 +61,36 @@ def test_long_1024_cine_only_converts_the_sampled_frames() -> None:
     assert x.shape == (3, 4, 48, 48) and x.dtype == np.float32
     mid = x[0, 0, 24, 24] * 0.229 + 0.485
     assert mid == pytest.approx(1.0, abs=1e-3)
+
+
+def test_minip_clip_shows_every_vessel_that_has_filled_whatever_the_timing() -> None:
+    """Two vessels opacified one after the other (the first washes out): the last frame of the running
+    minimum projection shows both, for 15 and 120 frames alike; frames never get brighter."""
+    cfg = CineConfig(frames=4, height=16, width=16, clip="minip", samples=16)
+    for n in (15, 120):
+        cine = np.full((n, 64, 64), 200, np.uint8)
+        cine[n // 4:n // 2, 8:16, :] = 40  # vessel A, washed out by mid-run
+        cine[n // 2:3 * n // 4, 40:48, :] = 40  # vessel B, later
+        x = preprocess_cine(cine, cfg)[0]
+        bg = x[-1, 8].mean()  # a row no vessel crosses
+        assert x[-1, 3].mean() < bg - 1 and x[-1, 11].mean() < bg - 1, n  # both vessels in the last frame
+        assert x[0, 11].mean() > x[-1, 11].mean() + 1, n  # vessel B not yet in the first one
+        assert (np.diff(x, axis=0) <= 1e-6).all()
+    assert cfg.to_manifest()["samples"] == 16 and CineConfig.from_manifest(cfg.to_manifest()) == cfg
+    with pytest.raises(PreprocessError, match="samples"):
+        CineConfig(frames=4, clip="minip", samples=2)
+
+
+def test_black_tophat_keeps_thin_dark_lines_and_drops_wide_shading() -> None:
+    """A 1-px dark line on a dark half-plane (diaphragm-like) and a bright ramp: only the line is left."""
+    img = np.tile(np.linspace(150, 250, 64, dtype=np.float32), (64, 1))
+    img[40:, :] -= 100  # wide dark region
+    img[:, 20] -= 60  # thin vessel
+    cfg = CineConfig(frames=1, height=64, width=64, filter="tophat", tophat_px=5)
+    x = preprocess_cine(img[None].astype(np.uint8), cfg)[0, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
+    assert x[:, 20].min() > 0.15  # the line, everywhere along it
+    rest = np.delete(x, [19, 20, 21], axis=1)
+    assert np.abs(rest[5:35]).max() < 0.02 and np.abs(rest[45:]).max() < 0.02  # shading and the wide region gone
+    assert CineConfig.from_manifest(cfg.to_manifest()) == cfg
+    with pytest.raises(PreprocessError, match="tophat_px"):
+        CineConfig(filter="tophat")

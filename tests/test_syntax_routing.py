@@ -15,16 +15,26 @@ from pipelines.runtime import ModelStore, bundled_models_dir
 from pipelines.runtime.settings import ModelsSection
 from pipelines.syntax.pipeline import SyntaxPipeline
 
+#: The bundled router (syntax-artery 0.3.0-phantom, trained by ``make_bundled --artery-only`` on
+#: training.syntax.angio 1.1.0 within a CPU budget) routes most evaluation-family coronary runs as
+#: "neither": it mostly orders left below right in p(right) but is not confident enough to pass the
+#: 0.10 / 0.90 thresholds (docs/syntax.md, figures).  It routes the 512-px study of two left runs and a
+#: ventriculogram correctly (unmarked test below), not the 1024-px runs of the first.  Strict: the mark
+#: goes with the router that passes.
+ROUTER_GAP = pytest.mark.xfail(strict=True, reason="bundled syntax-artery 0.3.0-phantom routes most evaluation-family "
+                               "cines as neither (below the 98 % routing target; issue 13 item 2 open; docs/syntax.md)")
 
-#: Two gaps: the bundled router (syntax-artery 0.2.0-phantom, trained on training.syntax.phantom only)
-#: routed none of the five runs of the first test correctly (left -> other, right -> other / left,
-#: ventriculogram -> left), and the bundled models' accepted input ranges (96 x 96, 14-32 frames)
-#: make these cines "not assessable" before routing.  A router trained by ``make_bundled
-#: --artery-only`` that passes, with input ranges that cover what it was evaluated on, must replace
-#: it; strict: an unexpected pass fails, so the mark is removed with that model.
-ROUTER_GAP = pytest.mark.xfail(strict=True, reason="bundled syntax-artery 0.2.0-phantom does not generalise to "
-                               "bench/phantoms/xa runs and its input ranges exclude them (issue 13 item 2 open; "
-                               "docs/syntax.md)")
+#: The SYNTAX fold models (syntax-{left,right}-fold*, 0.2.0-phantom) were trained on 96 x 96 cines of
+#: 14-32 frames (training.syntax.phantom) and accept only those (their manifests' input_domain,
+#: checked per side after routing), so these 512 / 1024 runs are routed but not scored.  Strict: an
+#: unexpected pass fails, so the mark goes with fold models trained and evaluated on such cines.
+SCORING_GAP = pytest.mark.xfail(strict=True, reason="the bundled SYNTAX fold models accept only 96 x 96 cines of "
+                                "14-32 frames: evaluation-family runs are routed but not scored (issue 13 item 2, "
+                                "scoring; docs/syntax.md)")
+
+EVALUATION_RUNS = [("left", 11, 20, 1024), ("left", 12, 90, 1024), ("right", 13, 20, 1024), ("right", 14, 90, 1024),
+                   ("ventriculogram", 15, 30, 512)]
+NO_RIGHT_RUNS = [("left", 21, 40, 512), ("left", 22, 60, 512), ("ventriculogram", 23, 25, 512)]
 
 
 def _write(tmp: Path, runs: list[tuple[str, int, int, int]]) -> list[tuple[Path, xa.XaRun]]:
@@ -45,28 +55,51 @@ def _routes(res, pairs) -> list[tuple[str, str]]:
     left_max, right_min = 0.10, 0.90
     out = []
     for path, run in pairs:
-        p = probs[str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)]
-        out.append((run.truth, "left" if p <= left_max else "right" if p >= right_min else "neither"))
+        p = probs.get(str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+        out.append((run.truth, "not routed" if p is None else "left" if p <= left_max else "right" if p >= right_min
+                    else "neither"))
     return out
 
 
+@pytest.fixture(scope="module")
+def evaluation_study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("xa-eval")
+    pairs = _write(tmp, EVALUATION_RUNS)
+    return pairs, _run(tmp, [p for p, _ in pairs])
+
+
+@pytest.fixture(scope="module")
+def no_right_study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("xa-no-right")
+    pairs = _write(tmp, NO_RIGHT_RUNS)
+    return pairs, _run(tmp, [p for p, _ in pairs])
+
+
 @ROUTER_GAP
-def test_evaluation_family_cines_are_routed_to_their_artery(tmp_path) -> None:
-    pairs = _write(tmp_path, [("left", 11, 20, 1024), ("left", 12, 90, 1024), ("right", 13, 20, 1024),
-                              ("right", 14, 90, 1024), ("ventriculogram", 15, 30, 512)])
+def test_evaluation_family_cines_are_routed_to_their_artery(evaluation_study) -> None:
+    pairs, res = evaluation_study
     assert [r.pixels.shape for _, r in pairs][:2] == [(20, 1024, 1024), (90, 1024, 1024)]
-    res = _run(tmp_path, [p for p, _ in pairs])
     routes = _routes(res, pairs)
     assert all(truth == got for truth, got in routes), (routes, res.summary["artery_probabilities"])
+    if res.summary["syntax_total"] is None:  # routed but not scored: the report says why
+        assert res.summary["not_assessable"], res.summary
+
+
+def test_study_without_right_cine_is_routed_left_and_neither(no_right_study) -> None:
+    pairs, res = no_right_study
+    assert _routes(res, pairs) == [("left", "left"), ("left", "left"), ("neither", "neither")]
+
+
+@SCORING_GAP
+def test_evaluation_family_study_is_scored(evaluation_study) -> None:
+    _, res = evaluation_study
     assert res.summary["cines"]["left"] == 2 and res.summary["cines"]["right"] == 2
     assert res.summary["syntax_total"] is not None
 
 
-@ROUTER_GAP
-def test_study_without_usable_right_cine_says_not_assessed(tmp_path) -> None:
-    pairs = _write(tmp_path, [("left", 21, 40, 512), ("left", 22, 60, 512), ("ventriculogram", 23, 25, 512)])
-    res = _run(tmp_path, [p for p, _ in pairs])
-    assert _routes(res, pairs) == [("left", "left"), ("left", "left"), ("neither", "neither")]
+@SCORING_GAP
+def test_study_without_usable_right_cine_says_not_assessed(no_right_study) -> None:
+    _, res = no_right_study
     assert res.summary["syntax_right"] is None and res.summary["syntax_total"] is None
     assert res.summary["syntax_left"] is not None
     assert [i["code"] for i in res.summary["not_assessable"]] == ["NO-CINE", "SIDE-MISSING"]

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from starlette.routing import Route
 
 if TYPE_CHECKING:  # node.web.server mounts the console: a runtime import would be a cycle
-    from ..web.server import WebContext
+    from ..web.context import WebContext
 
 __all__ = ["console_app_routes"]
 

@@ -46,7 +46,7 @@ from ..state import InstanceIndex
 from .store import ROLES, AuditQuery, ConsoleStore
 
 if TYPE_CHECKING:  # node.web.server mounts the console: a runtime import would be a cycle
-    from ..web.server import WebContext
+    from ..web.context import WebContext
 
 __all__ = ["console_routes", "ACTIONS", "SESSION_COOKIE"]
 

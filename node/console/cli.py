@@ -19,7 +19,7 @@ __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    from node.cli import add_config_arguments
+    from node.config_args import add_config_arguments
 
     from .store import ROLES
 
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _accounts(args: argparse.Namespace) -> tuple[Accounts, ConsoleStore]:
-    from node.cli import config_from_args
+    from node.config_args import config_from_args
     from node.state import connect
 
     from .accounts import Accounts

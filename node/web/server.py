@@ -16,14 +16,13 @@ it does not open the JSON API to session cookies, nor the console to API tokens.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import sqlite3
 import ssl
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -33,44 +32,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..config import NodeConfig, TLSSection
-from ..spool import Spool
 from ..state import ping
 from .auth import TokenAuth
-from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .context import WebContext
+from .metrics import CONTENT_TYPE_LATEST
 from .status_api import status_routes
 from .stow import StowHandler
-
-if TYPE_CHECKING:
-    from pipelines.runtime import ModelStore
 
 __all__ = ["WebContext", "build_app", "HttpServer"]
 
 log = logging.getLogger("cardionode.web")
-
-
-@dataclasses.dataclass
-class WebContext:
-    """What the HTTP endpoints use; built by the service (or a test) and passed in.
-
-    ``get_conn`` returns a DB connection usable in the calling thread.
-    ``retry_job(job_id) -> None | reason`` and ``wake_jobs()`` are optional
-    hooks into the job queue; ``wake_dispatch()``, ``complete_study(uid)`` (run completion for a
-    study that is due) and ``reload_models()`` are the console's hooks into the running node;
-    ``readiness()`` returns named checks (True = ok) and defaults to DB + spool space.
-    """
-
-    config: NodeConfig
-    get_conn: Callable[[], sqlite3.Connection]
-    metrics: Metrics
-    spool: Spool | None = None
-    model_store: ModelStore | None = None
-    retry_job: Callable[[int], str | None] | None = None
-    wake_jobs: Callable[[], None] | None = None
-    wake_dispatch: Callable[[], None] | None = None
-    complete_study: Callable[[str], list[int]] | None = None
-    reload_models: Callable[[], None] | None = None
-    readiness: Callable[[], dict[str, bool]] | None = None
-    started_at: float = dataclasses.field(default_factory=time.time)
 
 
 def _default_readiness(ctx: WebContext) -> dict[str, bool]:

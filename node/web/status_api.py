@@ -24,7 +24,7 @@ from .. import status as queries
 from ..state import Jobs
 
 if TYPE_CHECKING:
-    from .server import WebContext
+    from .context import WebContext
 
 __all__ = ["status_routes"]
 

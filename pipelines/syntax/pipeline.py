@@ -3,7 +3,9 @@
 1. Every XA instance with at least ``min_frames`` frames is decoded (:func:`pipelines.imaging.load_cine`);
    single frames and undecodable instances are listed as not used.
 2. Artery classifier (``syntax-artery``): sigmoid <= left_max -> left, >= right_min -> right, else
-   "other" (excluded, counted in the report).
+   "other" (excluded, counted in the report).  Quality control (:mod:`pipelines.qc`): a cine outside
+   the router's accepted input ranges is not routed; a routed cine outside its side's fold models'
+   ranges is not scored (both are named in the report).
 3. Per side, the views ordered by (SeriesInstanceUID, file name) go through the shared preprocessing
    (:mod:`pipelines.syntax.preprocess`, parameters from each model's manifest) into the 5 fold models
    (backbone + head fused in one ONNX graph each).
@@ -144,19 +146,20 @@ class SyntaxPipeline:
         cpu0, t0 = time.process_time(), time.perf_counter()
         cines, skipped = self._decode(study, opts)
         handles = [artery] + [folds[s][k] for s in SIDES for k in opts.folds]
-        cines, outside, domain_issues, checked = self._check_cines(cines, handles)
+        # the router's accepted input ranges before routing; each side's fold models' ranges after it
+        # (a cine is only ever scored by its side's models)
+        cines, outside, domain_issues, checked = self._check_cines(cines, [artery])
         skipped += [f"{c.ref.sop_instance_uid}: {why}" for c, why in outside]
         t_load = time.perf_counter()
         if not cines:
             return self._not_assessable(study, handles, [c for c, _ in outside], domain_issues, skipped, opts, t0)
         left_max, right_min = self._thresholds(artery, opts)
         self._classify(cines, artery, left_max, right_min)
+        probabilities = {c.ref.sop_instance_uid: round(c.p_right, 4) for c in cines}
         by_side = {s: sorted((c for c in cines if c.artery == s),
                              key=lambda c: (c.ref.series_instance_uid, c.ref.path.name))
                    for s in SIDES}
         other = [c for c in cines if c.artery == "other"]
-        dropped = {s: by_side[s][opts.max_views:] for s in SIDES}
-        by_side = {s: by_side[s][:opts.max_views] for s in SIDES}
         if not by_side["left"] and not by_side["right"]:
             # e.g. a ventriculogram or aortogram only: nothing to score, which the reader must be told
             probs = ", ".join(f"{c.p_right:.2f}" for c in cines[:8]) + (", ..." if len(cines) > 8 else "")
@@ -164,7 +167,20 @@ class SyntaxPipeline:
                                  f"left or right coronary injection (all routed as neither, e.g. a ventriculogram "
                                  f"or aortogram; p(right) {probs}; left <= {left_max:g}, right >= {right_min:g})")
             return self._not_assessable(study, handles, cines, [issue], skipped, opts, t0,
-                                        f"{len(cines)} cine(s) routed as neither left nor right coronary")
+                                        f"{len(cines)} cine(s) routed as neither left nor right coronary",
+                                        probabilities=probabilities)
+        for side in SIDES:
+            kept, out_side, side_issues, side_checked = self._check_cines(by_side[side], list(folds[side].values()))
+            by_side[side] = kept
+            outside += out_side
+            skipped += [f"{c.ref.sop_instance_uid}: routed {side}; {why}" for c, why in out_side]
+            domain_issues += [i for i in side_issues if i.code not in {d.code for d in domain_issues}]
+            checked += [n for n in side_checked if n not in checked]
+        if not by_side["left"] and not by_side["right"]:
+            return self._not_assessable(study, handles, [c for c, _ in outside], domain_issues, skipped, opts, t0,
+                                        probabilities=probabilities)
+        dropped = {s: by_side[s][opts.max_views:] for s in SIDES}
+        by_side = {s: by_side[s][:opts.max_views] for s in SIDES}
         per_fold: dict[int, tuple[float, float]] = {}
         calibration: dict[int, dict[str, float]] = {}
         for k in opts.folds:
@@ -234,7 +250,7 @@ class SyntaxPipeline:
                                      for k, lv, rv in scores.per_fold]},
                 "cines": {"left": len(by_side["left"]), "right": len(by_side["right"]), "other": len(other),
                           "not_used": len(skipped)},
-                "artery_probabilities": {c.ref.sop_instance_uid: round(c.p_right, 4) for c in cines},
+                "artery_probabilities": probabilities,
                 "seconds": {"decode": round(t_load - t0, 2), "model": round(t_model - t_load, 2),
                             "outputs": round(t_out - t_model, 2), "cpu": round(cpu, 2)},
             },
@@ -244,7 +260,7 @@ class SyntaxPipeline:
     @staticmethod
     def _check_cines(cines: list[Cine], handles: list[ModelHandle]
                      ) -> tuple[list[Cine], list[tuple[Cine, str]], list[QualityIssue], list[str]]:
-        """Each cine against every distinct ``input_domain`` of the models (router and folds all see it).
+        """Each cine against every distinct ``input_domain`` of ``handles`` (the router, or one side's folds).
 
         Returns the cines inside, (cine, reason) for those outside, one whole-result issue per code
         (for when no cine is left: the first cine's reason, and how many share it), and the notes."""
@@ -297,9 +313,10 @@ class SyntaxPipeline:
 
     def _not_assessable(self, study: StudyView, handles: list[ModelHandle], cines: list[Cine],
                         issues: list[QualityIssue], skipped: list[str], opts: SyntaxOptions, t0: float,
-                        why: str | None = None) -> PipelineResult:
+                        why: str | None = None, probabilities: dict[str, float] | None = None) -> PipelineResult:
         """No cine to score (none within the models' accepted ranges, or none routed to a coronary
-        system): SR and summary image say why, no score; ``why`` is the summary image's reason line."""
+        system): SR and summary image say why, no score; ``why`` is the summary image's reason line;
+        ``probabilities``: p(right) per routed cine (SOP Instance UID), when routing took place."""
         infos = [h.info for h in handles]
         phantom = any(bool(h.manifest.provenance.synthetic) for h in handles)
         alg = AlgorithmIdentity.from_models(self.name, self.version, self._model_infos(infos),
@@ -325,6 +342,7 @@ class SyntaxPipeline:
             summary={"syntax_total": None, "syntax_left": None, "syntax_right": None, "high": None,
                      "threshold": opts.threshold, "not_assessable": [i.as_dict() for i in issues],
                      "cines_outside_domain": 0 if why else len(cines),
+                     "artery_probabilities": dict(probabilities or {}),
                      "seconds": {"total": round(time.perf_counter() - t0, 2)}})
 
     # -- steps -------------------------------------------------------------------------------------

@@ -11,6 +11,14 @@ Two options a manifest may declare (absent: the reference behaviour above):
 - ``clip: "spread"``: ``frames`` frames spread evenly over the whole cine instead of consecutive
   ones, so that a 15-frame and a 120-frame run (or 7.5 and 30 frames/s) both show the model the
   contrast arriving and filling the tree (see :func:`spread_indices`).
+- ``clip: "minip"`` (with ``samples``): ``samples`` frames spread over the cine (as ``spread``), and
+  output frame ``j`` is the running minimum-intensity projection of the samples up to the end of the
+  ``j``-th of ``frames`` equal groups -- vessels are dark, so each frame shows every vessel that has
+  filled so far and the last one the whole opacified tree, whatever the injection timing, wash-out
+  or frame count.  The minimum is taken after the resize (less noise in it).
+- ``filter: "tophat"`` (with ``tophat_px``): a black top-hat per output frame (grey closing with a
+  ``tophat_px`` square, minus the frame): thin dark structures (vessels, catheter) stay, wide ones
+  (diaphragm, spine, lungs, table, an opacified ventricle or aorta) and slow shading go.
 - ``intensity: "percentile"``: after sampling, the clip is stretched so that its 1st / 99th
   percentiles map to 0 / 1, making the model indifferent to window, bit depth and contrast density.
 
@@ -27,14 +35,17 @@ import numpy.typing as npt
 from PIL import Image
 
 __all__ = ["CineConfig", "PreprocessError", "to_uint8", "clip_indices", "spread_indices", "sample_clip",
-           "resize_frames", "preprocess_cine", "IMAGENET_MEAN", "IMAGENET_STD", "CLIPS", "INTENSITIES"]
+           "resize_frames", "read_indices", "preprocess_frames", "black_tophat", "preprocess_cine", "IMAGENET_MEAN",
+           "IMAGENET_STD", "CLIPS", "INTENSITIES", "FILTERS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: temporal sampling: consecutive frames (reference) or spread over the cine
-CLIPS = ("centre", "spread")
+CLIPS = ("centre", "spread", "minip")
 #: intensity scaling after sampling: 1/255 (reference) or the clip's 1-99 percentile stretch
 INTENSITIES = ("1/255", "percentile")
+#: spatial filter of each output frame: none (reference) or a black top-hat
+FILTERS = ("none", "tophat")
 
 
 class PreprocessError(ValueError):
@@ -52,12 +63,21 @@ class CineConfig:
     std: tuple[float, ...] = IMAGENET_STD
     clip: str = "centre"
     intensity: str = "1/255"
+    samples: int = 0  # clip "minip": frames read from the cine (0: ``frames``)
+    filter: str = "none"
+    tophat_px: int = 0  # filter "tophat": square side in output pixels
 
     def __post_init__(self) -> None:
         if self.clip not in CLIPS:
             raise PreprocessError(f"clip must be one of {', '.join(CLIPS)}, got {self.clip!r}")
         if self.intensity not in INTENSITIES:
             raise PreprocessError(f"intensity must be one of {', '.join(INTENSITIES)}, got {self.intensity!r}")
+        if self.filter not in FILTERS:
+            raise PreprocessError(f"filter must be one of {', '.join(FILTERS)}, got {self.filter!r}")
+        if self.samples and self.samples < self.frames:
+            raise PreprocessError(f"samples ({self.samples}) must be 0 or >= frames ({self.frames})")
+        if self.filter == "tophat" and self.tophat_px < 2:
+            raise PreprocessError(f"filter tophat needs tophat_px >= 2, got {self.tophat_px}")
         if self.frames < 1 or self.height < 1 or self.width < 1:
             raise PreprocessError(f"frames/height/width must be >= 1, got {self.frames}/{self.height}/{self.width}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
@@ -69,7 +89,16 @@ class CineConfig:
                "resize": "bilinear antialias (PIL)"}
         if self.intensity != "1/255":
             out["intensity"] = self.intensity
+        if self.clip == "minip":
+            out["samples"] = self.n_samples
+        if self.filter != "none":
+            out["filter"], out["tophat_px"] = self.filter, self.tophat_px
         return out
+
+    @property
+    def n_samples(self) -> int:
+        """Frames read from the cine per clip."""
+        return self.samples if self.clip == "minip" and self.samples else self.frames
 
     @classmethod
     def from_manifest(cls, pre: Mapping[str, Any], source: str = "manifest") -> "CineConfig":
@@ -81,7 +110,9 @@ class CineConfig:
             return cls(frames=int(pre["frames"]), height=int(size[0]), width=int(size[1]),
                        mean=tuple(float(v) for v in pre.get("mean", IMAGENET_MEAN)),
                        std=tuple(float(v) for v in pre.get("std", IMAGENET_STD)),
-                       clip=str(pre.get("clip", "centre")), intensity=str(pre.get("intensity", "1/255")))
+                       clip=str(pre.get("clip", "centre")), intensity=str(pre.get("intensity", "1/255")),
+                       samples=int(pre.get("samples", 0)), filter=str(pre.get("filter", "none")),
+                       tophat_px=int(pre.get("tophat_px", 0)))
         except KeyError as exc:
             raise PreprocessError(f"{source}: preprocessing has no key {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -152,25 +183,62 @@ def resize_frames(frames01: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-def preprocess_cine(cine: np.ndarray, cfg: CineConfig, start: int | float | None = None) -> np.ndarray:
-    """One cine (T, H, W) -> float32 (3, frames, height, width), normalised.  ``start`` None = centred
-    clip (or evenly spread frames); in training the clip start (``clip`` centre) or the spread offset
-    in [0, 1) (``clip`` spread).  Only the sampled frames are converted, so long 1024-pixel cines
-    cost little beyond their decoding."""
-    arr = np.asarray(cine)
-    if arr.ndim != 3 or min(arr.shape) < 1:
-        raise PreprocessError(f"expected a (frames, height, width) cine, got shape {arr.shape}")
-    if cfg.clip == "spread":
-        idx = spread_indices(arr.shape[0], cfg.frames, None if start is None else float(start))
-    else:
-        idx = clip_indices(arr.shape[0], cfg.frames, None if start is None else int(start))
-    picked = arr[idx]
-    u8 = picked if arr.dtype == np.uint8 else _scale_uint8(picked, float(arr.max()))  # scaled by the cine's peak
-    clip = u8.astype(np.float32) / 255.0
-    small = resize_frames(clip, cfg.height, cfg.width)
+def read_indices(n: int, cfg: CineConfig, start: int | float | None = None) -> npt.NDArray[np.int64]:
+    """Indices of the frames a clip reads from an ``n``-frame cine (``start``: see :func:`preprocess_cine`)."""
+    if cfg.clip in ("spread", "minip"):
+        return spread_indices(n, cfg.n_samples, None if start is None else float(start))
+    return clip_indices(n, cfg.frames, None if start is None else int(start))
+
+
+def _window_reduce(a: npt.NDArray[np.float32], k: int, fn: np.ufunc) -> npt.NDArray[np.float32]:
+    """``fn`` (np.minimum / np.maximum) over a k x k square centred on each pixel of (..., H, W), edges replicated."""
+    lo, hi = (k - 1) // 2, k // 2
+    for axis in (-2, -1):
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (lo, hi)
+        p = np.pad(a, pad, mode="edge")
+        n = a.shape[axis]
+        out: npt.NDArray[np.float32] = np.take(p, range(0, n), axis=axis)
+        for d in range(1, k):
+            out = fn(out, np.take(p, range(d, d + n), axis=axis))
+        a = out
+    return a
+
+
+def black_tophat(frames: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.float32]:
+    """Grey closing with a k x k square minus the frames (T, H, W): dark structures thinner than k pixels."""
+    closing = _window_reduce(_window_reduce(frames, k, np.maximum), k, np.minimum)
+    return (closing - frames).astype(np.float32)
+
+
+def preprocess_frames(picked: np.ndarray, cfg: CineConfig, peak: float | None = None) -> np.ndarray:
+    """The frames :func:`read_indices` chose (in that order) -> float32 (3, frames, height, width).
+    ``peak``: the whole cine's maximum for non-uint8 cines (None: the picked frames' maximum)."""
+    arr = np.asarray(picked)
+    u8 = arr if arr.dtype == np.uint8 else _scale_uint8(arr, float(arr.max()) if peak is None else peak)
+    small = resize_frames(u8.astype(np.float32) / 255.0, cfg.height, cfg.width)
+    if cfg.clip == "minip":
+        run = np.minimum.accumulate(small, axis=0)
+        ends = np.floor((np.arange(cfg.frames) + 1) * (len(small) / cfg.frames)).astype(np.int64) - 1
+        small = run[np.clip(ends, 0, len(small) - 1)]
+    if cfg.filter == "tophat":
+        small = black_tophat(small, cfg.tophat_px)
     if cfg.intensity == "percentile":
         lo, hi = np.percentile(small, [1.0, 99.0])
         small = np.clip((small - lo) / max(float(hi - lo), 1e-3), 0.0, 1.0).astype(np.float32)
     mean = np.asarray(cfg.mean, np.float32)[:, None, None, None]
     std = np.asarray(cfg.std, np.float32)[:, None, None, None]
     return np.ascontiguousarray((small[None] - mean) / std, dtype=np.float32)
+
+
+def preprocess_cine(cine: np.ndarray, cfg: CineConfig, start: int | float | None = None) -> np.ndarray:
+    """One cine (T, H, W) -> float32 (3, frames, height, width), normalised.  ``start`` None = centred
+    clip (or evenly spread frames); in training the clip start (``clip`` centre) or the spread offset
+    in [0, 1) (``clip`` spread / minip).  Only the read frames are converted, so long 1024-pixel cines
+    cost little beyond their decoding."""
+    arr = np.asarray(cine)
+    if arr.ndim != 3 or min(arr.shape) < 1:
+        raise PreprocessError(f"expected a (frames, height, width) cine, got shape {arr.shape}")
+    picked = arr[read_indices(arr.shape[0], cfg, start)]
+    # scaled by the cine's peak
+    return preprocess_frames(picked, cfg, None if arr.dtype == np.uint8 else float(arr.max()))

@@ -11,13 +11,15 @@ the tree's topology rather than one drawing.
   septals, LCX around the left ring with 0-3 marginals; sometimes a ramus.  Right system: RCA around
   the right ring (a C in LAO), acute marginals, conus branch, then PDA towards the apex and a
   posterolateral branch (dominance varies: short or long RCA).
-- Projection: LAO -60..100, cranial -45..45, in-plane roll, field of view 80-220 mm, pan.
+- Projection: LAO -60..100, cranial -45..45, in-plane roll, field of view 80-260 mm for coronary
+  runs (1.1.0: was 80-170, so that a tree may fill the frame or sit small in a wide field), pan.
 - Rendering (different from the evaluation generator on purpose): centreline points splatted into
   three calibre bins and blurred with a Gaussian per bin; contrast arrives after a delay and travels
   down the tree by path length, washes out; cardiac contraction; lesions thin a vessel and an
   occlusion stops the flow.
 - Scene: smooth tissue texture, spine, diaphragm dome, lungs, table edge, ribs, sternal wires or clips,
-  collimator shutters, catheter from the frame edge to the ostium, quantum noise, blur, gamma.
+  collimator shutters, catheter from the frame edge to the ostium (1.1.0: from faint to as dark as
+  the vessels), quantum noise, blur, gamma; contrast density 0.2-1.5 (1.1.0: was 0.35-1.5).
 - Negatives (router target "neither"): left ventriculogram (opacified beating LV, pigtail),
   aortogram (opacified root/ascending aorta/arch), and test shots (catheter, no contrast).
 
@@ -36,7 +38,7 @@ from scipy import ndimage
 __all__ = ["GENERATOR", "VERSION", "KINDS", "ROUTER_TARGET", "Scene", "make_scene", "render", "render_all"]
 
 GENERATOR = "training.syntax.angio"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 KINDS = ("left", "right", "ventriculogram", "aortogram", "testshot")
 #: soft target of the artery classifier: p(right); negatives sit between the routing thresholds
 ROUTER_TARGET = {"left": 0.02, "right": 0.98, "ventriculogram": 0.5, "aortogram": 0.5, "testshot": 0.5}
@@ -199,9 +201,11 @@ def _left(h: _Ellipsoid, rng: np.random.Generator) -> tuple[list[_Vessel], np.nd
     out = [lm, lad, lcx]
     out += _side_branches(h, lad, int(rng.integers(0, 4)), rng, _meridian_goal(h, rng.uniform(-1.3, -0.7)),
                           (25, 55), (0.8, 1.2), (0.1, 0.6))
-    out += _side_branches(h, lcx, int(rng.integers(0, 4)), rng, _meridian_goal(h, None), (25, 60), (0.8, 1.2), (0.2, 0.9))
+    out += _side_branches(h, lcx, int(rng.integers(0, 4)), rng, _meridian_goal(h, None),
+                          (25, 60), (0.8, 1.2), (0.2, 0.9))
     if rng.random() < 0.5:  # septal perforators: short
-        out += _side_branches(h, lad, int(rng.integers(1, 3)), rng, _meridian_goal(h, 0.6), (10, 20), (0.4, 0.6), (0.1, 0.4))
+        out += _side_branches(h, lad, int(rng.integers(1, 3)), rng, _meridian_goal(h, 0.6),
+                              (10, 20), (0.4, 0.6), (0.1, 0.4))
     if rng.random() < 0.2:  # ramus intermedius
         out.append(_vessel(_walk(h, bif, _meridian_goal(h, -0.7), rng.uniform(40, 70), rng), 1.2, 0.5,
                            float(lm.dist[-1]), rng, 0.1))
@@ -215,7 +219,8 @@ def _right(h: _Ellipsoid, rng: np.random.Generator) -> tuple[list[_Vessel], np.n
     rca_pts = _walk(h, ostium, _ring_goal(h, 1.0, lat), rng.uniform(65, 110), rng, wiggle=0.08)
     rca = _vessel(rca_pts, rng.uniform(1.6, 2.1), rng.uniform(1.0, 1.4), 0.0, rng, 0.45)
     out = [rca]
-    out += _side_branches(h, rca, int(rng.integers(1, 3)), rng, _meridian_goal(h, None), (25, 50), (0.6, 0.9), (0.3, 0.7))
+    out += _side_branches(h, rca, int(rng.integers(1, 3)), rng, _meridian_goal(h, None),
+                          (25, 50), (0.6, 0.9), (0.3, 0.7))
     if rng.random() < 0.5:  # conus
         out += _side_branches(h, rca, 1, rng, _meridian_goal(h, 0.0, 0.6), (15, 30), (0.5, 0.7), (0.02, 0.1))
     end = rca.pts[-1]
@@ -224,7 +229,8 @@ def _right(h: _Ellipsoid, rng: np.random.Generator) -> tuple[list[_Vessel], np.n
     pl = _vessel(_walk(h, end, _ring_goal(h, 1.0, lat), rng.uniform(15, 45), rng), rng.uniform(0.9, 1.2), 0.6,
                  float(rca.dist[-1]), rng, 0.15)
     out += [pda, pl]
-    out += _side_branches(h, pl, int(rng.integers(0, 2)), rng, _meridian_goal(h, None), (20, 40), (0.6, 0.8), (0.5, 1.0))
+    out += _side_branches(h, pl, int(rng.integers(0, 2)), rng, _meridian_goal(h, None),
+                          (20, 40), (0.6, 0.8), (0.5, 1.0))
     return out, ostium
 
 
@@ -252,7 +258,8 @@ def _background(rng: np.random.Generator, n: int) -> np.ndarray:
         y0, k, x0 = rng.uniform(0.55, 1.0), rng.uniform(0.0, 1.2), rng.uniform(0.2, 0.8)
         mu += rng.uniform(0.4, 1.0) * ndimage.gaussian_filter((yy > y0 + k * (xx - x0) ** 2).astype(np.float32), n / 60)
     if rng.random() < 0.5:  # lung
-        mu -= rng.uniform(0.1, 0.35) * np.exp(-(((xx - rng.uniform(0, 1)) ** 2 + (yy - rng.uniform(0, 0.6)) ** 2) / 0.05))
+        mu -= rng.uniform(0.1, 0.35) * np.exp(-(((xx - rng.uniform(0, 1)) ** 2
+                                                 + (yy - rng.uniform(0, 0.6)) ** 2) / 0.05))
     if rng.random() < 0.4:  # table edge
         a = rng.uniform(0, np.pi)
         mu += rng.uniform(0.1, 0.3) * ((xx - 0.5) * math.cos(a) + (yy - 0.5) * math.sin(a) > rng.uniform(-0.4, 0.4))
@@ -291,7 +298,8 @@ def make_scene(kind: str, seed: int, *, size: int | None = None, frames: int | N
     root = h.point(-1.0, rng.uniform(-0.5, 0.5), lift=rng.uniform(8, 20))
     arch_top = root + np.array([rng.uniform(-15, 5), rng.uniform(0, 15), rng.uniform(50, 80)])
     desc = arch_top + np.array([rng.uniform(15, 35), rng.uniform(20, 40), -rng.uniform(10, 30)])
-    aorta = np.concatenate([np.linspace(root, arch_top, 30), np.linspace(arch_top, desc, 20), np.linspace(desc, desc - [0, 0, 250], 60)])
+    aorta = np.concatenate([np.linspace(root, arch_top, 30), np.linspace(arch_top, desc, 20),
+                            np.linspace(desc, desc - [0, 0, 250], 60)])
     if kind == "ventriculogram":
         c = h.world(np.array([h.semi[0] * 0.25, 0, 0]))
         q = rng.normal(0, 1, (2500, 3))
@@ -315,19 +323,21 @@ def make_scene(kind: str, seed: int, *, size: int | None = None, frames: int | N
     lao = float(rng.uniform(-60, 100)) if kind != "ventriculogram" else float(rng.uniform(-45, 70))
     cran = float(rng.uniform(-45, 45))
     rot = _rotation(lao, cran, float(rng.uniform(-20, 20)))
-    fov = float(rng.uniform(80, 170) if kind in ("left", "right", "testshot") else rng.uniform(140, 240))
+    fov = float(rng.uniform(80, 260) if kind in ("left", "right", "testshot") else rng.uniform(140, 260))
     px = n / fov
-    look = (np.concatenate([v.pts for v in vessels]).mean(0) if vessels else 0.5 * (h.centre + tip)) + rng.normal(0, 8, 3)
+    look = ((np.concatenate([v.pts for v in vessels]).mean(0) if vessels else 0.5 * (h.centre + tip))
+            + rng.normal(0, 8, 3))
     offset = np.array([n / 2, n / 2]) - (look @ rot.T)[:2] * px + rng.uniform(-0.1, 0.1, 2) * n
     cath_px = (cath3d @ rot.T)[:, :2] * px + offset
-    return Scene(kind=kind, frames=T, fps=fps, size=n, seed=int(seed), vessels=vessels, blob=blob, blob_dist=blob_dist,
-                 catheter=cath_px, centre=h.centre, rot=rot, px_per_mm=px, offset=offset, background=_background(rng, n),
-                 contrast=float(rng.uniform(0.35, 1.5)), noise=float(rng.uniform(0.005, 0.08)),
+    return Scene(kind=kind, frames=T, fps=fps, size=n, seed=int(seed), vessels=vessels, blob=blob,
+                 blob_dist=blob_dist, catheter=cath_px, centre=h.centre, rot=rot, px_per_mm=px, offset=offset,
+                 background=_background(rng, n),
+                 contrast=float(rng.uniform(0.2, 1.5)), noise=float(rng.uniform(0.005, 0.08)),
                  blur=float(rng.uniform(0.3, 1.2)), gamma=float(rng.uniform(0.7, 1.4)),
                  t_inject=float(rng.uniform(0, min(1.2, 0.3 * T / fps))), speed=float(rng.uniform(100, 400)),
                  inject_len=float(rng.uniform(2.0, 5.0)), washout=float(rng.uniform(0.8, 3.0)),
                  period=float(rng.uniform(0.5, 1.2)), squeeze=float(rng.uniform(0.03, 0.12)), blob_volume=volume,
-                 window_low=float(rng.uniform(0.4, 1.2)), catheter_density=float(rng.uniform(0.1, 0.35)))
+                 window_low=float(rng.uniform(0.4, 1.2)), catheter_density=float(rng.uniform(0.1, 0.9)))
 
 
 def _splat(img: np.ndarray, xy: np.ndarray, w: np.ndarray) -> None:
@@ -342,7 +352,8 @@ def _splat(img: np.ndarray, xy: np.ndarray, w: np.ndarray) -> None:
         np.add.at(img, (y0 + dy, x0 + dx), w * ww)
 
 
-def _densify(pts: np.ndarray, vals: Sequence[np.ndarray], spacing_px: float, px: float) -> tuple[np.ndarray, list[np.ndarray]]:
+def _densify(pts: np.ndarray, vals: Sequence[np.ndarray], spacing_px: float,
+             px: float) -> tuple[np.ndarray, list[np.ndarray]]:
     """Resample a polyline (and per-point values) to ~``spacing_px`` pixels between points."""
     seg = np.linalg.norm(np.diff(pts, axis=0), axis=1) * px
     s = np.concatenate([[0.0], np.cumsum(seg)])
@@ -373,7 +384,8 @@ def render(scene: Scene, indices: Sequence[int]) -> np.ndarray:
             p = (sc.centre + (pts - sc.centre) * s) @ sc.rot.T
             xy = p[:, :2] * sc.px_per_mm + sc.offset
             arr = tt - dist / sc.speed
-            op = np.clip(arr / 0.12, 0, 1) * np.where(tt > sc.inject_len, np.exp(-np.clip(arr - sc.inject_len, 0, None) / sc.washout), 1.0)
+            op = np.clip(arr / 0.12, 0, 1) * np.where(
+                tt > sc.inject_len, np.exp(-np.clip(arr - sc.inject_len, 0, None) / sc.washout), 1.0)
             w = op * np.pi * rad ** 2 * 0.7 * sc.px_per_mm  # iodine volume per point / pixel area: mm of path
             b = np.digitize(rad, [(bins[0] + bins[1]) / 2, (bins[1] + bins[2]) / 2])
             for k in range(len(bins)):
@@ -385,10 +397,12 @@ def render(scene: Scene, indices: Sequence[int]) -> np.ndarray:
             if iod[k].any():
                 mu += sc.contrast * 0.8 * ndimage.gaussian_filter(iod[k], max(0.5, r * sc.px_per_mm * 0.7 + sc.blur))
         if sc.blob is not None:
-            phase_s = 1 - (0.25 if sc.kind == "ventriculogram" else 0.03) * math.sin(math.pi * min(phase / 0.4, 1.0)) ** 2
+            phase_s = 1 - ((0.25 if sc.kind == "ventriculogram" else 0.03)
+                           * math.sin(math.pi * min(phase / 0.4, 1.0)) ** 2)
             c = sc.blob.mean(0)
             p = (c + (sc.blob - c) * phase_s) @ sc.rot.T
-            fill = np.clip((tt - sc.blob_dist / 200.0) / 0.3, 0, 1) * (1.0 if tt < sc.inject_len else math.exp(-(tt - sc.inject_len) / 2.0))
+            fill = np.clip((tt - sc.blob_dist / 200.0) / 0.3, 0, 1) * (
+                1.0 if tt < sc.inject_len else math.exp(-(tt - sc.inject_len) / 2.0))
             img = np.zeros((n, n), np.float32)
             _splat(img, p[:, :2] * sc.px_per_mm + sc.offset, fill.astype(np.float64))
             per_point = sc.blob_volume / len(sc.blob) * sc.px_per_mm ** 2  # mm of path per point and pixel

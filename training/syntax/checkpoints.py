@@ -100,7 +100,8 @@ def backbone_path(root: Path, artery: str, fold: int) -> Path:
 
 
 def full_model_path(root: Path, artery: str, fold: int, variant: str) -> Path:
-    return Path(root) / "full_model_weights" / f"{artery.capitalize()}BinSyntax_R3D_fold{fold:02d}_{variant}_post_best.pt"
+    return (Path(root) / "full_model_weights"
+            / f"{artery.capitalize()}BinSyntax_R3D_fold{fold:02d}_{variant}_post_best.pt")
 
 
 def read_scaling(root: Path, name: str = "scaling_coeffs.json") -> dict[int, dict[str, float]]:

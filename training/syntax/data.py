@@ -158,7 +158,8 @@ def _video(rec: _Rec, root: Path, json_dir: Path, study: bool) -> VideoRecord:
                   syntax_left=rec.get("syntax_left", float), syntax_right=rec.get("syntax_right", float),
                   bin_syntax=rec.get("bin_syntax", int, None), manufacturer=rec.get("manufacturer", str, ""),
                   device_model=rec.get("device_model", str, ""))
-    return VideoRecord(path=_resolve(rec.get("path", str), root, json_dir, rec), series_uid=rec.get("series_uid", str, ""),
+    return VideoRecord(path=_resolve(rec.get("path", str), root, json_dir, rec),
+                       series_uid=rec.get("series_uid", str, ""),
                        sop_uid=rec.get("sop_uid", str, ""), shape=tuple(int(v) for v in shape), artery=artery,
                        artery_prob=rec.get("artery_prob", float, float(artery)), **kw)
 

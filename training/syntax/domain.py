@@ -1,14 +1,18 @@
-"""The SYNTAX models' accepted ranges: cine inputs from the phantom generator, fold spread calibrated on held-out phantoms.
+"""SYNTAX models' accepted ranges: cine inputs from the phantom generator, fold spread calibrated on held-out phantoms.
 
     python -m training.syntax.domain --models pipelines/models    # re-calibrate, write the 11 manifests
 
-Input ranges (:data:`INPUT_DOMAIN`, in the artery classifier's and every fold model's manifest) are
-what make_bundled trains on: :func:`training.syntax.phantom.make_study` cines of 96 x 96 pixels
-with 14-32 frames, written as XA.  The output score ``fold_spread`` (:mod:`pipelines.qc.scores`:
-standard deviation of the 5 fold models' raw scores of one coronary system, SYNTAX points) is
-measured by running the pipeline (ONNX Runtime) on held-out phantom studies (seeds from
-:data:`CALIBRATION_SEED0`, never trained on); the accepted maximum is twice the largest value seen
-there.  It is written into every fold manifest (the range belongs to the ensemble).
+Input ranges are what each model was trained and evaluated on.  :data:`INPUT_DOMAIN` (every fold
+model's manifest): :func:`training.syntax.phantom.make_study` cines of 96 x 96 pixels with 14-32
+frames, written as XA.  :data:`ROUTER_INPUT_DOMAIN` (the artery router's manifest, checked before
+routing; the fold models' ranges are checked after it, per side): the router's training scenes
+(:mod:`training.syntax.angio`, 12-130 frames, rendered at 128-256 px, and the 96 px phantom cines)
+and the evaluation runs it is measured on (bench/phantoms/xa: 15-120 frames, 512 / 1024 px).  The
+output score ``fold_spread`` (:mod:`pipelines.qc.scores`: standard deviation of the 5 fold models'
+raw scores of one coronary system, SYNTAX points) is measured by running the pipeline (ONNX Runtime)
+on held-out phantom studies (seeds from :data:`CALIBRATION_SEED0`, never trained on); the accepted
+maximum is twice the largest value seen there.  It is written into every fold manifest (the range
+belongs to the ensemble).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from typing import Sequence
 
 from pipelines.runtime.manifest import DomainRange
 
-__all__ = ["INPUT_DOMAIN", "calibrate_output_domain", "write_all", "main"]
+__all__ = ["INPUT_DOMAIN", "ROUTER_INPUT_DOMAIN", "calibrate_output_domain", "write_all", "main"]
 
 _GEN = "training generator (training.syntax.phantom.make_study, make_bundled --phantom-size 96)"
 
@@ -28,6 +32,15 @@ INPUT_DOMAIN: dict[str, DomainRange] = {
     "modality": DomainRange(one_of=("XA",), note="phantom cines written as X-ray angiography"),
     "frames": DomainRange(min=14, max=32, note=f"{_GEN}: 14-32 frames per cine"),
     "matrix": DomainRange(min=96, max=96, unit="px", note=f"{_GEN}: 96 x 96 pixels"),
+}
+
+_ROUTER = ("router training scenes (training.syntax.angio: 12-130 frames, 128-256 px; training.syntax.phantom "
+           "96 px) and evaluation runs (bench/phantoms/xa: 15-120 frames, 512 / 1024 px)")
+
+ROUTER_INPUT_DOMAIN: dict[str, DomainRange] = {
+    "modality": DomainRange(one_of=("XA",), note="phantom cines written as X-ray angiography"),
+    "frames": DomainRange(min=12, max=130, note=f"{_ROUTER}: 12-130 frames per cine"),
+    "matrix": DomainRange(min=96, max=1024, unit="px", note=f"{_ROUTER}: 96-1024 pixels"),
 }
 
 MARGIN = 2.0
@@ -73,7 +86,8 @@ def write_all(models_dir: Path, prefix: str = "syntax", folds: Sequence[int] = (
 
     models_dir = Path(models_dir)
     fold_dirs = [models_dir / f"{prefix}-{side}-fold{k}" for side in ("left", "right") for k in folds]
-    for d in [models_dir / artery, *fold_dirs]:
+    write_domains(models_dir / artery, input_domain=ROUTER_INPUT_DOMAIN, output_domain={})
+    for d in fold_dirs:
         write_domains(d, input_domain=INPUT_DOMAIN, output_domain={})
     output, values = calibrate_output_domain(models_dir)
     for d in fold_dirs:

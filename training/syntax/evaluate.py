@@ -67,7 +67,8 @@ def evaluate_studies(per_fold: dict[int, dict[str, np.ndarray]], truth: np.ndarr
         if scaling is not None and k in scaling:
             c = np.maximum(0.0, scaling[k]["a"] * tot + scaling[k]["b"])
             cal.append(scaling[k]["a"] * tot + scaling[k]["b"])
-            row.update({"pearson_r_calibrated": pearson(c, truth), "balanced_accuracy_calibrated": balanced_accuracy(c, truth, threshold)})
+            row.update({"pearson_r_calibrated": pearson(c, truth),
+                        "balanced_accuracy_calibrated": balanced_accuracy(c, truth, threshold)})
         rows[f"fold{k}"] = row
     ens = np.mean(totals, axis=0)
     erow = {"pearson_r": pearson(ens, truth), "balanced_accuracy": balanced_accuracy(ens, truth, threshold)}
@@ -81,19 +82,22 @@ def evaluate_studies(per_fold: dict[int, dict[str, np.ndarray]], truth: np.ndarr
               "prediction_calibrated": None if ens_cal is None else ens_cal.tolist(), "truth": truth.tolist()}
     if experts is not None and experts.size:
         best = ens_cal if ens_cal is not None else ens
-        result["model_vs_expert"] = {f"expert{i}": {"pearson_r": pearson(best, experts[:, i]),
-                                                    "balanced_accuracy": balanced_accuracy(best, experts[:, i], threshold)}
-                                     for i in range(experts.shape[1])}
-        pairs = {f"expert{i}-expert{j}": {"pearson_r": pearson(experts[:, i], experts[:, j]),
-                                          "balanced_accuracy": balanced_accuracy(experts[:, i], experts[:, j], threshold)}
-                 for i, j in itertools.combinations(range(experts.shape[1]), 2)}
+        result["model_vs_expert"] = {
+            f"expert{i}": {"pearson_r": pearson(best, experts[:, i]),
+                           "balanced_accuracy": balanced_accuracy(best, experts[:, i], threshold)}
+            for i in range(experts.shape[1])}
+        pairs = {
+            f"expert{i}-expert{j}": {"pearson_r": pearson(experts[:, i], experts[:, j]),
+                                     "balanced_accuracy": balanced_accuracy(experts[:, i], experts[:, j], threshold)}
+            for i, j in itertools.combinations(range(experts.shape[1]), 2)}
         result["expert_vs_expert"] = pairs
         result["expert_vs_expert_mean"] = {
             "pearson_r": float(np.nanmean([v["pearson_r"] for v in pairs.values()])),
             "balanced_accuracy": float(np.nanmean([v["balanced_accuracy"] for v in pairs.values()]))}
         result["model_vs_expert_mean"] = {
             "pearson_r": float(np.nanmean([v["pearson_r"] for v in result["model_vs_expert"].values()])),
-            "balanced_accuracy": float(np.nanmean([v["balanced_accuracy"] for v in result["model_vs_expert"].values()]))}
+            "balanced_accuracy": float(np.nanmean([v["balanced_accuracy"]
+                                                   for v in result["model_vs_expert"].values()]))}
     return result
 
 
@@ -108,7 +112,8 @@ def format_table(name: str, res: dict) -> str:
     if "model_vs_expert_mean" in res:
         m, e = res["model_vs_expert_mean"], res["expert_vs_expert_mean"]
         lines.append(f"model vs each expert (mean): r {m['pearson_r']:.3f}, BalAcc {m['balanced_accuracy']:.3f}")
-        lines.append(f"expert vs expert (mean of 15 pairs): r {e['pearson_r']:.3f}, BalAcc {e['balanced_accuracy']:.3f}")
+        lines.append(f"expert vs expert (mean of 15 pairs): r {e['pearson_r']:.3f}, "
+                     f"BalAcc {e['balanced_accuracy']:.3f}")
     return "\n".join(lines)
 
 
@@ -119,7 +124,8 @@ def save_plots(res: dict, out: Path, title: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     truth = np.asarray(res["truth"])
-    pred = np.asarray(res["prediction_calibrated"] if res.get("prediction_calibrated") is not None else res["prediction"])
+    pred = np.asarray(res["prediction_calibrated"] if res.get("prediction_calibrated") is not None
+                      else res["prediction"])
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.scatter(truth, pred, s=12)
@@ -169,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--use-scaling", action="store_true")
     p.add_argument("--scaling-file", default="scaling_coeffs.json",
-                   help="a path as given (absolute or relative to the working directory), else relative to --dataset-root")
+                   help="a path as given (absolute or relative to the working directory), "
+                        "else relative to --dataset-root")
     p.add_argument("--threshold", type=float, default=THRESHOLD)
     p.add_argument("--devices", default="", help="the card's CUDA device id (same as --device cuda:N)")
     p.add_argument("--device", default="", help="cpu, cuda or cuda:N")
@@ -194,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_metrics = {}
     for path, name, post in zip(a.dataset_paths, names, posts):
         studies = read_test(a.dataset_root / path, a.dataset_root)
-        per_fold = {k: {side: predict_studies(models[side][i], studies, side, cfg, device) for side in ("left", "right")}
+        per_fold = {k: {side: predict_studies(models[side][i], studies, side, cfg, device)
+                        for side in ("left", "right")}
                     for i, k in enumerate(a.folds)}
         truth = np.asarray([s.mean_syntax for s in studies])
         experts = np.asarray([s.experts for s in studies])

@@ -53,7 +53,8 @@ def cine_config_from(options: Mapping[str, str], frames: int, size: tuple[int, i
     f = int(options.get("frames", frames))
     h, w = _size(options["size"], "size") if "size" in options else size
     return CineConfig(frames=f, height=h, width=w, clip=options.get("clip", "centre"),
-                      intensity=options.get("intensity", "1/255"))
+                      intensity=options.get("intensity", "1/255"), samples=int(options.get("samples", 0)),
+                      filter=options.get("filter", "none"), tophat_px=int(options.get("tophat_px", 0)))
 
 
 def _record(checkpoint: Path) -> dict[str, Any] | None:
@@ -75,7 +76,8 @@ def _provenance(options: Mapping[str, Any], default_source: str, checkpoint: Pat
     record = _record(checkpoint) if checkpoint is not None else None
     opts = dict(options)
     opts.setdefault("code_version", (record or {}).get("code_version") or CODE_VERSION)
-    prov = build_provenance(record, opts, default_trained_on=default_source, default_notes=str(options.get("notes", "")))
+    prov = build_provenance(record, opts, default_trained_on=default_source,
+                            default_notes=str(options.get("notes", "")))
     if checkpoint is not None:
         data = dict(prov.training_data)
         data["checkpoint"] = Path(checkpoint).name
@@ -107,21 +109,26 @@ def build_export(checkpoint: Path, args: argparse.Namespace) -> list[ExportSpec]
             if k not in scaling:
                 raise CheckpointError(f"{root}: scaling coefficients have no fold{k}")
             widths = model.model.widths
-            pre = cfg.to_manifest() | {"artery": side, "fold": k, "variant": variant, "views_order": "SeriesInstanceUID, file name",
+            pre = cfg.to_manifest() | {"artery": side, "fold": k, "variant": variant,
+                                       "views_order": "SeriesInstanceUID, file name",
                                        "widths": list(widths),
                                        "reduced": list(widths) != [64, 128, 256, 512],
-                                       "output": "[classification logit, log(1 + artery SYNTAX)]; score = max(0, exp(x) - 1)"}
+                                       "output": "[classification logit, log(1 + artery SYNTAX)]; "
+                                                 "score = max(0, exp(x) - 1)"}
             g = torch.Generator().manual_seed(k)
             ex = (torch.randn(1, 2, 3, f, h, w, generator=g),)
             specs.append(ExportSpec(
-                module=model.eval(), example_inputs=ex, name=f"{prefix}-{side}-fold{k}", task="syntax-artery-regression",
+                module=model.eval(), example_inputs=ex, name=f"{prefix}-{side}-fold{k}",
+                task="syntax-artery-regression",
                 input_names=["video"], output_names=["output"],
                 provenance=_provenance(opts, default_source, path, k),
                 dynamic_axes={"video": {1: "views"}}, preprocessing=pre,
                 calibration={"fold": k, "a": scaling[k]["a"], "b": scaling[k]["b"],
                              "formula": "per fold a*(L+R)+b, averaged over folds, clamped >= 0"},
-                check_inputs=[(torch.randn(1, 1, 3, f, h, w, generator=g),), (torch.randn(1, 3, 3, f, h, w, generator=g),)],
-                trt_profile={"video": {"min": [1, 1, 3, f, h, w], "opt": [1, 4, 3, f, h, w], "max": [1, 16, 3, f, h, w]}},
+                check_inputs=[(torch.randn(1, 1, 3, f, h, w, generator=g),),
+                              (torch.randn(1, 3, 3, f, h, w, generator=g),)],
+                trt_profile={"video": {"min": [1, 1, 3, f, h, w], "opt": [1, 4, 3, f, h, w],
+                                       "max": [1, 16, 3, f, h, w]}},
                 atol=float(opts.get("atol", 1e-4)), rtol=float(opts.get("rtol", 1e-3))))
     return specs
 

@@ -16,13 +16,16 @@
    96x96 -- the manifests say so; the pipeline reads frames/size/mean/std from them), then the router.
 Every figure is a phantom figure, not clinical accuracy.
 
-    python -m training.syntax.make_bundled --artery-only --out pipelines/models [--budget-min 30]
+    python -m training.syntax.make_bundled --artery-only --out pipelines/models --eval-studies 4
 
 regenerates only the artery router (``syntax-artery``, version ``ROUTER_VERSION``) from the anatomical
-scenes of :mod:`training.syntax.angio` (see :mod:`training.syntax.router`) within a wall-time budget,
-exports it, measures its routing through the real pipeline on held-out studies of the training
-generator and of the independent evaluation generator (bench/phantoms/xa.py), and writes those
-figures, the training generator and its version into the manifest.
+scenes of :mod:`training.syntax.angio` (see :mod:`training.syntax.router`) within a wall-time budget
+(``--budget-min``, default 36), exports it with its preprocessing (``clip: minip`` over
+``--router-samples`` frames, ``filter: tophat``, percentile stretch; the pipeline applies the same),
+writes its accepted input ranges (:data:`training.syntax.domain.ROUTER_INPUT_DOMAIN`), measures its
+routing through the real pipeline on held-out studies of the training generator and of the
+independent evaluation generator (bench/phantoms/xa.py), and writes those figures, the training
+generator and its version into the manifest.
 """
 from __future__ import annotations
 
@@ -73,15 +76,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--artery-only", action="store_true", help="regenerate only syntax-artery (the router)")
-    p.add_argument("--router-train", type=int, default=2000, help="router training clips")
+    p.add_argument("--router-train", type=int, default=2500, help="router training clips")
     p.add_argument("--router-held", type=int, default=300, help="router held-out clips (model selection)")
-    p.add_argument("--router-epochs", type=int, default=14)
-    p.add_argument("--router-batch", type=int, default=16)
-    p.add_argument("--router-frames", type=int, default=4)
-    p.add_argument("--router-size", type=int, default=32)
-    p.add_argument("--router-widths", type=int, nargs=4, default=(4, 8, 16, 32))
+    p.add_argument("--router-epochs", type=int, default=7)
+    p.add_argument("--router-batch", type=int, default=32)
+    p.add_argument("--router-frames", type=int, default=2)
+    p.add_argument("--router-samples", type=int, default=16,
+                   help="frames read per cine; the clip is their running minimum projection "
+                        "(preprocessing clip: minip)")
+    p.add_argument("--router-size", type=int, default=64)
+    p.add_argument("--router-tophat", type=int, default=7, help="black top-hat square in pixels (0: no filter)")
+    p.add_argument("--router-widths", type=int, nargs=4, default=(8, 16, 32, 64))
     p.add_argument("--eval-studies", type=int, default=6, help="studies per family for the manifest's routing figures")
-    p.add_argument("--budget-min", type=float, default=24.0,
+    p.add_argument("--budget-min", type=float, default=36.0,
                    help="wall-time budget of --artery-only (data + training stop when it is spent; evaluation after)")
     a = p.parse_args(argv)
     setup_logging(a.work)
@@ -118,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "freeze_backbone": True, "batch_size": 8, "lr": 1e-2, "variant": "lstm_mean"})
             _, history[f"head_{side}_fold{k}"] = train_head(args, tr, ev)
         cfg = base.cine_config
-        pred = {side: predict_studies(load_side_models(logdir / "full_model_weights", side, [k], "lstm_mean")[0], ev, side, cfg)
+        pred = {side: predict_studies(load_side_models(logdir / "full_model_weights", side, [k], "lstm_mean")[0],
+                                      ev, side, cfg)
                 for side in ("left", "right")}
         coeffs = fit_calibration(pred["left"] + pred["right"], [s.syntax for s in ev])
         update_scaling(logdir / "scaling_coeffs.json", k, coeffs)
@@ -131,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_fold = {k: {side: predict_studies(load_side_models(logdir / "full_model_weights", side, [k], "lstm_mean")[0],
                                           test, side, base.cine_config) for side in ("left", "right")}
                 for k in range(a.folds)}
-    res = evaluate_studies(per_fold, np.asarray([s.syntax for s in test]), scaling, np.asarray([s.experts for s in test]))
+    res = evaluate_studies(per_fold, np.asarray([s.syntax for s in test]), scaling,
+                           np.asarray([s.experts for s in test]))
     print(format_table(f"held-out phantoms (n={len(test)})", res))
     ens = res["rows"]["ensemble"]
     metrics = {"heldout_phantom_pearson_r": round(ens["pearson_r"], 4),
@@ -139,8 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                "heldout_phantom_pearson_r_calibrated": round(ens["pearson_r_calibrated"], 4),
                "heldout_phantom_balanced_accuracy_gt22_calibrated": round(ens["balanced_accuracy_calibrated"], 4),
                "heldout_phantom_studies": len(test)}
-    (a.work / "metrics.json").write_text(json.dumps({"metrics": metrics, "evaluation": {k: v for k, v in res.items() if k not in ("truth",)},
-                                                     "history": history, "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
+    (a.work / "metrics.json").write_text(json.dumps(
+        {"metrics": metrics, "evaluation": {k: v for k, v in res.items() if k not in ("truth",)},
+         "history": history, "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
     (a.work / "provenance_metrics.json").write_text(json.dumps(metrics))
     if a.no_export:
         return 0
@@ -153,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{TEST_SEED0}..{TEST_SEED0 + a.test_studies - 1})")
     notes = (f"reduced R3D-18 (widths {'/'.join(map(str, a.widths))}), {a.frames} frames at {a.size}x{a.size}; "
              "stage-1 backbone shared by the folds (CPU budget); NOT clinical weights")
-    common = {"synthetic": "true", "trained_on": trained_on, "date": dt.date.today().isoformat(), "metrics_file": str(a.work / "provenance_metrics.json"),
+    common = {"synthetic": "true", "trained_on": trained_on, "date": dt.date.today().isoformat(),
+              "metrics_file": str(a.work / "provenance_metrics.json"),
               "notes": notes}
     ns = argparse.Namespace(version=VERSION, fp16=False, simplify=False,
                             options={**common, "frames": str(a.frames), "size": f"{a.size}x{a.size}",
@@ -180,8 +191,9 @@ def router_main(a: argparse.Namespace) -> int:
 
     t0 = time.time()
     deadline = t0 + a.budget_min * 60
-    cfg = CineConfig(frames=a.router_frames, height=a.router_size, width=a.router_size, clip="spread",
-                     intensity="percentile")
+    cfg = CineConfig(frames=a.router_frames, height=a.router_size, width=a.router_size, clip="minip",
+                     samples=a.router_samples, intensity="percentile", filter="tophat" if a.router_tophat else "none",
+                     tophat_px=a.router_tophat)
     a.work.mkdir(parents=True, exist_ok=True)
     # held-out first (small), then training data up to ~45 % of the budget
     held = make_router_data(a.router_held, ROUTER_HELD_SEED0, cfg)
@@ -208,17 +220,27 @@ def router_main(a: argparse.Namespace) -> int:
     from .export import build_artery_export
 
     trained_on = (f"synthetic phantoms: {len(train.y)} angiography runs of {generator} (seeds {ROUTER_TRAIN_SEED0}+; "
-                  f"left/right trees at LAO -60..100, cranial -45..45, 12-130 frames, ventriculogram/aortogram/test-shot "
-                  f"negatives) and training.syntax.phantom cines; held out {len(held.y)} (seeds {ROUTER_HELD_SEED0}+)")
-    notes = (f"reduced R3D-18 (widths {'/'.join(map(str, a.router_widths))}), {cfg.frames} frames spread over the cine at "
-             f"{cfg.height}x{cfg.width}, 1-99 percentile stretch; routing figures are phantom figures; NOT clinical weights")
+                  f"left/right trees at LAO -60..100, cranial -45..45, field of view 80-260 mm, 12-130 frames, "
+                  f"rendered at 128-256 px; ventriculogram/aortogram/test-shot negatives) and training.syntax.phantom "
+                  f"cines; held out {len(held.y)} (seeds {ROUTER_HELD_SEED0}+)")
+    filt = f", black top-hat {cfg.tophat_px} px" if cfg.filter == "tophat" else ""
+    notes = (f"reduced R3D-18 (torchvision r3d_18 topology, widths {'/'.join(map(str, a.router_widths))} instead of "
+             f"64/128/256/512), {cfg.frames} frames at {cfg.height}x{cfg.width}: running minimum-intensity projection "
+             f"of {cfg.n_samples} frames spread over the cine{filt}, 1-99 percentile stretch, ImageNet mean/std; "
+             "routing figures are phantom figures; NOT clinical weights")
     ns = argparse.Namespace(version=ROUTER_VERSION, fp16=False, simplify=False,
                             options={"synthetic": "true", "trained_on": trained_on, "date": dt.date.today().isoformat(),
                                      "notes": notes, "frames": str(cfg.frames), "size": f"{cfg.height}x{cfg.width}",
-                                     "clip": cfg.clip, "intensity": cfg.intensity})
+                                     "clip": cfg.clip, "intensity": cfg.intensity, "samples": str(cfg.samples),
+                                     "filter": cfg.filter, "tophat_px": str(cfg.tophat_px)})
     for spec in build_artery_export(ckpt, ns):
         report = export_onnx(spec.module, spec.example_inputs, a.out, version=ROUTER_VERSION, **spec.export_kwargs())
         log.info("exported %s", report.summary())
+    from export.domains import write_domains
+
+    from .domain import ROUTER_INPUT_DOMAIN
+
+    write_domains(a.out / "syntax-artery", input_domain=ROUTER_INPUT_DOMAIN, output_domain={})
     metrics.update(evaluate_router(a.out, a.eval_studies, a.threads))
     write_router_metrics(a.out / "syntax-artery" / "manifest.json", metrics)
     print(json.dumps(metrics, indent=1))
@@ -240,8 +262,9 @@ def evaluate_router(models: Path, studies: int, threads: int) -> dict:
     out: dict = {"evaluation_generator": f"{xa.GENERATOR} {xa.VERSION}"}
     for fam in ("training", "evaluation"):
         r = route_family(fam, studies, store, log=log.info)
-        out[f"routing_{fam}_family"] = {k: r[k] for k in ("studies", "cines", "routing_accuracy", "coronary_routed_correctly",
-                                                           "neither_as_other", "confusion")}
+        out[f"routing_{fam}_family"] = {k: r[k] for k in ("studies", "cines", "routing_accuracy",
+                                                           "coronary_routed_correctly", "neither_as_other",
+                                                           "left_right_separation", "confusion")}
     return out
 
 

@@ -9,9 +9,9 @@ background and noise.  Vessels are dark on a bright background, as in X-ray angi
 Lesions narrow a vessel over a short stretch (triangular profile, half length
 ``LESION_HALF_LENGTH`` of the vessel), and the projected contrast density drops with the lumen
 diameter, as X-ray attenuation follows the path length through the lumen; severity >= 0.99 is an
-occlusion (no contrast beyond it).  The synthetic score of an artery is, like SYNTAX, the sum over lesions of the segment weight
-times 2 (stenosis) or 5 (occlusion).  This is a *phantom* score for testing the plumbing and for
-demo models; it says nothing about clinical accuracy.
+occlusion (no contrast beyond it).  The synthetic score of an artery is, like SYNTAX, the sum over
+lesions of the segment weight times 2 (stenosis) or 5 (occlusion).  This is a *phantom* score for
+testing the plumbing and for demo models; it says nothing about clinical accuracy.
 """
 from __future__ import annotations
 
@@ -187,7 +187,8 @@ def make_cine(artery: str, lesions: Sequence[Lesion], rng: np.random.Generator, 
     for x, y in (cath @ base[:, :2].T + base[:, 2]) * size:
         xi, yi = int(round(x)), int(round(y))
         if 0 <= xi < size and 0 <= yi < size:
-            op0[max(0, yi - 1):yi + 1, max(0, xi - 1):xi + 1] = np.maximum(op0[max(0, yi - 1):yi + 1, max(0, xi - 1):xi + 1], 0.7)
+            op0[max(0, yi - 1):yi + 1, max(0, xi - 1):xi + 1] = np.maximum(
+                op0[max(0, yi - 1):yi + 1, max(0, xi - 1):xi + 1], 0.7)
             arc[max(0, yi - 1):yi + 1, max(0, xi - 1):xi + 1] = 0.0
     centre = np.array([size / 2, size / 2])
     for t in range(t_n):

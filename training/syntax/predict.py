@@ -31,8 +31,9 @@ def load_side_models(model_dir: Path, side: str, folds: Sequence[int], variant: 
     any folder holding files of the same names)."""
     models = []
     for k in folds:
-        path = full_model_path(Path(model_dir).parent, side, k, variant) if Path(model_dir).name == "full_model_weights" \
-            else Path(model_dir) / full_model_path(Path("."), side, k, variant).name
+        path = (full_model_path(Path(model_dir).parent, side, k, variant)
+                if Path(model_dir).name == "full_model_weights"
+                else Path(model_dir) / full_model_path(Path("."), side, k, variant).name)
         models.append(build_full_model(load_state(path), variant, str(path)))
     return models
 

@@ -4,8 +4,10 @@ Training cines come from :mod:`training.syntax.angio` (left / right trees at any
 ventriculograms, aortograms and test shots as negatives) plus a share of the older
 :mod:`training.syntax.phantom` cines (so that the phantom studies the SYNTAX regressors were trained on
 keep routing).  Each cine goes through the pipeline's own preprocessing
-(:func:`pipelines.syntax.preprocess.preprocess_cine`, ``clip: spread`` with a random offset), so what
-the model sees in training is what the pipeline feeds it.  Targets are soft: left 0.02, right 0.98,
+(:func:`pipelines.syntax.preprocess.preprocess_frames` on the frames
+:func:`~pipelines.syntax.preprocess.read_indices` picks with a random spread offset), so what the
+model sees in training is what the pipeline feeds it; scenes are rendered at a random matrix
+(``RENDER_SIZES``) and only the frames the clip reads are rendered.  Targets are soft: left 0.02, right 0.98,
 negatives 0.5 (between the routing thresholds 0.10 / 0.90).
 
 The budget is wall time (``budget_s``): data generation and epochs stop when it is spent; the state
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.syntax.preprocess import CineConfig, preprocess_cine, spread_indices
+from pipelines.syntax.preprocess import CineConfig, preprocess_cine, preprocess_frames, read_indices
 
 from . import angio
 from .model import ArteryClassifier
@@ -38,6 +40,8 @@ log = logging.getLogger("cardionode.training.syntax.router")
 ROUTER_MIX = {"left": 0.33, "right": 0.30, "ventriculogram": 0.10, "aortogram": 0.08, "testshot": 0.04,
               "phantom": 0.15}
 _PHANTOM_TARGET = {"left": 0.02, "right": 0.98, "other": 0.5}
+#: matrices the angiography scenes are rendered at (the pipeline resizes every cine to the model's size)
+RENDER_SIZES = (128, 192, 256)
 
 
 @dataclasses.dataclass
@@ -50,7 +54,10 @@ class RouterData:
 
 
 def _clip01(cine: np.ndarray, cfg: CineConfig, offset: float | None) -> np.ndarray:
-    x = preprocess_cine(cine, cfg, offset)
+    return _channel01(preprocess_cine(cine, cfg, offset), cfg)
+
+
+def _channel01(x: np.ndarray, cfg: CineConfig) -> np.ndarray:
     return (x[0] * cfg.std[0] + cfg.mean[0]).astype(np.float16)
 
 
@@ -79,10 +86,9 @@ def make_router_data(n: int, seed0: int, cfg: CineConfig, *, deadline: float | N
             ys.append(_PHANTOM_TARGET[art])
             ks.append(f"phantom-{art}")
             continue
-        scene = angio.make_scene(kind, seed)
-        idx = spread_indices(scene.frames, cfg.frames, offset)
-        frames = angio.render(scene, idx)  # the frames the spread clip takes from the whole cine (own noise draw)
-        xs.append(_clip01(frames, cfg, None))
+        scene = angio.make_scene(kind, seed, size=int(rng.choice(RENDER_SIZES)))
+        frames = angio.render(scene, read_indices(scene.frames, cfg, offset))  # only what the clip reads
+        xs.append(_channel01(preprocess_frames(frames, cfg), cfg))
         ys.append(angio.ROUTER_TARGET[kind])
         ks.append(kind)
     return RouterData(np.stack(xs), np.asarray(ys, np.float32), ks)
@@ -132,8 +138,8 @@ def train_router(train: RouterData, held: RouterData, cfg: CineConfig, widths: S
         tot, t0 = 0.0, time.time()
         for s in range(0, len(order), batch_size):
             x, y = _batch(train, order[s:s + batch_size], cfg)
-            if rng.random() < 0.5:  # time reversal does not change the artery
-                x = x.flip(2)
+            if cfg.clip != "minip" and rng.random() < 0.5:  # time reversal does not change the artery
+                x = x.flip(2)  # (a running minimum projection is never reversed at inference)
             loss = nn.functional.binary_cross_entropy_with_logits(model(x)[:, 0], y)
             opt.zero_grad()
             loss.backward()

@@ -1,7 +1,8 @@
-"""Training of the SYNTAX models: stage 1 backbone (one cine), stage 2 multi-view head, artery classifier.
+r"""Training of the SYNTAX models: stage 1 backbone (one cine), stage 2 multi-view head, artery classifier.
 
     python -m training.syntax.train backbone -r ROOT --fold 0 -a right -b 50 -f 32 -v 256 256 --use-weighted-sampler
-    python -m training.syntax.train head -r ROOT --fold 0 -a right --variant lstm_mean --backbone-pt-dir backbone_weights
+    python -m training.syntax.train head -r ROOT --fold 0 -a right --variant lstm_mean \
+        --backbone-pt-dir backbone_weights
     python -m training.syntax.train classifier -r ROOT --fold 0
     python -m training.syntax.train calibrate -r ROOT --fold 0 --variant lstm_mean
 
@@ -166,7 +167,8 @@ class TrainArgs:
     @property
     def device(self) -> torch.device:
         """The device that exists (one-line DeviceError otherwise)."""
-        return resolve_device(self.device_name or (self.devices.split(",")[0].strip() if self.devices.strip() else "cpu"))
+        return resolve_device(self.device_name
+                              or (self.devices.split(",")[0].strip() if self.devices.strip() else "cpu"))
 
     def autocast(self):
         return resolve_precision(self.precision, self.device).autocast()
@@ -174,7 +176,8 @@ class TrainArgs:
     def run(self, name: str, published: Path, data: dict) -> TrainingRun:
         """The run folder ``<logdir>/runs/<name>`` of one stage; ``published`` is its final published-layout file."""
         opts = RunOptions(out=Path(self.logdir) / "runs" / name, resume=self.resume, overwrite=self.overwrite,
-                          device=self.device_name or (self.devices.split(",")[0].strip() if self.devices.strip() else "cpu"),
+                          device=(self.device_name
+                                  or (self.devices.split(",")[0].strip() if self.devices.strip() else "cpu")),
                           precision=self.precision, progress=self.progress, monitor="eval_loss", mode="min")
         cfg = dict(self.config) if self.config else {k: v for k, v in dataclasses.asdict(self).items() if k != "config"}
         return TrainingRun(opts, family="syntax", config=cfg, logger_names=["cardionode.training.syntax"], data=data,
@@ -210,13 +213,16 @@ def _publish(run: TrainingRun, state: dict[str, torch.Tensor], path: Path) -> Pa
 
 def _side_records(records: Sequence[VideoRecord], artery: str) -> list[VideoRecord]:
     want = 0 if artery == "left" else 1
-    return [r for r in records if r.artery == want and (r.artery_prob <= LEFT_MAX if want == 0 else r.artery_prob >= RIGHT_MIN)]
+    return [r for r in records
+            if r.artery == want and (r.artery_prob <= LEFT_MAX if want == 0 else r.artery_prob >= RIGHT_MIN)]
 
 
-def _loader(ds: Dataset, weights: np.ndarray | None, args: TrainArgs, shuffle: bool) -> tuple[DataLoader, torch.Generator]:
+def _loader(ds: Dataset, weights: np.ndarray | None, args: TrainArgs,
+            shuffle: bool) -> tuple[DataLoader, torch.Generator]:
     """The training loader and the generator that drives its order (its state is saved for --resume)."""
     g = torch.Generator().manual_seed(args.seed)
-    sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True, generator=g) if weights is not None else None
+    sampler = (WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True, generator=g)
+               if weights is not None else None)
     return DataLoader(ds, batch_size=args.batch_size, sampler=sampler, shuffle=shuffle and sampler is None,
                       num_workers=args.num_workers, generator=g if sampler is None else None, drop_last=False), g
 
@@ -283,8 +289,10 @@ def train_backbone(args: TrainArgs, train_records: Sequence[VideoRecord] | None 
     """Stage 1 on Format 1 cines of ``args.artery``; writes backbone_weights/<name>.pt (``model.*``)."""
     torch.manual_seed(args.seed)
     root = args.dataset_root
-    tr = _side_records(train_records if train_records is not None else read_format1(fold_path(root, args.fold, "train"), root), args.artery)
-    ev = _side_records(eval_records if eval_records is not None else read_format1(fold_path(root, args.fold, "eval"), root), args.artery)
+    tr = _side_records(train_records if train_records is not None
+                       else read_format1(fold_path(root, args.fold, "train"), root), args.artery)
+    ev = _side_records(eval_records if eval_records is not None
+                       else read_format1(fold_path(root, args.fold, "eval"), root), args.artery)
     if not tr:
         raise ValueError(f"no confident {args.artery} cines in fold {args.fold} train split")
     cache = _CineCache()
@@ -293,13 +301,13 @@ def train_backbone(args: TrainArgs, train_records: Sequence[VideoRecord] | None 
     loss_fn = lambda out, y: syntax_loss(out, y, pw, args.mse_scale)  # noqa: E731
     train_ds = ClipDataset(tr, ys, args.cine_config, True, args.seed, cache)
     train_dl, g = _loader(train_ds, score_interval_weights(ys) if args.use_weighted_sampler else None, args, True)
-    eval_dl = DataLoader(ClipDataset(ev or tr, [r.artery_score(args.artery) for r in (ev or tr)], args.cine_config, False,
-                                     cache=cache), batch_size=args.batch_size)
+    eval_dl = DataLoader(ClipDataset(ev or tr, [r.artery_score(args.artery) for r in (ev or tr)], args.cine_config,
+                                     False, cache=cache), batch_size=args.batch_size)
     model = SyntaxBackbone(args.num_classes, args.widths)
     out = Path(args.logdir) / "backbone_weights" / backbone_name(args.artery, args.fold)
     run = args.run(f"backbone-{args.artery}-fold{args.fold}", out,
-                   _data_record(args, fold_path(root, args.fold, "train"), {"train_cines": len(tr), "eval_cines": len(ev)},
-                                tr + ev))
+                   _data_record(args, fold_path(root, args.fold, "train"),
+                                {"train_cines": len(tr), "eval_cines": len(ev)}, tr + ev))
     try:
         state, hist = _fit(model, train_dl, lambda m: _eval_loss(m, eval_dl, loss_fn, args), loss_fn, args,
                            f"backbone {args.artery} fold {args.fold}", run, {"loader": g, "clips": train_ds.rng})
@@ -327,7 +335,8 @@ class _StudyDataset(Dataset):
         clips = []
         for v in vids:
             cine = self.cache(v.path)
-            clips.append(preprocess_cine(cine, self.cfg, _start(cine.shape[0], self.cfg.frames, self.rng if self.train else None)))
+            clips.append(preprocess_cine(cine, self.cfg,
+                                         _start(cine.shape[0], self.cfg.frames, self.rng if self.train else None)))
         return torch.from_numpy(np.stack(clips)), torch.tensor(s.artery_score(self.artery), dtype=torch.float32)
 
 
@@ -387,8 +396,10 @@ def train_head(args: TrainArgs, train_studies: Sequence[StudyRecord] | None = No
     """Stage 2 on Format 2 studies; backbone from ``backbone_pt_dir``; writes full_model_weights/<name>.pt."""
     torch.manual_seed(args.seed)
     root = args.dataset_root
-    tr = list(train_studies if train_studies is not None else read_format2(rnn_fold_path(root, args.fold, "train", args.rnn_folds_dir), root))
-    ev = list(eval_studies if eval_studies is not None else read_format2(rnn_fold_path(root, args.fold, "eval", args.rnn_folds_dir), root))
+    tr = list(train_studies if train_studies is not None
+              else read_format2(rnn_fold_path(root, args.fold, "train", args.rnn_folds_dir), root))
+    ev = list(eval_studies if eval_studies is not None
+              else read_format2(rnn_fold_path(root, args.fold, "eval", args.rnn_folds_dir), root))
     model = SyntaxMultiView(args.variant, args.num_classes, args.widths, hidden=args.hidden)
     bdir = Path(args.backbone_pt_dir) if args.backbone_pt_dir else Path(args.logdir) / "backbone_weights"
     bpath = bdir / backbone_name(args.artery, args.fold)
@@ -403,17 +414,20 @@ def train_head(args: TrainArgs, train_studies: Sequence[StudyRecord] | None = No
     loss_fn = lambda out, y: syntax_loss(out, y, pw, args.mse_scale)  # noqa: E731
     g = torch.Generator().manual_seed(args.seed)
     weights = score_interval_weights(ys) if args.use_weighted_sampler else None
-    sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), generator=g) if weights is not None else None
+    sampler = (WeightedRandomSampler(torch.as_tensor(weights), len(weights), generator=g)
+               if weights is not None else None)
     if args.freeze_backbone:
         for p in model.model.parameters():
             p.requires_grad_(False)
         wrapped: nn.Module = _HeadOnly(model)
         tr_set: Dataset = _FeatureStudies(study_features(model, tr_ds, args), ys)
-        ev_set: Dataset = _FeatureStudies(study_features(model, ev_ds, args), [s.artery_score(args.artery) for s in ev_ds.studies])
+        ev_set: Dataset = _FeatureStudies(study_features(model, ev_ds, args),
+                                          [s.artery_score(args.artery) for s in ev_ds.studies])
     else:
         wrapped, tr_set, ev_set = _PerStudy(model), tr_ds, ev_ds
     train_dl = DataLoader(tr_set, batch_size=args.batch_size, sampler=sampler, shuffle=sampler is None,
-                          generator=g if sampler is None else None, collate_fn=_collate_views, num_workers=args.num_workers)
+                          generator=g if sampler is None else None, collate_fn=_collate_views,
+                          num_workers=args.num_workers)
     eval_dl = DataLoader(ev_set, batch_size=args.batch_size, collate_fn=_collate_views)
     out = Path(args.logdir) / "full_model_weights" / head_name(args.artery, args.fold, args.variant)
     run = args.run(f"head-{args.variant}-{args.artery}-fold{args.fold}", out,
@@ -472,13 +486,13 @@ def train_classifier(args: TrainArgs, train_records: Sequence[VideoRecord] | Non
     bce = lambda out, y: nn.functional.binary_cross_entropy_with_logits(out[:, 0], y)  # noqa: E731
     train_ds = ClipDataset(tr, [r.artery_prob for r in tr], args.cine_config, True, args.seed, cache)
     train_dl, g = _loader(train_ds, None, args, True)
-    eval_dl = DataLoader(ClipDataset(ev or tr, [r.artery_prob for r in (ev or tr)], args.cine_config, False, cache=cache),
-                         batch_size=args.batch_size)
+    eval_dl = DataLoader(ClipDataset(ev or tr, [r.artery_prob for r in (ev or tr)], args.cine_config, False,
+                                     cache=cache), batch_size=args.batch_size)
     model = ArteryClassifier(args.widths)
     out = Path(args.logdir) / "artery_weights" / classifier_name(args.fold)
     run = args.run(f"classifier-fold{args.fold}", out,
-                   _data_record(args, fold_path(root, args.fold, "train"), {"train_cines": len(tr), "eval_cines": len(ev)},
-                                tr + ev))
+                   _data_record(args, fold_path(root, args.fold, "train"),
+                                {"train_cines": len(tr), "eval_cines": len(ev)}, tr + ev))
     try:
         state, hist = _fit(model, train_dl, lambda m: _eval_loss(m, eval_dl, bce, args), bce, args,
                            f"artery classifier fold {args.fold}", run, {"loader": g, "clips": train_ds.rng})
@@ -576,14 +590,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif ns.stage == "classifier":
         train_classifier(args)
     else:
-        studies = read_format2(rnn_fold_path(args.dataset_root, args.fold, "eval", args.rnn_folds_dir), args.dataset_root)
+        studies = read_format2(rnn_fold_path(args.dataset_root, args.fold, "eval", args.rnn_folds_dir),
+                               args.dataset_root)
         pred = {}
         for side in ("left", "right"):
             model = load_side_models(args.logdir / "full_model_weights", side, [args.fold], args.variant)[0]
             pred[side] = predict_studies(model, studies, side, args.cine_config, args.device)
         coeffs = fit_calibration(pred["left"] + pred["right"], [s.syntax for s in studies])
         update_scaling(args.logdir / "scaling_coeffs.json", args.fold, coeffs)
-        log.info("fold %d calibration a=%.4f b=%.4f -> %s", args.fold, coeffs["a"], coeffs["b"], args.logdir / "scaling_coeffs.json")
+        log.info("fold %d calibration a=%.4f b=%.4f -> %s", args.fold, coeffs["a"], coeffs["b"],
+                 args.logdir / "scaling_coeffs.json")
     return 0
 
 
