@@ -73,15 +73,16 @@ def test_contrast_enhanced_ct(tmp_path, phantom):
 
 
 def test_pixel_spacing_outside(tmp_path, phantom):
-    files = _write(phantom, tmp_path / "ct", spacing=(3.0, 1.62, 1.62))  # FOV 415 mm: only the spacing is out
+    # 240 x 1.85 mm = 444 mm field of view: only the spacing is out
+    files = _write(phantom, tmp_path / "ct", hu=phantom.hu[:, 8:248, 8:248].copy(), spacing=(3.0, 1.85, 1.85))
     result = _run(files)
-    _assert_not_assessable(result, tmp_path, "IN-SPACING", "1.62 mm", "1.2-1.6 mm")
+    _assert_not_assessable(result, tmp_path, "IN-SPACING", "1.85 mm", "0.58-1.8 mm")
     assert [i["code"] for i in result.summary["not_assessable"]] == ["IN-SPACING"]
 
 
 def test_slice_thickness_outside(tmp_path, phantom):
     files = _write(phantom, tmp_path / "ct", slice_thickness=4.0)
-    _assert_not_assessable(_run(files), tmp_path, "IN-THICKNESS", "4 mm", "1.5-3 mm")
+    _assert_not_assessable(_run(files), tmp_path, "IN-THICKNESS", "4 mm", "0.5-3 mm")
 
 
 def test_tube_voltage_outside(tmp_path, phantom):
@@ -95,25 +96,29 @@ def test_tube_voltage_outside(tmp_path, phantom):
 
 def test_scan_too_short_for_the_heart(tmp_path, phantom):
     files = _write(phantom, tmp_path / "ct", hu=phantom.hu[8:48])  # 40 slices: 117 mm
-    _assert_not_assessable(_run(files), tmp_path, "IN-COVERAGE", "117 mm", "150-200 mm")
+    _assert_not_assessable(_run(files), tmp_path, "IN-COVERAGE", "117 mm", "140-220 mm")
 
 
 def test_field_of_view_outside(tmp_path, phantom):
     files = _write(phantom, tmp_path / "ct", hu=phantom.hu[:, 8:248, 8:248].copy(), spacing=(3.0, 1.2, 1.2))
-    _assert_not_assessable(_run(files), tmp_path, "IN-FOV", "288 mm", "300-420 mm")
+    _assert_not_assessable(_run(files), tmp_path, "IN-FOV", "288 mm", "300-460 mm")
 
 
-def test_unusual_output(tmp_path, phantom):
+def test_unusual_output(tmp_path):
     """The model's own output: a model whose manifest accepts less low-confidence foreground than this
-    study produces (a retrained model carries its own range) -> not assessable after inference."""
+    study produces (a retrained model carries its own range) -> not assessable after inference.  The study
+    is the test phantom with 25 HU noise: the bundled 0.2.0 is sure of every pixel on the 10 HU one
+    (fraction 0), here 0.0025 of its foreground is low-confidence."""
+    kw = {**STUDY_PHANTOM, "noise_hu": 25.0}
+    phantom = make_phantom(kw.pop("seed"), **kw)
     models = tmp_path / "models"
     shutil.copytree(bundled_models_dir() / MODEL, models / MODEL)
     manifest = json.loads((models / MODEL / "manifest.json").read_text())
-    manifest["output_domain"]["low_confidence_fraction"]["max"] = 0.01
+    manifest["output_domain"]["low_confidence_fraction"]["max"] = 0.001
     (models / MODEL / "manifest.json").write_text(json.dumps(manifest))
     files = _write(phantom, tmp_path / "ct")
     result = _run(files, models)
-    why = _assert_not_assessable(result, tmp_path, "OUT-LOWCONF", "0-0.01")
+    why = _assert_not_assessable(result, tmp_path, "OUT-LOWCONF", "0-0.001")
     assert "fraction of low-confidence foreground" in why
 
 
@@ -121,10 +126,10 @@ def test_in_range_study_is_scored_and_says_what_was_checked(tmp_path, phantom):
     files = _write(phantom, tmp_path / "ct")
     result = _run(files)
     assert result.summary["not_assessable"] == [] and result.summary["agatston_coronary"] > 0
-    assert 0 <= result.summary["low_confidence_fraction"] <= 0.18  # the bundled manifest's accepted maximum
+    assert 0 <= result.summary["low_confidence_fraction"] <= 0.28  # the bundled manifest's accepted maximum
     sr = by_modality(result.datasets)["SR"]
     text = " ".join(str(i.get("TextValue", "")) for i in walk(sr.ContentSequence))
-    assert "pixel spacing 1.4 mm: within 1.2-1.6 mm" in text
+    assert "pixel spacing 1.4 mm: within 0.58-1.8 mm" in text
 
 
 def test_manifest_bounding_an_unknown_property_is_an_error(tmp_path, phantom):

@@ -3,8 +3,10 @@
     python -m training.calcium.domain --model pipelines/models/calcium-unet2d   # re-calibrate, write manifest
 
 Input ranges (:data:`INPUT_DOMAIN`) are what :func:`training.calcium.data.phantom_case` generates for
-training: pixel spacing uniform 1.2-1.6 mm on a 256 x 256 matrix (field of view 307-410 mm), slice
-thickness 1.5, 2 or 3 mm, scan length about 168 mm, non-contrast, written at 120 kV.  The output
+training (generator 2.x): a quarter plain (1.2-1.6 mm pixels on 256 x 256, 1.5/2/3 mm slices, about 168 mm),
+the rest widened (256-512 matrices over a 300-460 mm field of view, i.e. 0.59-1.8 mm pixels; slices
+0.5-3 mm; 150-220 mm of scan, at most 140 slices), non-contrast, written at 120 kV.  Scan lengths below
+140 mm (thin-slice phantoms capped at 140 slices) do not always hold the whole heart and are not accepted.  The output
 score (``low_confidence_fraction``, :mod:`pipelines.qc.scores`) is measured with the exported ONNX
 model on held-out phantoms 1000-1015; the accepted maximum is twice the largest value seen there.
 """
@@ -24,13 +26,14 @@ _GEN = "training generator (training.calcium.data.phantom_case)"
 INPUT_DOMAIN: dict[str, DomainRange] = {
     "modality": DomainRange(one_of=("CT",), note="chest CT phantoms"),
     "contrast": DomainRange(one_of=("none",), note="non-contrast phantoms; Agatston scoring needs non-contrast CT"),
-    "pixel_spacing_mm": DomainRange(min=1.2, max=1.6, unit="mm", note=f"{_GEN}: uniform 1.2-1.6 mm"),
-    "slice_thickness_mm": DomainRange(min=1.5, max=3.0, unit="mm", note=f"{_GEN}: 1.5, 2 or 3 mm"),
+    "pixel_spacing_mm": DomainRange(min=0.58, max=1.8, unit="mm",
+                                    note=f"{_GEN}: 300-460 mm over 256-512 pixels (0.586-1.797 mm); plain 1.2-1.6 mm"),
+    "slice_thickness_mm": DomainRange(min=0.5, max=3.0, unit="mm", note=f"{_GEN}: 0.5-3 mm"),
     "kvp": DomainRange(min=120, max=120, unit="kV", note="phantoms are written at 120 kV, the Agatston reference"),
-    "z_coverage_mm": DomainRange(min=150, max=200, unit="mm",
-                                 note=f"{_GEN}: about 168 mm (170 mm / slice increment slices); the heart is "
-                                      "always fully inside"),
-    "field_of_view_mm": DomainRange(min=300, max=420, unit="mm", note=f"{_GEN}: 256 x (1.2-1.6) mm = 307-410 mm"),
+    "z_coverage_mm": DomainRange(min=140, max=220, unit="mm",
+                                 note=f"{_GEN}: 150-220 mm of scan (at most 140 slices), plain about 168 mm; "
+                                      "below 140 mm the heart is not always fully inside"),
+    "field_of_view_mm": DomainRange(min=300, max=460, unit="mm", note=f"{_GEN}: 300-460 mm"),
 }
 
 #: accepted maximum = MARGIN x the largest value on the calibration phantoms
