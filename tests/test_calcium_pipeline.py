@@ -28,7 +28,8 @@ from training.calcium.phantom import hand_agatston, make_phantom
 AGATSTON_REL_TOL = 0.10
 #: per class for the aorta and the valves: a few boundary voxels of adjacent aortic/valve plaques go to the
 #: neighbouring class (bundled 0.2.0 on STUDY_PHANTOM, measured: MV and AV exact, aorta -2.2 %, coronary classes
-#: exact; 0.1.0 had MV -12.5 %, aorta -8.9 %, AV +1.5 %).  A missed class (score 0) or bone counted as calcium still fails.
+#: exact; 0.1.0 had MV -12.5 %, aorta -8.9 %, AV +1.5 %).  A missed class (score 0) or bone counted as calcium
+#: still fails.
 NONCORONARY_CLASS_REL_TOL = 0.20
 
 HAS_MODEL = bundled_models_dir() is not None and (bundled_models_dir() / "calcium-unet2d").is_dir()

@@ -1,5 +1,5 @@
-"""ruff over the whole tree and strict mypy over node/, configschema, pipelines/ and synth/ (pyproject.toml holds both
-configurations; node/ruff.toml adds the line length there).
+"""ruff over the whole tree (120-character lines included) and strict mypy over node/, configschema, pipelines/ and
+synth/ (pyproject.toml holds both configurations).
 Both come with the test extra (setup.cfg); without them the test skips and says how to install them."""
 from __future__ import annotations
 

@@ -194,10 +194,12 @@ def align_to_volume(seg: CocaSegmentation, shape_zyx: tuple[int, int, int], spac
     m = np.linalg.solve(ct_axes, seg_axes)  # seg index step -> ct index step (xyz)
     perm = np.rint(m)
     if not np.allclose(m, perm, atol=1e-3) or sorted(np.abs(perm).sum(0).tolist()) != [1, 1, 1]:
-        raise CocaError(f"{seg.path}: segmentation grid is not aligned with the CT grid (index map {m.round(3).tolist()})")
+        raise CocaError(f"{seg.path}: segmentation grid is not aligned with the CT grid "
+                        f"(index map {m.round(3).tolist()})")
     offset = np.linalg.solve(ct_axes, seg.origin_xyz - np.asarray(origin_xyz, float))
     if not np.allclose(offset[:2], np.rint(offset[:2]), atol=1e-2):
-        raise CocaError(f"{seg.path}: segmentation origin is off the CT pixel grid by {offset[:2] - np.rint(offset[:2])}")
+        raise CocaError(f"{seg.path}: segmentation origin is off the CT pixel grid by "
+                        f"{offset[:2] - np.rint(offset[:2])}")
     if abs(perm[2, 2]) != 1:
         raise CocaError(f"{seg.path}: segmentation slices are not parallel to the CT slices (index map "
                         f"{m.round(3).tolist()})")

@@ -79,7 +79,8 @@ def evaluate_cases(cases: Iterable[Case], predict: Callable[[np.ndarray], np.nda
         "cases": len(per_case),
         "dice": {names[c]: (round(v, 4) if v is not None else None) for c, v in dice.dice().items()},
         "lesion_sensitivity": {names[c]: (round(d["tp_gt"] / d["gt"], 4) if d["gt"] else None) for c, d in det.items()},
-        "lesion_precision": {names[c]: (round(d["tp_pred"] / d["pred"], 4) if d["pred"] else None) for c, d in det.items()},
+        "lesion_precision": {names[c]: (round(d["tp_pred"] / d["pred"], 4) if d["pred"] else None)
+                             for c, d in det.items()},
         "lesion_counts": {names[c]: d for c, d in det.items()},
         "agatston_icc_2_1": icc_2_1(np.array(gt_cac), np.array(pred_cac)),
         "agatston_icc_2_1_all_classes": icc_2_1(np.array([c["agatston_gt"] for c in per_case]),
@@ -148,8 +149,10 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--coca", type=Path, default=None, help="COCA-format folder (nrrd/, dicom/, train_test_split.csv)")
     p.add_argument("--split", default="test", choices=["train", "test", "all"])
     p.add_argument("--dicom-dir", type=Path, default=None, help="folder with the CTs by exam id (default <coca>/dicom)")
-    p.add_argument("--exam-map", type=Path, default=None, help="CSV exam,folder when CT folders are not named by exam id")
-    p.add_argument("--aliases", type=Path, default=None, help="JSON {segment name: class value 1..8} replacing the built-in name table")
+    p.add_argument("--exam-map", type=Path, default=None,
+                   help="CSV exam,folder when CT folders are not named by exam id")
+    p.add_argument("--aliases", type=Path, default=None,
+                   help="JSON {segment name: class value 1..8} replacing the built-in name table")
     p.add_argument("--dilation-px", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.set_defaults(func=run)

@@ -186,7 +186,8 @@ def _wire(hu: np.ndarray, path: np.ndarray, origin, spacing, radius: float, valu
             if np.any(hi <= lo):
                 continue
             zi, yi, xi = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-            m = ((zi - ci[0]) / max(rad[0], 0.5)) ** 2 + ((yi - ci[1]) / rad[1]) ** 2 + ((xi - ci[2]) / rad[2]) ** 2 <= 1
+            m = (((zi - ci[0]) / max(rad[0], 0.5)) ** 2 + ((yi - ci[1]) / rad[1]) ** 2
+                 + ((xi - ci[2]) / rad[2]) ** 2 <= 1)
             mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= m
     hu[mask] = value
     return mask
@@ -215,7 +216,8 @@ def make_phantom(
     zs = origin[2] + np.arange(nz) * dz
     X, Y = np.meshgrid(xs, ys)
     zc = zs[nz // 2] + rng.uniform(-0.1, 0.1) * nz * dz
-    r = np.array([rng.uniform(45, 58), rng.uniform(40, 50), rng.uniform(min(45.0, nz * dz * 0.3), min(55.0, nz * dz * 0.38))])
+    r = np.array([rng.uniform(45, 58), rng.uniform(40, 50),
+                  rng.uniform(min(45.0, nz * dz * 0.3), min(55.0, nz * dz * 0.38))])
     h = np.array([rng.uniform(8, 22), rng.uniform(-30, -18), zc])
     body = np.array([rng.uniform(140, 170), rng.uniform(100, 120)])
     if v is not None:
@@ -359,7 +361,8 @@ def make_phantom(
         for j in rng.choice(len(pts), size=min(n, len(pts)), replace=False):
             center = pts[j]
             band = rng.integers(0, 4)
-            value = int([rng.uniform(150, 190), rng.uniform(215, 285), rng.uniform(315, 385), rng.uniform(420, top_hu)][band])
+            value = int([rng.uniform(150, 190), rng.uniform(215, 285), rng.uniform(315, 385),
+                         rng.uniform(420, top_hu)][band])
             big = 1.6 if c in (5, 6, 7) else 1.0
             radii = tuple(float(v) for v in rng.uniform(1.3, 3.0, 3) * big)
             if v is not None:
@@ -376,7 +379,8 @@ def make_phantom(
                 lo = np.round(ci - rad_i).astype(int)
                 hi = np.maximum(lo + 1, np.round(ci + rad_i).astype(int))
                 lo, hi = np.maximum(lo, 0), np.minimum(hi, shape)
-                region_ = labels[lo[0] - 1 if lo[0] else 0:hi[0] + 1, max(lo[1] - 2, 0):hi[1] + 2, max(lo[2] - 2, 0):hi[2] + 2]
+                region_ = labels[lo[0] - 1 if lo[0] else 0:hi[0] + 1,
+                                 max(lo[1] - 2, 0):hi[1] + 2, max(lo[2] - 2, 0):hi[2] + 2]
                 if region_.any():  # keep boxes apart so that every box is its own lesion
                     continue
                 labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = c
@@ -436,7 +440,8 @@ def _devices(hu, labels, v: Variation, rng, paths, h, r, body, origin, spacing, 
         top = zs[-1] + 10
         ra = h + np.array([-0.7 * r[0], -0.1 * r[1], 0.2 * r[2]])
         apex = h + np.array([0.5 * r[0], -0.6 * r[1], -0.7 * r[2]])
-        path = np.array([[-60.0, -20.0, top], [-25.0, -10.0, h[2] + r[2] + 20], ra, h + np.array([0, -0.3 * r[1], 0]), apex])
+        path = np.array([[-60.0, -20.0, top], [-25.0, -10.0, h[2] + r[2] + 20], ra,
+                         h + np.array([0, -0.3 * r[1], 0]), apex])
         m = _wire(hu, path, origin, spacing, 1.0, metal())
         labels[m] = 0
         every |= m

@@ -82,7 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("root", type=Path, help="COCA-format folder (nrrd/)")
     p.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26, help="3D instance connectivity")
     p.add_argument("--split", choices=("all", "train", "test"), default="all")
-    p.add_argument("--aliases", type=Path, default=None, help="JSON {segment name: class value 1..8} replacing the built-in name table")
+    p.add_argument("--aliases", type=Path, default=None,
+                   help="JSON {segment name: class value 1..8} replacing the built-in name table")
     p.set_defaults(func=run)
     return p
 

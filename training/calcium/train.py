@@ -144,7 +144,8 @@ METRICS_METHOD = ("val_loss / val_dice: loss and foreground Dice (mean over the 
 
 
 def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: int, lr: float, base: int,
-          cfg: PreprocessConfig, seed: int, depth: int = 3, balanced_ce: bool = False, threads: int = 1, extra: dict | None = None,
+          cfg: PreprocessConfig, seed: int, depth: int = 3, balanced_ce: bool = False, threads: int = 1,
+          extra: dict | None = None,
           max_minutes: float | None = None, balance: bool = True,
           focus_boost: dict[int, float] | None = None, val_sets: Sequence[SliceSet] = (),
           epoch_steps: int | None = None, run_opts: RunOptions | None = None, config: dict | None = None,
@@ -159,14 +160,16 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
     opts = run_opts or RunOptions(out=Path(out))
     opts = dataclasses.replace(opts, out=Path(out), monitor="val_loss" if val_sets else "epoch",
                                mode="min" if val_sets else "max")
-    config = dict(config or {"steps": steps, "batch": batch, "crop": crop, "lr": lr, "base": base, "depth": depth, "balanced_ce": balanced_ce, "seed": seed,
+    config = dict(config or {"steps": steps, "batch": batch, "crop": crop, "lr": lr, "base": base, "depth": depth,
+                             "balanced_ce": balanced_ce, "seed": seed,
                              "threads": threads, "max_minutes": max_minutes, "balance": balance,
                              "focus_boost": focus_boost, "epoch_steps": epoch_steps,
                              "preprocessing": cfg.to_dict()})
     run = TrainingRun(opts, family="calcium", config=config, logger_names=["cardionode.training.calcium"],
                       data=data or {})
     try:
-        return _train(run, sets, steps=steps, batch=batch, crop=crop, lr=lr, base=base, depth=depth, balanced_ce=balanced_ce, cfg=cfg, seed=seed,
+        return _train(run, sets, steps=steps, batch=batch, crop=crop, lr=lr, base=base, depth=depth,
+                      balanced_ce=balanced_ce, cfg=cfg, seed=seed,
                       threads=threads, extra=extra, max_minutes=max_minutes, balance=balance,
                       focus_boost=focus_boost, val_sets=val_sets, epoch_steps=epoch_steps, rng=rng)
     except BaseException as exc:
@@ -174,7 +177,8 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
         raise
 
 
-def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, depth, balanced_ce, cfg, seed, threads, extra, max_minutes, balance,
+def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, depth, balanced_ce, cfg, seed, threads, extra,
+           max_minutes, balance,
            focus_boost, val_sets, epoch_steps, rng) -> Path:
     device = run.device
     weights = class_weights(sets) if balance else None
@@ -249,8 +253,10 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--coca", type=Path, default=None, help="COCA-format folder (train split is used)")
     p.add_argument("--dicom-dir", type=Path, default=None,
                    help="folder with the CTs, one sub-folder per exam id (default <coca>/dicom; docs/calcium.md)")
-    p.add_argument("--exam-map", type=Path, default=None, help="CSV exam,folder when CT folders are not named by exam id")
-    p.add_argument("--aliases", type=Path, default=None, help="JSON {segment name: class value 1..8} replacing the built-in name table")
+    p.add_argument("--exam-map", type=Path, default=None,
+                   help="CSV exam,folder when CT folders are not named by exam id")
+    p.add_argument("--aliases", type=Path, default=None,
+                   help="JSON {segment name: class value 1..8} replacing the built-in name table")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--epoch-steps", type=int, default=250, help="steps per epoch (validation + checkpoints)")
     p.add_argument("--val-fraction", type=float, default=0.1,
@@ -314,7 +320,8 @@ def run(args: argparse.Namespace) -> int:
         cases += [("phantoms", str(s)) for s in parse_seeds(args.phantoms)]
     ds = None
     if args.coca:
-        ds = CocaDataset(args.coca, aliases=load_aliases(args.aliases), dicom_dir=args.dicom_dir, exam_map=args.exam_map)
+        ds = CocaDataset(args.coca, aliases=load_aliases(args.aliases), dicom_dir=args.dicom_dir,
+                         exam_map=args.exam_map)
         exams = ds.exams("train")
         if not exams:
             raise RunError(f"{args.coca}: the split file lists no train exam with an NRRD")
@@ -341,7 +348,8 @@ def run(args: argparse.Namespace) -> int:
     if args.phantoms:
         n_fit = sum(1 for s, _ in fit if s == "phantoms")
         sources.append({"layout": "calcium phantoms (training.calcium.phantom)", "path": "generated in memory",
-                        "seeds": args.phantoms, "cases": {"train": n_fit, "validation": sum(1 for s, _ in val if s == "phantoms")},
+                        "seeds": args.phantoms,
+                        "cases": {"train": n_fit, "validation": sum(1 for s, _ in val if s == "phantoms")},
                         "generated": True, "generator": "training.calcium.phantom"})
     if ds is not None:
         sources.append(data_source(args.coca, "COCA_Segmentations", {

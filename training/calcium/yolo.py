@@ -154,9 +154,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="output folder (default <root>/yolo)")
     p.add_argument("--dicom-dir", type=Path, default=None,
                    help="folder with the CTs, one sub-folder per exam id (default <root>/dicom; docs/calcium.md)")
-    p.add_argument("--exam-map", type=Path, default=None, help="CSV exam,folder when CT folders are not named by exam id")
+    p.add_argument("--exam-map", type=Path, default=None,
+                   help="CSV exam,folder when CT folders are not named by exam id")
     p.add_argument("--per-class", action="store_true", help="write class ids 0..7 instead of 0 for every segment")
-    p.add_argument("--aliases", type=Path, default=None, help="JSON {segment name: class value 1..8} replacing the built-in name table")
+    p.add_argument("--aliases", type=Path, default=None,
+                   help="JSON {segment name: class value 1..8} replacing the built-in name table")
     p.add_argument("--window", type=float, nargs=2, default=(-800.0, 1200.0), metavar=("LO", "HI"),
                    help="HU window of the PNG images (default -800 1200, the calcium model's)")
     p.add_argument("--labels-only", action="store_true",
