@@ -94,7 +94,7 @@ def build_provenance(record: Mapping[str, Any] | None, options: Mapping[str, Any
     if record.get("config") is not None:
         data["training_config"] = record["config"]
     if record.get("run"):
-        data["run"] = str(record["run"])
+        data["run"] = Path(str(record["run"])).name  # the run folder's name: a shipped manifest holds no machine path
     if record.get("code_version"):
         data["code_version"] = record["code_version"]
     data, metrics = _plain(data), _plain(metrics)

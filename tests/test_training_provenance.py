@@ -46,6 +46,7 @@ def test_calcium_export_of_generated_data_is_synthetic(calcium_run, tmp_path, ca
     assert data["generated"] is True and data["sources"][0]["layout"] == "COCA_Segmentations"
     assert data["sources"][0]["marker"].endswith("CARDIONODE_GENERATED.json")
     assert data["cases"] == {"train": 1, "validation": 1} and data["training_config"]["steps"] == 4
+    assert data["run"] == "run"  # the run folder's name, not where it lay on the training machine
     assert "val_loss" in prov["metrics"] and "validation crops" in prov["metrics"]["method"]
     # the disclaimer cannot be switched off
     assert export_main(["export", "calcium", "--checkpoint", str(calcium_run / "best.pt"), "--out", str(tmp_path / "n"),
@@ -153,3 +154,23 @@ def test_console_commands_exist() -> None:
     assert {"myops", "syntax", "calcium", "datasets", "export"} <= set(sub.choices)
     datasets = next(a for a in sub.choices["datasets"]._actions if a.dest == "datasets_command")
     assert {"make-phantoms", "nnunet-export", "coca-to-yolo", "coca-stats"} <= set(datasets.choices)
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def test_bundled_manifests_hold_no_path_of_the_machine_that_trained_them() -> None:
+    models = bundled_models_dir()
+    assert models is not None
+    manifests = sorted(models.glob("*/manifest.json"))
+    assert manifests
+    for path in manifests:
+        absolute = [s for s in _strings(json.loads(path.read_text())) if s.startswith(("/", "~")) or ":\\" in s]
+        assert absolute == [], f"{path.parent.name}: {absolute}"
