@@ -153,7 +153,6 @@ def main(argv: Sequence[str] | None = None) -> int:
              "Regenerate: python -m training.calcium.make_bundled --out pipelines/models")
     training_data = {"generated": True, "generator": GENERATOR, "generator_version": GENERATOR_VERSION,
                      "seeds": args.train_seeds, "cases": len(parse_seeds(args.train_seeds)),
-                     "run": Path(ckpt).parent.name if Path(ckpt).suffix else Path(ckpt).name,  # no machine path
                      "evaluation_generator": EVAL_GEN, "evaluation_generator_version": EVAL_VER}
     rep = export_checkpoint(ckpt, args.out, version=VERSION, trained_on="synthetic phantoms", synthetic=True,
                             metrics=metrics, notes=notes, training_data=training_data)
