@@ -98,7 +98,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
     config = _config(args)
     store = ModelStore.from_config(config.models)
-    for r in store.describe():
+    rows = store.describe()
+    for r in rows:
         if r["status"] != "ok":
             print(f"warning: {r['name']}: {r['error']}", file=sys.stderr)
     pid_file = config.node.storage_path / PID_FILE_NAME
@@ -119,5 +120,5 @@ def cmd_reload(args: argparse.Namespace) -> int:
         print(f"error: not allowed to signal process {pid}; run as the node's user", file=sys.stderr)
         return 2
     print(f"sent SIGHUP to node process {pid}; models found: "
-          + (", ".join(f"{r['name']} {r['version']}" for r in store.describe() if r['status'] == 'ok') or "none"))
+          + (", ".join(f"{r['name']} {r['version']}" for r in rows if r['status'] == 'ok') or "none"))
     return 0
