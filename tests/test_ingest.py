@@ -29,7 +29,7 @@ from node.spool import Spool
 from tests.fixtures.studies import write_ct_study
 from tests.support import synth
 from tests.support.peers import echoscu, storescu, wait_for
-from tests.support.rawdicom import RawAssociation
+from tests.support.rawdicom import RawAssociation, c_store_command
 
 pytestmark = [pytest.mark.integration]
 
@@ -478,3 +478,81 @@ def test_c_store_rsp_command_set_is_pynetdicoms_encoding(status: int, sop_class:
     req.AffectedSOPClassUID = sop_class
     req.AffectedSOPInstanceUID = "1.2.3"
     assert store_rsp_command_set(req) is None
+
+
+@pytest.mark.parametrize("transfer_syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+def test_streamed_file_meta_is_pydicoms_encoding_of_pynetdicoms_meta(transfer_syntax: str) -> None:
+    """The listener writes the File Meta ahead of a streamed dataset itself
+    (node.ingest.transport.encode_file_meta): byte for byte what pydicom writes for pynetdicom's
+    ``create_file_meta``, for odd and even UID lengths."""
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom.dsutils import create_file_meta
+
+    from node.ingest.transport import StreamedFileMeta, encode_file_meta
+
+    for sop_instance in ("1.2.3.4", "1.2.826.0.1.3680043.8.498.10225957900123640307577356353037057335"):
+        for sop_class in (CT, SecondaryCaptureImageStorage):
+            expected = io.BytesIO()
+            write_file_meta_info(expected, create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_instance,
+                                                            transfer_syntax=transfer_syntax))
+            assert encode_file_meta(StreamedFileMeta(sop_class, sop_instance, transfer_syntax)) == expected.getvalue()
+
+
+def _pdata_pdu(pdvs: list[tuple[int, bytes]], context_id: int = 1) -> bytes:
+    """One P-DATA-TF PDU holding several PDVs of (control byte, payload)."""
+    items = b"".join(struct.pack(">IBB", len(payload) + 2, context_id, control) + payload for control, payload in pdvs)
+    return struct.pack(">BBI", 0x04, 0, len(items)) + items
+
+
+def test_dataset_fragments_are_written_straight_to_the_spool_and_stored_byte_identical(
+        node: Node, tmp_path: Path, monkeypatch) -> None:
+    """Data fragments that are not the last skip pynetdicom's PDU decoding and state machine
+    (GuardedDUL._stream_fragments): several PDVs per PDU, fragments of any size, the last fragment
+    and the command through pynetdicom; the stored file is byte-identical.  A PDV whose length runs
+    past its PDU aborts the association, stores nothing, leaves no partial file, and the node keeps
+    serving."""
+    from node.ingest.transport import GuardedDUL
+
+    taken: list[bool] = []
+    original = GuardedDUL._stream_fragments
+
+    def counting(self, body):
+        result = original(self, body)
+        taken.append(result)
+        return result
+
+    monkeypatch.setattr(GuardedDUL, "_stream_fragments", counting)
+    src = write_ct_study(tmp_path / "ct", 1, size=256)[0]
+    meta, dataset = split_part10(src)
+    sop_class, sop_uid = str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID)
+    pieces = [dataset[i:i + 7001] for i in range(0, len(dataset), 7001)]
+    assert len(pieces) > 6
+    with RawAssociation(node.port) as raw:
+        assert raw.associate(CT) == 0x02
+        raw.send(_pdata_pdu([(0x03, c_store_command(sop_class, sop_uid))]))
+        raw.send(_pdata_pdu([(0x00, pieces[0]), (0x00, pieces[1]), (0x00, pieces[2])]))  # three PDVs in one PDU
+        for piece in pieces[3:-1]:
+            raw.send(_pdata_pdu([(0x00, piece)]))
+        raw.send(_pdata_pdu([(0x02, pieces[-1])]))
+        assert raw.read_status() == 0x0000
+        raw.release()
+    assert_spooled_as_sent(node, [src])
+    # the command PDU and the last fragment's go to pynetdicom, every PDU in between is written directly
+    assert taken == [False] + [True] * (len(pieces) - 3) + [False]
+
+    # a PDV whose length runs past the PDU, in the middle of a dataset: pynetdicom's path aborts
+    other = write_ct_study(tmp_path / "ct2", 1, size=256)[0]
+    meta2, dataset2 = split_part10(other)
+    with RawAssociation(node.port) as raw:
+        assert raw.associate(CT) == 0x02
+        raw.send(_pdata_pdu([(0x03, c_store_command(sop_class, str(meta2.MediaStorageSOPInstanceUID)))]))
+        raw.send(_pdata_pdu([(0x00, dataset2[:5000])]))
+        broken = bytearray(_pdata_pdu([(0x00, dataset2[5000:9000])]))
+        broken[6:10] = struct.pack(">I", 9000)  # item length beyond the PDU's end
+        raw.send(bytes(broken))
+        assert raw.closed_by_peer(timeout=10)
+    assert node.index.get(str(meta2.MediaStorageSOPInstanceUID)) is None
+    assert wait_for(lambda: not list(node.spool.incoming.iterdir()), timeout=10), list(node.spool.incoming.iterdir())
+    r = storescu(node.port, [other], calling_ae="MODALITY")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert_spooled_as_sent(node, [other])

@@ -51,15 +51,19 @@ import struct
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import pynetdicom
 from pynetdicom import _config, _handlers, dimse_messages, evt
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pydicom.filewriter import write_file_meta_info as _pydicom_write_file_meta_info
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta as _pynetdicom_create_file_meta
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import EventHandlerType
 from pynetdicom.pdu import A_ABORT_RQ
@@ -133,6 +137,8 @@ def drop_unnegotiated(assoc: Association) -> None:
 _MAX_PDU_UNADVERTISED = 256 << 20  # node.max_pdu 0: we advertise no limit, but do not buffer more than this
 _RECV_CHUNK = 1 << 16
 _AWAITING_ASSOCIATE_RQ = "Sta2"  # DUL state: transport open, A-ASSOCIATE-RQ not yet received
+_ESTABLISHED = "Sta6"  # DUL state: association established, ready for data transfer
+_PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)  # what pynetdicom triggers per PDU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +260,7 @@ class WaitingSocket(AssociationSocket):
     _wake_r: socket.socket
     _wake_w: socket.socket
     _io_timeout: float
+    _rbuf: bytearray  # the reusable read buffer of recv_into_buffer
 
     @property
     def ready(self) -> bool:
@@ -275,6 +282,28 @@ class WaitingSocket(AssociationSocket):
             except OSError:  # drained (non-blocking)
                 pass
         return sock in readable
+
+    def recv_into_buffer(self, n: int, deadline: float) -> memoryview:
+        """Like :meth:`recv_exactly`, but read straight into this socket's reusable buffer (no copy in
+        Python): the view is valid until the next call.  Shorter than ``n`` when the peer closes."""
+        sock = cast(socket.socket, self.socket)
+        buf = self._rbuf if len(self._rbuf) >= n else bytearray(n)
+        self._rbuf = buf
+        view = memoryview(buf)[:n]
+        got = 0
+        try:
+            while got < n:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{got} of {n} bytes by the deadline")
+                sock.settimeout(remaining)
+                k = sock.recv_into(view[got:], n - got)
+                if not k:
+                    break
+                got += k
+        finally:
+            sock.settimeout(self._io_timeout)  # sends stay bounded too
+        return view[:got]
 
     def recv_exactly(self, n: int, deadline: float) -> bytes:
         """``n`` bytes, or fewer when the peer closes; raises ``TimeoutError`` at ``deadline``
@@ -314,13 +343,14 @@ class IncomingFile:
         self.error: OSError | None = None
         self.file = self  # pynetdicom calls _data_set_file.file.flush()
         self._fd: int | None = None
-        try:
-            self._fd, self.name = tempfile.mkstemp(prefix="dimse-", suffix=TEMP_SUFFIX, dir=directory)
+        self.name = str(directory / f"dimse-{uuid.uuid4().hex}{TEMP_SUFFIX}")
+        try:  # as tempfile.mkstemp does, without its name search: a fresh UUID4 does not collide
+            self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:  # no inode or directory block left
             self.name = str(directory / f"dimse-not-created{TEMP_SUFFIX}")
             self.error = exc
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         if self.error is None and self._fd is not None:
             view = memoryview(data)
             try:
@@ -354,6 +384,61 @@ class IncomingFile:
             pass
 
 
+class StreamedFileMeta(NamedTuple):
+    """The File Meta Information pynetdicom writes ahead of a streamed C-STORE dataset, as values."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    implementation_uid: str = PYNETDICOM_IMPLEMENTATION_UID
+    implementation_version: str = PYNETDICOM_IMPLEMENTATION_VERSION
+
+
+def _explicit_element(element: int, vr: bytes, value: bytes) -> bytes:
+    """One group-0002 element, Explicit VR Little Endian (OB with the 4-byte length form)."""
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 0x0002, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _padded(value: str, pad: bytes) -> bytes:
+    data = value.encode("ascii")
+    return data + pad if len(data) % 2 else data
+
+
+def encode_file_meta(meta: StreamedFileMeta) -> bytes:
+    """The File Meta Information group (PS3.10 7.1) as pydicom's ``write_file_meta_info`` writes
+    pynetdicom's ``create_file_meta`` (byte-identical, tested), without building a ``Dataset``."""
+    body = b"".join((
+        _explicit_element(0x0001, b"OB", b"\x00\x01"),
+        _explicit_element(0x0002, b"UI", _padded(meta.sop_class_uid, b"\0")),
+        _explicit_element(0x0003, b"UI", _padded(meta.sop_instance_uid, b"\0")),
+        _explicit_element(0x0010, b"UI", _padded(meta.transfer_syntax_uid, b"\0")),
+        _explicit_element(0x0012, b"UI", _padded(meta.implementation_uid, b"\0")),
+        _explicit_element(0x0013, b"SH", _padded(meta.implementation_version, b" ")),
+    ))
+    return _explicit_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def _create_file_meta(**kwargs: Any) -> Any:
+    """pynetdicom's ``create_file_meta`` for streamed datasets: plain values in one of our DUL
+    threads (written by :func:`_write_file_meta_info`), pynetdicom's ``FileMetaDataset`` otherwise."""
+    if isinstance(threading.current_thread(), GuardedDUL) and set(kwargs) == _STREAM_META_ARGS:
+        return StreamedFileMeta(str(kwargs["sop_class_uid"]), str(kwargs["sop_instance_uid"]),
+                                str(kwargs["transfer_syntax"]))
+    return _pynetdicom_create_file_meta(**kwargs)
+
+
+def _write_file_meta_info(fp: Any, file_meta: Any, *args: Any, **kwargs: Any) -> None:
+    if isinstance(file_meta, StreamedFileMeta):
+        fp.write(encode_file_meta(file_meta))
+        return
+    _pydicom_write_file_meta_info(fp, file_meta, *args, **kwargs)
+
+
+_STREAM_META_ARGS = {"sop_class_uid", "sop_instance_uid", "transfer_syntax"}
+
+
 def _dataset_file(*args: Any, **kwargs: Any) -> Any:
     """pynetdicom's ``NamedTemporaryFile`` for streamed datasets: an :class:`IncomingFile` in the
     spool when the calling thread is one of our DUL threads, tempfile's otherwise (C-GET clients)."""
@@ -375,6 +460,8 @@ def stream_datasets_to_spool() -> None:
     the listener's DUL threads write that file into the spool (:class:`IncomingFile`)."""
     _config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = _dataset_file  # type: ignore[attr-defined]
+    dimse_messages.create_file_meta = _create_file_meta  # type: ignore[attr-defined]  # imported names there
+    dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[attr-defined]
 
 
 class GuardedDUL(DULServiceProvider):
@@ -414,7 +501,7 @@ class GuardedDUL(DULServiceProvider):
                 return self._drop(f"A-ASSOCIATE-RQ of {length} bytes (at most {_MAX_ASSOCIATE_RQ})", negotiating)
             if pdu_type == 0x04 and length > self.limits.max_pdata:
                 return self._drop(f"P-DATA-TF PDU of {length} bytes (at most {self.limits.max_pdata})", negotiating)
-            body = sock.recv_exactly(length, deadline)
+            body = sock.recv_into_buffer(length, deadline)
         except TimeoutError:
             if negotiating:
                 return self._drop("no complete A-ASSOCIATE-RQ within node.association_timeout_s", negotiating)
@@ -424,8 +511,10 @@ class GuardedDUL(DULServiceProvider):
             return self._closed_by_peer(negotiating)
         if len(body) < length:
             return self._closed_by_peer(negotiating)
+        if pdu_type == 0x04 and self._stream_fragments(body):
+            return
         try:
-            pdu, event = self._decode_pdu(bytearray(head + body))
+            pdu, event = self._decode_pdu(bytearray(head) + body)
         except Exception as exc:
             if negotiating:
                 return self._drop(f"undecodable PDU: {type(exc).__name__}", negotiating)
@@ -437,6 +526,45 @@ class GuardedDUL(DULServiceProvider):
         self._recv_pdu.put(pdu)
         if pdu_type == 0x01 and self.ticket is not None:
             self.ticket.release()  # association set-up phase over: counts against max_associations now
+
+    def _stream_fragments(self, body: memoryview) -> bool:
+        """Write a P-DATA-TF PDU's fragments straight into the C-STORE dataset being streamed to the
+        spool, when that is all pynetdicom would do with it; False leaves the PDU to pynetdicom.
+
+        A C-STORE dataset arrives as a run of P-DATA-TF PDUs (dcmtk sends 128 kB each).  For those
+        that hold only data fragments that are not the last, pynetdicom decodes the PDU, runs its
+        state machine (Sta6, Evt10, DT-2: a P-DATA indication) and its DIMSE decoder appends each
+        fragment after its control byte to the open dataset file, copying every byte several times
+        in Python on the way.  Done here only under exactly those conditions: association
+        established, nothing queued before this PDU, a C-STORE-RQ command received and its dataset
+        file open, no handler bound to the events pynetdicom would trigger for the PDU, and every
+        fragment well formed (PS3.8 9.3.1).  A command fragment, the last data fragment, or anything
+        malformed takes pynetdicom's path, which completes the message or aborts the association as
+        before.
+        """
+        if self.state_machine.current_state != _ESTABLISHED or not self.event_queue.empty():
+            return False
+        message = self.assoc.dimse.message
+        target = getattr(message, "_data_set_file", None) if message is not None else None
+        if not isinstance(target, IncomingFile):
+            return False
+        if any(self.assoc.get_handlers(event) for event in _PDU_EVENTS):
+            return False
+        spans: list[tuple[int, int]] = []
+        offset, end = 0, len(body)
+        while offset < end:
+            if end - offset < 6:
+                return False
+            item_length = int.from_bytes(body[offset:offset + 4], "big")
+            if item_length < 2 or offset + 4 + item_length > end or body[offset + 5] & 0x03:
+                return False  # malformed, a command fragment, or the last fragment: pynetdicom's path
+            spans.append((offset + 6, offset + 4 + item_length))
+            offset += 4 + item_length
+        if not spans:
+            return False
+        for start, stop in spans:
+            target.write(body[start:stop])
+        return True
 
     def _address(self) -> str:
         return clean(self.assoc.requestor.address)
@@ -555,6 +683,7 @@ def harden(assoc: Association, limits: Limits, ticket: Ticket | None) -> None:
     sock.__class__ = WaitingSocket
     waiting = cast(WaitingSocket, sock)
     waiting._wake_r, waiting._wake_w, waiting._io_timeout = wake_r, wake_w, limits.pdu_timeout_s
+    waiting._rbuf = bytearray()
     raw = sock.socket
     raw.settimeout(limits.pdu_timeout_s)
     try:  # responses are small; do not let Nagle hold them back
