@@ -180,7 +180,8 @@ class NodeService:
                     "association": audit.association if audit else (lambda *_: None),
                     "rejected": audit.rejected if audit else (lambda *_: None),
                 }
-                return IngestWorkers(node, node.ingest_processes, handlers, on_restart=self._reconcile).start()
+                return IngestWorkers(node, node.ingest_processes, handlers, on_restart=self._reconcile,
+                                     on_ended=self._remove_leftovers).start()
             return DimseServer(node, self.spool, metrics=self.metrics,
                                on_association=audit.association if audit else None,
                                on_rejected=audit.rejected if audit else None).start()
@@ -359,6 +360,13 @@ class NodeService:
         n = self.completion.reconcile(self._index().study_last_received())
         if n:
             log.warning("studies found in the index without completion state; armed", extra={"count": n})
+
+    def _remove_leftovers(self, pid: int) -> None:
+        """An ingest process ended: remove the partial datasets and old copies it left in the spool."""
+        assert self.spool is not None
+        n = self.spool.remove_leftovers_of(pid)
+        if n:
+            log.warning("temporary files of the ended ingest process removed", extra={"pid": pid, "count": n})
 
     def _warmup(self) -> None:
         """Load every model once in the background so the first job does not pay for it; one line says

@@ -65,6 +65,13 @@ log = logging.getLogger("cardionode.spool")
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _COPY_CHUNK = 1 << 20
 TEMP_SUFFIX = ".part"
+
+
+def incoming_prefix(pid: int | None = None) -> str:
+    """How every name a process creates in ``.incoming`` starts: its process id, so that what a dead
+    ingest process left can be told apart (:meth:`Spool.remove_leftovers_of`)."""
+    return f"{os.getpid() if pid is None else pid}-"
+
 REPLACED_SUFFIX = ".replaced"  # second name of a replaced file, removed after the response
 
 
@@ -328,6 +335,20 @@ class Spool:
 
     reindex = recover
 
+    def remove_leftovers_of(self, pid: int) -> int:
+        """Remove what process ``pid``, which has ended, left in ``.incoming`` (partial datasets,
+        second names of replaced instances; each name starts with its creator's :func:`incoming_prefix`);
+        returns how many.  An ingest process killed mid-C-STORE leaves them; without this they stay
+        until the next start's :meth:`recover`."""
+        removed = 0
+        for p in self.incoming.glob(f"{incoming_prefix(pid)}*"):
+            try:
+                p.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
     def close(self) -> None:
         self._stop_releaser()
         with self._lock:
@@ -342,7 +363,7 @@ class Spool:
         name the rename only drops a link; :meth:`_release_later` removes the old copy after the
         response.  A crash leaves the name in ``.incoming``, which :meth:`recover` empties.
         """
-        keep = self.incoming / f"{uuid.uuid4().hex}{REPLACED_SUFFIX}"
+        keep = self.incoming / f"{incoming_prefix()}{uuid.uuid4().hex}{REPLACED_SUFFIX}"
         try:
             os.link(dest, keep)
         except OSError:  # nothing to replace, or no hard links here (then replace as before)
@@ -383,7 +404,7 @@ class Spool:
             raise OutOfSpaceError(f"less than {self.min_free_mb} MB would stay free on the spool filesystem")
 
     def _temp_path(self) -> Path:
-        return self.incoming / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        return self.incoming / f"{incoming_prefix()}{uuid.uuid4().hex}{TEMP_SUFFIX}"
 
     @staticmethod
     def _copy(src: Path, dst: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 from node.state import connect
 from tests.support.node_proc import NodeProcess, node_config
 from tests.support.peers import StoreSCP, storescu, wait_for
+from tests.support.rawdicom import RawAssociation, c_store_command, pdata
 from tests.fixtures.studies import write_ct_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -252,6 +253,44 @@ def test_kill9_of_one_ingest_process_restarts_it_loses_nothing_and_the_study_com
             assert [j["state"] for j in node.status()["jobs"]] == ["done"]
             assert node.terminate() == 0
         finally:
+            node.stop_quietly()
+
+
+def test_kill9_of_an_ingest_process_mid_c_store_removes_its_partial_files_only(tmp_path):
+    """node.ingest_processes: 2; three associations each stop in the middle of a C-STORE dataset, so
+    partial files wait in the spool's .incoming, named after the process receiving them.  kill -9 of
+    one of those processes: once it is started again, its partial files are gone (not left for the
+    next start), those of the process still running are untouched, and that one still stores."""
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    files = write_ct_study(tmp_path / "study", 2, size=128)
+    with StoreSCP(tmp_path / "scp") as scp:
+        node = NodeProcess(node_config(tmp_path, _dest(scp), quiet=60.0, ingest_processes=2)).start()
+        incoming = node.storage / "spool" / ".incoming"
+        raws = []
+        try:
+            for i in range(3):
+                raw = RawAssociation(node.port)
+                raws.append(raw)
+                assert raw.associate(ct) == 0x02
+                raw.send(pdata(1, 0x03, c_store_command(ct, f"1.2.3.{i}")))
+                raw.send(pdata(1, 0x00, b"\0" * 20000))  # a data fragment, not the last one
+            assert wait_for(lambda: len(list(incoming.glob("*.part"))) == 3, 30), list(incoming.iterdir())
+            by_pid = Counter(int(p.name.split("-", 1)[0]) for p in incoming.glob("*.part"))
+            workers = _ingest_pids(node.proc.pid)
+            assert set(by_pid) <= set(workers), (by_pid, workers)
+            victim = max(by_pid, key=lambda pid: by_pid[pid])
+            survivor_files = {p for p in incoming.iterdir() if not p.name.startswith(f"{victim}-")}
+            os.kill(victim, signal.SIGKILL)
+            assert wait_for(lambda: len(_ingest_pids(node.proc.pid)) == 2 and victim not in _ingest_pids(node.proc.pid),
+                            30), "ingest process not restarted"
+            assert wait_for(lambda: not list(incoming.glob(f"{victim}-*")), 10), list(incoming.iterdir())
+            assert survivor_files <= set(incoming.iterdir())
+            assert "temporary files of the ended ingest process removed" in node.log_path.read_text()
+            assert storescu(node.port, files).returncode == 0
+            assert len(_spooled_uids(node.storage, str(pydicom.dcmread(files[0]).StudyInstanceUID))) == 2
+        finally:
+            for raw in raws:
+                raw.close()
             node.stop_quietly()
 
 

@@ -73,7 +73,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from pynetdicom.utils import make_target
 
 from ..logging_setup import clean
-from ..spool import TEMP_SUFFIX
+from ..spool import TEMP_SUFFIX, incoming_prefix
 from .guard import ConnectionGuard, Ticket
 
 __all__ = ["Limits", "GuardedServer", "GuardedDUL", "GuardedDIMSE", "WaitingSocket", "WaitingAssociation",
@@ -343,7 +343,7 @@ class IncomingFile:
         self.error: OSError | None = None
         self.file = self  # pynetdicom calls _data_set_file.file.flush()
         self._fd: int | None = None
-        self.name = str(directory / f"dimse-{uuid.uuid4().hex}{TEMP_SUFFIX}")
+        self.name = str(directory / f"{incoming_prefix()}dimse-{uuid.uuid4().hex}{TEMP_SUFFIX}")
         try:  # as tempfile.mkstemp does, without its name search: a fresh UUID4 does not collide
             self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:  # no inode or directory block left

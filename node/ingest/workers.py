@@ -19,7 +19,8 @@ deadlines, TLS and ``min_free_mb`` apply unchanged in every process.
 
 An ingest process that ends while the node runs (crash, kill -9, OOM) is started again (after
 1 s, doubling up to 30 s while it keeps failing within a minute); its events already written are
-processed first, then completion is reconciled with the index (``on_restart``), so an instance it
+processed first, the partial datasets it left in the spool's ``.incoming`` are removed
+(``on_ended``), then completion is reconciled with the index (``on_restart``), so an instance it
 indexed but could not report still completes its study.
 """
 from __future__ import annotations
@@ -70,18 +71,21 @@ class IngestWorkers:
     ``handlers`` maps event names of :class:`node.ingest.worker.EventWriter` (``stored``,
     ``instance_received``, ``own_result_returned``, ``association``, ``rejected``) to callables
     taking the event's arguments; they run in the slot's reader thread, one event after another
-    per process.  ``on_restart()`` runs after a process ended unexpectedly and before it is started
-    again.
+    per process.  After a process ended unexpectedly, ``on_ended(pid)`` runs (the node removes what
+    it left in the spool's ``.incoming``), then ``on_restart()`` (completion is reconciled), then it
+    is started again.
     """
 
     def __init__(self, node: NodeSection, processes: int, handlers: dict[str, Callable[..., None]],
-                 on_restart: Callable[[], None] | None = None) -> None:
+                 on_restart: Callable[[], None] | None = None,
+                 on_ended: Callable[[int], object] | None = None) -> None:
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
         self.node = node
         self.processes = processes
         self.handlers = handlers
         self.on_restart = on_restart
+        self.on_ended = on_ended
         self._sock: socket.socket | None = None
         self._slots: list[_Slot] = []
         self._stopping = threading.Event()
@@ -241,6 +245,11 @@ class _Slot:
                 return
             log.error("ingest process ended; starting it again",
                       extra={"pid": self.proc.pid if self.proc else None, "exit_code": rc, "slot": self.index})
+            if self.owner.on_ended is not None and self.proc is not None:
+                try:
+                    self.owner.on_ended(self.proc.pid)
+                except Exception:
+                    log.exception("clean-up after an ingest process ended failed")
             if self.owner.on_restart is not None:
                 try:
                     self.owner.on_restart()
