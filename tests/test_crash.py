@@ -294,6 +294,36 @@ def test_kill9_of_an_ingest_process_mid_c_store_removes_its_partial_files_only(t
             node.stop_quietly()
 
 
+def test_ingest_processes_share_associations_the_less_busy_accepts_first(tmp_path):
+    """node.ingest_processes: 2, four associations opened one after another and kept open, three
+    times: a process already serving waits before it accepts, so the idle one takes the connection
+    and neither process is left without an association.  (Mostly 2 + 2; a scheduling delay longer
+    than the wait on a loaded machine can give 1 + 3.  Before, whichever process woke first accepted,
+    however busy, and 0 + 4 came in about a quarter of the rounds.)"""
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    with StoreSCP(tmp_path / "scp") as scp:
+        node = NodeProcess(node_config(tmp_path, _dest(scp), ingest_processes=2)).start()
+        raws = []
+        try:
+            workers = _ingest_pids(node.proc.pid)
+            assert len(workers) == 2
+            for _round in range(3):
+                for i in range(4):
+                    raw = RawAssociation(node.port)
+                    raws.append(raw)
+                    assert raw.associate(ct) == 0x02
+                    assert wait_for(lambda: sum(_connections_served(pid, node.port) for pid in workers) == i + 1, 10)
+                served = sorted(_connections_served(pid, node.port) for pid in workers)
+                assert served[0] >= 1, f"round {_round + 1}: {served}"
+                while raws:
+                    raws.pop().release()
+                assert wait_for(lambda: sum(_connections_served(pid, node.port) for pid in workers) == 0, 10)
+        finally:
+            for raw in raws:
+                raw.release()
+            node.stop_quietly()
+
+
 def test_kill9_during_job_requeues_it_and_dispatches_once(tmp_path):
     files = write_ct_study(tmp_path / "study", 2)
     with StoreSCP(tmp_path / "scp") as scp:

@@ -556,3 +556,40 @@ def test_dataset_fragments_are_written_straight_to_the_spool_and_stored_byte_ide
     r = storescu(node.port, [other], calling_ae="MODALITY")
     assert r.returncode == 0, r.stderr[-2000:]
     assert_spooled_as_sent(node, [other])
+
+
+@pytest.mark.parametrize("busy, slept", [(0, None), (1, 0.025), (2, 0.05), (9, 0.1)])
+def test_a_busy_ingest_process_lets_the_others_accept_first(tmp_path: Path, monkeypatch, busy: int,
+                                                            slept: float | None) -> None:
+    """On a listening socket shared by ingest processes, a process waits ACCEPT_DEFER_S per
+    association it serves (at most ACCEPT_DEFER_MAX_S) before accept(); an idle one does not wait;
+    a connection another process took meanwhile raises EAGAIN, which socketserver ignores.  With
+    its own socket the listener never waits."""
+    from node.ingest import transport
+    from node.ingest.dimse import build_storage_ae
+
+    monkeypatch.setattr(transport, "ACCEPT_DEFER_S", 0.025)
+    monkeypatch.setattr(transport, "ACCEPT_DEFER_MAX_S", 0.1)
+    waits: list[float] = []
+    monkeypatch.setattr(transport.time, "sleep", waits.append)
+    node = dataclasses.replace(NodeSection(), host="127.0.0.1", port=0, storage_dir=str(tmp_path / "var"))
+    spool = Spool(node.storage_path, 0)
+    ae = build_storage_ae(node, spool)
+    shared = socket.create_server(("127.0.0.1", 0))
+    servers = [transport.GuardedServer(ae, ("127.0.0.1", 0), "CARDIONODE", [], guard=ae._guard, limits=ae._limits,
+                                       listen_socket=listen) for listen in (shared, None)]
+    try:
+        for server, expected in zip(servers, ([] if slept is None else [pytest.approx(slept)], [])):
+            monkeypatch.setattr(server, "busy", lambda: busy)
+            waits.clear()
+            client = socket.create_connection(server.socket.getsockname())
+            conn, _ = server.get_request()
+            conn.close()
+            client.close()
+            assert waits == expected
+        with pytest.raises(BlockingIOError):  # nothing pending any more: another process took it
+            servers[0].get_request()
+    finally:
+        for server in servers:
+            server.server_close()
+        spool.close()

@@ -52,6 +52,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -137,6 +138,9 @@ def drop_unnegotiated(assoc: Association) -> None:
 _MAX_PDU_UNADVERTISED = 256 << 20  # node.max_pdu 0: we advertise no limit, but do not buffer more than this
 _RECV_CHUNK = 1 << 16
 _AWAITING_ASSOCIATE_RQ = "Sta2"  # DUL state: transport open, A-ASSOCIATE-RQ not yet received
+#: per association an ingest process serves, how long it lets the others accept a new connection first
+ACCEPT_DEFER_S = 0.025
+ACCEPT_DEFER_MAX_S = 0.1
 _ESTABLISHED = "Sta6"  # DUL state: association established, ready for data transfer
 _PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)  # what pynetdicom triggers per PDU
 
@@ -717,6 +721,7 @@ class _GuardedRequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         harden(assoc, self.server.limits, self.ticket)
+        self.server.served.add(assoc)
         return assoc
 
 
@@ -726,8 +731,13 @@ class GuardedServer(ThreadedAssociationServer):
 
     ``listen_socket``: accept on this listening socket (shared with other ingest processes,
     :mod:`node.ingest.workers`) instead of binding one.  It is used non-blocking: every process
-    sharing it wakes for a connection and those that lose the race get ``EAGAIN``.
+    sharing it wakes for a connection and those that lose the race get ``EAGAIN``.  A process that
+    already serves associations waits :data:`ACCEPT_DEFER_S` per association (up to
+    :data:`ACCEPT_DEFER_MAX_S`) before it accepts, so that a less busy process takes the connection
+    first: the kernel wakes them all, and without the wait whichever ran first won, however busy.
     """
+
+    served: "weakref.WeakSet[Association]"  # associations this server created (ended ones drop out)
 
     def __init__(self, ae: ApplicationEntity, address: tuple[str, int] | tuple[str, int, int, int], ae_title: str,
                  contexts: list[PresentationContext], ssl_context: ssl.SSLContext | None = None,
@@ -735,6 +745,7 @@ class GuardedServer(ThreadedAssociationServer):
                  limits: Limits, listen_socket: socket.socket | None = None) -> None:
         self.guard = guard
         self.limits = limits
+        self.served = weakref.WeakSet()
         self._shared_socket = listen_socket
         super().__init__(ae, address, ae_title, contexts, ssl_context, evt_handlers,
                          request_handler=_GuardedRequestHandler)
@@ -752,7 +763,16 @@ class GuardedServer(ThreadedAssociationServer):
         if self._shared_socket is None:  # a shared socket is listening already
             super().server_activate()
 
+    def busy(self) -> int:
+        """Associations of this server not yet released or aborted."""
+        return sum(1 for assoc in list(self.served)
+                   if assoc.is_alive() and not (assoc.is_released or assoc.is_aborted))
+
     def get_request(self) -> tuple[socket.socket, Any]:
+        if self._shared_socket is not None:
+            busy = self.busy()
+            if busy:  # let a less busy ingest process accept first; EAGAIN below when one did
+                time.sleep(min(busy * ACCEPT_DEFER_S, ACCEPT_DEFER_MAX_S))
         conn, address = cast(socket.socket, self.socket).accept()  # no TLS handshake in the accept loop
         if self._shared_socket is not None:
             conn.setblocking(True)  # as pynetdicom's blocking listener hands it on
