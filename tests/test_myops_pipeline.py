@@ -157,3 +157,36 @@ def test_bundled_model_on_a_held_out_phantom_study(tmp_path):
         (res.summary["myocardium_ml"], analysed_myo_ml)
     for name, floor in DICE_FLOOR.items():
         assert dice(pred[name], ref[name]) >= floor, (name, dice(pred[name], ref[name]))
+
+
+def test_channel_order_and_anchor_come_from_the_model_manifest():
+    """The network's input channels are the sequences in the order the manifest records
+    (``preprocessing.channels``): a model trained as LGE, T2w, bSSFP is fed in that order, not in the
+    pipeline's default order.  Unknown sequences, a list that does not fit the input shape and an anchor
+    other than LGE (results are drawn on the LGE images) are refused with the key named."""
+    import dataclasses
+
+    from pipelines.runtime.manifest import ModelManifest, TensorSpec
+
+    bundled = ModelManifest.load(bundled_models_dir() / "myops-unet" / "manifest.json")
+    opts = MyopsOptions.parse({})
+
+    def with_pre(channels, anchor="lge", n_in=None):
+        spec = bundled.inputs[0]
+        shape = list(spec.shape)
+        shape[1] = len(channels) if n_in is None else n_in
+        return dataclasses.replace(bundled, preprocessing={**bundled.preprocessing, "channels": list(channels),
+                                                           "anchor": anchor},
+                                   inputs=(TensorSpec(spec.name, tuple(shape), spec.dtype),), trt_profile={})
+
+    assert MyopsPipeline._config(bundled, opts).channels == tuple(bundled.preprocessing["channels"])
+    cfg = MyopsPipeline._config(with_pre(("lge", "t2", "bssfp")), opts)
+    assert cfg.channels == ("lge", "t2", "bssfp") and cfg.anchor == "lge"
+    with pytest.raises(PipelineInputError, match=r"preprocessing.channels \['lge', 't1'"):
+        MyopsPipeline._config(with_pre(("lge", "t1", "bssfp")), opts)
+    with pytest.raises(PipelineInputError, match="LGE included"):
+        MyopsPipeline._config(with_pre(("t2", "bssfp")), opts)
+    with pytest.raises(PipelineInputError, match="preprocessing.anchor 't2'"):
+        MyopsPipeline._config(with_pre(("bssfp", "lge", "t2"), anchor="t2"), opts)
+    with pytest.raises(PipelineInputError, match=r"expected \(N, 3, R, R\)"):
+        MyopsPipeline._config(with_pre(("bssfp", "lge", "t2"), n_in=2), opts)

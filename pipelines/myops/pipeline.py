@@ -214,16 +214,30 @@ class MyopsPipeline:
 
     @staticmethod
     def _config(manifest: ModelManifest, opts: MyopsOptions) -> PreprocessConfig:
+        """Preprocessing as the model was trained: the manifest's channel order (the network's input
+        channels are the sequences in that order; a model trained as LGE, T2w, bSSFP must not be fed
+        bSSFP, LGE, T2w) and anchor.  Unknown sequence names, a channel list that does not match the
+        input shape or an anchor other than LGE (results are drawn on the LGE images) are refused."""
         spec = manifest.inputs[0]
-        if len(spec.shape) != 4 or spec.shape[1] != len(CHANNELS) or not isinstance(spec.shape[2], int):
-            raise PipelineInputError(f"myops: model {manifest.name} input {spec.name} has shape {list(spec.shape)}, "
-                                     f"expected (N, {len(CHANNELS)}, R, R) with a fixed R")
         pre = manifest.preprocessing or {}
+        channels = tuple(str(c) for c in pre.get("channels", CHANNELS))
+        anchor = str(pre.get("anchor", "lge"))
+        unknown = [c for c in channels if c not in CHANNELS]
+        if unknown or len(set(channels)) != len(channels) or "lge" not in channels:
+            raise PipelineInputError(f"myops: model {manifest.name} preprocessing.channels {list(channels)}: expected "
+                                     f"distinct sequences among {list(CHANNELS)}, LGE included")
+        if anchor != "lge":
+            raise PipelineInputError(f"myops: model {manifest.name} preprocessing.anchor {anchor!r}: only 'lge' is "
+                                     "supported (the SEG and the SR are drawn on the LGE images)")
+        if len(spec.shape) != 4 or spec.shape[1] != len(channels) or not isinstance(spec.shape[2], int):
+            raise PipelineInputError(f"myops: model {manifest.name} input {spec.name} has shape {list(spec.shape)}, "
+                                     f"expected (N, {len(channels)}, R, R) (fixed R), channels {list(channels)}")
         roi = int(spec.shape[2])
         lo, hi = (float(v) for v in pre.get("percentiles", (0.5, 99.5)))
         return PreprocessConfig(
             grid_size=int(pre.get("grid_size", 224)), grid_spacing_mm=float(pre.get("grid_spacing_mm", 1.0)),
-            roi_size=roi, registration=RegistrationConfig(enabled=opts.registration, deformable=opts.deformable),
+            roi_size=roi, anchor=anchor, channels=channels,
+            registration=RegistrationConfig(enabled=opts.registration, deformable=opts.deformable),
             percentiles=(lo, hi),
             bias_order=int(pre.get("bias_order", 0)),
         )
