@@ -5,12 +5,14 @@ slabs of slices are preprocessed (:mod:`pipelines.calcium.preprocess`), tiled, p
 arg-maxed on the coarse grid, optionally dilated by ``dilation_px`` coarse pixels, mapped back to the
 original grid and intersected with ``HU >= threshold``.  When the model has a heart/aorta region output
 (``PreprocessConfig.region_channel``: an anatomical output the model learns), calcium is decided per
-dense structure, not per pixel (:func:`keep_inside_region`): every in-plane connected structure of
-``HU >= threshold`` counts only when at least :data:`REGION_MIN_INSIDE` of it lies inside the region,
-and then as a whole.  A rib, the sternum, costal cartilage, a vertebra, the table or a lead that
-merely touches the region's edge is mostly outside it and never counts (clipping at the edge kept
-the part of a rib or vertebra the region overlapped), and a plaque at the region's edge is not cut.
-Memory: the HU volume plus one uint8 label map plus one slab.
+dense structure in 3D, not per pixel (:func:`keep_inside_region`): every 26-connected structure of
+``HU >= threshold`` counts only when at least :data:`REGION_MIN_INSIDE` of its voxels lie inside the
+region, and then as a whole.  A rib, the sternum, costal cartilage, a vertebra, the table or a lead
+runs through many slices and is mostly outside the region, so it never counts even in the slices
+where its cross-section lies inside it (an in-plane decision kept those cross-sections, and clipping
+at the region's edge kept the part it overlapped); a plaque at the region's edge is not cut.
+Memory: the HU volume plus one uint8 label map, the region as one boolean volume and, for the 3D
+decision, one int32 component map of the volume.
 """
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ __all__ = ["segment_calcium", "keep_inside_region", "TilePredictor", "REGION_MIN
 
 #: a dense structure counts when at least this share of its pixels lies inside the model's region
 REGION_MIN_INSIDE = 0.5
-_EIGHT = np.ones((3, 3), bool)
 
 #: (T, C, tile, tile) float32 -> (T, K, tile, tile) logits
 TilePredictor = Callable[[np.ndarray], np.ndarray]
@@ -54,6 +55,7 @@ def segment_calcium(
     low-confidence foreground of every coarse slice the model predicted (class logits only)."""
     nz = hu.shape[0]
     out = np.zeros(hu.shape, dtype=np.uint8)
+    inside: np.ndarray | None = None
     cy, cx = coarse_shape(hu.shape[1:], spacing_yx, cfg)
     zpos = np.asarray(z_positions, dtype=float)
     for start in range(0, nz, slab):
@@ -67,6 +69,9 @@ def segment_calcium(
                 raise ValueError(f"model has {logits.shape[1]} outputs; region_channel {cfg.region_channel} missing")
             region = logits[:, cfg.region_channel] > 0
             logits = np.delete(logits, cfg.region_channel, axis=1)
+            if inside is None:
+                inside = np.zeros(hu.shape, dtype=bool)
+            inside[idx[0]:idx[-1] + 1] = upsample_labels(region, hu.shape[1:])
         if tally is not None:
             tally.add_logits(logits, axis=1)
         coarse = np.argmax(logits, axis=1).astype(np.uint8)
@@ -80,23 +85,39 @@ def segment_calcium(
             fine = upsample_labels(lab, hu.shape[1:])
             dense = hu[k] >= threshold
             fine[~dense] = 0
-            if region is not None and fine.any():
-                fine = keep_inside_region(fine, dense, upsample_labels(region[i], hu.shape[1:]))
             out[k] = fine
         if progress is not None:
             progress(idx[-1] + 1, nz)
+    if inside is not None and out.any():
+        dense = hu >= threshold
+        out = keep_inside_region(out, dense, inside)
     return out
 
 
 def keep_inside_region(labels: np.ndarray, dense: np.ndarray, region: np.ndarray,
                        min_inside: float = REGION_MIN_INSIDE) -> np.ndarray:
-    """``labels`` (one slice, 0 = none) kept only on the 8-connected structures of ``dense`` of which at
-    least ``min_inside`` of the pixels lie in ``region``; those keep all their labelled pixels."""
-    comps, n = ndimage.label(dense, structure=_EIGHT)
+    """``labels`` (a slice or a volume, 0 = none) kept only on the fully connected (8 in 2D, 26 in 3D)
+    structures of ``dense`` of which at least ``min_inside`` of the pixels lie in ``region``; those keep
+    all their labelled pixels.  ``labels``, ``dense`` and ``region`` have the same shape."""
+    if not labels.shape == dense.shape == region.shape:
+        raise ValueError(f"shapes differ: labels {labels.shape}, dense {dense.shape}, region {region.shape}")
+    structure = np.ones((3,) * dense.ndim, bool)
+    try:  # int16 halves the component map of a 600-slice CT; a noisy volume may hold more structures
+        comps, n = ndimage.label(dense, structure=structure, output=np.int16)
+    except RuntimeError:  # scipy: "insufficient bit-depth in requested output type"
+        comps, n = ndimage.label(dense, structure=structure, output=np.int32)
     if n == 0:
         return np.zeros_like(labels)
-    inside = np.bincount(comps[region], minlength=n + 1)
-    total = np.bincount(comps.ravel(), minlength=n + 1)
+    inside = np.zeros(n + 1, np.int64)
+    total = np.zeros(n + 1, np.int64)
+    planes = (-1,) + comps.shape[-2:]
+    for c, r in zip(comps.reshape(planes), region.reshape(planes)):
+        # slice by slice: whole-volume bincounts and masks would copy the component map to int64 / bool
+        inside += np.bincount(c[r], minlength=n + 1)
+        total += np.bincount(c.ravel(), minlength=n + 1)
     keep = inside >= min_inside * total
     keep[0] = False
-    return np.where(keep[comps], labels, 0).astype(labels.dtype)
+    out = labels.copy()
+    for o, c in zip(out.reshape(planes), comps.reshape(planes)):
+        o[~keep[c]] = 0
+    return out
