@@ -153,15 +153,25 @@ class CompletionTracker:
                 log.info("late arrival kept, not reprocessed",
                          extra={"study": study_uid, "policy": self.late_arrivals, "replaced": replaced})
         if due is not None:
-            self._arm(study_uid, due, check=True)
+            self._arm(study_uid, due, check=True, keep_earlier=True)
         return due
 
-    def _arm(self, study_uid: str, due: float, check: bool = False) -> None:
+    def _arm(self, study_uid: str, due: float, check: bool = False, keep_earlier: bool = False) -> None:
         """Wake :meth:`fire` at ``due``; with ``check`` (study-aware routes) already
-        ``settle_seconds`` from now, to see whether the study is complete."""
+        ``settle_seconds`` from now, to see whether the study is complete.
+
+        ``keep_earlier`` (arrivals): a timer already set for this study at or before that time is
+        kept, not replaced; when it fires early, :meth:`fire` reads the study's stored due time and
+        sets the timer again.  So a study arriving at hundreds of instances a second moves its timer
+        about once per quiet or settle period instead of once per instance (each replacement wakes
+        the scheduler's thread)."""
         if check and self.study_aware:
             due = min(due, time.time() + self.settle_seconds)
         run_at = dt.datetime.fromtimestamp(max(due, time.time()), tz=dt.timezone.utc)
+        if keep_earlier:
+            armed = self.scheduler.get_job(f"complete:{study_uid}")
+            if armed is not None and armed.next_run_time is not None and armed.next_run_time <= run_at:
+                return
         self.scheduler.add_job(
             self.fire,
             trigger="date",

@@ -130,6 +130,40 @@ def test_a_job_that_cannot_be_marked_done_leaves_no_result_or_delivery_behind(tm
     assert conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 2  # the re-run's only
 
 
+def test_a_burst_of_arrivals_moves_the_timer_lazily_and_completion_still_waits_for_the_last(tmp_path, conns):
+    """100 arrivals within 0.5 s set the completion timer a few times, not once per instance (each set
+    wakes the scheduler's thread), and the study still completes a quiet period after the last one."""
+    files = write_ct_study(tmp_path / "study", 2)
+    view = StudyView.from_files(files)
+    config = parse_config({"node": {"quiet_seconds": 0.4}, "routes": [{"pipeline": "test-sr", "match": {}}]})
+    sched = BackgroundScheduler(timezone="UTC")
+    sets: list[str] = []
+    real_add_job = sched.add_job
+
+    def add_job(*args, **kwargs):  # the real scheduler's add_job, counted
+        sets.append(kwargs["id"])
+        return real_add_job(*args, **kwargs)
+
+    sched.add_job = add_job  # type: ignore[method-assign]
+    sched.start()
+    try:
+        tracker = CompletionTracker(conns.get, Router(config), lambda uid: view, sched)
+        uid = view.study_instance_uid
+        for _ in range(100):
+            tracker.arrived(uid, 0.4)
+            time.sleep(0.005)
+        last = time.time()
+        conn = conns.get()
+        while conn.execute("SELECT state FROM pending_studies").fetchone()["state"] == "waiting":
+            assert time.time() - last < 5
+            time.sleep(0.01)
+        assert time.time() - last >= 0.39  # a quiet period after the last arrival, not the first
+        assert conn.execute("SELECT COUNT(*) FROM jobs WHERE generation=1").fetchone()[0] == 1
+        assert 1 <= len(sets) <= 4, sets  # first arrival + one re-set per early firing
+    finally:
+        sched.shutdown(wait=False)
+
+
 def test_completion_waits_for_quiet_then_enqueues_each_route_once_and_rearms_after_restart_with_fresh_quiet(
         tmp_path, conns):
     files = write_ct_study(tmp_path / "study", 2)
