@@ -61,7 +61,11 @@ def test_region_decision_is_made_per_3d_structure():
         out[:, 9, 20:40, 20:40] = 5.0  # region: rows/cols 40-79 on the 1 mm grid
         return out
 
-    labels = segment_calcium(hu, np.arange(12) * 3.0, (1.0, 1.0), predict, cfg, dilation_px=1)
+    seen: list[tuple[list[int], tuple[int, ...]]] = []
+    labels = segment_calcium(hu, np.arange(12) * 3.0, (1.0, 1.0), predict, cfg, dilation_px=1, slab=5,
+                             on_logits=lambda idx, logits: seen.append((list(idx), logits.shape)))
+    # the diagnostics hook sees every slab's class logits, region output removed
+    assert [i for idx, _ in seen for i in idx] == list(range(12)) and all(sh[1] == 9 for _, sh in seen)
     expected = np.zeros_like(labels)
     expected[3:6, 50:54, 50:54] = 3
     np.testing.assert_array_equal(labels, expected)

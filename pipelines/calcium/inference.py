@@ -47,12 +47,15 @@ def segment_calcium(
     slab: int = 16,
     progress: Callable[[int, int], None] | None = None,
     tally: ConfidenceTally | None = None,
+    on_logits: Callable[[Sequence[int], np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """Label map (z, y, x) uint8: class k where the model predicts k (dilated), inside its region (if it
     has one) and HU >= threshold.
 
     ``tally`` (output quality control, :mod:`pipelines.qc.scores`) counts the confident and
-    low-confidence foreground of every coarse slice the model predicted (class logits only)."""
+    low-confidence foreground of every coarse slice the model predicted (class logits only);
+    ``on_logits`` (diagnostics, ``bench/calcium_lesions.py``) gets each slab's slice indices and its
+    class logits (n, K, coarse y, coarse x), region output removed."""
     nz = hu.shape[0]
     out = np.zeros(hu.shape, dtype=np.uint8)
     inside: np.ndarray | None = None
@@ -74,6 +77,8 @@ def segment_calcium(
             inside[idx[0]:idx[-1] + 1] = upsample_labels(region, hu.shape[1:])
         if tally is not None:
             tally.add_logits(logits, axis=1)
+        if on_logits is not None:
+            on_logits(idx, logits)
         coarse = np.argmax(logits, axis=1).astype(np.uint8)
         for i, k in enumerate(idx):
             lab = coarse[i]
