@@ -3,6 +3,8 @@ nothing acknowledged is lost, the study is processed once, results arrive (at mo
 flight at the kill is sent twice)."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import signal
@@ -17,7 +19,7 @@ import pytest
 
 from node.state import connect
 from tests.support.node_proc import NodeProcess, node_config
-from tests.support.peers import StoreSCP, storescu, wait_for
+from tests.support.peers import StoreSCP, free_port, storescu, wait_for
 from tests.support.rawdicom import RawAssociation, c_store_command, pdata
 from tests.fixtures.studies import write_ct_study
 
@@ -365,3 +367,33 @@ def test_kill9_during_dispatch_loses_nothing_and_duplicates_at_most_the_instance
             assert len(st["jobs"]) == 1
         finally:
             node.stop_quietly()
+
+
+def test_an_ingest_process_that_ends_while_the_others_start_is_started_again(tmp_path):
+    """A process that was ready and then ended while start() still waited for the others (a peer killed
+    it, kill -9, out of memory) is started again once start() has finished.  Before, its slot stayed
+    without a process, silently: the node served on fewer processes until it was restarted."""
+    from node.config import parse_config
+    from node.ingest.workers import IngestWorkers, _Slot, listen
+
+    node = parse_config({"node": {"storage_dir": str(tmp_path / "var"), "host": "127.0.0.1", "port": free_port()},
+                         "routes": []}).node
+    ended: list[int] = []
+    workers = IngestWorkers(node, 1, {}, on_ended=ended.append)
+    # start() step by step, so that the process ends between its readiness and the end of start()
+    workers._sock = listen(node.host, node.port)
+    config = json.dumps(dataclasses.asdict(node)).encode("utf-8") + b"\n"
+    slot = _Slot(workers, 0, config)
+    workers._slots = [slot]
+    try:
+        slot.spawn()
+        slot.wait_ready(time.monotonic() + 60)
+        first = slot.proc.pid
+        os.kill(first, signal.SIGKILL)
+        time.sleep(2.0)  # its thread has seen the end; start() has not finished yet: nothing restarts
+        assert ended == [] and workers.pids() == []
+        workers._started.set()  # start() finishes
+        assert wait_for(lambda: len(workers.pids()) == 1 and workers.pids()[0] != first, 30), workers.pids()
+        assert ended == [first]
+    finally:
+        workers.stop(graceful=False)

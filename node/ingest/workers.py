@@ -89,6 +89,9 @@ class IngestWorkers:
         self._sock: socket.socket | None = None
         self._slots: list[_Slot] = []
         self._stopping = threading.Event()
+        #: set once :meth:`start` has seen every process ready: from then on an ended process is
+        #: started again (one that ends earlier, even after it was ready, waits for this or for stop)
+        self._started = threading.Event()
 
     @property
     def port(self) -> int:
@@ -112,8 +115,7 @@ class IngestWorkers:
             deadline = time.monotonic() + READY_TIMEOUT_S
             for slot in self._slots:
                 slot.wait_ready(deadline)
-            for slot in self._slots:
-                slot.supervised = True
+            self._started.set()
         except BaseException:
             self.stop(graceful=False)
             raise
@@ -162,7 +164,6 @@ class _Slot:
         self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready = threading.Event()
-        self.supervised = False
         self._events: BinaryIO | None = None
         self._started_at = 0.0
         self._thread = threading.Thread(target=self._run, name=f"ingest-{index}-events", daemon=True)
@@ -241,7 +242,12 @@ class _Slot:
         while True:
             rc = self._drain() if self._events is not None else None
             self._events = None
-            if self.owner._stopping.is_set() or not self.supervised:
+            # ended while start() still waited for the others (it was ready, so start() goes on): it is
+            # started again once start() has finished; if start() fails instead, stop() ends this thread
+            while not self.owner._started.wait(0.1):
+                if self.owner._stopping.is_set():
+                    return
+            if self.owner._stopping.is_set():
                 return
             log.error("ingest process ended; starting it again",
                       extra={"pid": self.proc.pid if self.proc else None, "exit_code": rc, "slot": self.index})
