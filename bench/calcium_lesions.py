@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.calcium.inference import segment_calcium  # noqa: E402
 from pipelines.calcium.labels import CLASSES  # noqa: E402
 from pipelines.calcium.preprocess import coarse_index  # noqa: E402
+from pipelines.qc.scores import softmax  # noqa: E402
 
 CORONARY = [c.value for c in CLASSES if c.coronary]
 OTHER = [c.value for c in CLASSES if not c.coronary]
@@ -35,9 +36,7 @@ def lesions(hu: np.ndarray, truth: np.ndarray, zpos: np.ndarray, spacing_yx, pre
 
     def keep(idx, logits: np.ndarray) -> None:
         nonlocal probs
-        z = logits - logits.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
+        p = softmax(logits, axis=1)
         if probs is None:
             probs = np.zeros((nz,) + p.shape[1:], np.float16)
         probs[idx[0]:idx[-1] + 1] = p

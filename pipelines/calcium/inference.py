@@ -12,7 +12,7 @@ runs through many slices and is mostly outside the region, so it never counts ev
 where its cross-section lies inside it (an in-plane decision kept those cross-sections, and clipping
 at the region's edge kept the part it overlapped); a plaque at the region's edge is not cut.
 Memory: the HU volume plus one uint8 label map, the region as one boolean volume and, for the 3D
-decision, one int32 component map of the volume.
+decision, one component map of the volume (int16; int32 when it holds more than 32 767 structures).
 """
 from __future__ import annotations
 
@@ -94,8 +94,7 @@ def segment_calcium(
         if progress is not None:
             progress(idx[-1] + 1, nz)
     if inside is not None and out.any():
-        dense = hu >= threshold
-        out = keep_inside_region(out, dense, inside)
+        out = keep_inside_region(out, hu >= threshold, inside)
     return out
 
 

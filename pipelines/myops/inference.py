@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from pipelines.imaging import Volume
 from pipelines.imaging.geometry import index_to_patient
+from pipelines.qc.scores import softmax
 
 from . import labels as cls
 from .preprocess import GridStack, ModelInput, PreprocessConfig, build_grid_stack, register_and_crop
@@ -33,13 +34,6 @@ def model_input(volumes: Mapping[str, Volume], cfg: PreprocessConfig,
     return stack, register_and_crop(stack, prior, cfg)
 
 
-def _softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
-    z = logits - logits.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    probs: np.ndarray = e / e.sum(axis=axis, keepdims=True)
-    return probs
-
-
 def tile_predict(images: np.ndarray, predict: Predictor, roi: int) -> np.ndarray:
     """Class probabilities (n, K, G, G) from 2 x 2 overlapping roi tiles over (n, C, G, G) images."""
     n, _, g, _ = images.shape
@@ -48,7 +42,7 @@ def tile_predict(images: np.ndarray, predict: Predictor, roi: int) -> np.ndarray
     count = np.zeros((g, g), dtype=np.float32)
     for y in starts:
         for x in starts:
-            probs = _softmax(predict(np.ascontiguousarray(images[:, :, y:y + roi, x:x + roi])))
+            probs = softmax(predict(np.ascontiguousarray(images[:, :, y:y + roi, x:x + roi])))
             if acc is None:
                 acc = np.zeros((n, probs.shape[1], g, g), dtype=np.float32)
             acc[:, :, y:y + roi, x:x + roi] += probs

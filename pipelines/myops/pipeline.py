@@ -40,7 +40,7 @@ from pipelines.outputs import (
 
 from pipelines.qc import check
 from pipelines.qc.inputs import mr_properties
-from pipelines.qc.scores import ConfidenceTally
+from pipelines.qc.scores import ConfidenceTally, softmax
 from pipelines.quality import QualityIssue
 from pipelines.runtime import ModelHandle, ModelManifest
 
@@ -204,9 +204,7 @@ class MyopsPipeline:
         except PreprocessError as exc:
             raise PipelineInputError(f"myops: {exc}") from exc
         logits = predict(mi.tensor)
-        z = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(z)
-        probs /= probs.sum(axis=1, keepdims=True)
+        probs = softmax(logits, axis=1)
         if tally is not None:
             tally.add(probs, axis=1)
         classes = probabilities_to_anchor(probs.astype(np.float32), stack, mi.roi_yx, vols[cfg.anchor])
