@@ -1,6 +1,6 @@
 // Open CardioNode results in OHIF with Debian's Chromium (puppeteer-core) and report what a person sees.
 // Usage: node drive.mjs plan.json   (plan: base, chromium, out, studies[]; see tests/support/viewer.py)
-// Per study: the summary SC, the SR (every drawn measurement, stepped with the viewport arrows) and the
+// Per study, each in its own viewer page: the summary SC, the SR (every drawn measurement, stepped with the viewport arrows) and the
 // SEG (segments listed in the segmentation panel); console errors, page errors and on-screen errors;
 // one screenshot per step.  Writes <out>/report.json.
 import puppeteer from 'puppeteer-core';
@@ -45,6 +45,19 @@ async function waitText(page, text, timeout) {
   }
 }
 
+// OHIF shows the study's first series on load and fetches its frames; opening another series while
+// they are in flight tears the viewport down under its loader ("The stack viewport has been destroyed")
+// or is ignored.  Wait until no DICOMweb request has been pending for a second (at most ``timeout``).
+async function settle(page, timeout = 60000) {
+  let quietSince = Date.now();
+  for (const end = Date.now() + timeout; Date.now() < end;) {
+    await sleep(250);
+    if (page.pending.size) quietSince = Date.now();
+    else if (Date.now() - quietSince >= 1000) return true;
+  }
+  return false;
+}
+
 // the study browser fills in its thumbnails one series at a time (slowly on a loaded machine): wait for this one
 async function openSeries(page, label, timeout = 60000) {
   await dismissTour(page);
@@ -70,14 +83,20 @@ const drawnLabels = (page) => page.evaluate(() => [...document.querySelectorAll(
 
 const report = { studies: {} };
 let tourSeen = false; // the tour shows once per browser profile
-for (const study of plan.studies) {
+
+// One object per viewer page: a fresh page loads the study, lets the first series finish loading
+// (settle) and then opens one of our series, so that each object is judged on its own.
+async function inViewer(study, r, step, fn) {
   const page = await browser.newPage();
-  const r = { console_errors: [], page_errors: [], screen_errors: [], screenshots: [], segments: [], sr: [], seconds: {} };
-  report.studies[study.name] = r;
-  page.on('console', (m) => { if (m.type() === 'error') r.console_errors.push(m.text()); });
-  page.on('pageerror', (e) => r.page_errors.push(String(e.message || e)));
-  const shot = async (step) => {
-    const path = `${plan.out}/${study.name}-${step}.png`;
+  page.pending = new Set();
+  const dicomweb = (req) => req.url().includes('/dicom-web/') || req.url().includes('/wado');
+  page.on('request', (q) => { if (dicomweb(q)) page.pending.add(q); });
+  page.on('requestfinished', (q) => page.pending.delete(q));
+  page.on('requestfailed', (q) => page.pending.delete(q));
+  page.on('console', (m) => { if (m.type() === 'error') r.console_errors.push(`${step}: ${m.text()}`); });
+  page.on('pageerror', (e) => r.page_errors.push(`${step}: ${String(e.message || e)}`));
+  const shot = async (name) => {
+    const path = `${plan.out}/${study.name}-${name}.png`;
     await page.screenshot({ path });
     r.screenshots.push(path);
   };
@@ -89,13 +108,33 @@ for (const study of plan.studies) {
       tourSeen = true;
       await dismissTour(page);
     }
-    r.seconds.load = (Date.now() - t0) / 1000;
-    if (study.summary) {
+    await settle(page);
+    r.seconds[`${step}_load`] = (Date.now() - t0) / 1000;
+    await fn(page, shot);
+    r.seconds[step] = (Date.now() - t0) / 1000;
+  } catch (e) {
+    r.page_errors.push(`${step}: driver: ${e.message}`);
+    await shot(`${step}-failure`).catch(() => {});
+  }
+  const text = await page.evaluate(() => document.body.innerText).catch(() => '');
+  for (const s of SCREEN_ERRORS.filter((e) => text.includes(e))) r.screen_errors.push(`${step}: ${s}`);
+  await page.close();
+}
+
+for (const study of plan.studies) {
+  const r = { console_errors: [], page_errors: [], screen_errors: [], screenshots: [], segments: [], sr: [], seconds: {} };
+  report.studies[study.name] = r;
+  const t0 = Date.now();
+  if (study.summary) {
+    await inViewer(study, r, 'summary', async (page, shot) => {
       await openSeries(page, study.summary);
-      await sleep(2500);
+      await settle(page);
+      await sleep(1000);
       await shot('summary');
-    }
-    if (study.sr) {
+    });
+  }
+  if (study.sr) {
+    await inViewer(study, r, 'sr', async (page, shot) => {
       await openSeries(page, study.sr.label);
       await waitText(page, study.sr.expect_first, 60000);
       await sleep(1500);
@@ -109,9 +148,10 @@ for (const study of plan.studies) {
         await next.click();
         await sleep(1000);
       }
-      r.seconds.sr = (Date.now() - t0) / 1000;
-    }
-    if (study.seg) {
+    });
+  }
+  if (study.seg) {
+    await inViewer(study, r, 'seg', async (page, shot) => {
       await openSeries(page, study.seg.label);
       if (await waitText(page, 'Do you want to open this Segmentation?', 30000)) {
         const yes = await page.evaluateHandle(() => [...document.querySelectorAll('button')]
@@ -129,16 +169,9 @@ for (const study of plan.studies) {
       await sleep(1000);
       r.segments = await page.$$eval('[data-cy="data-row-title"]', (els) => els.map((e) => e.textContent.trim()));
       await shot('seg');
-      r.seconds.seg = (Date.now() - t0) / 1000;
-    }
-  } catch (e) {
-    r.page_errors.push(`driver: ${e.message}`);
-    await shot('failure').catch(() => {});
+    });
   }
-  const text = await page.evaluate(() => document.body.innerText).catch(() => '');
-  r.screen_errors = SCREEN_ERRORS.filter((s) => text.includes(s));
   r.seconds.total = (Date.now() - t0) / 1000;
-  await page.close();
 }
 await browser.close();
 writeFileSync(`${plan.out}/report.json`, JSON.stringify(report, null, 1));
