@@ -69,18 +69,18 @@ def main() -> int:
             ncines.append(len(files))
             cpus.append(time.process_time() - c0)
             s = res.summary
+            probs = s["artery_probabilities"]  # every cine counts, also in a study left not assessed
+            for ref, cine in zip(view.instances, [st.cines[int(r.path.stem)] for r in view.instances]):
+                pr = probs[ref.sop_instance_uid]
+                got = "left" if pr <= left_max else "right" if pr >= right_min else "other"
+                routed += 1
+                correct += got == cine.artery
             if s["syntax_total"] is None:  # a coronary system without an analysed cine: not assessed
                 failed.append(f"seed {SEED0 + i}: " + "; ".join(q["message"] for q in s["not_assessable"]))
                 continue
             truth.append(st.syntax)
             raw.append(s["raw"]["left"] + s["raw"]["right"])
             cal.append(s["syntax_total"])
-            probs = s["artery_probabilities"]
-            for ref, cine in zip(view.instances, [st.cines[int(r.path.stem)] for r in view.instances]):
-                pr = probs[ref.sop_instance_uid]
-                got = "left" if pr <= left_max else "right" if pr >= right_min else "other"
-                routed += 1
-                correct += got == cine.artery
     t, r_, c_ = np.asarray(truth), np.asarray(raw), np.asarray(cal)
     print(f"held-out phantom studies: {len(truth)} scored, {len(failed)} rejected"
           + ("".join(f"\n  rejected {f}" for f in failed)))
