@@ -126,3 +126,19 @@ def test_export_onnx_matches_torch(trained, tmp_path) -> None:
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
     art = ort.InferenceSession(str(out / "syntax-artery" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert art.run(None, {"video": x[0, :1].numpy()})[0].shape == (1, 1)
+
+
+def test_router_data_are_the_same_whatever_the_number_of_worker_processes() -> None:
+    """make_router_data plans every clip (kind, seed, offset, size) from its first seed, so that rendering
+    in worker processes (make_bundled --threads) changes the speed, never the training data."""
+    from pipelines.syntax.preprocess import CineConfig
+    from training.syntax.router import make_router_data
+
+    cfg = CineConfig(frames=2, height=32, width=32, clip="minip", intensity="percentile", samples=4,
+                     filter="tophat", tophat_px=3)
+    one = make_router_data(5, 123_000, cfg, workers=1)
+    two = make_router_data(5, 123_000, cfg, workers=2)
+    assert one.x.shape[0] == 5 and np.array_equal(one.x, two.x)
+    assert np.array_equal(one.y, two.y) and list(one.kinds) == list(two.kinds)
+    other = make_router_data(5, 124_000, cfg, workers=1)
+    assert not np.array_equal(one.x, other.x)

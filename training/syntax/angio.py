@@ -18,6 +18,8 @@ the tree's topology rather than one drawing.
   down the tree by path length, washes out; cardiac contraction; lesions thin a vessel and an
   occlusion stops the flow.
 - Scene: smooth tissue texture, spine, diaphragm dome, lungs, table edge, ribs, sternal wires or clips,
+  ribs and vertebrae with cortical rims, end plates and pedicles, ECG / pacing leads and guide wires
+  (1.2.0: sharp dark lines that survive the router's top-hat, as in real runs),
   collimator shutters, catheter from the frame edge to the ostium (1.1.0: from faint to as dark as
   the vessels), quantum noise, blur, gamma; contrast density 0.2-1.5 (1.1.0: was 0.35-1.5).
 - Negatives (router target "neither"): left ventriculogram (opacified beating LV, pigtail),
@@ -38,7 +40,7 @@ from scipy import ndimage
 __all__ = ["GENERATOR", "VERSION", "KINDS", "ROUTER_TARGET", "Scene", "make_scene", "render", "render_all"]
 
 GENERATOR = "training.syntax.angio"
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 KINDS = ("left", "right", "ventriculogram", "aortogram", "testshot")
 #: soft target of the artery classifier: p(right); negatives sit between the routing thresholds
 ROUTER_TARGET = {"left": 0.02, "right": 0.98, "ventriculogram": 0.5, "aortogram": 0.5, "testshot": 0.5}
@@ -263,12 +265,14 @@ def _background(rng: np.random.Generator, n: int) -> np.ndarray:
     if rng.random() < 0.4:  # table edge
         a = rng.uniform(0, np.pi)
         mu += rng.uniform(0.1, 0.3) * ((xx - 0.5) * math.cos(a) + (yy - 0.5) * math.sin(a) > rng.uniform(-0.4, 0.4))
-    for _ in range(int(rng.integers(0, 5))):  # ribs
+    for _ in range(int(rng.integers(0, 5))):  # ribs, soft
         y0, k = rng.uniform(-0.1, 1.0), rng.uniform(-0.6, 0.6)
         mu += rng.uniform(0.05, 0.15) * np.exp(-((yy - y0 - k * (xx - 0.5) ** 2 - 0.15 * xx) ** 2) / (2 * 0.015 ** 2))
+    mu += _bone_edges(rng, n, xx, yy)
     for _ in range(int(rng.integers(0, 3)) if rng.random() < 0.2 else 0):  # sternal wires / clips
         cy, cx = rng.uniform(0.1, 0.9, 2)
         mu += 1.5 * ((np.abs(yy - cy) < 0.006) & (np.abs(xx - cx) < rng.uniform(0.01, 0.04)))
+    mu += _wires(rng, n)
     mu = ndimage.gaussian_filter(mu, 0.6)
     if rng.random() < 0.35:  # collimator shutters
         for edge in rng.choice(4, int(rng.integers(1, 3)), replace=False):
@@ -276,6 +280,61 @@ def _background(rng: np.random.Generator, n: int) -> np.ndarray:
             m = [xx < w, xx > 1 - w, yy < w, yy > 1 - w][int(edge)]
             mu = np.where(m, mu + 2.5, mu)
     return mu.astype(np.float32)
+
+
+def _band(d: np.ndarray, half: float, edge: float) -> np.ndarray:
+    """A band |d| < half with smooth edges of width ``edge`` (all in units of the frame)."""
+    return 0.5 * (1 - np.tanh((np.abs(d) - half) / max(edge, 1e-4)))
+
+
+def _bone_edges(rng: np.random.Generator, n: int, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Ribs and vertebrae with cortical rims (1.2.0): sharp dark lines that a top-hat keeps, as in
+    real runs, so that the router learns to look past them.  Units: line integral, frame = 1."""
+    mu = np.zeros((n, n), np.float32)
+    for _ in range(int(rng.integers(0, 8))):  # ribs: curved bands, rims darker than the body
+        a = rng.uniform(-0.6, 0.6)  # oblique course
+        u = (xx - 0.5) * math.cos(a) + (yy - 0.5) * math.sin(a)
+        v = -(xx - 0.5) * math.sin(a) + (yy - 0.5) * math.cos(a)
+        d = v - rng.uniform(-0.6, 0.6) - rng.uniform(-0.8, 0.8) * u ** 2
+        half, rim = rng.uniform(0.015, 0.045), rng.uniform(0.002, 0.006)
+        mu += rng.uniform(0.03, 0.2) * _band(d, half, rim)
+        rim_amp = rng.uniform(0.05, 0.35)
+        for side in (-1, 1):
+            mu += rim_amp * np.exp(-((d - side * half) ** 2) / (2 * rim ** 2))
+    if rng.random() < 0.6:  # vertebral column: body edges, end plates, pedicles
+        x0, half = rng.uniform(0.05, 0.95), rng.uniform(0.06, 0.14)
+        tilt = rng.uniform(-0.15, 0.15)
+        d = xx - x0 - tilt * (yy - 0.5)
+        col = _band(d, half, rng.uniform(0.002, 0.01))
+        mu += rng.uniform(0.1, 0.4) * col
+        rim_amp, rim = rng.uniform(0.05, 0.3), rng.uniform(0.002, 0.006)
+        for side in (-1, 1):
+            mu += rim_amp * np.exp(-((d - side * half) ** 2) / (2 * rim ** 2))
+        pitch, phase = rng.uniform(0.1, 0.22), rng.uniform(0, 1)
+        plate = np.exp(-((((yy / pitch + phase) % 1.0) - 0.5) ** 2) / (2 * (rim / pitch) ** 2))
+        mu += rng.uniform(0.0, 0.25) * plate * col
+        if rng.random() < 0.5:
+            for side in (-1, 1):  # pedicles: small rings beside the column's centre
+                cx = x0 + side * half * 0.6
+                for cy in np.arange(-phase * pitch, 1.0, pitch) + pitch * 0.3:
+                    r = np.sqrt((xx - cx - tilt * (yy - 0.5)) ** 2 + (yy - cy) ** 2)
+                    mu += 0.15 * rim_amp * np.exp(-((r - half * 0.25) ** 2) / (2 * rim ** 2))
+    return mu
+
+
+def _wires(rng: np.random.Generator, n: int) -> np.ndarray:
+    """ECG leads, pacing leads and guide wires (1.2.0): thin dark curves from edge to edge."""
+    img = np.zeros((n, n), np.float32)
+    for _ in range(int(rng.integers(0, 4)) if rng.random() < 0.6 else 0):
+        p0, p2 = rng.uniform(-0.1, 1.1, 2) * n, rng.uniform(-0.1, 1.1, 2) * n
+        p1 = rng.uniform(0, 1, 2) * n
+        t = np.linspace(0, 1, 4 * n)[:, None]
+        pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+        one = np.zeros((n, n), np.float32)
+        _splat(one, pts, np.full(len(pts), 1.0))
+        width = rng.uniform(0.5, 1.5)
+        img += rng.uniform(0.3, 1.5) * ndimage.gaussian_filter(one, width) * width * 2.0
+    return img
 
 
 def make_scene(kind: str, seed: int, *, size: int | None = None, frames: int | None = None) -> Scene:

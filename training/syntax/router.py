@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import math
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -61,36 +62,57 @@ def _channel01(x: np.ndarray, cfg: CineConfig) -> np.ndarray:
     return (x[0] * cfg.std[0] + cfg.mean[0]).astype(np.float16)
 
 
-def make_router_data(n: int, seed0: int, cfg: CineConfig, *, deadline: float | None = None,
-                     mix: dict[str, float] | None = None) -> RouterData:
-    """``n`` training clips from seeds ``seed0``..; random spread offsets unless ``seed0`` marks held-out
-    data (then offsets are still random but reproducible).  Stops early at ``deadline`` (time.time())."""
-    mix = mix or ROUTER_MIX
+def _plan(n: int, seed0: int, mix: dict[str, float]) -> list[tuple[str, int, float, int]]:
+    """(kind, seed, spread offset, render size) of each clip, drawn in order from ``seed0``."""
     rng = np.random.default_rng(seed0)
     kinds = list(mix)
     p = np.asarray([mix[k] for k in kinds], np.float64)
-    xs, ys, ks = [], [], []
+    plan = []
     for i in range(n):
-        if deadline is not None and time.time() > deadline:
-            log.warning("router data: budget reached after %d of %d clips", i, n)
-            break
         kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
-        seed = seed0 + i
         offset = float(rng.uniform(0, 1))
-        if kind == "phantom":
-            prng = np.random.default_rng(seed)
-            art = ("left", "right", "other")[int(prng.choice(3, p=[0.45, 0.4, 0.15]))]
-            les = _sample_lesions(art, prng) if art != "other" else []
-            cine = make_cine(art, les, prng, 96).frames
-            xs.append(_clip01(cine, cfg, offset))
-            ys.append(_PHANTOM_TARGET[art])
-            ks.append(f"phantom-{art}")
-            continue
-        scene = angio.make_scene(kind, seed, size=int(rng.choice(RENDER_SIZES)))
-        frames = angio.render(scene, read_indices(scene.frames, cfg, offset))  # only what the clip reads
-        xs.append(_channel01(preprocess_frames(frames, cfg), cfg))
-        ys.append(angio.ROUTER_TARGET[kind])
-        ks.append(kind)
+        size = int(rng.choice(RENDER_SIZES)) if kind != "phantom" else 96
+        plan.append((kind, seed0 + i, offset, size))
+    return plan
+
+
+def _one_clip(item: tuple[str, int, float, int], cfg: CineConfig) -> tuple[np.ndarray, float, str]:
+    """One preprocessed clip (channel 0, 0..1), its target and its kind."""
+    kind, seed, offset, size = item
+    if kind == "phantom":
+        prng = np.random.default_rng(seed)
+        art = ("left", "right", "other")[int(prng.choice(3, p=[0.45, 0.4, 0.15]))]
+        les = _sample_lesions(art, prng) if art != "other" else []
+        cine = make_cine(art, les, prng, size).frames
+        return _clip01(cine, cfg, offset), _PHANTOM_TARGET[art], f"phantom-{art}"
+    scene = angio.make_scene(kind, seed, size=size)
+    frames = angio.render(scene, read_indices(scene.frames, cfg, offset))  # only what the clip reads
+    return _channel01(preprocess_frames(frames, cfg), cfg), angio.ROUTER_TARGET[kind], kind
+
+
+def make_router_data(n: int, seed0: int, cfg: CineConfig, *, deadline: float | None = None,
+                     mix: dict[str, float] | None = None, workers: int = 1) -> RouterData:
+    """``n`` clips from seeds ``seed0``.. (kinds, offsets and sizes drawn from ``seed0``, so the data
+    are the same whatever ``workers``).  Stops early at ``deadline`` (time.time())."""
+    plan = _plan(n, seed0, mix or ROUTER_MIX)
+    xs, ys, ks = [], [], []
+    chunk = 64
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    try:
+        for s in range(0, n, chunk):
+            if deadline is not None and time.time() > deadline:
+                log.warning("router data: budget reached after %d of %d clips", len(ys), n)
+                break
+            part = plan[s:s + chunk]
+            done = (list(pool.map(_one_clip, part, [cfg] * len(part), chunksize=8)) if pool is not None
+                    else [_one_clip(item, cfg) for item in part])
+            for x, y, k in done:
+                xs.append(x)
+                ys.append(y)
+                ks.append(k)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return RouterData(np.stack(xs), np.asarray(ys, np.float32), ks)
 
 
