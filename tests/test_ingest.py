@@ -164,13 +164,14 @@ def test_calling_and_called_ae_checks(tmp_path: Path, study) -> None:
         n.stop()
 
 
-def _sc_file(tmp: Path) -> Path:
-    ds = synth.base_dataset(SecondaryCaptureImageStorage, generate_uid(), generate_uid(), "OT")
+def _sc_file(tmp: Path, sop_class: str = SecondaryCaptureImageStorage, name: str = "sc.dcm") -> Path:
+    """An 8 x 8 image of ``sop_class`` (Secondary Capture unless told) in a new study."""
+    ds = synth.base_dataset(sop_class, generate_uid(), generate_uid(), "OT")
     ds.ConversionType = "WSD"
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.Rows, ds.Columns = 1, "MONOCHROME2", 8, 8
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.PixelData = bytes(64)
-    path = tmp / "sc.dcm"
+    path = tmp / name
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -205,10 +206,14 @@ def _raw_c_store(port: int, sop_class: str, sop_uid: str, dataset: bytes, contex
 
 def test_refusals_are_standard_and_the_node_keeps_serving(node: Node, study, tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="cardionode.ingest")
-    # unsupported SOP class: storescu finds no accepted presentation context, nothing is stored
-    r = storescu(node.port, [_sc_file(tmp_path)])
+    # unsupported SOP class (ultrasound): storescu finds no accepted presentation context, nothing is stored
+    r = storescu(node.port, [_sc_file(tmp_path, "1.2.840.10008.5.1.4.1.1.6.1", "us.dcm")])
     assert r.returncode != 0
     assert "no acceptable presentation context" in _rejection(r).lower()
+    # a Secondary Capture (a result class, negotiated for the node's own results) that is not ours: 0x0122
+    sc = _sc_file(tmp_path)
+    assert _raw_c_store(node.port, SecondaryCaptureImageStorage, str(pydicom.dcmread(sc).SOPInstanceUID),
+                        split_part10(sc)[1], context_class=SecondaryCaptureImageStorage) == 0x0122
     # ... and a C-STORE naming it anyway on a CT context gets 0x0122
     _meta, ct_bytes = split_part10(study["ct"][0])
     assert _raw_c_store(node.port, SecondaryCaptureImageStorage, generate_uid(), ct_bytes) == 0x0122
@@ -224,7 +229,7 @@ def test_refusals_are_standard_and_the_node_keeps_serving(node: Node, study, tmp
     status = _raw_c_store(node.port, CT, generate_uid(), os.urandom(3000))
     assert status in (0xC210, 0xA900), hex(status)
     refusals = [r for r in caplog.records if r.getMessage() == "C-STORE refused"]
-    assert len(refusals) == 4
+    assert len(refusals) == 5  # the foreign SC, the SC named on a CT context, truncated, mismatch, garbage
     assert sop_uid in [getattr(r, "sop_instance", None) for r in refusals]
     assert all(b"\x00" * 100 not in r.getMessage().encode() for r in refusals)
 
@@ -414,6 +419,38 @@ def test_own_result_sent_back_by_c_store_is_acknowledged_not_stored(node: Node, 
     returned = [r for r in caplog.records if r.getMessage().startswith("own result sent back")]
     assert sorted(getattr(r, "sop_instance") for r in returned) == sorted(
         [by_uid.SOPInstanceUID, pydicom.dcmread(other[0]).SOPInstanceUID])
+
+
+def test_own_sr_seg_and_sc_sent_back_get_success_and_are_not_stored(node: Node, tmp_path: Path, caplog) -> None:
+    """A PACS that forwards whole studies sends the node's own SR, SEG and summary image back: their
+    SOP classes are negotiated for that alone, so the association goes through, each gets Success,
+    nothing is stored or left in the spool's .incoming, and each is logged; a foreign SR gets 0x0122."""
+    caplog.set_level(logging.WARNING, logger="cardionode.ingest")
+    own = {cls: _sc_file(tmp_path, cls, f"{n}.dcm") for n, cls in enumerate(
+        ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.66.4", SecondaryCaptureImageStorage))}
+    foreign = _sc_file(tmp_path, "1.2.840.10008.5.1.4.1.1.88.34", "foreign-sr.dcm")
+    with node.conn:
+        node.conn.execute("INSERT INTO jobs (id, study_uid, route_name, pipeline, state, next_attempt_at, created_at)"
+                          " VALUES (1, '1.2.3', 'r', 'p', 'done', 0, 0)")
+        for n, (cls, path) in enumerate(own.items()):
+            ds = pydicom.dcmread(path)
+            # the SR by its SOP Instance UID, the SEG and the summary image by their series
+            node.conn.execute("INSERT INTO results (sop_instance_uid, job_id, sop_class_uid, path, created_at,"
+                              " series_instance_uid) VALUES (?, 1, ?, 'x', 0, ?)",
+                              (ds.SOPInstanceUID if n == 0 else f"1.2.3.{n}", cls,
+                               "1.2.3.99" if n == 0 else ds.SeriesInstanceUID))
+    r = storescu(node.port, list(own.values()), extra_args=["-R"])
+    assert r.returncode == 0 and "Store Failed" not in r.stdout + r.stderr, r.stdout + r.stderr
+    returned = [getattr(x, "sop_instance") for x in caplog.records if x.getMessage().startswith("own result sent back")]
+    assert sorted(returned) == sorted(str(pydicom.dcmread(p).SOPInstanceUID) for p in own.values())
+    sr = pydicom.dcmread(foreign)
+    assert _raw_c_store(node.port, sr.SOPClassUID, str(sr.SOPInstanceUID), split_part10(foreign)[1],
+                        context_class=sr.SOPClassUID) == 0x0122
+    assert node.stored == [] and node.index.counts()["instances"] == 0
+    assert list(node.spool.incoming.iterdir()) == []
+    # and the node still stores what it takes in
+    assert storescu(node.port, write_ct_study(tmp_path / "ct", 1, size=16)).returncode == 0
+    assert node.index.counts()["instances"] == 1
 
 
 def test_group_sync_shares_fsyncs_between_threads_and_fails_the_whole_batch(tmp_path: Path) -> None:

@@ -4,7 +4,10 @@
   contexts; STOW-RS refuses a part of any other SOP class with FailureReason 0x0122, as C-STORE does
   with status 0x0122.
 * Its own results coming back (recognised by the spool, :class:`node.spool.OwnResultError`): answered
-  as stored, not stored, not processed, and recorded by :func:`own_result_returned`.
+  as stored, not stored, not processed, and recorded by :func:`own_result_returned`.  The listener
+  also negotiates the SOP classes of those results (:data:`RESULT_SOP_CLASSES`) for this alone, so
+  that a PACS forwarding whole studies back does not see its association refused; any other instance
+  of those classes gets 0x0122.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Protocol
 
 from ..spool import OwnResultError
 
-__all__ = ["STORAGE_SOP_CLASSES", "TRANSFER_SYNTAXES", "IngestMetrics", "is_accepted", "own_result_returned"]
+__all__ = ["STORAGE_SOP_CLASSES", "RESULT_SOP_CLASSES", "TRANSFER_SYNTAXES", "IngestMetrics", "is_accepted", "own_result_returned"]
 
 
 class IngestMetrics(Protocol):
@@ -31,6 +34,14 @@ STORAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
     "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
     "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+}
+
+#: What the node writes (pipelines.outputs): negotiated by the listener only to answer its own results
+#: sent back as stored (not stored, not processed); never stored from anyone else.
+RESULT_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR Storage",
+    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation Storage",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
 }
 
 TRANSFER_SYNTAXES = [

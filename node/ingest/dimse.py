@@ -4,7 +4,10 @@
   Image Storage and Verification, each with the transfer syntaxes listed in
   :data:`TRANSFER_SYNTAXES`; other abstract syntaxes are rejected per context
   at association time ("abstract syntax not supported").  A C-STORE that still
-  names another SOP class gets 0x0122 (SOP Class Not Supported).
+  names another SOP class gets 0x0122 (SOP Class Not Supported).  The classes of
+  the node's own results (SR, SEG, Secondary Capture) are negotiated only so that
+  those results sent back get Success, unstored (:func:`returned_result`);
+  any other instance of them gets 0x0122.
 * Datasets are streamed by pynetdicom to a file in the spool's ``.incoming``
   folder (:mod:`node.ingest.transport`) and renamed into the spool as received;
   only the header is parsed.  Success is answered after the file is durable.
@@ -42,8 +45,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ..config import NodeSection, TLSSection
+from ..dicom_header import read_header
 from ..spool import OutOfSpaceError, OwnResultError, Spool, SpoolError, StoredInstance, is_out_of_space
-from .admission import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, IngestMetrics, own_result_returned
+from .admission import RESULT_SOP_CLASSES, STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, IngestMetrics, own_result_returned
 from .guard import ConnectionGuard
 from .policy import CallerPolicy
 from .transport import (
@@ -95,6 +99,30 @@ def store_event(spool: Spool, event: Event, *, calling_ae: str, source: str) -> 
         return spool.store_file(path, calling_ae, source, move=True, **expect)
     finally:  # pynetdicom removes it after a listener's handler, not after a C-GET sub-operation's
         Path(path).unlink(missing_ok=True)
+
+
+def returned_result(spool: Spool, event: Event) -> OwnResultError | None:
+    """The node's own result carried by an ``EVT_C_STORE`` (recorded by SOP Instance UID, or by
+    series), or None.  Reads only the header of the streamed dataset; stores nothing."""
+    req = cast(C_STORE, event.request)
+    sop_uid = str(req.AffectedSOPInstanceUID)
+    series = study = ""
+    try:
+        path = event.dataset_path
+    except AttributeError:
+        path = None
+    try:
+        if path is not None:
+            header = read_header(Path(path))
+            series, study = header.series, header.study
+        else:
+            ds = event.dataset
+            series, study = str(ds.get("SeriesInstanceUID", "")), str(ds.get("StudyInstanceUID", ""))
+    except Exception:  # unreadable: judged by its SOP Instance UID alone
+        pass
+    if spool.is_own_result(sop_uid, series or sop_uid):  # never match results by an empty series
+        return OwnResultError(sop_uid, series, study)
+    return None
 
 
 def status_for_error(exc: BaseException) -> int:
@@ -181,7 +209,7 @@ def build_storage_ae(node: NodeSection, spool: Spool, logger: logging.Logger | N
     ae.dimse_timeout = node.idle_timeout_s
     ae.network_timeout = node.idle_timeout_s  # established association without a PDU: A-ABORT
     ae.add_supported_context(Verification)
-    for uid in STORAGE_SOP_CLASSES:
+    for uid in (*STORAGE_SOP_CLASSES, *RESULT_SOP_CLASSES):
         ae.add_supported_context(uid, TRANSFER_SYNTAXES)
     return ae
 
@@ -343,6 +371,8 @@ class DimseServer:
         sop_uid = str(req.AffectedSOPInstanceUID)
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         key = id(event.assoc)
+        if sop_class in RESULT_SOP_CLASSES and str(event.context.abstract_syntax) == sop_class:
+            return self._result_class(event, sop_class, sop_uid, calling_ae)
         if sop_class not in STORAGE_SOP_CLASSES or str(event.context.abstract_syntax) != sop_class:
             self._refused(STATUS_SOP_CLASS_NOT_SUPPORTED, "SOP class not supported", sop_class, sop_uid, calling_ae)
             self._count(event.assoc, None)
@@ -357,6 +387,19 @@ class DimseServer:
                 if not self._busy[key]:
                     del self._busy[key]
                 self._busy_cond.notify_all()
+
+    def _result_class(self, event: Event, sop_class: str, sop_uid: str, calling_ae: str) -> int:
+        """An SR, SEG or Secondary Capture: Success when it is one of the node's own results (by SOP
+        Instance UID, or by series from its header), never stored; 0x0122 for anything else."""
+        own = returned_result(self.spool, event)
+        if own is not None:
+            own_result_returned(self.log, self.metrics, own, source="dimse", calling_ae=calling_ae)
+            self._count(event.assoc, None)
+            return STATUS_SUCCESS
+        self._refused(STATUS_SOP_CLASS_NOT_SUPPORTED, "SOP class not stored by this node (only its own results "
+                      "are answered, as stored)", sop_class, sop_uid, calling_ae)
+        self._count(event.assoc, None)
+        return STATUS_SOP_CLASS_NOT_SUPPORTED
 
     def _store(self, event: Event, sop_class: str, sop_uid: str, calling_ae: str) -> int:
         try:
