@@ -14,10 +14,11 @@ from tests.support.myops import sr_measurements
 
 CPU = ModelsSection(providers=("cpu",), intra_op_threads=1)
 
-#: issue 13 item 3: scar burden within 3 percentage points of the phantom truth -- NOT met yet on this
-#: study: myops-unet 0.2.0-phantom reports 15.14 % for a truth of 19.49 % (-4.35 pp); 0.1.0 reported
-#: 8.71 % (-10.78 pp).  The target stays here as a strict xfail (it fails loudly once met, so the
-#: marker must then go) and a regression guard holds what 0.2.0 reaches.
+#: issue 13 item 3: scar burden within 3 percentage points of the phantom truth.  On this study
+#: myops-unet 0.3.0-phantom reports 17.63 % for a truth of 19.49 % (-1.86 pp); 0.2.0 reported 15.14 %
+#: (-4.35 pp, the target was a strict xfail then) and 0.1.0 8.71 % (-10.78 pp).  Over 16 studies of
+#: the evaluation family 0.3.0 is within 3 pp in 62 % only (docs/myops.md): this one study passing
+#: does not meet the issue's target.
 TARGET_PP = 3.0
 REGRESSION_GUARD_PP = 5.0
 
@@ -67,7 +68,6 @@ def test_bundled_model_scar_burden_on_an_eval_family_study_regression_guard(resu
     assert any(abs(v - round(got, 2)) < 1e-6 for v in values)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 3 target not met: 0.2.0 is -4.35 pp on this study")
 def test_bundled_model_scar_burden_within_3pp_on_an_eval_family_study(result):
     res, truth = result
     assert abs(res.summary["scar_burden_pct"] - truth) <= TARGET_PP, (res.summary["scar_burden_pct"], truth)

@@ -1,6 +1,6 @@
 """Regenerate the bundled demo model ``myops-unet`` from synthetic CMR phantoms, deterministically.
 
-    nice -n 10 python -m training.myops.make_bundled --out pipelines/models [--budget-min 30]
+    nice -n 10 python -m training.myops.make_bundled --out pipelines/models [--budget-min 50]
 
 Writes ``--train-cases`` + ``--test-cases`` phantoms of the training generator
 (:mod:`training.myops.phantom`, ``varied=True``: acquisition drawn per case -- stored-value scale,
@@ -15,11 +15,13 @@ studies of both families -- the training generator and the independent evaluatio
 manifest (provenance.metrics.evaluation) with the generator names and versions
 (provenance.training_data).
 
-CPU budget: ``--budget-min`` (default 30) bounds the whole run: the training loop stops early when the
+CPU budget: ``--budget-min`` (default 50) bounds the whole run: the training loop stops early when the
 minutes left after preparation fall below what evaluation and export need (the manifest then says at
-which step).  On a loaded two-core machine (load ~10), nice'd: about 8 minutes to write and prepare
-the phantoms, 13 for training (~1.5 s per step of 12 slices, one thread), 8 for the evaluation
-(bench/myops.py evaluates more studies).  Every figure is a phantom figure.
+which step).  The bundled 0.3.0-phantom (the defaults: 96 + 6 phantoms, 4000 steps, two torch
+threads) took 28 minutes on a quiet two-core machine: 4 to write and prepare the phantoms, 21 for
+training (~0.25-0.3 s per step of 12 slices), 2 for the evaluation (bench/myops.py evaluates more
+studies).  On a loaded machine (load ~10) a step took ~1.5 s and one thread ran faster than two.
+Every figure is a phantom figure.
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ from .train import TrainConfig, train_model
 
 log = logging.getLogger("cardionode.training.myops")
 
-VERSION = "0.2.0-phantom"
+VERSION = "0.3.0-phantom"
 TRAIN_SEED0, TEST_SEED0 = 1000, 5000
 #: the preprocessing the model is trained with (recorded in the manifest; the pipeline reads it there)
 PREPROCESS = PreprocessConfig(bias_order=2)
@@ -74,16 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.myops.make_bundled", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("pipelines/models"))
     p.add_argument("--work", type=Path, default=Path(".work/myops-bundled"))
-    p.add_argument("--train-cases", type=int, default=24)
+    p.add_argument("--train-cases", type=int, default=96)
     p.add_argument("--test-cases", type=int, default=6)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=12)
     p.add_argument("--base", type=int, default=8)
     p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1: on a shared, loaded machine more threads spin and run slower)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads (use 1 on a shared, loaded machine: more threads spin and run slower)")
     p.add_argument("--workers", type=int, default=2, help="processes preparing phantoms")
-    p.add_argument("--budget-min", type=float, default=30.0, help="wall-clock budget of the whole run (minutes)")
+    p.add_argument("--budget-min", type=float, default=50.0, help="wall-clock budget of the whole run (minutes)")
     p.add_argument("--eval-studies", type=int, default=4,
                    help="held-out DICOM studies per family through the pipeline after export (0: skip)")
     a = p.parse_args(argv)
