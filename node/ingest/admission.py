@@ -16,7 +16,8 @@ from typing import Protocol
 
 from ..spool import OwnResultError
 
-__all__ = ["STORAGE_SOP_CLASSES", "RESULT_SOP_CLASSES", "TRANSFER_SYNTAXES", "IngestMetrics", "is_accepted", "own_result_returned"]
+__all__ = ["STORAGE_SOP_CLASSES", "RESULT_SOP_CLASSES", "TRANSFER_SYNTAXES", "IngestMetrics", "is_accepted",
+           "own_result_returned"]
 
 
 class IngestMetrics(Protocol):
