@@ -453,6 +453,21 @@ def test_own_sr_seg_and_sc_sent_back_get_success_and_are_not_stored(node: Node, 
     assert node.index.counts()["instances"] == 1
 
 
+def test_own_results_match_by_instance_or_series_never_by_an_empty_series(node: Node) -> None:
+    """OwnResults.contains: a result's SOP Instance UID or series matches; an instance whose series is
+    unknown ("") is judged by its SOP Instance UID alone, even next to a result row without a series."""
+    with node.conn:
+        node.conn.execute("INSERT INTO jobs (id, study_uid, route_name, pipeline, state, next_attempt_at, created_at)"
+                          " VALUES (1, '1.2.3', 'r', 'p', 'done', 0, 0)")
+        node.conn.executemany("INSERT INTO results (sop_instance_uid, job_id, sop_class_uid, path, created_at,"
+                              " series_instance_uid) VALUES (?, 1, ?, 'x', 0, ?)",
+                              [("1.2.3.1", CT, "1.2.3.10"), ("1.2.3.2", CT, "")])
+    assert node.own_results.contains("1.2.3.1", "")
+    assert node.own_results.contains("9.9", "1.2.3.10")
+    assert not node.own_results.contains("9.9", "")
+    assert not node.own_results.contains("9.9", "9.9.9")
+
+
 def test_group_sync_shares_fsyncs_between_threads_and_fails_the_whole_batch(tmp_path: Path) -> None:
     """node.fsync.GroupSync: concurrent callers need fewer flushes than calls; an fsync that fails
     fails its caller (never reported as durable)."""

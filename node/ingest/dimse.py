@@ -73,6 +73,15 @@ STATUS_PROCESSING_FAILURE = 0xC211
 _NO_CALLER = "\\"  # never a valid AE title: nobody matches
 
 
+def _dataset_path(event: Event) -> Path | None:
+    """Where pynetdicom streamed an ``EVT_C_STORE``'s dataset, or None when it kept it in memory."""
+    try:
+        path = event.dataset_path  # None, or AttributeError, when not streamed
+    except AttributeError:
+        return None
+    return None if path is None else Path(path)
+
+
 def store_event(spool: Spool, event: Event, *, calling_ae: str, source: str) -> StoredInstance:
     """Store the dataset of an ``EVT_C_STORE`` as received, checked against the request's UIDs.
 
@@ -84,10 +93,7 @@ def store_event(spool: Spool, event: Event, *, calling_ae: str, source: str) -> 
     req = cast(C_STORE, event.request)  # an EVT_C_STORE's; pynetdicom types it as any DIMSE request
     expect = {"expect_sop_class": str(req.AffectedSOPClassUID),
               "expect_sop_instance": str(req.AffectedSOPInstanceUID)}
-    try:
-        path = event.dataset_path
-    except AttributeError:
-        path = None
+    path = _dataset_path(event)
     streamed = streamed_file(req)
     if streamed is not None and streamed.error is not None:
         streamed.discard()
@@ -98,7 +104,7 @@ def store_event(spool: Spool, event: Event, *, calling_ae: str, source: str) -> 
     try:
         return spool.store_file(path, calling_ae, source, move=True, **expect)
     finally:  # pynetdicom removes it after a listener's handler, not after a C-GET sub-operation's
-        Path(path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
 
 def returned_result(spool: Spool, event: Event) -> OwnResultError | None:
@@ -107,20 +113,17 @@ def returned_result(spool: Spool, event: Event) -> OwnResultError | None:
     req = cast(C_STORE, event.request)
     sop_uid = str(req.AffectedSOPInstanceUID)
     series = study = ""
-    try:
-        path = event.dataset_path
-    except AttributeError:
-        path = None
+    path = _dataset_path(event)
     try:
         if path is not None:
-            header = read_header(Path(path))
+            header = read_header(path)
             series, study = header.series, header.study
         else:
             ds = event.dataset
             series, study = str(ds.get("SeriesInstanceUID", "")), str(ds.get("StudyInstanceUID", ""))
     except Exception:  # unreadable: judged by its SOP Instance UID alone
         pass
-    if spool.is_own_result(sop_uid, series or sop_uid):  # never match results by an empty series
+    if spool.is_own_result(sop_uid, series):
         return OwnResultError(sop_uid, series, study)
     return None
 

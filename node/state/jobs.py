@@ -187,9 +187,10 @@ class OwnResults:
         self._lock = threading.Lock()
 
     def contains(self, sop_instance_uid: str, series_instance_uid: str) -> bool:
+        """True for a result's SOP Instance UID, or for its series; an empty series never matches."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT 1 FROM results WHERE sop_instance_uid=? OR series_instance_uid=? LIMIT 1",
+                "SELECT 1 FROM results WHERE sop_instance_uid=? OR series_instance_uid=NULLIF(?, '') LIMIT 1",
                 (sop_instance_uid, series_instance_uid),
             ).fetchone()
         return row is not None
