@@ -10,7 +10,8 @@ from pipelines.calcium.preprocess import PreprocessConfig, coarse_shape, downsam
 
 from .phantom import Phantom, draw_variation, make_phantom
 
-__all__ = ["SliceSet", "slices_from_volume", "phantom_slices", "sample_batch", "split_target", "PHANTOM_TRAIN_KW"]
+__all__ = ["SliceSet", "slices_from_volume", "phantom_slices", "sample_batch", "split_target", "PHANTOM_TRAIN_KW",
+           "level", "BONE_NEGATIVES", "SPLIT_NEGATIVES"]
 
 #: phantom generator settings for the bundled model (in-plane spacing varies per case)
 PHANTOM_TRAIN_KW = dict(shape=(56, 256, 256))
@@ -22,7 +23,7 @@ class SliceSet:
     y: np.ndarray  # (n, H, W) uint8 coarse labels
     r: np.ndarray | None = None  # (n, H, W) uint8 coarse heart/aorta region (None: not known, e.g. COCA)
     _by_class: dict[int, np.ndarray] | None = None
-    _dense: np.ndarray | None = None
+    _dense: dict[tuple[float, float | None], np.ndarray] = dataclasses.field(default_factory=dict)
 
     def coords(self, c: int) -> np.ndarray:
         """(k, y, x) of coarse pixels of class ``c`` (cached)."""
@@ -32,12 +33,17 @@ class SliceSet:
             self._by_class = {int(v): pos[vals == v] for v in np.unique(vals)}
         return self._by_class.get(c, np.zeros((0, 3), np.int64))
 
-    def dense(self, level: float) -> np.ndarray:
-        """(k, y, x) of unlabelled pixels whose centre channel is >= ``level`` (bone: hard negatives)."""
-        if self._dense is None:
+    def dense(self, level: float, below: float | None = None) -> np.ndarray:
+        """(k, y, x) of unlabelled pixels whose centre channel is >= ``level`` (and < ``below`` if given):
+        hard negatives (cached per bounds)."""
+        key = (level, below)
+        if key not in self._dense:
             mid = self.x.shape[1] // 2
-            self._dense = np.argwhere((self.x[:, mid] >= level) & (self.y == 0))
-        return self._dense
+            sel = (self.x[:, mid] >= level) & (self.y == 0)
+            if below is not None:
+                sel &= self.x[:, mid] < below
+            self._dense[key] = np.argwhere(sel)
+        return self._dense[key]
 
 
 def slices_from_volume(hu: np.ndarray, labels: np.ndarray, z_positions: np.ndarray, spacing_yx: Sequence[float],
@@ -102,15 +108,36 @@ def split_target(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return y & 15, (y & REGION_IN) > 0, (y & REGION_UNKNOWN) == 0
 
 
+def level(hu: float, cfg: PreprocessConfig | None = None) -> float:
+    """Centre-channel value of ``hu`` after the model's HU window (default window: (hu - 200) / 500)."""
+    cfg = cfg or PreprocessConfig()
+    return (hu - cfg.hu_center) / cfg.hu_scale
+
+
+#: hard negatives, as (share of crops, lowest HU, HU bound or None) of unlabelled centre pixels: the
+#: 0.1/0.2.0 models' sampler (bone and metal >= 400 HU, a fifth of the crops)
+BONE_NEGATIVES: tuple[tuple[float, float, float | None], ...] = ((0.2, 400.0, None),)
+#: tried for a 0.3.0 (not bundled, docs/calcium.md): bone 400-1200 HU; >= 1200 HU, where the window
+#: saturates (metal: stents, clips, wires, leads at 1500-3000 HU in the phantoms; rare, so sampled on their
+#: own); 130-400 HU (kernel overshoot at lung borders, noise peaks, bone edges).  All unlabelled: not calcium.
+SPLIT_NEGATIVES: tuple[tuple[float, float, float | None], ...] = ((0.10, 400.0, 1200.0), (0.05, 1200.0, None),
+                                                                  (0.10, 130.0, 400.0))
+
+
 def sample_batch(sets: Sequence[SliceSet], batch: int, crop: int, rng: np.random.Generator,
-                 p_focus: float = 0.6, p_hard: float = 0.2, hard_level: float = 0.4,
-                 focus_boost: dict[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 p_focus: float = 0.6, focus_boost: dict[int, float] | None = None,
+                 negatives: Sequence[tuple[float, float, float | None]] = BONE_NEGATIVES,
+                 cfg: PreprocessConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Random crops.  ``p_focus`` of them are centred (with jitter) on a pixel of a class drawn
     uniformly among the 8 (class-balanced: small coronary plaques are seen as often as the aorta), or with
     weights ``focus_boost`` {class: weight, others 1} (the bundled model draws PDA and RCA twice as often);
-    ``p_hard`` on bone (centre channel >= ``hard_level``, i.e. >= 400 HU with the default window, not
-    labelled) as hard negatives; the rest anywhere.  No flips: left/right carries the anatomy.  Targets carry
+    for each ``(share, lo_hu, hi_hu)`` of ``negatives`` that share on unlabelled pixels whose centre
+    channel lies in [lo_hu, hi_hu) (HU through the window of ``cfg``): hard negatives such as bone, metal
+    and kernel overshoot; the rest anywhere.  No flips: left/right carries the anatomy.  Targets carry
     the region too (:func:`split_target`)."""
+    bands = [(share, level(lo, cfg), None if hi is None else level(hi, cfg)) for share, lo, hi in negatives]
+    if p_focus + sum(b[0] for b in bands) > 1.0:
+        raise ValueError(f"crop shares add up to more than 1: focus {p_focus} + negatives {list(negatives)}")
     xs, ys = [], []
     present = sorted({c for s in sets for c in range(1, 10) if len(s.coords(c))})
     pw = np.array([(focus_boost or {}).get(c, 1.0) for c in present], dtype=float)
@@ -127,8 +154,13 @@ def sample_batch(sets: Sequence[SliceSet], batch: int, crop: int, rng: np.random
         if u < p_focus and present:
             j = int(rng.choice(len(present), p=pw)) if focus_boost else int(rng.integers(len(present)))
             pts = s.coords(present[j])
-        elif u < p_focus + p_hard:
-            pts = s.dense(hard_level)
+        else:
+            edge = p_focus
+            for share, lo, hi in bands:
+                edge += share
+                if u < edge:
+                    pts = s.dense(lo, hi)
+                    break
         if pts is not None:
             if len(pts) == 0:
                 continue

@@ -31,7 +31,7 @@ from training.runs.cli import one_line_errors
 from training.runs.config import add_run_arguments, parse_with_config
 from training.runs.progress import progress
 
-from .data import REGION_IN, REGION_UNKNOWN, SliceSet, phantom_slices, sample_batch, slices_from_volume
+from .data import BONE_NEGATIVES, REGION_IN, REGION_UNKNOWN, SliceSet, phantom_slices, sample_batch, slices_from_volume
 from .evaluate import parse_seeds
 from .model import UNet2D
 
@@ -149,9 +149,12 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
           max_minutes: float | None = None, balance: bool = True,
           focus_boost: dict[int, float] | None = None, val_sets: Sequence[SliceSet] = (),
           epoch_steps: int | None = None, run_opts: RunOptions | None = None, config: dict | None = None,
-          data: dict | None = None) -> Path:
+          data: dict | None = None,
+          negatives: Sequence[tuple[float, float, float | None]] = BONE_NEGATIVES) -> Path:
     """Train; returns the path of best.pt in the run folder ``out`` (see the module docstring).
 
+    ``negatives``: (share of crops, lowest HU, HU bound) of the hard negatives,
+    :func:`training.calcium.data.sample_batch`.
     Without ``val_sets`` best.pt is the last epoch (nothing to choose by).  ``run_opts`` defaults to a new
     run in ``out`` that refuses to replace an existing one."""
     torch.manual_seed(seed)
@@ -164,14 +167,15 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
                              "balanced_ce": balanced_ce, "seed": seed,
                              "threads": threads, "max_minutes": max_minutes, "balance": balance,
                              "focus_boost": focus_boost, "epoch_steps": epoch_steps,
-                             "preprocessing": cfg.to_dict()})
+                             "negatives": [list(n) for n in negatives], "preprocessing": cfg.to_dict()})
     run = TrainingRun(opts, family="calcium", config=config, logger_names=["cardionode.training.calcium"],
                       data=data or {})
     try:
         return _train(run, sets, steps=steps, batch=batch, crop=crop, lr=lr, base=base, depth=depth,
                       balanced_ce=balanced_ce, cfg=cfg, seed=seed,
                       threads=threads, extra=extra, max_minutes=max_minutes, balance=balance,
-                      focus_boost=focus_boost, val_sets=val_sets, epoch_steps=epoch_steps, rng=rng)
+                      focus_boost=focus_boost, val_sets=val_sets, epoch_steps=epoch_steps, rng=rng,
+                      negatives=negatives)
     except BaseException as exc:
         run.fail(exc)
         raise
@@ -179,7 +183,7 @@ def train(sets: Sequence[SliceSet], out: Path, *, steps: int, batch: int, crop: 
 
 def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, depth, balanced_ce, cfg, seed, threads, extra,
            max_minutes, balance,
-           focus_boost, val_sets, epoch_steps, rng) -> Path:
+           focus_boost, val_sets, epoch_steps, rng, negatives) -> Path:
     device = run.device
     weights = class_weights(sets) if balance else None
     if weights is not None:
@@ -218,7 +222,8 @@ def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, depth, balan
             prog = max((step - 1) / steps, elapsed / (60 * max_minutes) if max_minutes else 0.0)
             for group in opt.param_groups:
                 group["lr"] = lr_at(prog, lr)
-            x, y = sample_batch(sets, batch, crop, rng, focus_boost=focus_boost)
+            x, y = sample_batch(sets, batch, crop, rng, focus_boost=focus_boost, negatives=negatives,
+                                cfg=cfg)
             with run.autocast():
                 logits = model(torch.from_numpy(x).to(device))
             loss = dice_ce_loss(logits.float(), torch.from_numpy(y).to(device), weights=w_dev, balanced=balanced_ce)
