@@ -5,6 +5,7 @@ figures; asserts nothing.
     .venv/bin/python bench/calcium.py                 # 600 x 512 x 512, then agreement on both families
     .venv/bin/python bench/calcium.py --slices 200 --no-accuracy
     .venv/bin/python bench/calcium.py --no-timing --eval-seeds 0-39 --json agreement.json
+    .venv/bin/python bench/calcium.py --no-timing --model DIR/calcium-unet2d   # a candidate (make_bundled --out DIR)
 
 Agreement (:mod:`training.calcium.agreement`, the ONNX model through the pipeline's own inference and
 Agatston functions): calcium-free studies scored 0 and category "0", mean bias and Bland-Altman limits
@@ -72,6 +73,9 @@ def main() -> int:
     p.add_argument("--eval-seeds", default="0-19", help="evaluation-family studies (bench.phantoms.ct)")
     p.add_argument("--workers", type=int, default=2, help="evaluate the two families in this many processes")
     p.add_argument("--json", type=Path, default=None, help="write the agreement report (per case) here")
+    p.add_argument("--model", type=Path, default=None,
+                   help="model folder for the agreement figures (default: the bundled calcium-unet2d), e.g. a "
+                        "candidate exported by make_bundled --out DIR")
     p.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -118,7 +122,7 @@ def accuracy(args: argparse.Namespace) -> None:
     from training.calcium.make_bundled import FIGURES, evaluate_both
     from pipelines.runtime import bundled_models_dir
 
-    model_dir = bundled_models_dir() / "calcium-unet2d"
+    model_dir = args.model or bundled_models_dir() / "calcium-unet2d"
     manifest = json.loads((model_dir / "manifest.json").read_text())
     reports = evaluate_both(("onnx", model_dir), args.heldout_seeds, args.eval_seeds, workers=args.workers)
     print(f"coronary calcium agreement, calcium-unet2d {manifest['version']} (ONNX), PHANTOM FIGURES, not clinical "
