@@ -11,7 +11,7 @@ from pipelines.calcium.preprocess import PreprocessConfig, coarse_shape, downsam
 from .phantom import Phantom, draw_variation, make_phantom
 
 __all__ = ["SliceSet", "slices_from_volume", "phantom_slices", "sample_batch", "split_target", "PHANTOM_TRAIN_KW",
-           "level", "BONE_NEGATIVES", "SPLIT_NEGATIVES"]
+           "level", "BONE_NEGATIVES", "SPLIT_NEGATIVES", "NEGATIVE_SETS"]
 
 #: phantom generator settings for the bundled model (in-plane spacing varies per case)
 PHANTOM_TRAIN_KW = dict(shape=(56, 256, 256))
@@ -122,6 +122,8 @@ BONE_NEGATIVES: tuple[tuple[float, float, float | None], ...] = ((0.2, 400.0, No
 #: own); 130-400 HU (kernel overshoot at lung borders, noise peaks, bone edges).  All unlabelled: not calcium.
 SPLIT_NEGATIVES: tuple[tuple[float, float, float | None], ...] = ((0.10, 400.0, 1200.0), (0.05, 1200.0, None),
                                                                   (0.10, 130.0, 400.0))
+#: the hard-negative settings by name, as the training commands' ``--negatives`` take them
+NEGATIVE_SETS = {"bone": BONE_NEGATIVES, "split": SPLIT_NEGATIVES}
 
 
 def sample_batch(sets: Sequence[SliceSet], batch: int, crop: int, rng: np.random.Generator,

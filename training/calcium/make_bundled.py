@@ -28,7 +28,7 @@ from pipelines.calcium.preprocess import PreprocessConfig
 from training.runs import RunOptions
 
 from .agreement import TARGETS, evaluate_family
-from .data import BONE_NEGATIVES, SPLIT_NEGATIVES, agreement_cases, phantom_slices
+from .data import NEGATIVE_SETS, agreement_cases, phantom_slices
 from .evaluate import load_checkpoint, onnx_predictor, parse_seeds, torch_predictor
 from .export import export_checkpoint
 from .phantom import GENERATOR, GENERATOR_VERSION
@@ -37,7 +37,6 @@ from .train import N_CLASSES, train
 log = logging.getLogger("cardionode.training.calcium")
 
 VERSION = "0.2.0"
-NEGATIVES = {"bone": BONE_NEGATIVES, "split": SPLIT_NEGATIVES}
 #: figures copied from each family's agreement summary into the manifest metrics
 FIGURES = ("cases", "calcium_free_cases", "calcium_cases", "calcium_free_zero_rate", "calcium_free_category0_rate",
            "calcium_free_max_false_score", "bias_agatston", "loa_agatston", "bias_relative", "loa_relative",
@@ -111,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-minutes", type=float, default=28.0, help="training time cap")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads for training (2 on 2 quiet cores: 8000 steps in 15 instead of 24 min)")
-    p.add_argument("--negatives", choices=sorted(NEGATIVES), default="bone",
+    p.add_argument("--negatives", choices=sorted(NEGATIVE_SETS), default="bone",
                    help="hard-negative crops: bone (0.2.0: a fifth on unlabelled >= 400 HU) or split (bone, "
                         "metal >= 1200 HU and 130-400 HU kernel overshoot sampled apart; tried, not bundled)")
     p.add_argument("--budget-minutes", type=float, default=60.0, help="warn when the whole run takes longer")
@@ -130,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("%d phantoms, %d slices prepared in %.0f s", len(sets), sum(len(s.x) for s in sets), time.time() - t0)
         ckpt = train(sets, work / "run", steps=args.steps, batch=args.batch, crop=args.crop, lr=3e-3, base=8,
                      depth=args.depth, balanced_ce=True, focus_boost={1: 2.0, 8: 2.0}, cfg=cfg, seed=0,
-                     max_minutes=args.max_minutes, threads=args.threads, negatives=NEGATIVES[args.negatives],
+                     max_minutes=args.max_minutes, threads=args.threads, negatives=NEGATIVE_SETS[args.negatives],
                      run_opts=RunOptions(work / "run", overwrite=True))
         del sets
     else:

@@ -31,7 +31,8 @@ from training.runs.cli import one_line_errors
 from training.runs.config import add_run_arguments, parse_with_config
 from training.runs.progress import progress
 
-from .data import BONE_NEGATIVES, REGION_IN, REGION_UNKNOWN, SliceSet, phantom_slices, sample_batch, slices_from_volume
+from .data import (BONE_NEGATIVES, NEGATIVE_SETS, REGION_IN, REGION_UNKNOWN, SliceSet, phantom_slices, sample_batch,
+                   slices_from_volume)
 from .evaluate import parse_seeds
 from .model import UNet2D
 
@@ -277,6 +278,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--focus-boost", default=None,
                    help="focus-crop draw weights, e.g. '1:2' draws PDA crops twice as often as each other class")
     p.add_argument("--max-minutes", type=float, default=None, help="stop early after this wall time (recorded)")
+    p.add_argument("--negatives", choices=sorted(NEGATIVE_SETS), default="bone",
+                   help="hard-negative crops: bone (a fifth on unlabelled >= 400 HU) or split (bone, metal >= 1200 HU "
+                        "and 130-400 HU apart; docs/calcium.md)")
     add_run_arguments(p)
     p.set_defaults(func=run)
     return p
@@ -370,7 +374,8 @@ def run(args: argparse.Namespace) -> int:
     ckpt = train(fit_sets, args.out, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, base=args.base,
                  cfg=cfg, seed=args.seed, max_minutes=args.max_minutes, threads=args.threads,
                  focus_boost=parse_boost(args.focus_boost), val_sets=val_sets, epoch_steps=args.epoch_steps,
-                 run_opts=RunOptions.from_args(args, args.out), config=vars(args), data=data,
+                 negatives=NEGATIVE_SETS[args.negatives], run_opts=RunOptions.from_args(args, args.out),
+                 config=vars(args), data=data,
                  extra={"trained_on": trained_on, "synthetic": generated,
                         "split": {"train": [c for _, c in fit], "validation": [c for _, c in val]}})
     print(f"checkpoint: {ckpt}")
