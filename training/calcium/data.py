@@ -6,7 +6,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from pipelines.calcium.preprocess import PreprocessConfig, coarse_shape, downsample_labels, prepare_slices
+from pipelines.calcium.preprocess import PreprocessConfig, coarse_shape, downsample_labels, normalize, prepare_slices
 
 from .phantom import Phantom, draw_variation, make_phantom
 
@@ -109,9 +109,9 @@ def split_target(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def level(hu: float, cfg: PreprocessConfig | None = None) -> float:
-    """Centre-channel value of ``hu`` after the model's HU window (default window: (hu - 200) / 500)."""
-    cfg = cfg or PreprocessConfig()
-    return (hu - cfg.hu_center) / cfg.hu_scale
+    """Centre-channel value of ``hu`` after the model's HU window (the pipeline's :func:`normalize`; default
+    window: (hu - 200) / 500, clipped to -800...1200 HU)."""
+    return float(normalize(np.asarray(hu), cfg or PreprocessConfig()))
 
 
 #: hard negatives, as (share of crops, lowest HU, HU bound or None) of unlabelled centre pixels: the
