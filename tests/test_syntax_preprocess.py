@@ -94,3 +94,28 @@ def test_black_tophat_keeps_thin_dark_lines_and_drops_wide_shading() -> None:
     assert CineConfig.from_manifest(cfg.to_manifest()) == cfg
     with pytest.raises(PreprocessError, match="tophat_px"):
         CineConfig(filter="tophat")
+
+
+def test_subtraction_removes_what_stays_still_and_keeps_what_fills() -> None:
+    """``subtract: max``: a dark wire present in every frame leaves the clip, a vessel that fills half-way
+    through stays; without subtraction both show.  A run with contrast in every frame keeps nothing."""
+    n = 40
+    cine = np.full((n, 128, 128), 200, np.uint8)
+    cine[:, :, 30:32] = 60  # wire / rib edge: dark, thin, still
+    cine[n // 2:, 90:92, :] = 60  # vessel: thin, dark once filled
+    base = dict(frames=2, height=64, width=64, clip="minip", samples=16, filter="tophat", tophat_px=7)
+    plain = preprocess_cine(cine, CineConfig(**base))[0, -1]
+    sub_cfg = CineConfig(**base, subtract="max")
+    sub = preprocess_cine(cine, sub_cfg)[0, -1]
+    wire, vessel, empty = (slice(20, 40), slice(15, 16)), (slice(45, 46), slice(0, 10)), (slice(5, 10), slice(50, 60))
+    assert plain[wire].max() > plain[empty].max() + 1 and plain[vessel].min() > plain[empty].max() + 1
+    assert sub[wire].max() <= sub[empty].max() + 1e-5  # the still wire is gone
+    assert sub[vessel].min() > sub[empty].max() + 1  # the filling vessel stays
+    assert sub_cfg.to_manifest()["subtract"] == "max" and CineConfig.from_manifest(sub_cfg.to_manifest()) == sub_cfg
+    assert "subtract" not in CineConfig(**base).to_manifest()
+    always = np.full((n, 128, 128), 200, np.uint8)
+    always[:, 90:92, :] = 60  # contrast in every frame: nothing changes, nothing stays
+    flat = preprocess_cine(always, sub_cfg)[0, -1]
+    assert np.ptp(flat) < 1e-5
+    with pytest.raises(PreprocessError, match="subtract"):
+        CineConfig(**base, subtract="min")

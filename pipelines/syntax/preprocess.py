@@ -19,6 +19,12 @@ Two options a manifest may declare (absent: the reference behaviour above):
 - ``filter: "tophat"`` (with ``tophat_px``): a black top-hat per output frame (grey closing with a
   ``tophat_px`` square, minus the frame): thin dark structures (vessels, catheter) stay, wide ones
   (diaphragm, spine, lungs, table, an opacified ventricle or aorta) and slow shading go.
+- ``subtract: "max"``: digital subtraction before the projection: from each sampled frame the
+  per-pixel maximum over the samples (the least opacified value, in practice the frame before the
+  contrast arrives or after it washes out) is subtracted, so what stays still during the run -- spine,
+  ribs, sternal wires, leads, table, an unfilled catheter, soft-tissue texture -- leaves the clip and
+  what fills with contrast stays.  A run that already shows the whole tree in every sampled frame
+  loses it, and the model, trained on contrast-free test shots as "neither", then abstains.
 - ``intensity: "percentile"``: after sampling, the clip is stretched so that its 1st / 99th
   percentiles map to 0 / 1, making the model indifferent to window, bit depth and contrast density.
 
@@ -36,7 +42,7 @@ from PIL import Image
 
 __all__ = ["CineConfig", "PreprocessError", "to_uint8", "clip_indices", "spread_indices", "sample_clip",
            "resize_frames", "read_indices", "preprocess_frames", "black_tophat", "preprocess_cine", "IMAGENET_MEAN",
-           "IMAGENET_STD", "CLIPS", "INTENSITIES", "FILTERS"]
+           "IMAGENET_STD", "CLIPS", "INTENSITIES", "FILTERS", "SUBTRACTS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,6 +52,8 @@ CLIPS = ("centre", "spread", "minip")
 INTENSITIES = ("1/255", "percentile")
 #: spatial filter of each output frame: none (reference) or a black top-hat
 FILTERS = ("none", "tophat")
+#: temporal subtraction before the projection: none (reference) or the per-pixel maximum of the samples
+SUBTRACTS = ("none", "max")
 
 
 class PreprocessError(ValueError):
@@ -66,6 +74,7 @@ class CineConfig:
     samples: int = 0  # clip "minip": frames read from the cine (0: ``frames``)
     filter: str = "none"
     tophat_px: int = 0  # filter "tophat": square side in output pixels
+    subtract: str = "none"  # "max": subtract the per-pixel maximum of the samples (digital subtraction)
 
     def __post_init__(self) -> None:
         if self.clip not in CLIPS:
@@ -74,6 +83,8 @@ class CineConfig:
             raise PreprocessError(f"intensity must be one of {', '.join(INTENSITIES)}, got {self.intensity!r}")
         if self.filter not in FILTERS:
             raise PreprocessError(f"filter must be one of {', '.join(FILTERS)}, got {self.filter!r}")
+        if self.subtract not in SUBTRACTS:
+            raise PreprocessError(f"subtract must be one of {', '.join(SUBTRACTS)}, got {self.subtract!r}")
         if self.samples and self.samples < self.frames:
             raise PreprocessError(f"samples ({self.samples}) must be 0 or >= frames ({self.frames})")
         if self.filter == "tophat" and self.tophat_px < 2:
@@ -93,6 +104,8 @@ class CineConfig:
             out["samples"] = self.n_samples
         if self.filter != "none":
             out["filter"], out["tophat_px"] = self.filter, self.tophat_px
+        if self.subtract != "none":
+            out["subtract"] = self.subtract
         return out
 
     @property
@@ -112,7 +125,7 @@ class CineConfig:
                        std=tuple(float(v) for v in pre.get("std", IMAGENET_STD)),
                        clip=str(pre.get("clip", "centre")), intensity=str(pre.get("intensity", "1/255")),
                        samples=int(pre.get("samples", 0)), filter=str(pre.get("filter", "none")),
-                       tophat_px=int(pre.get("tophat_px", 0)))
+                       tophat_px=int(pre.get("tophat_px", 0)), subtract=str(pre.get("subtract", "none")))
         except KeyError as exc:
             raise PreprocessError(f"{source}: preprocessing has no key {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -217,6 +230,8 @@ def preprocess_frames(picked: np.ndarray, cfg: CineConfig, peak: float | None = 
     arr = np.asarray(picked)
     u8 = arr if arr.dtype == np.uint8 else _scale_uint8(arr, float(arr.max()) if peak is None else peak)
     small = resize_frames(u8.astype(np.float32) / 255.0, cfg.height, cfg.width)
+    if cfg.subtract == "max":
+        small = (small - small.max(axis=0, keepdims=True)).astype(np.float32)
     if cfg.clip == "minip":
         run = np.minimum.accumulate(small, axis=0)
         ends = np.floor((np.arange(cfg.frames) + 1) * (len(small) / cfg.frames)).astype(np.int64) - 1

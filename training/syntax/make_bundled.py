@@ -87,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(preprocessing clip: minip)")
     p.add_argument("--router-size", type=int, default=64)
     p.add_argument("--router-tophat", type=int, default=7, help="black top-hat square in pixels (0: no filter)")
+    p.add_argument("--router-subtract", choices=("none", "max"), default="none",
+                   help="digital subtraction of the per-pixel maximum of the samples before the projection")
     p.add_argument("--router-widths", type=int, nargs=4, default=(8, 16, 32, 64))
     p.add_argument("--eval-studies", type=int, default=6, help="studies per family for the manifest's routing figures")
     p.add_argument("--budget-min", type=float, default=55.0,
@@ -194,7 +196,7 @@ def router_main(a: argparse.Namespace) -> int:
     deadline = t0 + a.budget_min * 60
     cfg = CineConfig(frames=a.router_frames, height=a.router_size, width=a.router_size, clip="minip",
                      samples=a.router_samples, intensity="percentile", filter="tophat" if a.router_tophat else "none",
-                     tophat_px=a.router_tophat)
+                     tophat_px=a.router_tophat, subtract=a.router_subtract)
     a.work.mkdir(parents=True, exist_ok=True)
     # held-out first (small), then training data up to ~45 % of the budget
     held = make_router_data(a.router_held, ROUTER_HELD_SEED0, cfg, workers=a.threads)
@@ -225,16 +227,18 @@ def router_main(a: argparse.Namespace) -> int:
                   f"left/right trees at LAO -60..100, cranial -45..45, field of view 80-260 mm, 12-130 frames, "
                   f"rendered at 128-256 px; ventriculogram/aortogram/test-shot negatives) and training.syntax.phantom "
                   f"cines; held out {len(held.y)} (seeds {ROUTER_HELD_SEED0}+)")
+    sub = ", minus their per-pixel maximum (digital subtraction)" if cfg.subtract == "max" else ""
     filt = f", black top-hat {cfg.tophat_px} px" if cfg.filter == "tophat" else ""
     notes = (f"reduced R3D-18 (torchvision r3d_18 topology, widths {'/'.join(map(str, a.router_widths))} instead of "
              f"64/128/256/512), {cfg.frames} frames at {cfg.height}x{cfg.width}: running minimum-intensity projection "
-             f"of {cfg.n_samples} frames spread over the cine{filt}, 1-99 percentile stretch, ImageNet mean/std; "
+             f"of {cfg.n_samples} frames spread over the cine{sub}{filt}, 1-99 percentile stretch, ImageNet mean/std; "
              "routing figures are phantom figures; NOT clinical weights")
     ns = argparse.Namespace(version=ROUTER_VERSION, fp16=False, simplify=False,
                             options={"synthetic": "true", "trained_on": trained_on, "date": dt.date.today().isoformat(),
                                      "notes": notes, "frames": str(cfg.frames), "size": f"{cfg.height}x{cfg.width}",
                                      "clip": cfg.clip, "intensity": cfg.intensity, "samples": str(cfg.samples),
-                                     "filter": cfg.filter, "tophat_px": str(cfg.tophat_px)})
+                                     "filter": cfg.filter, "tophat_px": str(cfg.tophat_px),
+                                     "subtract": cfg.subtract})
     for spec in build_artery_export(ckpt, ns):
         report = export_onnx(spec.module, spec.example_inputs, a.out, version=ROUTER_VERSION, **spec.export_kwargs())
         log.info("exported %s", report.summary())
@@ -260,7 +264,10 @@ def evaluate_router(models: Path, studies: int, threads: int) -> dict:
     from pipelines.runtime import ModelStore
     from pipelines.runtime.settings import ModelsSection
 
-    store = ModelStore([models], ModelsSection(providers=("cpu",), warmup=False, intra_op_threads=threads))
+    from bench.syntax_routing import layered_models
+
+    # a candidate folder holding only syntax-artery is layered over the bundled fold models, as models.dir
+    store = ModelStore(layered_models(models), ModelsSection(providers=("cpu",), warmup=False, intra_op_threads=threads))
     out: dict = {"evaluation_generator": f"{xa.GENERATOR} {xa.VERSION}"}
     for fam in ("training", "evaluation"):
         r = route_family(fam, studies, store, log=log.info)
