@@ -20,8 +20,9 @@ Every figure is a phantom figure, not clinical accuracy.
 
 regenerates only the artery router (``syntax-artery``, version ``ROUTER_VERSION``) from the anatomical
 scenes of :mod:`training.syntax.angio` (see :mod:`training.syntax.router`) within a wall-time budget
-(``--budget-min``, default 55; the bundled 0.4.0-phantom: 7000 clips rendered in 5 min by
-2 worker processes, 20 epochs in 13 min on 2 cores), exports it with its preprocessing (``clip: minip`` over
+(``--budget-min``, default 55; the bundled 0.5.0-phantom: 7000 clips rendered in 2-5 min by
+2 worker processes, 20 epochs in 11-13 min on 2 cores), exports it with its preprocessing (``subtract: max``,
+digital subtraction of the sampled frames' per-pixel maximum, ``--router-subtract``; ``clip: minip`` over
 ``--router-samples`` frames, ``filter: tophat``, percentile stretch; the pipeline applies the same),
 writes its accepted input ranges (:data:`training.syntax.domain.ROUTER_INPUT_DOMAIN`), measures its
 routing through the real pipeline on held-out studies of the training generator and of the
@@ -55,7 +56,7 @@ from .train import TrainArgs, fit_calibration, train_backbone, train_head, updat
 log = logging.getLogger("cardionode.training.syntax")
 
 VERSION = "0.2.0-phantom"
-ROUTER_VERSION = "0.4.0-phantom"
+ROUTER_VERSION = "0.5.0-phantom"
 ROUTER_TRAIN_SEED0, ROUTER_HELD_SEED0 = 200_000, 600_000
 TRAIN_SEED0, TEST_SEED0 = 10_000, 90_000
 
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(preprocessing clip: minip)")
     p.add_argument("--router-size", type=int, default=64)
     p.add_argument("--router-tophat", type=int, default=7, help="black top-hat square in pixels (0: no filter)")
-    p.add_argument("--router-subtract", choices=("none", "max"), default="none",
+    p.add_argument("--router-subtract", choices=("none", "max"), default="max",
                    help="digital subtraction of the per-pixel maximum of the samples before the projection")
     p.add_argument("--router-widths", type=int, nargs=4, default=(8, 16, 32, 64))
     p.add_argument("--eval-studies", type=int, default=6, help="studies per family for the manifest's routing figures")
