@@ -22,8 +22,9 @@ from pipelines.syntax.pipeline import SyntaxPipeline
 #: 512-px left run (0.08) and the ventriculograms; the 90-frame 1024-px left run (0.27), both 1024-px
 #: right runs (0.89, 0.86: just under the 0.90 threshold) and the other 512-px left run (0.68) stay
 #: "neither".  Strict: the mark goes with the router that passes.
-ROUTER_GAP = pytest.mark.xfail(strict=True, reason="bundled syntax-artery 0.5.0-phantom routes a third of evaluation-family "
-                               "coronary cines as neither (below the 98 % routing target; issue 13 item 2 open; docs/syntax.md)")
+ROUTER_GAP = pytest.mark.xfail(strict=True, reason="bundled syntax-artery 0.5.0-phantom routes a third of "
+                               "evaluation-family coronary cines as neither (below the 98 % routing target; "
+                               "issue 13 item 2 open; docs/syntax.md)")
 
 #: The SYNTAX fold models (syntax-{left,right}-fold*, 0.2.0-phantom) were trained on 96 x 96 cines of
 #: 14-32 frames (training.syntax.phantom) and accept only those (their manifests' input_domain,

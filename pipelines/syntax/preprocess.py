@@ -6,7 +6,7 @@ a clip shorter than ``frames`` is repeat-concatenated; ``frames`` consecutive fr
 antialiasing (PIL bilinear on float32, which averages over the source footprint when shrinking);
 the grey frame is repeated into 3 channels normalised with ImageNet mean / std.
 
-Two options a manifest may declare (absent: the reference behaviour above):
+Options a manifest may declare (absent: the reference behaviour above):
 
 - ``clip: "spread"``: ``frames`` frames spread evenly over the whole cine instead of consecutive
   ones, so that a 15-frame and a 120-frame run (or 7.5 and 30 frames/s) both show the model the

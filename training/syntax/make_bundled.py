@@ -268,7 +268,8 @@ def evaluate_router(models: Path, studies: int, threads: int) -> dict:
     from bench.syntax_routing import layered_models
 
     # a candidate folder holding only syntax-artery is layered over the bundled fold models, as models.dir
-    store = ModelStore(layered_models(models), ModelsSection(providers=("cpu",), warmup=False, intra_op_threads=threads))
+    settings = ModelsSection(providers=("cpu",), warmup=False, intra_op_threads=threads)
+    store = ModelStore(layered_models(models), settings)
     out: dict = {"evaluation_generator": f"{xa.GENERATOR} {xa.VERSION}"}
     for fam in ("training", "evaluation"):
         r = route_family(fam, studies, store, log=log.info)
