@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.base import PipelineContext, PipelineInputError, StudyView  # noqa: E402
-from pipelines.runtime import ModelStore, bundled_models_dir  # noqa: E402
+from pipelines.runtime import ModelStore  # noqa: E402
 from pipelines.runtime.settings import ModelsSection  # noqa: E402
 from pipelines.syntax.pipeline import SyntaxPipeline  # noqa: E402
 
@@ -147,24 +147,18 @@ def format_result(r: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def layered_models(models: Path) -> list[Path]:
-    """The bundled models, then ``models`` over them (the node's precedence for models.dir)."""
-    bundled = bundled_models_dir()
-    return [bundled] if models.resolve() == bundled.resolve() else [bundled, models]
-
-
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--studies", type=int, default=20)
     p.add_argument("--family", choices=("both", "training", "evaluation"), default="both")
-    p.add_argument("--models", type=Path, default=bundled_models_dir(),
-                   help="a models folder over the bundled ones (as models.dir): e.g. a candidate syntax-artery alone")
+    p.add_argument("--models", type=Path, default=None,
+                   help="a models folder over the bundled ones (models.dir): e.g. a candidate syntax-artery alone")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (models.threads)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    settings = ModelsSection(providers=("cpu",), warmup=False, intra_op_threads=a.threads)
-    store = ModelStore(layered_models(a.models), settings)
+    store = ModelStore.from_config(ModelsSection(dir=None if a.models is None else str(a.models), providers=("cpu",),
+                                                 warmup=False, intra_op_threads=a.threads))
     m = store.manifest("syntax-artery")
     print(f"syntax-artery {m.version}: {m.provenance.trained_on}")
     print("phantom figures (generated studies), not clinical accuracy")

@@ -15,7 +15,7 @@ def _set(values: dict[tuple[int, int], float], labels: dict[tuple[int, int], int
     x = np.full((1, 3, 64, 64), level(40.0, CFG), np.float16)
     y = np.zeros((1, 64, 64), np.uint8)
     for (r, c), hu in values.items():
-        x[0, :, r, c] = level(min(hu, CFG.hu_max), CFG)  # the window saturates at hu_max
+        x[0, :, r, c] = level(hu, CFG)  # the window saturates at hu_max
     for (r, c), lab in (labels or {}).items():
         y[0, r, c] = lab
     return SliceSet(x, y)

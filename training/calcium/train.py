@@ -113,10 +113,13 @@ def lr_at(progress: float, peak: float, warmup: float = 0.05, floor: float = 0.0
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * q)))
 
 
-def _validation_batches(val_sets: Sequence[SliceSet], batch: int, crop: int, seed: int, n: int = 8):
-    """Fixed validation crops (same sampler as training, its own seeded generator): comparable epoch to epoch."""
+def _validation_batches(val_sets: Sequence[SliceSet], batch: int, crop: int, seed: int, cfg: PreprocessConfig,
+                        n: int = 8):
+    """Fixed validation crops (same sampler as training, its own seeded generator, the default bone hard
+    negatives whatever the training's ``negatives``, through the same HU window): comparable epoch to epoch
+    and between runs."""
     rng = np.random.default_rng(seed + 104_729)
-    return [sample_batch(val_sets, batch, crop, rng) for _ in range(n)]
+    return [sample_batch(val_sets, batch, crop, rng, cfg=cfg) for _ in range(n)]
 
 
 def _validate(model, batches, weights, device) -> dict[str, float]:
@@ -196,7 +199,7 @@ def _train(run: TrainingRun, sets, *, steps, batch, crop, lr, base, depth, balan
     model = UNet2D(in_channels=cfg.channels, n_classes=N_CLASSES + (1 if has_region else 0), base=base,
                    depth=depth).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    val_batches = _validation_batches(val_sets, batch, crop, seed) if val_sets else []
+    val_batches = _validation_batches(val_sets, batch, crop, seed, cfg) if val_sets else []
     per_epoch = max(1, min(epoch_steps or steps, steps))
     epochs = -(-steps // per_epoch)
     start_epoch = run.restore(model, opt, None, {"sampler": rng})

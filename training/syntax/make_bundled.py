@@ -265,11 +265,10 @@ def evaluate_router(models: Path, studies: int, threads: int) -> dict:
     from pipelines.runtime import ModelStore
     from pipelines.runtime.settings import ModelsSection
 
-    from bench.syntax_routing import layered_models
-
-    # a candidate folder holding only syntax-artery is layered over the bundled fold models, as models.dir
-    settings = ModelsSection(providers=("cpu",), warmup=False, intra_op_threads=threads)
-    store = ModelStore(layered_models(models), settings)
+    # ``models`` as the node's models.dir, over the bundled ones: a candidate folder holding only
+    # syntax-artery is evaluated with the bundled fold models
+    store = ModelStore.from_config(ModelsSection(dir=str(models), providers=("cpu",), warmup=False,
+                                                 intra_op_threads=threads))
     out: dict = {"evaluation_generator": f"{xa.GENERATOR} {xa.VERSION}"}
     for fam in ("training", "evaluation"):
         r = route_family(fam, studies, store, log=log.info)
