@@ -1,6 +1,6 @@
 """SYNTAX benchmark on held-out angiography phantoms (prints figures; phantom figures, not clinical accuracy).
 
-    python bench/syntax.py [--studies 40] [--models pipelines/models] [--threads 2]
+    python bench/syntax.py [--studies 40] [--models DIR] [--threads 2]
 
 Writes held-out phantom studies (training.syntax.phantom, seeds 95000+: never used by make_bundled's
 training (10000+) nor its held-out evaluation (90000+)) as multi-frame XA DICOM (every third cine
@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.base import PipelineContext, PipelineInputError, StudyView  # noqa: E402
-from pipelines.runtime import ModelStore, bundled_models_dir  # noqa: E402
+from pipelines.runtime import ModelStore  # noqa: E402
 from pipelines.runtime.settings import ModelsSection  # noqa: E402
 from pipelines.syntax.pipeline import SyntaxPipeline  # noqa: E402
 from synth.dicom import new_study, write_xa_cine  # noqa: E402
@@ -37,11 +37,13 @@ SEED0 = 95_000
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--studies", type=int, default=40)
-    p.add_argument("--models", type=Path, default=bundled_models_dir())
+    p.add_argument("--models", type=Path, default=None,
+                   help="a models folder over the bundled ones (models.dir): e.g. a candidate syntax-artery alone")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (models.threads)")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    store = ModelStore([a.models], ModelsSection(providers=("cpu",), warmup=False, intra_op_threads=a.threads))
+    store = ModelStore.from_config(ModelsSection(dir=None if a.models is None else str(a.models), providers=("cpu",),
+                                                 warmup=False, intra_op_threads=a.threads))
     m = store.manifest("syntax-left-fold0")
     print(f"models: syntax-artery + syntax-{{left,right}}-fold0..4 {m.version}: {m.provenance.trained_on}")
     print(f"  notes: {m.provenance.notes}")

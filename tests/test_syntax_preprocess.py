@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipelines.syntax.preprocess import (IMAGENET_MEAN, IMAGENET_STD, CineConfig, PreprocessError, preprocess_cine,
-                                       spread_indices)
+                                       read_indices, register_shifts, resize_frames, spread_indices)
 
 
 def test_spread_indices_cover_the_whole_cine() -> None:
@@ -119,3 +119,61 @@ def test_subtraction_removes_what_stays_still_and_keeps_what_fills() -> None:
     assert np.ptp(flat) < 1e-5
     with pytest.raises(PreprocessError, match="subtract"):
         CineConfig(**base, subtract="min")
+
+
+def _drifting_run(n: int, shifts: np.ndarray, fill_from: int) -> np.ndarray:
+    """(n, 256, 256) uint8 run whose whole background (a diaphragm edge, a still wire, ribs) drifts by
+    ``shifts`` (dy, dx per frame, in pixels at 256), with a thin vessel that fills from ``fill_from``."""
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float32)
+    bg = 200.0 - 80.0 / (1.0 + np.exp(np.clip(-(yy - 180.0 - 0.004 * (xx - 128.0) ** 2) / 2.0, -50, 50)))  # dome
+    bg[:, 60:63] -= 90.0  # a wire
+    for y0 in (40.0, 90.0):  # ribs
+        bg -= 40.0 * np.exp(-((yy - y0 - 0.1 * xx) ** 2) / 8.0)
+    out = np.empty((n, 256, 256), np.uint8)
+    for k in range(n):
+        f = ndimage.shift(bg, shifts[k], order=1, mode="nearest")
+        if k >= fill_from:
+            f[120:124, 100:220] -= 70.0  # the vessel fills; it does not move with the background
+        out[k] = np.clip(np.rint(f), 0, 255).astype(np.uint8)
+    return out
+
+
+def test_registration_shifts_each_frame_back_before_the_subtraction() -> None:
+    """``register: shift``: a background drifting by up to 4 px (breathing) is shifted back to within a
+    quarter pixel, so its edges leave the subtracted clip while the filling vessel stays; without
+    registration the diaphragm, wire and ribs stay.  A still run gets no shift; the vessel filling
+    does not pull the shift (only brightening counts)."""
+    n = 32
+    drift = np.stack([np.linspace(0.0, 3.6, n), np.linspace(0.0, -2.2, n)], axis=1)  # pixels at 256
+    cine = _drifting_run(n, drift, fill_from=n // 2)
+    base = dict(frames=2, height=64, width=64, clip="minip", samples=16, filter="tophat", tophat_px=7,
+                subtract="max")
+    reg_cfg = CineConfig(**base, register="shift", register_px=4)
+    picked = cine[read_indices(n, reg_cfg)].astype(np.float32) / 255.0
+    shifts = register_shifts(resize_frames(picked, 128, 128), 4)
+    truth = drift[read_indices(n, reg_cfg)] / 2.0  # at twice the model's size: 128
+    rel = (shifts - shifts[0]) - (truth - truth[0])  # the mask's own place is arbitrary, the differences are not
+    assert np.abs(rel).max() < 0.25, (shifts, truth)
+    plain = preprocess_cine(cine, CineConfig(**base))[0, -1]
+    reg = preprocess_cine(cine, reg_cfg)[0, -1]
+    vessel, empty, bone = (slice(30, 31), slice(28, 52)), (slice(5, 10), slice(40, 60)), np.zeros((64, 64), bool)
+    bone[:, 14:17] = True  # the wire's column
+    bone[42:48, 5:25] = True  # the diaphragm's edge
+    for clip in (plain, reg):  # the vessel is there either way (normalised units over the empty background)
+        assert clip[vessel].min() > clip[empty].max() + 0.5
+    moving_edges = plain[bone].max() - plain[empty].max()
+    assert moving_edges > 0.5  # without registration the moving edges stay
+    assert reg[bone].max() - reg[empty].max() < 0.3 * moving_edges
+    assert reg[bone].mean() - reg[empty].max() < 0.3 * (plain[bone].mean() - plain[empty].max())
+    still = _drifting_run(n, np.zeros((n, 2)), fill_from=n // 2)
+    s_shifts = register_shifts(resize_frames(still[read_indices(n, reg_cfg)].astype(np.float32) / 255.0,
+                                                128, 128), 4)
+    assert np.abs(s_shifts).max() < 0.1
+    assert CineConfig.from_manifest(reg_cfg.to_manifest()) == reg_cfg
+    assert reg_cfg.to_manifest()["register"] == "shift" and "register" not in CineConfig(**base).to_manifest()
+    with pytest.raises(PreprocessError, match="register"):
+        CineConfig(**{**base, "subtract": "none"}, register="shift", register_px=4)
+    with pytest.raises(PreprocessError, match="register"):
+        CineConfig(**base, register="affine", register_px=4)

@@ -25,6 +25,15 @@ Options a manifest may declare (absent: the reference behaviour above):
   ribs, sternal wires, leads, table, an unfilled catheter, soft-tissue texture -- leaves the clip and
   what fills with contrast stays.  A run that already shows the whole tree in every sampled frame
   loses it, and the model, trained on contrast-free test shots as "neither", then abstains.
+- ``register: "shift"`` (with ``subtract: "max"``, search radius ``register_px``): before the
+  subtraction, each sampled frame is shifted onto the least opacified one (pixel shifting, as DSA
+  units re-register the mask): breathing, table panning or a patient who moves would otherwise leave
+  every edge of the background (diaphragm, spine, ribs, catheter, shutters) in the subtracted clip.
+  The shift is the one, within ``register_px`` pixels at twice the model's size and refined to a
+  fraction of a pixel, that leaves the least *brightening* between the two frames: contrast only
+  darkens, so the filling vessels do not pull the shift, while a misaligned edge brightens on one
+  side.  The band at the image border that a shift uncovers takes the nearest inner values after the
+  subtraction.
 - ``intensity: "percentile"``: after sampling, the clip is stretched so that its 1st / 99th
   percentiles map to 0 / 1, making the model indifferent to window, bit depth and contrast density.
 
@@ -34,6 +43,7 @@ Result: float32 array (3, frames, height, width) -- one view of the model input
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -42,7 +52,8 @@ from PIL import Image
 
 __all__ = ["CineConfig", "PreprocessError", "to_uint8", "clip_indices", "spread_indices", "sample_clip",
            "resize_frames", "read_indices", "preprocess_frames", "black_tophat", "preprocess_cine", "IMAGENET_MEAN",
-           "IMAGENET_STD", "CLIPS", "INTENSITIES", "FILTERS", "SUBTRACTS"]
+           "IMAGENET_STD", "CLIPS", "INTENSITIES", "FILTERS", "SUBTRACTS", "REGISTERS",
+           "register_shifts"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,6 +65,8 @@ INTENSITIES = ("1/255", "percentile")
 FILTERS = ("none", "tophat")
 #: temporal subtraction before the projection: none (reference) or the per-pixel maximum of the samples
 SUBTRACTS = ("none", "max")
+#: frame registration before the subtraction: none, or a translation per frame (pixel shifting)
+REGISTERS = ("none", "shift")
 
 
 class PreprocessError(ValueError):
@@ -75,6 +88,8 @@ class CineConfig:
     filter: str = "none"
     tophat_px: int = 0  # filter "tophat": square side in output pixels
     subtract: str = "none"  # "max": subtract the per-pixel maximum of the samples (digital subtraction)
+    register: str = "none"  # "shift": translate each sample onto the least opacified one before subtracting
+    register_px: int = 0  # register "shift": search radius in pixels at twice the model's size
 
     def __post_init__(self) -> None:
         if self.clip not in CLIPS:
@@ -85,6 +100,11 @@ class CineConfig:
             raise PreprocessError(f"filter must be one of {', '.join(FILTERS)}, got {self.filter!r}")
         if self.subtract not in SUBTRACTS:
             raise PreprocessError(f"subtract must be one of {', '.join(SUBTRACTS)}, got {self.subtract!r}")
+        if self.register not in REGISTERS:
+            raise PreprocessError(f"register must be one of {', '.join(REGISTERS)}, got {self.register!r}")
+        if self.register != "none" and (self.subtract != "max" or self.register_px < 1):
+            raise PreprocessError(f"register {self.register!r} needs subtract 'max' and register_px >= 1, "
+                                  f"got subtract {self.subtract!r}, register_px {self.register_px}")
         if self.samples and self.samples < self.frames:
             raise PreprocessError(f"samples ({self.samples}) must be 0 or >= frames ({self.frames})")
         if self.filter == "tophat" and self.tophat_px < 2:
@@ -106,6 +126,8 @@ class CineConfig:
             out["filter"], out["tophat_px"] = self.filter, self.tophat_px
         if self.subtract != "none":
             out["subtract"] = self.subtract
+        if self.register != "none":
+            out["register"], out["register_px"] = self.register, self.register_px
         return out
 
     @property
@@ -125,7 +147,8 @@ class CineConfig:
                        std=tuple(float(v) for v in pre.get("std", IMAGENET_STD)),
                        clip=str(pre.get("clip", "centre")), intensity=str(pre.get("intensity", "1/255")),
                        samples=int(pre.get("samples", 0)), filter=str(pre.get("filter", "none")),
-                       tophat_px=int(pre.get("tophat_px", 0)), subtract=str(pre.get("subtract", "none")))
+                       tophat_px=int(pre.get("tophat_px", 0)), subtract=str(pre.get("subtract", "none")),
+                       register=str(pre.get("register", "none")), register_px=int(pre.get("register_px", 0)))
         except KeyError as exc:
             raise PreprocessError(f"{source}: preprocessing has no key {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -224,14 +247,106 @@ def black_tophat(frames: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.floa
     return (closing - frames).astype(np.float32)
 
 
+#: weight of darkening against brightening in the shift search (contrast only darkens a frame)
+DARKENING_WEIGHT = 0.1
+#: share of the most darkened pixels (filled vessels) left out of the sub-pixel refinement
+VESSEL_SHARE = 0.03
+
+
+def _window(img: npt.NDArray[np.float32], r: int, dy: int, dx: int) -> npt.NDArray[np.float32]:
+    """``img`` at (y + dy, x + dx) for the pixels of the core (the border r pixels wide left out)."""
+    h, w = img.shape
+    return img[r + dy:h - r + dy, r + dx:w - r + dx]
+
+
+def _best_shift(ref: npt.NDArray[np.float32], img: npt.NDArray[np.float32], radius: int) -> tuple[float, float]:
+    """(dy, dx) such that ``img`` at (y + dy, x + dx) matches ``ref`` at (y, x); see :func:`register_shifts`."""
+    r = radius
+    core = _window(ref, r, 0, 0)
+    cost = np.empty((2 * r + 1, 2 * r + 1))
+    for i in range(2 * r + 1):
+        for j in range(2 * r + 1):
+            d = _window(img, r, i - r, j - r) - core
+            cost[i, j] = float(np.mean(np.where(d > 0, d * d, DARKENING_WEIGHT * d * d)))
+    i, j = (int(v) for v in np.unravel_index(int(np.argmin(cost)), cost.shape))
+    dy, dx = i - r, j - r
+    d0 = _window(img, r, dy, dx) - core
+    keep = d0 >= np.quantile(d0, VESSEL_SHARE)  # on the reference's grid: the same pixels for every neighbour
+
+    def ssd(y: int, x: int) -> float:
+        if max(abs(y), abs(x)) > r:
+            return math.inf
+        return float(np.mean(np.square(_window(img, r, y, x) - core)[keep]))
+
+    c0 = ssd(dy, dx)
+    return dy + _vertex(ssd(dy - 1, dx), c0, ssd(dy + 1, dx)), dx + _vertex(ssd(dy, dx - 1), c0, ssd(dy, dx + 1))
+
+
+def _vertex(a: float, b: float, c: float) -> float:
+    """Offset of the parabola's minimum through (-1, a), (0, b), (1, c), within -0.5..0.5 (0 at the search's edge)."""
+    den = a - 2.0 * b + c
+    if not math.isfinite(den) or den <= 1e-15:
+        return 0.0
+    return float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
+
+
+def _shifted(frames: npt.NDArray[np.float32], shifts: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    """Each frame moved so that its content at +shift lands where the reference has it (bilinear, edges held)."""
+    from scipy import ndimage
+
+    out = frames.copy()
+    for k, (dy, dx) in enumerate(shifts):
+        if dy or dx:
+            out[k] = ndimage.shift(frames[k], (-dy, -dx), order=1, mode="nearest")
+    return out
+
+
+def register_shifts(frames: npt.NDArray[np.float32], radius: int) -> npt.NDArray[np.float64]:
+    """Per-frame translation (dy, dx) in pixels that moves each of ``frames`` (T, H, W; vessels dark)
+    onto the run's mask, the least opacified value of every pixel.
+
+    The integer shift within ``radius`` minimises the mean squared difference frame - mask with
+    darkening weighted ``DARKENING_WEIGHT``: contrast only darkens a frame, so a filling vessel hardly
+    pulls the shift, while a misaligned edge brightens on one side.  It is refined to a fraction of a
+    pixel by a parabola through the plain squared differences of the neighbouring shifts, leaving out
+    the ``VESSEL_SHARE`` most darkened pixels (a shift at the edge of the search is not refined).
+    Two passes: the frames are first registered to the brightest one, then to the per-pixel maximum
+    of the registered frames, which holds no vessel wherever a pixel is unopacified in some frame (the
+    brightest frame may itself hold contrast, or have moved)."""
+    from scipy import ndimage
+
+    if min(frames.shape[1:]) <= 4 * radius:
+        raise PreprocessError(f"frames of {frames.shape[1:]} pixels are too small to register within {radius}")
+    smooth = ndimage.gaussian_filter(frames, (0, 0.7, 0.7))
+    ref = smooth[int(np.argmax(smooth.reshape(len(smooth), -1).mean(axis=1)))]
+    shifts = np.asarray([_best_shift(ref, f, radius) for f in smooth], np.float64)
+    mask = _shifted(smooth, shifts).max(axis=0)
+    return np.asarray([_best_shift(mask, f, radius) for f in smooth], np.float64)
+
+
+def _registered_subtraction(frames01: npt.NDArray[np.float32], cfg: CineConfig) -> npt.NDArray[np.float32]:
+    """Pixel-shifted digital subtraction at twice the model's size, then resized to it (``register: shift``)."""
+    big = resize_frames(frames01, 2 * cfg.height, 2 * cfg.width)
+    shifts = register_shifts(big, cfg.register_px)
+    big = _shifted(big, shifts)
+    big -= big.max(axis=0, keepdims=True)
+    band = int(np.ceil(np.abs(shifts).max())) + 1 if np.abs(shifts).max() > 0 else 0
+    if band:  # what a shift uncovered at the border: the nearest inner value (no edge for the top-hat to find)
+        big = np.pad(big[:, band:-band, band:-band], ((0, 0), (band, band), (band, band)), mode="edge")
+    return resize_frames(big, cfg.height, cfg.width)
+
+
 def preprocess_frames(picked: np.ndarray, cfg: CineConfig, peak: float | None = None) -> np.ndarray:
     """The frames :func:`read_indices` chose (in that order) -> float32 (3, frames, height, width).
     ``peak``: the whole cine's maximum for non-uint8 cines (None: the picked frames' maximum)."""
     arr = np.asarray(picked)
     u8 = arr if arr.dtype == np.uint8 else _scale_uint8(arr, float(arr.max()) if peak is None else peak)
-    small = resize_frames(u8.astype(np.float32) / 255.0, cfg.height, cfg.width)
-    if cfg.subtract == "max":
-        small = (small - small.max(axis=0, keepdims=True)).astype(np.float32)
+    if cfg.register == "shift":
+        small = _registered_subtraction(u8.astype(np.float32) / 255.0, cfg)
+    else:
+        small = resize_frames(u8.astype(np.float32) / 255.0, cfg.height, cfg.width)
+        if cfg.subtract == "max":
+            small = (small - small.max(axis=0, keepdims=True)).astype(np.float32)
     if cfg.clip == "minip":
         run = np.minimum.accumulate(small, axis=0)
         ends = np.floor((np.arange(cfg.frames) + 1) * (len(small) / cfg.frames)).astype(np.int64) - 1

@@ -55,7 +55,8 @@ def cine_config_from(options: Mapping[str, str], frames: int, size: tuple[int, i
     return CineConfig(frames=f, height=h, width=w, clip=options.get("clip", "centre"),
                       intensity=options.get("intensity", "1/255"), samples=int(options.get("samples", 0)),
                       filter=options.get("filter", "none"), tophat_px=int(options.get("tophat_px", 0)),
-                      subtract=options.get("subtract", "none"))
+                      subtract=options.get("subtract", "none"), register=options.get("register", "none"),
+                      register_px=int(options.get("register_px", 0)))
 
 
 def _record(checkpoint: Path) -> dict[str, Any] | None:

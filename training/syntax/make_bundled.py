@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--router-tophat", type=int, default=7, help="black top-hat square in pixels (0: no filter)")
     p.add_argument("--router-subtract", choices=("none", "max"), default="max",
                    help="digital subtraction of the per-pixel maximum of the samples before the projection")
+    p.add_argument("--router-register", type=int, default=0, metavar="PX",
+                   help="before the subtraction, shift each sampled frame onto the run's mask within PX pixels at "
+                        "twice the router's size (preprocessing register: shift; 0: no registration)")
     p.add_argument("--router-widths", type=int, nargs=4, default=(8, 16, 32, 64))
     p.add_argument("--eval-studies", type=int, default=6, help="studies per family for the manifest's routing figures")
     p.add_argument("--budget-min", type=float, default=55.0,
@@ -197,7 +200,8 @@ def router_main(a: argparse.Namespace) -> int:
     deadline = t0 + a.budget_min * 60
     cfg = CineConfig(frames=a.router_frames, height=a.router_size, width=a.router_size, clip="minip",
                      samples=a.router_samples, intensity="percentile", filter="tophat" if a.router_tophat else "none",
-                     tophat_px=a.router_tophat, subtract=a.router_subtract)
+                     tophat_px=a.router_tophat, subtract=a.router_subtract,
+                     register="shift" if a.router_register else "none", register_px=a.router_register)
     a.work.mkdir(parents=True, exist_ok=True)
     # held-out first (small), then training data up to ~45 % of the budget
     held = make_router_data(a.router_held, ROUTER_HELD_SEED0, cfg, workers=a.threads)
@@ -229,6 +233,8 @@ def router_main(a: argparse.Namespace) -> int:
                   f"rendered at 128-256 px; ventriculogram/aortogram/test-shot negatives) and training.syntax.phantom "
                   f"cines; held out {len(held.y)} (seeds {ROUTER_HELD_SEED0}+)")
     sub = ", minus their per-pixel maximum (digital subtraction)" if cfg.subtract == "max" else ""
+    if cfg.register == "shift":
+        sub = f", each shifted onto the run's mask (within {cfg.register_px} px at twice the size){sub}"
     filt = f", black top-hat {cfg.tophat_px} px" if cfg.filter == "tophat" else ""
     notes = (f"reduced R3D-18 (torchvision r3d_18 topology, widths {'/'.join(map(str, a.router_widths))} instead of "
              f"64/128/256/512), {cfg.frames} frames at {cfg.height}x{cfg.width}: running minimum-intensity projection "
@@ -239,7 +245,8 @@ def router_main(a: argparse.Namespace) -> int:
                                      "notes": notes, "frames": str(cfg.frames), "size": f"{cfg.height}x{cfg.width}",
                                      "clip": cfg.clip, "intensity": cfg.intensity, "samples": str(cfg.samples),
                                      "filter": cfg.filter, "tophat_px": str(cfg.tophat_px),
-                                     "subtract": cfg.subtract})
+                                     "subtract": cfg.subtract, "register": cfg.register,
+                                     "register_px": str(cfg.register_px)})
     for spec in build_artery_export(ckpt, ns):
         report = export_onnx(spec.module, spec.example_inputs, a.out, version=ROUTER_VERSION, **spec.export_kwargs())
         log.info("exported %s", report.summary())
